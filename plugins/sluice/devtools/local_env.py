@@ -1,0 +1,65 @@
+"""Environment for running Airflow on this checkout: AIRFLOW_HOME, folders and connections under .sluice/."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+STATE = REPO / ".sluice"
+
+
+def airflow_env(airflow_home: Path, *, warehouse_url: str, api_url: str | None, csv_url: str | None) -> dict:
+    """Variables that point Airflow at this repo's dags/ and plugins/ and define the three connections."""
+    env = {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+        "SLUICE_STAGING_URL": os.environ.get("SLUICE_STAGING_URL", f"file://{STATE / 'staging'}"),
+        "AIRFLOW_CONN_ETL_POSTGRES": airflow_conn_uri(warehouse_url),
+        "SLUICE_RETRY_DELAY": os.environ.get("SLUICE_RETRY_DELAY", "2"),
+    }
+    if api_url:
+        env["AIRFLOW_CONN_ETL_API"] = api_url
+    if csv_url:
+        env["AIRFLOW_CONN_ETL_CSV"] = csv_url
+    return env
+
+
+def migrate(env: dict, log: Path) -> None:
+    """Create or upgrade Airflow's metadata DB (SQLite under AIRFLOW_HOME) once."""
+    marker = Path(env["AIRFLOW_HOME"]) / ".migrated"
+    if marker.exists():
+        return
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    airflow(["db", "migrate"], env, log)
+    marker.touch()
+
+
+def airflow(args: list[str], env: dict, log: Path) -> None:
+    """Run the airflow CLI of this venv, its output appended to log; raise with the log's tail on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        result = subprocess.run([str(Path(sys.executable).with_name("airflow")), *args],
+                                env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-30:]
+        raise RuntimeError(f"airflow {' '.join(args)} exited {result.returncode}; see {log}:\n" + "\n".join(tail))
+
+
+def airflow_conn_uri(libpq_url: str) -> str:
+    """A libpq URL as an Airflow connection URI: a socket directory goes percent-encoded in the host part."""
+    from urllib.parse import quote
+
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(libpq_url)
+    auth = quote(info.get("user", "postgres"), safe="")
+    if info.get("password"):
+        auth += ":" + quote(info["password"], safe="")
+    host = quote(info.get("host", "localhost"), safe="")
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{auth}@{host}{port}/{quote(info.get('dbname', 'postgres'), safe='')}"

@@ -1,0 +1,13 @@
+"""Exceptions that carry a message a user can act on."""
+
+
+class SourceError(Exception):
+    """A source could not be read completely; the message names the source and what was wrong."""
+
+
+class MappingError(ValueError):
+    """A mapping param is malformed or does not fit the source's fields."""
+
+
+class LockTimeout(Exception):
+    """Another run holds the write lock of a source for longer than SLUICE_LOCK_TIMEOUT."""

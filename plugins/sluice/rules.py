@@ -1,0 +1,108 @@
+"""The normalization rules: one marshmallow schema decides what a valid normalized record is."""
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+
+from marshmallow import Schema, ValidationError, fields
+
+from sluice import mapping
+
+# Bump when the rules change, so every record is normalized again by the next run.
+RULES_VERSION = "1"
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+class Text(fields.Field):
+    """A string, or a number written as one; surrounding whitespace trimmed, empty means missing."""
+
+    default_error_messages = {"invalid": "is {kind}, expected text", "required": "missing", "null": "missing"}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.make_error("invalid", kind=_kind(value))
+        text = str(value).strip()
+        if not text:
+            if self.required:
+                raise self.make_error("required")
+            return None
+        return text
+
+
+class Number(fields.Field):
+    """A finite float from a JSON number or a plain decimal string ('1,234', 'NaN' and '1_000' are refused)."""
+
+    default_error_messages = {
+        "invalid": "{value!r} is not a number",
+        "type": "is {kind}, expected a number",
+        "finite": "{value!r} is not a finite number",
+        "required": "missing",
+        "null": "missing",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.make_error("type", kind=_kind(value))
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                raise self.make_error("required")
+            if not _DECIMAL.fullmatch(text):
+                if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                    raise self.make_error("finite", value=value)
+                raise self.make_error("invalid", value=value)
+            value = text
+        number = float(value)
+        if not math.isfinite(number):
+            raise self.make_error("finite", value=value)
+        return number
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+class NormalizedRecordSchema(Schema):
+    source_id = Text(required=True)
+    name = Text(required=True)
+    value = Number(required=True)
+    description = Text(load_default=None, allow_none=True)
+
+
+SCHEMA = NormalizedRecordSchema()
+COLUMN_ORDER = {name: index for index, name in enumerate(("source_id", "name", "value", "description"))}
+
+
+def mapped_fields(data: Mapping, field_map: Mapping[str, str]) -> dict:
+    """The normalized columns of one raw record, as the mapping reads them; absent fields are left out."""
+    out = {}
+    for column, field in field_map.items():
+        value = mapping.lookup(data, field)
+        if not mapping.is_missing(value):
+            out[column] = value
+    return out
+
+
+def normalize_record(data: Mapping, field_map: Mapping[str, str]) -> tuple[dict | None, str | None]:
+    """(normalized row, None) for a valid record, or (None, reason) naming each bad field."""
+    try:
+        return SCHEMA.load(mapped_fields(data, field_map)), None
+    except ValidationError as exc:
+        return None, reason(exc.messages, field_map)
+
+
+def reason(messages: Mapping, field_map: Mapping[str, str]) -> str:
+    parts = []
+    for column in sorted(messages, key=lambda c: COLUMN_ORDER.get(c, 99)):
+        field = field_map.get(column, column)
+        label = column if field == column else f"{column} (field {field!r})"
+        parts.append(f"{label}: {'; '.join(messages[column])}")
+    return "; ".join(parts)
+
+
+def input_key(field_map: Mapping[str, str]) -> str:
+    """Fingerprint of the mapping and the rules: part of each row's input hash."""
+    text = json.dumps({"mapping": field_map, "rules": RULES_VERSION}, sort_keys=True)
+    return hashlib.md5(text.encode()).hexdigest()

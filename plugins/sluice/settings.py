@@ -1,0 +1,45 @@
+"""Runtime settings from environment variables, with the defaults documented in README."""
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+DEFAULT_API_MAPPING = {"source_id": "id", "name": "title", "value": "userId", "description": "body"}
+DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "description": "description"}
+DEFAULT_API_BASE_URL = "https://jsonplaceholder.typicode.com"
+SOURCES = ("api", "csv")
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    staging_url: str
+    http_timeout: float
+    http_attempts: int
+    max_pages: int
+    max_bytes: int
+    lock_timeout_seconds: float
+    task_retries: int
+    retry_delay_seconds: float
+
+
+def load() -> Settings:
+    return Settings(
+        staging_url=os.environ.get("SLUICE_STAGING_URL") or f"file://{tempfile.gettempdir()}/sluice-staging",
+        http_timeout=_number("SLUICE_HTTP_TIMEOUT", 30),
+        http_attempts=int(_number("SLUICE_HTTP_ATTEMPTS", 5)),
+        max_pages=int(_number("SLUICE_MAX_PAGES", 1000)),
+        max_bytes=int(_number("SLUICE_MAX_BYTES", 2 * 1024**3)),
+        lock_timeout_seconds=_number("SLUICE_LOCK_TIMEOUT", 300),
+        task_retries=int(_number("SLUICE_TASK_RETRIES", 2)),
+        retry_delay_seconds=_number("SLUICE_RETRY_DELAY", 30),
+    )

@@ -1,0 +1,73 @@
+"""The staged-records file: one line per source record in COPY text format, loaded by store_raw.
+
+Columns: run_id, source, record_no, source_id, data (JSON), problem, payload. A record that cannot be
+stored (no id, wrong field count, bytes that are not UTF-8, a NUL) has a problem and its raw text as
+payload instead of data, so store_raw can quarantine it with its reason.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+COPY_COLUMNS = "run_id, source, record_no, source_id, data, problem, payload"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# JSON escapes a NUL as \u0000, which jsonb refuses; an even run of backslashes before it is literal text.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+NULL = "\\N"
+
+
+def copy_text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+@dataclass
+class StageCounts:
+    """What an ingest task returns through XCom: a reference to the staged file and counts, no rows."""
+
+    source: str
+    uri: str
+    records: int = 0
+    problems: int = 0
+    pages: int = 0
+    bytes: int = 0
+    skipped_blank_lines: int = 0
+    last_id: str | None = None
+
+    def as_xcom(self) -> dict:
+        return asdict(self)
+
+
+class StageWriter:
+    """Writes staged lines for one source of one run."""
+
+    def __init__(self, out: BinaryIO, run_id: str, source: str):
+        self._out = out
+        self._prefix = f"{copy_text(run_id)}\t{source}\t"
+        self.records = 0
+        self.problems = 0
+
+    def record(self, record_no: int, source_id: str, data: dict, *, where: str) -> None:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        if _JSON_NUL.search(text):
+            self.problem(record_no, source_id, f"{where}: contains a NUL character", text)
+            return
+        line = f"{self._prefix}{record_no}\t{copy_text(source_id)}\t{text.replace(chr(92), chr(92) * 2)}\t{NULL}\t{NULL}\n"
+        try:
+            encoded = line.encode("utf-8")
+        except UnicodeEncodeError:
+            self.problem(record_no, source_id, f"{where}: contains bytes that are not valid UTF-8", text)
+            return
+        self._out.write(encoded)
+        self.records += 1
+
+    def problem(self, record_no: int, source_id: str | None, problem: str, payload: str) -> None:
+        sid = NULL if source_id is None else copy_text(_printable(source_id))
+        line = f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(_printable(payload))}\n"
+        self._out.write(line.encode("utf-8"))
+        self.problems += 1
+
+
+def _printable(text: str) -> str:
+    """Text safe for a PostgreSQL text column: undecodable bytes shown as \\xNN, NUL as \\x00."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

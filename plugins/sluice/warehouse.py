@@ -1,0 +1,134 @@
+"""Writes to the warehouse: schema, raw store, normalization, upsert. Each step is one transaction per source.
+
+Functions take a psycopg 3 connection (what PostgresHook.get_conn() returns here) and return counts.
+A per-source advisory lock is held for each write transaction, so overlapping runs wait for each other
+(up to SLUICE_LOCK_TIMEOUT) instead of interleaving writes.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import psycopg
+from psycopg import sql
+
+from sluice import queries, rules
+from sluice.errors import LockTimeout
+
+RAW_TABLES = {"api": "raw_api_data", "csv": "raw_csv_data"}
+COPY_CHUNK = 1024 * 1024
+FETCH_BATCH = 5000
+
+
+def q(name: str) -> str:
+    return queries.query("pipeline.sql", name)
+
+
+def apply_schema(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute(q("lock_schema"))
+        conn.execute(queries.query("schema.sql", "apply_schema"))
+
+
+@contextlib.contextmanager
+def source_transaction(conn: psycopg.Connection, source: str, lock_timeout_seconds: float) -> Iterator[None]:
+    """A transaction holding the source's write lock; a clear error when another run keeps it too long."""
+    with conn.transaction():
+        conn.execute(q("set_lock_timeout"), {"timeout": f"{int(lock_timeout_seconds * 1000)}ms"})
+        try:
+            conn.execute(q("lock_source"), {"source": source})
+        except psycopg.errors.LockNotAvailable as exc:
+            raise LockTimeout(
+                f"{source}: another run holds the write lock of this source; waited {lock_timeout_seconds:g}s "
+                f"(SLUICE_LOCK_TIMEOUT)"
+            ) from exc
+        conn.execute(q("set_lock_timeout"), {"timeout": "0"})
+        yield
+
+
+def _count(conn, name: str, params: dict) -> tuple:
+    return conn.execute(q(name), params).fetchone()
+
+
+def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float) -> dict:
+    """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table."""
+    keys = {"run_id": run_id, "source": source}
+    with source_transaction(conn, source, lock_timeout_seconds):
+        conn.execute(q("delete_staged"), keys)
+        conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "store_raw"})
+        with conn.cursor().copy(q("copy_staged")) as copy:
+            while chunk := staged.read(COPY_CHUNK):
+                copy.write(chunk)
+        problems = conn.execute(q("quarantine_problems"), keys).rowcount
+        duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
+        upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
+        inserted, updated = conn.execute(upsert, keys).fetchone()
+        (staged_rows,) = _count(conn, "count_staged", keys)
+    return {
+        "source": source,
+        "stored": staged_rows,
+        "raw_inserted": inserted,
+        "raw_updated": updated,
+        "rejected": problems + duplicates,
+    }
+
+
+def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: bool,
+              lock_timeout_seconds: float) -> dict:
+    """Validate the run's changed records with the rules; good ones to normalized_stage, bad ones quarantined."""
+    keys = {"run_id": run_id, "source": source}
+    valid = rejected = 0
+    with source_transaction(conn, source, lock_timeout_seconds):
+        conn.execute(q("delete_normalized_stage"), keys)
+        conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "normalize"})
+        (staged_rows,) = _count(conn, "count_staged", keys)
+        params = {**keys, "input_key": rules.input_key(field_map), "full_refresh": full_refresh}
+        with conn.cursor(name=f"candidates_{source}") as candidates:
+            candidates.execute(q("select_candidates"), params)
+            while batch := candidates.fetchmany(FETCH_BATCH):
+                good, bad = [], []
+                for source_id, data, input_hash in batch:
+                    row, reason = rules.normalize_record(data, field_map)
+                    if row is None:
+                        bad.append((run_id, source, source_id, "normalize", reason, psycopg.types.json.Jsonb(data)))
+                    else:
+                        good.append((run_id, source, row["source_id"], row["name"], row["value"],
+                                     row["description"], input_hash))
+                _copy_rows(conn, "copy_normalized_stage", good)
+                _copy_rows(conn, "copy_rejects", bad)
+                valid += len(good)
+                rejected += len(bad)
+    return {"source": source, "staged": staged_rows, "valid": valid, "rejected": rejected,
+            "skipped_unchanged": staged_rows - valid - rejected}
+
+
+def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
+    if rows:
+        with conn.cursor().copy(q(name)) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float) -> dict:
+    """Merge the run's normalized_stage rows into normalized_data; only real changes are written."""
+    keys = {"run_id": run_id, "source": source}
+    with source_transaction(conn, source, lock_timeout_seconds):
+        inserted, updated, staged = _count(conn, "upsert_normalized", keys)
+        conn.execute(q("add_row_count"), {"source": source, "inserted": inserted})
+    return {"source": source, "inserted": inserted, "updated": updated, "unchanged": staged - inserted - updated}
+
+
+def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float) -> dict:
+    """Move the source's checkpoint to the highest id this run committed. Runs only after upsert committed."""
+    keys = {"run_id": run_id, "source": source}
+    with source_transaction(conn, source, lock_timeout_seconds):
+        conn.execute(q("advance_checkpoint"), {**keys, "processed": processed})
+        last_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
+    return {"source": source, "last_processed_id": last_id, "total_processed": total,
+            "last_processed_at": last_at.isoformat() if last_at else None}
+
+
+def read_checkpoint(conn, source: str) -> str | None:
+    row = conn.execute(q("select_checkpoint"), {"source": source}).fetchone()
+    conn.rollback()
+    return row[0] if row else None

@@ -1,0 +1,177 @@
+-- Named queries of the etl_pipeline tasks. {raw_table} is an identifier filled in with
+-- psycopg.sql.Identifier (raw_api_data or raw_csv_data); every value is a named parameter.
+
+-- name: lock_schema
+select pg_advisory_xact_lock(hashtextextended('sluice:schema', 0));
+
+-- name: set_lock_timeout
+select set_config('lock_timeout', %(timeout)s, true);
+
+-- name: lock_source
+select pg_advisory_xact_lock(hashtextextended('sluice:source:' || %(source)s, 0));
+
+-- name: delete_staged
+delete from staged_records where run_id = %(run_id)s and source = %(source)s;
+
+-- name: copy_staged
+copy staged_records (run_id, source, record_no, source_id, data, problem, payload) from stdin;
+
+-- name: delete_rejects_of_stage
+delete from rejected_records where run_id = %(run_id)s and source = %(source)s and stage = %(stage)s;
+
+-- name: quarantine_problems
+with gone as (
+    delete from staged_records
+    where run_id = %(run_id)s and source = %(source)s and problem is not null
+    returning source_id, record_no, problem, payload
+)
+insert into rejected_records (run_id, source, source_id, stage, reason, payload)
+select %(run_id)s, %(source)s, source_id, 'store_raw', problem,
+       jsonb_build_object('record_no', record_no, 'raw', payload)
+from gone;
+
+-- name: quarantine_duplicates
+with duplicated as (
+    select source_id, max(record_no) as kept
+    from staged_records
+    where run_id = %(run_id)s and source = %(source)s
+    group by source_id
+    having count(*) > 1
+), gone as (
+    delete from staged_records s
+    using duplicated d
+    where s.run_id = %(run_id)s and s.source = %(source)s
+      and s.source_id = d.source_id and s.record_no < d.kept
+    returning s.source_id, s.record_no, s.data, d.kept
+)
+insert into rejected_records (run_id, source, source_id, stage, reason, payload)
+select %(run_id)s, %(source)s, source_id, 'store_raw',
+       'duplicate source_id ' || source_id || ' in this batch: record ' || record_no
+           || ' is overridden by record ' || kept || ', the last occurrence',
+       data
+from gone;
+
+-- name: upsert_raw
+with written as (
+    insert into {raw_table} as r (source_id, data, content_hash, run_id)
+    select source_id, data, md5(data::text), %(run_id)s
+    from staged_records
+    where run_id = %(run_id)s and source = %(source)s
+    on conflict (source_id) do update
+        set data = excluded.data,
+            content_hash = excluded.content_hash,
+            updated_at = now(),
+            run_id = excluded.run_id
+        where r.content_hash is distinct from excluded.content_hash
+    returning (xmax = 0) as inserted
+)
+select count(*) filter (where inserted) as inserted,
+       count(*) filter (where not inserted) as updated
+from written;
+
+-- name: count_staged
+select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s;
+
+-- name: delete_normalized_stage
+delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
+
+-- name: select_candidates
+-- staged records whose input (payload + mapping + rules) differs from what produced the current row
+select s.source_id, s.data, c.input_hash
+from staged_records s
+cross join lateral (select md5(md5(s.data::text) || %(input_key)s) as input_hash) c
+left join normalized_data n on n.source = s.source and n.source_id = s.source_id
+where s.run_id = %(run_id)s and s.source = %(source)s
+  and (%(full_refresh)s or n.input_hash is distinct from c.input_hash);
+
+-- name: copy_normalized_stage
+copy normalized_stage (run_id, source, source_id, name, value, description, input_hash) from stdin;
+
+-- name: copy_rejects
+copy rejected_records (run_id, source, source_id, stage, reason, payload) from stdin;
+
+-- name: upsert_normalized
+with written as (
+    insert into normalized_data as n
+        (source, source_id, name, value, description, first_seen_run_id, last_changed_run_id, input_hash)
+    select source, source_id, name, value, description, run_id, run_id, input_hash
+    from normalized_stage
+    where run_id = %(run_id)s and source = %(source)s
+    on conflict (source, source_id) do update
+        set name = excluded.name,
+            value = excluded.value,
+            description = excluded.description,
+            input_hash = excluded.input_hash,
+            updated_at = case when (n.name, n.value, n.description)
+                                   is distinct from (excluded.name, excluded.value, excluded.description)
+                              then now() else n.updated_at end,
+            last_changed_run_id = case when (n.name, n.value, n.description)
+                                            is distinct from (excluded.name, excluded.value, excluded.description)
+                                       then excluded.last_changed_run_id else n.last_changed_run_id end
+        where (n.name, n.value, n.description, n.input_hash)
+              is distinct from (excluded.name, excluded.value, excluded.description, excluded.input_hash)
+    returning (xmax = 0) as inserted, (updated_at = now()) as changed
+)
+select count(*) filter (where inserted) as inserted,
+       count(*) filter (where changed and not inserted) as updated,
+       (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s) as staged
+from written;
+
+-- name: add_row_count
+insert into etl_checkpoint (source, row_count)
+values (%(source)s, %(inserted)s)
+on conflict (source) do update
+    set row_count = etl_checkpoint.row_count + excluded.row_count,
+        updated_at = now();
+
+-- name: select_checkpoint
+select last_processed_id, last_processed_at, total_processed, row_count, last_run_id
+from etl_checkpoint where source = %(source)s;
+
+-- name: advance_checkpoint
+-- the highest id this run committed (numeric order when ids are integers); a retried task adds nothing twice
+with batch as (
+    select coalesce(max(source_id::numeric) filter (where source_id ~ '^[0-9]{1,30}$')::text,
+                    max(source_id)) as last_id
+    from staged_records
+    where run_id = %(run_id)s and source = %(source)s
+)
+insert into etl_checkpoint as c (source, last_processed_id, last_processed_at, total_processed, last_run_id)
+select %(source)s, batch.last_id, now(), %(processed)s, %(run_id)s from batch
+on conflict (source) do update
+    set last_processed_id = coalesce(excluded.last_processed_id, c.last_processed_id),
+        last_processed_at = excluded.last_processed_at,
+        total_processed = c.total_processed + excluded.total_processed,
+        last_run_id = excluded.last_run_id,
+        updated_at = now()
+    where c.last_run_id is distinct from excluded.last_run_id
+returning last_processed_id;
+
+-- name: record_run
+insert into etl_runs (run_id, run_type, data_interval_start, data_interval_end, started_at, ended_at,
+                      duration_seconds, records_processed, status, error_message,
+                      fetched, inserted, updated, unchanged, rejected, source_counts)
+values (%(run_id)s, %(run_type)s, %(data_interval_start)s, %(data_interval_end)s, %(started_at)s, now(),
+        extract(epoch from now() - %(started_at)s), %(records_processed)s, %(status)s, %(error_message)s,
+        %(fetched)s, %(inserted)s, %(updated)s, %(unchanged)s, %(rejected)s, %(source_counts)s)
+on conflict (run_id) do update
+    set run_type = excluded.run_type,
+        data_interval_start = excluded.data_interval_start,
+        data_interval_end = excluded.data_interval_end,
+        started_at = excluded.started_at,
+        ended_at = excluded.ended_at,
+        duration_seconds = excluded.duration_seconds,
+        records_processed = excluded.records_processed,
+        status = excluded.status,
+        error_message = excluded.error_message,
+        fetched = excluded.fetched,
+        inserted = excluded.inserted,
+        updated = excluded.updated,
+        unchanged = excluded.unchanged,
+        rejected = excluded.rejected,
+        source_counts = excluded.source_counts
+returning id;
+
+-- name: delete_run_work
+with staged as (delete from staged_records where run_id = %(run_id)s)
+delete from normalized_stage where run_id = %(run_id)s;

@@ -1,0 +1,123 @@
+-- Idempotent DDL applied by the init_schema task (and by the tests and the web app's fixtures).
+-- One named block: it runs as a whole, under an advisory lock so concurrent runs cannot race on it.
+
+-- name: apply_schema
+create table if not exists raw_api_data (
+    id bigserial primary key,
+    source_id text not null unique,
+    data jsonb not null,
+    content_hash text not null,
+    ingested_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    run_id text not null
+);
+
+create table if not exists raw_csv_data (
+    id bigserial primary key,
+    source_id text not null unique,
+    data jsonb not null,
+    content_hash text not null,
+    ingested_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    run_id text not null
+);
+
+create table if not exists normalized_data (
+    id bigserial primary key,
+    source text not null check (source in ('api', 'csv')),
+    source_id text not null,
+    name text,
+    value double precision,
+    description text,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    first_seen_run_id text not null,
+    last_changed_run_id text not null,
+    -- md5 of the raw payload and the mapping that produced this row: lets normalize skip
+    -- records whose input has not changed since they were last normalized.
+    input_hash text not null,
+    unique (source, source_id)
+);
+create index if not exists normalized_data_updated_idx on normalized_data (updated_at desc, id desc);
+create index if not exists normalized_data_source_updated_idx on normalized_data (source, updated_at desc, id desc);
+
+create table if not exists etl_checkpoint (
+    source text primary key check (source in ('api', 'csv')),
+    last_processed_id text,
+    last_processed_at timestamptz,
+    total_processed bigint not null default 0,
+    -- rows of this source in normalized_data, kept by upsert so /stats needs no count(*)
+    row_count bigint not null default 0,
+    last_run_id text,
+    updated_at timestamptz not null default now()
+);
+
+create table if not exists etl_runs (
+    id bigserial primary key,
+    run_id text not null unique,
+    run_type text,
+    data_interval_start timestamptz,
+    data_interval_end timestamptz,
+    started_at timestamptz,
+    ended_at timestamptz,
+    duration_seconds double precision,
+    records_processed bigint not null default 0,
+    status text not null check (status in ('success', 'failed')),
+    error_message text,
+    fetched bigint not null default 0,
+    inserted bigint not null default 0,
+    updated bigint not null default 0,
+    unchanged bigint not null default 0,
+    rejected bigint not null default 0,
+    -- the same counts per source: {"api": {"fetched": 100, ...}, "csv": {...}}
+    source_counts jsonb not null default '{}'::jsonb,
+    created_at timestamptz not null default now()
+);
+create index if not exists etl_runs_started_idx on etl_runs (started_at desc, id desc);
+
+create table if not exists rejected_records (
+    id bigserial primary key,
+    run_id text not null,
+    source text not null check (source in ('api', 'csv')),
+    source_id text,
+    -- the task that quarantined it (store_raw or normalize), so a retried task replaces its own rejects
+    stage text not null,
+    reason text not null,
+    payload jsonb,
+    created_at timestamptz not null default now()
+);
+create index if not exists rejected_records_run_idx on rejected_records (run_id, id);
+
+-- Work tables between tasks of one run. Unlogged: they are rebuilt by a retry and emptied by record_run.
+create unlogged table if not exists staged_records (
+    run_id text not null,
+    source text not null,
+    record_no bigint not null,
+    source_id text,
+    data jsonb,
+    problem text,
+    payload text
+);
+create index if not exists staged_records_run_idx on staged_records (run_id, source, source_id);
+
+create unlogged table if not exists normalized_stage (
+    run_id text not null,
+    source text not null,
+    source_id text not null,
+    name text,
+    value double precision,
+    description text,
+    input_hash text not null
+);
+create index if not exists normalized_stage_run_idx on normalized_stage (run_id, source);
+
+-- Trigram search for the web API when the server offers pg_trgm; plain ILIKE still works without it.
+do $$
+begin
+    if exists (select 1 from pg_available_extensions where name = 'pg_trgm') then
+        create extension if not exists pg_trgm;
+        execute 'create index if not exists normalized_data_name_trgm on normalized_data using gin (name gin_trgm_ops)';
+        execute 'create index if not exists normalized_data_description_trgm on normalized_data using gin (description gin_trgm_ops)';
+    end if;
+end
+$$;

@@ -1,0 +1,60 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL) and fresh databases on it."""
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sluice import queries
+from sluice.devtools import embedded_pg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """URL of a server the tests may create databases on."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    data_dir = REPO / ".sluice" / f"test-pg-{os.getpid()}"
+    url = embedded_pg.start(data_dir)
+    yield url
+    embedded_pg.stop(data_dir)
+
+
+def _with_database(url: str, dbname: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url):
+    """Factory: a new empty database on the test server, with the schema applied unless bare=True."""
+    created = []
+
+    def make(bare: bool = False) -> str:
+        name = f"sluice_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        created.append(name)
+        url = _with_database(server_url, name)
+        if not bare:
+            with psycopg.connect(url) as conn:
+                conn.execute(queries.query("schema.sql", "apply_schema"))
+        return url
+
+    yield make
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for name in created:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(make_database):
+    """A fresh database with the schema applied, private to one test."""
+    return make_database()
