@@ -16,6 +16,7 @@ _ENV = {
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "SLUICE_RETRY_DELAY": "0",
     "SLUICE_TASK_RETRIES": "1",
+    "SLUICE_HTTP_ATTEMPTS": "2",
 }
 os.environ.update(_ENV)
 

