@@ -3,9 +3,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: install demo test clean
+.PHONY: install tools demo test serve up down clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed tools
+
+# docker-compose only validates docker-compose.yaml here (tests/test_compose.py); no engine is needed.
+tools:
+	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null); } || \
+	  echo "warning: docker-compose is missing and could not be installed (needs root); tests/test_compose.py will fail"
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +24,16 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-clean:
+serve: install
+	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse} $(VENV)/bin/gunicorn --bind 127.0.0.1:$${SLUICE_API_PORT:-5000} \
+	  --workers $${SLUICE_WORKERS:-2} --pythonpath plugins,. --access-logfile - webapp.wsgi:app
+
+up: install
+	$(PY) -m sluice.devtools.stack up
+
+down:
+	$(PY) -m sluice.devtools.stack down
+
+clean: down
 	-$(PY) -m sluice.devtools.embedded_pg stop .sluice/pg
 	rm -rf .sluice

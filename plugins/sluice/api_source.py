@@ -40,7 +40,7 @@ def source_id_of(record: Mapping, field: str) -> tuple[str | None, str | None]:
     if mapping.is_missing(value) or value is None:
         return None, f"missing id field {field!r}"
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        return None, f"id field {field!r} is {type(value).__name__}, expected a string or integer"
+        return None, f"id field {field!r} is {mapping.kind(value)}, expected a string or integer"
     text = str(value).strip()
     if not text:
         return None, f"id field {field!r} is blank"
@@ -89,7 +89,7 @@ def fetch(
         for record in records_of(document, where=where):
             record_no = counts.records + counts.problems + 1
             if not isinstance(record, Mapping):
-                writer.problem(record_no, None, f"record {record_no} is a {type(record).__name__}, not an object",
+                writer.problem(record_no, None, f"record {record_no} is {mapping.kind(record)}, not an object",
                                json.dumps(record, ensure_ascii=False))
             else:
                 source_id, problem = source_id_of(record, id_field)

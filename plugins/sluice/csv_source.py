@@ -66,13 +66,22 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
     counts = StageCounts(source=SOURCE, uri=uri, bytes=os.path.getsize(path))
     # surrogateescape keeps undecodable bytes so the row can be quarantined rather than the file failing.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        reader = csv.reader(file, strict=False)
+        reader = csv.reader(file, strict=True)
         header = read_header(reader, field_map, where=where)
         id_index = header.index(field_map["source_id"])
         width = len(header)
         record_no = 0
-        for row in reader:
-            if not row:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                # the reader resumes at the next line; the malformed one is quarantined, not guessed at
+                record_no += 1
+                writer.problem(record_no, None, f"line {reader.line_num}: malformed CSV ({exc})", "")
+                continue
+            if not row or (len(row) == 1 and not row[0].strip()):
                 counts.skipped_blank_lines += 1
                 continue
             record_no += 1

@@ -37,3 +37,10 @@ def lookup(record: Mapping, field: str):
 
 def is_missing(value) -> bool:
     return value is _MISSING
+
+
+def kind(value) -> str:
+    """A JSON-ish name for a value's type, for reasons a user reads: 'an object', 'a list', 'null'."""
+    names = {dict: "an object", list: "a list", bool: "a boolean", type(None): "null", str: "a string",
+             int: "an integer", float: "a number"}
+    return names.get(type(value), type(value).__name__)

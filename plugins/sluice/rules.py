@@ -22,7 +22,7 @@ class Text(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise self.make_error("invalid", kind=_kind(value))
+            raise self.make_error("invalid", kind=mapping.kind(value))
         text = str(value).strip()
         if not text:
             if self.required:
@@ -44,7 +44,7 @@ class Number(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise self.make_error("type", kind=_kind(value))
+            raise self.make_error("type", kind=mapping.kind(value))
         if isinstance(value, str):
             text = value.strip()
             if not text:
@@ -54,14 +54,13 @@ class Number(fields.Field):
                     raise self.make_error("finite", value=value)
                 raise self.make_error("invalid", value=value)
             value = text
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise self.make_error("finite", value=value) from None
         if not math.isfinite(number):
             raise self.make_error("finite", value=value)
         return number
-
-
-def _kind(value) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class NormalizedRecordSchema(Schema):

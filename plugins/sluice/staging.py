@@ -68,6 +68,10 @@ class StageWriter:
         self.problems += 1
 
 
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
 def _printable(text: str) -> str:
     """Text safe for a PostgreSQL text column: undecodable bytes shown as \\xNN, NUL as \\x00."""
+    text = _UNDECODED.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

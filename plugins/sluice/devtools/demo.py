@@ -6,8 +6,7 @@ import time
 
 import psycopg
 
-from sluice.devtools import embedded_pg, local_env, sample_data
-from sluice.devtools.source_server import SourceServer
+from sluice.devtools import embedded_pg, local_env, serve_samples
 
 LOG = local_env.STATE / "logs" / "demo.log"
 
@@ -51,9 +50,7 @@ def summary(url: str) -> str:
 def main() -> int:
     started = time.monotonic()
     url = warehouse_url()
-    with SourceServer() as sources:
-        sources.serve_json("posts", sample_data.posts(100))
-        sources.serve_bytes("items.csv", sample_data.csv_bytes(1000, bad_every=125))
+    with serve_samples.serve() as sources:
         env = local_env.airflow_env(local_env.STATE / "airflow", warehouse_url=url,
                                     api_url=sources.url, csv_url=sources.url)
         print(f"warehouse: {url}\nsources:   {sources.url}/posts and {sources.url}/items.csv")

@@ -1,0 +1,108 @@
+-- Named queries of the read API (webapp/). Every value is a named parameter; optional filters are
+-- written `(%(x)s is null or ...)`: psycopg2 sends the values inline, so the planner folds the unused
+-- branches away and still picks the (source, updated_at, id) and pg_trgm indexes.
+-- The filters of data_page, data_count and data_estimate must stay identical (a test checks it).
+
+-- name: data_page
+select id, source, source_id, name, value, description, created_at, updated_at
+from normalized_data
+where (%(source)s::text is null or source = %(source)s)
+  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
+  and (%(pattern)s::text is null
+       or name ilike %(pattern)s escape '\'
+       or description ilike %(pattern)s escape '\')
+  and (%(after_updated_at)s::timestamptz is null
+       or (updated_at, id) < (%(after_updated_at)s::timestamptz, %(after_id)s::bigint))
+order by updated_at desc, id desc
+limit %(limit)s offset %(offset)s;
+
+-- name: data_count
+select count(*) as total
+from normalized_data
+where (%(source)s::text is null or source = %(source)s)
+  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
+  and (%(pattern)s::text is null
+       or name ilike %(pattern)s escape '\'
+       or description ilike %(pattern)s escape '\');
+
+-- name: data_estimate
+-- the planner's row estimate: no scan, so it stays cheap on any table size
+explain (format json)
+select 1
+from normalized_data
+where (%(source)s::text is null or source = %(source)s)
+  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
+  and (%(pattern)s::text is null
+       or name ilike %(pattern)s escape '\'
+       or description ilike %(pattern)s escape '\');
+
+-- name: data_record
+select id, source, source_id, name, value, description, created_at, updated_at,
+       first_seen_run_id, last_changed_run_id
+from normalized_data
+where source = %(source)s and source_id = %(source_id)s;
+
+-- name: last_run
+-- the newest run, in the order of /runs
+select run_id, status, started_at, ended_at, error_message,
+       extract(epoch from now() - ended_at) / 3600 as hours_since_end
+from etl_runs
+order by started_at desc, id desc
+limit 1;
+
+-- name: runs_page
+select run_id, run_type, data_interval_start, data_interval_end, started_at, ended_at,
+       duration_seconds, records_processed, status, error_message,
+       fetched, inserted, updated, unchanged, rejected, source_counts
+from etl_runs
+order by started_at desc, id desc
+limit %(limit)s offset %(offset)s;
+
+-- name: runs_count
+-- etl_runs holds one row per run, so counting it stays cheap
+select count(*) as total from etl_runs;
+
+-- name: run_exists
+-- a run in progress has no etl_runs row yet but may already have quarantined records
+select exists (select 1 from etl_runs where run_id = %(run_id)s)
+       or exists (select 1 from rejected_records where run_id = %(run_id)s) as found;
+
+-- name: rejects_page
+select source, source_id, stage, reason, payload, created_at
+from rejected_records
+where run_id = %(run_id)s
+order by id
+limit %(limit)s offset %(offset)s;
+
+-- name: rejects_count
+select count(*) as total from rejected_records where run_id = %(run_id)s;
+
+-- name: stats_totals
+select coalesce(sum(records_processed), 0)::bigint as total_records_processed,
+       coalesce(sum(duration_seconds), 0)::double precision as total_duration_seconds,
+       count(*) as run_count
+from etl_runs;
+
+-- name: stats_last_of_status
+-- when the newest run of one status ended (started, for a row without an end)
+select coalesce(ended_at, started_at) as at, error_message
+from etl_runs
+where status = %(status)s
+order by started_at desc, id desc
+limit 1;
+
+-- name: stats_rows_per_source
+select source, row_count from etl_checkpoint;
+
+-- name: stats_rejects_per_source
+-- from the runs' own counts, so no count(*) over the ever-growing rejected_records
+select counts.key as source, sum((counts.value ->> 'rejected')::bigint) as rejected
+from etl_runs, jsonb_each(etl_runs.source_counts) as counts
+where jsonb_typeof(counts.value) = 'object'
+group by counts.key;
+
+-- name: stats_last_run
+select run_id, status, started_at, ended_at, inserted, updated, unchanged, rejected, source_counts
+from etl_runs
+order by started_at desc, id desc
+limit 1;

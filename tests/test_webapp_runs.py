@@ -1,0 +1,100 @@
+"""GET /runs and /runs/<run_id>/rejects on a real PostgreSQL."""
+
+from urllib.parse import quote
+
+import pytest
+from webapp_fixtures import insert_rejects, insert_run
+
+from webapp import create_app, db
+
+AIRFLOW_RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
+COUNTS = {"api": {"fetched": 10, "inserted": 3, "updated": 1, "unchanged": 5, "rejected": 1},
+          "csv": {"fetched": 4, "inserted": 0, "updated": 0, "unchanged": 2, "rejected": 2}}
+
+
+@pytest.fixture(scope="module")
+def client(make_database):
+    url = make_database()
+    # run-0 is the oldest; AIRFLOW_RUN_ID the newest
+    for number in range(12):
+        insert_run(url, f"run-{number}", ended_hours_ago=100 - number)
+    insert_run(url, AIRFLOW_RUN_ID, status="failed", ended_hours_ago=1, error_message="csv: HTTP 500",
+               source_counts=COUNTS, records_processed=14)
+    insert_rejects(url, AIRFLOW_RUN_ID, [
+        {"source": "csv", "source_id": f"c{number}", "reason": f"value 'x{number}' is not a number",
+         "payload": {"id": f"c{number}", "value": f"x{number}", "note": "Ærø"}}
+        for number in range(25)])
+    insert_rejects(url, "run-3", [{"source": "api", "source_id": None, "reason": "no id", "payload": None}])
+    insert_rejects(url, "manual__in-progress", [{"source": "api", "source_id": "a1", "reason": "bad", "payload": [1]}])
+    app = create_app({"DATABASE_URL": url})
+    yield app.test_client()
+    db.warehouse(app).close()
+
+
+def test_runs_newest_first_with_all_fields(client):
+    body = client.get("/runs?page_size=3").json
+    assert [run["run_id"] for run in body["data"]] == [AIRFLOW_RUN_ID, "run-11", "run-10"]
+    assert (body["total"], body["page"], body["page_size"], body["has_more"]) == (13, 1, 3, True)
+    newest = body["data"][0]
+    assert {key: newest[key] for key in ("status", "error_message", "fetched", "inserted", "updated", "unchanged",
+                                         "rejected", "records_processed", "source_counts", "duration_seconds",
+                                         "run_type")} == {
+        "status": "failed", "error_message": "csv: HTTP 500", "fetched": 14, "inserted": 3, "updated": 1,
+        "unchanged": 7, "rejected": 3, "records_processed": 14, "source_counts": COUNTS, "duration_seconds": 60.0,
+        "run_type": "scheduled"}
+    assert newest["started_at"] < newest["ended_at"]
+
+
+@pytest.mark.parametrize("page, page_size, expected, has_more", [
+    (1, 13, [AIRFLOW_RUN_ID] + [f"run-{n}" for n in range(11, -1, -1)], False),
+    (2, 5, [f"run-{n}" for n in range(7, 2, -1)], True),
+    (3, 5, ["run-2", "run-1", "run-0"], False),  # last page
+    (4, 5, [], False),  # past the end
+])
+def test_runs_pages(client, page, page_size, expected, has_more):
+    body = client.get(f"/runs?page={page}&page_size={page_size}").json
+    assert [run["run_id"] for run in body["data"]] == expected
+    assert body["has_more"] is has_more and body["total"] == 13
+
+
+@pytest.mark.parametrize("path", [
+    f"/runs/{AIRFLOW_RUN_ID}/rejects",  # ':' and '+' as they are
+    f"/runs/{quote(AIRFLOW_RUN_ID, safe='')}/rejects",  # percent-encoded
+])
+def test_rejects_of_an_airflow_run_id(client, path):
+    body = client.get(f"{path}?page_size=10&page=3").json
+    assert (body["total"], body["page"], body["has_more"]) == (25, 3, False)
+    assert [item["source_id"] for item in body["data"]] == [f"c{n}" for n in range(20, 25)]
+    assert body["data"][0] == {
+        "source": "csv", "source_id": "c20", "stage": "normalize", "reason": "value 'x20' is not a number",
+        "payload": {"id": "c20", "value": "x20", "note": "Ærø"}, "created_at": body["data"][0]["created_at"]}
+
+
+@pytest.mark.parametrize("run_id, expected", [
+    ("run-3", [{"source_id": None, "payload": None, "reason": "no id"}]),
+    ("run-4", []),  # a run without rejects
+    ("manual__in-progress", [{"source_id": "a1", "payload": [1], "reason": "bad"}]),  # no etl_runs row yet
+])
+def test_rejects_of_other_runs(client, run_id, expected):
+    response = client.get(f"/runs/{run_id}/rejects")
+    assert response.status_code == 200
+    found = [{key: item[key] for key in ("source_id", "payload", "reason")} for item in response.json["data"]]
+    assert found == expected
+
+
+@pytest.mark.parametrize("url, status, field", [
+    ("/runs/no-such-run/rejects", 404, None),
+    ("/runs/a/b/rejects", 404, None),  # a run id with a slash that does not exist
+    ("/runs?page=0", 400, "page"),
+    ("/runs?page_size=500", 400, "page_size"),
+    ("/runs?status=failed", 400, "status"),
+    (f"/runs/{AIRFLOW_RUN_ID}/rejects?page=x", 400, "page"),
+    ("/runs/no-such-run/rejects?page=x", 400, "page"),
+])
+def test_runs_errors(client, url, status, field):
+    response = client.get(url)
+    assert response.status_code == status and response.json["code"] == status
+    if field:
+        assert field in response.json["errors"]
+    else:
+        assert "no run with run_id" in response.json["message"]

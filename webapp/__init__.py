@@ -1,0 +1,28 @@
+"""Sluice's read API: a Flask app factory over the warehouse tables the pipeline fills."""
+
+from flask import Flask
+from flask_cors import CORS
+
+from webapp import config as settings
+from webapp import db, errors, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_stats
+
+
+def create_app(config=None) -> Flask:
+    """An app configured by defaults, then SLUICE_* environment variables, then `config`."""
+    app = Flask(__name__, static_folder=None)  # JSON only: no /static route
+    app.config.from_mapping(settings.defaults())
+    app.config.from_prefixed_env("SLUICE")
+    if config is not None:
+        app.config.from_mapping(config)
+    settings.check(app.config)
+
+    db.init_app(app)
+    errors.register(app)
+    hooks.register(app)
+    if app.config["CORS_ORIGINS"]:
+        # No credentials ever: the API is public and read-only, so "*" is never paired with cookies.
+        CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
+             expose_headers=["ETag", "Retry-After"], supports_credentials=False, max_age=600)
+    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs):
+        app.register_blueprint(module.blueprint)
+    return app

@@ -1,0 +1,60 @@
+"""Settings of the read API: defaults, and a check that fails at startup instead of on some request."""
+
+import os
+import re
+
+# Each key is also read from the environment with the SLUICE_ prefix (SLUICE_POOL_MAX=30).
+DEFAULTS = {
+    "POOL_MIN": 5,  # connections kept open while idle
+    "POOL_MAX": 20,  # connections at most; one more concurrent request gets a 503
+    "STATEMENT_TIMEOUT_MS": 5000,
+    "CONNECT_TIMEOUT_SECONDS": 2,  # libpq's minimum: a database that is down costs a request at most this
+    "CORS_ORIGINS": "",  # comma-separated exact origins; empty sends no CORS headers; "*" allows any
+    "MAX_STALENESS_HOURS": 26,  # a daily pipeline plus slack before /health says stale
+    "MAX_CONTENT_LENGTH": 64 * 1024,  # the API takes no bodies; refuse big ones early
+}
+_ORIGIN = re.compile(r"^https?://[^/\s*?\\^$()\[\]]+$")
+
+
+def defaults() -> dict:
+    """DEFAULTS plus DATABASE_URL from the environment, read now rather than at import."""
+    return {**DEFAULTS, "DATABASE_URL": os.environ.get("DATABASE_URL")}
+
+
+def _integer(config, key: str, minimum: int) -> int:
+    value = config[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"SLUICE_{key}={value!r} is not an integer") from None
+    if isinstance(value, float) and number != value or number < minimum:
+        raise ValueError(f"SLUICE_{key}={value!r} must be a whole number of at least {minimum}")
+    return number
+
+
+def _origins(value) -> list[str]:
+    origins = [item.strip() for item in value.split(",")] if isinstance(value, str) else list(value or [])
+    origins = [origin.rstrip("/") for origin in origins if origin]
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(f"SLUICE_CORS_ORIGINS: {origin!r} is not an origin like https://example.com")
+    return origins
+
+
+def check(config) -> None:
+    """Normalize the settings in place (types, lists); ValueError naming the setting when one is wrong."""
+    if not config.get("DATABASE_URL"):
+        raise ValueError("DATABASE_URL (or SLUICE_DATABASE_URL) is not set: the API needs the warehouse URL")
+    config["POOL_MIN"] = _integer(config, "POOL_MIN", 0)
+    config["POOL_MAX"] = _integer(config, "POOL_MAX", max(1, config["POOL_MIN"]))
+    config["STATEMENT_TIMEOUT_MS"] = _integer(config, "STATEMENT_TIMEOUT_MS", 1)
+    config["CONNECT_TIMEOUT_SECONDS"] = _integer(config, "CONNECT_TIMEOUT_SECONDS", 2)  # libpq reads 1 as 2, 0 as never
+    config["MAX_CONTENT_LENGTH"] = _integer(config, "MAX_CONTENT_LENGTH", 0)
+    config["CORS_ORIGINS"] = _origins(config["CORS_ORIGINS"])
+    try:
+        hours = float(config["MAX_STALENESS_HOURS"])
+    except (TypeError, ValueError):
+        raise ValueError(f"SLUICE_MAX_STALENESS_HOURS={config['MAX_STALENESS_HOURS']!r} is not a number") from None
+    if not hours > 0:
+        raise ValueError(f"SLUICE_MAX_STALENESS_HOURS={hours!r} must be more than 0")
+    config["MAX_STALENESS_HOURS"] = hours

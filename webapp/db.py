@@ -1,0 +1,139 @@
+"""The warehouse connection pool: created lazily, one read-only connection per request on flask.g."""
+
+import logging
+import threading
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+from flask import current_app, g
+from psycopg2.pool import PoolError, ThreadedConnectionPool
+
+from sluice import queries
+
+log = logging.getLogger(__name__)
+
+SQL_FILE = "webapp.sql"
+# Errors after which a connection cannot be trusted again: the server or the socket went away.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class DatabaseUnavailable(Exception):
+    """The warehouse cannot answer now (down, unreachable, too slow or out of connections): a 503."""
+
+
+class Warehouse:
+    """A ThreadedConnectionPool made on first use, so the app starts while the database is down."""
+
+    def __init__(self, config):
+        self.dsn = config["DATABASE_URL"]
+        self.min_connections = config["POOL_MIN"]
+        self.max_connections = config["POOL_MAX"]
+        self.statement_timeout_ms = config["STATEMENT_TIMEOUT_MS"]
+        self.connect_timeout_seconds = config["CONNECT_TIMEOUT_SECONDS"]
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def _connect_options(self) -> dict:
+        # Set at connection start so no request pays a round trip for them: every transaction is
+        # read-only and sees one snapshot (a page and its total agree), no statement runs for long.
+        options = (f"-c statement_timeout={self.statement_timeout_ms}"
+                   " -c default_transaction_read_only=on"
+                   r" -c default_transaction_isolation=repeatable\ read"
+                   " -c TimeZone=UTC")
+        return {"connect_timeout": self.connect_timeout_seconds, "options": options,
+                "application_name": "sluice-webapp"}
+
+    def pool(self) -> ThreadedConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadedConnectionPool(
+                    self.min_connections, self.max_connections, self.dsn, **self._connect_options())
+            return self._pool
+
+    def checkout(self):
+        """A connection from the pool; DatabaseUnavailable when none can be had."""
+        try:
+            return self.pool().getconn()
+        except PoolError as error:
+            raise DatabaseUnavailable(
+                f"all {self.max_connections} database connections are in use") from error
+        except CONNECTION_ERRORS as error:
+            log.warning("cannot connect to the warehouse: %s", str(error).strip())
+            raise DatabaseUnavailable("database unreachable") from error
+
+    def give_back(self, conn, broken: bool) -> None:
+        """Return a connection; a broken one is closed so the pool reconnects when the server is back."""
+        if not broken and not conn.closed:
+            try:
+                conn.rollback()
+            except CONNECTION_ERRORS:
+                broken = True
+        self.pool().putconn(conn, close=broken or bool(conn.closed))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and not self._pool.closed:
+                self._pool.closeall()
+            self._pool = None
+
+
+def init_app(app) -> None:
+    app.extensions["sluice_warehouse"] = Warehouse(app.config)
+    app.teardown_appcontext(_give_back_connection)
+
+
+def warehouse(app=None) -> Warehouse:
+    return (app or current_app).extensions["sluice_warehouse"]
+
+
+def get_db():
+    """This request's connection, taken from the pool on first use."""
+    if "db" not in g:
+        g.db = warehouse().checkout()
+        g.db_statements = 0
+    return g.db
+
+
+def _discard_connection() -> None:
+    conn = g.pop("db", None)
+    if conn is not None:
+        warehouse().give_back(conn, broken=True)
+
+
+def _give_back_connection(_error=None) -> None:
+    conn = g.pop("db", None)
+    if conn is not None:
+        warehouse().give_back(conn, broken=False)
+
+
+def fetch_all(name: str, params: dict | None = None) -> list[dict]:
+    """Rows of the named query of sql/webapp.sql as dicts; database trouble becomes DatabaseUnavailable."""
+    statement = queries.query(SQL_FILE, name)
+    store = warehouse()
+    # A pooled connection whose server restarted fails on its first statement: retry that statement
+    # on the next connection (at most the whole pool), so one restart costs clients no errors.
+    for attempt in range(store.max_connections + 1):
+        conn = get_db()
+        first_statement = g.db_statements == 0
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+                cursor.execute(statement, params or {})
+                g.db_statements += 1
+                return cursor.fetchall()
+        except psycopg2.errors.QueryCanceled as error:
+            raise DatabaseUnavailable(
+                f"the query took longer than the {store.statement_timeout_ms} ms statement timeout") from error
+        except CONNECTION_ERRORS as error:
+            _discard_connection()
+            if first_statement and conn.closed:
+                log.info("discarded a dead pooled connection (attempt %d): %s", attempt + 1, str(error).strip())
+                continue
+            log.warning("warehouse query %s failed: %s", name, str(error).strip())
+            raise DatabaseUnavailable("database unreachable") from error
+    raise DatabaseUnavailable("database unreachable")
+
+
+def fetch_one(name: str, params: dict | None = None) -> dict | None:
+    rows = fetch_all(name, params)
+    return rows[0] if rows else None

@@ -1,0 +1,93 @@
+"""The OpenAPI 3.1 document, built by apispec from the routes' @documented schemas and the URL map."""
+
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
+
+import sluice
+from webapp.schemas import error_schema
+
+OPENAPI_VERSION = "3.1.0"
+_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+DESCRIPTION = """Read-only API over the Sluice warehouse.
+
+Errors always have the shape `{"code", "status", "message", "errors"}`; `errors` names each invalid
+parameter. Query strings reject unknown and repeated parameters. `/data` pages either by `page` or by
+`cursor` (keyset, stable under inserts); giving both is a 400. `/data` and `/stats` send a strong ETag
+and answer `If-None-Match` with 304."""
+
+
+@dataclass(frozen=True)
+class Operation:
+    responses: dict[int, Schema]
+    query: Schema | None = None
+    path: Schema | None = None
+    errors: tuple[int, ...] = ()
+    etag: bool = False
+    summary: str = ""
+
+
+def documented(*, responses, query=None, path=None, errors=(), etag=False):
+    """Attach the schemas of a view to it, for the OpenAPI document and the index of endpoints."""
+    def attach(view):
+        summary = (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else ""
+        view.openapi = Operation(responses=responses, query=query, path=path, errors=tuple(errors),
+                                 etag=etag, summary=summary)
+        return view
+    return attach
+
+
+def openapi_path(rule) -> str:
+    """/data/<source>/<path:source_id> → /data/{source}/{source_id}."""
+    return _CONVERTER.sub(r"{\1}", rule.rule)
+
+
+def public_methods(rule) -> list[str]:
+    return sorted(rule.methods - {"HEAD", "OPTIONS"})
+
+
+def operation_of(app, rule) -> Operation:
+    doc = getattr(app.view_functions[rule.endpoint], "openapi", None)
+    if doc is None:
+        raise LookupError(f"route {rule.rule} (endpoint {rule.endpoint}) has no @documented schemas")
+    return doc
+
+
+def _json(schema, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _operation(endpoint: str, doc: Operation) -> dict:
+    parameters = []
+    if doc.path is not None:
+        parameters.append({"in": "path", "schema": doc.path})
+    if doc.query is not None:
+        parameters.append({"in": "query", "schema": doc.query})
+    responses = {}
+    for code, schema in doc.responses.items():
+        responses[str(code)] = _json(schema, HTTPStatus(code).phrase)
+    if doc.etag:
+        parameters.append({"in": "header", "name": "If-None-Match", "required": False,
+                           "schema": {"type": "string"}, "description": "an ETag of an earlier answer"})
+        responses["200"]["headers"] = {"ETag": {"description": "strong hash of the body",
+                                                "schema": {"type": "string"}}}
+        responses["304"] = {"description": "Not Modified: the If-None-Match ETag still matches"}
+    for code in doc.errors:
+        responses[str(code)] = _json(error_schema, HTTPStatus(code).phrase)
+    responses["default"] = _json(error_schema, "any other error, in the same shape")
+    return {"operationId": endpoint, "summary": doc.summary, "parameters": parameters, "responses": responses}
+
+
+def build(app) -> dict:
+    """The document for every route of the app; LookupError for a route without @documented."""
+    spec = APISpec(title="Sluice read API", version=sluice.__version__, openapi_version=OPENAPI_VERSION,
+                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
+    for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
+        doc = operation_of(app, rule)
+        operations = {method.lower(): _operation(rule.endpoint, doc) for method in public_methods(rule)}
+        spec.path(path=openapi_path(rule), operations=operations)
+    return spec.to_dict()

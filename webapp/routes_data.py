@@ -1,0 +1,70 @@
+"""/data: the normalized records, filtered and paginated by page or by keyset cursor; one record by key."""
+
+from flask import Blueprint, request
+from werkzeug.exceptions import NotFound
+
+from webapp import db
+from webapp.openapi import documented
+from webapp.responses import conditional_json
+from webapp.schemas import (data_page_schema, data_query_schema, load_query, record_detail_schema,
+                            record_path_schema)
+
+blueprint = Blueprint("data", __name__)
+
+
+def like_pattern(search: str) -> str:
+    """A substring ILIKE pattern in which the user's %, _ and \\ match themselves (ESCAPE '\\')."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _filters(args: dict) -> dict:
+    search = args.get("search")
+    return {"source": args.get("source"), "updated_since": args.get("updated_since"),
+            "pattern": like_pattern(search) if search is not None else None}
+
+
+def _total(mode: str, filters: dict) -> int | None:
+    if mode == "none":
+        return None
+    if mode == "estimated":
+        (plan,) = db.fetch_one("data_estimate", filters)["QUERY PLAN"]
+        return int(plan["Plan"]["Plan Rows"])
+    return db.fetch_one("data_count", filters)["total"]
+
+
+@blueprint.get("/data")
+@documented(query=data_query_schema, responses={200: data_page_schema}, errors=(400, 503), etag=True)
+def list_records():
+    """Normalized records, newest update first (updated_at desc, id desc)."""
+    args = load_query(data_query_schema, request.args)
+    filters = _filters(args)
+    page_size = args["page_size"]
+    after = args.get("cursor")
+    page = None if after else args["page"]
+    rows = db.fetch_all("data_page", {
+        **filters,
+        "after_updated_at": after[0] if after else None,
+        "after_id": after[1] if after else None,
+        # one row more than asked tells whether another page follows, without counting
+        "limit": page_size + 1,
+        "offset": (page - 1) * page_size if page else 0,
+    })
+    has_more = len(rows) > page_size
+    rows = rows[:page_size]
+    last = rows[-1] if has_more else None
+    return conditional_json(data_page_schema.dump({
+        "data": rows, "total": _total(args["count"], filters), "page": page, "page_size": page_size,
+        "has_more": has_more, "next_cursor": (last["updated_at"], last["id"]) if last else None,
+    }))
+
+
+@blueprint.get("/data/<source>/<path:source_id>")
+@documented(path=record_path_schema, responses={200: record_detail_schema}, errors=(400, 404, 503))
+def get_record(source, source_id):
+    """One record with its lineage: the runs that first saw it and last changed it."""
+    key = record_path_schema.load({"source": source, "source_id": source_id})
+    row = db.fetch_one("data_record", key)
+    if row is None:
+        raise NotFound(f"no {key['source']} record with source_id {key['source_id']!r}")
+    return record_detail_schema.dump(row)

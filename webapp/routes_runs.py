@@ -1,0 +1,40 @@
+"""/runs: the pipeline's run records, newest first, and the records each run rejected."""
+
+from flask import Blueprint, request
+from werkzeug.exceptions import NotFound
+
+from webapp import db
+from webapp.openapi import documented
+from webapp.schemas import (load_query, page_query_schema, rejects_page_schema, run_path_schema,
+                            runs_page_schema)
+
+blueprint = Blueprint("runs", __name__)
+
+
+def _page(query: str, count_query: str, args: dict, params: dict | None = None) -> dict:
+    page, page_size = args["page"], args["page_size"]
+    params = params or {}
+    rows = db.fetch_all(query, {**params, "limit": page_size + 1, "offset": (page - 1) * page_size})
+    return {"data": rows[:page_size], "total": db.fetch_one(count_query, params)["total"],
+            "page": page, "page_size": page_size, "has_more": len(rows) > page_size}
+
+
+@blueprint.get("/runs")
+@documented(query=page_query_schema, responses={200: runs_page_schema}, errors=(400, 503))
+def list_runs():
+    """ETL runs, newest first (started_at desc, id desc)."""
+    args = load_query(page_query_schema, request.args)
+    return runs_page_schema.dump(_page("runs_page", "runs_count", args))
+
+
+# `path`: Airflow run ids may hold any character; ':' and '+' need no encoding in a URL path.
+@blueprint.get("/runs/<path:run_id>/rejects")
+@documented(path=run_path_schema, query=page_query_schema, responses={200: rejects_page_schema},
+            errors=(400, 404, 503))
+def list_rejects(run_id):
+    """Records a run rejected, with the reason and the payload as received."""
+    key = run_path_schema.load({"run_id": run_id})
+    args = load_query(page_query_schema, request.args)
+    if not db.fetch_one("run_exists", key)["found"]:
+        raise NotFound(f"no run with run_id {key['run_id']!r}")
+    return rejects_page_schema.dump(_page("rejects_page", "rejects_count", args, key))

@@ -1,0 +1,241 @@
+"""Marshmallow schemas of every query string, path and response body, instantiated once at import."""
+
+import base64
+import binascii
+import datetime as dt
+import json
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from sluice.settings import SOURCES
+
+MAX_PAGE = 10_000  # deeper than this, OFFSET gets slow: clients follow next_cursor instead
+MAX_PAGE_SIZE = 100
+COUNT_MODES = ("exact", "estimated", "none")
+HEALTH_STATUSES = ("ok", "degraded", "unavailable")
+RUN_STATUSES = ("success", "failed")
+
+
+class Cursor(fields.String):
+    """Opaque keyset position: base64url (unpadded) of the JSON [updated_at ISO 8601, id] of a row."""
+
+    default_error_messages = {
+        "invalid_cursor": "Not a valid cursor: pass next_cursor of a previous response unchanged.",
+    }
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        updated_at, row_id = value
+        text = json.dumps([updated_at.isoformat(), row_id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    def _deserialize(self, value, attr, data, **kwargs) -> tuple[dt.datetime, int]:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            updated_at, row_id = json.loads(raw)
+            position = dt.datetime.fromisoformat(updated_at), row_id
+        except (binascii.Error, ValueError, TypeError) as error:  # ValueError covers bad JSON and UTF-8
+            raise self.make_error("invalid_cursor") from error
+        if position[0].tzinfo is None or type(row_id) is not int or not 0 < row_id < 2**63:
+            raise self.make_error("invalid_cursor")
+        return position
+
+
+class NoQuerySchema(Schema):
+    """Query string of endpoints that take no parameters: any parameter is a mistake worth a 400."""
+
+
+class PageQuerySchema(Schema):
+    """Query string of the paginated lists."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(
+        min=1, max=MAX_PAGE, error=f"Must be between 1 and {MAX_PAGE}; follow next_cursor to read further."))
+    page_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+
+
+class DataQuerySchema(PageQuerySchema):
+    """Query string of GET /data."""
+
+    source = fields.String(validate=validate.OneOf(SOURCES))
+    search = fields.String(validate=validate.Length(min=1, max=200), metadata={
+        "description": "case-insensitive substring of name or description; % _ and \\ match themselves"})
+    updated_since = fields.AwareDateTime(default_timezone=dt.timezone.utc, metadata={
+        "description": "ISO 8601; rows with updated_at at or after it (naive means UTC)"}, error_messages={
+        "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})
+    cursor = Cursor(metadata={"description": "next_cursor of the previous page; excludes page"})
+    count = fields.String(load_default="exact", validate=validate.OneOf(COUNT_MODES))
+
+    @validates_schema(pass_original=True)
+    def _cursor_or_page(self, data, original, **kwargs):
+        if "cursor" in original and "page" in original:
+            raise ValidationError("Cannot be combined with page: a cursor already says where to go on.",
+                                  field_name="cursor")
+
+
+class RecordPathSchema(Schema):
+    source = fields.String(required=True, validate=validate.OneOf(SOURCES))
+    source_id = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class RunPathSchema(Schema):
+    run_id = fields.String(required=True, validate=validate.Length(min=1, max=1000), metadata={
+        "description": "Airflow run id as is (':' and '+' are fine) or percent-encoded"})
+
+
+class Body(Schema):
+    """Base of response bodies: every field is always present, null where it has no value."""
+
+    def on_bind_field(self, field_name, field_obj):
+        field_obj.required = True
+
+
+class ErrorSchema(Body):
+    code = fields.Integer()
+    status = fields.String()
+    message = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.Raw(), metadata={
+        "description": "field name → list of problems, for invalid parameters"})
+
+
+class EndpointSchema(Body):
+    path = fields.String()
+    methods = fields.List(fields.String())
+    summary = fields.String()
+
+
+class IndexSchema(Body):
+    service = fields.String()
+    version = fields.String()
+    endpoints = fields.List(fields.Nested(EndpointSchema))
+
+
+class RecordSchema(Body):
+    id = fields.Integer()
+    source = fields.String(validate=validate.OneOf(SOURCES))
+    source_id = fields.String()
+    name = fields.String(allow_none=True)
+    value = fields.Float(allow_none=True)
+    description = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class RecordDetailSchema(RecordSchema):
+    first_seen_run_id = fields.String()
+    last_changed_run_id = fields.String()
+
+
+class Page(Body):
+    total = fields.Integer(allow_none=True, metadata={"description": "null when count=none"})
+    page = fields.Integer(allow_none=True, metadata={"description": "null when reading by cursor"})
+    page_size = fields.Integer()
+    has_more = fields.Boolean()
+
+
+class DataPageSchema(Page):
+    data = fields.List(fields.Nested(RecordSchema))
+    next_cursor = Cursor(allow_none=True, metadata={"description": "pass as cursor for the next page"})
+
+
+def _source_counts() -> fields.Dict:
+    return fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String(), values=fields.Raw()),
+                       metadata={"description": 'per source: {"api": {"fetched": 100, "inserted": 3, ...}}'})
+
+
+class RunSchema(Body):
+    run_id = fields.String()
+    run_type = fields.String(allow_none=True)
+    data_interval_start = fields.DateTime(allow_none=True)
+    data_interval_end = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    ended_at = fields.DateTime(allow_none=True)
+    duration_seconds = fields.Float(allow_none=True)
+    records_processed = fields.Integer()
+    status = fields.String(validate=validate.OneOf(RUN_STATUSES))
+    error_message = fields.String(allow_none=True)
+    fetched = fields.Integer()
+    inserted = fields.Integer()
+    updated = fields.Integer()
+    unchanged = fields.Integer()
+    rejected = fields.Integer()
+    source_counts = _source_counts()
+
+
+class RunsPageSchema(Page):
+    data = fields.List(fields.Nested(RunSchema))
+
+
+class RejectSchema(Body):
+    source = fields.String(validate=validate.OneOf(SOURCES))
+    source_id = fields.String(allow_none=True)
+    stage = fields.String()
+    reason = fields.String()
+    payload = fields.Raw(allow_none=True, metadata={"description": "the record as received"})
+    created_at = fields.DateTime()
+
+
+class RejectsPageSchema(Page):
+    data = fields.List(fields.Nested(RejectSchema))
+
+
+class LastRunSchema(Body):
+    run_id = fields.String()
+    status = fields.String(validate=validate.OneOf(RUN_STATUSES))
+    started_at = fields.DateTime(allow_none=True)
+    ended_at = fields.DateTime(allow_none=True)
+    inserted = fields.Integer()
+    updated = fields.Integer()
+    unchanged = fields.Integer()
+    rejected = fields.Integer()
+    source_counts = _source_counts()
+
+
+class StatsSchema(Body):
+    total_records_processed = fields.Integer()
+    total_duration_seconds = fields.Float()
+    run_count = fields.Integer()
+    last_success = fields.DateTime(allow_none=True)
+    last_failure = fields.DateTime(allow_none=True)
+    last_failure_reason = fields.String(allow_none=True)
+    rows_per_source = fields.Dict(keys=fields.String(), values=fields.Integer())
+    rejects_per_source = fields.Dict(keys=fields.String(), values=fields.Integer())
+    last_run = fields.Nested(LastRunSchema, allow_none=True)
+
+
+class HealthRunSchema(Body):
+    run_id = fields.String()
+    started_at = fields.DateTime(allow_none=True)
+    ended_at = fields.DateTime(allow_none=True)
+
+
+class HealthSchema(Body):
+    status = fields.String(validate=validate.OneOf(HEALTH_STATUSES))
+    db_connected = fields.Boolean()
+    last_etl_run = fields.Nested(HealthRunSchema, allow_none=True)
+    etl_status = fields.String(allow_none=True, validate=validate.OneOf(RUN_STATUSES))
+    reason = fields.String(allow_none=True, metadata={"description": "why the service is not ok"})
+
+
+no_query_schema = NoQuerySchema()
+page_query_schema = PageQuerySchema()
+data_query_schema = DataQuerySchema()
+record_path_schema = RecordPathSchema()
+run_path_schema = RunPathSchema()
+error_schema = ErrorSchema()
+index_schema = IndexSchema()
+record_detail_schema = RecordDetailSchema()
+data_page_schema = DataPageSchema()
+runs_page_schema = RunsPageSchema()
+rejects_page_schema = RejectsPageSchema()
+stats_schema = StatsSchema()
+health_schema = HealthSchema()
+
+
+def load_query(schema: Schema, args) -> dict:
+    """Validate a query string (a MultiDict); a parameter given twice is an error, not a silent pick."""
+    repeated = {key: ["Given more than once; pass it once."] for key, values in args.lists() if len(values) > 1}
+    if repeated:
+        raise ValidationError(repeated)
+    return schema.load(args.to_dict())
