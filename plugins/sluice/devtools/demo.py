@@ -1,8 +1,15 @@
 """`make demo`: the whole job offline — embedded Postgres, sample sources on loopback, one real DAG run."""
 
+import json
 import os
+import socket
+import statistics
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import psycopg
 
@@ -47,6 +54,58 @@ def summary(url: str) -> str:
     return "\n".join(lines)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def start_api(url: str) -> tuple[subprocess.Popen, str]:
+    """gunicorn serving webapp on a free loopback port; returns once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--pythonpath", f"{local_env.REPO / 'plugins'},{local_env.REPO}", "webapp.wsgi:app"],
+        env={**os.environ, "DATABASE_URL": url, "SLUICE_LOG_LEVEL": "WARNING"},
+        stdout=open(LOG, "ab"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            get(base + "/")
+            return process, base
+        except OSError:
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError(f"gunicorn did not answer on {base}; see {LOG}")
+
+
+def show_api(base: str) -> None:
+    for path in ("/health", "/data?page_size=3", "/data?source=csv&search=z%C3%BCrich&page_size=2&count=exact",
+                 "/stats"):
+        status, body = get(base + path)
+        text = json.dumps(json.loads(body), ensure_ascii=False, indent=1)
+        lines = text.splitlines()
+        print(f"\nGET {path} -> {status}\n" + "\n".join(lines[:40]) + ("\n ..." if len(lines) > 40 else ""))
+    for path in ("/data", "/stats"):
+        timings = []
+        for _ in range(300):
+            started = time.perf_counter()
+            get(base + path)
+            timings.append((time.perf_counter() - started) * 1000)
+        timings.sort()
+        print(f"latency GET {path} over 300 sequential requests: median {statistics.median(timings):.1f} ms,"
+              f" p99 {timings[296]:.1f} ms")
+
+
 def main() -> int:
     started = time.monotonic()
     url = warehouse_url()
@@ -58,6 +117,13 @@ def main() -> int:
         print(f"running etl_pipeline with `airflow dags test` (log: {LOG.relative_to(local_env.REPO)}) ...")
         local_env.airflow(["dags", "test", "etl_pipeline"], env, LOG)
     print(summary(url))
+    api, base = start_api(url)
+    try:
+        print(f"\nFlask API (gunicorn) on {base}:")
+        show_api(base)
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
     print(f"demo took {time.monotonic() - started:.1f}s; run `make demo` again: the second run inserts and updates 0 rows")
     return 0
 
