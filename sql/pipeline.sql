@@ -69,20 +69,55 @@ select count(*) filter (where inserted) as inserted,
        count(*) filter (where not inserted) as updated
 from written;
 
+-- name: analyze_staged
+-- fresh statistics after a bulk load, so the joins that follow get hash plans, not nested loops
+analyze staged_records;
+
+-- name: analyze_normalized_stage
+analyze normalized_stage;
+
 -- name: count_staged
 select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s;
 
 -- name: delete_normalized_stage
 delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 
--- name: select_candidates
--- staged records whose input (payload + mapping + rules) differs from what produced the current row
-select s.source_id, s.data, c.input_hash
+-- name: normalize_fast
+-- Candidates are the staged records whose input (payload + mapping + rules) differs from what produced
+-- their current row. Those the set-based fast path can decide go straight to normalized_stage.
+insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash)
+select %(run_id)s, %(source)s,
+       sluice_fast_text(f.source_id, %(edge_space)s),
+       sluice_fast_text(f.name, %(edge_space)s),
+       sluice_fast_number(f.value),
+       sluice_fast_text(f.description, %(edge_space)s),
+       f.input_hash
 from staged_records s
-cross join lateral (select md5(md5(s.data::text) || %(input_key)s) as input_hash) c
+cross join lateral (
+    select md5(md5(s.data::text) || %(input_key)s) as input_hash,
+           sluice_lookup(s.data, %(source_id_field)s) as source_id,
+           sluice_lookup(s.data, %(name_field)s) as name,
+           sluice_lookup(s.data, %(value_field)s) as value,
+           sluice_lookup(s.data, %(description_field)s) as description
+) f
 left join normalized_data n on n.source = s.source and n.source_id = s.source_id
 where s.run_id = %(run_id)s and s.source = %(source)s
-  and (%(full_refresh)s or n.input_hash is distinct from c.input_hash);
+  and (%(full_refresh)s or n.input_hash is distinct from f.input_hash)
+  and sluice_fast_text(f.source_id, %(edge_space)s) is not null
+  and sluice_fast_text(f.name, %(edge_space)s) is not null
+  and sluice_fast_number(f.value) is not null
+  and sluice_fast_optional_text_ok(f.description, %(edge_space)s);
+
+-- name: select_slow_candidates
+-- the candidates the fast path left: validated one by one with the marshmallow schema
+select s.source_id, s.data, f.input_hash
+from staged_records s
+cross join lateral (select md5(md5(s.data::text) || %(input_key)s) as input_hash) f
+left join normalized_data n on n.source = s.source and n.source_id = s.source_id
+where s.run_id = %(run_id)s and s.source = %(source)s
+  and (%(full_refresh)s or n.input_hash is distinct from f.input_hash)
+  and not exists (select 1 from normalized_stage ns
+                  where ns.run_id = s.run_id and ns.source = s.source and ns.source_id = s.source_id);
 
 -- name: copy_normalized_stage
 copy normalized_stage (run_id, source, source_id, name, value, description, input_hash) from stdin;

@@ -109,7 +109,39 @@ create unlogged table if not exists normalized_stage (
     description text,
     input_hash text not null
 );
-create index if not exists normalized_stage_run_idx on normalized_stage (run_id, source);
+create index if not exists normalized_stage_run_idx on normalized_stage (run_id, source, source_id);
+
+-- The set-based fast path of normalize (plugins/sluice/rules.py is the definition of the rules).
+-- Each function returns null when it cannot decide; such records go through the marshmallow schema,
+-- so a record the fast path accepts is one the schema accepts with the same values (tests/test_fast_path.py).
+create or replace function sluice_lookup(data jsonb, field text) returns jsonb
+language sql immutable parallel safe as $$
+    select case when field is null then null
+                when data ? field then data -> field
+                else data #> string_to_array(field, '.') end
+$$;
+
+create or replace function sluice_fast_text(x jsonb, edge_space text) returns text
+language sql immutable parallel safe as $$
+    select case
+        when jsonb_typeof(x) = 'string' and (x #>> '{}') <> '' and (x #>> '{}') !~ edge_space then x #>> '{}'
+        when jsonb_typeof(x) = 'number' and x::text ~ '^-?[0-9]{1,18}$' then x::text
+    end
+$$;
+
+create or replace function sluice_fast_number(x jsonb) returns double precision
+language sql immutable parallel safe as $$
+    select case
+        when jsonb_typeof(x) in ('string', 'number')
+             and (x #>> '{}') ~ '^[+-]?([0-9]{1,15}(\.[0-9]{0,15})?|\.[0-9]{1,15})$'
+        then (x #>> '{}')::double precision
+    end
+$$;
+
+create or replace function sluice_fast_optional_text_ok(x jsonb, edge_space text) returns boolean
+language sql immutable parallel safe as $$
+    select x is null or jsonb_typeof(x) = 'null' or x = '""'::jsonb or sluice_fast_text(x, edge_space) is not null
+$$;
 
 -- Trigram search for the web API when the server offers pg_trgm; plain ILIKE still works without it.
 do $$

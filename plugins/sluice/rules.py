@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 
 from marshmallow import Schema, ValidationError, fields
@@ -12,7 +13,11 @@ from sluice import mapping
 
 # Bump when the rules change, so every record is normalized again by the next run.
 RULES_VERSION = "1"
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Whitespace as str.strip() sees it, for the SQL fast path: a value with any of it at either end is left
+# to the schema, which trims it.
+_SPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+EDGE_SPACE_PATTERN = f"^[{_SPACE}]|[{_SPACE}]$"
 
 
 class Text(fields.Field):
