@@ -59,7 +59,8 @@ def _spawn(config: StackConfig, name: str, argv: list[str], env: dict) -> int:
     for path in (config.pid_file(name), config.log_file(name)):
         path.parent.mkdir(parents=True, exist_ok=True)
     with open(config.log_file(name), "ab") as log:
-        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        pythonpath = os.pathsep.join([str(local_env.REPO / "plugins"), str(local_env.REPO)])
+        process = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": pythonpath, **env}, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=local_env.REPO)
     config.pid_file(name).write_text(str(process.pid))
     return process.pid
@@ -116,6 +117,9 @@ def up(config: StackConfig) -> dict:
     env = local_env.airflow_env(config.airflow_home, warehouse_url=warehouse, api_url=samples, csv_url=samples)
     env.update({
         "AIRFLOW__API__PORT": str(config.ui_port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        # each LocalExecutor worker is a ~150 MB process; a laptop stack needs few
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("AIRFLOW__CORE__PARALLELISM", "4"),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__API__BASE_URL": config.ui_url,

@@ -1,0 +1,125 @@
+"""The local stack as users run it (`make up`): trigger through the REST API, read through the Flask API."""
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from sluice.devtools import stack
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def call(method: str, url: str, body=None, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = probe()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"{what} within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory, make_database):
+    database_url = make_database(bare=True)
+    config = stack.StackConfig(home=tmp_path_factory.mktemp("stack"), ui_port=free_port(),
+                               api_port=free_port(), samples_port=free_port())
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DATABASE_URL", database_url)
+    try:
+        info = stack.up(config)
+        status, body = call("POST", f"{config.ui_url}/auth/token",
+                            {"username": "admin", "password": stack.admin_password(config)})
+        assert status == 201, body
+        yield config, body["access_token"], database_url, info
+    finally:
+        stack.down(config)
+        patch.undo()
+    for name in ("airflow", "webapp", "samples"):
+        assert not config.pid_file(name).exists()
+
+
+def dag_runs(config, token, **filters) -> list[dict]:
+    query = "&".join(f"{k}={v}" for k, v in filters.items())
+    status, body = call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline/dagRuns?{query}", token=token)
+    assert status == 200, body
+    return body["dag_runs"]
+
+
+def test_trigger_with_conf_through_rest_then_read_through_the_flask_api(running_stack):
+    config, token, database_url, _ = running_stack
+    wait_for("the DAG is parsed", lambda: call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline",
+                                               token=token)[0] == 200, 90)
+    status, dag = call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline", token=token)
+    assert dag["is_paused"] is False
+    assert {tag["name"] for tag in dag["tags"]} >= {"sluice", "etl"}
+
+    status, run = call("POST", f"{config.ui_url}/api/v2/dags/etl_pipeline/dagRuns",
+                       {"logical_date": None, "conf": {"full_refresh": True}}, token=token)
+    assert status == 200, run
+    run_id = run["dag_run_id"]
+
+    def finished():
+        status, body = call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline/dagRuns/{run_id}", token=token)
+        return body if body.get("state") in ("success", "failed") else None
+
+    final = wait_for(f"run {run_id} finished", finished, 150, interval=2)
+    assert final["state"] == "success"
+    assert final["conf"] == {"full_refresh": True}
+
+    status, data = call("GET", f"{config.api_url}/data?source=csv&page_size=5")
+    assert status == 200 and data["total"] > 900 and len(data["data"]) == 5
+    status, record = call("GET", f"{config.api_url}/data/api/1")
+    assert status == 200 and record["source_id"] == "1"
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("select run_type, status, data_interval_start from etl_runs where run_id = %s",
+                           (run_id,)).fetchone()
+    assert row == ("manual", "success", None)
+
+
+def test_backfill_of_two_intervals_records_two_runs_and_changes_nothing(running_stack):
+    config, token, database_url, _ = running_stack
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("select md5(string_agg(t::text, '|' order by id)) from normalized_data t").fetchone()
+
+    status, backfill = call("POST", f"{config.ui_url}/api/v2/backfills", {
+        "dag_id": "etl_pipeline", "from_date": "2026-01-01T00:00:00Z", "to_date": "2026-01-02T00:00:00Z",
+        "max_active_runs": 1, "reprocess_behavior": "none", "dag_run_conf": {}}, token=token)
+    assert status == 200, backfill
+
+    def both_done():
+        runs = dag_runs(config, token, run_type="backfill")
+        return runs if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs) else None
+
+    runs = wait_for("two backfill runs finished", both_done, 150, interval=2)
+    assert [r["state"] for r in runs] == ["success", "success"]
+    with psycopg.connect(database_url) as conn:
+        recorded = conn.execute(
+            "select status, data_interval_start::date::text, data_interval_end::date::text from etl_runs"
+            " where run_type = 'backfill' order by data_interval_start").fetchall()
+        after = conn.execute("select md5(string_agg(t::text, '|' order by id)) from normalized_data t").fetchone()
+    assert recorded == [("success", "2026-01-01", "2026-01-02"), ("success", "2026-01-02", "2026-01-03")]
+    assert after == before
