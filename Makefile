@@ -13,9 +13,9 @@ tools:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null); } || \
 	  echo "warning: docker-compose is missing and could not be installed (needs root); tests/test_compose.py will fail"
 
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	touch $@
 
 demo: install

@@ -2,14 +2,25 @@
 
 from flask import Flask
 from flask_cors import CORS
+from werkzeug.routing import PathConverter
 
 from webapp import config as settings
 from webapp import db, errors, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_stats
 
 
+class IdConverter(PathConverter):
+    """`<id:...>`: any non-empty text, slashes included, even a leading or a doubled one (`path` refuses those)."""
+
+    regex = ".+?"
+    part_isolating = False  # it spans slashes (werkzeug would infer True from a regex without "/")
+
+
 def create_app(config=None) -> Flask:
     """An app configured by defaults, then SLUICE_* environment variables, then `config`."""
     app = Flask(__name__, static_folder=None)  # JSON only: no /static route
+    # Ids may hold "//" or start with "/": route them as sent, not redirect to another id's URL.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["id"] = IdConverter
     app.config.from_mapping(settings.defaults())
     app.config.from_prefixed_env("SLUICE")
     if config is not None:

@@ -4,7 +4,8 @@ import json
 import logging
 import time
 
-from flask import g, request
+from flask import current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 access_log = logging.getLogger("webapp.access")
 
@@ -18,6 +19,20 @@ SECURITY_HEADERS = {
 
 def _start_clock() -> None:
     g.request_started = time.perf_counter()
+
+
+def _refuse_large_bodies() -> None:
+    """413 for a body over MAX_CONTENT_LENGTH: Flask checks only when a view reads the body, and none does."""
+    if request.content_length or request.environ.get("wsgi.input_terminated"):
+        try:
+            # Past the limit werkzeug raises: at once for a Content-Length, on the read after the limit for a
+            # chunked body (get_data() would stop quietly at the limit instead).
+            while request.stream.read(64 * 1024):
+                pass
+        except RequestEntityTooLarge:
+            raise RequestEntityTooLarge(
+                f"request bodies are limited to {current_app.config['MAX_CONTENT_LENGTH']} bytes "
+                "(SLUICE_MAX_CONTENT_LENGTH); this API reads none") from None
 
 
 def _finish(response):
@@ -35,4 +50,5 @@ def _finish(response):
 
 def register(app) -> None:
     app.before_request(_start_clock)
+    app.before_request(_refuse_large_bodies)
     app.after_request(_finish)

@@ -42,7 +42,7 @@ def documented(*, responses, query=None, path=None, errors=(), etag=False):
 
 
 def openapi_path(rule) -> str:
-    """/data/<source>/<path:source_id> → /data/{source}/{source_id}."""
+    """/data/<source>/<id:source_id> → /data/{source}/{source_id}."""
     return _CONVERTER.sub(r"{\1}", rule.rule)
 
 

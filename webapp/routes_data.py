@@ -6,8 +6,8 @@ from werkzeug.exceptions import NotFound
 from webapp import db
 from webapp.openapi import documented
 from webapp.responses import conditional_json
-from webapp.schemas import (data_page_schema, data_query_schema, load_query, record_detail_schema,
-                            record_path_schema)
+from webapp.schemas import (data_page_schema, data_query_schema, load_query, no_query_schema,
+                            record_detail_schema, record_path_schema)
 
 blueprint = Blueprint("data", __name__)
 
@@ -59,11 +59,12 @@ def list_records():
     }))
 
 
-@blueprint.get("/data/<source>/<path:source_id>")
+@blueprint.get("/data/<source>/<id:source_id>")
 @documented(path=record_path_schema, responses={200: record_detail_schema}, errors=(400, 404, 503))
 def get_record(source, source_id):
     """One record with its lineage: the runs that first saw it and last changed it."""
     key = record_path_schema.load({"source": source, "source_id": source_id})
+    load_query(no_query_schema, request.args)
     row = db.fetch_one("data_record", key)
     if row is None:
         raise NotFound(f"no {key['source']} record with source_id {key['source_id']!r}")

@@ -27,8 +27,8 @@ def list_runs():
     return runs_page_schema.dump(_page("runs_page", "runs_count", args))
 
 
-# `path`: Airflow run ids may hold any character; ':' and '+' need no encoding in a URL path.
-@blueprint.get("/runs/<path:run_id>/rejects")
+# `id`: Airflow run ids may hold any character; ':' and '+' need no encoding in a URL path.
+@blueprint.get("/runs/<id:run_id>/rejects")
 @documented(path=run_path_schema, query=page_query_schema, responses={200: rejects_page_schema},
             errors=(400, 404, 503))
 def list_rejects(run_id):

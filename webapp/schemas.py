@@ -16,6 +16,11 @@ HEALTH_STATUSES = ("ok", "degraded", "unavailable")
 RUN_STATUSES = ("success", "failed")
 
 
+# PostgreSQL text cannot hold NUL, so such a value can match nothing: a 400 instead of a failing query.
+# A Regexp (not a plain function) so the OpenAPI document states it as a pattern.
+no_nul = validate.Regexp(r"^[^\x00]*$", error="Must not contain a NUL character (%00).")
+
+
 class Cursor(fields.String):
     """Opaque keyset position: base64url (unpadded) of the JSON [updated_at ISO 8601, id] of a row."""
 
@@ -59,7 +64,7 @@ class DataQuerySchema(PageQuerySchema):
     """Query string of GET /data."""
 
     source = fields.String(validate=validate.OneOf(SOURCES))
-    search = fields.String(validate=validate.Length(min=1, max=200), metadata={
+    search = fields.String(validate=[validate.Length(min=1, max=200), no_nul], metadata={
         "description": "case-insensitive substring of name or description; % _ and \\ match themselves"})
     updated_since = fields.AwareDateTime(default_timezone=dt.timezone.utc, metadata={
         "description": "ISO 8601; rows with updated_at at or after it (naive means UTC)"}, error_messages={
@@ -76,11 +81,11 @@ class DataQuerySchema(PageQuerySchema):
 
 class RecordPathSchema(Schema):
     source = fields.String(required=True, validate=validate.OneOf(SOURCES))
-    source_id = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    source_id = fields.String(required=True, validate=[validate.Length(min=1, max=1000), no_nul])
 
 
 class RunPathSchema(Schema):
-    run_id = fields.String(required=True, validate=validate.Length(min=1, max=1000), metadata={
+    run_id = fields.String(required=True, validate=[validate.Length(min=1, max=1000), no_nul], metadata={
         "description": "Airflow run id as is (':' and '+' are fine) or percent-encoded"})
 
 

@@ -84,7 +84,7 @@ def fetch(
             raise SourceError(f"{where}: empty body")
         try:
             document = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer beyond Python's digit limit
             raise SourceError(f"{where}: invalid JSON (Content-Type {content_type or 'missing'}): {exc}") from exc
         for record in records_of(document, where=where):
             record_no = counts.records + counts.problems + 1

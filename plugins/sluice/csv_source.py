@@ -11,7 +11,7 @@ import requests
 
 from sluice import http_client
 from sluice.errors import SourceError
-from sluice.staging import StageCounts, StageWriter
+from sluice.staging import StageCounts, StageWriter, printable
 
 SOURCE = "csv"
 # A 200 KB description is a legitimate field; the csv module's default limit is 128 KB.
@@ -47,8 +47,9 @@ def read_header(reader, field_map: dict, *, where: str) -> list[str]:
         header = next(reader)
     except StopIteration:
         raise SourceError(f"{where}: no header row") from None
-    header = [name.strip() for name in header]
-    duplicates = sorted({name for name in header if header.count(name) > 1})
+    # undecodable bytes or a NUL in a name must not poison every row, nor the error message
+    header = [printable(name.strip()) for name in header]
+    duplicates = sorted({name for name in header if name and header.count(name) > 1})
     if duplicates:
         raise SourceError(f"{where}: duplicate column name(s) in the header: {', '.join(duplicates)}")
     missing = [field for field in field_map.values() if field not in header]
@@ -96,7 +97,8 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
             elif "\x00" in raw:
                 writer.problem(record_no, source_id, f"{line}: contains a NUL byte", raw)
             else:
-                writer.record(record_no, source_id, dict(zip(header, row)), where=line)
+                # columns without a name (Excel's blank padding) carry nothing a mapping can name
+                writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=line)
     counts.records, counts.problems = writer.records, writer.problems
     return counts
 

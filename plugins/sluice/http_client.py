@@ -40,7 +40,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
 def _backoff(attempt: int, policy: RetryPolicy) -> float:
     # Full jitter: spreads the retries of many workers hitting the same failing source.
     ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)
+    return random.uniform(ceiling / 2, ceiling)  # nosec B311 # retry jitter, not a secret
 
 
 def get(

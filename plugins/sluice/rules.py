@@ -109,4 +109,4 @@ def reason(messages: Mapping, field_map: Mapping[str, str]) -> str:
 def input_key(field_map: Mapping[str, str]) -> str:
     """Fingerprint of the mapping and the rules: part of each row's input hash."""
     text = json.dumps({"mapping": field_map, "rules": RULES_VERSION}, sort_keys=True)
-    return hashlib.md5(text.encode()).hexdigest()
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()

@@ -15,6 +15,8 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 # JSON escapes a NUL as \u0000, which jsonb refuses; an even run of backslashes before it is literal text.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 NULL = "\\N"
+# btree index entries are limited to about 2.7 KB; a longer id would fail the whole COPY
+MAX_ID_BYTES = 1000
 
 
 def copy_text(value: str) -> str:
@@ -48,7 +50,15 @@ class StageWriter:
         self.problems = 0
 
     def record(self, record_no: int, source_id: str, data: dict, *, where: str) -> None:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        if len(source_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            self.problem(record_no, None, f"{where}: id is longer than {MAX_ID_BYTES} bytes", source_id[:200])
+            return
+        try:
+            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # NaN or Infinity, which Python's json accepts and PostgreSQL's jsonb refuses
+            self.problem(record_no, source_id, f"{where}: contains NaN or Infinity, which JSON does not allow",
+                         repr(data)[:10000])
+            return
         if _JSON_NUL.search(text):
             self.problem(record_no, source_id, f"{where}: contains a NUL character", text)
             return
@@ -62,8 +72,8 @@ class StageWriter:
         self.records += 1
 
     def problem(self, record_no: int, source_id: str | None, problem: str, payload: str) -> None:
-        sid = NULL if source_id is None else copy_text(_printable(source_id))
-        line = f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(_printable(payload))}\n"
+        sid = NULL if source_id is None else copy_text(printable(source_id))
+        line = f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(printable(payload))}\n"
         self._out.write(line.encode("utf-8"))
         self.problems += 1
 
@@ -71,7 +81,7 @@ class StageWriter:
 _UNDECODED = re.compile("[\udc80-\udcff]")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Text safe for a PostgreSQL text column: undecodable bytes shown as \\xNN, NUL as \\x00."""
     text = _UNDECODED.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

@@ -1,7 +1,7 @@
 """Environment for running Airflow on this checkout: AIRFLOW_HOME, folders and connections under .sluice/."""
 
 import os
-import subprocess
+import subprocess  # nosec B404 # developer tooling runs fixed argv lists, never a shell
 import sys
 from pathlib import Path
 
@@ -43,7 +43,8 @@ def airflow(args: list[str], env: dict, log: Path) -> None:
     """Run the airflow CLI of this venv, its output appended to log; raise with the log's tail on failure."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        result = subprocess.run([str(Path(sys.executable).with_name("airflow")), *args],
+        argv = [str(Path(sys.executable).with_name("airflow")), *args]
+        result = subprocess.run(argv,  # nosec B603 # our own airflow CLI, fixed argv
                                 env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-30:]
