@@ -14,7 +14,7 @@ select pg_advisory_xact_lock(hashtextextended('sluice:source:' || %(source)s, 0)
 delete from staged_records where run_id = %(run_id)s and source = %(source)s;
 
 -- name: copy_staged
-copy staged_records (run_id, source, record_no, source_id, data, problem, payload) from stdin;
+copy staged_records (run_id, source, record_no, source_id, data, problem, payload, content_hash) from stdin;
 
 -- name: delete_rejects_of_stage
 delete from rejected_records where run_id = %(run_id)s and source = %(source)s and stage = %(stage)s;
@@ -48,15 +48,18 @@ insert into rejected_records (run_id, source, source_id, stage, reason, payload)
 select %(run_id)s, %(source)s, source_id, 'store_raw',
        'duplicate source_id ' || source_id || ' in this batch: record ' || record_no
            || ' is overridden by record ' || kept || ', the last occurrence',
-       data
+       data::jsonb
 from gone;
 
 -- name: upsert_raw
+-- only records whose hash differs from the stored one are parsed and written
 with written as (
     insert into {raw_table} as r (source_id, data, content_hash, run_id)
-    select source_id, data, md5(data::text), %(run_id)s
-    from staged_records
-    where run_id = %(run_id)s and source = %(source)s
+    select s.source_id, s.data::jsonb, s.content_hash, %(run_id)s
+    from staged_records s
+    left join {raw_table} old on old.source_id = s.source_id
+    where s.run_id = %(run_id)s and s.source = %(source)s
+      and old.content_hash is distinct from s.content_hash
     on conflict (source_id) do update
         set data = excluded.data,
             content_hash = excluded.content_hash,
@@ -83,8 +86,24 @@ select count(*) from staged_records where run_id = %(run_id)s and source = %(sou
 delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 
 -- name: normalize_fast
--- Candidates are the staged records whose input (payload + mapping + rules) differs from what produced
--- their current row. Those the set-based fast path can decide go straight to normalized_stage.
+-- Candidates are the staged records whose input (payload hash + mapping + rules) differs from what
+-- produced their current row; materialized first so unchanged records are never parsed. Those the
+-- set-based fast path can decide go straight to normalized_stage.
+with candidates as materialized (
+    select s.source_id, s.data, md5(s.content_hash || %(input_key)s) as input_hash
+    from staged_records s
+    left join normalized_data n on n.source = s.source and n.source_id = s.source_id
+    where s.run_id = %(run_id)s and s.source = %(source)s
+      and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
+), fields as (
+    select c.input_hash,
+           sluice_lookup(j.data, %(source_id_field)s) as source_id,
+           sluice_lookup(j.data, %(name_field)s) as name,
+           sluice_lookup(j.data, %(value_field)s) as value,
+           sluice_lookup(j.data, %(description_field)s) as description
+    from candidates c
+    cross join lateral (select c.data::jsonb as data) j
+)
 insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash)
 select %(run_id)s, %(source)s,
        sluice_fast_text(f.source_id, %(edge_space)s),
@@ -92,30 +111,19 @@ select %(run_id)s, %(source)s,
        sluice_fast_number(f.value),
        sluice_fast_text(f.description, %(edge_space)s),
        f.input_hash
-from staged_records s
-cross join lateral (
-    select md5(md5(s.data::text) || %(input_key)s) as input_hash,
-           sluice_lookup(s.data, %(source_id_field)s) as source_id,
-           sluice_lookup(s.data, %(name_field)s) as name,
-           sluice_lookup(s.data, %(value_field)s) as value,
-           sluice_lookup(s.data, %(description_field)s) as description
-) f
-left join normalized_data n on n.source = s.source and n.source_id = s.source_id
-where s.run_id = %(run_id)s and s.source = %(source)s
-  and (%(full_refresh)s or n.input_hash is distinct from f.input_hash)
-  and sluice_fast_text(f.source_id, %(edge_space)s) is not null
+from fields f
+where sluice_fast_text(f.source_id, %(edge_space)s) is not null
   and sluice_fast_text(f.name, %(edge_space)s) is not null
   and sluice_fast_number(f.value) is not null
   and sluice_fast_optional_text_ok(f.description, %(edge_space)s);
 
 -- name: select_slow_candidates
 -- the candidates the fast path left: validated one by one with the marshmallow schema
-select s.source_id, s.data, f.input_hash
+select s.source_id, s.data::jsonb, md5(s.content_hash || %(input_key)s)
 from staged_records s
-cross join lateral (select md5(md5(s.data::text) || %(input_key)s) as input_hash) f
 left join normalized_data n on n.source = s.source and n.source_id = s.source_id
 where s.run_id = %(run_id)s and s.source = %(source)s
-  and (%(full_refresh)s or n.input_hash is distinct from f.input_hash)
+  and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
   and not exists (select 1 from normalized_stage ns
                   where ns.run_id = s.run_id and ns.source = s.source and ns.source_id = s.source_id);
 

@@ -89,16 +89,28 @@ create table if not exists rejected_records (
 create index if not exists rejected_records_run_idx on rejected_records (run_id, id);
 
 -- Work tables between tasks of one run. Unlogged: they are rebuilt by a retry and emptied by record_run.
+-- staged_records keeps the payload as JSON text with its md5 (computed while staging), so unchanged
+-- records are recognised by hash alone and only changed ones are ever parsed as jsonb.
+do $$
+begin
+    -- the first layout kept data as jsonb; the table only holds work in flight, so it is simply rebuilt
+    if exists (select 1 from information_schema.columns
+               where table_schema = current_schema() and table_name = 'staged_records'
+                 and column_name = 'data' and data_type = 'jsonb') then
+        drop table staged_records;
+    end if;
+end
+$$;
 create unlogged table if not exists staged_records (
     run_id text not null,
     source text not null,
     record_no bigint not null,
     source_id text,
-    data jsonb,
+    data text,
     problem text,
-    payload text
+    payload text,
+    content_hash text
 );
-create index if not exists staged_records_run_idx on staged_records (run_id, source, source_id);
 
 create unlogged table if not exists normalized_stage (
     run_id text not null,

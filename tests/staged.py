@@ -2,7 +2,7 @@
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
 _SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
@@ -17,6 +17,7 @@ class StagedLine:
     data: dict | None
     problem: str | None
     payload: str | None
+    content_hash: str | None = field(default=None, compare=False)
 
 
 def _unescape(match: re.Match) -> str:
@@ -34,15 +35,15 @@ def copy_field(text: str) -> str | None:
 
 
 def decode(staged: bytes) -> list[StagedLine]:
-    """Every staged line, checked to be UTF-8 with exactly seven tab-separated fields."""
+    """Every staged line, checked to be UTF-8 with exactly eight tab-separated fields."""
     lines = []
     for raw in staged.decode("utf-8").split("\n")[:-1]:
         assert "\r" not in raw, f"unescaped carriage return in staged line {raw!r}"
         fields = [copy_field(field) for field in raw.split("\t")]
-        assert len(fields) == 7, f"staged line has {len(fields)} fields, expected 7: {raw!r}"
-        run_id, source, record_no, source_id, data, problem, payload = fields
+        assert len(fields) == 8, f"staged line has {len(fields)} fields, expected 8: {raw!r}"
+        run_id, source, record_no, source_id, data, problem, payload, content_hash = fields
         lines.append(StagedLine(run_id, source, int(record_no), source_id,
-                                None if data is None else json.loads(data), problem, payload))
+                                None if data is None else json.loads(data), problem, payload, content_hash))
     assert staged.endswith(b"\n") or not staged
     return lines
 

@@ -1,16 +1,17 @@
 """The staged-records file: one line per source record in COPY text format, loaded by store_raw.
 
-Columns: run_id, source, record_no, source_id, data (JSON), problem, payload. A record that cannot be
-stored (no id, wrong field count, bytes that are not UTF-8, a NUL) has a problem and its raw text as
-payload instead of data, so store_raw can quarantine it with its reason.
+Columns: run_id, source, record_no, source_id, data (JSON), problem, payload, content_hash (md5 of the
+JSON). A record that cannot be stored (no id, wrong field count, bytes that are not UTF-8, a NUL) has a
+problem and its raw text as payload instead of data, so store_raw can quarantine it with its reason.
 """
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-COPY_COLUMNS = "run_id, source, record_no, source_id, data, problem, payload"
+COPY_COLUMNS = "run_id, source, record_no, source_id, data, problem, payload, content_hash"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 # JSON escapes a NUL as \u0000, which jsonb refuses; an even run of backslashes before it is literal text.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -62,18 +63,20 @@ class StageWriter:
         if _JSON_NUL.search(text):
             self.problem(record_no, source_id, f"{where}: contains a NUL character", text)
             return
-        line = f"{self._prefix}{record_no}\t{copy_text(source_id)}\t{text.replace(chr(92), chr(92) * 2)}\t{NULL}\t{NULL}\n"
         try:
-            encoded = line.encode("utf-8")
+            encoded = text.encode("utf-8")
         except UnicodeEncodeError:
             self.problem(record_no, source_id, f"{where}: contains bytes that are not valid UTF-8", text)
             return
-        self._out.write(encoded)
+        content_hash = hashlib.md5(encoded, usedforsecurity=False).hexdigest()
+        line = (f"{self._prefix}{record_no}\t{copy_text(source_id)}\t{text.replace(chr(92), chr(92) * 2)}"
+                f"\t{NULL}\t{NULL}\t{content_hash}\n")
+        self._out.write(line.encode("utf-8"))
         self.records += 1
 
     def problem(self, record_no: int, source_id: str | None, problem: str, payload: str) -> None:
         sid = NULL if source_id is None else copy_text(printable(source_id))
-        line = f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(printable(payload))}\n"
+        line = f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(printable(payload))}\t{NULL}\n"
         self._out.write(line.encode("utf-8"))
         self.problems += 1
 
