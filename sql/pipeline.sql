@@ -90,32 +90,31 @@ delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 -- produced their current row; materialized first so unchanged records are never parsed. Those the
 -- set-based fast path can decide go straight to normalized_stage.
 with candidates as materialized (
-    select s.source_id, s.data, md5(s.content_hash || %(input_key)s) as input_hash
+    select s.source_id, s.data::jsonb as data, md5(s.content_hash || %(input_key)s) as input_hash
     from staged_records s
     left join normalized_data n on n.source = s.source and n.source_id = s.source_id
     where s.run_id = %(run_id)s and s.source = %(source)s
       and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
 ), fields as (
     select c.input_hash,
-           sluice_lookup(j.data, %(source_id_field)s) as source_id,
-           sluice_lookup(j.data, %(name_field)s) as name,
-           sluice_lookup(j.data, %(value_field)s) as value,
-           sluice_lookup(j.data, %(description_field)s) as description
+           sluice_lookup(c.data, %(source_id_field)s) as source_id,
+           sluice_lookup(c.data, %(name_field)s) as name,
+           sluice_lookup(c.data, %(value_field)s) as value,
+           sluice_lookup(c.data, %(description_field)s) as description
     from candidates c
-    cross join lateral (select c.data::jsonb as data) j
+), decided as materialized (
+    select f.input_hash,
+           sluice_fast_text(f.source_id, %(edge_space)s) as source_id,
+           sluice_fast_text(f.name, %(edge_space)s) as name,
+           sluice_fast_number(f.value) as value,
+           sluice_fast_text(f.description, %(edge_space)s) as description,
+           sluice_fast_optional_text_ok(f.description, %(edge_space)s) as description_ok
+    from fields f
 )
 insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash)
-select %(run_id)s, %(source)s,
-       sluice_fast_text(f.source_id, %(edge_space)s),
-       sluice_fast_text(f.name, %(edge_space)s),
-       sluice_fast_number(f.value),
-       sluice_fast_text(f.description, %(edge_space)s),
-       f.input_hash
-from fields f
-where sluice_fast_text(f.source_id, %(edge_space)s) is not null
-  and sluice_fast_text(f.name, %(edge_space)s) is not null
-  and sluice_fast_number(f.value) is not null
-  and sluice_fast_optional_text_ok(f.description, %(edge_space)s);
+select %(run_id)s, %(source)s, source_id, name, value, description, input_hash
+from decided
+where source_id is not null and name is not null and value is not null and description_ok;
 
 -- name: select_slow_candidates
 -- the candidates the fast path left: validated one by one with the marshmallow schema
@@ -159,6 +158,23 @@ select count(*) filter (where inserted) as inserted,
        count(*) filter (where changed and not inserted) as updated,
        (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s) as staged
 from written;
+
+-- name: bulk_load_size
+-- rows this run brings for the source, and rows the table holds now (kept by upsert, no count(*))
+select (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s),
+       (select coalesce(sum(row_count), 0) from etl_checkpoint);
+
+-- name: search_indexes_exist
+select count(*) = 2 from pg_indexes
+where tablename = 'normalized_data'
+  and indexname in ('normalized_data_name_trgm', 'normalized_data_description_trgm');
+
+-- name: drop_search_indexes
+drop index normalized_data_name_trgm, normalized_data_description_trgm;
+
+-- name: create_search_indexes
+create index normalized_data_name_trgm on normalized_data using gin (name gin_trgm_ops);
+create index normalized_data_description_trgm on normalized_data using gin (description gin_trgm_ops);
 
 -- name: add_row_count
 insert into etl_checkpoint (source, row_count)

@@ -123,12 +123,24 @@ def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
                 copy.write_row(row)
 
 
-def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float) -> dict:
-    """Merge the run's normalized_stage rows into normalized_data; only real changes are written."""
+def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = 100_000) -> dict:
+    """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
+
+    A load of at least bulk_rows that at least doubles the table (a first load) rebuilds the trigram
+    search indexes after the insert instead of updating them row by row: about twice as fast, at the
+    price of an exclusive lock on normalized_data while the transaction runs.
+    """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         conn.execute(q("analyze_normalized_stage"))
+        incoming, existing = _count(conn, "bulk_load_size", keys)
+        rebuild = incoming >= bulk_rows and incoming >= existing and _count(conn, "search_indexes_exist", {})[0]
+        if rebuild:
+            conn.execute(q("drop_search_indexes"))
         inserted, updated, staged = _count(conn, "upsert_normalized", keys)
+        if rebuild:
+            conn.execute("set local maintenance_work_mem = '256MB'")
+            conn.execute(q("create_search_indexes"))
         conn.execute(q("add_row_count"), {"source": source, "inserted": inserted})
     return {"source": source, "inserted": inserted, "updated": updated, "unchanged": staged - inserted - updated}
 

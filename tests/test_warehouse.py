@@ -1,0 +1,54 @@
+"""Warehouse steps called directly against real Postgres: the bulk path of upsert and the run counts."""
+
+import io
+
+import psycopg
+
+from sluice import csv_source, settings, warehouse
+from sluice.devtools import sample_data
+
+MAPPING = settings.DEFAULT_CSV_MAPPING
+
+
+def load(conn, tmp_path, run_id: str, rows: int, *, bulk_rows: int) -> dict:
+    path = tmp_path / f"{run_id}.csv"
+    path.write_bytes(sample_data.csv_bytes(rows))
+    staged = io.BytesIO()
+    csv_source.stage_file(str(path), MAPPING, staged, run_id=run_id, uri=str(path), where="csv")
+    staged.seek(0)
+    warehouse.store_raw(conn, "csv", staged, run_id=run_id, lock_timeout_seconds=5)
+    warehouse.normalize(conn, "csv", MAPPING, run_id=run_id, full_refresh=False, lock_timeout_seconds=5)
+    return warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=5, bulk_rows=bulk_rows)
+
+
+def search_indexes(conn) -> set[str]:
+    return {name for (name,) in conn.execute(
+        "select indexname from pg_indexes where tablename = 'normalized_data' and indexname like '%trgm'")}
+
+
+def test_a_first_bulk_load_rebuilds_the_search_indexes_and_they_answer(database_url, tmp_path):
+    with psycopg.connect(database_url) as conn:
+        counts = load(conn, tmp_path, "run-1", 500, bulk_rows=100)
+
+        assert counts == {"source": "csv", "inserted": 500, "updated": 0, "unchanged": 0}
+        assert search_indexes(conn) == {"normalized_data_name_trgm", "normalized_data_description_trgm"}
+        conn.execute("set enable_seqscan = off")
+        plan = "\n".join(r for (r,) in conn.execute(
+            "explain select id from normalized_data where name ilike '%zürich 1%'"))
+        assert "normalized_data_name_trgm" in plan
+        hits = conn.execute("select count(*) from normalized_data where name ilike '%zürich 1%'").fetchone()[0]
+        expected = sum(1 for row in sample_data.csv_rows(500) if row[1].lower().startswith("zürich 1"))
+        assert hits == expected > 0
+
+
+def test_a_load_that_does_not_double_the_table_updates_the_indexes_in_place(database_url, tmp_path):
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "run-1", 500, bulk_rows=100)
+        (oid_before,) = conn.execute("select 'normalized_data_name_trgm'::regclass::oid").fetchone()
+
+        counts = load(conn, tmp_path, "run-2", 600, bulk_rows=50)
+
+        assert counts["inserted"] == 100
+        (oid_after,) = conn.execute("select 'normalized_data_name_trgm'::regclass::oid").fetchone()
+        assert oid_after == oid_before
+        assert conn.execute("select row_count from etl_checkpoint where source = 'csv'").fetchone() == (600,)
