@@ -160,7 +160,7 @@ select count(*) filter (where inserted) as inserted,
 from written;
 
 -- name: bulk_load_size
--- rows this run brings for the source, and rows the table holds now (kept by upsert, no count(*))
+-- rows this run brings for the source, and rows the table holds now (kept by a trigger, no count(*))
 select (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s),
        (select coalesce(sum(row_count), 0) from etl_checkpoint);
 
@@ -175,13 +175,6 @@ drop index normalized_data_name_trgm, normalized_data_description_trgm;
 -- name: create_search_indexes
 create index normalized_data_name_trgm on normalized_data using gin (name gin_trgm_ops);
 create index normalized_data_description_trgm on normalized_data using gin (description gin_trgm_ops);
-
--- name: add_row_count
-insert into etl_checkpoint (source, row_count)
-values (%(source)s, %(inserted)s)
-on conflict (source) do update
-    set row_count = etl_checkpoint.row_count + excluded.row_count,
-        updated_at = now();
 
 -- name: select_checkpoint
 select last_processed_id, last_processed_at, total_processed, row_count, last_run_id

@@ -46,11 +46,35 @@ create table if not exists etl_checkpoint (
     last_processed_id text,
     last_processed_at timestamptz,
     total_processed bigint not null default 0,
-    -- rows of this source in normalized_data, kept by upsert so /stats needs no count(*)
+    -- rows of this source in normalized_data, kept by a trigger so the API needs no count(*)
     row_count bigint not null default 0,
     last_run_id text,
     updated_at timestamptz not null default now()
 );
+
+-- Statement-level triggers keep etl_checkpoint.row_count equal to the rows of each source, whoever writes.
+create or replace function sluice_count_rows() returns trigger language plpgsql as $$
+begin
+    if tg_op = 'INSERT' then
+        insert into etl_checkpoint as c (source, row_count)
+        select source, count(*) from new_rows group by source
+        on conflict (source) do update set row_count = c.row_count + excluded.row_count, updated_at = now();
+    elsif tg_op = 'DELETE' then
+        update etl_checkpoint c set row_count = c.row_count - gone.n, updated_at = now()
+        from (select source, count(*) as n from old_rows group by source) gone
+        where c.source = gone.source;
+    else
+        update etl_checkpoint set row_count = 0, updated_at = now();
+    end if;
+    return null;
+end
+$$;
+create or replace trigger normalized_data_count_inserts after insert on normalized_data
+    referencing new table as new_rows for each statement execute function sluice_count_rows();
+create or replace trigger normalized_data_count_deletes after delete on normalized_data
+    referencing old table as old_rows for each statement execute function sluice_count_rows();
+create or replace trigger normalized_data_count_truncates after truncate on normalized_data
+    for each statement execute function sluice_count_rows();
 
 create table if not exists etl_runs (
     id bigserial primary key,

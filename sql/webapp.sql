@@ -25,6 +25,12 @@ where (%(source)s::text is null or source = %(source)s)
        or name ilike %(pattern)s escape '\'
        or description ilike %(pattern)s escape '\');
 
+-- name: data_count_all
+-- exact and O(1): the per-source counters the schema's triggers keep
+select coalesce(sum(row_count), 0)::bigint as total
+from etl_checkpoint
+where %(source)s::text is null or source = %(source)s;
+
 -- name: data_estimate
 -- the planner's row estimate: no scan, so it stays cheap on any table size
 explain (format json)

@@ -52,3 +52,14 @@ def test_a_load_that_does_not_double_the_table_updates_the_indexes_in_place(data
         (oid_after,) = conn.execute("select 'normalized_data_name_trgm'::regclass::oid").fetchone()
         assert oid_after == oid_before
         assert conn.execute("select row_count from etl_checkpoint where source = 'csv'").fetchone() == (600,)
+
+
+def test_row_counters_follow_every_insert_delete_and_truncate(database_url, tmp_path):
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "run-1", 300, bulk_rows=10_000)
+        conn.execute("delete from normalized_data where source_id::int <= 100")
+        counters = dict(conn.execute("select source, row_count from etl_checkpoint"))
+        assert counters == {"csv": 200} == dict(conn.execute(
+            "select source, count(*) from normalized_data group by source"))
+        conn.execute("truncate normalized_data")
+        assert dict(conn.execute("select source, row_count from etl_checkpoint")) == {"csv": 0}

@@ -105,7 +105,8 @@ def insert_run(url: str, run_id: str, status: str = "success", ended_hours_ago: 
 
 def insert_checkpoint(url: str, source: str, row_count: int) -> None:
     with psycopg.connect(url) as conn:
-        conn.execute("insert into etl_checkpoint (source, row_count, last_run_id) values (%s, %s, 'run-1')",
+        conn.execute("insert into etl_checkpoint (source, row_count, last_run_id) values (%s, %s, 'run-1')"
+                     " on conflict (source) do update set row_count = excluded.row_count, last_run_id = 'run-1'",
                      (source, row_count))
 
 

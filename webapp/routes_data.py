@@ -30,6 +30,8 @@ def _total(mode: str, filters: dict) -> int | None:
     if mode == "estimated":
         (plan,) = db.fetch_one("data_estimate", filters)["QUERY PLAN"]
         return int(plan["Plan"]["Plan Rows"])
+    if filters["pattern"] is None and filters["updated_since"] is None:
+        return db.fetch_one("data_count_all", filters)["total"]
     return db.fetch_one("data_count", filters)["total"]
 
 

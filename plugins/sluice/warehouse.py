@@ -141,7 +141,6 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         if rebuild:
             conn.execute("set local maintenance_work_mem = '256MB'")
             conn.execute(q("create_search_indexes"))
-        conn.execute(q("add_row_count"), {"source": source, "inserted": inserted})
     return {"source": source, "inserted": inserted, "updated": updated, "unchanged": staged - inserted - updated}
 
 
