@@ -90,20 +90,20 @@ delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 -- produced their current row; materialized first so unchanged records are never parsed. Those the
 -- set-based fast path can decide go straight to normalized_stage.
 with candidates as materialized (
-    select s.source_id, s.data::jsonb as data, md5(s.content_hash || %(input_key)s) as input_hash
+    select s.source_id, s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
     from staged_records s
     left join normalized_data n on n.source = s.source and n.source_id = s.source_id
     where s.run_id = %(run_id)s and s.source = %(source)s
       and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
 ), fields as (
-    select c.input_hash,
+    select c.input_hash, c.content_hash,
            sluice_lookup(c.data, %(source_id_field)s) as source_id,
            sluice_lookup(c.data, %(name_field)s) as name,
            sluice_lookup(c.data, %(value_field)s) as value,
            sluice_lookup(c.data, %(description_field)s) as description
     from candidates c
 ), decided as materialized (
-    select f.input_hash,
+    select f.input_hash, f.content_hash,
            sluice_fast_text(f.source_id, %(edge_space)s) as source_id,
            sluice_fast_text(f.name, %(edge_space)s) as name,
            sluice_fast_number(f.value) as value,
@@ -111,14 +111,14 @@ with candidates as materialized (
            sluice_fast_optional_text_ok(f.description, %(edge_space)s) as description_ok
     from fields f
 )
-insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash)
-select %(run_id)s, %(source)s, source_id, name, value, description, input_hash
+insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash)
+select %(run_id)s, %(source)s, source_id, name, value, description, input_hash, content_hash
 from decided
 where source_id is not null and name is not null and value is not null and description_ok;
 
 -- name: select_slow_candidates
 -- the candidates the fast path left: validated one by one with the marshmallow schema
-select s.source_id, s.data::jsonb, md5(s.content_hash || %(input_key)s)
+select s.source_id, s.data::jsonb, md5(s.content_hash || %(input_key)s), s.content_hash
 from staged_records s
 left join normalized_data n on n.source = s.source and n.source_id = s.source_id
 where s.run_id = %(run_id)s and s.source = %(source)s
@@ -127,7 +127,7 @@ where s.run_id = %(run_id)s and s.source = %(source)s
                   where ns.run_id = s.run_id and ns.source = s.source and ns.source_id = s.source_id);
 
 -- name: copy_normalized_stage
-copy normalized_stage (run_id, source, source_id, name, value, description, input_hash) from stdin;
+copy normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash) from stdin;
 
 -- name: copy_rejects
 copy rejected_records (run_id, source, source_id, stage, reason, payload) from stdin;
@@ -136,9 +136,11 @@ copy rejected_records (run_id, source, source_id, stage, reason, payload) from s
 with written as (
     insert into normalized_data as n
         (source, source_id, name, value, description, first_seen_run_id, last_changed_run_id, input_hash)
-    select source, source_id, name, value, description, run_id, run_id, input_hash
-    from normalized_stage
-    where run_id = %(run_id)s and source = %(source)s
+    select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.run_id, ns.run_id, ns.input_hash
+    from normalized_stage ns
+    -- only rows whose raw payload is still the stored one: an overlapping newer run may have replaced it
+    join {raw_table} r on r.source_id = ns.source_id and r.content_hash = ns.raw_hash
+    where ns.run_id = %(run_id)s and ns.source = %(source)s
     on conflict (source, source_id) do update
         set name = excluded.name,
             value = excluded.value,
@@ -156,7 +158,10 @@ with written as (
 )
 select count(*) filter (where inserted) as inserted,
        count(*) filter (where changed and not inserted) as updated,
-       (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s) as staged
+       (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s) as staged,
+       (select count(*) from normalized_stage ns
+        join {raw_table} r on r.source_id = ns.source_id and r.content_hash = ns.raw_hash
+        where ns.run_id = %(run_id)s and ns.source = %(source)s) as current
 from written;
 
 -- name: bulk_load_size

@@ -112,7 +112,8 @@ create table if not exists rejected_records (
 );
 create index if not exists rejected_records_run_idx on rejected_records (run_id, id);
 
--- Work tables between tasks of one run. Unlogged: they are rebuilt by a retry and emptied by record_run.
+-- Work tables between tasks of one run, emptied by record_run. Logged: crash recovery empties unlogged
+-- tables, and a retried task must find its run's rows after a PostgreSQL restart.
 -- staged_records keeps the payload as JSON text with its md5 (computed while staging), so unchanged
 -- records are recognised by hash alone and only changed ones are ever parsed as jsonb.
 do $$
@@ -125,7 +126,7 @@ begin
     end if;
 end
 $$;
-create unlogged table if not exists staged_records (
+create table if not exists staged_records (
     run_id text not null,
     source text not null,
     record_no bigint not null,
@@ -136,15 +137,28 @@ create unlogged table if not exists staged_records (
     content_hash text
 );
 
-create unlogged table if not exists normalized_stage (
+create table if not exists normalized_stage (
     run_id text not null,
     source text not null,
     source_id text not null,
     name text,
     value double precision,
     description text,
-    input_hash text not null
+    input_hash text not null,
+    -- the raw payload's hash it came from: upsert skips a row whose raw payload a newer run replaced
+    raw_hash text
 );
+alter table normalized_stage add column if not exists raw_hash text;
+do $$
+begin
+    -- the first layout had unlogged work tables
+    if exists (select 1 from pg_class where relname in ('staged_records', 'normalized_stage')
+               and relpersistence = 'u' and relnamespace = current_schema()::regnamespace) then
+        alter table staged_records set logged;
+        alter table normalized_stage set logged;
+    end if;
+end
+$$;
 create index if not exists normalized_stage_run_idx on normalized_stage (run_id, source, source_id);
 
 -- The set-based fast path of normalize (plugins/sluice/rules.py is the definition of the rules).

@@ -30,7 +30,7 @@ def test_a_first_bulk_load_rebuilds_the_search_indexes_and_they_answer(database_
     with psycopg.connect(database_url) as conn:
         counts = load(conn, tmp_path, "run-1", 500, bulk_rows=100)
 
-        assert counts == {"source": "csv", "inserted": 500, "updated": 0, "unchanged": 0}
+        assert counts == {"source": "csv", "inserted": 500, "updated": 0, "unchanged": 0, "superseded": 0}
         assert search_indexes(conn) == {"normalized_data_name_trgm", "normalized_data_description_trgm"}
         conn.execute("set enable_seqscan = off")
         plan = "\n".join(r for (r,) in conn.execute(

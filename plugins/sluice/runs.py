@@ -40,6 +40,8 @@ class RunOutcome:
                 "updated": upserted.get("updated", 0),
                 "unchanged": upserted.get("unchanged", 0) + normalized.get("skipped_unchanged", 0),
                 "rejected": stored.get("rejected", 0) + normalized.get("rejected", 0),
+                # rows an overlapping newer run had already replaced in raw; that run loads them
+                "superseded": upserted.get("superseded", 0),
                 "loaded": bool(upserted),
             }
         return counts

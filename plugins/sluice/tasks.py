@@ -143,7 +143,8 @@ def normalize(stored: dict, params: dict, run_id: str) -> dict:
             field_map = mapping.validate(params[f"{source}_mapping"], f"{source}_mapping")
             results[source] = wh.normalize(conn, source, field_map, run_id=run_id,
                                            full_refresh=bool(params.get("full_refresh")),
-                                           lock_timeout_seconds=config.lock_timeout_seconds)
+                                           lock_timeout_seconds=config.lock_timeout_seconds,
+                                           expected_staged=stored["sources"][source]["stored"])
     return {"sources": results}
 
 
@@ -155,7 +156,8 @@ def upsert(normalized: dict, run_id: str) -> dict:
     results = {}
     with warehouse() as conn:
         for source, counts in normalized["sources"].items():
-            results[source] = wh.upsert(conn, source, run_id=run_id, lock_timeout_seconds=config.lock_timeout_seconds)
+            results[source] = wh.upsert(conn, source, run_id=run_id, lock_timeout_seconds=config.lock_timeout_seconds,
+                                        expected_staged=counts["valid"])
             results[source]["processed"] = counts["staged"]
     return {"sources": results}
 

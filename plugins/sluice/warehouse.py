@@ -75,7 +75,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
 
 
 def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: bool,
-              lock_timeout_seconds: float) -> dict:
+              lock_timeout_seconds: float, expected_staged: int | None = None) -> dict:
     """Validate the run's changed records; good ones to normalized_stage, bad ones quarantined with a reason.
 
     The set-based fast path takes the records it can decide in SQL; every other record goes through the
@@ -87,6 +87,7 @@ def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: 
         conn.execute(q("delete_normalized_stage"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "normalize"})
         (staged_rows,) = _count(conn, "count_staged", keys)
+        _check_work(source, run_id, "staged_records", staged_rows, expected_staged, "store_raw")
         params = {**keys, "input_key": rules.input_key(field_map), "full_refresh": full_refresh}
         fast = conn.execute(q("normalize_fast"), {**params, **fast_path_params(field_map)}).rowcount
         conn.execute(q("analyze_normalized_stage"))
@@ -94,13 +95,13 @@ def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: 
             candidates.execute(q("select_slow_candidates"), params)
             while batch := candidates.fetchmany(FETCH_BATCH):
                 good, bad = [], []
-                for source_id, data, input_hash in batch:
+                for source_id, data, input_hash, raw_hash in batch:
                     row, reason = rules.normalize_record(data, field_map)
                     if row is None:
                         bad.append((run_id, source, source_id, "normalize", reason, psycopg.types.json.Jsonb(data)))
                     else:
                         good.append((run_id, source, row["source_id"], row["name"], row["value"],
-                                     row["description"], input_hash))
+                                     row["description"], input_hash, raw_hash))
                 _copy_rows(conn, "copy_normalized_stage", good)
                 _copy_rows(conn, "copy_rejects", bad)
                 valid += len(good)
@@ -123,7 +124,15 @@ def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
                 copy.write_row(row)
 
 
-def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = 100_000) -> dict:
+def _check_work(source: str, run_id: str, table: str, found: int, expected: int | None, writer: str) -> None:
+    """Fail, rather than load less, when a work table no longer holds what the previous task wrote."""
+    if expected is not None and found != expected:
+        raise RuntimeError(f"{source}: {table} holds {found} rows of run {run_id}, {writer} wrote {expected}; "
+                           f"clear {writer} and the tasks after it to redo them")
+
+
+def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = 100_000,
+           expected_staged: int | None = None) -> dict:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
 
     A load of at least bulk_rows that at least doubles the table (a first load) rebuilds the trigram
@@ -137,11 +146,14 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         rebuild = incoming >= bulk_rows and incoming >= existing and _count(conn, "search_indexes_exist", {})[0]
         if rebuild:
             conn.execute(q("drop_search_indexes"))
-        inserted, updated, staged = _count(conn, "upsert_normalized", keys)
+        query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
+        inserted, updated, staged, current = conn.execute(query, keys).fetchone()
+        _check_work(source, run_id, "normalized_stage", staged, expected_staged, "normalize")
         if rebuild:
             conn.execute("set local maintenance_work_mem = '256MB'")
             conn.execute(q("create_search_indexes"))
-    return {"source": source, "inserted": inserted, "updated": updated, "unchanged": staged - inserted - updated}
+    return {"source": source, "inserted": inserted, "updated": updated,
+            "unchanged": current - inserted - updated, "superseded": staged - current}
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float) -> dict:
