@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: install tools demo test serve up down clean
+.PHONY: install tools demo test serve up down bench clean
 
 install: $(VENV)/.installed tools
 
@@ -27,6 +27,10 @@ test: install
 serve: install
 	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse} $(VENV)/bin/gunicorn --bind 127.0.0.1:$${SLUICE_API_PORT:-5000} \
 	  --workers $${SLUICE_WORKERS:-2} --pythonpath plugins,. --access-logfile - webapp.wsgi:app
+
+# The million-row benchmark (not part of make test): make bench BENCH_ARGS="--rows 100000"
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
 
 up: install
 	$(PY) -m sluice.devtools.stack up

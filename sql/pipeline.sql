@@ -7,6 +7,9 @@ select pg_advisory_xact_lock(hashtextextended('sluice:schema', 0));
 -- name: set_lock_timeout
 select set_config('lock_timeout', %(timeout)s, true);
 
+-- name: set_work_mem
+select set_config('work_mem', %(work_mem)s, true);
+
 -- name: lock_source
 select pg_advisory_xact_lock(hashtextextended('sluice:source:' || %(source)s, 0));
 

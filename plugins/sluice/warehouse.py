@@ -18,6 +18,7 @@ from sluice.errors import LockTimeout
 RAW_TABLES = {"api": "raw_api_data", "csv": "raw_csv_data"}
 COPY_CHUNK = 1024 * 1024
 FETCH_BATCH = 5000
+WORK_MEM = "256MB"
 
 
 def q(name: str) -> str:
@@ -43,6 +44,8 @@ def source_transaction(conn: psycopg.Connection, source: str, lock_timeout_secon
                 f"(SLUICE_LOCK_TIMEOUT)"
             ) from exc
         conn.execute(q("set_lock_timeout"), {"timeout": "0"})
+        # bulk joins and materialized candidate sets of a million rows stay in memory instead of spilling
+        conn.execute(q("set_work_mem"), {"work_mem": WORK_MEM})
         yield
 
 

@@ -1,0 +1,264 @@
+"""The read API under load: gunicorn serving webapp on 127.0.0.1, wrk as the client, Postgres alone beside it.
+
+For each endpoint: wrk's req/s and p50/p99 (bounded time, loopback only), the median of serial requests
+(one client, no queueing), and what the same request's queries cost in Postgres alone: the app's own
+named queries with the app's own parameters, captured by running the request once through the Flask test
+client, then run directly and under EXPLAIN (ANALYZE, TIMING OFF). Serial median minus the direct run is
+the web layer's share.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extras
+
+from bench.child import REPO, child_env
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+_DURATION = re.compile(r"([\d.]+)(us|ms|s|m)\b")
+
+
+@dataclass
+class EndpointResult:
+    label: str
+    path: str
+    rows: int  # rows in normalized_data behind it
+    requests_per_second: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    failures: int = 0  # non-2xx/3xx responses and socket errors under wrk
+    serial_ms: float | None = None
+    postgres_ms: float | None = None  # the request's queries run directly, client-timed
+    explain_ms: float | None = None  # the same, planning + execution from EXPLAIN (ANALYZE)
+    queries: list[str] = field(default_factory=list)
+
+    @property
+    def web_ms(self) -> float | None:
+        if self.serial_ms is None or self.postgres_ms is None:
+            return None
+        return self.serial_ms - self.postgres_ms
+
+
+def ensure_wrk(echo=print) -> str | None:
+    """Path of wrk; installs the Debian package when running as root and it is missing."""
+    if shutil.which("wrk"):
+        return shutil.which("wrk")
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        echo("  installing wrk (apt-get install -y wrk) …")
+        for command in (["apt-get", "install", "-y", "-qq", "wrk"], ["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", "wrk"]):
+            subprocess.run(command, capture_output=True)
+            if shutil.which("wrk"):
+                break
+    return shutil.which("wrk")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gunicorn(db: str, *, workers: int, log_path: Path):
+    """`make serve`'s command against db on a free loopback port; yields the base URL."""
+    port = _free_port()
+    command = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers), "--pythonpath", "plugins,.", "webapp.wsgi:app"]
+    env = child_env({"DATABASE_URL": db, "SLUICE_LOG_LEVEL": "WARNING"})
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_until_up(base, process, log_path)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_up(base: str, process, log_path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}; see {log_path}")
+        try:
+            get(base + "/health")
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"gunicorn did not answer /health within {timeout:.0f}s; see {log_path}")
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:  # 503 from /health is an answer too
+        return error.code, error.read()
+
+
+def serial_median_ms(url: str, count: int) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        get(url)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def run_wrk(wrk: str, url: str, *, seconds: int, threads: int, connections: int) -> dict:
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", url]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return parse_wrk(output)
+
+
+def _ms(text: str) -> float:
+    number, unit = _DURATION.search(text).groups()
+    return float(number) * UNITS_MS[unit]
+
+
+def parse_wrk(output: str) -> dict:
+    found = {"requests_per_second": float(re.search(r"Requests/sec:\s*([\d.]+)", output).group(1))}
+    for percent, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        found[key] = _ms(re.search(rf"^\s*{percent}%\s+(\S+)", output, re.MULTILINE).group(1))
+    failures = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    found["failures"] = (int(failures.group(1)) if failures else 0) + (
+        sum(int(n) for n in errors.groups()) if errors else 0)
+    return found
+
+
+# --- Postgres alone ----------------------------------------------------------------------------------
+
+def captured_queries(db: str, path: str) -> list[tuple[str, dict]]:
+    """The (named query, parameters) one request to path runs, taken from the app itself."""
+    from webapp import create_app
+    from webapp import db as webapp_db
+
+    app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2})
+    seen: list[tuple[str, dict]] = []
+    original = webapp_db.fetch_all
+
+    def recording(name, params=None):
+        seen.append((name, dict(params or {})))
+        return original(name, params)
+
+    webapp_db.fetch_all = recording
+    try:
+        with app.test_client() as client:
+            client.get(path)
+    finally:
+        webapp_db.fetch_all = original
+        webapp_db.warehouse(app).close()
+    return seen
+
+
+def postgres_costs(db: str, queries: list[tuple[str, dict]], repeats: int) -> tuple[float, float]:
+    """(run directly, EXPLAIN ANALYZE) milliseconds of the queries summed, each the median over repeats.
+
+    Run directly: the client's clock around each query on one connection in the app's session setup, so
+    it is what the app waits for minus Flask, gunicorn and HTTP. EXPLAIN (ANALYZE, TIMING OFF): the
+    server's planning + execution; its row counting makes a count(*) look dearer than run directly.
+    A statement that is itself an EXPLAIN (data_estimate) is timed directly in both.
+    """
+    from sluice import queries as named
+
+    options = r"-c default_transaction_read_only=on -c default_transaction_isolation=repeatable\ read -c TimeZone=UTC"
+    conn = psycopg2.connect(db, options=options)
+    direct, explained = [], []
+    try:
+        with conn.cursor() as cursor:
+            for _ in range(repeats):
+                direct_ms = explain_ms = 0.0
+                for name, params in queries:
+                    statement = named.query("webapp.sql", name)
+                    start = time.perf_counter()
+                    cursor.execute(statement, params)
+                    cursor.fetchall()
+                    elapsed = (time.perf_counter() - start) * 1000
+                    conn.rollback()
+                    direct_ms += elapsed
+                    if statement.lstrip().lower().startswith("explain"):
+                        explain_ms += elapsed
+                        continue
+                    cursor.execute("explain (analyze, timing off, format json) " + statement, params)
+                    (plan,) = cursor.fetchone()[0]
+                    conn.rollback()
+                    explain_ms += plan["Planning Time"] + plan["Execution Time"]
+                direct.append(direct_ms)
+                explained.append(explain_ms)
+    finally:
+        conn.close()
+    return statistics.median(direct), statistics.median(explained)
+
+
+# --- the whole measurement ---------------------------------------------------------------------------
+
+@dataclass
+class LoadOptions:
+    wrk: str | None  # None: no load test (serial requests and Postgres alone only)
+    seconds: int = 10
+    threads: int = 2
+    connections: int = 32
+    workers: int = 2
+    serial_requests: int = 50
+    explain_repeats: int = 20
+
+
+def measure(db: str, endpoints: list[tuple[str, str]], rows: int, options: LoadOptions, log_path: Path,
+            echo=print) -> list[EndpointResult]:
+    """Serve db with gunicorn and measure each (label, path); the Postgres-alone cost comes last, unloaded."""
+    results = []
+    with gunicorn(db, workers=options.workers, log_path=log_path) as base:
+        for label, path in endpoints:
+            result = EndpointResult(label, path, rows)
+            status, _ = get(base + path)
+            if status >= 400 and not path.startswith("/health"):
+                raise RuntimeError(f"GET {path} answered {status}; see {log_path}")
+            result.serial_ms = serial_median_ms(base + path, options.serial_requests)
+            if options.wrk:
+                for key, value in run_wrk(options.wrk, base + path, seconds=options.seconds,
+                                          threads=options.threads, connections=options.connections).items():
+                    setattr(result, key, value)
+            echo(f"  {label:<34} " + (f"{result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
+                                      f"p99 {result.p99_ms:6.1f} ms  " if options.wrk else "")
+                 + f"serial {result.serial_ms:6.1f} ms")
+            results.append(result)
+    for result in results:
+        captured = captured_queries(db, result.path)
+        result.queries = [name for name, _ in captured]
+        result.postgres_ms, result.explain_ms = postgres_costs(db, captured, options.explain_repeats)
+    return results
+
+
+def cursor_at_page(db: str, page: int, page_size: int) -> str:
+    """next_cursor of page - 1, asked of the app once: the keyset position where OFFSET page `page` starts."""
+    from webapp import create_app
+    from webapp import db as webapp_db
+
+    app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2})
+    try:
+        with app.test_client() as client:
+            response = client.get(f"/data?page={page - 1}&page_size={page_size}&count=none")
+    finally:
+        webapp_db.warehouse(app).close()
+    if response.status_code != 200:
+        raise RuntimeError(f"/data?page={page - 1} answered {response.status_code}: {response.get_data(as_text=True)}")
+    return response.get_json()["next_cursor"]

@@ -1,0 +1,136 @@
+"""The bench's results as markdown: printed, and written to bench/results/<date>.md beside its plot."""
+
+from bench.pipeline import LOAD_STAGES, STAGES
+
+PASS_NAMES = {"first": "first load", "rerun": "unchanged rerun", "changed": "1% changed"}
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _n(value, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _written(timing) -> str:
+    r = timing.result
+    if timing.stage == "ingest":
+        return f"staged {r['records']:,}, problems {r['problems']:,}"
+    if timing.stage == "store_raw":
+        return f"raw +{r['raw_inserted']:,} ~{r['raw_updated']:,}, rejected {r['rejected']:,}"
+    if timing.stage == "normalize":
+        return f"valid {r['valid']:,}, rejected {r['rejected']:,}, unchanged {r['skipped_unchanged']:,}"
+    if timing.stage == "upsert":
+        return f"+{r['inserted']:,} ~{r['updated']:,}, unchanged {r['unchanged']:,}"
+    if timing.stage == "checkpoint":
+        return f"last id {r['last_processed_id']}"
+    return f"etl_runs id {r['etl_run_id']}"
+
+
+def stage_table(results, source: str) -> list[str]:
+    rows = []
+    for name, run in results.passes.items():
+        for stage in STAGES:
+            t = run.of(stage, source)
+            rows.append([PASS_NAMES[name], stage, f"{t.seconds:.2f}", _n(t.rows_per_second), _n(t.peak_rss_mb),
+                         _written(t)])
+        record = run.of("record_run", "all")
+        rows.append([PASS_NAMES[name], "record_run (all sources)", f"{record.seconds:.2f}", "", _n(record.peak_rss_mb),
+                     _written(record)])
+        count = run.of("ingest", source).rows
+        for label, stages in (("**store_raw→normalize→upsert**", LOAD_STAGES),
+                              ("**end to end** (ingest→checkpoint)", STAGES)):
+            seconds = run.seconds(source, stages)
+            rows.append([PASS_NAMES[name], label, f"**{seconds:.2f}**", _n(count / seconds), "", ""])
+    return _table(["pass", "stage", "seconds", "rows/s", "peak RSS MB", "rows (the function's own counts)"], rows)
+
+
+def written_table(results) -> list[str]:
+    rows = []
+    for name, run in results.passes.items():
+        for source in run.sources():
+            w = run.written(source)
+            expected = {"first": "all new", "rerun": "0", "changed": f"~{results.expected_changed[source]:,}"}[name]
+            rows.append([PASS_NAMES[name], source, _n(w["raw_inserted"]), _n(w["raw_updated"]), _n(w["inserted"]),
+                         _n(w["updated"]), _n(w["skipped_unchanged"]), _n(w["rejected"]), expected])
+    return _table(["pass", "source", "raw inserted", "raw updated", "normalized inserted", "normalized updated",
+                   "skipped unchanged", "rejected", "expected"], rows)
+
+
+def memory_table(results) -> list[str]:
+    first, small = results.passes["first"], results.memory_pass
+    rows = [[stage, _n(first.of(stage, "csv").peak_rss_mb), _n(small.of(stage, "csv").peak_rss_mb),
+             f"{first.of(stage, 'csv').peak_rss_mb - small.of(stage, 'csv').peak_rss_mb:+.0f}"] for stage in STAGES]
+    return _table(["stage (csv, first load)", f"peak RSS MB at {results.rows:,}",
+                   f"at {results.memory_rows:,}", "difference MB"], rows)
+
+
+def baseline_table(results) -> list[str]:
+    sluice = results.passes["first"].seconds("csv", LOAD_STAGES)
+    whole = results.passes["first"].seconds("csv", STAGES)
+    rows = [["**Sluice store_raw→normalize→upsert**", _n(results.rows), f"{sluice:.2f}", _n(results.rows / sluice),
+             _n(max(results.passes["first"].of(s, "csv").peak_rss_mb for s in LOAD_STAGES)), "1.00×",
+             "validates, quarantines, keeps latest raw, writes only changes"],
+            ["Sluice ingest→checkpoint", _n(results.rows), f"{whole:.2f}", _n(results.rows / whole),
+             _n(max(results.passes["first"].of(s, "csv").peak_rss_mb for s in STAGES)), f"{whole / sluice:.2f}×",
+             "includes parsing the CSV, which only the dlt baselines below do too"]]
+    for b in results.baselines:
+        seconds = f"{b.seconds:.2f}" + (" (extrapolated)" if b.extrapolated else "")
+        rows.append([b.name, _n(b.rows), seconds, _n(b.rows_per_second), _n(b.peak_rss_mb),
+                     f"{b.seconds / sluice:.2f}×", b.note])
+    return _table(["load (same CSV, same database)", "rows", "seconds", "rows/s", "peak RSS MB",
+                   "time ÷ Sluice's", "note"], rows)
+
+
+def api_table(endpoints) -> list[str]:
+    rows = [[f"`{e.path}`" if len(e.path) < 60 else f"`{e.path[:57]}…`", e.label, _n(e.rows), _n(e.requests_per_second),
+             _n(e.p50_ms, 1), _n(e.p99_ms, 1), e.failures, _n(e.serial_ms, 1), _n(e.postgres_ms, 2),
+             _n(e.explain_ms, 2),
+             _n(e.web_ms, 1), ", ".join(e.queries)] for e in endpoints]
+    return _table(["request", "what", "rows", "req/s", "p50 ms", "p99 ms", "failed", "serial median ms",
+                   "Postgres alone ms", "EXPLAIN ANALYZE ms", "web layer ms", "queries"], rows)
+
+
+def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib") -> str:
+    o = results.options
+    lines = [f"# Sluice bench, {results.started:%Y-%m-%d %H:%M} UTC", "",
+             f"- Inputs: CSV of {results.rows:,} rows (id,name,value,description; 1% bad rows; descriptions with "
+             f"commas, quotes, newlines and non-ASCII), JSON API of {results.api_rows:,} records in pages of 1,000 "
+             "with Link headers, both served or read locally.",
+             f"- Database: {results.server}; a fresh database per run. Machine: {results.machine}.",
+             "- Every measured step runs in its own child process; peak RSS is that process's VmHWM. The time is "
+             "the measured call only (no interpreter start or connect). "
+             + ("A CHECKPOINT precedes each timed step." if results.flushed else "No CHECKPOINT between steps."),
+             "- rows/s = the source's input rows ÷ the stage's seconds, so stages and baselines compare directly.",
+             f"- Command: `python -m bench {' '.join(o) or '(defaults)'}`; wall time {results.wall_seconds:.0f} s.", ""]
+    lines += ["## Targets", "", "```", *(t.line() for t in targets), "```", ""]
+    if results.notes:
+        lines += ["Notes:", "", *(f"- {note}" for note in results.notes), ""]
+    for source in results.passes["first"].sources():
+        count = results.rows if source == "csv" else results.api_rows
+        lines += [f"## Pipeline stages: {source} source ({count:,} rows)", "", *stage_table(results, source)]
+    lines += ["## Rows written per pass", "", *written_table(results)]
+    if results.memory_pass is not None:
+        lines += ["## Peak RSS by input size", "", *memory_table(results)]
+    lines += [f"## Baselines vs Sluice on {results.rows:,} CSV rows", "", *baseline_table(results)]
+    if results.api:
+        lines += [f"## Read API (gunicorn {results.api_workers} workers; wrk {results.wrk_spec})", "",
+                  *api_table(results.api + results.api_small),
+                  "serial: one client, one request at a time (no queueing). Postgres alone: the request's own named "
+                  "queries and parameters (captured from the app) run directly on one connection, client-timed; "
+                  "EXPLAIN ANALYZE: their planning + execution with TIMING OFF; medians of 20. "
+                  "web layer = serial median − Postgres alone.",
+                  ""]
+    if plot_name:
+        lines += [f"![stage times]({plot_name})", ""]
+        if plot_kind == "plain":
+            lines += ["(A plain plot, drawn without matplotlib: on top one bar per pass — first load, unchanged "
+                      "rerun, 1% changed — split into ingest, store_raw, normalize, upsert, checkpoint, record_run; "
+                      "below, Sluice's store_raw→normalize→upsert in green, then the baselines in table order.)", ""]
+    return "\n".join(lines)
+

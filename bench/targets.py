@@ -1,0 +1,138 @@
+"""The issue's targets, each judged from one bench run: PASS, MISS, or SKIP when its measurement was off."""
+
+from dataclasses import dataclass
+
+from bench.pipeline import LOAD_STAGES, STAGES
+
+RSS_SLACK_MB = 100
+
+
+@dataclass
+class Target:
+    status: str  # PASS | MISS | SKIP
+    name: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:<4}  {self.name}: {self.detail}"
+
+
+def _judge(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _baseline(results, prefix: str):
+    return next((b for b in results.baselines if b.name.startswith(prefix)), None)
+
+
+def _load_seconds(results) -> tuple[float, float]:
+    first = results.passes["first"]
+    return first.seconds("csv", LOAD_STAGES), first.seconds("csv", STAGES)
+
+
+def _versus(results, prefix: str, label: str, factor: float) -> Target:
+    name = f"CSV store_raw→normalize→upsert ≥{factor:g}× faster than {label}" if factor > 1 else \
+        f"CSV store_raw→normalize→upsert faster than {label}"
+    baseline = _baseline(results, prefix)
+    if baseline is None:
+        return Target("SKIP", name, "not measured in this run")
+    sluice, whole = _load_seconds(results)
+    ratio = baseline.seconds / sluice
+    detail = (f"Sluice {sluice:.2f} s (ingest→checkpoint {whole:.2f} s) vs {baseline.seconds:.2f} s"
+              f"{' (extrapolated)' if baseline.extrapolated else ''} → {ratio:.2f}×"
+              f" (ingest→checkpoint {baseline.seconds / whole:.2f}×)")
+    return Target(_judge(ratio > factor if factor == 1 else ratio >= factor), name, detail)
+
+
+def _rerun(results) -> Target:
+    name = "unchanged rerun writes 0 rows and takes ≤ ½ the first load"
+    first, rerun = results.passes["first"], results.passes["rerun"]
+    written = {source: rerun.written(source) for source in rerun.sources()}
+    data_rows = sum(w["raw_inserted"] + w["raw_updated"] + w["inserted"] + w["updated"] for w in written.values())
+    first_load = sum(first.seconds(source, LOAD_STAGES) for source in first.sources())
+    rerun_load = sum(rerun.seconds(source, LOAD_STAGES) for source in rerun.sources())
+    ratio = rerun_load / first_load
+    detail = (f"{data_rows} raw+normalized rows written; store_raw→normalize→upsert {rerun_load:.2f} s vs "
+              f"{first_load:.2f} s first = {ratio:.2f} (ingest→checkpoint "
+              f"{sum(rerun.seconds(s) for s in rerun.sources()):.2f} s vs "
+              f"{sum(first.seconds(s) for s in first.sources()):.2f} s)")
+    return Target(_judge(data_rows == 0 and ratio <= 0.5), name, detail)
+
+
+def _changed(results) -> Target:
+    name = "1% changed writes exactly those rows"
+    changed = results.passes["changed"]
+    parts, ok = [], True
+    for source in changed.sources():
+        w, expected = changed.written(source), results.expected_changed[source]
+        exact = (w["raw_inserted"], w["raw_updated"], w["inserted"], w["updated"]) == (0, expected, 0, expected)
+        ok &= exact
+        parts.append(f"{source}: raw +{w['raw_inserted']} ~{w['raw_updated']}, normalized +{w['inserted']} "
+                     f"~{w['updated']} (expected ~{expected})")
+    return Target(_judge(ok), name, "; ".join(parts) + f"; {sum(changed.seconds(s) for s in changed.sources()):.2f} s")
+
+
+def _memory(results) -> Target:
+    name = f"peak RSS per CSV stage at {results.rows:,} rows within {RSS_SLACK_MB} MB of {results.memory_rows:,} rows"
+    if results.memory_pass is None:
+        return Target("SKIP", name, "no --memory-check-rows run")
+    growth = {stage: results.passes["first"].of(stage, "csv").peak_rss_mb
+              - results.memory_pass.of(stage, "csv").peak_rss_mb for stage in STAGES}
+    worst = max(growth, key=growth.get)
+    return Target(_judge(growth[worst] <= RSS_SLACK_MB), name,
+                  f"largest growth {worst} +{growth[worst]:.0f} MB; "
+                  + ", ".join(f"{stage} {value:+.0f}" for stage, value in growth.items()))
+
+
+def _endpoint(results, prefix: str, small: bool = False):
+    pool = results.api_small if small else results.api
+    return next((e for e in pool if e.label.startswith(prefix)), None)
+
+
+def _latency(e) -> float | None:
+    """p50 under wrk, or the serial median when the run had no wrk."""
+    return e.p50_ms if e.p50_ms is not None else e.serial_ms
+
+
+def _api_targets(results) -> list[Target]:
+    names = ("/data first page p99 < 25 ms at ≥ 1000 req/s", "cursor page within 1.5× of page 1 (p50)",
+             "/stats and /health within 2× of their 10k-row cost (p50)", "search p99 < 50 ms")
+    if not results.api:
+        return [Target("SKIP", name, "API not measured") for name in names]
+    targets = []
+    first, cursor, search = (_endpoint(results, p) for p in ("/data first page", "/data cursor", "/data search"))
+    if first.p99_ms is None:
+        targets.append(Target("SKIP", names[0], "no wrk run"))
+    else:
+        targets.append(Target(_judge(first.p99_ms < 25 and first.requests_per_second >= 1000), names[0],
+                              f"p99 {first.p99_ms:.1f} ms at {first.requests_per_second:.0f} req/s"))
+    ratio = _latency(cursor) / _latency(first)
+    targets.append(Target(_judge(ratio <= 1.5), names[1].replace("cursor page", cursor.label.split("(")[0].strip()),
+                          f"{_latency(cursor):.1f} ms vs {_latency(first):.1f} ms = {ratio:.2f}×"))
+    parts, ok = [], bool(results.api_small)
+    for prefix in ("/stats", "/health"):
+        big, small = _endpoint(results, prefix), _endpoint(results, prefix, small=True)
+        if big and small:
+            ratio = _latency(big) / _latency(small)
+            ok &= ratio <= 2
+            parts.append(f"{prefix} {_latency(big):.1f} ms at {big.rows:,} rows vs {_latency(small):.1f} ms at "
+                         f"{small.rows:,} = {ratio:.2f}×")
+    targets.append(Target(_judge(ok) if parts else "SKIP", names[2], "; ".join(parts) or "no small-table run"))
+    if search.p99_ms is None:
+        targets.append(Target("SKIP", names[3], "no wrk run"))
+    else:
+        targets.append(Target(_judge(search.p99_ms < 50), names[3],
+                              f"{search.path}: p99 {search.p99_ms:.1f} ms at {search.requests_per_second:.0f} req/s"))
+    return targets
+
+
+def evaluate(results) -> list[Target]:
+    return [
+        _versus(results, "dlt merge, pyarrow", "dlt pyarrow merge", 1),
+        _versus(results, "dlt merge, row dicts", "dlt row-dict merge", 5),
+        _versus(results, "psycopg2 executemany", "naive executemany", 20),
+        _rerun(results),
+        _changed(results),
+        _memory(results),
+        *_api_targets(results),
+    ]
