@@ -179,3 +179,40 @@ def test_xcom_carries_references_and_counts_not_rows(pipeline):
         values = [x.value for x in session.query(XComModel).filter(XComModel.run_id == run["run_id"])]
     assert values
     assert max(len(json.dumps(v)) for v in values) < 2000
+
+
+BAD_BODIES = {
+    "truncated": Fault(body=b'[{"id": 1, "title": "t", "userId": 1}]' * 50, truncate_to=100,
+                       headers={"Content-Type": "application/json"}),
+    "invalid JSON": Fault(body=b'[{"id": 1,', headers={"Content-Type": "application/json"}),
+    "HTML with 200": Fault(body=b"<html><body>maintenance</body></html>", headers={"Content-Type": "text/html"}),
+    "empty body": Fault(body=b"", headers={"Content-Type": "application/json"}),
+}
+
+
+@pytest.mark.parametrize("fault", BAD_BODIES, ids=list(BAD_BODIES))
+def test_a_bad_api_body_fails_that_source_only_and_loads_nothing_of_it(pipeline, fault):
+    pipeline.run()
+    api_before = pipeline.rows("select * from etl_checkpoint where source = 'api'")
+    raw_before = pipeline.value("select md5(string_agg(t::text, '|' order by id)) from raw_api_data t")
+    pipeline.sources.add_faults("posts", *[BAD_BODIES[fault]] * 10)
+    pipeline.sources.serve_bytes("items.csv", sample_data.csv_bytes(CSV_ROWS + 5, bad_every=BAD_EVERY))
+
+    state, run = pipeline.run()
+
+    assert state == "failed" and run["status"] == "failed"
+    assert "ingest_api" in run["error_message"] and "api:" in run["error_message"]
+    assert run["source_counts"]["csv"]["inserted"] == 5
+    assert pipeline.rows("select * from etl_checkpoint where source = 'api'") == api_before
+    assert pipeline.value("select md5(string_agg(t::text, '|' order by id)) from raw_api_data t") == raw_before
+
+
+def test_a_csv_with_only_a_header_loads_nothing_and_succeeds(pipeline):
+    pipeline.sources.serve_bytes("items.csv", b"id,name,value,description\r\n")
+
+    state, run = pipeline.run()
+
+    assert state == "success"
+    assert run["source_counts"]["csv"] == {"fetched": 0, "inserted": 0, "updated": 0, "unchanged": 0,
+                                           "rejected": 0, "superseded": 0, "loaded": True}
+    assert run["source_counts"]["api"]["inserted"] == API_RECORDS
