@@ -21,6 +21,17 @@ def free_port() -> int:
 
 
 def call(method: str, url: str, body=None, token: str | None = None) -> tuple[int, dict]:
+    """One request; a 5xx is retried a few times: standalone's SQLite metadata DB answers 'database is
+    locked' (a 500) when a scheduled run writes at the same moment."""
+    for _ in range(5):
+        status, answer = _call_once(method, url, body, token)
+        if status < 500:
+            break
+        time.sleep(2)
+    return status, answer
+
+
+def _call_once(method: str, url: str, body, token: str | None) -> tuple[int, dict]:
     request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
     request.add_header("Content-Type", "application/json")
     if token:
