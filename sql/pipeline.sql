@@ -10,6 +10,9 @@ select set_config('lock_timeout', %(timeout)s, true);
 -- name: set_work_mem
 select set_config('work_mem', %(work_mem)s, true);
 
+-- name: set_maintenance_work_mem
+select set_config('maintenance_work_mem', %(work_mem)s, true);
+
 -- name: lock_source
 select pg_advisory_xact_lock(hashtextextended('sluice:source:' || %(source)s, 0));
 
@@ -161,7 +164,6 @@ with written as (
 )
 select count(*) filter (where inserted) as inserted,
        count(*) filter (where changed and not inserted) as updated,
-       (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s) as staged,
        (select count(*) from normalized_stage ns
         join {raw_table} r on r.source_id = ns.source_id and r.content_hash = ns.raw_hash
         where ns.run_id = %(run_id)s and ns.source = %(source)s) as current

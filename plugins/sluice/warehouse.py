@@ -146,17 +146,17 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
     with source_transaction(conn, source, lock_timeout_seconds):
         conn.execute(q("analyze_normalized_stage"))
         incoming, existing = _count(conn, "bulk_load_size", keys)
+        _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
         rebuild = incoming >= bulk_rows and incoming >= existing and _count(conn, "search_indexes_exist", {})[0]
         if rebuild:
             conn.execute(q("drop_search_indexes"))
         query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
-        inserted, updated, staged, current = conn.execute(query, keys).fetchone()
-        _check_work(source, run_id, "normalized_stage", staged, expected_staged, "normalize")
+        inserted, updated, current = conn.execute(query, keys).fetchone()
         if rebuild:
-            conn.execute("set local maintenance_work_mem = '256MB'")
+            conn.execute(q("set_maintenance_work_mem"), {"work_mem": WORK_MEM})
             conn.execute(q("create_search_indexes"))
     return {"source": source, "inserted": inserted, "updated": updated,
-            "unchanged": current - inserted - updated, "superseded": staged - current}
+            "unchanged": current - inserted - updated, "superseded": incoming - current}
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float) -> dict:
