@@ -57,26 +57,39 @@ select %(run_id)s, %(source)s, source_id, 'store_raw',
        data::jsonb
 from gone;
 
+-- name: raw_load_size
+-- records this run stages, and the raw table's size as the planner estimates it (no count(*) of a big table)
+select (select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s),
+       (select greatest(reltuples, 0)::bigint from pg_class where oid = %(raw_table)s::regclass);
+
 -- name: upsert_raw
--- only records whose hash differs from the stored one are parsed and written
-with written as (
-    insert into {raw_table} as r (source_id, data, content_hash, run_id)
+-- Only records whose hash differs from the stored one are parsed and written. Changed ids are updated and
+-- new ones inserted by joins, not INSERT ... ON CONFLICT, which costs about twice as much per row: the
+-- source's advisory lock is what keeps another writer from inserting the same id meanwhile.
+with updated as (
+    update {raw_table} r
+    set data = s.data::jsonb, content_hash = s.content_hash, updated_at = now(), run_id = %(run_id)s
+    from staged_records s
+    where s.run_id = %(run_id)s and s.source = %(source)s
+      and r.source_id = s.source_id and r.content_hash <> s.content_hash
+    returning 1
+), inserted as (
+    insert into {raw_table} (source_id, data, content_hash, run_id)
     select s.source_id, s.data::jsonb, s.content_hash, %(run_id)s
     from staged_records s
-    left join {raw_table} old on old.source_id = s.source_id
     where s.run_id = %(run_id)s and s.source = %(source)s
-      and old.content_hash is distinct from s.content_hash
-    on conflict (source_id) do update
-        set data = excluded.data,
-            content_hash = excluded.content_hash,
-            updated_at = now(),
-            run_id = excluded.run_id
-        where r.content_hash is distinct from excluded.content_hash
-    returning (xmax = 0) as inserted
+      and not exists (select 1 from {raw_table} r where r.source_id = s.source_id)
+    returning 1
 )
-select count(*) filter (where inserted) as inserted,
-       count(*) filter (where not inserted) as updated
-from written;
+select (select count(*) from inserted), (select count(*) from updated);
+
+-- name: suspend_indexes
+-- before a bulk load: drop the table's secondary indexes (the primary key stays), remembering their DDL
+select sluice_suspend_indexes(%(table)s::regclass);
+
+-- name: restore_indexes
+-- after it: build them again, each in one pass (in parallel when the server allows) instead of row by row
+select sluice_restore_indexes(%(table)s::regclass);
 
 -- name: analyze_staged
 -- fresh statistics after a bulk load, so the joins that follow get hash plans, not nested loops
@@ -93,34 +106,20 @@ delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 
 -- name: normalize_fast
 -- Candidates are the staged records whose input (payload hash + mapping + rules) differs from what
--- produced their current row; materialized first so unchanged records are never parsed. Those the
--- set-based fast path can decide go straight to normalized_stage.
+-- produced their current row; materialized first so each is parsed once and unchanged records never are.
+-- Those the set-based fast path can decide go straight to normalized_stage.
 with candidates as materialized (
-    select s.source_id, s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
+    select s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
     from staged_records s
     left join normalized_data n on n.source = s.source and n.source_id = s.source_id
     where s.run_id = %(run_id)s and s.source = %(source)s
       and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
-), fields as (
-    select c.input_hash, c.content_hash,
-           sluice_lookup(c.data, %(source_id_field)s) as source_id,
-           sluice_lookup(c.data, %(name_field)s) as name,
-           sluice_lookup(c.data, %(value_field)s) as value,
-           sluice_lookup(c.data, %(description_field)s) as description
-    from candidates c
-), decided as materialized (
-    select f.input_hash, f.content_hash,
-           sluice_fast_text(f.source_id, %(edge_space)s) as source_id,
-           sluice_fast_text(f.name, %(edge_space)s) as name,
-           sluice_fast_number(f.value) as value,
-           sluice_fast_text(f.description, %(edge_space)s) as description,
-           sluice_fast_optional_text_ok(f.description, %(edge_space)s) as description_ok
-    from fields f
 )
 insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash)
-select %(run_id)s, %(source)s, source_id, name, value, description, input_hash, content_hash
-from decided
-where source_id is not null and name is not null and value is not null and description_ok;
+select %(run_id)s, %(source)s, f.source_id, f.name, f.value, f.description, c.input_hash, c.content_hash
+from candidates c
+cross join lateral sluice_fast_path(c.data, %(source_id_field)s, %(name_field)s, %(value_field)s,
+                                    %(description_field)s, %(edge_space)s) f;
 
 -- name: select_slow_candidates
 -- the candidates the fast path left: validated one by one with the marshmallow schema
@@ -139,52 +138,45 @@ copy normalized_stage (run_id, source, source_id, name, value, description, inpu
 copy rejected_records (run_id, source, source_id, stage, reason, payload) from stdin;
 
 -- name: upsert_normalized
-with written as (
-    insert into normalized_data as n
-        (source, source_id, name, value, description, first_seen_run_id, last_changed_run_id, input_hash)
-    select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.run_id, ns.run_id, ns.input_hash
+-- Only rows whose raw payload is still the stored one are written: an overlapping newer run may have
+-- replaced it. Existing rows are updated where something differs, new ones inserted; joins instead of
+-- ON CONFLICT, under the source's advisory lock (see upsert_raw).
+with current as materialized (
+    select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.input_hash, ns.run_id
     from normalized_stage ns
-    -- only rows whose raw payload is still the stored one: an overlapping newer run may have replaced it
     join {raw_table} r on r.source_id = ns.source_id and r.content_hash = ns.raw_hash
     where ns.run_id = %(run_id)s and ns.source = %(source)s
-    on conflict (source, source_id) do update
-        set name = excluded.name,
-            value = excluded.value,
-            description = excluded.description,
-            input_hash = excluded.input_hash,
-            updated_at = case when (n.name, n.value, n.description)
-                                   is distinct from (excluded.name, excluded.value, excluded.description)
-                              then now() else n.updated_at end,
-            last_changed_run_id = case when (n.name, n.value, n.description)
-                                            is distinct from (excluded.name, excluded.value, excluded.description)
-                                       then excluded.last_changed_run_id else n.last_changed_run_id end
-        where (n.name, n.value, n.description, n.input_hash)
-              is distinct from (excluded.name, excluded.value, excluded.description, excluded.input_hash)
-    returning (xmax = 0) as inserted, (updated_at = now()) as changed
+), updated as (
+    update normalized_data n
+    set name = c.name,
+        value = c.value,
+        description = c.description,
+        input_hash = c.input_hash,
+        updated_at = case when (n.name, n.value, n.description) is distinct from (c.name, c.value, c.description)
+                          then now() else n.updated_at end,
+        last_changed_run_id = case when (n.name, n.value, n.description)
+                                        is distinct from (c.name, c.value, c.description)
+                                   then c.run_id else n.last_changed_run_id end
+    from current c
+    where n.source = c.source and n.source_id = c.source_id
+      and (n.name, n.value, n.description, n.input_hash) is distinct from (c.name, c.value, c.description, c.input_hash)
+    returning n.updated_at = now() as changed
+), inserted as (
+    insert into normalized_data
+        (source, source_id, name, value, description, first_seen_run_id, last_changed_run_id, input_hash)
+    select c.source, c.source_id, c.name, c.value, c.description, c.run_id, c.run_id, c.input_hash
+    from current c
+    where not exists (select 1 from normalized_data n where n.source = c.source and n.source_id = c.source_id)
+    returning 1
 )
-select count(*) filter (where inserted) as inserted,
-       count(*) filter (where changed and not inserted) as updated,
-       (select count(*) from normalized_stage ns
-        join {raw_table} r on r.source_id = ns.source_id and r.content_hash = ns.raw_hash
-        where ns.run_id = %(run_id)s and ns.source = %(source)s) as current
-from written;
+select (select count(*) from inserted),
+       (select count(*) filter (where changed) from updated),
+       (select count(*) from current);
 
 -- name: bulk_load_size
 -- rows this run brings for the source, and rows the table holds now (kept by a trigger, no count(*))
 select (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s),
        (select coalesce(sum(row_count), 0) from etl_checkpoint);
-
--- name: search_indexes_exist
-select count(*) = 2 from pg_indexes
-where tablename = 'normalized_data'
-  and indexname in ('normalized_data_name_trgm', 'normalized_data_description_trgm');
-
--- name: drop_search_indexes
-drop index normalized_data_name_trgm, normalized_data_description_trgm;
-
--- name: create_search_indexes
-create index normalized_data_name_trgm on normalized_data using gin (name gin_trgm_ops);
-create index normalized_data_description_trgm on normalized_data using gin (description gin_trgm_ops);
 
 -- name: select_checkpoint
 select last_processed_id, last_processed_at, total_processed, row_count, last_run_id

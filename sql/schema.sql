@@ -159,11 +159,64 @@ begin
     end if;
 end
 $$;
-create index if not exists normalized_stage_run_idx on normalized_stage (run_id, source, source_id);
+-- no index: every reader takes a whole run's rows, by sequential scan and hash joins
+drop index if exists normalized_stage_run_idx;
+
+-- Bulk loads drop a table's secondary indexes and build them again afterwards, one pass each, which is
+-- several times cheaper than updating them row by row. The DDL to rebuild them is kept in a temporary
+-- table of the transaction, so a failed load rolls back the drops with everything else.
+create or replace function sluice_suspend_indexes(tbl regclass) returns integer language plpgsql as $$
+declare
+    ix record;
+    n integer := 0;
+begin
+    create temporary table if not exists sluice_suspended_indexes (table_oid oid, position integer, ddl text)
+        on commit drop;
+    for ix in
+        select i.indexrelid, c.conname, c.oid as constraint_oid
+        from pg_index i
+        left join pg_constraint c on c.conindid = i.indexrelid and c.conrelid = i.indrelid
+        where i.indrelid = tbl and not i.indisprimary
+        order by i.indexrelid
+    loop
+        n := n + 1;
+        if ix.conname is not null then
+            insert into sluice_suspended_indexes values (tbl, n, format('alter table %s add constraint %I %s',
+                tbl, ix.conname, pg_get_constraintdef(ix.constraint_oid)));
+            execute format('alter table %s drop constraint %I', tbl, ix.conname);
+        else
+            insert into sluice_suspended_indexes values (tbl, n, pg_get_indexdef(ix.indexrelid));
+            execute format('drop index %s', ix.indexrelid::regclass);
+        end if;
+    end loop;
+    return n;
+end
+$$;
+
+create or replace function sluice_restore_indexes(tbl regclass) returns integer language plpgsql as $$
+declare
+    suspended record;
+    n integer := 0;
+begin
+    for suspended in select ddl from sluice_suspended_indexes where table_oid = tbl order by position loop
+        execute suspended.ddl;
+        n := n + 1;
+    end loop;
+    delete from sluice_suspended_indexes where table_oid = tbl;
+    return n;
+end
+$$;
 
 -- The set-based fast path of normalize (plugins/sluice/rules.py is the definition of the rules).
--- Each function returns null when it cannot decide; such records go through the marshmallow schema,
--- so a record the fast path accepts is one the schema accepts with the same values (tests/test_fast_path.py).
+-- sluice_fast_path returns the normalized row of a record it can decide, and no row otherwise: such records
+-- go through the marshmallow schema, so a record the fast path accepts is one the schema accepts with the
+-- same values (tests/test_fast_path.py calls this very function). Built for speed at a million rows: each
+-- field is looked up and typed once, and the checks are plain comparisons (regular expressions with
+-- bounded repeats, like [0-9]{1,15}, cost four times as much).
+drop function if exists sluice_fast_text(jsonb, text);
+drop function if exists sluice_fast_number(jsonb);
+drop function if exists sluice_fast_optional_text_ok(jsonb, text);
+
 create or replace function sluice_lookup(data jsonb, field text) returns jsonb
 language sql immutable parallel safe as $$
     select case when field is null then null
@@ -171,26 +224,48 @@ language sql immutable parallel safe as $$
                 else data #> string_to_array(field, '.') end
 $$;
 
-create or replace function sluice_fast_text(x jsonb, edge_space text) returns text
+-- a code point that cannot be whitespace at the edge of a value (every ASCII whitespace is <= 32);
+-- edge_space: the characters str.strip() removes
+create or replace function sluice_edge_ok(code integer, edge_space text) returns boolean
 language sql immutable parallel safe as $$
-    select case
-        when jsonb_typeof(x) = 'string' and (x #>> '{}') <> '' and (x #>> '{}') !~ edge_space then x #>> '{}'
-        when jsonb_typeof(x) = 'number' and x::text ~ '^-?[0-9]{1,18}$' then x::text
+    select code between 33 and 127 or (code > 127 and strpos(edge_space, chr(code)) = 0)
+$$;
+
+-- text the schema keeps as is: a non-empty string without edge whitespace, or a plain integer
+create or replace function sluice_fast_text_ok(kind text, value text, edge_space text) returns boolean
+language sql immutable parallel safe as $$
+    select case kind
+        when 'string' then value <> '' and sluice_edge_ok(ascii(value), edge_space)
+                           and sluice_edge_ok(ascii(right(value, 1)), edge_space)
+        when 'number' then length(value) <= 18 and value ~ '^-?[0-9]+$'
+        else false
     end
 $$;
 
-create or replace function sluice_fast_number(x jsonb) returns double precision
+create or replace function sluice_fast_path(data jsonb, source_id_field text, name_field text, value_field text,
+                                            description_field text, edge_space text)
+returns table (source_id text, name text, value double precision, description text)
 language sql immutable parallel safe as $$
-    select case
-        when jsonb_typeof(x) in ('string', 'number')
-             and (x #>> '{}') ~ '^[+-]?([0-9]{1,15}(\.[0-9]{0,15})?|\.[0-9]{1,15})$'
-        then (x #>> '{}')::double precision
-    end
-$$;
-
-create or replace function sluice_fast_optional_text_ok(x jsonb, edge_space text) returns boolean
-language sql immutable parallel safe as $$
-    select x is null or jsonb_typeof(x) = 'null' or x = '""'::jsonb or sluice_fast_text(x, edge_space) is not null
+    select t.source_id, t.name, t.value::double precision,
+           case when t.description_kind in ('string', 'number') and t.description <> '' then t.description end
+    from (select jsonb_typeof(f.source_id) as source_id_kind, f.source_id #>> '{}' as source_id,
+                 jsonb_typeof(f.name) as name_kind, f.name #>> '{}' as name,
+                 jsonb_typeof(f.value) as value_kind, f.value #>> '{}' as value,
+                 jsonb_typeof(f.description) as description_kind, f.description #>> '{}' as description
+          from (select sluice_lookup(data, source_id_field) as source_id,
+                       sluice_lookup(data, name_field) as name,
+                       sluice_lookup(data, value_field) as value,
+                       sluice_lookup(data, description_field) as description
+                offset 0) f
+          offset 0) t
+    where sluice_fast_text_ok(t.source_id_kind, t.source_id, edge_space)
+      and sluice_fast_text_ok(t.name_kind, t.name, edge_space)
+      -- a plain decimal of at most 32 characters: PostgreSQL and Python both round it to the same double
+      and t.value_kind in ('string', 'number') and length(t.value) <= 32
+      and t.value ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$'
+      and (t.description_kind is null or t.description_kind = 'null'
+           or (t.description_kind = 'string' and t.description = '')
+           or sluice_fast_text_ok(t.description_kind, t.description, edge_space))
 $$;
 
 -- Trigram search for the web API when the server offers pg_trgm; plain ILIKE still works without it.

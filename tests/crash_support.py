@@ -265,12 +265,13 @@ def file_size(path: Path | None) -> int:
 
 def insert_in_progress(monitor: psycopg.Connection, table: str, *, file: Path | None, start_size: int,
                        after_bytes: int, application_name: str | None = None):
-    """(backend pid, bytes grown) of an INSERT into table once it has written after_bytes of uncommitted rows
-    into the table's file (any running INSERT when the file is not local)."""
+    """(backend pid, bytes grown) of a statement writing into table once it has written after_bytes of
+    uncommitted rows into the table's file (any running statement naming table when the file is not local).
+    The statement is found by the table's name, not its text: pg_stat_activity keeps only its first 1 KB."""
     row = monitor.execute(
-        "select pid from pg_stat_activity where state = 'active' and query ilike %(like)s"
-        " and (%(app)s::text is null or application_name = %(app)s)",
-        {"like": f"%insert into {table} %", "app": application_name}).fetchone()
+        "select pid from pg_stat_activity where state = 'active' and pid <> pg_backend_pid()"
+        " and position(%(table)s in query) > 0 and (%(app)s::text is null or application_name = %(app)s)",
+        {"table": table, "app": application_name}).fetchone()
     if row is None:
         return None
     grown = file_size(file) - start_size

@@ -14,10 +14,9 @@ from sluice import mapping
 # Bump when the rules change, so every record is normalized again by the next run.
 RULES_VERSION = "1"
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-# Whitespace as str.strip() sees it, for the SQL fast path: a value with any of it at either end is left
-# to the schema, which trims it.
-_SPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
-EDGE_SPACE_PATTERN = f"^[{_SPACE}]|[{_SPACE}]$"
+# Whitespace as str.strip() sees it, for the SQL fast path: a value with any of it at either end (one that
+# btrim() with these characters would change) is left to the schema, which trims it.
+SPACE_CHARACTERS = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
 
 
 class Text(fields.Field):

@@ -30,6 +30,7 @@ class Settings:
     lock_timeout_seconds: float
     task_retries: int
     retry_delay_seconds: float
+    index_build_memory: str
 
 
 def load() -> Settings:
@@ -42,4 +43,6 @@ def load() -> Settings:
         lock_timeout_seconds=_number("SLUICE_LOCK_TIMEOUT", 300),
         task_retries=int(_number("SLUICE_TASK_RETRIES", 2)),
         retry_delay_seconds=_number("SLUICE_RETRY_DELAY", 30),
+        # maintenance_work_mem while a bulk load rebuilds indexes (PostgreSQL units: 512MB, 1GB)
+        index_build_memory=os.environ.get("SLUICE_INDEX_BUILD_MEMORY") or "512MB",
     )

@@ -12,13 +12,15 @@ from typing import BinaryIO
 import psycopg
 from psycopg import sql
 
-from sluice import queries, rules
+from sluice import queries, rules, settings
 from sluice.errors import LockTimeout
 
 RAW_TABLES = {"api": "raw_api_data", "csv": "raw_csv_data"}
 COPY_CHUNK = 1024 * 1024
 FETCH_BATCH = 5000
 WORK_MEM = "256MB"
+# a load of at least this many rows that at least doubles a table drops and rebuilds its indexes
+BULK_ROWS = 100_000
 
 
 def q(name: str) -> str:
@@ -53,8 +55,12 @@ def _count(conn, name: str, params: dict) -> tuple:
     return conn.execute(q(name), params).fetchone()
 
 
-def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float) -> dict:
-    """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table."""
+def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
+              bulk_rows: int = BULK_ROWS) -> dict:
+    """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table.
+
+    A load of at least bulk_rows that at least doubles the raw table (a first load) goes through _bulk_load.
+    """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         conn.execute(q("delete_staged"), keys)
@@ -65,9 +71,11 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         conn.execute(q("analyze_staged"))
         problems = conn.execute(q("quarantine_problems"), keys).rowcount
         duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
-        upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
-        inserted, updated = conn.execute(upsert, keys).fetchone()
-        (staged_rows,) = _count(conn, "count_staged", keys)
+        raw_table = RAW_TABLES[source]
+        staged_rows, existing = _count(conn, "raw_load_size", {**keys, "raw_table": raw_table})
+        with _bulk_load(conn, raw_table, staged_rows >= bulk_rows and staged_rows >= existing):
+            upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(raw_table))
+            inserted, updated = conn.execute(upsert, keys).fetchone()
     return {
         "source": source,
         "stored": staged_rows,
@@ -115,7 +123,7 @@ def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: 
 
 def fast_path_params(field_map: dict) -> dict:
     return {
-        "edge_space": rules.EDGE_SPACE_PATTERN,
+        "edge_space": rules.SPACE_CHARACTERS,
         **{f"{column}_field": field_map.get(column) for column in ("source_id", "name", "value", "description")},
     }
 
@@ -134,29 +142,39 @@ def _check_work(source: str, run_id: str, table: str, found: int, expected: int 
                            f"clear {writer} and the tasks after it to redo them")
 
 
-def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = 100_000,
+def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = BULK_ROWS,
            expected_staged: int | None = None) -> dict:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
 
-    A load of at least bulk_rows that at least doubles the table (a first load) rebuilds the trigram
-    search indexes after the insert instead of updating them row by row: about twice as fast, at the
-    price of an exclusive lock on normalized_data while the transaction runs.
+    A load of at least bulk_rows that at least doubles the table (a first load) goes through _bulk_load.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         conn.execute(q("analyze_normalized_stage"))
         incoming, existing = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
-        rebuild = incoming >= bulk_rows and incoming >= existing and _count(conn, "search_indexes_exist", {})[0]
-        if rebuild:
-            conn.execute(q("drop_search_indexes"))
-        query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
-        inserted, updated, current = conn.execute(query, keys).fetchone()
-        if rebuild:
-            conn.execute(q("set_maintenance_work_mem"), {"work_mem": WORK_MEM})
-            conn.execute(q("create_search_indexes"))
+        with _bulk_load(conn, "normalized_data", incoming >= bulk_rows and incoming >= existing):
+            query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
+            inserted, updated, current = conn.execute(query, keys).fetchone()
     return {"source": source, "inserted": inserted, "updated": updated,
             "unchanged": current - inserted - updated, "superseded": incoming - current}
+
+
+@contextlib.contextmanager
+def _bulk_load(conn, table: str, bulk: bool) -> Iterator[None]:
+    """Drop the table's secondary indexes for the load and build them again after it, one pass each.
+
+    Several times faster than updating them row by row, at the price of an exclusive lock on the table
+    until the transaction commits: readers of normalized_data wait for a first load instead of seeing
+    it half done.
+    """
+    if not bulk:
+        yield
+        return
+    conn.execute(q("suspend_indexes"), {"table": table})
+    yield
+    conn.execute(q("set_maintenance_work_mem"), {"work_mem": settings.load().index_build_memory})
+    conn.execute(q("restore_indexes"), {"table": table})
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float) -> dict:
