@@ -83,6 +83,14 @@ with updated as (
 )
 select (select count(*) from inserted), (select count(*) from updated);
 
+-- name: mark_raw_writer
+insert into etl_checkpoint as c (source, raw_run_id) values (%(source)s, %(run_id)s)
+on conflict (source) do update set raw_run_id = excluded.raw_run_id;
+
+-- name: raw_written_since
+-- whether another run has stored raw payloads of the source since this run did
+select coalesce((select raw_run_id is distinct from %(run_id)s from etl_checkpoint where source = %(source)s), true);
+
 -- name: suspend_indexes
 -- before a bulk load: drop the table's secondary indexes (the primary key stays), remembering their DDL
 select sluice_suspend_indexes(%(table)s::regclass);
@@ -138,14 +146,15 @@ copy normalized_stage (run_id, source, source_id, name, value, description, inpu
 copy rejected_records (run_id, source, source_id, stage, reason, payload) from stdin;
 
 -- name: upsert_normalized
--- Only rows whose raw payload is still the stored one are written: an overlapping newer run may have
--- replaced it. Existing rows are updated where something differs, new ones inserted; joins instead of
--- ON CONFLICT, under the source's advisory lock (see upsert_raw).
+-- Only rows whose raw payload is still the stored one are written: when another run has stored raw
+-- payloads since this one did, it may have replaced some. Existing rows are updated where something
+-- differs, new ones inserted; joins instead of ON CONFLICT, under the source's advisory lock (see upsert_raw).
 with current as materialized (
     select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.input_hash, ns.run_id
     from normalized_stage ns
-    join {raw_table} r on r.source_id = ns.source_id and r.content_hash = ns.raw_hash
     where ns.run_id = %(run_id)s and ns.source = %(source)s
+      and (not %(raw_written_since)s
+           or (ns.source_id, ns.raw_hash) in (select r.source_id, r.content_hash from {raw_table} r))
 ), updated as (
     update normalized_data n
     set name = c.name,

@@ -4,7 +4,7 @@
 -- name: apply_schema
 create table if not exists raw_api_data (
     id bigserial primary key,
-    source_id text not null unique,
+    source_id text collate "C" not null unique,
     data jsonb not null,
     content_hash text not null,
     ingested_at timestamptz not null default now(),
@@ -14,7 +14,7 @@ create table if not exists raw_api_data (
 
 create table if not exists raw_csv_data (
     id bigserial primary key,
-    source_id text not null unique,
+    source_id text collate "C" not null unique,
     data jsonb not null,
     content_hash text not null,
     ingested_at timestamptz not null default now(),
@@ -25,7 +25,7 @@ create table if not exists raw_csv_data (
 create table if not exists normalized_data (
     id bigserial primary key,
     source text not null check (source in ('api', 'csv')),
-    source_id text not null,
+    source_id text collate "C" not null,
     name text,
     value double precision,
     description text,
@@ -49,8 +49,11 @@ create table if not exists etl_checkpoint (
     -- rows of this source in normalized_data, kept by a trigger so the API needs no count(*)
     row_count bigint not null default 0,
     last_run_id text,
-    updated_at timestamptz not null default now()
+    updated_at timestamptz not null default now(),
+    -- the run whose store_raw committed last: while it is the upserting run, no raw row can be superseded
+    raw_run_id text
 );
+alter table etl_checkpoint add column if not exists raw_run_id text;
 
 -- Statement-level triggers keep etl_checkpoint.row_count equal to the rows of each source, whoever writes.
 create or replace function sluice_count_rows() returns trigger language plpgsql as $$
@@ -103,7 +106,7 @@ create table if not exists rejected_records (
     id bigserial primary key,
     run_id text not null,
     source text not null check (source in ('api', 'csv')),
-    source_id text,
+    source_id text collate "C",
     -- the task that quarantined it (store_raw or normalize), so a retried task replaces its own rejects
     stage text not null,
     reason text not null,
@@ -130,7 +133,7 @@ create table if not exists staged_records (
     run_id text not null,
     source text not null,
     record_no bigint not null,
-    source_id text,
+    source_id text collate "C",
     data text,
     problem text,
     payload text,
@@ -140,7 +143,7 @@ create table if not exists staged_records (
 create table if not exists normalized_stage (
     run_id text not null,
     source text not null,
-    source_id text not null,
+    source_id text collate "C" not null,
     name text,
     value double precision,
     description text,
@@ -161,6 +164,23 @@ end
 $$;
 -- no index: every reader takes a whole run's rows, by sequential scan and hash joins
 drop index if exists normalized_stage_run_idx;
+
+-- Ids compare byte by byte (collation "C"): identifiers need no linguistic order, and building and
+-- probing their indexes and joins is about twice as fast. Earlier layouts used the database collation.
+do $$
+declare
+    t text;
+begin
+    foreach t in array array['raw_api_data', 'raw_csv_data', 'normalized_data', 'rejected_records',
+                             'staged_records', 'normalized_stage'] loop
+        if exists (select 1 from information_schema.columns
+                   where table_schema = current_schema() and table_name = t and column_name = 'source_id'
+                     and collation_name is distinct from 'C') then
+            execute format('alter table %I alter column source_id type text collate "C"', t);
+        end if;
+    end loop;
+end
+$$;
 
 -- Bulk loads drop a table's secondary indexes and build them again afterwards, one pass each, which is
 -- several times cheaper than updating them row by row. The DDL to rebuild them is kept in a temporary

@@ -76,6 +76,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         with _bulk_load(conn, raw_table, staged_rows >= bulk_rows and staged_rows >= existing):
             upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(raw_table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
+        conn.execute(q("mark_raw_writer"), keys)
     return {
         "source": source,
         "stored": staged_rows,
@@ -154,8 +155,10 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         incoming, existing = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
         with _bulk_load(conn, "normalized_data", incoming >= bulk_rows and incoming >= existing):
+            (raw_written_since,) = _count(conn, "raw_written_since", keys)
             query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
-            inserted, updated, current = conn.execute(query, keys).fetchone()
+            inserted, updated, current = conn.execute(
+                query, {**keys, "raw_written_since": raw_written_since}).fetchone()
     return {"source": source, "inserted": inserted, "updated": updated,
             "unchanged": current - inserted - updated, "superseded": incoming - current}
 
