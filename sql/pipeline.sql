@@ -112,32 +112,41 @@ select count(*) from staged_records where run_id = %(run_id)s and source = %(sou
 -- name: delete_normalized_stage
 delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 
+-- name: create_slow_candidates
+create temporary table if not exists sluice_slow_candidates (
+    source_id text collate "C", data jsonb, input_hash text, raw_hash text
+) on commit drop;
+
 -- name: normalize_fast
 -- Candidates are the staged records whose input (payload hash + mapping + rules) differs from what
 -- produced their current row; materialized first so each is parsed once and unchanged records never are.
--- Those the set-based fast path can decide go straight to normalized_stage.
+-- The set-based fast path's rows go straight to normalized_stage, the records it cannot decide to
+-- sluice_slow_candidates for the marshmallow schema. Returns both counts.
 with candidates as materialized (
-    select s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
+    select s.source_id, s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
     from staged_records s
     left join normalized_data n on n.source = s.source and n.source_id = s.source_id
     where s.run_id = %(run_id)s and s.source = %(source)s
       and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
+), fast as (
+    insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash)
+    select %(run_id)s, %(source)s, f.source_id, f.name, f.value, f.description, c.input_hash, c.content_hash
+    from candidates c
+    cross join lateral sluice_fast_path(c.data, %(source_id_field)s, %(name_field)s, %(value_field)s,
+                                        %(description_field)s, %(edge_space)s) f
+    -- the fast path accepts only ids without edge whitespace, so its id is the staged (stripped) id
+    returning source_id
+), slow as (
+    insert into sluice_slow_candidates (source_id, data, input_hash, raw_hash)
+    select c.source_id, c.data, c.input_hash, c.content_hash
+    from candidates c
+    where not exists (select 1 from fast f where f.source_id = c.source_id)
+    returning 1
 )
-insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash)
-select %(run_id)s, %(source)s, f.source_id, f.name, f.value, f.description, c.input_hash, c.content_hash
-from candidates c
-cross join lateral sluice_fast_path(c.data, %(source_id_field)s, %(name_field)s, %(value_field)s,
-                                    %(description_field)s, %(edge_space)s) f;
+select (select count(*) from fast), (select count(*) from slow);
 
 -- name: select_slow_candidates
--- the candidates the fast path left: validated one by one with the marshmallow schema
-select s.source_id, s.data::jsonb, md5(s.content_hash || %(input_key)s), s.content_hash
-from staged_records s
-left join normalized_data n on n.source = s.source and n.source_id = s.source_id
-where s.run_id = %(run_id)s and s.source = %(source)s
-  and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
-  and not exists (select 1 from normalized_stage ns
-                  where ns.run_id = s.run_id and ns.source = s.source and ns.source_id = s.source_id);
+select source_id, data, input_hash, raw_hash from sluice_slow_candidates;
 
 -- name: copy_normalized_stage
 copy normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash) from stdin;

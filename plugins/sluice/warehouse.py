@@ -101,10 +101,11 @@ def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: 
         (staged_rows,) = _count(conn, "count_staged", keys)
         _check_work(source, run_id, "staged_records", staged_rows, expected_staged, "store_raw")
         params = {**keys, "input_key": rules.input_key(field_map), "full_refresh": full_refresh}
-        fast = conn.execute(q("normalize_fast"), {**params, **fast_path_params(field_map)}).rowcount
+        conn.execute(q("create_slow_candidates"))
+        fast, _ = conn.execute(q("normalize_fast"), {**params, **fast_path_params(field_map)}).fetchone()
         conn.execute(q("analyze_normalized_stage"))
         with conn.cursor(name=f"candidates_{source}") as candidates:
-            candidates.execute(q("select_slow_candidates"), params)
+            candidates.execute(q("select_slow_candidates"))
             while batch := candidates.fetchmany(FETCH_BATCH):
                 good, bad = [], []
                 for source_id, data, input_hash, raw_hash in batch:
@@ -151,7 +152,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
-        conn.execute(q("analyze_normalized_stage"))
+        # normalize analyzed normalized_stage after writing it: the plans here see its size
         incoming, existing = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
         with _bulk_load(conn, "normalized_data", incoming >= bulk_rows and incoming >= existing):
