@@ -124,7 +124,8 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
                   "serial: one client, one request at a time (no queueing). Postgres alone: the request's own named "
                   "queries and parameters (captured from the app) run directly on one connection, client-timed; "
                   "EXPLAIN ANALYZE: their planning + execution with TIMING OFF; medians of 20. "
-                  "web layer = serial median − Postgres alone.",
+                  "web layer = serial median − Postgres alone. wrk keeps its connections busy: the mean latency "
+                  "is connections ÷ req/s (Little's law), so latency targets are measured with few connections.",
                   ""]
     if plot_name:
         lines += [f"![stage times]({plot_name})", ""]
