@@ -92,7 +92,7 @@ on conflict (source) do update set raw_run_id = excluded.raw_run_id;
 select coalesce((select raw_run_id is distinct from %(run_id)s from etl_checkpoint where source = %(source)s), true);
 
 -- name: suspend_indexes
--- before a bulk load: drop the table's secondary indexes (the primary key stays), remembering their DDL
+-- before a bulk load: drop the table's indexes and the constraints they back, remembering their DDL
 select sluice_suspend_indexes(%(table)s::regclass);
 
 -- name: restore_indexes

@@ -182,9 +182,9 @@ begin
 end
 $$;
 
--- Bulk loads drop a table's secondary indexes and build them again afterwards, one pass each, which is
--- several times cheaper than updating them row by row. The DDL to rebuild them is kept in a temporary
--- table of the transaction, so a failed load rolls back the drops with everything else.
+-- Bulk loads drop a table's indexes (primary key included) and build them again afterwards, one pass
+-- each, which is several times cheaper than updating them row by row. The DDL to rebuild them is kept
+-- in a temporary table of the transaction, so a failed load rolls back the drops with everything else.
 create or replace function sluice_suspend_indexes(tbl regclass) returns integer language plpgsql as $$
 declare
     ix record;
@@ -196,8 +196,8 @@ begin
         select i.indexrelid, c.conname, c.oid as constraint_oid
         from pg_index i
         left join pg_constraint c on c.conindid = i.indexrelid and c.conrelid = i.indrelid
-        where i.indrelid = tbl and not i.indisprimary
-        order by i.indexrelid
+        where i.indrelid = tbl
+        order by i.indisprimary desc, i.indexrelid
     loop
         n := n + 1;
         if ix.conname is not null then

@@ -3,6 +3,7 @@
 import io
 
 import psycopg
+import pytest
 
 from sluice import csv_source, settings, warehouse
 from sluice.devtools import sample_data
@@ -16,7 +17,7 @@ def load(conn, tmp_path, run_id: str, rows: int, *, bulk_rows: int) -> dict:
     staged = io.BytesIO()
     csv_source.stage_file(str(path), MAPPING, staged, run_id=run_id, uri=str(path), where="csv")
     staged.seek(0)
-    warehouse.store_raw(conn, "csv", staged, run_id=run_id, lock_timeout_seconds=5)
+    warehouse.store_raw(conn, "csv", staged, run_id=run_id, lock_timeout_seconds=5, bulk_rows=bulk_rows)
     warehouse.normalize(conn, "csv", MAPPING, run_id=run_id, full_refresh=False, lock_timeout_seconds=5)
     return warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=5, bulk_rows=bulk_rows)
 
@@ -26,11 +27,27 @@ def search_indexes(conn) -> set[str]:
         "select indexname from pg_indexes where tablename = 'normalized_data' and indexname like '%trgm'")}
 
 
-def test_a_first_bulk_load_rebuilds_the_search_indexes_and_they_answer(database_url, tmp_path):
+def indexes(conn) -> set[tuple]:
+    """Every index and constraint of the written tables, as PostgreSQL would rebuild them."""
+    return set(conn.execute(
+        "select tablename, indexname, indexdef from pg_indexes"
+        " where tablename in ('normalized_data', 'raw_csv_data')"
+        " union all select conrelid::regclass::text, conname, pg_get_constraintdef(oid) from pg_constraint"
+        " where conrelid in ('normalized_data'::regclass, 'raw_csv_data'::regclass)"))
+
+
+def test_a_first_bulk_load_rebuilds_every_index_and_constraint_and_they_answer(database_url, tmp_path):
     with psycopg.connect(database_url) as conn:
+        before = indexes(conn)
+        conn.rollback()
         counts = load(conn, tmp_path, "run-1", 500, bulk_rows=100)
 
         assert counts == {"source": "csv", "inserted": 500, "updated": 0, "unchanged": 0, "superseded": 0}
+        assert indexes(conn) == before and len(before) >= 10
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("insert into normalized_data (source, source_id, first_seen_run_id, last_changed_run_id,"
+                         " input_hash) values ('csv', '1', 'x', 'x', 'x')")
+        conn.rollback()
         assert search_indexes(conn) == {"normalized_data_name_trgm", "normalized_data_description_trgm"}
         conn.execute("set enable_seqscan = off")
         plan = "\n".join(r for (r,) in conn.execute(

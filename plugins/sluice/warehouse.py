@@ -166,7 +166,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
 
 @contextlib.contextmanager
 def _bulk_load(conn, table: str, bulk: bool) -> Iterator[None]:
-    """Drop the table's secondary indexes for the load and build them again after it, one pass each.
+    """Drop the table's indexes for the load and build them again after it, one pass each.
 
     Several times faster than updating them row by row, at the price of an exclusive lock on the table
     until the transaction commits: readers of normalized_data wait for a first load instead of seeing
