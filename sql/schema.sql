@@ -24,7 +24,7 @@ create table if not exists raw_csv_data (
 
 create table if not exists normalized_data (
     id bigserial primary key,
-    source text not null check (source in ('api', 'csv')),
+    source text collate "C" not null check (source in ('api', 'csv')),
     source_id text collate "C" not null,
     name text,
     value double precision,
@@ -42,7 +42,7 @@ create index if not exists normalized_data_updated_idx on normalized_data (updat
 create index if not exists normalized_data_source_updated_idx on normalized_data (source, updated_at desc, id desc);
 
 create table if not exists etl_checkpoint (
-    source text primary key check (source in ('api', 'csv')),
+    source text collate "C" primary key check (source in ('api', 'csv')),
     last_processed_id text,
     last_processed_at timestamptz,
     total_processed bigint not null default 0,
@@ -105,7 +105,7 @@ create index if not exists etl_runs_started_idx on etl_runs (started_at desc, id
 create table if not exists rejected_records (
     id bigserial primary key,
     run_id text not null,
-    source text not null check (source in ('api', 'csv')),
+    source text collate "C" not null check (source in ('api', 'csv')),
     source_id text collate "C",
     -- the task that quarantined it (store_raw or normalize), so a retried task replaces its own rejects
     stage text not null,
@@ -131,7 +131,7 @@ end
 $$;
 create table if not exists staged_records (
     run_id text not null,
-    source text not null,
+    source text collate "C" not null,
     record_no bigint not null,
     source_id text collate "C",
     data text,
@@ -142,7 +142,7 @@ create table if not exists staged_records (
 
 create table if not exists normalized_stage (
     run_id text not null,
-    source text not null,
+    source text collate "C" not null,
     source_id text collate "C" not null,
     name text,
     value double precision,
@@ -165,19 +165,23 @@ $$;
 -- no index: every reader takes a whole run's rows, by sequential scan and hash joins
 drop index if exists normalized_stage_run_idx;
 
--- Ids compare byte by byte (collation "C"): identifiers need no linguistic order, and building and
--- probing their indexes and joins is about twice as fast. Earlier layouts used the database collation.
+-- Ids and source names compare byte by byte (collation "C"): they need no linguistic order, and building
+-- and probing their indexes is about twice as fast. Earlier layouts used the database collation.
 do $$
 declare
-    t text;
+    col record;
 begin
-    foreach t in array array['raw_api_data', 'raw_csv_data', 'normalized_data', 'rejected_records',
-                             'staged_records', 'normalized_stage'] loop
-        if exists (select 1 from information_schema.columns
-                   where table_schema = current_schema() and table_name = t and column_name = 'source_id'
-                     and collation_name is distinct from 'C') then
-            execute format('alter table %I alter column source_id type text collate "C"', t);
-        end if;
+    for col in
+        select table_name, column_name from information_schema.columns
+        where table_schema = current_schema() and collation_name is distinct from 'C'
+          and (table_name, column_name) in (
+              ('raw_api_data', 'source_id'), ('raw_csv_data', 'source_id'),
+              ('normalized_data', 'source'), ('normalized_data', 'source_id'),
+              ('rejected_records', 'source'), ('rejected_records', 'source_id'),
+              ('staged_records', 'source'), ('staged_records', 'source_id'),
+              ('normalized_stage', 'source'), ('normalized_stage', 'source_id'), ('etl_checkpoint', 'source'))
+    loop
+        execute format('alter table %I alter column %I type text collate "C"', col.table_name, col.column_name);
     end loop;
 end
 $$;
