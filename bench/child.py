@@ -42,14 +42,20 @@ def peak_rss_mb() -> float:
 
 
 class Measure:
-    """Times the one call a step is about; a step calls it exactly once."""
+    """Times the one call a step is about, and each SQL statement in it; a step calls it exactly once."""
 
     seconds: float | None = None
 
+    def __init__(self):
+        self.statements: list[tuple[str, float]] = []
+
     def __call__(self, function):
-        start = time.perf_counter()
-        result = function()
-        self.seconds = time.perf_counter() - start
+        from bench import statements
+
+        with statements.timed(self.statements):
+            start = time.perf_counter()
+            result = function()
+            self.seconds = time.perf_counter() - start
         return result
 
 
@@ -116,4 +122,5 @@ def _run_step(step: str, args: dict, result_path: str, log_path: str, env: dict 
     if measure.seconds is None:
         raise RuntimeError(f"step {step} did not measure anything")
     Path(result_path).write_text(json.dumps(
-        {"seconds": measure.seconds, "peak_rss_mb": peak_rss_mb(), "result": result}, default=str))
+        {"seconds": measure.seconds, "peak_rss_mb": peak_rss_mb(), "result": result,
+         "statements": measure.statements}, default=str))

@@ -19,6 +19,7 @@ class StageTiming:
     seconds: float
     peak_rss_mb: float
     result: dict
+    statements: list = field(default_factory=list)  # (sql/*.sql query name, seconds) in the order run
 
     @property
     def rows_per_second(self) -> float:
@@ -78,7 +79,7 @@ def run_pass(children: Children, db: str, name: str, sources: list[Source], stag
         measured = children.run(child_step, args, label=f"{name} {stage} {source.name}")
         outputs[stage][source.name] = measured["result"]
         result.timings.append(StageTiming(stage, source.name, source.rows, measured["seconds"],
-                                          measured["peak_rss_mb"], measured["result"]))
+                                          measured["peak_rss_mb"], measured["result"], measured["statements"]))
 
     for source in sources:
         if source.name == "csv":

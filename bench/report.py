@@ -50,6 +50,27 @@ def stage_table(results, source: str) -> list[str]:
     return _table(["pass", "stage", "seconds", "rows/s", "peak RSS MB", "rows (the function's own counts)"], rows)
 
 
+def statement_table(results, source: str = "csv", passes=("first", "rerun")) -> list[str]:
+    """Where the load stages' time goes, statement by statement (sql/*.sql names); at least 1% of a stage."""
+    rows = []
+    for name in passes:
+        for stage in LOAD_STAGES:
+            timing = results.passes[name].of(stage, source) if name in results.passes else None
+            if timing is None:
+                continue
+            seconds: dict[str, float] = {}
+            for statement, spent in timing.statements:
+                seconds[statement] = seconds.get(statement, 0.0) + spent
+            rest = timing.seconds - sum(seconds.values())
+            shown = sorted(((s, t) for s, t in seconds.items() if t >= timing.seconds / 100), key=lambda x: -x[1])
+            shown.append(("(the rest: Python, fetching rows, the smaller statements)",
+                          rest + sum(t for s, t in seconds.items() if t < timing.seconds / 100)))
+            for statement, spent in shown:
+                rows.append([PASS_NAMES[name], stage, f"`{statement}`" if not statement.startswith("(") else statement,
+                             _n(spent, 2), f"{100 * spent / timing.seconds:.0f}%"])
+    return _table(["pass", "stage", "statement (sql/*.sql)", "seconds", "share of the stage"], rows)
+
+
 def written_table(results) -> list[str]:
     rows = []
     for name, run in results.passes.items():
@@ -115,6 +136,8 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
     for source in results.passes["first"].sources():
         count = results.rows if source == "csv" else results.api_rows
         lines += [f"## Pipeline stages: {source} source ({count:,} rows)", "", *stage_table(results, source)]
+    lines += ["## Where the time goes: csv load stages, statement by statement", "",
+              *statement_table(results)]
     lines += ["## Rows written per pass", "", *written_table(results)]
     if results.memory_pass is not None:
         lines += ["## Peak RSS by input size", "", *memory_table(results)]

@@ -140,7 +140,8 @@ with candidates as materialized (
     insert into sluice_slow_candidates (source_id, data, input_hash, raw_hash)
     select c.source_id, c.data, c.input_hash, c.content_hash
     from candidates c
-    where not exists (select 1 from fast f where f.source_id = c.source_id)
+    -- a hashed subplan of the fast ids (tens of MB), never a hash of the candidates' payloads
+    where c.source_id not in (select f.source_id from fast f)
     returning 1
 )
 select (select count(*) from fast), (select count(*) from slow);
