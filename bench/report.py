@@ -126,7 +126,7 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
              f"- Database: {results.server}; a fresh database per run. Machine: {results.machine}.",
              "- Every measured step runs in its own child process; peak RSS is that process's VmHWM. The time is "
              "the measured call only (no interpreter start or connect). "
-             + ("Before each timed step the bench waits for autovacuum to finish and runs a CHECKPOINT."
+             + ("Before each timed step the bench waits for autovacuum, runs VACUUM (ANALYZE) and a CHECKPOINT."
                 if results.flushed else "No CHECKPOINT between steps."),
              "- rows/s = the source's input rows ÷ the stage's seconds, so stages and baselines compare directly.",
              f"- Command: `python -m bench {' '.join(o) or '(defaults)'}`; wall time {results.wall_seconds:.0f} s.", ""]

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--results-dir", type=Path, default=REPO / "bench" / "results")
     add("--work-dir", type=Path, default=REPO / "bench" / "work")
     add("--no-checkpoint", action="store_true",
-        help="skip waiting for autovacuum and the CHECKPOINT before each timed step (faster, noisier timings)")
+        help="skip the VACUUM (ANALYZE) and CHECKPOINT before each timed step (faster, noisier timings)")
     add("--keep-databases", action="store_true", help="do not drop the run's databases at the end")
     return parser.parse_args(argv)
 

@@ -59,7 +59,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
               bulk_rows: int = BULK_ROWS) -> dict:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table.
 
-    A load of at least bulk_rows that at least doubles the raw table (a first load) goes through _bulk_load.
+    A load of at least bulk_rows that surely at least doubles the raw table (a first load) goes through
+    _bulk_load.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -73,7 +74,9 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
         raw_table = RAW_TABLES[source]
         staged_rows, existing = _count(conn, "raw_load_size", {**keys, "raw_table": raw_table})
-        with _bulk_load(conn, raw_table, staged_rows >= bulk_rows and staged_rows >= existing):
+        # staged rows include unchanged ones: only when they could not all be already stored (at least twice
+        # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
+        with _bulk_load(conn, raw_table, staged_rows >= bulk_rows and staged_rows >= 2 * existing):
             upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(raw_table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
         conn.execute(q("mark_raw_writer"), keys)
