@@ -95,6 +95,11 @@ select coalesce((select raw_run_id is distinct from %(run_id)s from etl_checkpoi
 -- before a bulk load: drop the table's indexes and the constraints they back, remembering their DDL
 select sluice_suspend_indexes(%(table)s::regclass);
 
+-- name: prefer_hash_joins
+-- while a bulk load's indexes are gone, a nested loop over a table the planner believes empty would scan
+-- it once per incoming row, and the rows the statement itself inserts make each scan longer: quadratic
+select set_config('enable_nestloop', 'off', true);
+
 -- name: restore_indexes
 -- after it: build them again, each in one pass (in parallel when the server allows) instead of row by row
 select sluice_restore_indexes(%(table)s::regclass);

@@ -179,6 +179,7 @@ def _bulk_load(conn, table: str, bulk: bool) -> Iterator[None]:
         yield
         return
     conn.execute(q("suspend_indexes"), {"table": table})
+    conn.execute(q("prefer_hash_joins"))
     yield
     conn.execute(q("set_maintenance_work_mem"), {"work_mem": settings.load().index_build_memory})
     conn.execute(q("restore_indexes"), {"table": table})
