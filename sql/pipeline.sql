@@ -96,8 +96,8 @@ select coalesce((select raw_run_id is distinct from %(run_id)s from etl_checkpoi
 select sluice_suspend_indexes(%(table)s::regclass);
 
 -- name: prefer_hash_joins
--- while a bulk load's indexes are gone, a nested loop over a table the planner believes empty would scan
--- it once per incoming row, and the rows the statement itself inserts make each scan longer: quadratic
+-- for a load that may double a table: a nested loop over a table the planner believes (nearly) empty would
+-- scan it once per incoming row, and the rows the statement itself inserts make each scan longer: quadratic
 select set_config('enable_nestloop', 'off', true);
 
 -- name: restore_indexes

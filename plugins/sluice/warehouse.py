@@ -59,8 +59,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
               bulk_rows: int = BULK_ROWS) -> dict:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table.
 
-    A load of at least bulk_rows that surely at least doubles the raw table (a first load) goes through
-    _bulk_load.
+    A load of at least bulk_rows that surely at least doubles the raw table (a first load) is a bulk load
+    (see _load_into).
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -76,7 +76,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         staged_rows, existing = _count(conn, "raw_load_size", {**keys, "raw_table": raw_table})
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
         # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
-        with _bulk_load(conn, raw_table, staged_rows >= bulk_rows and staged_rows >= 2 * existing):
+        with _load_into(conn, raw_table, grows=staged_rows >= existing,
+                        bulk=staged_rows >= bulk_rows and staged_rows >= 2 * existing):
             upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(raw_table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
         conn.execute(q("mark_raw_writer"), keys)
@@ -151,14 +152,16 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
            expected_staged: int | None = None) -> dict:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
 
-    A load of at least bulk_rows that at least doubles the table (a first load) goes through _bulk_load.
+    A load of at least bulk_rows that at least doubles the table (a first load) is a bulk load (see
+    _load_into).
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         # normalize analyzed normalized_stage after writing it: the plans here see its size
         incoming, existing = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
-        with _bulk_load(conn, "normalized_data", incoming >= bulk_rows and incoming >= existing):
+        with _load_into(conn, "normalized_data", grows=incoming >= existing,
+                        bulk=incoming >= bulk_rows and incoming >= existing):
             (raw_written_since,) = _count(conn, "raw_written_since", keys)
             query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
             inserted, updated, current = conn.execute(
@@ -168,18 +171,22 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
 
 
 @contextlib.contextmanager
-def _bulk_load(conn, table: str, bulk: bool) -> Iterator[None]:
-    """Drop the table's indexes for the load and build them again after it, one pass each.
+def _load_into(conn, table: str, *, grows: bool, bulk: bool) -> Iterator[None]:
+    """Plan and run a load that may double the table (grows) or surely does and is large (bulk).
 
-    Several times faster than updating them row by row, at the price of an exclusive lock on the table
-    until the transaction commits: readers of normalized_data wait for a first load instead of seeing
-    it half done.
+    A load that may double a table gets hash joins: the planner sizes the table as it is before the
+    statement, and a nested loop over a table it believes (nearly) empty rescans it once per incoming
+    row while the statement itself fills it, which is quadratic (a 100,000-row first load took minutes).
+    A bulk load also drops the table's indexes and builds them again after it, one pass each: several
+    times faster than updating them row by row, at the price of an exclusive lock on the table until the
+    transaction commits, so readers of normalized_data wait for a first load instead of seeing half of it.
     """
+    if grows:
+        conn.execute(q("prefer_hash_joins"))
     if not bulk:
         yield
         return
     conn.execute(q("suspend_indexes"), {"table": table})
-    conn.execute(q("prefer_hash_joins"))
     yield
     conn.execute(q("set_maintenance_work_mem"), {"work_mem": settings.load().index_build_memory})
     conn.execute(q("restore_indexes"), {"table": table})
