@@ -57,10 +57,9 @@ select %(run_id)s, %(source)s, source_id, 'store_raw',
        data::jsonb
 from gone;
 
--- name: raw_load_size
--- records this run stages, and the raw table's size as the planner estimates it (no count(*) of a big table)
-select (select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s),
-       (select greatest(reltuples, 0)::bigint from pg_class where oid = %(raw_table)s::regclass);
+-- name: raw_table_estimate
+-- the raw table's size as the planner estimates it (no count(*) of a big table)
+select greatest(reltuples, 0)::bigint from pg_class where oid = %(raw_table)s::regclass;
 
 -- name: upsert_raw
 -- Only records whose hash differs from the stored one are parsed and written. Changed ids are updated and
@@ -126,7 +125,7 @@ create temporary table if not exists sluice_slow_candidates (
 -- Candidates are the staged records whose input (payload hash + mapping + rules) differs from what
 -- produced their current row; materialized first so each is parsed once and unchanged records never are.
 -- The set-based fast path's rows go straight to normalized_stage, the records it cannot decide to
--- sluice_slow_candidates for the marshmallow schema. Returns both counts.
+-- sluice_slow_candidates for the marshmallow schema. Returns the fast path's count.
 with candidates as materialized (
     select s.source_id, s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
     from staged_records s
@@ -149,7 +148,7 @@ with candidates as materialized (
     where c.source_id not in (select f.source_id from fast f)
     returning 1
 )
-select (select count(*) from fast), (select count(*) from slow);
+select count(*) from fast;
 
 -- name: select_slow_candidates
 select source_id, data, input_hash, raw_hash from sluice_slow_candidates;

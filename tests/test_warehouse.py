@@ -11,12 +11,19 @@ from sluice.devtools import sample_data
 MAPPING = settings.DEFAULT_CSV_MAPPING
 
 
-def load(conn, tmp_path, run_id: str, rows: int, *, bulk_rows: int) -> dict:
+def staged_csv(tmp_path, run_id: str, rows: int) -> io.BytesIO:
+    """The sample CSV of `rows` rows, staged as ingest_csv stages it."""
     path = tmp_path / f"{run_id}.csv"
     path.write_bytes(sample_data.csv_bytes(rows))
     staged = io.BytesIO()
     csv_source.stage_file(str(path), MAPPING, staged, run_id=run_id, uri=str(path), where="csv")
     staged.seek(0)
+    return staged
+
+
+def load(conn, tmp_path, run_id: str, rows: int, *, bulk_rows: int = warehouse.BULK_ROWS) -> dict:
+    """store_raw, normalize and upsert of the sample CSV; returns upsert's counts."""
+    staged = staged_csv(tmp_path, run_id, rows)
     warehouse.store_raw(conn, "csv", staged, run_id=run_id, lock_timeout_seconds=5, bulk_rows=bulk_rows)
     warehouse.normalize(conn, "csv", MAPPING, run_id=run_id, full_refresh=False, lock_timeout_seconds=5)
     return warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=5, bulk_rows=bulk_rows)
@@ -102,11 +109,7 @@ def test_a_first_load_into_a_table_analyzed_empty_plans_hash_joins_not_a_quadrat
     # every incoming row, with its indexes dropped (a bulk load) or not (100,000 rows took 215 s)
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute("vacuum (analyze) raw_csv_data")
-    path = tmp_path / "run-1.csv"
-    path.write_bytes(sample_data.csv_bytes(2000))
-    staged = io.BytesIO()
-    csv_source.stage_file(str(path), MAPPING, staged, run_id="run-1", uri=str(path), where="csv")
-    staged.seek(0)
+    staged = staged_csv(tmp_path, "run-1", 2000)
     with psycopg.connect(database_url) as conn:
         with conn.cursor().copy(warehouse.q("copy_staged")) as copy:
             copy.write(staged.getvalue())

@@ -73,7 +73,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         problems = conn.execute(q("quarantine_problems"), keys).rowcount
         duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
         raw_table = RAW_TABLES[source]
-        staged_rows, existing = _count(conn, "raw_load_size", {**keys, "raw_table": raw_table})
+        (staged_rows,) = _count(conn, "count_staged", keys)
+        (existing,) = _count(conn, "raw_table_estimate", {"raw_table": raw_table})
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
         # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
         with _load_into(conn, raw_table, grows=staged_rows >= existing,
@@ -106,7 +107,7 @@ def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: 
         _check_work(source, run_id, "staged_records", staged_rows, expected_staged, "store_raw")
         params = {**keys, "input_key": rules.input_key(field_map), "full_refresh": full_refresh}
         conn.execute(q("create_slow_candidates"))
-        fast, _ = conn.execute(q("normalize_fast"), {**params, **fast_path_params(field_map)}).fetchone()
+        (fast,) = _count(conn, "normalize_fast", {**params, **fast_path_params(field_map)})
         conn.execute(q("analyze_normalized_stage"))
         with conn.cursor(name=f"candidates_{source}") as candidates:
             candidates.execute(q("select_slow_candidates"))
@@ -160,8 +161,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         # normalize analyzed normalized_stage after writing it: the plans here see its size
         incoming, existing = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
-        with _load_into(conn, "normalized_data", grows=incoming >= existing,
-                        bulk=incoming >= bulk_rows and incoming >= existing):
+        grows = incoming >= existing
+        with _load_into(conn, "normalized_data", grows=grows, bulk=grows and incoming >= bulk_rows):
             (raw_written_since,) = _count(conn, "raw_written_since", keys)
             query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
             inserted, updated, current = conn.execute(
