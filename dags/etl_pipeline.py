@@ -47,7 +47,8 @@ _settings = settings.load()
         "csv_endpoint": Param(os.environ.get("SLUICE_CSV_ENDPOINT", "items.csv"), type="string",
                               description="Path of the CSV, relative to connection etl_csv."),
         "api_mapping": Param(settings.DEFAULT_API_MAPPING, type="object",
-                             description="Normalized column → API field (dotted paths reach nested fields)."),
+                             description="Normalized column → API field (dotted paths reach nested fields, "
+                                         "tags.0 a list's first item)."),
         "csv_mapping": Param(settings.DEFAULT_CSV_MAPPING, type="object",
                              description="Normalized column → CSV column name."),
         "api_since_param": Param(os.environ.get("SLUICE_API_SINCE_PARAM", ""), type="string",

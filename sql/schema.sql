@@ -241,11 +241,36 @@ drop function if exists sluice_fast_text(jsonb, text);
 drop function if exists sluice_fast_number(jsonb);
 drop function if exists sluice_fast_optional_text_ok(jsonb, text);
 
+-- The value a mapping field names, SQL null when absent, by the rule of mapping.lookup (see its docstring):
+-- a top-level key, else a dotted path through objects and lists, a list indexed only by a plain non-negative
+-- integer (tags.0; tags.-1 and tags.01 are absent). sluice_walk follows that rule segment by segment.
+create or replace function sluice_walk(data jsonb, path text[]) returns jsonb
+language plpgsql immutable parallel safe as $$
+declare
+    part text;
+begin
+    foreach part in array path loop
+        data := case jsonb_typeof(data)
+            when 'object' then data -> part
+            -- nine digits at most, as in mapping.lookup: a jsonb array holds fewer than 2**28 items
+            when 'array' then case when part ~ '^(0|[1-9][0-9]{0,8})$' then data -> part::integer end
+        end;
+        exit when data is null;
+    end loop;
+    return data;
+end
+$$;
+
 create or replace function sluice_lookup(data jsonb, field text) returns jsonb
 language sql immutable parallel safe as $$
     select case when field is null then null
                 when data ? field then data -> field
-                else data #> string_to_array(field, '.') end
+                -- #> reads a segment on an array as strtol does: -1 from the end, ' 1', '+1' and '01' as 1. A path
+                -- with such a segment (digits after neither letters nor digits, or after a leading 0) takes the
+                -- walk; #> reads any other path as mapping.lookup does, in C. With the mapping a query parameter,
+                -- the planner folds this test away: it costs a record nothing.
+                when field !~ '(^|\.)([^.[:alnum:]]+[0-9]+|0[0-9]+)(\.|$)' then data #> string_to_array(field, '.')
+                else sluice_walk(data, string_to_array(field, '.')) end
 $$;
 
 -- a code point that cannot be whitespace at the edge of a value (every ASCII whitespace is <= 32);

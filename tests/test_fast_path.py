@@ -5,13 +5,18 @@ records it cannot decide go to the schema (so reject reasons always come from th
 """
 
 import itertools
+import json
 import math
+import random
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from sluice import rules, settings, warehouse
+from sluice import mapping, rules, settings, warehouse
+from sluice.devtools import sample_data
+from sluice.devtools.source_server import SourceServer
+from tests.pipeline_harness import Pipeline, point_airflow_at
 
 TEXTS = ["plain", "Ærø façade", " padded ", "\tTab", "trail\n", "\u00a0nbsp", "\u3000ideographic", "x\u2028",
          "", "   ", "0", "12", "it's", 'quote"', "back\\slash", "%_", "a" * 2000, "\u0085next", "\x1cfs",
@@ -103,3 +108,135 @@ def test_dotted_mapping_paths_agree(conn):
     assert fast_path(conn, record, mapping) == {"source_id": "5", "name": "Ada", "value": 9.0, "description": None}
     assert rules.normalize_record(record, mapping)[0] == {"source_id": "5", "name": "Ada", "value": 9.0,
                                                           "description": None}
+
+
+# Random records with nested objects and arrays, and random mappings whose fields are paths into them:
+# keys that look like numbers or hold dots, arrays of objects, nulls, empty arrays, and array segments
+# PostgreSQL's #> would read as indexes (-1, 01, +1, ' 1') but the mapping rule does not.
+KEYS = ["id", "name", "value", "tags", "items", "a", "0", "1", "01", "-1", " 1", "a.b", "x.0", "", "\u0663"]
+ODD_INDEXES = ["-1", "-0", "01", "00", "+1", " 1", "\t0", "1 ", "1e0", "0x1", "\u0661", "1.0", "", "2147483648",
+               "99999999999999999999"]
+LEAVES = ["plain", "Zürich", " padded ", "", "12.5", "-3", "7", "1e3", "abc", 0, 42, -7, 2.5, 1e300, None, True,
+          False, "x" * 40, 1, 99, "0.5", "3.25", 1234567, "-0"]
+
+
+def random_value(rng, depth: int):
+    roll = rng.random()
+    if depth >= 3 or roll < 0.45:
+        return rng.choice(LEAVES)
+    if roll < 0.75:
+        return {rng.choice(KEYS): random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+    return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+
+
+def random_record(rng) -> dict:
+    return {rng.choice(KEYS): random_value(rng, 1) for _ in range(rng.randint(1, 6))}
+
+
+def random_path(rng, record: dict) -> str:
+    """A dotted path that mostly leads somewhere in record, with the odd wrong or strange segment."""
+    if rng.random() < 0.1:
+        return rng.choice(KEYS + ["tags.0", "a.b.c", "items.0.name"]) or "id"
+    parts, value = [], record
+    while parts == [] or (isinstance(value, (dict, list)) and rng.random() < 0.95):
+        if isinstance(value, dict) and value and rng.random() < 0.9:
+            part = rng.choice(list(value))
+            value = value[part]
+        elif isinstance(value, list) and rng.random() < 0.7:
+            index = rng.randrange(len(value) + 1)  # one past the end now and then
+            part, value = str(index), value[index] if index < len(value) else None
+        else:
+            part, value = rng.choice(KEYS + ODD_INDEXES), None
+        parts.append(part)
+    return ".".join(parts)
+
+
+def random_mapping(rng, record: dict) -> dict:
+    columns = ["source_id", "name", "value"] + (["description"] if rng.random() < 0.6 else [])
+    return {column: random_path(rng, record) for column in columns}
+
+
+def lookups(conn, record: dict, field_map: dict) -> dict:
+    """sluice_lookup of every mapped field, as psycopg loads it; None stands for SQL null (absent)."""
+    fields = list(field_map.values())
+    row = conn.execute("select " + ", ".join(["sluice_lookup(%s::jsonb, %s)"] * len(fields)),
+                       [arg for field in fields for arg in (Jsonb(record), field)]).fetchone()
+    return dict(zip(fields, row))
+
+
+def test_random_paths_into_objects_and_arrays_agree_with_the_schema(conn):
+    rng = random.Random(12)
+    checked = schema_accepted = fast_accepted = 0
+    for _ in range(3000):
+        record = random_record(rng)
+        field_map = random_mapping(rng, record)
+        if any(not field.strip() for field in field_map.values()):
+            continue  # mapping.validate refuses it before any record is read
+        (stored,) = conn.execute("select %s::jsonb", (Jsonb(record),)).fetchone()
+        checked += 1
+        # one rule for every path: the SQL lookup finds exactly what mapping.lookup finds
+        for field, found in lookups(conn, stored, field_map).items():
+            expected = mapping.lookup(stored, field)
+            expected = None if mapping.is_missing(expected) else expected
+            assert json.dumps(found) == json.dumps(expected), (stored, field, found, expected)
+        fast = fast_path(conn, stored, field_map)
+        schema_row, reason = rules.normalize_record(stored, field_map)
+        schema_accepted += schema_row is not None
+        if fast is None:
+            continue
+        fast_accepted += 1
+        assert schema_row is not None, f"fast path accepted {stored!r} by {field_map!r}; the schema rejects: {reason}"
+        for column in ("source_id", "name", "value", "description"):
+            assert same(fast[column], schema_row[column]), (stored, field_map, column, fast[column],
+                                                            schema_row[column])
+    # the fast path still carries most of what the schema accepts (it declines padded text, names written as
+    # decimals, huge numbers: the schema decides those)
+    counts = f"{checked} records, the schema accepted {schema_accepted}, the fast path {fast_accepted}"
+    assert checked > 2500 and schema_accepted > 250, counts
+    assert fast_accepted > 0.6 * schema_accepted, counts
+
+
+@pytest.mark.parametrize("field, record, expected", [
+    ("tags.0", {"id": "1", "tags": ["first", "second"], "value": 1}, "first"),
+    ("items.1.name", {"id": "1", "items": [{"name": "a"}, {"name": "b"}], "value": 1}, "b"),
+    ("tags.-1", {"id": "1", "tags": ["first", "last"], "value": 1}, None),
+    ("tags.01", {"id": "1", "tags": ["first", "second"], "value": 1}, None),
+    ("tags.+1", {"id": "1", "tags": ["first", "second"], "value": 1}, None),
+    ("tags. 1", {"id": "1", "tags": ["first", "second"], "value": 1}, None),
+    ("tags.2", {"id": "1", "tags": ["first", "second"], "value": 1}, None),
+    ("a.-1", {"id": "1", "a": {"-1": "a key, not an index"}, "value": 1}, "a key, not an index"),
+])
+def test_array_paths_read_the_same_on_both_paths(conn, field, record, expected):
+    field_map = {"source_id": "id", "name": field, "value": "value"}
+    schema_row, reason = rules.normalize_record(record, field_map)
+    fast = fast_path(conn, record, field_map)
+    if expected is None:
+        assert schema_row is None and reason == f"name (field {field!r}): missing"
+        assert fast is None
+    else:
+        assert schema_row is not None and schema_row["name"] == expected, reason
+        assert fast == schema_row
+
+
+def test_a_run_reads_list_items_by_index_and_nothing_else(monkeypatch, database_url, tmp_path):
+    # 40 posts with lists; post 7's tags list is empty
+    posts = [{"id": n, "tags": [] if n == 7 else [f"first {n}", "last"], "readings": [{"v": n}, {"v": n * 10}]}
+             for n in range(1, 41)]
+    sources = SourceServer().start()
+    sources.serve_json("posts", posts, page_size=25)
+    sources.serve_bytes("items.csv", sample_data.csv_bytes(5, bad_every=100))
+    point_airflow_at(monkeypatch, database_url, sources, tmp_path / "staging")
+    pipeline = Pipeline(database_url, sources)
+    try:
+        state, _ = pipeline.run({"api_mapping": {
+            "source_id": "id", "name": "tags.0", "value": "readings.1.v", "description": "tags.-1"}})
+    finally:
+        sources.stop()
+
+    assert state == "success"
+    rows = pipeline.rows("select source_id, name, value, description from normalized_data where source = 'api'")
+    # tags.-1 is no index: every description is absent, none is "last"
+    assert sorted(rows, key=lambda row: int(row[0])) == [
+        (str(n), f"first {n}", n * 10.0, None) for n in range(1, 41) if n != 7]
+    assert pipeline.rows("select source_id, reason from rejected_records where source = 'api'") == [
+        ("7", "name (field 'tags.0'): missing")]

@@ -53,6 +53,16 @@ def test_mapping_error_is_a_value_error():
     ({"a": {"b": {"c": "deep"}}}, "a.b.c", "deep"),
     ({"user.id": "literal", "user": {"id": "nested"}}, "user.id", "literal"),
     ({"user": {"id": None}}, "user.id", None),
+    ({"tags": ["first", "second"]}, "tags.0", "first"),
+    ({"tags": ["first", "second"]}, "tags.1", "second"),
+    ({"user": [{"id": 1}]}, "user.0.id", 1),
+    ({"a": {"items": [{}, {}, {"name": "third"}]}}, "a.items.2.name", "third"),
+    ({"grid": [[1, 2], [3, 4]]}, "grid.1.0", 3),
+    ({"tags": [None]}, "tags.0", None),
+    ({"tags.0": "literal", "tags": ["indexed"]}, "tags.0", "literal"),
+    ({"counts": {"0": "a key", "-1": "also a key", "01": "a key too"}}, "counts.0", "a key"),
+    ({"counts": {"0": "a key", "-1": "also a key", "01": "a key too"}}, "counts.-1", "also a key"),
+    ({"counts": {"0": "a key", "-1": "also a key", "01": "a key too"}}, "counts.01", "a key too"),
 ])
 def test_lookup_finds_plain_and_dotted_fields(record, field, expected):
     assert mapping.lookup(record, field) == expected
@@ -64,7 +74,20 @@ def test_lookup_finds_plain_and_dotted_fields(record, field, expected):
     ({"user": {"name": "x"}}, "user.id"),
     ({"user": 5}, "user.id"),
     ({"user": None}, "user.id"),
-    ({"user": [{"id": 1}]}, "user.0.id"),
+    ({"user": [{"id": 1}]}, "user.1.id"),
+    ({"user": [{"id": 1}]}, "user.id"),
+    ({"tags": []}, "tags.0"),
+    ({"tags": ["a", "b"]}, "tags.2"),
+    ({"tags": ["a", "b"]}, "tags.-1"),
+    ({"tags": ["a", "b"]}, "tags.-0"),
+    ({"tags": ["a", "b"]}, "tags.01"),
+    ({"tags": ["a", "b"]}, "tags.+1"),
+    ({"tags": ["a", "b"]}, "tags. 1"),
+    ({"tags": ["a", "b"]}, "tags.1 "),
+    ({"tags": ["a", "b"]}, "tags.\u0661"),
+    ({"tags": ["a", "b"]}, "tags.1.0"),
+    ({"tags": ["a", "b"]}, "tags." + "9" * 5000),
+    ({"name": "text"}, "name.0"),
 ])
 def test_lookup_reports_absent_fields_as_missing(record, field):
     assert mapping.is_missing(mapping.lookup(record, field))

@@ -1,11 +1,15 @@
 """Mapping params: which source field feeds which normalized column."""
 
+import re
 from collections.abc import Mapping
 
 from sluice.errors import MappingError
 
 COLUMNS = ("source_id", "name", "value", "description")
 _MISSING = object()
+# A list index in a dotted path: a plain non-negative integer. Nine digits are plenty (a jsonb array holds
+# fewer than 2**28 items) and keep int() cheap on a hostile path.
+_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 
 
 def validate(mapping: object, param: str) -> dict[str, str]:
@@ -24,15 +28,29 @@ def validate(mapping: object, param: str) -> dict[str, str]:
 
 
 def lookup(record: Mapping, field: str):
-    """The value of `field` in record; a dotted path (user.id) reaches into nested objects. _MISSING if absent."""
+    """The value of `field` in record, or _MISSING if absent.
+
+    A field that is a key of record names that key. Otherwise it is a dotted path, each segment a key of an
+    object or an index of a list counted from 0 and written as a plain non-negative integer: `user.id`,
+    `tags.0`, `items.2.name`. Any other segment on a list (`-1`, `01`, `+1`, ` 1`) is missing.
+    sluice_lookup in sql/schema.sql is this same rule for the SQL fast path of normalize.
+    """
     if field in record:
         return record[field]
     value = record
     for part in field.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
+        value = _child(value, part)
+        if value is _MISSING:
+            break
     return value
+
+
+def _child(value, part: str):
+    if isinstance(value, Mapping):
+        return value.get(part, _MISSING)
+    if isinstance(value, list) and _INDEX.fullmatch(part) and int(part) < len(value):
+        return value[int(part)]
+    return _MISSING
 
 
 def is_missing(value) -> bool:
