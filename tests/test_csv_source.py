@@ -1,8 +1,10 @@
 """csv_source: stage_file on awkward files written to disk, and fetch() end to end from a loopback server."""
 
+import csv
 import io
-import json
 import os
+import random
+import time
 
 import pytest
 import requests
@@ -204,14 +206,172 @@ def test_duplicate_header_names_are_an_error(tmp_path, header, duplicates):
     assert stage_error(tmp_path, header + b"\n") == f"catalog.csv: duplicate column name(s) in the header: {duplicates}"
 
 
-def test_unterminated_quote_does_not_swallow_the_following_rows_silently(tmp_path):
+# A record that fails to parse costs only its first physical line, quarantined with that line's own text.
+
+NEVER_CLOSED = "line {}: malformed CSV: a quote opened on this line is still open at the end of the file"
+JUNK_AFTER_QUOTE = "',' expected after '\"'"
+
+
+def rejected(lines) -> list[tuple[str, str]]:
+    return [(line.problem, line.payload) for line in staged.problems(lines)]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_an_open_quote_near_the_start_costs_only_its_own_line(tmp_path, newline):
+    content = newline.join([HEADER, b'1,w,1.5,"oops', b"2,w,1.5,plain", b"3,w,1.5,plain"]) + newline
+    _, lines = stage(tmp_path, content, 3)
+    assert rejected(lines) == [(NEVER_CLOSED.format(2), '1,w,1.5,"oops')]
+    assert [line.data for line in staged.records(lines)] == [row("2"), row("3")]
+
+
+@pytest.mark.parametrize("final_newline", [b"\n", b""], ids=["final-newline", "no-final-newline"])
+def test_an_open_quote_on_the_last_line_costs_only_that_line(tmp_path, final_newline):
+    content = HEADER + b'\n1,w,1.5,plain\n2,w,1.5,plain\n3,w,"oops,1.5,plain' + final_newline
+    _, lines = stage(tmp_path, content, 3)
+    assert [line.data for line in staged.records(lines)] == [row("1"), row("2")]
+    assert rejected(lines) == [(NEVER_CLOSED.format(4), '3,w,"oops,1.5,plain')]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_an_open_quote_before_a_well_quoted_field_leaves_that_field_intact(tmp_path, newline):
+    well_quoted = newline.join([b'4,"Smith, Jane","1,5","she said ""hi""', b"and left, twice", b'"'])
+    content = newline.join([HEADER, b'1,w,1.5,"oops', b"2,w,1.5,plain", b"3,w,1.5,plain", well_quoted,
+                            b"5,w,1.5,plain"]) + newline
+    _, lines = stage(tmp_path, content, 5)
+    assert rejected(lines) == [
+        (f"line 2: malformed CSV: a quote opened on this line runs into line 5: {JUNK_AFTER_QUOTE}", '1,w,1.5,"oops')]
+    text = 'she said "hi"' + newline.decode() + "and left, twice" + newline.decode()
+    assert [line.data for line in staged.records(lines)] == [
+        row("2"), row("3"), row("4", "Smith, Jane", "1,5", text), row("5")]
+
+
+@pytest.mark.parametrize("bad_lines, problems", [
+    ([b'9,"ab"c,1.5,plain'], [("line 3: malformed CSV (',' expected after '\"')", '9,"ab"c,1.5,plain')]),
+    ([b'9,w,1.5,"ab" '], [("line 3: malformed CSV (',' expected after '\"')", '9,w,1.5,"ab" ')]),
+    ([b'9,w,"two', b'lines"x,plain'], [
+        (f"line 3: malformed CSV: a quote opened on this line runs into line 4: {JUNK_AFTER_QUOTE}", '9,w,"two'),
+        ("line 4: expected 4 fields, got 2", 'lines"x,plain'),
+    ]),
+], ids=["junk-after-quote", "space-after-quote", "junk-after-a-quote-spanning-lines"])
+def test_a_quoted_field_followed_by_junk_costs_only_its_own_lines(tmp_path, bad_lines, problems):
+    content = b"\n".join([HEADER, b"1,w,1.5,plain", *bad_lines, b"3,w,1.5,plain"]) + b"\n"
+    _, lines = stage(tmp_path, content, 2 + len(bad_lines))
+    assert rejected(lines) == problems
+    assert [line.data for line in staged.records(lines)] == [row("1"), row("3")]
+
+
+def test_a_wrong_field_count_after_spanning_lines_costs_only_the_first_line(tmp_path):
+    content = HEADER + b'\n1,w,1.5,"two\n2,w,1.5,plain\n3,w,1.5,plain",extra\n4,w,1.5,plain\n'
+    _, lines = stage(tmp_path, content, 4)
+    assert rejected(lines) == [
+        ("line 2: expected 4 fields, got 5 (a quote opened on this line runs to line 4)", '1,w,1.5,"two'),
+        ("line 4: expected 4 fields, got 5", '3,w,1.5,plain",extra'),
+    ]
+    assert [line.data for line in staged.records(lines)] == [row("2"), row("4")]
+
+
+def test_an_open_quote_in_undecodable_bytes_keeps_them_visible(tmp_path):
+    _, lines = stage(tmp_path, HEADER + b'\n1,caf\xe9,1.5,"oops\n2,w,1.5,plain\n', 2)
+    assert rejected(lines) == [(NEVER_CLOSED.format(2), '1,caf\\xe9,1.5,"oops')]
+    assert [line.data for line in staged.records(lines)] == [row("2")]
+
+
+def test_an_open_quote_in_the_header_is_an_error(tmp_path):
+    assert stage_error(tmp_path, b'id,name,"value,description\n1,a,1,d\n') == (
+        "catalog.csv: the header row is malformed CSV (unexpected end of data)")
+
+
+ROWS = 20_000
+STRAY_QUOTES = {
+    # one stray quote: its record reads to the end of the file, then every line after it is read once more
+    "near-the-start": (b'2,w,1.5,"oops\n' + b"".join(b"%d,w,1.5,plain\n" % n for n in range(3, ROWS + 2)), 19_999, 1),
+    # each line opens a quote: every record would read to the end of the file if it were let to
+    "on-every-line": (b'1,w,1.5,"oops\n' * ROWS, 0, ROWS),
+    # each line closes a quote and opens one: from any line a record would read to the end of the file
+    "closing-and-opening": (b'1,w,1.5,"start\n' + b'a",1,"b\n' * (ROWS - 1), 0, ROWS),
+    # the same, closed on the last line: from any line a record would read to the last line, with a field count
+    # that depends on the line it began on; only the one from the line before the last has 4 and loads
+    "closed-at-the-end": (b'1,w,"start\n' + b'a",1,"b\n' * (ROWS - 2) + b'end",x\n', 1, ROWS - 2),
+}
+
+
+@pytest.mark.parametrize("body, loaded, quarantined", STRAY_QUOTES.values(), ids=STRAY_QUOTES.keys())
+def test_stray_quotes_in_20000_lines_take_linear_time_and_each_costs_its_line(tmp_path, body, loaded, quarantined):
     path = tmp_path / "catalog.csv"
-    path.write_bytes(HEADER + b'\n1,w,1.5,"oops\n2,w,1.5,plain\n3,w,1.5,plain\n')
+    path.write_bytes(HEADER + b"\n" + body)
     out = io.BytesIO()
+    started = time.monotonic()
     counts = csv_source.stage_file(str(path), CSV, out, run_id="run-1", uri="file:///s", where="catalog.csv")
-    lines = staged.decode(out.getvalue())
-    assert counts.problems >= 1
-    assert all("2,w,1.5,plain" not in json.dumps(line.data) for line in staged.records(lines))
+    assert time.monotonic() - started < 3  # re-reading each line's record to its end would take minutes
+    assert (counts.records, counts.problems) == (loaded, quarantined)
+    physical = (HEADER + b"\n" + body).decode().split("\n")
+    for line in staged.problems(staged.decode(out.getvalue())):
+        line_no = int(line.problem.split(":")[0].removeprefix("line "))
+        assert line.payload == physical[line_no - 1]
+
+
+def reparsed_from_each_line(text: str, width: int) -> list[tuple]:
+    """The reference for what stage_file must do, read the slow way: a record is parsed from each start and
+    when it fails, its first line is rejected with its text and the next record is parsed from the line after;
+    (row, None, None) per record, (None, reason, text) per rejected line. Quadratic, so for small files only."""
+    lines = list(io.StringIO(text, newline=""))
+    events, index = [], 1  # lines[0] is the header
+    while index < len(lines):
+        read = []
+        reader = csv.reader((read.append(line) or line for line in lines[index:]), strict=True)
+        try:
+            row, error = next(reader), None
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            row, error = None, str(exc)
+        start, end = index + 1, index + len(read)
+        if error is None and (end == start or len(row) == width):
+            if row and (len(row) > 1 or row[0].strip()):  # blank lines are skipped
+                events.append((row, None, None))
+            index += len(read)
+            continue
+        if error == "unexpected end of data":
+            reason = NEVER_CLOSED.format(start)
+        elif error and end == start:
+            reason = f"line {start}: malformed CSV ({error})"
+        elif error:
+            reason = f"line {start}: malformed CSV: a quote opened on this line runs into line {end}: {error}"
+        else:
+            reason = (f"line {start}: expected {width} fields, got {len(row)}"
+                      f" (a quote opened on this line runs to line {end})")
+        events.append((None, reason, lines[index].rstrip("\r\n")))
+        index += 1
+    return events
+
+
+FRAGMENTS = ["a", "b c", '"q"', '"q, ""r"""', '"', '""', 'x"', '"y', 'x"y', '"x"y', 'u",v,"w', 'u",', ',"w', "",
+             '"multi\nline"']
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stray_quotes_anywhere_cost_the_same_lines_as_reparsing_from_each_line(tmp_path, seed):
+    rng = random.Random(seed)
+    for _ in range(500):
+        width = rng.randint(1, 4)
+        header = ",".join(f"c{n}" for n in range(width))
+        body = "".join(",".join(rng.choices(FRAGMENTS, k=rng.randint(1, 5))) + rng.choice(["\n", "\r\n", "\r"])
+                       for _ in range(rng.randint(1, 12)))
+        path = tmp_path / "catalog.csv"
+        path.write_text(header + "\n" + body, newline="")
+        out = io.BytesIO()
+        csv_source.stage_file(str(path), {"source_id": "c0"}, out, run_id="run-1", uri="file:///s", where="c.csv")
+        expected = reparsed_from_each_line(header + "\n" + body, width)
+        actual = staged.decode(out.getvalue())
+        assert len(actual) == len(expected), (header, body)
+        for line, (fields, reason, text) in zip(actual, expected):
+            assert line.data is not None or line.payload, f"{line.problem}: the record as received is kept"
+            if fields is None:
+                assert (line.problem, line.payload) == (reason, text), (header, body)
+            elif line.data is not None:
+                assert list(line.data.values()) == fields, (header, body)
+            else:  # a row-level problem: the wrong field count on one line, a blank id
+                assert line.payload == ",".join(fields), (header, body)
 
 
 # fetch(): download to disk through http_client, then stage_file.

@@ -176,6 +176,15 @@ CASES = [
     ], id="nul-bytes"),
     # a 200 KB quoted description with commas, quotes, CR/LF and non-ASCII (past csv's 128 KB default limit)
     pytest.param("200kb_field.csv", {"1": "long", "2": "short"}, [], id="200kb-field"),
+    # a quote never closed, junk after a closing quote, the wrong field count after a quote spanning lines, a quote
+    # open on the last line: each costs only its own line; a well-quoted field after them loads whole
+    pytest.param("open_quotes.csv", {"2": "alpha", "3": 'beta, with "quotes"', "5": "gamma", "7": "delta"}, [
+        (S, None, "line 2: malformed CSV: a quote opened on this line runs into line 4: ',' expected after '\"'"),
+        (S, None, "line 6: malformed CSV (',' expected after '\"')"),
+        (S, None, "line 8: expected 4 fields, got 5 (a quote opened on this line runs to line 9)"),
+        (S, None, "line 9: expected 4 fields, got 2"),
+        (S, None, "line 11: malformed CSV: a quote opened on this line is still open at the end of the file"),
+    ], id="open-quotes"),
     # --- CSV: row shape and ids -----------------------------------------------------------------------------------
     # too few, too many, a lone id, a trailing comma; a quoted comma is one field
     pytest.param("field_counts.csv", {"1": "fine", "5": "a,b"}, [
@@ -338,6 +347,17 @@ def test_quoted_newlines_and_carriage_returns_are_stored_as_sent(server, warehou
     _, staged = fetch(server, name, content_of(name), tmp_path)
     load(warehouse_url, "csv", staged)
     assert {key: description for key, (_, _, description) in loaded_rows(warehouse_url, "csv").items()} == descriptions
+
+
+def test_a_line_with_an_open_quote_is_quarantined_as_its_own_text(server, warehouse_url, tmp_path):
+    content = content_of("open_quotes.csv")
+    _, staged = fetch(server, "open_quotes.csv", content, tmp_path)
+    load(warehouse_url, "csv", staged)
+    physical = content.decode().split("\n")
+    quarantined = rejects(warehouse_url, "csv")
+    assert [payload["raw"] for _, _, _, payload in quarantined] == [
+        physical[int(re.match(r"line (\d+):", reason).group(1)) - 1] for _, _, reason, _ in quarantined]
+    assert loaded_rows(warehouse_url, "csv")["3"] == ('beta, with "quotes"', 2.0, "first line\nsecond line")
 
 
 def test_a_200_kb_field_is_stored_whole(server, warehouse_url, tmp_path):

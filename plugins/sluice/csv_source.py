@@ -1,10 +1,13 @@
 """Read a CSV published at a URL into staging: download to disk first, then parse it as a stream."""
 
 import csv
+import itertools
+import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import requests
@@ -47,6 +50,8 @@ def read_header(reader, field_map: dict, *, where: str) -> list[str]:
         header = next(reader)
     except StopIteration:
         raise SourceError(f"{where}: no header row") from None
+    except csv.Error as exc:
+        raise SourceError(f"{where}: the header row is malformed CSV ({exc})") from None
     # undecodable bytes or a NUL in a name must not poison every row, nor the error message
     header = [printable(name.strip()) for name in header]
     duplicates = sorted({name for name in header if name and header.count(name) > 1})
@@ -61,32 +66,166 @@ def read_header(reader, field_map: dict, *, where: str) -> list[str]:
     return header
 
 
+class _PhysicalLines:
+    """The file's physical lines, terminators kept, as csv.reader's input. It remembers the lines of the record
+    being read, so that a record that fails to parse can give back all but its first line, and it withholds a
+    second line from a record known to fail (see _Span): the reader then meets the end of its input at once."""
+
+    def __init__(self, file):
+        self._file = file
+        self._given_back: list[str] = []  # the next line to read is the last
+        self.record: list[str] = []  # the physical lines of the record being read
+        self.number = 0  # the physical line number of the last line read
+        self.span: _Span | None = None
+        self.withheld = False  # the current record asked for a line past its first within self.span
+        self.at_end = False  # the file ran out during the current record
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.record and self.span is not None and self.first() < self.span.end:
+            self.withheld = True
+            raise StopIteration
+        if self._given_back:
+            line = self._given_back.pop()
+        else:
+            try:
+                line = next(self._file)
+            except StopIteration:
+                self.at_end = True
+                raise
+        self.number += 1
+        self.record.append(line)
+        return line
+
+    def start_record(self) -> None:
+        self.record = []
+        self.withheld = self.at_end = False
+
+    def first(self) -> int:
+        """The line number of the current record's first line."""
+        return self.number - len(self.record) + 1
+
+    def give_back(self, lines: list[str]) -> None:
+        self._given_back.extend(reversed(lines))
+        self.number -= len(lines)
+
+
+@dataclass
+class _Span:
+    """A record that began on line `start`, read on to line `end` and failed there (`end` is inf when it met the
+    end of the file inside quotes). A later record that begins before `end` and reads past its first line fails
+    the same way, so it is rejected without reading on: a file full of stray quotes is parsed in linear time.
+
+    Why this is exact: the failed record was inside quotes at the start of each line start+1..end, and each of
+    those lines but `end`, read from inside quotes, ended inside quotes without an error. A record beginning on a
+    line j in between that does not end on line j is inside quotes at the start of line j+1 too, so it reads
+    j+1..end exactly as the failed one did and meets the same end: the same csv error, the end of the file inside
+    quotes, or the record ending on line `end`. Only in that last case can its field count differ (it has line
+    j's fields instead of those of start..j); `tails` gives it without reading on.
+    One approximation: a field over csv's 64 MB limit that was open at the start of line j+1 may have opened
+    elsewhere in line j for a record from line j, so it could be up to a line shorter and just under the limit.
+    """
+
+    start: int
+    end: float
+    failure: str | None = None  # what the record met on line `end`; None: it ended there with the wrong count
+    tails: list[int] | None = None  # tails[j - start]: how many fields lines j+1..end add to a record from line j
+
+    def reason(self, line_no: int, first_line: str, width: int) -> str | None:
+        """Why a record from line_no (in the span, read past its first line) fails; None: it has `width` fields."""
+        if self.failure is not None:
+            return f"line {line_no}: malformed CSV: a quote opened on this line {self.failure}"
+        # a lenient reader returns the field left open at the end of the line as well
+        fields = len(next(csv.reader([first_line]))) - 1 + self.tails[line_no - self.start]
+        return None if fields == width else _count_reason(line_no, width, fields, self.end)
+
+
+def _count_reason(line_no: int, width: int, fields: int, end: float) -> str:
+    return f"line {line_no}: expected {width} fields, got {fields} (a quote opened on this line runs to line {end})"
+
+
+def _fields_added(lines: list[str]) -> list[int]:
+    """Per line of a failed record but its first: the fields that line adds, read from inside quotes."""
+    # a leading quote puts a lenient reader inside a quoted field; it returns the field left open as well
+    added = [len(next(csv.reader(['"' + line]))) - 1 for line in lines]
+    added[-1] += 1  # the last line ends the record: its last field is not left open
+    return added
+
+
+def _rejection(lines: _PhysicalLines, width: int, error: str | None, row: list[str] | None) -> str | None:
+    """Why the record just read is rejected, said of its first line, remembering its span; None: read it again,
+    it has the right field count after all (it was withheld within a span, see _Span)."""
+    start, end = lines.first(), lines.number
+    if lines.withheld:
+        reason = lines.span.reason(start, lines.record[0], width)
+        if reason is None:
+            lines.span = None
+        return reason
+    if error is not None and lines.at_end:
+        lines.span = _Span(start, math.inf, "is still open at the end of the file")
+        return lines.span.reason(start, lines.record[0], width)
+    if error is not None and len(lines.record) == 1:
+        return f"line {start}: malformed CSV ({error})"
+    if error is not None:
+        lines.span = _Span(start, end, f"runs into line {end}: {error}")
+        return lines.span.reason(start, lines.record[0], width)
+    tails = list(itertools.accumulate(reversed(_fields_added(lines.record[1:]))))[::-1]
+    lines.span = _Span(start, end, tails=tails)
+    return _count_reason(start, width, len(row), end)
+
+
+def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str] | None, tuple[str, str] | None]]:
+    """(line number, fields, None) per record, or (line number, None, (reason, text)) for a line rejected alone.
+
+    A record that fails to parse (a csv error, the end of the file inside quotes, or the wrong field count after
+    reading several lines) costs only its first physical line, kept as text; parsing resumes on the next line."""
+    reader = csv.reader(lines, strict=True)
+    while True:
+        lines.start_record()
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            reason = _rejection(lines, width, str(exc), None)
+        else:
+            if len(lines.record) == 1 or len(row) == width:
+                yield lines.number, row, None
+                continue
+            reason = _rejection(lines, width, None, row)
+        start, (first, *rest) = lines.first(), lines.record
+        if reason is None:
+            lines.give_back(lines.record)
+        else:
+            lines.give_back(rest)
+            yield start, None, (reason, first.rstrip("\r\n"))
+        reader = csv.reader(lines, strict=True)  # a fresh reader: nothing of the failed record carries over
+
+
 def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str) -> StageCounts:
     """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted commas and newlines) and stage one line per data row."""
     writer = StageWriter(out, run_id, SOURCE)
     counts = StageCounts(source=SOURCE, uri=uri, bytes=os.path.getsize(path))
     # surrogateescape keeps undecodable bytes so the row can be quarantined rather than the file failing.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        reader = csv.reader(file, strict=True)
-        header = read_header(reader, field_map, where=where)
+        lines = _PhysicalLines(file)
+        header = read_header(csv.reader(lines, strict=True), field_map, where=where)
         id_index = header.index(field_map["source_id"])
         width = len(header)
         record_no = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                # the reader resumes at the next line; the malformed one is quarantined, not guessed at
+        for line_no, row, rejected in _records(lines, width):
+            if rejected is not None:
+                # a line that does not parse is quarantined with its own text, not guessed at
                 record_no += 1
-                writer.problem(record_no, None, f"line {reader.line_num}: malformed CSV ({exc})", "")
+                writer.problem(record_no, None, *rejected)
                 continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 counts.skipped_blank_lines += 1
                 continue
             record_no += 1
-            line = f"line {reader.line_num}"
+            line = f"line {line_no}"
             raw = ",".join(row)
             if len(row) != width:
                 writer.problem(record_no, None, f"{line}: expected {width} fields, got {len(row)}", raw)
