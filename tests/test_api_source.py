@@ -2,6 +2,10 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -10,11 +14,13 @@ from sluice import api_source, http_client, settings
 from sluice.devtools import sample_data
 from sluice.devtools.source_server import Fault, SourceServer
 from sluice.errors import SourceError
+from sluice.staging import StageWriter
 from tests import staged
 
 API = settings.DEFAULT_API_MAPPING
 POLICY = http_client.RetryPolicy(attempts=2, timeout=5.0, backoff_base=0.01, backoff_max=0.01)
 JSON = "application/json; charset=utf-8"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +271,65 @@ def test_dotted_id_path_reaches_into_nested_objects(server, records, expected):
     serve_document(server, "nested", records)
     _, lines = fetch(server, "nested", field_map={**API, "source_id": "user.id"})
     assert [(line.source_id, line.problem) for line in lines] == expected
+
+
+PEAK_OF_ONE_FETCH = """
+import os, re, sys, requests
+from sluice import api_source, http_client, settings
+def peak_mb():  # this process's high-water RSS (ru_maxrss would include the parent's, from before exec)
+    with open("/proc/self/status") as status:
+        return int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1)) / 1024
+before = peak_mb()
+with requests.Session() as session, open(os.devnull, "wb") as out:
+    counts = api_source.fetch(session, sys.argv[1], settings.DEFAULT_API_MAPPING, out, run_id="r", uri="u",
+                              policy=http_client.RetryPolicy(attempts=1), max_pages=1, max_bytes=10**9)
+print(counts.records, peak_mb() - before)
+"""
+
+
+@pytest.mark.parametrize("wrap, growth_limit_mb", [
+    pytest.param(lambda records: records, 16, id="array"),
+    # a wrapped array is spooled (in memory up to api_source.SPOOL_MEMORY, then on disk) until the object ends
+    pytest.param(lambda records: {"meta": {"total": len(records)}, "data": records}, 16 + 8, id="wrapped"),
+])
+def test_a_large_page_is_parsed_as_a_stream_in_bounded_memory(server, wrap, growth_limit_mb):
+    """A 40 MB page: the fetching process grows by a bounded amount, not by the page (nor twice the page)."""
+    records = [{"id": n, "title": "t" * 200, "userId": n % 10, "body": "b" * 10_000} for n in range(1, 4_001)]
+    serve_document(server, "big", wrap(records))
+    assert len(server.routes["big"].body) > 40_000_000
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
+    result = subprocess.run([sys.executable, "-c", PEAK_OF_ONE_FETCH, f"{server.url}/big"], env=env,
+                            capture_output=True, text=True, check=True, timeout=120)
+    records_staged, growth_mb = result.stdout.split()
+    assert int(records_staged) == 4_000
+    assert float(growth_mb) < growth_limit_mb
+
+
+TRICKY_RECORD = ('{"id": %d, "title": "caf\\u00e9 café \\ud83d\\ude00 \\"q\\" \\\\ \\n", "userId": 1.0, '
+                 '"floats": [0.1, 1e5, -0.0, 2.5e-3, 12345.6789012345678, 5e-32], "big": 12345678901234567890123456789,'
+                 '\n "dup": 1, "dup": [2], "nested": {"a": [null, true, false, {}]}, "odd": %s, "lone": "%s"}')
+
+
+@pytest.mark.parametrize("wrap", [b"%s", b'{"data": %s, "meta": {"pages": 1}}', b'{"meta": 1, "rows": %s}'])
+def test_staged_lines_are_byte_identical_to_staging_what_json_loads_gives(server, wrap):
+    """Content hashes of unchanged records must not move: a page over several 1 MB chunks stages exactly the
+    bytes a whole-body json.loads would have given (floats, huge ints, escapes, duplicate keys, NaN, surrogates)."""
+    odd = {0: "NaN", 1: "1E400", 2: "-Infinity"}  # each a problem row, like a lone surrogate
+    records = [TRICKY_RECORD % (n, odd.get(n % 97, "1"), "\\ud800" if n % 89 == 0 else "x")
+               for n in range(1, 9001)]
+    body = wrap % ("[\n" + ",\n".join(records) + "\n]").encode()
+    assert len(body) > 2 * http_client.CHUNK_BYTES
+    server.serve_bytes("tricky", body, content_type=JSON)
+    expected = io.BytesIO()
+    writer = StageWriter(expected, "run-1", "api")
+    document = json.loads(body)
+    for number, record in enumerate(document if isinstance(document, list) else document.get("data") or
+                                    document["rows"], start=1):
+        writer.record(number, str(record["id"]), record, where=f"record {number}")
+    out = io.BytesIO()
+    with requests.Session() as session:
+        counts = api_source.fetch(session, f"{server.url}/tricky", API, out, run_id="run-1", uri="file:///s",
+                                  policy=POLICY, max_pages=1, max_bytes=100_000_000)
+    assert (counts.records, counts.problems) == (writer.records, writer.problems)
+    assert writer.problems > 300 and writer.records > 8000
+    assert out.getvalue() == expected.getvalue()

@@ -230,3 +230,52 @@ def test_large_body_over_max_bytes_stops_early(server, session, sleep):
         for chunk in http_client.iter_body(response, source="csv", limit=1_500_000):
             received.append(chunk)
     assert sum(map(len, received)) <= 1_500_000
+
+
+@pytest.fixture
+def unanswered_url():
+    """A listener whose accept queue is full: the next connect gets no answer and times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            while True:  # Linux queues backlog + 1 connections; later SYNs are dropped
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.settimeout(0.3)
+                filler.connect(("127.0.0.1", port))
+        except TimeoutError:
+            pass
+        yield f"http://127.0.0.1:{port}/items"
+        for filler in fillers:
+            filler.close()
+
+
+def test_connect_timeout_is_retried_like_a_refused_connection(session, sleep, unanswered_url):
+    policy = http_client.RetryPolicy(attempts=3, timeout=0.2, backoff_base=0.01)
+    with pytest.raises(SourceError) as excinfo:
+        get(session, unanswered_url, sleep, policy)
+    assert str(excinfo.value).startswith(
+        f"api: GET {unanswered_url} failed after 3 attempts: connect timed out after 0.2s (")
+    assert len(sleep.waits) == 2
+
+
+def test_slow_drip_body_fails_at_the_deadline(server, session, sleep):
+    """Each byte comes well within the read timeout; only the request's deadline stops the drip."""
+    server.add_faults("items", Fault(200, body=b"x" * 1000, drip_seconds=0.2))
+    policy = http_client.RetryPolicy(attempts=3, timeout=5.0, deadline=1.0)
+    started = time.monotonic()
+    with pytest.raises(SourceError) as excinfo:
+        get(session, f"{server.url}/items", sleep, policy)
+    assert 1.0 <= time.monotonic() - started < 2.5
+    assert str(excinfo.value) == (f"api: {server.url}/items took longer than SLUICE_HTTP_DEADLINE (1s) "
+                                  "to send its whole body; stopped")
+    assert hits(server) == 1
+
+
+def test_a_body_within_the_deadline_is_read_whole(server, session, sleep):
+    server.add_faults("items", Fault(200, body=BODY, drip_seconds=0.01))
+    policy = http_client.RetryPolicy(attempts=3, timeout=5.0, deadline=5.0)
+    assert get(session, f"{server.url}/items", sleep, policy) == BODY

@@ -21,12 +21,16 @@ SOURCE = "csv"
 csv.field_size_limit(64 * 1024 * 1024)
 
 
-def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable) -> tuple[str, int]:
-    """Stream url into a file under directory; return (path, bytes). Nothing is parsed before the body is whole."""
-    response = http_client.get(session, url, source=SOURCE, policy=policy, sleep=sleep)
+def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable,
+             allowed_hosts=()) -> tuple[str, int]:
+    """Stream url into a file under directory (the run's download folder, which the staging sweep covers);
+    return (path, bytes). Nothing is parsed before the body is whole. Redirects stay on url's origin,
+    or go to allowed_hosts without the session's credentials."""
+    response = http_client.get(session, url, source=SOURCE, policy=policy, sleep=sleep,
+                               origins=http_client.Origins.of(url, allowed_hosts))
     content_type = response.headers.get("Content-Type", "").lower()
     if "html" in content_type:
-        response.close()
+        http_client.discard(response)
         raise SourceError(f"{SOURCE}: {response.url} served {content_type}, not CSV")
     handle, path = tempfile.mkstemp(prefix="sluice-csv-", suffix=".csv", dir=directory)
     size = 0
@@ -254,8 +258,10 @@ def fetch(
     max_bytes: int,
     workdir: str,
     sleep: Callable[[float], None] = time.sleep,
+    allowed_hosts=(),
 ) -> StageCounts:
-    path, _ = download(session, url, workdir, policy=policy, max_bytes=max_bytes, sleep=sleep)
+    path, _ = download(session, url, workdir, policy=policy, max_bytes=max_bytes, sleep=sleep,
+                       allowed_hosts=allowed_hosts)
     try:
         return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{SOURCE}: {url}")
     finally:

@@ -3,10 +3,10 @@
 import os
 import tempfile
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 DEFAULT_API_MAPPING = {"source_id": "id", "name": "title", "value": "userId", "description": "body"}
 DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "description": "description"}
-DEFAULT_API_BASE_URL = "https://jsonplaceholder.typicode.com"
 SOURCES = ("api", "csv")
 
 
@@ -20,6 +20,24 @@ def _number(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
 
 
+def _hosts(name: str) -> frozenset[tuple[str, int | None]]:
+    """Comma-separated host[:port] entries as (host, port); no port means the scheme's default one."""
+    hosts = set()
+    for entry in (os.environ.get(name) or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        parts = urlsplit(f"//{entry}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1 or parts.netloc != entry or "@" in entry:
+            raise ValueError(f"environment variable {name}: {entry!r} is not a host or host:port")
+        hosts.add((parts.hostname, port))
+    return frozenset(hosts)
+
+
 @dataclass(frozen=True)
 class Settings:
     staging_url: str
@@ -31,6 +49,9 @@ class Settings:
     task_retries: int
     retry_delay_seconds: float
     index_build_memory: str
+    http_deadline: float
+    api_allowed_hosts: frozenset[tuple[str, int | None]]
+    staging_retention_hours: float
 
 
 def load() -> Settings:
@@ -45,4 +66,10 @@ def load() -> Settings:
         retry_delay_seconds=_number("SLUICE_RETRY_DELAY", 30),
         # maintenance_work_mem while a bulk load rebuilds indexes (PostgreSQL units: 512MB, 1GB)
         index_build_memory=os.environ.get("SLUICE_INDEX_BUILD_MEMORY") or "512MB",
+        # seconds one request may take from sending it to its body's last byte (a whole CSV download)
+        http_deadline=_number("SLUICE_HTTP_DEADLINE", 600),
+        # hosts besides the connection's own that API next links and redirects may lead to, without its credentials
+        api_allowed_hosts=_hosts("SLUICE_API_ALLOWED_HOSTS"),
+        # staged and downloaded files of runs that did not clean up after themselves go after this long
+        staging_retention_hours=_number("SLUICE_STAGING_RETENTION_HOURS", 72),
     )

@@ -7,9 +7,15 @@ problem and its raw text as payload instead of data, so store_raw can quarantine
 
 import hashlib
 import json
+import logging
+import pathlib
 import re
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 COPY_COLUMNS = "run_id, source, record_no, source_id, data, problem, payload, content_hash"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -18,6 +24,9 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 NULL = "\\N"
 # btree index entries are limited to about 2.7 KB; a longer id would fail the whole COPY
 MAX_ID_BYTES = 1000
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
+# readable part of a run's folder name; the hash after it keeps names unique however long the id
+READABLE_NAME_CHARS = 80
 
 
 def copy_text(value: str) -> str:
@@ -88,3 +97,58 @@ def printable(text: str) -> str:
     """Text safe for a PostgreSQL text column: undecodable bytes shown as \\xNN, NUL as \\x00."""
     text = _UNDECODED.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+# Where runs keep files: a folder per run, named by run_folder_name, under the staging root
+# (SLUICE_STAGING_URL) and under the local download root (the CSV before it is parsed).
+
+def run_folder_name(run_id: str) -> str:
+    """One safe path segment per run id: the id's safe characters, for people, and a hash of the whole id,
+    so that ".", "..", "a:b" and "a_b" never share a folder nor name the root."""
+    readable = _UNSAFE_IN_NAME.sub("_", run_id)[:READABLE_NAME_CHARS].lstrip(".") or "run"
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{readable}-{digest}"
+
+
+def download_root() -> pathlib.Path:
+    return pathlib.Path(tempfile.gettempdir()) / "sluice-downloads"
+
+
+def download_dir(run_id: str) -> pathlib.Path:
+    """The local folder for a run's downloads; one a killed task leaves behind goes with the next sweep."""
+    return download_root() / run_folder_name(run_id)
+
+
+def remove_tree(path) -> None:
+    """Remove a folder and everything in it: a local pathlib path, or an fsspec one (ObjectStoragePath)."""
+    if isinstance(path, pathlib.Path):
+        shutil.rmtree(path)
+    else:
+        path.rmdir(recursive=True)
+
+
+def last_change(folder) -> float:
+    """The newest mtime of the folder and anything in it: a run still writing keeps its folder young."""
+    return max([folder.stat().st_mtime, *(entry.stat().st_mtime for entry in folder.rglob("*"))])
+
+
+def sweep(root, *, older_than_seconds: float, now: float, keep: str | None = None) -> list[str]:
+    """Remove the run folders under root unchanged for longer than older_than_seconds, except `keep`
+    (a folder name); return the names removed. A folder that cannot be removed is logged and left."""
+    if not root.is_dir():
+        return []
+    removed = []
+    for folder in root.iterdir():
+        if folder.name == keep or not folder.is_dir():
+            continue
+        try:
+            if now - last_change(folder) <= older_than_seconds:
+                continue
+            remove_tree(folder)
+        except FileNotFoundError:
+            continue  # another run's sweep or cleanup removed it first
+        except OSError as exc:
+            log.warning("staging sweep: could not remove %s: %s", folder, exc)
+            continue
+        removed.append(folder.name)
+    return removed

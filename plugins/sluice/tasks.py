@@ -6,8 +6,7 @@ functions so the DAG file parses in milliseconds.
 
 import contextlib
 import functools
-import re
-import tempfile
+import time
 from collections.abc import Callable, Iterator
 
 from sluice import settings
@@ -48,7 +47,6 @@ def warehouse() -> Iterator:
 
 def http_source(source: str, endpoint: str):
     """(requests session, URL) for a source, from its HTTP connection (base URL, auth, headers)."""
-    import requests
     from airflow.providers.http.hooks.http import HttpHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -59,17 +57,29 @@ def http_source(source: str, endpoint: str):
     try:
         session = hook.get_conn()
     except AirflowNotFoundException:
-        if source != "api":
-            raise SourceError(f"{source}: Airflow connection {conn_id!r} is not defined") from None
-        return requests.Session(), f"{settings.DEFAULT_API_BASE_URL}/{endpoint.lstrip('/')}"
+        # no fallback host: a typo or an unset variable must fail, not read (and load) someone else's data
+        raise SourceError(f"{source}: Airflow connection {conn_id!r} is not defined") from None
     return session, hook.url_from_endpoint(endpoint)
 
 
 def staging_dir(run_id: str):
     from airflow.sdk import ObjectStoragePath
 
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
-    return ObjectStoragePath(settings.load().staging_url) / safe
+    from sluice import staging
+
+    return ObjectStoragePath(settings.load().staging_url) / staging.run_folder_name(run_id)
+
+
+def sweep_staging(run_id: str, retention_hours: float) -> None:
+    """Remove this run's downloads, and other runs' staged files and downloads older than the retention."""
+    from sluice import staging
+
+    own = staging.download_dir(run_id)
+    if own.exists():
+        staging.remove_tree(own)
+    now = time.time()
+    for root in (staging_dir(run_id).parent, staging.download_root()):
+        staging.sweep(root, older_than_seconds=retention_hours * 3600, now=now, keep=staging.run_folder_name(run_id))
 
 
 @reports_error
@@ -83,13 +93,14 @@ def init_schema() -> None:
 @reports_error
 def ingest(source: str, params: dict, run_id: str) -> dict:
     """Stream one source into staging; return a reference and counts (never rows) for XCom."""
-    from sluice import api_source, csv_source, http_client, mapping
+    from sluice import api_source, csv_source, http_client, mapping, staging
     from sluice import warehouse as wh
 
     config = settings.load()
     field_map = mapping.validate(params[f"{source}_mapping"], f"{source}_mapping")
     session, url = http_source(source, params[f"{source}_endpoint"])
-    policy = http_client.RetryPolicy(attempts=config.http_attempts, timeout=config.http_timeout)
+    policy = http_client.RetryPolicy(attempts=config.http_attempts, timeout=config.http_timeout,
+                                     deadline=config.http_deadline)
     target = staging_dir(run_id) / f"{source}.copy"
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("wb") as out:
@@ -102,12 +113,14 @@ def ingest(source: str, params: dict, run_id: str) -> dict:
             counts = api_source.fetch(
                 session, url, field_map, out, run_id=run_id, uri=str(target), policy=policy,
                 max_pages=config.max_pages, max_bytes=config.max_bytes,
-                params={since_param: since} if since is not None else None,
+                params={since_param: since} if since is not None else None, allowed_hosts=config.api_allowed_hosts,
             )
         else:
+            workdir = staging.download_dir(run_id)
+            workdir.mkdir(parents=True, exist_ok=True)
             counts = csv_source.fetch(
                 session, url, field_map, out, run_id=run_id, uri=str(target), policy=policy,
-                max_bytes=config.max_bytes, workdir=tempfile.gettempdir(),
+                max_bytes=config.max_bytes, workdir=str(workdir), allowed_hosts=config.api_allowed_hosts,
             )
     return counts.as_xcom()
 
@@ -205,6 +218,8 @@ def record_run(context) -> dict:
     )
     with warehouse() as conn:
         row_id = runs.record(conn, outcome)
+    # a failed run's staged files stay for a look until the retention passes; this sweep removes older ones
+    sweep_staging(ti.run_id, settings.load().staging_retention_hours)
     if outcome.errors:
         raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.errors))
     staging_dir(ti.run_id).rmdir(recursive=True)

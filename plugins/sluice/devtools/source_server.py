@@ -20,6 +20,7 @@ class Fault:
     headers: dict = field(default_factory=dict)
     truncate_to: int | None = None  # close after this many bytes while announcing the full length
     stall_seconds: float = 0.0  # accept, then answer nothing for this long
+    drip_seconds: float = 0.0  # send the body a byte at a time, pausing this long before each
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Route:
 class SourceServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.routes: dict[str, Route] = {}
+        # (path with query, headers) of every request, to check what reached this host (credentials)
+        self.requests: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
         server = self
 
@@ -86,6 +89,8 @@ class SourceServer:
             self.routes[path].faults.extend(faults)
 
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.requests.append((request.path, dict(request.headers)))
         parts = urlsplit(request.path)
         route = self.routes.get(parts.path.lstrip("/"))
         if route is None:
@@ -144,6 +149,12 @@ class SourceServer:
             request.send_header(name, value)
         request.send_header("Content-Length", str(len(fault.body)))
         request.end_headers()
+        if fault.drip_seconds:
+            for byte in fault.body:
+                time.sleep(fault.drip_seconds)
+                request.wfile.write(bytes([byte]))
+                request.wfile.flush()
+            return
         if fault.truncate_to is not None:
             request.wfile.write(fault.body[: fault.truncate_to])
             request.wfile.flush()
