@@ -218,11 +218,15 @@ select (select count(*) from inserted),
        (select count(*) from current);
 
 -- name: bulk_load_size
--- rows this run brings for the source, rows the table holds now and rows it holds of the source (kept by a
--- trigger, no count(*))
+-- rows this run brings for the source, rows the table holds now (kept by a trigger, no count(*)), and how
+-- many of the rows it brings are new at least: its records that normalize passed, changed or unchanged (one
+-- per id), less every row the source holds (each may be one of them)
 select (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s),
        (select coalesce(sum(row_count), 0) from etl_checkpoint),
-       (select coalesce(sum(row_count), 0) from etl_checkpoint where source = %(source)s);
+       (select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s)
+           - (select count(*) from rejected_records
+              where run_id = %(run_id)s and source = %(source)s and stage = 'normalize')
+           - (select coalesce(sum(row_count), 0) from etl_checkpoint where source = %(source)s);
 
 -- name: select_checkpoint
 select last_processed_id, last_processed_at, total_processed, row_count, last_run_id

@@ -201,13 +201,12 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
             return recorded
         # normalize analyzed normalized_stage after writing it: the plans here see its size
-        incoming, existing, held = _count(conn, "bulk_load_size", keys)
+        incoming, existing, new_rows = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
-        # each incoming row the source already holds may be an update: at least the rest are inserts. A full
-        # refresh or a mapping change over an unchanged warehouse inserts none, and keeps the indexes.
-        inserts = incoming - held
+        # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
+        # brings every row and inserts none, and must not rebuild the indexes under an exclusive lock
         with _load_into(conn, "normalized_data", grows=incoming >= existing,
-                        bulk=inserts >= bulk_rows and inserts >= existing):
+                        bulk=new_rows >= bulk_rows and new_rows >= existing):
             (raw_written_since,) = _count(conn, "raw_written_since", keys)
             query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
             inserted, updated, current = conn.execute(
