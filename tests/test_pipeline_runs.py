@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import threading
 
 import psycopg
 import pytest
@@ -238,7 +239,7 @@ def newer_sources(pipeline) -> None:
 
 
 def holding_both_source_locks(database_url: str) -> contextlib.ExitStack:
-    """Another run holding the write locks of both sources (the second connection waits for nothing)."""
+    """Another run holding the write locks of both sources, one connection each."""
     stack = contextlib.ExitStack()
     for source in SOURCES:
         conn = stack.enter_context(psycopg.connect(database_url))
@@ -261,7 +262,7 @@ def raw_checksums(pipeline) -> list:
 @pytest.mark.slow
 def test_a_run_that_stores_after_a_later_fetch_was_stored_rolls_nothing_back(pipeline, monkeypatch):
     # run A fetches, then cannot store (another run holds the locks) and fails; run B fetches newer records and
-    # loads them; then the operator clears and re-runs A's store_raw, as A's error suggests
+    # loads them; then the operator clears A's store_raw and the tasks after it, to load what A fetched
     monkeypatch.setenv("SLUICE_LOCK_TIMEOUT", "1")
     with holding_both_source_locks(pipeline.database_url):
         state, older = pipeline.run()
@@ -287,7 +288,7 @@ def test_a_run_that_stores_after_a_later_fetch_was_stored_rolls_nothing_back(pip
 
 @pytest.mark.slow
 def test_a_run_fetching_later_than_a_completed_one_replaces_its_values(pipeline):
-    _, older = pipeline.run()
+    pipeline.run()
     newer_sources(pipeline)
 
     state, newer = pipeline.run()
@@ -297,24 +298,29 @@ def test_a_run_fetching_later_than_a_completed_one_replaces_its_values(pipeline)
     assert (newer["updated"], newer["superseded"]) == (API_RECORDS + CSV_ROWS - 6, 0)
 
 
-def hold_the_csv_lock_through_one_attempt(database_url: str, once: str) -> crash.Task:
-    """Another run takes the CSV write lock once the query `once` is true, and lets go when a writer that
-    queued behind it gave up (SLUICE_LOCK_TIMEOUT): that one attempt of a task fails, its retry does not."""
+def hold_the_csv_lock_through_one_attempt(database_url: str, once: str | None) -> crash.Task:
+    """Another run takes the CSV write lock (at once, or when the query `once` is true) and lets go when a writer
+    that queued behind it gave up (SLUICE_LOCK_TIMEOUT): that one attempt of a task fails, its retry does not."""
+    holding = threading.Event()
+
     def hold():
         with psycopg.connect(database_url, autocommit=True) as monitor:
-            crash.wait_for(lambda: monitor.execute(once).fetchone()[0], what=once, timeout=120)
+            if once:
+                crash.wait_for(lambda: monitor.execute(once).fetchone()[0], what=once, timeout=120)
             with psycopg.connect(database_url) as conn, warehouse.source_transaction(conn, "csv", 5):
+                holding.set()
                 crash.wait_for(lambda: crash.advisory_waiters(monitor) == 1, what="a task to wait for the lock",
                                timeout=120)
                 crash.wait_for(lambda: crash.advisory_waiters(monitor) == 0, what="the task to give up", timeout=30)
 
     other_run = crash.Task(hold)
     other_run.start()
+    assert once or holding.wait(10)
     return other_run
 
 
 FAIL_ONCE_AFTER = {
-    "store_raw": "select true",  # from the start: store_raw stores the API, then waits for the CSV
+    "store_raw": None,  # from the start: store_raw stores the API, then waits for the CSV
     "upsert": "select count(*) > 0 from normalized_stage where source = 'csv'",  # normalize is done
 }
 
