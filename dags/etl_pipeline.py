@@ -84,8 +84,8 @@ def etl_pipeline():
         return tasks.upsert(normalized, run_id)
 
     @task
-    def checkpoint(upserted, run_id=None):
-        return tasks.checkpoint(upserted, run_id)
+    def checkpoint(upserted, params=None, run_id=None):
+        return tasks.checkpoint(upserted, params, run_id)
 
     @task(trigger_rule="all_done", retries=1)
     def record_run(**context):

@@ -57,6 +57,24 @@ select %(run_id)s, %(source)s, source_id, 'store_raw',
        data::jsonb
 from gone;
 
+-- name: next_fetch_seq
+select nextval('sluice_fetch_seq');
+
+-- name: newest_fetch_seq
+-- the fetch order of the newest batch stored for the source; 0 when none was stored since fetches were ordered
+select coalesce((select raw_fetch_seq from etl_checkpoint where source = %(source)s), 0);
+
+-- name: remove_superseded
+-- A batch fetched before the newest one the source holds replaces none of its stored rows: a full read
+-- (the CSV, the API without api_since_param) sees every record, so each stored row is at least as new as
+-- this batch's, whether the newer read changed it or found it unchanged (an unchanged row is never
+-- rewritten, so no per-row stamp could tell which records the newer read saw). The batch's records the
+-- source does not hold yet are still stored. After an incremental API read, a record it did not cover
+-- keeps its stored payload until a read covers it again.
+delete from staged_records s
+using {raw_table} r
+where s.run_id = %(run_id)s and s.source = %(source)s and r.source_id = s.source_id;
+
 -- name: raw_table_estimate
 -- the raw table's size as the planner estimates it (no count(*) of a big table)
 select greatest(reltuples, 0)::bigint from pg_class where oid = %(raw_table)s::regclass;
@@ -83,11 +101,14 @@ with updated as (
 select (select count(*) from inserted), (select count(*) from updated);
 
 -- name: mark_raw_writer
-insert into etl_checkpoint as c (source, raw_run_id) values (%(source)s, %(run_id)s)
-on conflict (source) do update set raw_run_id = excluded.raw_run_id;
+insert into etl_checkpoint as c (source, raw_run_id, raw_fetch_seq) values (%(source)s, %(run_id)s, %(fetch_seq)s)
+on conflict (source) do update
+    set raw_run_id = excluded.raw_run_id, raw_fetch_seq = greatest(c.raw_fetch_seq, excluded.raw_fetch_seq);
 
 -- name: raw_written_since
--- whether another run has stored raw payloads of the source since this run did
+-- whether another run has stored raw payloads of the source since this run did. Only then can a row of
+-- this run's be superseded: a batch older than the newest stored one keeps only records the source did not
+-- hold, which it stores itself.
 select coalesce((select raw_run_id is distinct from %(run_id)s from etl_checkpoint where source = %(source)s), true);
 
 -- name: suspend_indexes
@@ -197,16 +218,24 @@ select (select count(*) from inserted),
        (select count(*) from current);
 
 -- name: bulk_load_size
--- rows this run brings for the source, and rows the table holds now (kept by a trigger, no count(*))
+-- rows this run brings for the source, rows the table holds now (kept by a trigger, no count(*)), and how
+-- many of the rows it brings are new at least: its records that normalize passed, changed or unchanged (one
+-- per id), less every row the source holds (each may be one of them)
 select (select count(*) from normalized_stage where run_id = %(run_id)s and source = %(source)s),
-       (select coalesce(sum(row_count), 0) from etl_checkpoint);
+       (select coalesce(sum(row_count), 0) from etl_checkpoint),
+       (select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s)
+           - (select count(*) from rejected_records
+              where run_id = %(run_id)s and source = %(source)s and stage = 'normalize')
+           - (select coalesce(sum(row_count), 0) from etl_checkpoint where source = %(source)s);
 
 -- name: select_checkpoint
 select last_processed_id, last_processed_at, total_processed, row_count, last_run_id
 from etl_checkpoint where source = %(source)s;
 
 -- name: advance_checkpoint
--- the highest id this run committed (numeric order when ids are integers); a retried task adds nothing twice
+-- the highest id this run committed (numeric order when ids are integers); a retried task adds nothing twice.
+-- The position only moves forward, so a run finishing after a newer one cannot take it back; a full
+-- refresh read the source whole and sets it.
 with batch as (
     select coalesce(max(source_id::numeric) filter (where source_id ~ '^[0-9]{1,30}$')::text,
                     max(source_id)) as last_id
@@ -216,7 +245,8 @@ with batch as (
 insert into etl_checkpoint as c (source, last_processed_id, last_processed_at, total_processed, last_run_id)
 select %(source)s, batch.last_id, now(), %(processed)s, %(run_id)s from batch
 on conflict (source) do update
-    set last_processed_id = coalesce(excluded.last_processed_id, c.last_processed_id),
+    set last_processed_id = case when %(full_refresh)s then coalesce(excluded.last_processed_id, c.last_processed_id)
+                                 else sluice_later_id(c.last_processed_id, excluded.last_processed_id) end,
         last_processed_at = excluded.last_processed_at,
         total_processed = c.total_processed + excluded.total_processed,
         last_run_id = excluded.last_run_id,
@@ -227,10 +257,10 @@ returning last_processed_id;
 -- name: record_run
 insert into etl_runs (run_id, run_type, data_interval_start, data_interval_end, started_at, ended_at,
                       duration_seconds, records_processed, status, error_message,
-                      fetched, inserted, updated, unchanged, rejected, source_counts)
+                      fetched, inserted, updated, unchanged, superseded, rejected, source_counts)
 values (%(run_id)s, %(run_type)s, %(data_interval_start)s, %(data_interval_end)s, %(started_at)s, now(),
         extract(epoch from now() - %(started_at)s), %(records_processed)s, %(status)s, %(error_message)s,
-        %(fetched)s, %(inserted)s, %(updated)s, %(unchanged)s, %(rejected)s, %(source_counts)s)
+        %(fetched)s, %(inserted)s, %(updated)s, %(unchanged)s, %(superseded)s, %(rejected)s, %(source_counts)s)
 on conflict (run_id) do update
     set run_type = excluded.run_type,
         data_interval_start = excluded.data_interval_start,
@@ -245,10 +275,21 @@ on conflict (run_id) do update
         inserted = excluded.inserted,
         updated = excluded.updated,
         unchanged = excluded.unchanged,
+        superseded = excluded.superseded,
         rejected = excluded.rejected,
         source_counts = excluded.source_counts
 returning id;
 
 -- name: delete_run_work
-with staged as (delete from staged_records where run_id = %(run_id)s)
+with staged as (delete from staged_records where run_id = %(run_id)s),
+     steps as (delete from etl_step_results where run_id = %(run_id)s)
 delete from normalized_stage where run_id = %(run_id)s;
+
+-- name: recorded_step
+select result from etl_step_results where run_id = %(run_id)s and source = %(source)s and step = %(step)s;
+
+-- name: record_step
+insert into etl_step_results (run_id, source, step, result) values (%(run_id)s, %(source)s, %(step)s, %(result)s);
+
+-- name: forget_step
+delete from etl_step_results where run_id = %(run_id)s and source = %(source)s and step = %(step)s;

@@ -51,9 +51,27 @@ create table if not exists etl_checkpoint (
     last_run_id text,
     updated_at timestamptz not null default now(),
     -- the run whose store_raw committed last: while it is the upserting run, no raw row can be superseded
-    raw_run_id text
+    raw_run_id text,
+    -- the fetch order (sluice_fetch_seq) of the newest batch stored; null: none since fetches were ordered
+    raw_fetch_seq bigint
 );
 alter table etl_checkpoint add column if not exists raw_run_id text;
+alter table etl_checkpoint add column if not exists raw_fetch_seq bigint;
+
+-- The order in which fetches started: an ingest task takes the next number when it starts reading its
+-- source, so store_raw can tell a batch fetched before the newest one a source holds, which must not replace it.
+create sequence if not exists sluice_fetch_seq;
+
+-- The later of two checkpoint positions: numeric order when both are integers (as advance_checkpoint picks
+-- a batch's highest id), else byte order; null is no position.
+create or replace function sluice_later_id(a text, b text) returns text language sql immutable parallel safe as $$
+    select case when a is null then b
+                when b is null then a
+                when a ~ '^[0-9]{1,30}$' and b ~ '^[0-9]{1,30}$'
+                    then case when b::numeric > a::numeric then b else a end
+                when b collate "C" > a collate "C" then b
+                else a end
+$$;
 
 -- Statement-level triggers keep etl_checkpoint.row_count equal to the rows of each source, whoever writes.
 create or replace function sluice_count_rows() returns trigger language plpgsql as $$
@@ -98,8 +116,11 @@ create table if not exists etl_runs (
     rejected bigint not null default 0,
     -- the same counts per source: {"api": {"fetched": 100, ...}, "csv": {...}}
     source_counts jsonb not null default '{}'::jsonb,
-    created_at timestamptz not null default now()
+    created_at timestamptz not null default now(),
+    -- records whose stored payload came from a later fetch than this run's: that fetch's run loads them
+    superseded bigint not null default 0
 );
+alter table etl_runs add column if not exists superseded bigint not null default 0;
 create index if not exists etl_runs_started_idx on etl_runs (started_at desc, id desc);
 
 create table if not exists rejected_records (
@@ -138,6 +159,16 @@ create table if not exists staged_records (
     problem text,
     payload text,
     content_hash text
+);
+
+-- What store_raw and upsert committed per source, written in the same transaction: a retried task returns
+-- it for a source it already committed instead of redoing it (and reporting its rows as unchanged).
+create table if not exists etl_step_results (
+    run_id text not null,
+    source text collate "C" not null,
+    step text not null,
+    result jsonb not null,
+    primary key (run_id, source, step)
 );
 
 create table if not exists normalized_stage (

@@ -59,7 +59,7 @@ limit 1;
 -- name: runs_page
 select run_id, run_type, data_interval_start, data_interval_end, started_at, ended_at,
        duration_seconds, records_processed, status, error_message,
-       fetched, inserted, updated, unchanged, rejected, source_counts
+       fetched, inserted, updated, unchanged, superseded, rejected, source_counts
 from etl_runs
 order by started_at desc, id desc
 limit %(limit)s offset %(offset)s;

@@ -232,3 +232,56 @@ def test_a_dag_run_meeting_another_runs_lock_fails_with_that_error_or_waits_when
     assert state == "success" and run["status"] == "success"
     assert dict(pipeline.rows("select source, count(*) from normalized_data group by 1")) == {"api": 100, "csv": 294}
     assert dict(pipeline.rows("select source, last_processed_id from etl_checkpoint")) == {"api": "100", "csv": "299"}
+
+
+def test_a_run_checkpointing_after_a_newer_one_never_moves_the_checkpoint_back(database_url):
+    # run A read 200 rows, run B later 210: B's checkpoint committed first, then A's, which used to win
+    with psycopg.connect(database_url) as conn:
+        for run_id, rows in ((RUN_A, 200), (RUN_B, 210)):
+            warehouse.store_raw(conn, "csv", staged_csv(run_id, "same", rows), run_id=run_id, lock_timeout_seconds=5)
+    checkpoints = {}
+    for run_id in (RUN_B, RUN_A):
+        normalized = crash.normalize(database_url, run_id)
+        crash.upsert(database_url, run_id, expected_staged=normalized["valid"])
+        checkpoints[run_id] = crash.checkpoint(database_url, run_id, normalized["staged"])["last_processed_id"]
+
+    assert checkpoints == {RUN_B: "210", RUN_A: "210"}
+    assert crash.count(database_url, "select total_processed from etl_checkpoint where source = 'csv'") == 410
+    # numbers compare as numbers, other ids byte by byte
+    assert crash.count(database_url, "select array[sluice_later_id('99', '100'), sluice_later_id('b-9', 'b-10'),"
+                                     " sluice_later_id(null, '7'), sluice_later_id('7', null)]") == [
+        "100", "b-9", "7", "7"]
+
+
+def test_a_full_refresh_sets_the_checkpoint_even_behind_the_last_one(database_url):
+    # the source was reset upstream: a full refresh reads it whole, and its position is the new truth
+    with psycopg.connect(database_url) as conn:
+        for run_id, rows, full_refresh in ((RUN_A, 210, False), (RUN_B, 150, True)):
+            stored = warehouse.store_raw(conn, "csv", staged_csv(run_id, "same", rows), run_id=run_id,
+                                         lock_timeout_seconds=5)
+            warehouse.normalize(conn, "csv", crash.MAPPINGS["csv"], run_id=run_id, full_refresh=full_refresh,
+                                lock_timeout_seconds=5)
+            warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=5)
+            warehouse.advance_checkpoint(conn, "csv", run_id=run_id, processed=stored["stored"],
+                                         lock_timeout_seconds=5, full_refresh=full_refresh)
+
+    assert crash.count(database_url, "select last_processed_id from etl_checkpoint where source = 'csv'") == "150"
+
+
+def test_a_batch_fetched_before_the_newest_stored_one_replaces_none_of_its_rows(database_url):
+    # the older fetch saw names that changed upstream and changed back before the newer fetch, which therefore
+    # found its records unchanged and rewrote nothing: still, the older batch must not replace them
+    with psycopg.connect(database_url) as conn:
+        warehouse.store_raw(conn, "csv", staged_csv("manual__first", "original"), run_id="manual__first",
+                            lock_timeout_seconds=5)
+        older, newer = warehouse.next_fetch_seq(conn), warehouse.next_fetch_seq(conn)
+        unchanged = warehouse.store_raw(conn, "csv", staged_csv(RUN_B, "original"), run_id=RUN_B,
+                                        lock_timeout_seconds=5, fetch_seq=newer)
+        late = warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "interim", rows=210), run_id=RUN_A,
+                                   lock_timeout_seconds=5, fetch_seq=older)
+
+    assert (unchanged["raw_updated"], unchanged["superseded"]) == (0, 0)
+    # its 200 records the source holds are superseded; the 10 it does not hold are stored
+    assert (late["superseded"], late["stored"], late["raw_inserted"], late["raw_updated"]) == (200, 10, 10, 0)
+    assert crash.count(database_url, "select count(*) from raw_csv_data where data->>'name' like 'original %'") == 200
+    assert crash.count(database_url, "select count(*) from staged_records where run_id = %s", (RUN_A,)) == 10

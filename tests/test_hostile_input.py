@@ -24,7 +24,7 @@ RUN_ID = "hostile-run"
 POLICY = http_client.RetryPolicy(attempts=1, timeout=5.0, backoff_base=0.01, backoff_max=0.01)
 MAPPINGS = {"api": settings.DEFAULT_API_MAPPING, "csv": settings.DEFAULT_CSV_MAPPING}
 TABLES = ("raw_api_data", "raw_csv_data", "normalized_data", "etl_checkpoint", "etl_runs", "rejected_records",
-          "staged_records", "normalized_stage")
+          "staged_records", "normalized_stage", "etl_step_results")
 # A reason names where the problem is: the line (CSV), the record (API, duplicates) or the normalized field.
 WHERE = re.compile(r"^(line \d+|record \d+)\b"
                    r"|^(source_id|name|value|description)( \(field '[^']+'\))?: "

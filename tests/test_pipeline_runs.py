@@ -1,11 +1,19 @@
 """Whole runs of etl_pipeline (dag.test) against a real Postgres and real HTTP sources on 127.0.0.1."""
 
+import contextlib
+import csv
+import io
 import json
+import threading
 
+import psycopg
 import pytest
 
+from sluice import warehouse
 from sluice.devtools import sample_data
 from sluice.devtools.source_server import Fault
+from sluice.settings import SOURCES
+from tests import crash_support as crash
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 
 API_RECORDS, CSV_ROWS, BAD_EVERY = 100, 300, 50  # 6 bad CSV rows of 4 kinds
@@ -216,3 +224,121 @@ def test_a_csv_with_only_a_header_loads_nothing_and_succeeds(pipeline):
     assert run["source_counts"]["csv"] == {"fetched": 0, "inserted": 0, "updated": 0, "unchanged": 0,
                                            "rejected": 0, "superseded": 0, "loaded": True}
     assert run["source_counts"]["api"]["inserted"] == API_RECORDS
+
+
+def newer_sources(pipeline) -> None:
+    """The same records as a later fetch would find them: every good row's name has changed."""
+    posts = [{**post, "title": f"newer {post['title']}"} for post in sample_data.posts(API_RECORDS)]
+    pipeline.sources.serve_json("posts", posts, page_size=40)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(("id", "name", "value", "description"))
+    for row in sample_data.csv_rows(CSV_ROWS, bad_every=BAD_EVERY):
+        writer.writerow([row[0], f"newer {row[1]}", *row[2:]] if len(row) == 4 and row[1] else row)
+    pipeline.sources.serve_bytes("items.csv", out.getvalue().encode("utf-8"))
+
+
+def holding_both_source_locks(database_url: str) -> contextlib.ExitStack:
+    """Another run holding the write locks of both sources, one connection each."""
+    stack = contextlib.ExitStack()
+    for source in SOURCES:
+        conn = stack.enter_context(psycopg.connect(database_url))
+        stack.enter_context(warehouse.source_transaction(conn, source, lock_timeout_seconds=5))
+    return stack
+
+
+CHECKPOINTS = "select source, last_processed_id, total_processed, row_count from etl_checkpoint order by source"
+
+
+def newer_values(pipeline) -> dict:
+    return dict(pipeline.rows("select source, count(*) from normalized_data where name like 'newer %' group by 1"))
+
+
+def raw_checksums(pipeline) -> list:
+    return [pipeline.value(f"select md5(string_agg(t::text, '|' order by id)) from {table} t")
+            for table in ("raw_api_data", "raw_csv_data")]
+
+
+@pytest.mark.slow
+def test_a_run_that_stores_after_a_later_fetch_was_stored_rolls_nothing_back(pipeline, monkeypatch):
+    # run A fetches, then cannot store (another run holds the locks) and fails; run B fetches newer records and
+    # loads them; then the operator clears A's store_raw and the tasks after it, to load what A fetched
+    monkeypatch.setenv("SLUICE_LOCK_TIMEOUT", "1")
+    with holding_both_source_locks(pipeline.database_url):
+        state, older = pipeline.run()
+    assert state == "failed" and "store_raw: LockTimeout" in older["error_message"]
+    newer_sources(pipeline)
+    state, newer = pipeline.run()
+    assert state == "success" and newer_values(pipeline) == {"api": API_RECORDS, "csv": CSV_ROWS - 6}
+    table, raw = pipeline.checksum(), raw_checksums(pipeline)
+    checkpoints = pipeline.rows(CHECKPOINTS)
+
+    state, older = pipeline.rerun_from_store_raw(older["run_id"])
+
+    assert state == "success" and older["status"] == "success"
+    # nothing of A's older payloads replaced B's, in raw or in normalized_data
+    assert (pipeline.checksum(), raw_checksums(pipeline)) == (table, raw)
+    assert pipeline.rows(CHECKPOINTS) == checkpoints
+    # every record of A that B holds is reported superseded; A's rows without an id are still quarantined
+    assert {source: (counts["superseded"], counts["inserted"], counts["updated"], counts["rejected"])
+            for source, counts in older["source_counts"].items()} == {
+        "api": (API_RECORDS, 0, 0, 0), "csv": (CSV_ROWS - 3, 0, 0, 3)}
+    assert older["superseded"] == API_RECORDS + CSV_ROWS - 3
+
+
+@pytest.mark.slow
+def test_a_run_fetching_later_than_a_completed_one_replaces_its_values(pipeline):
+    pipeline.run()
+    newer_sources(pipeline)
+
+    state, newer = pipeline.run()
+
+    assert state == "success"
+    assert newer_values(pipeline) == {"api": API_RECORDS, "csv": CSV_ROWS - 6}
+    assert (newer["updated"], newer["superseded"]) == (API_RECORDS + CSV_ROWS - 6, 0)
+
+
+def hold_the_csv_lock_through_one_attempt(database_url: str, once: str | None) -> crash.Task:
+    """Another run takes the CSV write lock (at once, or when the query `once` is true) and lets go when a writer
+    that queued behind it gave up (SLUICE_LOCK_TIMEOUT): that one attempt of a task fails, its retry does not."""
+    holding = threading.Event()
+
+    def hold():
+        with psycopg.connect(database_url, autocommit=True) as monitor:
+            if once:
+                crash.wait_for(lambda: monitor.execute(once).fetchone()[0], what=once, timeout=120)
+            with psycopg.connect(database_url) as conn, warehouse.source_transaction(conn, "csv", 5):
+                holding.set()
+                crash.wait_for(lambda: crash.advisory_waiters(monitor) == 1, what="a task to wait for the lock",
+                               timeout=120)
+                crash.wait_for(lambda: crash.advisory_waiters(monitor) == 0, what="the task to give up", timeout=30)
+
+    other_run = crash.Task(hold)
+    other_run.start()
+    assert once or holding.wait(10)
+    return other_run
+
+
+FAIL_ONCE_AFTER = {
+    "store_raw": None,  # from the start: store_raw stores the API, then waits for the CSV
+    "upsert": "select count(*) > 0 from normalized_stage where source = 'csv'",  # normalize is done
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", FAIL_ONCE_AFTER)
+def test_a_retried_step_reports_the_source_it_had_committed_as_it_was_written(pipeline, monkeypatch, step):
+    monkeypatch.setenv("SLUICE_LOCK_TIMEOUT", "1")
+    other_run = hold_the_csv_lock_through_one_attempt(pipeline.database_url, FAIL_ONCE_AFTER[step])
+
+    state, run = pipeline.run()
+    other_run.join(30)
+
+    assert other_run.error is None, f"{step} never waited for the lock and gave up: {other_run.error}"
+    assert state == "success" and run["error_message"] is None
+    # the first attempt committed the API and failed on the CSV; the retry reports the API's rows as inserted
+    assert {source: (counts["inserted"], counts["unchanged"], counts["rejected"])
+            for source, counts in run["source_counts"].items()} == {
+        "api": (API_RECORDS, 0, 0), "csv": (CSV_ROWS - 6, 0, 6)}
+    assert dict(pipeline.rows("select source, count(*) from normalized_data group by 1")) == {
+        "api": API_RECORDS, "csv": CSV_ROWS - 6}

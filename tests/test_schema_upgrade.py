@@ -34,7 +34,7 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
         warehouse.apply_schema(conn)
         warehouse.apply_schema(conn)  # and again: every run applies it
 
-        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 11
+        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 12
         assert conn.execute("select source_id, name from normalized_data").fetchall() == [("1", "old")]
         assert conn.execute("select row_count from etl_checkpoint where source = 'csv'").fetchone() == (1,)
         functions = {name for (name,) in conn.execute(

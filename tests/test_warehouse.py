@@ -120,3 +120,39 @@ def test_a_first_load_into_a_table_analyzed_empty_plans_hash_joins_not_a_quadrat
             plan = "\n".join(row for (row,) in conn.execute(upsert, {"run_id": "run-1", "source": "csv"}))
         conn.rollback()
     assert "Nested Loop" not in plan and "Hash" in plan, plan
+
+
+def index_files(conn) -> dict:
+    """Each index of normalized_data and the file holding it: a rebuilt index gets a new one."""
+    files = dict(conn.execute("select indexrelid::regclass::text, pg_relation_filenode(indexrelid) from pg_index"
+                              " where indrelid = 'normalized_data'::regclass"))
+    conn.rollback()
+    return files
+
+
+RENORMALIZE = {
+    "full_refresh": {"mapping": MAPPING, "full_refresh": True},
+    "mapping change": {"mapping": {**MAPPING, "name": "description", "description": "name"}, "full_refresh": False},
+}
+
+
+@pytest.mark.parametrize("renormalize", RENORMALIZE)
+def test_renormalizing_every_row_of_an_unchanged_warehouse_keeps_the_indexes_in_place(
+        database_url, tmp_path, renormalize):
+    # regression: the bulk decision counted the rows upsert compares, not those it inserts, so a no-op full
+    # refresh dropped and rebuilt normalized_data's indexes, holding readers off under an exclusive lock
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "run-1", 500, bulk_rows=100)
+        before = index_files(conn)
+        warehouse.store_raw(conn, "csv", staged_csv(tmp_path, "run-2", 500), run_id="run-2",
+                            lock_timeout_seconds=5, bulk_rows=100)
+        normalized = warehouse.normalize(conn, "csv", RENORMALIZE[renormalize]["mapping"], run_id="run-2",
+                                         full_refresh=RENORMALIZE[renormalize]["full_refresh"],
+                                         lock_timeout_seconds=5)
+
+        counts = warehouse.upsert(conn, "csv", run_id="run-2", lock_timeout_seconds=5, bulk_rows=100)
+
+        assert normalized["valid"] == 500
+        assert counts["inserted"] == 0
+        assert counts["updated"] == (500 if renormalize == "mapping change" else 0)
+        assert index_files(conn) == before and len(before) >= 5

@@ -1,10 +1,13 @@
 """GET /runs and /runs/<run_id>/rejects on a real PostgreSQL."""
 
+from datetime import datetime, timezone
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from webapp_fixtures import insert_rejects, insert_run
 
+from sluice import runs
 from webapp import create_app, db
 
 AIRFLOW_RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
@@ -98,3 +101,24 @@ def test_runs_errors(client, url, status, field):
         assert field in response.json["errors"]
     else:
         assert "no run with run_id" in response.json["message"]
+
+
+def test_a_run_shows_the_records_a_later_fetch_superseded(make_database):
+    # the run fetched 10 API records; a later fetch had already stored 7 of them, and replaced 1 more in raw
+    # before this run's upsert: 8 superseded, 2 inserted
+    outcome = runs.RunOutcome(
+        run_id="manual__older", run_type="manual", started_at=datetime.now(timezone.utc),
+        ingested={"api": {"records": 10, "problems": 0}},
+        stored={"sources": {"api": {"stored": 3, "rejected": 0, "superseded": 7}}},
+        normalized={"sources": {"api": {"staged": 3, "valid": 3, "rejected": 0, "skipped_unchanged": 0}}},
+        upserted={"sources": {"api": {"inserted": 2, "updated": 0, "unchanged": 0, "superseded": 1}}})
+    url = make_database()
+    with psycopg.connect(url) as conn:
+        runs.record(conn, outcome)
+    app = create_app({"DATABASE_URL": url})
+
+    run = app.test_client().get("/runs").json["data"][0]
+    db.warehouse(app).close()
+
+    assert (run["fetched"], run["inserted"], run["superseded"]) == (10, 2, 8)
+    assert run["source_counts"]["api"]["superseded"] == 8

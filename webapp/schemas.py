@@ -164,6 +164,7 @@ class RunSchema(Body):
     inserted = fields.Integer()
     updated = fields.Integer()
     unchanged = fields.Integer()
+    superseded = fields.Integer(metadata={"description": "records a later fetch already stored; its run loads them"})
     rejected = fields.Integer()
     source_counts = _source_counts()
 

@@ -8,7 +8,8 @@ from psycopg.types.json import Jsonb
 from sluice import queries
 from sluice.settings import SOURCES
 
-COUNTS = ("fetched", "inserted", "updated", "unchanged", "rejected")
+# per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected
+COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
 
 
 @dataclass
@@ -40,8 +41,9 @@ class RunOutcome:
                 "updated": upserted.get("updated", 0),
                 "unchanged": upserted.get("unchanged", 0) + normalized.get("skipped_unchanged", 0),
                 "rejected": stored.get("rejected", 0) + normalized.get("rejected", 0),
-                # rows an overlapping newer run had already replaced in raw; that run loads them
-                "superseded": upserted.get("superseded", 0),
+                # records a later fetch had already stored (store_raw) or replaced in raw meanwhile (upsert):
+                # that fetch's run loads them
+                "superseded": stored.get("superseded", 0) + upserted.get("superseded", 0),
                 "loaded": bool(upserted),
             }
         return counts

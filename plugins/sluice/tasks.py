@@ -103,13 +103,15 @@ def ingest(source: str, params: dict, run_id: str) -> dict:
                                      deadline=config.http_deadline)
     target = staging_dir(run_id) / f"{source}.copy"
     target.parent.mkdir(parents=True, exist_ok=True)
+    since_param = (params.get("api_since_param") or "") if source == "api" else ""
+    since = None
+    with warehouse() as conn:
+        # taken before reading: store_raw never lets a batch replace what a later fetch stored
+        fetch_seq = wh.next_fetch_seq(conn)
+        if since_param and not params.get("full_refresh"):
+            since = wh.read_checkpoint(conn, "api")
     with target.open("wb") as out:
         if source == "api":
-            since_param = params.get("api_since_param") or ""
-            since = None
-            if since_param and not params.get("full_refresh"):
-                with warehouse() as conn:
-                    since = wh.read_checkpoint(conn, "api")
             counts = api_source.fetch(
                 session, url, field_map, out, run_id=run_id, uri=str(target), policy=policy,
                 max_pages=config.max_pages, max_bytes=config.max_bytes,
@@ -122,7 +124,7 @@ def ingest(source: str, params: dict, run_id: str) -> dict:
                 session, url, field_map, out, run_id=run_id, uri=str(target), policy=policy,
                 max_bytes=config.max_bytes, workdir=str(workdir), allowed_hosts=config.api_allowed_hosts,
             )
-    return counts.as_xcom()
+    return {**counts.as_xcom(), "fetch_seq": fetch_seq}
 
 
 @reports_error
@@ -139,8 +141,10 @@ def store_raw(ingested: list[dict | None], run_id: str) -> dict:
     with warehouse() as conn:
         for result in staged:
             with ObjectStoragePath(result["uri"]).open("rb") as file:
+                # a run ingested before fetches were ordered has no fetch_seq: its batch counts as fetched now
                 results[result["source"]] = wh.store_raw(
-                    conn, result["source"], file, run_id=run_id, lock_timeout_seconds=config.lock_timeout_seconds)
+                    conn, result["source"], file, run_id=run_id, lock_timeout_seconds=config.lock_timeout_seconds,
+                    fetch_seq=result.get("fetch_seq"))
     return {"sources": results}
 
 
@@ -176,14 +180,15 @@ def upsert(normalized: dict, run_id: str) -> dict:
 
 
 @reports_error
-def checkpoint(upserted: dict, run_id: str) -> dict:
+def checkpoint(upserted: dict, params: dict, run_id: str) -> dict:
     from sluice import warehouse as wh
 
     config = settings.load()
     with warehouse() as conn:
         return {"sources": {
             source: wh.advance_checkpoint(conn, source, run_id=run_id, processed=counts["processed"],
-                                          lock_timeout_seconds=config.lock_timeout_seconds)
+                                          lock_timeout_seconds=config.lock_timeout_seconds,
+                                          full_refresh=bool(params.get("full_refresh")))
             for source, counts in upserted["sources"].items()
         }}
 

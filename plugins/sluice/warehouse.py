@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from sluice import queries, rules, settings
 from sluice.errors import LockTimeout
@@ -55,15 +56,29 @@ def _count(conn, name: str, params: dict) -> tuple:
     return conn.execute(q(name), params).fetchone()
 
 
+def next_fetch_seq(conn) -> int:
+    """The next number of the fetch order, which an ingest task takes when it starts reading its source."""
+    with conn.transaction():
+        (fetch_seq,) = conn.execute(q("next_fetch_seq")).fetchone()
+    return fetch_seq
+
+
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
-              bulk_rows: int = BULK_ROWS) -> dict:
+              fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS) -> dict:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table.
 
+    fetch_seq places the batch in the source's fetch order (next_fetch_seq; None: fetched now). A batch
+    fetched before the newest one the source holds replaces none of its stored rows: those records are
+    superseded and leave the run's staged records, so normalize and upsert never see them.
     A load of at least bulk_rows that surely at least doubles the raw table (a first load) is a bulk load
-    (see _load_into).
+    (see _load_into). A retry of a source this run already stored returns what it stored then.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
+        if (recorded := _recorded_result(conn, keys, "store_raw")) is not None:
+            return recorded
+        if fetch_seq is None:
+            fetch_seq = next_fetch_seq(conn)
         conn.execute(q("delete_staged"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "store_raw"})
         with conn.cursor().copy(q("copy_staged")) as copy:
@@ -73,6 +88,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         problems = conn.execute(q("quarantine_problems"), keys).rowcount
         duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
         raw_table = RAW_TABLES[source]
+        superseded = _remove_superseded(conn, raw_table, keys, fetch_seq)
         (staged_rows,) = _count(conn, "count_staged", keys)
         (existing,) = _count(conn, "raw_table_estimate", {"raw_table": raw_table})
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
@@ -81,14 +97,36 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
                         bulk=staged_rows >= bulk_rows and staged_rows >= 2 * existing):
             upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(raw_table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
-        conn.execute(q("mark_raw_writer"), keys)
-    return {
-        "source": source,
-        "stored": staged_rows,
-        "raw_inserted": inserted,
-        "raw_updated": updated,
-        "rejected": problems + duplicates,
-    }
+        conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq})
+        result = {
+            "source": source,
+            "stored": staged_rows,
+            "raw_inserted": inserted,
+            "raw_updated": updated,
+            "rejected": problems + duplicates,
+            "superseded": superseded,
+        }
+        _record_result(conn, keys, "store_raw", result)
+    return result
+
+
+def _remove_superseded(conn, raw_table: str, keys: dict, fetch_seq: int) -> int:
+    """Drop the staged records of a batch fetched before the newest stored one that the source holds."""
+    (newest,) = _count(conn, "newest_fetch_seq", keys)
+    if fetch_seq >= newest:  # the newest batch, or a retry of it
+        return 0
+    remove = sql.SQL(q("remove_superseded")).format(raw_table=sql.Identifier(raw_table))
+    return conn.execute(remove, keys).rowcount
+
+
+def _recorded_result(conn, keys: dict, step: str) -> dict | None:
+    row = conn.execute(q("recorded_step"), {**keys, "step": step}).fetchone()
+    return row[0] if row else None
+
+
+def _record_result(conn, keys: dict, step: str, result: dict) -> None:
+    """Keep a step's result in the transaction that commits its work, for a retry of the task to return."""
+    conn.execute(q("record_step"), {**keys, "step": step, "result": Jsonb(result)})
 
 
 def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: bool,
@@ -103,6 +141,8 @@ def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: 
     with source_transaction(conn, source, lock_timeout_seconds):
         conn.execute(q("delete_normalized_stage"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "normalize"})
+        # a cleared and re-run normalize replaces what a committed upsert of this run counted
+        conn.execute(q("forget_step"), {**keys, "step": "upsert"})
         (staged_rows,) = _count(conn, "count_staged", keys)
         _check_work(source, run_id, "staged_records", staged_rows, expected_staged, "store_raw")
         params = {**keys, "input_key": rules.input_key(field_map), "full_refresh": full_refresh}
@@ -153,22 +193,28 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
            expected_staged: int | None = None) -> dict:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
 
-    A load of at least bulk_rows that at least doubles the table (a first load) is a bulk load (see
-    _load_into).
+    A load that inserts at least bulk_rows rows and at least doubles the table (a first load) is a bulk load
+    (see _load_into). A retry of a source this run already upserted returns what it wrote then.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
+        if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
+            return recorded
         # normalize analyzed normalized_stage after writing it: the plans here see its size
-        incoming, existing = _count(conn, "bulk_load_size", keys)
+        incoming, existing, new_rows = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
-        grows = incoming >= existing
-        with _load_into(conn, "normalized_data", grows=grows, bulk=grows and incoming >= bulk_rows):
+        # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
+        # brings every row and inserts none, and must not rebuild the indexes under an exclusive lock
+        with _load_into(conn, "normalized_data", grows=incoming >= existing,
+                        bulk=new_rows >= bulk_rows and new_rows >= existing):
             (raw_written_since,) = _count(conn, "raw_written_since", keys)
             query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
             inserted, updated, current = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
-    return {"source": source, "inserted": inserted, "updated": updated,
-            "unchanged": current - inserted - updated, "superseded": incoming - current}
+        result = {"source": source, "inserted": inserted, "updated": updated,
+                  "unchanged": current - inserted - updated, "superseded": incoming - current}
+        _record_result(conn, keys, "upsert", result)
+    return result
 
 
 @contextlib.contextmanager
@@ -193,11 +239,13 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool) -> Iterator[None]:
     conn.execute(q("restore_indexes"), {"table": table})
 
 
-def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float) -> dict:
-    """Move the source's checkpoint to the highest id this run committed. Runs only after upsert committed."""
+def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float,
+                       full_refresh: bool = False) -> dict:
+    """Move the source's checkpoint forward to the highest id this run committed, never back (a full refresh
+    sets it). Runs only after upsert committed."""
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
-        conn.execute(q("advance_checkpoint"), {**keys, "processed": processed})
+        conn.execute(q("advance_checkpoint"), {**keys, "processed": processed, "full_refresh": full_refresh})
         last_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
     return {"source": source, "last_processed_id": last_id, "total_processed": total,
             "last_processed_at": last_at.isoformat() if last_at else None}
