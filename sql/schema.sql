@@ -358,3 +358,31 @@ begin
     end if;
 end
 $$;
+
+-- The watermark of the read API's /data: a time at or before the updated_at of every change not yet committed.
+-- Writers stamp updated_at = now(), the start of their transaction, so a change that commits later carries a
+-- time no older than the oldest transaction open now, or (begun later) no older than the clock now. The API
+-- reads it before it reads the rows, in a transaction of its own: whatever the rows miss commits later.
+-- SECURITY DEFINER: pg_stat_activity shows when a session's transaction began only to the session's own role
+-- (or pg_read_all_stats); as the schema's owner this sees the pipeline's writers whatever role reads the API.
+create or replace function sluice_read_watermark() returns timestamptz
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+    -- before the activity is read: a transaction that does not show there yet begins after this
+    clock constant timestamptz := clock_timestamp();
+    oldest timestamptz;
+begin
+    -- the sessions as they are now, not as this transaction may have cached them
+    perform pg_stat_clear_snapshot();
+    -- a session running a statement outside a transaction is about to begin one at query_start
+    select min(least(a.xact_start, a.query_start)) into oldest
+    from pg_stat_activity a
+    where a.datname = current_database() and a.pid <> pg_backend_pid() and a.state <> 'idle'
+      and a.backend_type <> 'autovacuum worker';
+    -- A backend takes now() when a statement arrives and shows it here a few instructions later: the
+    -- second covers a backend descheduled in between, and small steps of the system clock. A watermark
+    -- too early only repeats rows; too late would skip them.
+    return least(clock, oldest) - interval '1 second';
+end
+$$;
+grant execute on function sluice_read_watermark() to public;

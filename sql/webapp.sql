@@ -112,3 +112,7 @@ select run_id, status, started_at, ended_at, inserted, updated, unchanged, rejec
 from etl_runs
 order by started_at desc, id desc
 limit 1;
+
+-- name: data_watermark
+-- read in a transaction of its own, before the one that reads the rows (see sql/schema.sql)
+select sluice_read_watermark() as watermark;

@@ -270,7 +270,7 @@ def test_etag_and_not_modified(database_url):
         client = app.test_client()
         first = client.get("/data")
         etag = first.headers["ETag"]
-        assert etag.startswith('"') and not etag.startswith("W/")
+        assert etag.startswith('W/"')  # weak: the body's watermark is new on every request, the records are not
         assert first.headers["Cache-Control"] == "no-cache"
         again = client.get("/data", headers={"If-None-Match": etag})
         assert again.status_code == 304 and again.data == b""

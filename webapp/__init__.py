@@ -33,7 +33,7 @@ def create_app(config=None) -> Flask:
     if app.config["CORS_ORIGINS"]:
         # No credentials ever: the API is public and read-only, so "*" is never paired with cookies.
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
-             expose_headers=["ETag", "Retry-After"], supports_credentials=False, max_age=600)
+             expose_headers=["ETag", "Retry-After", "Sluice-Watermark"], supports_credentials=False, max_age=600)
     for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs):
         app.register_blueprint(module.blueprint)
     return app

@@ -137,3 +137,18 @@ def fetch_all(name: str, params: dict | None = None) -> list[dict]:
 def fetch_one(name: str, params: dict | None = None) -> dict | None:
     rows = fetch_all(name, params)
     return rows[0] if rows else None
+
+
+def fetch_one_before_snapshot(name: str, params: dict | None = None) -> dict | None:
+    """fetch_one in a transaction of its own, ended at once: the request's next statement begins a new one.
+
+    A repeatable read transaction reads from the snapshot of its first statement, so only this way are the
+    request's rows read from a snapshot taken after this query ran (the /data watermark needs that).
+    """
+    row = fetch_one(name, params)
+    try:
+        g.db.rollback()
+    except CONNECTION_ERRORS as error:
+        _discard_connection()
+        raise DatabaseUnavailable("database unreachable") from error
+    return row

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document, built by apispec from the routes' @documented schemas and the URL map."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from apispec import APISpec
@@ -17,8 +17,14 @@ DESCRIPTION = """Read-only API over the Sluice warehouse.
 
 Errors always have the shape `{"code", "status", "message", "errors"}`; `errors` names each invalid
 parameter. Query strings reject unknown and repeated parameters. `/data` pages either by `page` or by
-`cursor` (keyset, stable under inserts); giving both is a 400. `/data` and `/stats` send a strong ETag
-and answer `If-None-Match` with 304."""
+`cursor` (keyset, stable under inserts); giving both is a 400. `/data` and `/stats` send an ETag and
+answer `If-None-Match` with 304.
+
+To follow changes, poll `/data?updated_since=<watermark>` with the `watermark` of the previous answer
+(of its first page, when it took several): no committed change is missed, even one whose load was
+running during that answer; some rows may come again."""
+ETAGS = {"strong": "strong hash of the body",
+         "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 
 
 @dataclass(frozen=True)
@@ -27,16 +33,17 @@ class Operation:
     query: Schema | None = None
     path: Schema | None = None
     errors: tuple[int, ...] = ()
-    etag: bool = False
+    etag: str | None = None  # a key of ETAGS
+    headers: dict[str, str] = field(default_factory=dict)  # name: description, of headers of every answer
     summary: str = ""
 
 
-def documented(*, responses, query=None, path=None, errors=(), etag=False):
+def documented(*, responses, query=None, path=None, errors=(), etag=None, headers=None):
     """Attach the schemas of a view to it, for the OpenAPI document and the index of endpoints."""
     def attach(view):
         summary = (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else ""
         view.openapi = Operation(responses=responses, query=query, path=path, errors=tuple(errors),
-                                 etag=etag, summary=summary)
+                                 etag=etag, headers=dict(headers or {}), summary=summary)
         return view
     return attach
 
@@ -61,6 +68,10 @@ def _json(schema, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _header(description: str) -> dict:
+    return {"description": description, "schema": {"type": "string"}}
+
+
 def _operation(endpoint: str, doc: Operation) -> dict:
     parameters = []
     if doc.path is not None:
@@ -70,12 +81,15 @@ def _operation(endpoint: str, doc: Operation) -> dict:
     responses = {}
     for code, schema in doc.responses.items():
         responses[str(code)] = _json(schema, HTTPStatus(code).phrase)
+    headers = {name: _header(description) for name, description in doc.headers.items()}
     if doc.etag:
         parameters.append({"in": "header", "name": "If-None-Match", "required": False,
                            "schema": {"type": "string"}, "description": "an ETag of an earlier answer"})
-        responses["200"]["headers"] = {"ETag": {"description": "strong hash of the body",
-                                                "schema": {"type": "string"}}}
-        responses["304"] = {"description": "Not Modified: the If-None-Match ETag still matches"}
+        headers = {"ETag": _header(ETAGS[doc.etag]), **headers}
+        responses["304"] = {"description": "Not Modified: the If-None-Match ETag still matches",
+                            "headers": headers}
+    if headers:
+        responses["200"]["headers"] = headers
     for code in doc.errors:
         responses[str(code)] = _json(error_schema, HTTPStatus(code).phrase)
     responses["default"] = _json(error_schema, "any other error, in the same shape")

@@ -1,13 +1,19 @@
-"""JSON responses with a strong ETag, answered with 304 when the client already has the same body."""
+"""JSON responses with an ETag, answered with 304 when the client already has the same body."""
 
 import hashlib
 
 from flask import jsonify, request
 
 
-def conditional_json(body):
+def conditional_json(body: dict, volatile: tuple[str, ...] = ()):
+    """`volatile` fields, new on every request (the /data watermark), are left out of the ETag, so it still
+    matches while the rest is the same; such an ETag is weak: equal ones mean equal bodies but for those."""
     response = jsonify(body)
-    # strong: equal hashes mean byte-identical bodies (the JSON encoder sorts keys, so it is stable)
-    response.set_etag(hashlib.sha256(response.get_data()).hexdigest())
+    if volatile:
+        stable = jsonify({key: value for key, value in body.items() if key not in volatile}).get_data()
+        response.set_etag(hashlib.sha256(stable).hexdigest(), weak=True)
+    else:
+        # strong: equal hashes mean byte-identical bodies (the JSON encoder sorts keys, so it is stable)
+        response.set_etag(hashlib.sha256(response.get_data()).hexdigest())
     response.headers["Cache-Control"] = "no-cache"  # cache, but ask again each time
     return response.make_conditional(request)

@@ -10,6 +10,7 @@ from webapp.schemas import (data_page_schema, data_query_schema, load_query, no_
                             record_detail_schema, record_path_schema)
 
 blueprint = Blueprint("data", __name__)
+WATERMARK_HEADER = "Sluice-Watermark"
 
 
 def like_pattern(search: str) -> str:
@@ -36,11 +37,14 @@ def _total(mode: str, filters: dict) -> int | None:
 
 
 @blueprint.get("/data")
-@documented(query=data_query_schema, responses={200: data_page_schema}, errors=(400, 503), etag=True)
+@documented(query=data_query_schema, responses={200: data_page_schema}, errors=(400, 503), etag="weak",
+            headers={WATERMARK_HEADER: "the watermark of this answer, as in the body; a 304 has it too"})
 def list_records():
     """Normalized records, newest update first (updated_at desc, id desc)."""
     args = load_query(data_query_schema, request.args)
     filters = _filters(args)
+    # before the rows: every change the rows below miss commits later, stamped at or after it
+    watermark = db.fetch_one_before_snapshot("data_watermark")["watermark"]
     page_size = args["page_size"]
     after = args.get("cursor")
     page = None if after else args["page"]
@@ -55,10 +59,14 @@ def list_records():
     has_more = len(rows) > page_size
     rows = rows[:page_size]
     last = rows[-1] if has_more else None
-    return conditional_json(data_page_schema.dump({
+    body = data_page_schema.dump({
         "data": rows, "total": _total(args["count"], filters), "page": page, "page_size": page_size,
         "has_more": has_more, "next_cursor": (last["updated_at"], last["id"]) if last else None,
-    }))
+        "watermark": watermark,
+    })
+    response = conditional_json(body, volatile=("watermark",))
+    response.headers[WATERMARK_HEADER] = body["watermark"]
+    return response
 
 
 @blueprint.get("/data/<source>/<id:source_id>")

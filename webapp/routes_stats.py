@@ -17,7 +17,7 @@ def _per_source(rows: list[dict], value: str) -> dict[str, int]:
 
 
 @blueprint.get("/stats")
-@documented(responses={200: stats_schema}, errors=(400, 503), etag=True)
+@documented(responses={200: stats_schema}, errors=(400, 503), etag="strong")
 def show_stats():
     """Totals over all ETL runs, rows and rejects per source, and the newest run."""
     load_query(no_query_schema, request.args)

@@ -142,6 +142,11 @@ class Page(Body):
 class DataPageSchema(Page):
     data = fields.List(fields.Nested(RecordSchema))
     next_cursor = Cursor(allow_none=True, metadata={"description": "pass as cursor for the next page"})
+    watermark = fields.DateTime(metadata={"description": (
+        "ISO 8601. Every change committed after this answer was read has updated_at at or after it, even one "
+        "whose load was already running: poll next with updated_since=<watermark> and no change is missed "
+        "(some rows come again). Over several pages, keep the watermark of the first page. Also sent as the "
+        "Sluice-Watermark header, on a 304 too.")})
 
 
 def _source_counts() -> fields.Dict:
