@@ -32,3 +32,5 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 
 accesslog = "-"  # one line per request on stdout (the app logs its own JSON lines too)
+# No control socket (gunicornc): nothing uses it, and every gunicorn of a user would share its default path.
+control_socket_disable = True
