@@ -17,6 +17,7 @@ COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 COPY --chown=airflow:0 sql/ /opt/airflow/sql/
 COPY --chown=airflow:0 webapp/ /opt/airflow/webapp/
+COPY --chown=airflow:0 gunicorn.conf.py /opt/airflow/gunicorn.conf.py
 
 # `sluice` is a package under plugins/; `webapp` sits at the root (/opt/airflow).
 ENV PYTHONPATH=/opt/airflow/plugins:/opt/airflow

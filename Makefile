@@ -24,9 +24,10 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# gunicorn.conf.py holds every gunicorn setting (gthread workers, limits); SLUICE_WORKERS, SLUICE_THREADS tune it.
 serve: install
-	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse} $(VENV)/bin/gunicorn --bind 127.0.0.1:$${SLUICE_API_PORT:-5000} \
-	  --workers $${SLUICE_WORKERS:-2} --pythonpath plugins,. --access-logfile - webapp.wsgi:app
+	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse} \
+	  SLUICE_BIND=$${SLUICE_BIND:-127.0.0.1:$${SLUICE_API_PORT:-5000}} $(VENV)/bin/gunicorn --config gunicorn.conf.py
 
 # The million-row benchmark (not part of make test): make bench BENCH_ARGS="--rows 100000"
 bench: install

@@ -74,10 +74,20 @@ select exists (select 1 from etl_runs where run_id = %(run_id)s)
        or exists (select 1 from rejected_records where run_id = %(run_id)s) as found;
 
 -- name: rejects_page
-select source, source_id, stage, reason, payload, created_at
-from rejected_records
-where run_id = %(run_id)s
-order by id
+-- A page stays small whatever was rejected: a payload whose JSON text is longer than max_payload
+-- characters comes as a JSON string of its first max_payload characters (payload_truncated), and only
+-- those leave the server.
+select r.source, left(r.source_id, %(max_text)s) as source_id, r.stage, left(r.reason, %(max_text)s) as reason,
+       case when doc_size.chars > %(max_payload)s then to_jsonb(left(doc.text, %(max_payload)s))
+            else r.payload end as payload,
+       coalesce(doc_size.chars > %(max_payload)s, false) as payload_truncated,
+       doc_size.chars as payload_length,
+       r.created_at
+from rejected_records r
+cross join lateral (select r.payload::text as text) as doc
+cross join lateral (select length(doc.text) as chars) as doc_size
+where r.run_id = %(run_id)s
+order by r.id
 limit %(limit)s offset %(offset)s;
 
 -- name: rejects_count

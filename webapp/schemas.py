@@ -7,10 +7,15 @@ import json
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from sluice.redact import redact
 from sluice.settings import SOURCES
 
 MAX_PAGE = 10_000  # deeper than this, OFFSET gets slow: clients follow next_cursor instead
 MAX_PAGE_SIZE = 100
+# Bounds of one /runs/<run_id>/rejects item, so a page (at most MAX_PAGE_SIZE items) stays bounded whatever a
+# source sent: a payload whose JSON text is longer comes as the start of that text, flagged payload_truncated.
+MAX_REJECT_PAYLOAD_CHARS = 16_384
+MAX_REJECT_TEXT_CHARS = 2_000  # source_id and reason
 COUNT_MODES = ("exact", "estimated", "none")
 HEALTH_STATUSES = ("ok", "degraded", "unavailable")
 RUN_STATUSES = ("success", "failed")
@@ -46,6 +51,13 @@ class Cursor(fields.String):
         if position[0].tzinfo is None or type(row_id) is not int or not 0 < row_id < 2**63:
             raise self.make_error("invalid_cursor")
         return position
+
+
+class RedactedText(fields.String):
+    """Stored error text with credentials masked: rows written before masking on write still hold them."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return super()._serialize(redact(value), attr, obj, **kwargs)
 
 
 class NoQuerySchema(Schema):
@@ -164,7 +176,8 @@ class RunSchema(Body):
     duration_seconds = fields.Float(allow_none=True)
     records_processed = fields.Integer()
     status = fields.String(validate=validate.OneOf(RUN_STATUSES))
-    error_message = fields.String(allow_none=True)
+    error_message = RedactedText(allow_none=True, metadata={
+        "description": "why the run failed; URLs without userinfo or query, credential values as ***"})
     fetched = fields.Integer()
     inserted = fields.Integer()
     updated = fields.Integer()
@@ -180,10 +193,17 @@ class RunsPageSchema(Page):
 
 class RejectSchema(Body):
     source = fields.String(validate=validate.OneOf(SOURCES))
-    source_id = fields.String(allow_none=True)
+    source_id = fields.String(allow_none=True, metadata={
+        "description": f"its first {MAX_REJECT_TEXT_CHARS:,} characters"})
     stage = fields.String()
-    reason = fields.String()
-    payload = fields.Raw(allow_none=True, metadata={"description": "the record as received"})
+    reason = fields.String(metadata={"description": f"its first {MAX_REJECT_TEXT_CHARS:,} characters"})
+    payload = fields.Raw(allow_none=True, metadata={"description": (
+        "the record as received; when its JSON text is longer than "
+        f"{MAX_REJECT_PAYLOAD_CHARS:,} characters, a string of the first {MAX_REJECT_PAYLOAD_CHARS:,} "
+        "characters of that text, and payload_truncated is true")})
+    payload_truncated = fields.Boolean(metadata={"description": "payload holds only the start of its JSON text"})
+    payload_length = fields.Integer(allow_none=True, metadata={
+        "description": "characters of the whole payload's JSON text; null without payload"})
     created_at = fields.DateTime()
 
 
@@ -209,7 +229,8 @@ class StatsSchema(Body):
     run_count = fields.Integer()
     last_success = fields.DateTime(allow_none=True)
     last_failure = fields.DateTime(allow_none=True)
-    last_failure_reason = fields.String(allow_none=True)
+    last_failure_reason = RedactedText(allow_none=True, metadata={
+        "description": "error_message of the newest failed run, credentials masked"})
     rows_per_source = fields.Dict(keys=fields.String(), values=fields.Integer())
     rejects_per_source = fields.Dict(keys=fields.String(), values=fields.Integer())
     last_run = fields.Nested(LastRunSchema, allow_none=True)

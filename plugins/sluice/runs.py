@@ -6,6 +6,7 @@ from datetime import datetime
 from psycopg.types.json import Jsonb
 
 from sluice import queries
+from sluice.redact import redact
 from sluice.settings import SOURCES
 
 # per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected
@@ -70,7 +71,7 @@ def record(conn, outcome: RunOutcome) -> int:
             "started_at": outcome.started_at,
             "records_processed": sum(c["fetched"] for c in per_source.values() if c["loaded"]),
             "status": outcome.status,
-            "error_message": "\n".join(outcome.errors) or None,
+            "error_message": redact("\n".join(outcome.errors)) or None,
             "source_counts": Jsonb(per_source),
             **totals,
         }).fetchone()

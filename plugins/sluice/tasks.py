@@ -18,7 +18,8 @@ TASK_IDS = ("init_schema", "ingest_api", "ingest_csv", "store_raw", "normalize",
 
 
 def reports_error(function: Callable) -> Callable:
-    """Push the exception text as XCom 'error' before re-raising, so record_run can say why the run failed."""
+    """Push the exception text, credentials masked, as XCom 'error' before re-raising (record_run says why
+    the run failed with it; the API serves it)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -27,7 +28,9 @@ def reports_error(function: Callable) -> Callable:
         except Exception as exc:
             from airflow.sdk import get_current_context
 
-            get_current_context()["ti"].xcom_push(key="error", value=f"{type(exc).__name__}: {exc}"[:4000])
+            from sluice.redact import redact
+
+            get_current_context()["ti"].xcom_push(key="error", value=redact(f"{type(exc).__name__}: {exc}")[:4000])
             raise
 
     return wrapper

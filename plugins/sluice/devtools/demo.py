@@ -68,13 +68,17 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def gunicorn_argv() -> list[str]:
+    """gunicorn with the repository's gunicorn.conf.py, the one configuration every launcher uses."""
+    return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(local_env.REPO / "gunicorn.conf.py")]
+
+
 def start_api(url: str) -> tuple[subprocess.Popen, str]:
     """gunicorn serving webapp on a free loopback port; returns once it answers."""
     port = free_port()
     process = subprocess.Popen(  # nosec B603 # our own gunicorn, fixed argv
-        [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--pythonpath", f"{local_env.REPO / 'plugins'},{local_env.REPO}", "webapp.wsgi:app"],
-        env={**os.environ, "DATABASE_URL": url, "SLUICE_LOG_LEVEL": "WARNING"},
+        gunicorn_argv(),
+        env={**os.environ, "DATABASE_URL": url, "SLUICE_BIND": f"127.0.0.1:{port}", "SLUICE_LOG_LEVEL": "WARNING"},
         stdout=open(LOG, "ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -132,10 +132,8 @@ def up(config: StackConfig) -> dict:
     })
     config.airflow_home.mkdir(parents=True, exist_ok=True)
     _spawn(config, "airflow", [str(bin_dir / "airflow"), "standalone"], env)
-    _spawn(config, "webapp", [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{config.api_port}",
-                              "--workers", "2", "--pythonpath", f"{local_env.REPO / 'plugins'},{local_env.REPO}",
-                              "--access-logfile", "-", "webapp.wsgi:app"],
-           {"DATABASE_URL": warehouse})
+    _spawn(config, "webapp", demo.gunicorn_argv(),
+           {"DATABASE_URL": warehouse, "SLUICE_BIND": f"127.0.0.1:{config.api_port}"})
     _wait_http(f"{samples}/posts", "samples", config, 20)
     _wait_http(f"{config.api_url}/", "webapp", config, 30)
     _wait_http(f"{config.ui_url}/api/v2/version", "airflow", config, 180, accept=(200, 401, 403))

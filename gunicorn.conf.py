@@ -1,0 +1,36 @@
+"""Gunicorn settings of the read API, the one place for them: `make serve`, `make up` (devtools/stack.py),
+`make demo` (devtools/demo.py) and docker-compose.yaml all start `gunicorn -c gunicorn.conf.py`.
+
+Environment: SLUICE_BIND (default 127.0.0.1:5000; comma-separated for several), SLUICE_WORKERS (processes,
+default 2), SLUICE_THREADS (threads per process, default 8). The app reads its own SLUICE_* settings.
+"""
+
+import os
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent
+
+wsgi_app = "webapp.wsgi:app"
+pythonpath = f"{_REPO / 'plugins'},{_REPO}"  # `sluice` lives in plugins/, `webapp` at the root
+bind = os.environ.get("SLUICE_BIND", "127.0.0.1:5000").split(",")
+
+# Threads, not sync workers: a sync worker is held by one client that sends half a request and stalls, so
+# as many slow clients as workers stop the API. A gthread worker parks idle keep-alive connections in its
+# poller and gives one thread per request in progress; a stalled client costs one thread out of
+# workers x threads. Keep threads <= SLUICE_POOL_MAX (10): each request holds one warehouse connection.
+worker_class = "gthread"
+workers = int(os.environ.get("SLUICE_WORKERS", "2"))
+threads = int(os.environ.get("SLUICE_THREADS", "8"))
+timeout = 30  # a worker whose main loop is stuck this long is restarted
+graceful_timeout = 30
+keepalive = 5  # seconds an idle connection is kept
+
+# Request limits. limit_request_line stays at gunicorn's maximum (8190): the app answers longer URLs it can
+# still parse with its own JSON 414 (webapp), and a lower value here would send gunicorn's HTML 414 first.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+accesslog = "-"  # one line per request on stdout (the app logs its own JSON lines too)
+# No control socket (gunicornc): nothing uses it, and every gunicorn of a user would share its default path.
+control_socket_disable = True

@@ -1,0 +1,116 @@
+"""Credentials never reach etl_runs, /runs or /stats: sluice.redact on the shapes that carry them, a
+failed run whose source URL holds a password and a token, and rows stored before masking existed."""
+
+import json
+from datetime import datetime, timezone
+
+import psycopg
+import pytest
+from webapp_fixtures import insert_run
+
+from sluice import runs
+from sluice.devtools import sample_data
+from sluice.devtools.source_server import Fault
+from sluice.redact import redact
+from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
+from webapp import create_app, db
+
+SECRETS = ("s3cret", "abc123", "hunter2")
+LEAKY_ERROR = ("ingest_api: SourceError: api: GET https://user:s3cret@api.example.com:8443/v1/posts?token=abc123"
+               " answered 500 Internal Server Error; DSN host=db password=hunter2")
+
+
+@pytest.mark.parametrize("text, expected", [
+    # URLs keep scheme, host, port and path; userinfo, query and fragment go
+    ("GET https://user:s3cret@host:8443/x/y?token=abc&b=2#frag answered 500",
+     "GET https://host:8443/x/y answered 500"),
+    ("GET https://host/x?access_token=abc failed", "GET https://host/x failed"),
+    ("https://u:p@ss@host/x", "https://host/x"),  # a password holding '@'
+    ("connect postgresql://sluice:pw@db:5432/etl_db failed", "connect postgresql://db:5432/etl_db failed"),
+    ("url='http://u:pw@h/p?q=1'", "url='http://h/p'"),
+    ("Max retries exceeded with url: /x?token=abc (Caused by X)", "Max retries exceeded with url: /x (Caused by X)"),
+    # key=value and key: value naming a credential
+    ("host=db password=hunter2 dbname=x", "host=db password=*** dbname=x"),
+    ("passwd=a pwd=b token=c api_key=d apikey=e client_secret=f", "passwd=*** pwd=*** token=*** api_key=***"
+     " apikey=*** client_secret=***"),
+    ('{"password": "p", "db_password":"q"}', '{"password": "***", "db_password":"***"}'),
+    # headers
+    ("Authorization: Basic dXNlcjpwdw==", "Authorization: Basic ***"),
+    ("{'Authorization': 'Bearer abc.def', 'X-API-Key': 'k1'}", "{'Authorization': 'Bearer ***', 'X-API-Key': '***'}"),
+    ("X-API-Key: k2", "X-API-Key: ***"),
+    ("Proxy-Authorization: xyz", "Proxy-Authorization: ***"),
+    ("sent bearer abc.def", "sent bearer ***"),
+    # text without credentials is left alone
+    ('password authentication failed for user "sluice"', 'password authentication failed for user "sluice"'),
+    ("csv: line 7: expected 4 fields, got 2; see https://host/docs.", "csv: line 7: expected 4 fields, got 2;"
+     " see https://host/docs."),
+    ("why? a/b? no", "why? a/b? no"),
+])
+def test_redact_masks_each_credential_shape(text, expected):
+    assert redact(text) == expected
+    assert redact(expected) == expected  # masking twice (on write, then on read) changes nothing
+
+
+def test_redact_keeps_none():
+    assert redact(None) is None
+
+
+def served(url: str, path: str) -> str:
+    app = create_app({"DATABASE_URL": url})
+    try:
+        response = app.test_client().get(path)
+        assert response.status_code == 200
+        return response.get_data(as_text=True)
+    finally:
+        db.warehouse(app).close()
+
+
+def assert_no_secret(text: str) -> None:
+    leaked = [secret for secret in SECRETS if secret in text]
+    assert not leaked, f"{leaked} in {text}"
+
+
+def test_record_stores_the_error_without_credentials(database_url):
+    outcome = runs.RunOutcome(run_id="manual__leaky", run_type="manual",
+                              started_at=datetime.now(timezone.utc), errors=[LEAKY_ERROR])
+    with psycopg.connect(database_url) as conn:
+        runs.record(conn, outcome)
+        (stored,) = conn.execute("select error_message from etl_runs where run_id = 'manual__leaky'").fetchone()
+    assert_no_secret(stored)
+    assert "GET https://api.example.com:8443/v1/posts answered 500" in stored  # still says what failed
+
+
+@pytest.mark.parametrize("path, field", [("/runs", "error_message"), ("/stats", "last_failure_reason")])
+def test_a_secret_stored_by_an_earlier_release_is_served_masked(database_url, path, field):
+    insert_run(database_url, "scheduled__old", status="failed", error_message=LEAKY_ERROR)
+    body = served(database_url, path)
+    assert_no_secret(body)
+    document = json.loads(body)
+    message = document["data"][0][field] if path == "/runs" else document[field]
+    assert "password=***" in message and "https://api.example.com:8443/v1/posts" in message
+
+
+@pytest.fixture
+def pipeline(monkeypatch, database_url, tmp_path):
+    sources = start_sources(api_records=10, csv_rows=10, bad_every=50)
+    point_airflow_at(monkeypatch, database_url, sources, tmp_path / "staging")
+    yield Pipeline(database_url, sources)
+    sources.stop()
+
+
+@pytest.mark.slow
+def test_a_run_failing_on_a_url_with_credentials_records_and_serves_none_of_them(pipeline):
+    # the API's first page links to a next page whose URL carries a login, a token and a password
+    host = pipeline.sources.url.removeprefix("http://")
+    next_url = f"http://user:s3cret@{host}/gone?token=abc123&password=hunter2"
+    first_page = Fault(body=json.dumps(sample_data.posts(10)).encode(),
+                       headers={"Content-Type": "application/json", "Link": f'<{next_url}>; rel="next"'})
+    pipeline.sources.add_faults("posts", first_page, first_page)  # the task's retry reads it again
+
+    state, run = pipeline.run()
+
+    assert state == "failed"
+    assert_no_secret(run["error_message"])
+    assert f"GET http://{host}/gone answered 404" in run["error_message"]
+    assert_no_secret(served(pipeline.database_url, "/runs"))
+    assert_no_secret(served(pipeline.database_url, "/stats"))
