@@ -50,7 +50,8 @@ RAW_PROBES = ["%ff", "%zz", "%", "%c3%28", "%00", "a%00b", "%e2%82", "a%2", "%u0
               "%0d%0aSet-Cookie:%20x=1", "+", "%2B1", "%2F..%2F"]
 PROBES = [quote(text, safe="") for text in TEXT_PROBES] + RAW_PROBES
 # Rows whose source_id and name hold the metacharacters, so a LIKE or an injection would show in the answer.
-HOSTILE_IDS = ["'", "%", "1; drop table normalized_data; --", "a/b", "/leading-slash", "double//slash/"]
+HOSTILE_IDS = ["'", "%", "1; drop table normalized_data; --", "a/b", "/leading-slash", "double//slash/",
+               "line\nbreak\r\n"]
 RAW_BYTES = [b"\xff", b"\xc3\x28", b"caf\xc3\xa9", b"\xed\xa0\x80", b"\x00", b"\x01", b"\x7f", b"%ff\xfe"]
 
 
@@ -194,6 +195,12 @@ def test_hostile_ids_are_found_exactly_not_as_patterns(app):
             assert client.get(f"/data/api/{path}").json["source_id"] == source_id, path
     for pattern in ("_", "%25%25", "item-_", "item-%25"):
         assert client.get(f"/data/api/{pattern}").status_code == 404, pattern
+
+
+def test_an_id_with_a_line_break_reaches_the_query_checks(app):
+    # schemathesis found it: the id converter did not match a newline, so the query went unchecked (a 404)
+    response = app.test_client().get("/runs/a%0Ab/rejects?page=0")
+    assert response.status_code == 400 and list(response.json["errors"]) == ["page"]
 
 
 VALID_VALUES = {"page": "1", "page_size": "10", "source": "api", "search": "item", "count": "exact",
