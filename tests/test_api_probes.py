@@ -1,8 +1,9 @@
 """Every parameter of every endpoint probed with hostile values: a 400 in the JSON error shape or a correct 200.
 
-SQL metacharacters, LIKE wildcards, 3 KB values (longer URLs are a 414), invalid UTF-8, bad percent-encoding, NUL, negative and huge
-integers and repeated parameters go through Flask's test client; raw bytes that no client library will send
-go over a socket to a real werkzeug server and to gunicorn on 127.0.0.1. Never a 500, never a traceback.
+SQL metacharacters, LIKE wildcards, 3 KB values, invalid UTF-8, bad percent-encoding, NUL, negative and huge
+integers, timestamps PostgreSQL cannot compare and repeated parameters go through Flask's test client (longer
+URLs are a JSON 414); raw bytes that no client library will send go over a socket to a real werkzeug server
+and to gunicorn on 127.0.0.1. Never a 500, never a traceback.
 Last, a database too slow to answer: every endpoint that reads it gives a quick 503 and recovers by itself
 (a database that is down or restarts is covered by test_webapp_db.py).
 """
@@ -266,7 +267,8 @@ LONG_QUERY = "&".join(["page_size=10&page=1"] * 400)
 def long_urls() -> list[str]:
     """A URL over MAX_URL_BYTES on every endpoint, by query string and, where the path takes an id, by path."""
     urls = [f"{path}?{LONG_QUERY}" for path in QUERY_PARAMETERS]
-    return urls + [f"/data/api/{'x' * MAX_URL_BYTES}", f"/runs/{'x' * MAX_URL_BYTES}/rejects", "/" + "x" * MAX_URL_BYTES]
+    long_id = "x" * MAX_URL_BYTES
+    return urls + [f"/data/api/{long_id}", f"/runs/{long_id}/rejects", f"/{long_id}"]
 
 
 def assert_json_414(status, content_type, body: dict, what: str) -> None:

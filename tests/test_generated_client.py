@@ -71,8 +71,8 @@ def generator() -> Path:
 def generate_client(url: str, into: Path):
     """The package openapi-python-client generates from the document at url, imported."""
     done = subprocess.run([str(generator()), "generate", "--url", url, "--meta", "none", "--fail-on-warning",
-                           "--config", str(GENERATOR_DIR / "config.yaml"), "--output-path", str(into / "sluice_client")],
-                          capture_output=True, text=True)
+                           "--config", str(GENERATOR_DIR / "config.yaml"),
+                           "--output-path", str(into / "sluice_client")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     sys.path.insert(0, str(into))
     try:
