@@ -1,17 +1,20 @@
 """Every parameter of every endpoint probed with hostile values: a 400 in the JSON error shape or a correct 200.
 
-SQL metacharacters, LIKE wildcards, 10 KB values, invalid UTF-8, bad percent-encoding, NUL, negative and huge
-integers and repeated parameters go through Flask's test client; raw bytes that no client library will send
-go over a socket to a real werkzeug server and to gunicorn on 127.0.0.1. Never a 500, never a traceback.
+SQL metacharacters, LIKE wildcards, 3 KB values, invalid UTF-8, bad percent-encoding, NUL, negative and huge
+integers, timestamps PostgreSQL cannot compare and repeated parameters go through Flask's test client (longer
+URLs are a JSON 414); raw bytes that no client library will send go over a socket to a real werkzeug server
+and to gunicorn on 127.0.0.1. Never a 500, never a traceback.
 Last, a database too slow to answer: every endpoint that reads it gives a quick 503 and recovers by itself
 (a database that is down or restarts is covered by test_webapp_db.py).
 """
 
+import base64
 import http.client
+import json
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import psycopg
@@ -21,6 +24,8 @@ from webapp_fixtures import insert_records, insert_rejects, insert_run, make_app
 from werkzeug.serving import make_server
 
 from webapp import create_app, db, openapi
+from webapp.hooks import MAX_URL_BYTES
+from webapp.schemas import OUT_OF_RANGE, data_page_schema, data_query_schema
 
 jsonschema = pytest.importorskip("jsonschema")  # an Airflow dependency, pinned in constraints.txt
 
@@ -36,14 +41,18 @@ QUERY_PARAMETERS = {
 TEXT_PROBES = [
     "'", "' OR '1'='1", "1; drop table normalized_data; --", "'); select pg_sleep(10); --", '"', "%", "_", "\\",
     "%_\\", "*", "$1", "%(source)s", "{}", "[]", "null", "", " ", "-1", "0", "-99999999999999999999",
-    str(10**30), "1e3", "1.5", "NaN", "Infinity", "0x10", "١٢", "a" * 10_240, "9" * 10_240,
+    str(10**30), "1e3", "1.5", "NaN", "Infinity", "0x10", "١٢", "a" * 3_000, "9" * 3_000,
     "2024-05-01T12:00:00+00:00", "99999-01-01T00:00:00Z", "api", "exact",
+    # parsed by Python, refused or overflowed by PostgreSQL: offsets of 16 hours or more, years out of range in UTC
+    "0291-05-12T17:10:11.3-19:08", "2024-05-01T12:00:00+16:00", "2024-05-01T12:00:00-23:59:59.999999",
+    "0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01", "2024-05-01T12:00:00+15:59", "0001-01-01T00:00:00Z",
 ]
 RAW_PROBES = ["%ff", "%zz", "%", "%c3%28", "%00", "a%00b", "%e2%82", "a%2", "%u0041", "%ed%a0%80", "%ef%bb%bf",
               "%0d%0aSet-Cookie:%20x=1", "+", "%2B1", "%2F..%2F"]
 PROBES = [quote(text, safe="") for text in TEXT_PROBES] + RAW_PROBES
 # Rows whose source_id and name hold the metacharacters, so a LIKE or an injection would show in the answer.
-HOSTILE_IDS = ["'", "%", "1; drop table normalized_data; --", "a/b", "/leading-slash", "double//slash/"]
+HOSTILE_IDS = ["'", "%", "1; drop table normalized_data; --", "a/b", "/leading-slash", "double//slash/",
+               "line\nbreak\r\n"]
 RAW_BYTES = [b"\xff", b"\xc3\x28", b"caf\xc3\xa9", b"\xed\xa0\x80", b"\x00", b"\x01", b"\x7f", b"%ff\xfe"]
 
 
@@ -165,7 +174,7 @@ def test_query_parameter_probes(probe, path, name):
 @pytest.mark.parametrize("path", list(QUERY_PARAMETERS))
 def test_hostile_parameter_names_are_a_400(app, path):
     client = app.test_client()
-    for name in ("%27", "%ff", "%00", "a" * 10_240, "page%00", "%20page", "PAGE", "page[]", "page.x"):
+    for name in ("%27", "%ff", "%00", "a" * 3_000, "page%00", "%20page", "PAGE", "page[]", "page.x"):
         response = client.get(f"{path}?{name}=1")
         assert response.status_code == 400, name
         assert set(response.json) == ERROR_KEYS and len(response.json["errors"]) == 1, name
@@ -189,6 +198,12 @@ def test_hostile_ids_are_found_exactly_not_as_patterns(app):
         assert client.get(f"/data/api/{pattern}").status_code == 404, pattern
 
 
+def test_an_id_with_a_line_break_reaches_the_query_checks(app):
+    # schemathesis found it: the id converter did not match a newline, so the query went unchecked (a 404)
+    response = app.test_client().get("/runs/a%0Ab/rejects?page=0")
+    assert response.status_code == 400 and list(response.json["errors"]) == ["page"]
+
+
 VALID_VALUES = {"page": "1", "page_size": "10", "source": "api", "search": "item", "count": "exact",
                 "updated_since": "2024-01-01T00:00:00Z", "q": "1"}
 
@@ -202,6 +217,81 @@ def test_a_repeated_parameter_is_a_400_naming_it(app, path, name):
         response = client.get(f"{path}?{query}")
         assert response.status_code == 400, query
         assert response.json["errors"][name] == ["Given more than once; pass it once."]
+
+
+# What schemathesis found (issue #12): timestamps Python parses and PostgreSQL refuses, and over-long URLs.
+
+def test_the_timestamp_postgresql_refused_is_a_400_naming_updated_since(app):
+    response = app.test_client().get(
+        "/data?page=378&search=%F0%9F%98%8D%60&count=none&updated_since=0291-05-12T17%3A10%3A11.3-19%3A08",
+        headers={"If-None-Match": "*"})
+    assert response.status_code == 400
+    assert response.json["errors"] == {"updated_since": [OUT_OF_RANGE]}
+
+
+@pytest.mark.parametrize("since, expected", [
+    ("2024-05-01T12:00:00-16:00", 400), ("2024-05-01T12:00:00+16:00", 400), ("2024-05-01T12:00:00+15:59:01", 400),
+    ("0001-01-01T00:00:00+00:01", 400), ("9999-12-31T23:59:59.999999-00:01", 400),
+    ("2024-05-01T12:00:00-15:59", 200), ("2024-05-01T12:00:00+15:59", 200), ("0291-05-12T17:10:11.3-09:08", 200),
+    ("0001-01-01T00:00:00-00:01", 200), ("9999-12-31T23:59:59.999999+00:01", 200),
+])
+def test_updated_since_is_refused_exactly_where_postgresql_could_not_compare_it(probe, app, since, expected):
+    url = f"/data?updated_since={quote(since)}"
+    assert app.test_client().get(url).status_code == expected
+    assert probe([url], "updated_since") == []  # a 400 names the field; a 200 counts the right rows
+
+
+@pytest.mark.parametrize("moment", ["0291-05-12T17:10:11.3-19:08", "0001-01-01T00:00:00+01:00",
+                                    "9999-12-31T23:59:59-01:00"])
+def test_a_forged_cursor_postgresql_cannot_compare_is_a_400(app, moment):
+    cursor = base64.urlsafe_b64encode(json.dumps([moment, 1]).encode()).decode().rstrip("=")
+    response = app.test_client().get(f"/data?cursor={cursor}")
+    assert response.status_code == 400
+    assert list(response.json["errors"]) == ["cursor"]
+
+
+def test_a_cursor_with_another_offset_pages_like_the_utc_one(app):
+    client = app.test_client()
+    cursor = client.get("/data?page_size=3").json["next_cursor"]
+    updated_at, row_id = data_query_schema.load({"cursor": cursor})["cursor"]
+    far_west = updated_at.astimezone(timezone(-timedelta(hours=15, minutes=59)))
+    shifted = data_page_schema.dump({"next_cursor": (far_west, row_id)})["next_cursor"]
+    assert shifted != cursor
+    assert client.get(f"/data?cursor={shifted}").json["data"] == client.get(f"/data?cursor={cursor}").json["data"]
+
+
+# what schemathesis sent: repeats (7,999 bytes), more than gunicorn's default 4,094-byte request line allows
+LONG_QUERY = "&".join(["page_size=10&page=1"] * 400)
+
+
+def long_urls() -> list[str]:
+    """A URL over MAX_URL_BYTES on every endpoint, by query string and, where the path takes an id, by path."""
+    urls = [f"{path}?{LONG_QUERY}" for path in QUERY_PARAMETERS]
+    long_id = "x" * MAX_URL_BYTES
+    return urls + [f"/data/api/{long_id}", f"/runs/{long_id}/rejects", f"/{long_id}"]
+
+
+def assert_json_414(status, content_type, body: dict, what: str) -> None:
+    what = f"{what[:60]}… ({len(what)} bytes)"
+    assert (status, content_type) == (414, "application/json"), what
+    assert set(body) == ERROR_KEYS and body["code"] == 414 and body["errors"] == {}, what
+    assert f"limited to {MAX_URL_BYTES} bytes" in body["message"], what
+
+
+@pytest.mark.parametrize("url", long_urls(), ids=lambda url: url[:20])
+def test_an_over_long_url_is_a_json_414(app, url):
+    assert_json_414(*answer(app.test_client().get(url)), url)
+
+
+def test_a_url_of_exactly_the_limit_reaches_the_parameter_checks(app):
+    url = "/data?search=" + "a" * (MAX_URL_BYTES - len("/data?search="))
+    response = app.test_client().get(url)
+    assert response.status_code == 400 and list(response.json["errors"]) == ["search"]
+    assert_json_414(*answer(app.test_client().get(url + "a")), url + "a")
+
+
+def answer(response) -> tuple:
+    return response.status_code, response.content_type, response.json
 
 
 # Raw bytes over a socket: what a hostile client sends, not what a client library would encode.
@@ -265,6 +355,18 @@ def test_raw_bytes_and_percent_escapes_under_gunicorn(database):
                        b"/data?page=" + str(10**30).encode(), b"/data?page=-1&page=2"):
             status, content_type, body = raw_get(port, target)
             assert (status, content_type) in ((200, "application/json"), (400, "application/json")), target
+
+
+@pytest.mark.slow
+def test_over_long_urls_get_the_json_414_under_gunicorn(database):
+    # --limit-request-line: gunicorn.conf.py sets it; on the command line until that file is merged
+    with serve_with_gunicorn(database[0], GUNICORN_CMD_ARGS="--limit-request-line 8190") as port:
+        for url in long_urls():
+            status, content_type, body = raw_get(port, url.encode())
+            assert_json_414(status, content_type, json.loads(body), url)
+        # past gunicorn's own limit, its plain 414 page (the document's description says so)
+        status, content_type, _ = raw_get(port, b"/data?" + b"x" * 8190)
+        assert (status, content_type.split(";")[0]) == (414, "text/html")
 
 
 # A database too slow to answer (here: another session holds every table the API reads).

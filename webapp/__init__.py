@@ -11,7 +11,7 @@ from webapp import db, errors, hooks, routes_data, routes_health, routes_meta, r
 class IdConverter(PathConverter):
     """`<id:...>`: any non-empty text, slashes included, even a leading or a doubled one (`path` refuses those)."""
 
-    regex = ".+?"
+    regex = "(?s:.+?)"  # (?s): a newline too, so such an id reaches the checks of its path and query
     part_isolating = False  # it spans slashes (werkzeug would infer True from a regex without "/")
 
 

@@ -9,22 +9,30 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 import sluice
+from webapp.hooks import MAX_URL_BYTES
 from webapp.schemas import error_schema
 
 OPENAPI_VERSION = "3.1.0"
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
-DESCRIPTION = """Read-only API over the Sluice warehouse.
+DESCRIPTION = f"""Read-only API over the Sluice warehouse.
 
-Errors always have the shape `{"code", "status", "message", "errors"}`; `errors` names each invalid
+Errors always have the shape `{{"code", "status", "message", "errors"}}`; `errors` names each invalid
 parameter. Query strings reject unknown and repeated parameters. `/data` pages either by `page` or by
 `cursor` (keyset, stable under inserts); giving both is a 400. `/data` and `/stats` send an ETag and
-answer `If-None-Match` with 304.
+answer `If-None-Match` with 304. A URL (path and query string) over {MAX_URL_BYTES:,} bytes is a 414 in the
+same shape. Only what the HTTP server refuses before the app sees it is not JSON: gunicorn answers a request
+line over 8,190 bytes, a header over 8,190 bytes or malformed HTTP with its own plain 400 or 414 page.
 
 To follow changes, poll `/data?updated_since=<watermark>` with the `watermark` of the previous answer
 (of its first page, when it took several): no committed change is missed, even one whose load was
 running during that answer; some rows may come again."""
 ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
+# Every operation's group, by the blueprint that serves it (generated clients put each group in a module).
+TAGS = {"data": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta"}
+TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded", "runs": "the pipeline's runs, rejects and totals",
+                    "meta": "the service itself: index, document, health"}
+ALWAYS_ERRORS = (414,)  # any URL may be too long
 
 
 @dataclass(frozen=True)
@@ -90,16 +98,27 @@ def _operation(endpoint: str, doc: Operation) -> dict:
                             "headers": headers}
     if headers:
         responses["200"]["headers"] = headers
-    for code in doc.errors:
+    for code in sorted({*doc.errors, *ALWAYS_ERRORS}):
         responses[str(code)] = _json(error_schema, HTTPStatus(code).phrase)
     responses["default"] = _json(error_schema, "any other error, in the same shape")
-    return {"operationId": endpoint, "summary": doc.summary, "parameters": parameters, "responses": responses}
+    # the view's name (list_records): generated clients name their functions after it (test_webapp_openapi checks
+    # that no two are equal)
+    return {"operationId": endpoint.rsplit(".", 1)[-1], "summary": doc.summary, "tags": [tag_of(endpoint)],
+            "parameters": parameters, "responses": responses}
+
+
+def tag_of(endpoint: str) -> str:
+    blueprint = endpoint.split(".")[0]
+    if blueprint not in TAGS:
+        raise LookupError(f"endpoint {endpoint}: blueprint {blueprint!r} has no tag in webapp.openapi.TAGS")
+    return TAGS[blueprint]
 
 
 def build(app) -> dict:
     """The document for every route of the app; LookupError for a route without @documented."""
     spec = APISpec(title="Sluice read API", version=sluice.__version__, openapi_version=OPENAPI_VERSION,
-                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION})
+                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION},
+                   tags=[{"name": name, "description": text} for name, text in TAG_DESCRIPTIONS.items()])
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
         doc = operation_of(app, rule)
         operations = {method.lower(): _operation(rule.endpoint, doc) for method in public_methods(rule)}

@@ -5,7 +5,7 @@ import binascii
 import datetime as dt
 import json
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from sluice.redact import redact
 from sluice.settings import SOURCES
@@ -17,8 +17,40 @@ MAX_PAGE_SIZE = 100
 MAX_REJECT_PAYLOAD_CHARS = 16_384
 MAX_REJECT_TEXT_CHARS = 2_000  # source_id and reason
 COUNT_MODES = ("exact", "estimated", "none")
+PAGE_RANGE = validate.Range(min=1, max=MAX_PAGE,
+                            error=f"Must be between 1 and {MAX_PAGE}; follow next_cursor to read further.")
 HEALTH_STATUSES = ("ok", "degraded", "unavailable")
 RUN_STATUSES = ("success", "failed")
+
+
+# PostgreSQL refuses a UTC offset of 16 hours or more ("time zone displacement out of range").
+MAX_UTC_OFFSET = dt.timedelta(hours=15, minutes=59)
+OUT_OF_RANGE = ("Must have a UTC offset within ±15:59 and fall between 0001-01-01 and 9999-12-31 in UTC, "
+                "e.g. 2024-05-01T12:00:00Z.")
+
+
+def comparable(moment: dt.datetime) -> dt.datetime:
+    """moment in UTC, as PostgreSQL can compare it; ValueError when its offset or its UTC date is out of range."""
+    if abs(moment.utcoffset()) > MAX_UTC_OFFSET:
+        raise ValueError(f"UTC offset {moment.utcoffset()} is out of range")
+    try:
+        # no offset reaches the query; converting fails where the UTC date is before year 1 or after 9999
+        return moment.astimezone(dt.timezone.utc)
+    except OverflowError as error:
+        raise ValueError(f"{moment.isoformat()} is out of range in UTC") from error
+
+
+class ComparableDateTime(fields.AwareDateTime):
+    """An ISO 8601 datetime (naive means UTC) that PostgreSQL can compare, loaded in UTC."""
+
+    default_error_messages = {"out_of_range": OUT_OF_RANGE}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> dt.datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return comparable(moment)
+        except ValueError as error:
+            raise self.make_error("out_of_range") from error
 
 
 # PostgreSQL text cannot hold NUL, so such a value can match nothing: a 400 instead of a failing query.
@@ -50,7 +82,10 @@ class Cursor(fields.String):
             raise self.make_error("invalid_cursor") from error
         if position[0].tzinfo is None or type(row_id) is not int or not 0 < row_id < 2**63:
             raise self.make_error("invalid_cursor")
-        return position
+        try:
+            return comparable(position[0]), row_id
+        except ValueError as error:
+            raise self.make_error("invalid_cursor") from error
 
 
 class RedactedText(fields.String):
@@ -67,19 +102,22 @@ class NoQuerySchema(Schema):
 class PageQuerySchema(Schema):
     """Query string of the paginated lists."""
 
-    page = fields.Integer(load_default=1, validate=validate.Range(
-        min=1, max=MAX_PAGE, error=f"Must be between 1 and {MAX_PAGE}; follow next_cursor to read further."))
+    page = fields.Integer(load_default=1, validate=PAGE_RANGE)
     page_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
 
 
 class DataQuerySchema(PageQuerySchema):
     """Query string of GET /data."""
 
+    # No declared default: a generated client would send it along with every cursor (a 400); _first_page sets it.
+    page = fields.Integer(validate=PAGE_RANGE, metadata={
+        "description": "page number, 1 when neither page nor cursor is given; excludes cursor"})
     source = fields.String(validate=validate.OneOf(SOURCES))
     search = fields.String(validate=[validate.Length(min=1, max=200), no_nul], metadata={
         "description": "case-insensitive substring of name or description; % _ and \\ match themselves"})
-    updated_since = fields.AwareDateTime(default_timezone=dt.timezone.utc, metadata={
-        "description": "ISO 8601; rows with updated_at at or after it (naive means UTC)"}, error_messages={
+    updated_since = ComparableDateTime(default_timezone=dt.timezone.utc, metadata={
+        "description": "ISO 8601; rows with updated_at at or after it (naive means UTC); the UTC offset "
+                       "within ±15:59, the date between 0001-01-01 and 9999-12-31 in UTC"}, error_messages={
         "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})
     cursor = Cursor(metadata={"description": "next_cursor of the previous page; excludes page"})
     count = fields.String(load_default="exact", validate=validate.OneOf(COUNT_MODES))
@@ -89,6 +127,12 @@ class DataQuerySchema(PageQuerySchema):
         if "cursor" in original and "page" in original:
             raise ValidationError("Cannot be combined with page: a cursor already says where to go on.",
                                   field_name="cursor")
+
+    @post_load
+    def _first_page(self, data, **kwargs):
+        if "cursor" not in data:
+            data.setdefault("page", 1)
+        return data
 
 
 class RecordPathSchema(Schema):
