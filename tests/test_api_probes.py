@@ -359,8 +359,7 @@ def test_raw_bytes_and_percent_escapes_under_gunicorn(database):
 
 @pytest.mark.slow
 def test_over_long_urls_get_the_json_414_under_gunicorn(database):
-    # --limit-request-line: gunicorn.conf.py sets it; on the command line until that file is merged
-    with serve_with_gunicorn(database[0], GUNICORN_CMD_ARGS="--limit-request-line 8190") as port:
+    with serve_with_gunicorn(database[0]) as port:
         for url in long_urls():
             status, content_type, body = raw_get(port, url.encode())
             assert_json_414(status, content_type, json.loads(body), url)

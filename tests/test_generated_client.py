@@ -94,8 +94,7 @@ def warehouse(make_database):
 
 @pytest.fixture(scope="module")
 def client(warehouse, tmp_path_factory):
-    # --limit-request-line: gunicorn.conf.py sets it; on the command line until that file is merged
-    with serve_with_gunicorn(warehouse[0], GUNICORN_CMD_ARGS="--limit-request-line 8190") as port:
+    with serve_with_gunicorn(warehouse[0]) as port:
         base = f"http://127.0.0.1:{port}"
         package = generate_client(f"{base}/openapi.json", tmp_path_factory.mktemp("generated"))
         with package.Client(base_url=base, raise_on_unexpected_status=True) as client:

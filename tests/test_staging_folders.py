@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sluice import staging
-from sluice.devtools import sample_data
+from sluice.devtools import local_env, sample_data
 from sluice.devtools.source_server import Fault, SourceServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_sweep_of_a_missing_root_removes_nothing(tmp_path, as_root):
     assert staging.sweep(as_root(tmp_path / "never-created"), older_than_seconds=RETENTION, now=time.time()) == []
 
 
-def test_csv_download_of_a_killed_ingest_is_in_the_swept_download_folder(tmp_path):
+def test_csv_download_of_a_killed_ingest_is_in_the_swept_download_folder(tmp_path, database_url):
     """SIGKILL ingest_csv mid-download: its temp file stays, in the run's download folder, until a sweep."""
     run_id = "manual__2026-01-02T03:04:05+00:00"
     temp = tmp_path / "tmp"
@@ -96,12 +96,14 @@ def test_csv_download_of_a_killed_ingest_is_in_the_swept_download_folder(tmp_pat
         server.serve_bytes("items.csv", b"")
         server.add_faults("items.csv", Fault(200, body=sample_data.csv_bytes(100), drip_seconds=0.05,
                                              headers={"Content-Type": "text/csv"}))
+        # ingest takes its fetch number from the warehouse before it downloads
         env = {**os.environ, "TMPDIR": str(temp), "AIRFLOW_CONN_ETL_CSV": server.url,
+               "AIRFLOW_CONN_ETL_POSTGRES": local_env.airflow_conn_uri(database_url),
                "SLUICE_STAGING_URL": f"file://{tmp_path / 'staging'}",
                "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
         child = subprocess.Popen([sys.executable, "-c", child_code, run_id], env=env)
         try:
-            downloads = wait_for(lambda: list(temp.rglob("sluice-csv-*")), seconds=120)
+            downloads = wait_for(lambda: list(temp.rglob("sluice-csv-*")), seconds=120, alive=child)
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait()
@@ -114,9 +116,11 @@ def test_csv_download_of_a_killed_ingest_is_in_the_swept_download_folder(tmp_pat
     assert not downloads[0].exists()
 
 
-def wait_for(found, *, seconds: float):
+def wait_for(found, *, seconds: float, alive: subprocess.Popen):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if alive.poll() is not None:
+            raise AssertionError(f"the ingest ended (exit {alive.returncode}) before its download appeared")
         result = found()
         if result:
             return result

@@ -12,7 +12,7 @@ from marshmallow import Schema, ValidationError, fields
 from sluice import mapping
 
 # Bump when the rules change, so every record is normalized again by the next run.
-RULES_VERSION = "1"
+RULES_VERSION = "2"  # 2: dotted paths index lists (tags.0); records the fast path read otherwise are redone
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # Whitespace as str.strip() sees it, for the SQL fast path: a value with any of it at either end (one that
 # btrim() with these characters would change) is left to the schema, which trims it.
