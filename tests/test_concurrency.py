@@ -285,3 +285,28 @@ def test_a_batch_fetched_before_the_newest_stored_one_replaces_none_of_its_rows(
     assert (late["superseded"], late["stored"], late["raw_inserted"], late["raw_updated"]) == (200, 10, 10, 0)
     assert crash.count(database_url, "select count(*) from raw_csv_data where data->>'name' like 'original %'") == 200
     assert crash.count(database_url, "select count(*) from staged_records where run_id = %s", (RUN_A,)) == 10
+
+
+def test_a_run_that_fetches_again_stores_its_new_fetch_not_the_result_of_its_old_one(database_url):
+    # the whole run cleared before record_run emptied its work (e.g. marked failed while waiting for a lock):
+    # its ingest fetches again with a new number, and that fetch must be stored and upserted, not the old
+    # step results replayed over it
+    mapping = {"source_id": "id", "name": "name", "value": "value", "description": "description"}
+    with psycopg.connect(database_url) as conn:
+        first, again = warehouse.next_fetch_seq(conn), warehouse.next_fetch_seq(conn)
+        warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "old"), run_id=RUN_A, lock_timeout_seconds=5,
+                            fetch_seq=first)
+        warehouse.normalize(conn, "csv", mapping, run_id=RUN_A, full_refresh=False, lock_timeout_seconds=5)
+        warehouse.upsert(conn, "csv", run_id=RUN_A, lock_timeout_seconds=5)
+
+        stored = warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "new", rows=210), run_id=RUN_A,
+                                     lock_timeout_seconds=5, fetch_seq=again)
+        retried = warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "new", rows=210), run_id=RUN_A,
+                                      lock_timeout_seconds=5, fetch_seq=again)
+        warehouse.normalize(conn, "csv", mapping, run_id=RUN_A, full_refresh=False, lock_timeout_seconds=5)
+        upserted = warehouse.upsert(conn, "csv", run_id=RUN_A, lock_timeout_seconds=5)
+
+    assert (stored["stored"], stored["raw_inserted"], stored["raw_updated"]) == (210, 10, 200)
+    assert retried == stored  # a retry of the same fetch still returns what it stored
+    assert (upserted["inserted"], upserted["updated"]) == (10, 200)
+    assert crash.count(database_url, "select count(*) from normalized_data where name like 'new %'") == 210

@@ -45,6 +45,11 @@ LEAKY_ERROR = ("ingest_api: SourceError: api: GET https://user:s3cret@api.exampl
     ("csv: line 7: expected 4 fields, got 2; see https://host/docs.", "csv: line 7: expected 4 fields, got 2;"
      " see https://host/docs."),
     ("why? a/b? no", "why? a/b? no"),
+    # keys that only contain a credential word are data a user needs to read the error
+    ("record 3: token_count: 5 is not a string", "record 3: token_count: 5 is not a string"),
+    ('id field "pwd_id": 7 is bad', 'id field "pwd_id": 7 is bad'),
+    ("aws_secret_access_key=AKIA1", "aws_secret_access_key=***"),
+    ("private_key: k", "private_key: ***"),
 ])
 def test_redact_masks_each_credential_shape(text, expected):
     assert redact(text) == expected

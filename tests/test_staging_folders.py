@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice import staging
+from sluice import settings, staging
 from sluice.devtools import local_env, sample_data
 from sluice.devtools.source_server import Fault, SourceServer
 
@@ -77,6 +77,23 @@ def test_sweep_removes_run_folders_older_than_the_retention_and_keeps_the_rest(t
     assert removed == ["failed-run"]
     assert sorted(os.listdir(tmp_path)) == [
         "long-run-still-writing", "not-a-run-folder.txt", "recent-failure", "this-run"]
+
+
+def test_sweep_keeps_a_folder_whose_age_it_cannot_tell(tmp_path, as_root):
+    # object stores may report no time (0) for folders and files: such a folder may belong to a run in progress
+    folder = make_run_folder(tmp_path, "undated", hours_old=1)
+    for entry in (folder, *folder.rglob("*")):
+        os.utime(entry, (0, 0))
+
+    assert staging.sweep(as_root(tmp_path), older_than_seconds=RETENTION, now=time.time()) == []
+    assert folder.exists()
+
+
+@pytest.mark.parametrize("hours", ["0", "-5", "0.5"])
+def test_a_retention_under_an_hour_is_refused_naming_the_setting(monkeypatch, hours):
+    monkeypatch.setenv("SLUICE_STAGING_RETENTION_HOURS", hours)
+    with pytest.raises(ValueError, match="SLUICE_STAGING_RETENTION_HOURS"):
+        settings.load()
 
 
 def test_sweep_of_a_missing_root_removes_nothing(tmp_path, as_root):

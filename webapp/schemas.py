@@ -25,6 +25,10 @@ RUN_STATUSES = ("success", "failed")
 
 # PostgreSQL refuses a UTC offset of 16 hours or more ("time zone displacement out of range").
 MAX_UTC_OFFSET = dt.timedelta(hours=15, minutes=59)
+# What the document says a comparable updated_since looks like, so that generated valid requests are valid
+# here too: years 0002-9998 (so that no UTC offset moves the date out of 0001-9999) and offsets within ±15:59.
+COMPARABLE_PATTERN = (r"^(0(00[2-9]|0[1-9][0-9]|[1-9][0-9][0-9])|[1-8][0-9]{3}|9([0-8][0-9][0-9]|9[0-8][0-9]|99[0-8]))"
+                      r"-.*([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$")
 OUT_OF_RANGE = ("Must have a UTC offset within ±15:59 and fall between 0001-01-01 and 9999-12-31 in UTC, "
                 "e.g. 2024-05-01T12:00:00Z.")
 
@@ -116,6 +120,7 @@ class DataQuerySchema(PageQuerySchema):
     search = fields.String(validate=[validate.Length(min=1, max=200), no_nul], metadata={
         "description": "case-insensitive substring of name or description; % _ and \\ match themselves"})
     updated_since = ComparableDateTime(default_timezone=dt.timezone.utc, metadata={
+        "pattern": COMPARABLE_PATTERN,
         "description": "ISO 8601; rows with updated_at at or after it (naive means UTC); the UTC offset "
                        "within ±15:59, the date between 0001-01-01 and 9999-12-31 in UTC"}, error_messages={
         "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})

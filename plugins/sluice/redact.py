@@ -22,10 +22,12 @@ _AUTHORIZATION = re.compile(
     r"""(\b(?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)(?:(basic|bearer|digest|token|negotiate|ntlm)\s+)?"""
     r"""([^\s'",;)}\]]+)""", re.IGNORECASE)
 _BEARER = re.compile(r"""\b(bearer\s+)(?!\*\*\*)[A-Za-z0-9._~+/=-]+""", re.IGNORECASE)
-# key=value, key: value, "key": "value" for any key naming a credential (password, db_password,
-# access_token, X-API-Key, client_secret, ...). A quoted value is masked whole, quotes kept.
+# key=value, key: value, "key": "value" for any key that ends naming a credential (password, db_password,
+# access_token, X-API-Key, client_secret, aws_secret_access_key, ...); token_count or pwd_id are data, not
+# credentials. A quoted value is masked whole, quotes kept.
 _CREDENTIAL = re.compile(
-    r"""(\b[\w-]*(?:password|passwd|pwd|token|api[_-]?key|secret)[\w-]*['"]?\s*[:=]\s*)"""
+    r"""(\b[\w-]*(?:password|passwd|pwd|token|api[_-]?key|secret|(?:secret|access|private)[_-]?key)"""
+    r"""['"]?\s*[:=]\s*)"""
     r"""(?:"[^"]*"|'[^']*'|[^\s'",;&)}\]]+)""", re.IGNORECASE)
 
 

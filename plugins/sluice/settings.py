@@ -71,5 +71,13 @@ def load() -> Settings:
         # hosts besides the connection's own that API next links and redirects may lead to, without its credentials
         api_allowed_hosts=_hosts("SLUICE_API_ALLOWED_HOSTS"),
         # staged and downloaded files of runs that did not clean up after themselves go after this long
-        staging_retention_hours=_number("SLUICE_STAGING_RETENTION_HOURS", 72),
+        staging_retention_hours=_at_least("SLUICE_STAGING_RETENTION_HOURS", 72, minimum=1),
     )
+
+
+def _at_least(name: str, default: float, *, minimum: float) -> float:
+    # a retention of 0 would sweep the folder of a run still between its ingest and its store_raw
+    value = _number(name, default)
+    if value < minimum:
+        raise ValueError(f"environment variable {name}={value:g} must be at least {minimum:g}")
+    return value

@@ -5,6 +5,7 @@ JSON). A record that cannot be stored (no id, wrong field count, bytes that are 
 problem and its raw text as payload instead of data, so store_raw can quarantine it with its reason.
 """
 
+import datetime
 import hashlib
 import json
 import logging
@@ -127,9 +128,19 @@ def remove_tree(path) -> None:
         path.rmdir(recursive=True)
 
 
-def last_change(folder) -> float:
-    """The newest mtime of the folder and anything in it: a run still writing keeps its folder young."""
-    return max([folder.stat().st_mtime, *(entry.stat().st_mtime for entry in folder.rglob("*"))])
+def last_change(folder) -> float | None:
+    """The newest mtime of the folder and anything in it: a run still writing keeps its folder young.
+    None when no entry has a usable time (object stores that report none, or 0): such a folder is kept."""
+    times = [_seconds(entry.stat().st_mtime) for entry in (folder, *folder.rglob("*"))]
+    known = [moment for moment in times if moment]
+    return max(known) if known else None
+
+
+def _seconds(mtime) -> float | None:
+    # fsspec filesystems report a number, a datetime (some object stores) or nothing (0 or None)
+    if isinstance(mtime, datetime.datetime):
+        return mtime.timestamp()
+    return float(mtime) if mtime else None
 
 
 def sweep(root, *, older_than_seconds: float, now: float, keep: str | None = None) -> list[str]:
@@ -142,7 +153,8 @@ def sweep(root, *, older_than_seconds: float, now: float, keep: str | None = Non
         if folder.name == keep or not folder.is_dir():
             continue
         try:
-            if now - last_change(folder) <= older_than_seconds:
+            changed = last_change(folder)
+            if changed is None or now - changed <= older_than_seconds:
                 continue
             remove_tree(folder)
         except FileNotFoundError:

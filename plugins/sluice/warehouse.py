@@ -71,12 +71,19 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     fetched before the newest one the source holds replaces none of its stored rows: those records are
     superseded and leave the run's staged records, so normalize and upsert never see them.
     A load of at least bulk_rows that surely at least doubles the raw table (a first load) is a bulk load
-    (see _load_into). A retry of a source this run already stored returns what it stored then.
+    (see _load_into). A retry of a source this run already stored from the same fetch returns what it
+    stored then; a new fetch of the run (its ingest cleared and run again) is stored.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
-        if (recorded := _recorded_result(conn, keys, "store_raw")) is not None:
+        recorded = _recorded_result(conn, keys, "store_raw")
+        if recorded is not None and (fetch_seq is None or recorded.get("fetch_seq") == fetch_seq):
             return recorded
+        if recorded is not None:
+            # the run fetched again (a cleared ingest) since it stored: the new batch is stored, and what
+            # the old one led to is redone
+            for step in ("store_raw", "upsert"):
+                conn.execute(q("forget_step"), {**keys, "step": step})
         if fetch_seq is None:
             fetch_seq = next_fetch_seq(conn)
         conn.execute(q("delete_staged"), keys)
@@ -105,6 +112,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
             "raw_updated": updated,
             "rejected": problems + duplicates,
             "superseded": superseded,
+            "fetch_seq": fetch_seq,
         }
         _record_result(conn, keys, "store_raw", result)
     return result
