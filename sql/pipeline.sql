@@ -233,9 +233,9 @@ select last_processed_id, last_processed_at, total_processed, row_count, last_ru
 from etl_checkpoint where source = %(source)s;
 
 -- name: advance_checkpoint
--- the highest id this run committed (numeric order when ids are integers); a retried task adds nothing twice.
--- The position only moves forward, so a run finishing after a newer one cannot take it back; a full
--- refresh read the source whole and sets it.
+-- the highest id this run committed (numeric order when ids are integers); a retried task returns its
+-- recorded step result instead (warehouse.advance_checkpoint). The position only moves forward, so a run
+-- finishing after a newer one cannot take it back; a full refresh read the source whole and sets it.
 with batch as (
     select coalesce(max(source_id::numeric) filter (where source_id ~ '^[0-9]{1,30}$')::text,
                     max(source_id)) as last_id
@@ -251,7 +251,6 @@ on conflict (source) do update
         total_processed = c.total_processed + excluded.total_processed,
         last_run_id = excluded.last_run_id,
         updated_at = now()
-    where c.last_run_id is distinct from excluded.last_run_id
 returning last_processed_id;
 
 -- name: record_run

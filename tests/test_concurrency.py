@@ -310,3 +310,19 @@ def test_a_run_that_fetches_again_stores_its_new_fetch_not_the_result_of_its_old
     assert retried == stored  # a retry of the same fetch still returns what it stored
     assert (upserted["inserted"], upserted["updated"]) == (10, 200)
     assert crash.count(database_url, "select count(*) from normalized_data where name like 'new %'") == 210
+
+
+def test_a_run_that_fetches_again_moves_the_checkpoint_to_its_new_fetch_and_a_retry_adds_nothing(database_url):
+    with psycopg.connect(database_url) as conn:
+        first, again = warehouse.next_fetch_seq(conn), warehouse.next_fetch_seq(conn)
+        warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "old"), run_id=RUN_A, lock_timeout_seconds=5,
+                            fetch_seq=first)
+        before = warehouse.advance_checkpoint(conn, "csv", run_id=RUN_A, processed=200, lock_timeout_seconds=5)
+        retried = warehouse.advance_checkpoint(conn, "csv", run_id=RUN_A, processed=200, lock_timeout_seconds=5)
+        warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "new", rows=210), run_id=RUN_A, lock_timeout_seconds=5,
+                            fetch_seq=again)
+        after = warehouse.advance_checkpoint(conn, "csv", run_id=RUN_A, processed=210, lock_timeout_seconds=5)
+
+    assert (before["last_processed_id"], before["total_processed"]) == ("200", 200)
+    assert retried == before
+    assert (after["last_processed_id"], after["total_processed"]) == ("210", 410)

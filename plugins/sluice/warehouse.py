@@ -77,12 +77,13 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         recorded = _recorded_result(conn, keys, "store_raw")
-        if recorded is not None and (fetch_seq is None or recorded.get("fetch_seq") == fetch_seq):
+        recorded_fetch = recorded.pop("fetch_seq", None) if recorded is not None else None
+        if recorded is not None and (fetch_seq is None or recorded_fetch == fetch_seq):
             return recorded
         if recorded is not None:
             # the run fetched again (a cleared ingest) since it stored: the new batch is stored, and what
             # the old one led to is redone
-            for step in ("store_raw", "upsert"):
+            for step in ("store_raw", "upsert", "checkpoint"):
                 conn.execute(q("forget_step"), {**keys, "step": step})
         if fetch_seq is None:
             fetch_seq = next_fetch_seq(conn)
@@ -112,9 +113,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
             "raw_updated": updated,
             "rejected": problems + duplicates,
             "superseded": superseded,
-            "fetch_seq": fetch_seq,
         }
-        _record_result(conn, keys, "store_raw", result)
+        _record_result(conn, keys, "store_raw", {**result, "fetch_seq": fetch_seq})
     return result
 
 
@@ -253,10 +253,15 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
     sets it). Runs only after upsert committed."""
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
+        # a retried task adds nothing twice; a run that fetched again (store_raw forgot this step) advances
+        if (recorded := _recorded_result(conn, keys, "checkpoint")) is not None:
+            return recorded
         conn.execute(q("advance_checkpoint"), {**keys, "processed": processed, "full_refresh": full_refresh})
         last_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
-    return {"source": source, "last_processed_id": last_id, "total_processed": total,
-            "last_processed_at": last_at.isoformat() if last_at else None}
+        result = {"source": source, "last_processed_id": last_id, "total_processed": total,
+                  "last_processed_at": last_at.isoformat() if last_at else None}
+        _record_result(conn, keys, "checkpoint", result)
+    return result
 
 
 def read_checkpoint(conn, source: str) -> str | None:
