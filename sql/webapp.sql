@@ -124,5 +124,5 @@ order by started_at desc, id desc
 limit 1;
 
 -- name: data_watermark
--- read in a transaction of its own, before the one that reads the rows (see sql/schema.sql)
+-- read in a transaction of its own, before the one that reads the rows (see sql/functions.sql)
 select sluice_read_watermark() as watermark;

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sluice import queries
+from sluice import warehouse
 from sluice.devtools import embedded_pg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def make_database(server_url):
         url = _with_database(server_url, name)
         if not bare:
             with psycopg.connect(url) as conn:
-                conn.execute(queries.query("schema.sql", "apply_schema"))
+                warehouse.apply_schema(conn)
         return url
 
     yield make

@@ -16,7 +16,7 @@ from tests.test_concurrency import staged_csv
 from webapp import db
 
 RUN = "manual__watermark"
-MARGIN = 1.0  # seconds the watermark keeps before the clock and the oldest open transaction (sql/schema.sql)
+MARGIN = 1.0  # seconds the watermark keeps before the clock and the oldest open transaction (sql/functions.sql)
 # a new row as the pipeline writes it: updated_at defaults to now(), the start of the writer's transaction
 INSERT = """insert into normalized_data (source, source_id, name, first_seen_run_id, last_changed_run_id, input_hash)
             values (%(source)s, %(source_id)s, %(name)s, 'run-w', 'run-w', 'fixture')"""

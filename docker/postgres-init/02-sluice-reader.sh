@@ -20,7 +20,7 @@ alter role :"reader" set default_transaction_read_only = on;
 grant connect on database :"db" to :"reader";
 grant usage on schema public to :"reader";
 grant select on all tables in schema public to :"reader";
--- The pipeline creates its tables on its first run (sql/schema.sql), as POSTGRES_USER: readable too.
+-- The pipeline creates its tables on its first run (sql/migrations/), as POSTGRES_USER: readable too.
 alter default privileges for role :"owner" in schema public grant select on tables to :"reader";
 -- Nobody but the owner creates objects in the warehouse: PostgreSQL 15+ already keeps PUBLIC from creating
 -- in schema public, and PUBLIC may create temporary tables in any database unless revoked here.

@@ -33,7 +33,7 @@ def lookup(record: Mapping, field: str):
     A field that is a key of record names that key. Otherwise it is a dotted path, each segment a key of an
     object or an index of a list counted from 0 and written as a plain non-negative integer: `user.id`,
     `tags.0`, `items.2.name`. Any other segment on a list (`-1`, `01`, `+1`, ` 1`) is missing.
-    sluice_lookup in sql/schema.sql is this same rule for the SQL fast path of normalize.
+    sluice_lookup in sql/functions.sql is this same rule for the SQL fast path of normalize.
     """
     if field in record:
         return record[field]

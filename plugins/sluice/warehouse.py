@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import queries, rules, settings
+from sluice import migrations, queries, rules, settings
 from sluice.errors import LockTimeout
 
 RAW_TABLES = {"api": "raw_api_data", "csv": "raw_csv_data"}
@@ -22,16 +22,19 @@ FETCH_BATCH = 5000
 WORK_MEM = "256MB"
 # a load of at least this many rows that at least doubles a table drops and rebuilds its indexes
 BULK_ROWS = 100_000
+# how long init_schema waits for the schema lock and for the tables a migration changes, when not told
+# (SLUICE_LOCK_TIMEOUT's default)
+SCHEMA_LOCK_TIMEOUT_SECONDS = 300
 
 
 def q(name: str) -> str:
     return queries.query("pipeline.sql", name)
 
 
-def apply_schema(conn: psycopg.Connection) -> None:
-    with conn.transaction():
-        conn.execute(q("lock_schema"))
-        conn.execute(queries.query("schema.sql", "apply_schema"))
+def apply_schema(conn: psycopg.Connection, *,
+                 lock_timeout_seconds: float = SCHEMA_LOCK_TIMEOUT_SECONDS) -> migrations.Changes:
+    """Bring the warehouse to this code's schema (sluice.migrations); a current one is left without any lock."""
+    return migrations.migrate(conn, lock_timeout_seconds=lock_timeout_seconds)
 
 
 @contextlib.contextmanager
