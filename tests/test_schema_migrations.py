@@ -147,6 +147,18 @@ def test_a_misnamed_migration_file_fails_naming_it(database_url, sql_dir):
         warehouse.apply_schema(conn)
 
 
+def test_a_failing_migration_names_its_file_and_leaves_nothing_of_itself(database_url, sql_dir):
+    broken = sql_dir / "migrations" / "900_broken.sql"
+    broken.write_text("create table probe (x integer);\nalter table no_such_table add column y integer;\n")
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(migrations.MigrationError, match=(
+                f'^{broken} failed, nothing of it was applied: relation "no_such_table" does not exist$')):
+            warehouse.apply_schema(conn)
+        conn.rollback()
+        assert conn.execute("select to_regclass('probe'), count(*) from schema_version where version = 900"
+                            ).fetchone() == (None, 0)
+
+
 def test_a_changed_functions_file_is_applied_on_the_next_run_without_a_table_lock(
         database_url, sql_dir, hold_every_table):
     functions = sql_dir / "functions.sql"

@@ -2,7 +2,7 @@
 
 schema_version records each applied migration with its file's checksum; schema_functions records the
 checksum of sql/functions.sql (code, replaced whole when it changes). A current warehouse is recognised by
-reading those two small tables alone (AccessShare on them, a lock only a DROP of them waits for), so a run
+reading those two small tables alone (AccessShare on them, which only DDL on them would wait for), so a run
 takes no lock on any table that holds data. Otherwise the schema advisory lock is taken, waiting at most
 lock_timeout_seconds, and each change is applied in a transaction of its own that re-reads what is applied
 under that lock: concurrent runs apply every migration exactly once.
@@ -22,7 +22,7 @@ from sluice.errors import LockTimeout
 
 FUNCTIONS = "functions.sql"
 MIGRATIONS = "migrations"
-_MIGRATION_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
+_MIGRATION_NAME = re.compile(r"\d{3}_[a-z0-9_]+\.sql")
 
 
 class MigrationError(Exception):
@@ -44,6 +44,7 @@ class Script:
 
     @property
     def checksum(self) -> str:
+        # of the text as read, newlines translated: a checkout with CRLF line ends has the same checksum
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
@@ -142,7 +143,8 @@ def _missing(applied: _Applied, scripts: list[Script]) -> list[Script]:
 
 @contextlib.contextmanager
 def _schema_transaction(conn, lock_timeout_seconds: float, script: Script) -> Iterator[None]:
-    """A transaction holding the schema advisory lock, to apply script; a lock wait past the timeout fails."""
+    """A transaction holding the schema advisory lock, to apply script; an error or a lock wait past the
+    timeout rolls it back and names the script."""
     try:
         with conn.transaction():
             # the timeout bounds the waits of the script's DDL too: an ALTER TABLE queued behind a long reader
@@ -157,3 +159,5 @@ def _schema_transaction(conn, lock_timeout_seconds: float, script: Script) -> It
             f"{script.path}: waited more than {lock_timeout_seconds:g}s for a lock another session holds (another "
             f"run migrating the warehouse, or a long query on a table the script changes); nothing of it was "
             f"applied") from exc
+    except psycopg.Error as exc:
+        raise MigrationError(f"{script.path} failed, nothing of it was applied: {exc}") from exc
