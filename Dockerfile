@@ -1,5 +1,6 @@
 # Sluice's image: Airflow 3.3.2 with the project's pinned dependencies and Sluice installed, used by every
-# Airflow service and by the web app in docker-compose.yaml. Build: `docker compose build` (or `docker build -t sluice-airflow .`).
+# Airflow service and by the web app in docker-compose.yaml.
+# Build: `docker compose build` (or `docker build -t sluice-airflow .`).
 FROM apache/airflow:3.3.2-python3.11
 
 # As the airflow user, as the official image expects for `pip install` (never as root).

@@ -1,1 +1,4 @@
-"""Sluice's benchmark harness: `python -m bench --help` from the repository root (or `make bench`). See bench/README.md."""
+"""Sluice's benchmark harness: `python -m bench --help` from the repository root (or `make bench`).
+
+See bench/README.md.
+"""

@@ -58,10 +58,11 @@ def wait_until_serving(base: str, server: subprocess.Popen, timeout: float = 60.
             with urllib.request.urlopen(f"{base}/", timeout=5):
                 return
         except (urllib.error.URLError, ConnectionError):
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                output = server.communicate()[0]
-                pytest.fail(f"{server.args[0]} did not serve {base} (exit {server.returncode}):\n{output[-3000:]}")
+            if server.poll() is not None:
+                output = server.stdout.read()[-3000:]
+                pytest.fail(f"{server.args[0]} exited {server.returncode} before serving:\n{output}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{server.args[0]} did not serve {base} within {timeout:.0f} s")
             time.sleep(0.2)
 
 
@@ -148,15 +149,17 @@ def test_sluice_from_the_unpacked_wheel_finds_its_sql(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import sluice, webapp; from sluice import queries; "
             "print(json.dumps([sluice.__file__, webapp.__file__, str(queries.SQL_DIR), "
-            "{path.name: len(queries.load(path.name)) for path in queries.SQL_DIR.glob('*.sql')}]))")
+            "{path.name: len(queries.load(path.name)) for path in queries.SQL_DIR.glob('*.sql')}, "
+            "sorted(path.name for path in queries.SQL_DIR.glob('migrations/*.sql'))]))")
     done = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=user_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    sluice_init, webapp_init, sql_dir, loaded = json.loads(done.stdout)
+    sluice_init, webapp_init, sql_dir, loaded, migrations = json.loads(done.stdout)
     assert Path(sluice_init).parent == site / "sluice" and Path(webapp_init).parent == site / "webapp"
     assert Path(sql_dir) == site / "sluice" / "sql"
     assert set(loaded) == {path.name for path in (REPO / "sql").glob("*.sql")}
-    assert all(count > 0 for count in loaded.values()), loaded
+    assert loaded["pipeline.sql"] and loaded["webapp.sql"], loaded  # named queries the pipeline and API run
+    assert migrations == sorted(path.name for path in (REPO / "sql").glob("migrations/*.sql"))
 
 
 def test_the_image_build_context_installs_sluice(tmp_path):

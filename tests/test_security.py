@@ -199,3 +199,7 @@ def test_bandit_finds_nothing_in_the_web_app_and_the_dags():
 
 def test_bandit_finds_nothing_in_plugins():
     assert bandit_findings("plugins") == []
+
+
+def test_bandit_finds_nothing_in_the_dev_tools():
+    assert bandit_findings("devtools") == []
