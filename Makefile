@@ -1,7 +1,7 @@
 # Sluice: `make demo` runs the whole job offline; `make test` runs the test suite. Both install first.
 VENV := .venv
 PY := $(VENV)/bin/python
-export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check
 
 .PHONY: install tools demo test serve up down bench clean
 
@@ -13,13 +13,16 @@ tools:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null); } || \
 	  echo "warning: docker-compose is missing and could not be installed (needs root); tests/test_compose.py will fail"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+# The pinned set (with the build backend), then Sluice and its dev tools editable: every process imports
+# this checkout's code from the venv, no PYTHONPATH. No build isolation, so the build uses the pinned setuptools.
+$(VENV)/.installed: pyproject.toml devtools/pyproject.toml requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PIP) install -r requirements.txt -r requirements-dev.txt setuptools -c constraints.txt
+	$(PIP) install --no-build-isolation -e . -e ./devtools -c constraints.txt
 	touch $@
 
 demo: install
-	$(PY) -m sluice.devtools.demo
+	$(PY) -m sluice_devtools.demo
 
 test: install
 	$(PY) -m pytest
@@ -34,11 +37,11 @@ bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
 up: install
-	$(PY) -m sluice.devtools.stack up
+	$(PY) -m sluice_devtools.stack up
 
 down:
-	$(PY) -m sluice.devtools.stack down
+	$(PY) -m sluice_devtools.stack down
 
 clean: down
-	-$(PY) -m sluice.devtools.embedded_pg stop .sluice/pg
+	-$(PY) -m sluice_devtools.embedded_pg stop .sluice/pg
 	rm -rf .sluice

@@ -1,17 +1,13 @@
-"""Gunicorn settings of the read API, the one place for them: `make serve`, `make up` (devtools/stack.py),
-`make demo` (devtools/demo.py) and docker-compose.yaml all start `gunicorn -c gunicorn.conf.py`.
+"""Gunicorn settings of the read API, the one place for them: `make serve`, `make up` (sluice_devtools/stack.py),
+`make demo` (sluice_devtools/demo.py) and docker-compose.yaml all start `gunicorn -c gunicorn.conf.py`.
 
 Environment: SLUICE_BIND (default 127.0.0.1:5000; comma-separated for several), SLUICE_WORKERS (processes,
 default 2), SLUICE_THREADS (threads per process, default 8). The app reads its own SLUICE_* settings.
 """
 
 import os
-from pathlib import Path
-
-_REPO = Path(__file__).resolve().parent
 
 wsgi_app = "webapp.wsgi:app"
-pythonpath = f"{_REPO / 'plugins'},{_REPO}"  # `sluice` lives in plugins/, `webapp` at the root
 bind = os.environ.get("SLUICE_BIND", "127.0.0.1:5000").split(",")
 
 # Threads, not sync workers: a sync worker is held by one client that sends half a request and stalls, so

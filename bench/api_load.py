@@ -76,7 +76,7 @@ def gunicorn(db: str, *, workers: int, log_path: Path):
     """`make serve`'s command against db on a free loopback port; yields the base URL."""
     port = _free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
-               "--workers", str(workers), "--pythonpath", "plugins,.", "webapp.wsgi:app"]
+               "--workers", str(workers), "webapp.wsgi:app"]
     env = child_env({"DATABASE_URL": db, "SLUICE_LOG_LEVEL": "WARNING"})
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:

@@ -60,8 +60,7 @@ class Measure:
 
 
 def child_env(extra: dict | None = None) -> dict:
-    paths = [str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), **(extra or {})}
+    return {**os.environ, **(extra or {})}
 
 
 class Children:

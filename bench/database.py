@@ -8,7 +8,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from sluice.devtools import embedded_pg
+from sluice_devtools import embedded_pg
 
 FLUSH_BEFORE_STEPS = True  # python -m bench --no-checkpoint turns it off
 AUTOVACUUM_WAIT_SECONDS = 60

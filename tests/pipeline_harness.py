@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from sluice.devtools import local_env, sample_data
-from sluice.devtools.source_server import SourceServer
+from sluice_devtools import local_env, sample_data
+from sluice_devtools.source_server import SourceServer
 from tests import airflow_env
 
 CHECKSUM = "select md5(coalesce(string_agg(t::text, '|' order by id), '')) from normalized_data t"

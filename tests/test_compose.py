@@ -206,10 +206,15 @@ def test_postgres_holds_the_warehouse_and_a_separate_metadata_db(config):
     ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://airflow-apiserver:8080/execution/"),
     ("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "true"),
     ("SLUICE_STAGING_URL", "file:///opt/airflow/staging"),
-    ("PYTHONPATH", "/opt/airflow/plugins:/opt/airflow"),
 ])
 def test_airflow_environment(config, name, variable, expected):
     assert service(config, name)["environment"][variable] == expected
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, "webapp"])
+def test_sluice_is_imported_from_the_image_install(config, name):
+    """The image installs Sluice editable from /opt/airflow, where the code is mounted: no PYTHONPATH."""
+    assert "PYTHONPATH" not in service(config, name)["environment"]
 
 
 @pytest.mark.parametrize("name", AIRFLOW_SERVICES)
@@ -279,7 +284,7 @@ def test_env_example_has_no_stale_variables():
 
 def test_dockerfile_installs_the_pinned_set():
     dockerfile = (REPO / "Dockerfile").read_text()
-    pin = re.search(r"^apache-airflow==(\S+)$", (REPO / "requirements.txt").read_text(), re.MULTILINE).group(1)
+    pin = re.search(r"^apache-airflow==(\S+)$", (REPO / "constraints.txt").read_text(), re.MULTILINE).group(1)
     assert re.search(rf"^FROM apache/airflow:{re.escape(pin)}-python3\.11\s*$", dockerfile, re.MULTILINE)
     run = " ".join(re.findall(r"^RUN (.+?)(?<!\\)$", dockerfile.replace("\\\n", " "), re.MULTILINE))
     assert "pip install --no-cache-dir" in run

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from sluice import csv_source, http_client, settings
-from sluice.devtools import sample_data
-from sluice.devtools.source_server import Fault, SourceServer
+from sluice_devtools import sample_data
+from sluice_devtools.source_server import Fault, SourceServer
 from sluice.errors import SourceError
 from tests import staged
 

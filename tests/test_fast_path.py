@@ -14,8 +14,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from sluice import mapping, rules, settings, warehouse
-from sluice.devtools import sample_data
-from sluice.devtools.source_server import SourceServer
+from sluice_devtools import sample_data
+from sluice_devtools.source_server import SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at
 
 TEXTS = ["plain", "Ærø façade", " padded ", "\tTab", "trail\n", "\u00a0nbsp", "\u3000ideographic", "x\u2028",

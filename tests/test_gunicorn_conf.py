@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from webapp_fixtures import catalog, free_port, insert_records
 
-from sluice.devtools import demo
+from sluice_devtools import demo
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 2
@@ -111,7 +111,7 @@ def test_the_same_slow_clients_stop_sync_workers(database_url, tmp_path):
 def test_every_launcher_starts_gunicorn_with_the_config():
     config = REPO / "gunicorn.conf.py"
     assert demo.gunicorn_argv()[1:] == ["--config", str(config)]  # make demo, and make up (stack.py)
-    stack = (REPO / "plugins" / "sluice" / "devtools" / "stack.py").read_text()
+    stack = (REPO / "devtools" / "sluice_devtools" / "stack.py").read_text()
     assert "demo.gunicorn_argv()" in stack and "--workers" not in stack
     serve = re.search(r"^serve:.*?(?=^\S)", (REPO / "Makefile").read_text(), re.MULTILINE | re.DOTALL).group(0)
     assert "gunicorn --config gunicorn.conf.py" in serve and "--workers" not in serve

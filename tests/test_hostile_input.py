@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from sluice import api_source, csv_source, http_client, runs, settings, warehouse
-from sluice.devtools.source_server import SourceServer
+from sluice_devtools.source_server import SourceServer
 from sluice.errors import SourceError
 
 CORPUS = Path(__file__).resolve().parent / "data"

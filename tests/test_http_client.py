@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from sluice import http_client
-from sluice.devtools.source_server import Fault, SourceServer
+from sluice_devtools.source_server import Fault, SourceServer
 from sluice.errors import SourceError
 
 # Waits go to a recording fake sleep, so realistic backoff numbers cost no time.

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from sluice import warehouse
-from sluice.devtools import sample_data
-from sluice.devtools.source_server import Fault
+from sluice_devtools import sample_data
+from sluice_devtools.source_server import Fault
 from sluice.settings import SOURCES
 from tests import crash_support as crash
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources

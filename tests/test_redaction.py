@@ -9,8 +9,8 @@ import pytest
 from webapp_fixtures import insert_run
 
 from sluice import runs
-from sluice.devtools import sample_data
-from sluice.devtools.source_server import Fault
+from sluice_devtools import sample_data
+from sluice_devtools.source_server import Fault
 from sluice.redact import redact
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 from webapp import create_app, db

@@ -24,7 +24,7 @@ def serve_with_gunicorn(database_url: str, **env):
     port = free_port()
     server = subprocess.Popen(
         # the one configuration (gunicorn.conf.py: limits, worker class), one small worker for a test
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--pythonpath", "plugins",
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
          "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4", "webapp.wsgi:app"],
         cwd=REPO, env={**os.environ, "DATABASE_URL": database_url, "SLUICE_POOL_MIN": "1", **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -199,3 +199,7 @@ def test_bandit_finds_nothing_in_the_web_app_and_the_dags():
 
 def test_bandit_finds_nothing_in_plugins():
     assert bandit_findings("plugins") == []
+
+
+def test_bandit_finds_nothing_in_the_dev_tools():
+    assert bandit_findings("devtools") == []

@@ -9,7 +9,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from sluice.devtools import stack
+from sluice_devtools import stack
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from sluice import settings, staging
-from sluice.devtools import local_env, sample_data
-from sluice.devtools.source_server import Fault, SourceServer
+from sluice_devtools import local_env, sample_data
+from sluice_devtools.source_server import Fault, SourceServer
 
-REPO = Path(__file__).resolve().parents[1]
 HOUR = 3600
 RETENTION = 72 * HOUR
 
@@ -116,8 +115,7 @@ def test_csv_download_of_a_killed_ingest_is_in_the_swept_download_folder(tmp_pat
         # ingest takes its fetch number from the warehouse before it downloads
         env = {**os.environ, "TMPDIR": str(temp), "AIRFLOW_CONN_ETL_CSV": server.url,
                "AIRFLOW_CONN_ETL_POSTGRES": local_env.airflow_conn_uri(database_url),
-               "SLUICE_STAGING_URL": f"file://{tmp_path / 'staging'}",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
+               "SLUICE_STAGING_URL": f"file://{tmp_path / 'staging'}"}
         child = subprocess.Popen([sys.executable, "-c", child_code, run_id], env=env)
         try:
             downloads = wait_for(lambda: list(temp.rglob("sluice-csv-*")), seconds=120, alive=child)

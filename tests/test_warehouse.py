@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from sluice import csv_source, settings, warehouse
-from sluice.devtools import sample_data
+from sluice_devtools import sample_data
 
 MAPPING = settings.DEFAULT_CSV_MAPPING
 

@@ -30,7 +30,7 @@ def test_gunicorn_serves_the_app(database_url):
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "SLUICE_POOL_MIN": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--pythonpath", "plugins", "--bind", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
          "--workers", "1", "--threads", "4", "webapp.wsgi:app"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -1,4 +1,4 @@
-"""Gunicorn entry point: `gunicorn --pythonpath plugins webapp.wsgi:app` (settings from the environment)."""
+"""Gunicorn entry point: `gunicorn webapp.wsgi:app` (settings from the environment; gunicorn.conf.py names it)."""
 
 import logging
 import os

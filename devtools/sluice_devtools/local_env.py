@@ -5,7 +5,8 @@ import subprocess  # nosec B404 # developer tooling runs fixed argv lists, never
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+# The checkout these tools drive: devtools/sluice_devtools/ is installed editable, so __file__ stays in it.
+REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".sluice"
 
 
@@ -17,7 +18,6 @@ def airflow_env(airflow_home: Path, *, warehouse_url: str, api_url: str | None, 
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
         "SLUICE_STAGING_URL": os.environ.get("SLUICE_STAGING_URL", f"file://{STATE / 'staging'}"),
         "AIRFLOW_CONN_ETL_POSTGRES": airflow_conn_uri(warehouse_url),
         "SLUICE_RETRY_DELAY": os.environ.get("SLUICE_RETRY_DELAY", "2"),

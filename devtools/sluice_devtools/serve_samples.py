@@ -1,11 +1,11 @@
-"""Serve the sample sources (posts, items.csv) on 127.0.0.1 until killed: `python -m sluice.devtools.serve_samples PORT`."""
+"""Serve the sample sources (posts, items.csv) on 127.0.0.1 until killed: `python -m sluice_devtools.serve_samples PORT`."""
 
 import signal
 import sys
 import threading
 
-from sluice.devtools import sample_data
-from sluice.devtools.source_server import SourceServer
+from sluice_devtools import sample_data
+from sluice_devtools.source_server import SourceServer
 
 API_RECORDS = 100
 CSV_ROWS = 1000

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from sluice.devtools import embedded_pg, local_env, serve_samples
+from sluice_devtools import embedded_pg, local_env, serve_samples
 
 LOG = local_env.STATE / "logs" / "demo.log"
 

@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from sluice.devtools import demo, embedded_pg, local_env
+from sluice_devtools import demo, embedded_pg, local_env
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,8 @@ def _spawn(config: StackConfig, name: str, argv: list[str], env: dict) -> int:
     for path in (config.pid_file(name), config.log_file(name)):
         path.parent.mkdir(parents=True, exist_ok=True)
     with open(config.log_file(name), "ab") as log:
-        pythonpath = os.pathsep.join([str(local_env.REPO / "plugins"), str(local_env.REPO)])
         process = subprocess.Popen(argv,  # nosec B603 # argv built here from fixed parts
-                                   env={**os.environ, "PYTHONPATH": pythonpath, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=local_env.REPO)
     config.pid_file(name).write_text(str(process.pid))
     return process.pid
@@ -114,7 +113,7 @@ def up(config: StackConfig) -> dict:
         config.pid_file("postgres").write_text((local_env.STATE / "pg" / "postmaster.pid").read_text().split()[0])
     bin_dir = Path(sys.executable).parent
     samples = f"http://127.0.0.1:{config.samples_port}"
-    _spawn(config, "samples", [sys.executable, "-m", "sluice.devtools.serve_samples", str(config.samples_port)], {})
+    _spawn(config, "samples", [sys.executable, "-m", "sluice_devtools.serve_samples", str(config.samples_port)], {})
     env = local_env.airflow_env(config.airflow_home, warehouse_url=warehouse, api_url=samples, csv_url=samples)
     env.update({
         "AIRFLOW__API__PORT": str(config.ui_port),
@@ -200,7 +199,7 @@ def main(argv: list[str]) -> int:
         stopped = down(config)
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
         return 0
-    print("usage: python -m sluice.devtools.stack up|down", file=sys.stderr)
+    print("usage: python -m sluice_devtools.stack up|down", file=sys.stderr)
     return 2
 
 
