@@ -1,0 +1,163 @@
+"""What each pipeline step returns: counts and references per source, never rows, and their XCom form.
+
+Each result converts to a JSON-able dict with to_xcom() and back with from_xcom(); the dict names its step
+("step"), so whoever reads a run's XComs (record_run) knows each result by what it is, not by the id of the
+task that returned it.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Generic, TypeVar
+
+from sluice.staging import StageCounts
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """One source fetched and staged: the staged file's reference, its counts, and the fetch's place in order."""
+
+    STEP: ClassVar[str] = "ingest"
+    source: str
+    uri: str
+    records: int = 0
+    problems: int = 0
+    pages: int = 0
+    bytes: int = 0
+    skipped_blank_lines: int = 0
+    # the fetch order (warehouse.next_fetch_seq); None for a result of a release before fetches were ordered,
+    # whose batch counts as fetched when it is stored
+    fetch_seq: int | None = None
+
+    @classmethod
+    def of(cls, counts: StageCounts, fetch_seq: int | None) -> "Ingested":
+        return cls(source=counts.source, uri=counts.uri, records=counts.records, problems=counts.problems,
+                   pages=counts.pages, bytes=counts.bytes, skipped_blank_lines=counts.skipped_blank_lines,
+                   fetch_seq=fetch_seq)
+
+    @property
+    def fetched(self) -> int:
+        return self.records + self.problems
+
+    def to_xcom(self) -> dict:
+        return {"step": self.STEP, **asdict(self)}
+
+    @classmethod
+    def from_xcom(cls, value: dict) -> "Ingested":
+        return cls(**_known(value))
+
+
+@dataclass(frozen=True)
+class SourceStored:
+    source: str
+    stored: int = 0  # staged records left for normalize
+    raw_inserted: int = 0
+    raw_updated: int = 0
+    rejected: int = 0  # quarantined problems and duplicates
+    superseded: int = 0  # records a later fetch had already stored
+
+
+@dataclass(frozen=True)
+class SourceNormalized:
+    source: str
+    staged: int = 0
+    valid: int = 0
+    fast_path: int = 0
+    rejected: int = 0
+    skipped_unchanged: int = 0
+
+
+@dataclass(frozen=True)
+class SourceUpserted:
+    source: str
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    superseded: int = 0  # rows a later fetch replaced in raw before this upsert
+    processed: int = 0  # the records normalize read, which the checkpoint counts
+
+
+@dataclass(frozen=True)
+class SourceCheckpoint:
+    source: str
+    last_processed_id: str | None = None
+    total_processed: int = 0
+    last_processed_at: str | None = None
+
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class PerSource(Generic[Item]):
+    """A step's result for every source it handled, by source name."""
+
+    STEP: ClassVar[str]
+    ITEM: ClassVar[type]
+    sources: dict[str, Item] = field(default_factory=dict)
+
+    def of(self, source: str) -> Item:
+        """The source's result; zero counts for a source the step did not handle."""
+        return self.sources.get(source) or self.ITEM(source=source)
+
+    def to_xcom(self) -> dict:
+        return {"step": self.STEP, "sources": {name: asdict(result) for name, result in self.sources.items()}}
+
+    @classmethod
+    def from_xcom(cls, value: dict):
+        return cls({name: cls.ITEM(**_known(result)) for name, result in value["sources"].items()})
+
+
+@dataclass(frozen=True)
+class Stored(PerSource[SourceStored]):
+    STEP: ClassVar[str] = "store_raw"
+    ITEM: ClassVar[type] = SourceStored
+
+
+@dataclass(frozen=True)
+class Normalized(PerSource[SourceNormalized]):
+    STEP: ClassVar[str] = "normalize"
+    ITEM: ClassVar[type] = SourceNormalized
+
+
+@dataclass(frozen=True)
+class Upserted(PerSource[SourceUpserted]):
+    STEP: ClassVar[str] = "upsert"
+    ITEM: ClassVar[type] = SourceUpserted
+
+
+@dataclass(frozen=True)
+class Checkpointed(PerSource[SourceCheckpoint]):
+    STEP: ClassVar[str] = "checkpoint"
+    ITEM: ClassVar[type] = SourceCheckpoint
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The run's etl_runs row: its id, status and the per-source counts written there."""
+
+    STEP: ClassVar[str] = "record_run"
+    etl_run_id: int
+    status: str
+    sources: dict[str, dict] = field(default_factory=dict)
+
+    def to_xcom(self) -> dict:
+        return {"step": self.STEP, **asdict(self)}
+
+    @classmethod
+    def from_xcom(cls, value: dict) -> "Recorded":
+        return cls(**_known(value))
+
+
+STEPS = {kind.STEP: kind for kind in (Ingested, Stored, Normalized, Upserted, Checkpointed, Recorded)}
+
+
+def from_xcom(value):
+    """The step result an XCom value holds, or None for a value that is not one (a task returning nothing)."""
+    if not isinstance(value, dict) or value.get("step") not in STEPS:
+        return None
+    return STEPS[value["step"]].from_xcom(value)
+
+
+def _known(value: dict) -> dict:
+    """The value's entries without the step marker; an unknown name fails the dataclass, as it should."""
+    return {name: item for name, item in value.items() if name != "step"}
+
