@@ -114,7 +114,8 @@ def test_a_first_load_into_a_table_analyzed_empty_plans_hash_joins_not_a_quadrat
         with conn.cursor().copy(warehouse.q("copy_staged")) as copy:
             copy.write(staged.getvalue())
         conn.execute(warehouse.q("analyze_staged"))
-        with warehouse._load_into(conn, "raw_csv_data", grows=True, bulk=bulk):
+        with warehouse._load_into(conn, "raw_csv_data", grows=True, bulk=bulk,
+                                  index_build_memory=settings.INDEX_BUILD_MEMORY):
             upsert = psycopg.sql.SQL("explain " + warehouse.q("upsert_raw")).format(
                 raw_table=psycopg.sql.Identifier("raw_csv_data"))
             plan = "\n".join(row for (row,) in conn.execute(upsert, {"run_id": "run-1", "source": "csv"}))

@@ -5,7 +5,7 @@ Each result converts to a JSON-able dict with to_xcom() and back with from_xcom(
 task that returned it.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar, Generic, TypeVar
 
 from sluice.staging import StageCounts
@@ -42,7 +42,7 @@ class Ingested:
 
     @classmethod
     def from_xcom(cls, value: dict) -> "Ingested":
-        return cls(**_known(value))
+        return cls(**_known(cls, value))
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class PerSource(Generic[Item]):
 
     @classmethod
     def from_xcom(cls, value: dict):
-        return cls({name: cls.ITEM(**_known(result)) for name, result in value["sources"].items()})
+        return cls({name: cls.ITEM(**_known(cls.ITEM, result)) for name, result in value["sources"].items()})
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class Recorded:
 
     @classmethod
     def from_xcom(cls, value: dict) -> "Recorded":
-        return cls(**_known(value))
+        return cls(**_known(cls, value))
 
 
 STEPS = {kind.STEP: kind for kind in (Ingested, Stored, Normalized, Upserted, Checkpointed, Recorded)}
@@ -157,7 +157,10 @@ def from_xcom(value):
     return STEPS[value["step"]].from_xcom(value)
 
 
-def _known(value: dict) -> dict:
-    """The value's entries without the step marker; an unknown name fails the dataclass, as it should."""
-    return {name: item for name, item in value.items() if name != "step"}
+def _known(kind: type, value: dict) -> dict:
+    """The value's entries that are fields of kind: a result written by another release (a run upgraded between
+    its tasks) may carry entries this one does not know (last_id, no longer returned) and lack some (fetch_seq,
+    from before fetches were ordered); the step marker is not a field."""
+    names = {item.name for item in fields(kind)}
+    return {name: item for name, item in value.items() if name in names}
 

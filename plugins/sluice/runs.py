@@ -30,17 +30,26 @@ class RunOutcome:
 
     @classmethod
     def of(cls, results: Iterable, **run) -> "RunOutcome":
-        """The outcome of a run from its steps' results, in any order (sluice.results; others are ignored)."""
+        """The outcome of a run from its steps' results, in any order (sluice.results; others are ignored).
+        A step may have several results (one per source or group of sources); no source may appear twice."""
         results = list(results)
 
-        def only(kind):
+        def merged(kind):
             found = [result for result in results if isinstance(result, kind)]
-            if len(found) > 1:
-                raise ValueError(f"the run has {len(found)} {kind.STEP} results; expected one")
-            return found[0] if found else None
+            by_source = {}
+            for result in found:
+                for name, counts in result.sources.items():
+                    if name in by_source:
+                        raise ValueError(f"source {name!r} has two {kind.STEP} results in run {run['run_id']}")
+                    by_source[name] = counts
+            return kind(by_source) if found else None
 
-        return cls(**run, ingested=[result for result in results if isinstance(result, Ingested)],
-                   stored=only(Stored), normalized=only(Normalized), upserted=only(Upserted))
+        ingested = [result for result in results if isinstance(result, Ingested)]
+        names = [result.source for result in ingested]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a source was ingested twice in run {run['run_id']}: {', '.join(names)}")
+        return cls(**run, ingested=ingested, stored=merged(Stored), normalized=merged(Normalized),
+                   upserted=merged(Upserted))
 
     def source_counts(self) -> dict[str, dict[str, int]]:
         counts = {}
