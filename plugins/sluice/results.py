@@ -11,27 +11,19 @@ from typing import ClassVar, Generic, TypeVar
 from sluice.staging import StageCounts
 
 
-@dataclass(frozen=True)
-class Ingested:
-    """One source fetched and staged: the staged file's reference, its counts, and the fetch's place in order."""
+@dataclass
+class Ingested(StageCounts):
+    """One source fetched and staged (the reader's StageCounts: the staged file's reference and its counts),
+    and the fetch's place in the fetch order."""
 
     STEP: ClassVar[str] = "ingest"
-    source: str
-    uri: str
-    records: int = 0
-    problems: int = 0
-    pages: int = 0
-    bytes: int = 0
-    skipped_blank_lines: int = 0
-    # the fetch order (warehouse.next_fetch_seq); None for a result of a release before fetches were ordered,
-    # whose batch counts as fetched when it is stored
+    # warehouse.next_fetch_seq; None for a result of a release before fetches were ordered, whose batch counts
+    # as fetched when it is stored
     fetch_seq: int | None = None
 
     @classmethod
     def of(cls, counts: StageCounts, fetch_seq: int | None) -> "Ingested":
-        return cls(source=counts.source, uri=counts.uri, records=counts.records, problems=counts.problems,
-                   pages=counts.pages, bytes=counts.bytes, skipped_blank_lines=counts.skipped_blank_lines,
-                   fetch_seq=fetch_seq)
+        return cls(**asdict(counts), fetch_seq=fetch_seq)
 
     @property
     def fetched(self) -> int:
@@ -94,6 +86,11 @@ class PerSource(Generic[Item]):
     ITEM: ClassVar[type]
     sources: dict[str, Item] = field(default_factory=dict)
 
+    def __init_subclass__(cls, *, step: str, item: type, **kwargs):
+        # each step's result is this class with its step's name and per-source counts; no fields of its own
+        super().__init_subclass__(**kwargs)
+        cls.STEP, cls.ITEM = step, item
+
     def of(self, source: str) -> Item:
         """The source's result; zero counts for a source the step did not handle."""
         return self.sources.get(source) or self.ITEM(source=source)
@@ -106,28 +103,20 @@ class PerSource(Generic[Item]):
         return cls({name: cls.ITEM(**_known(cls.ITEM, result)) for name, result in value["sources"].items()})
 
 
-@dataclass(frozen=True)
-class Stored(PerSource[SourceStored]):
-    STEP: ClassVar[str] = "store_raw"
-    ITEM: ClassVar[type] = SourceStored
+class Stored(PerSource[SourceStored], step="store_raw", item=SourceStored):
+    pass
 
 
-@dataclass(frozen=True)
-class Normalized(PerSource[SourceNormalized]):
-    STEP: ClassVar[str] = "normalize"
-    ITEM: ClassVar[type] = SourceNormalized
+class Normalized(PerSource[SourceNormalized], step="normalize", item=SourceNormalized):
+    pass
 
 
-@dataclass(frozen=True)
-class Upserted(PerSource[SourceUpserted]):
-    STEP: ClassVar[str] = "upsert"
-    ITEM: ClassVar[type] = SourceUpserted
+class Upserted(PerSource[SourceUpserted], step="upsert", item=SourceUpserted):
+    pass
 
 
-@dataclass(frozen=True)
-class Checkpointed(PerSource[SourceCheckpoint]):
-    STEP: ClassVar[str] = "checkpoint"
-    ITEM: ClassVar[type] = SourceCheckpoint
+class Checkpointed(PerSource[SourceCheckpoint], step="checkpoint", item=SourceCheckpoint):
+    pass
 
 
 @dataclass(frozen=True)
@@ -159,8 +148,8 @@ def from_xcom(value):
 
 def _known(kind: type, value: dict) -> dict:
     """The value's entries that are fields of kind: a result written by another release (a run upgraded between
-    its tasks) may carry entries this one does not know (last_id, no longer returned) and lack some (fetch_seq,
-    from before fetches were ordered); the step marker is not a field."""
+    its tasks) may carry entries this one does not know and lack some (fetch_seq, from before fetches were
+    ordered); the step marker is not a field."""
     names = {item.name for item in fields(kind)}
     return {name: item for name, item in value.items() if name in names}
 
