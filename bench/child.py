@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # step name -> module holding a function of that name; the fork server imports these modules once
 STEP_MODULES = {
     **{name: "bench.steps" for name in
-       ("apply_schema", "ingest_csv", "ingest_api", "store_raw", "normalize", "upsert", "checkpoint", "record_run")},
+       ("apply_schema", "ingest", "store_raw", "normalize", "upsert", "checkpoint", "record_run")},
     **{name: "bench.baselines" for name in ("copy_csv", "naive_executemany", "hook_insert_rows")},
 }
 

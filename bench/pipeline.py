@@ -1,6 +1,11 @@
 """One pass of the pipeline over the bench sources, stage by stage in the DAG's order, each in a child."""
 
+import contextlib
 import datetime as dt
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,14 +63,32 @@ class PassResult:
 
 @dataclass
 class Source:
-    name: str  # csv | api
+    name: str  # csv | api: a seed source with its default mapping
     rows: int
-    csv_path: Path | None = None
-    url: str | None = None
+    url: str  # where the source is served on 127.0.0.1 (SourceServer, served_files)
     max_pages: int = 1000
 
 
+@contextlib.contextmanager
+def served_files(directory: Path) -> Iterator[str]:
+    """The files of directory over HTTP on 127.0.0.1, streamed from disk, as a CSV source publishes them."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass  # a line per request would drown the bench's progress
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def run_pass(children: Children, db: str, name: str, sources: list[Source], staging_dir: Path) -> PassResult:
+    """The pipeline's steps in the DAG's order, each step once per source (so each is timed alone); every
+    step takes the previous one's result in its XCom form, as the DAG's tasks do."""
     run_id = f"bench-{name}"
     started_at = dt.datetime.now(dt.timezone.utc).isoformat()
     result = PassResult(name)
@@ -75,31 +98,24 @@ def run_pass(children: Children, db: str, name: str, sources: list[Source], stag
 
     def step(stage: str, source: Source, args: dict) -> None:
         database.checkpoint(db)
-        child_step = f"ingest_{source.name}" if stage == "ingest" else stage
-        measured = children.run(child_step, args, label=f"{name} {stage} {source.name}")
-        outputs[stage][source.name] = measured["result"]
+        measured = children.run(stage, {"db": db, "run_id": run_id, **args}, label=f"{name} {stage} {source.name}")
+        outputs[stage][source.name] = value = measured["result"]
+        # the report reads each source's own counts
+        counts = value["sources"][source.name] if "sources" in value else value
         result.timings.append(StageTiming(stage, source.name, source.rows, measured["seconds"],
-                                          measured["peak_rss_mb"], measured["result"], measured["statements"]))
+                                          measured["peak_rss_mb"], counts, measured["statements"]))
 
     for source in sources:
-        if source.name == "csv":
-            step("ingest", source, {"path": str(source.csv_path), "staged": staged["csv"], "run_id": run_id})
-        else:
-            step("ingest", source, {"url": source.url, "staged": staged["api"], "run_id": run_id,
-                                    "max_pages": source.max_pages})
-    for source in sources:
-        step("store_raw", source, {"db": db, "source": source.name, "staged": staged[source.name], "run_id": run_id})
-    for source in sources:
-        step("normalize", source, {"db": db, "source": source.name, "run_id": run_id})
-    for source in sources:
-        step("upsert", source, {"db": db, "source": source.name, "run_id": run_id})
-    for source in sources:
-        step("checkpoint", source, {"db": db, "source": source.name, "run_id": run_id,
-                                    "processed": outputs["normalize"][source.name]["staged"]})
+        step("ingest", source, {"source": source.name, "url": source.url, "staged": staged[source.name],
+                                "max_pages": source.max_pages})
+    for stage, previous, argument in (("store_raw", "ingest", "ingested"), ("normalize", "store_raw", "stored"),
+                                      ("upsert", "normalize", "normalized"), ("checkpoint", "upsert", "upserted")):
+        for source in sources:
+            step(stage, source, {argument: outputs[previous][source.name]})
     database.checkpoint(db)
     measured = children.run("record_run", {
-        "db": db, "run_id": run_id, "started_at": started_at, "ingested": outputs["ingest"],
-        "stored": outputs["store_raw"], "normalized": outputs["normalize"], "upserted": outputs["upsert"],
+        "db": db, "run_id": run_id, "started_at": started_at,
+        "step_results": [value for stage in STAGES for value in outputs[stage].values()],
     }, label=f"{name} record_run")
     result.timings.append(StageTiming("record_run", "all", sum(s.rows for s in sources), measured["seconds"],
                                       measured["peak_rss_mb"], measured["result"]))

@@ -22,7 +22,7 @@ import psycopg
 
 from bench import api_load, baselines, benchenv, database, inputs, plot, report, targets
 from bench.child import REPO, Children, StepFailed
-from bench.pipeline import LOAD_STAGES, STAGES, PassResult, Source, run_pass
+from bench.pipeline import LOAD_STAGES, STAGES, PassResult, Source, run_pass, served_files
 from sluice_devtools.source_server import SourceServer
 
 API_PAGE_SIZE = 1000
@@ -109,26 +109,28 @@ def run_pipeline(args, results: BenchResults, server, children: Children, stamp:
     db = new_database(server, children, f"bench_{stamp}")
     staging = args.work_dir / "staging"
     max_pages = args.api_rows // API_PAGE_SIZE + 10
-    with SourceServer() as api:
+    # both sources are read over HTTP on 127.0.0.1, as the DAG reads them
+    with SourceServer() as api, served_files(args.work_dir / "inputs") as files:
         api.serve_json("posts", api_input.records, page_size=API_PAGE_SIZE)
         api.serve_json("posts-changed", api_input.changed_records, page_size=API_PAGE_SIZE)
         for name, csv_path, route in (("first", csv_input.path, "posts"), ("rerun", csv_input.path, "posts"),
                                       ("changed", csv_input.changed_path, "posts-changed")):
             echo(f"pass: {report.PASS_NAMES[name]}")
             results.passes[name] = run_pass(children, db, name, [
-                Source("csv", args.rows, csv_path=csv_path),
+                Source("csv", args.rows, url=f"{files}/{csv_path.name}"),
                 Source("api", args.api_rows, url=f"{api.url}/{route}", max_pages=max_pages),
             ], staging)
+        if args.memory_check_rows:
+            small_csv = inputs.write_csvs(args.work_dir / "inputs", args.memory_check_rows, with_variants=False)
+            echo(f"pass: first load at {args.memory_check_rows:,} rows (peak RSS comparison)")
+            results.memory_pass = run_pass(
+                children, new_database(server, children, f"bench_{stamp}_memory"), "memory",
+                [Source("csv", args.memory_check_rows, url=f"{files}/{small_csv.path.name}")], staging)
     results.expected_changed = {"csv": csv_input.changed, "api": api_input.changed}
     kept = results.passes["first"].of("normalize", "csv").result["valid"]
     if kept != csv_input.valid:
         results.notes.append(f"Sluice kept {kept:,} CSV rows; the baselines load the {csv_input.valid:,} rows "
                              "bench.inputs.typed keeps")
-    if args.memory_check_rows:
-        small_csv = inputs.write_csvs(args.work_dir / "inputs", args.memory_check_rows, with_variants=False)
-        echo(f"pass: first load at {args.memory_check_rows:,} rows (peak RSS comparison)")
-        results.memory_pass = run_pass(children, new_database(server, children, f"bench_{stamp}_memory"), "memory",
-                                       [Source("csv", args.memory_check_rows, csv_path=small_csv.path)], staging)
     return db
 
 
@@ -188,8 +190,9 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
         small_csv = inputs.write_csvs(args.work_dir / "inputs", args.small_rows, with_variants=False)
         small_db = new_database(server, children, f"bench_{stamp}_small")
         echo(f"pass: first load at {args.small_rows:,} rows (for /stats and /health)")
-        run_pass(children, small_db, "small", [Source("csv", args.small_rows, csv_path=small_csv.path)],
-                 args.work_dir / "staging")
+        with served_files(small_csv.path.parent) as files:
+            run_pass(children, small_db, "small",
+                     [Source("csv", args.small_rows, url=f"{files}/{small_csv.path.name}")], args.work_dir / "staging")
         with psycopg.connect(small_db, autocommit=True) as conn:
             conn.execute("vacuum (analyze) normalized_data")
             (small_rows,) = conn.execute("select count(*) from normalized_data").fetchone()

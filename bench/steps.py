@@ -1,15 +1,17 @@
-"""The pipeline's stages as bench steps: each calls the real sluice function once, inside `measure`.
+"""The pipeline's steps as bench steps: each calls one sluice.pipeline function once, inside `measure`.
 
-They run in child processes (bench.child) and take plain JSON arguments, the way tasks.py feeds the
-same functions from Airflow; setup (connecting, opening files) stays outside the measured call.
+They run in child processes (bench.child) and take plain JSON arguments — the previous step's result in its
+XCom form, as the Airflow edge passes it — and return their result in that form. Setup (connecting, the
+settings, an HTTP session) stays outside the measured call.
 """
 
+import dataclasses
 import datetime as dt
 
 import psycopg
 import requests
 
-from sluice import api_source, csv_source, http_client, queries, runs, settings, warehouse
+from sluice import pipeline, queries, results, runs, settings, sources
 
 LOCK_TIMEOUT_SECONDS = 60
 
@@ -17,60 +19,63 @@ LOCK_TIMEOUT_SECONDS = 60
 # files here too keeps each run on one version of code and SQL even while someone edits sql/ mid-run.
 for _sql_file in ("schema.sql", "pipeline.sql"):
     queries.load(_sql_file)
-MAPPINGS = {"csv": settings.DEFAULT_CSV_MAPPING, "api": settings.DEFAULT_API_MAPPING}
+
+
+def _settings(**changes) -> settings.Settings:
+    # the bench is a caller like the Airflow edge: it reads the settings and passes them in
+    return dataclasses.replace(settings.load(), lock_timeout_seconds=LOCK_TIMEOUT_SECONDS, **changes)
+
+
+def _sources(names) -> dict[str, sources.Source]:
+    """The seed sources with their default mappings (the endpoint is the URL each ingest is given)."""
+    return {name: sources.seed(name, endpoint="") for name in names}
 
 
 def apply_schema(measure, *, db: str) -> None:
-    """sql/schema.sql as it is on disk now, read in a fresh process like the stages that follow."""
+    """The schema as it is on disk now, applied in a fresh process like the stages that follow."""
     with psycopg.connect(db) as conn:
-        measure(lambda: warehouse.apply_schema(conn))
+        measure(lambda: pipeline.init_schema(conn))
 
 
-def ingest_csv(measure, *, path: str, staged: str, run_id: str) -> dict:
-    with open(staged, "wb") as out:
-        counts = measure(lambda: csv_source.stage_file(
-            path, MAPPINGS["csv"], out, run_id=run_id, uri=staged, where=f"csv: {path}"))
-    return counts.as_xcom()
+def ingest(measure, *, db: str, source: str, url: str, staged: str, run_id: str, max_pages: int) -> dict:
+    config = _settings(max_pages=max_pages)
+    with psycopg.connect(db) as conn, requests.Session() as session:
+        result = measure(lambda: pipeline.ingest(conn, _sources([source])[source], session, url, staged,
+                                                 run_id=run_id, settings=config))
+    return result.to_xcom()
 
 
-def ingest_api(measure, *, url: str, staged: str, run_id: str, max_pages: int) -> dict:
-    with requests.Session() as session, open(staged, "wb") as out:
-        counts = measure(lambda: api_source.fetch(
-            session, url, MAPPINGS["api"], out, run_id=run_id, uri=staged, policy=http_client.RetryPolicy(),
-            max_pages=max_pages, max_bytes=settings.load().max_bytes))
-    return counts.as_xcom()
-
-
-def store_raw(measure, *, db: str, source: str, staged: str, run_id: str) -> dict:
-    with psycopg.connect(db) as conn, open(staged, "rb") as file:
-        return measure(lambda: warehouse.store_raw(
-            conn, source, file, run_id=run_id, lock_timeout_seconds=LOCK_TIMEOUT_SECONDS))
-
-
-def normalize(measure, *, db: str, source: str, run_id: str) -> dict:
+def store_raw(measure, *, db: str, ingested: dict, run_id: str) -> dict:
+    config = _settings()
     with psycopg.connect(db) as conn:
-        return measure(lambda: warehouse.normalize(
-            conn, source, MAPPINGS[source], run_id=run_id, full_refresh=False,
-            lock_timeout_seconds=LOCK_TIMEOUT_SECONDS))
+        return measure(lambda: pipeline.store_raw(conn, [results.Ingested.from_xcom(ingested)], run_id=run_id,
+                                                  settings=config)).to_xcom()
 
 
-def upsert(measure, *, db: str, source: str, run_id: str) -> dict:
+def normalize(measure, *, db: str, stored: dict, run_id: str) -> dict:
+    config, stored = _settings(), results.Stored.from_xcom(stored)
     with psycopg.connect(db) as conn:
-        return measure(lambda: warehouse.upsert(conn, source, run_id=run_id, lock_timeout_seconds=LOCK_TIMEOUT_SECONDS))
+        return measure(lambda: pipeline.normalize(conn, stored, _sources(stored.sources), run_id=run_id,
+                                                  settings=config)).to_xcom()
 
 
-def checkpoint(measure, *, db: str, source: str, run_id: str, processed: int) -> dict:
+def upsert(measure, *, db: str, normalized: dict, run_id: str) -> dict:
+    config = _settings()
     with psycopg.connect(db) as conn:
-        return measure(lambda: warehouse.advance_checkpoint(
-            conn, source, run_id=run_id, processed=processed, lock_timeout_seconds=LOCK_TIMEOUT_SECONDS))
+        return measure(lambda: pipeline.upsert(conn, results.Normalized.from_xcom(normalized), run_id=run_id,
+                                               settings=config)).to_xcom()
 
 
-def record_run(measure, *, db: str, run_id: str, started_at: str, ingested: dict, stored: dict,
-               normalized: dict, upserted: dict) -> dict:
+def checkpoint(measure, *, db: str, upserted: dict, run_id: str) -> dict:
+    config = _settings()
+    with psycopg.connect(db) as conn:
+        return measure(lambda: pipeline.checkpoint(conn, results.Upserted.from_xcom(upserted), run_id=run_id,
+                                                   settings=config)).to_xcom()
+
+
+def record_run(measure, *, db: str, run_id: str, started_at: str, step_results: list[dict]) -> dict:
     """The etl_runs row (what /health and /stats read) and the cleanup of the run's work tables."""
-    outcome = runs.RunOutcome(
-        run_id=run_id, run_type="bench", started_at=dt.datetime.fromisoformat(started_at), ingested=ingested,
-        stored={"sources": stored}, normalized={"sources": normalized}, upserted={"sources": upserted})
+    outcome = runs.RunOutcome.of([results.from_xcom(value) for value in step_results], run_id=run_id,
+                                 run_type="bench", started_at=dt.datetime.fromisoformat(started_at))
     with psycopg.connect(db) as conn:
-        row_id = measure(lambda: runs.record(conn, outcome))
-    return {"etl_run_id": row_id, "sources": outcome.source_counts()}
+        return measure(lambda: pipeline.record_run(conn, outcome)).to_xcom()

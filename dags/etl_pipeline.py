@@ -21,7 +21,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
 
-from sluice import settings, tasks
+from sluice import airflow_edge as edge
+from sluice import settings
 
 _settings = settings.load()
 
@@ -60,36 +61,37 @@ _settings = settings.load()
 def etl_pipeline():
     @task
     def init_schema():
-        tasks.init_schema()
+        edge.init_schema()
 
     @task
     def ingest_api(params=None, run_id=None):
-        return tasks.ingest("api", params, run_id)
+        return edge.ingest("api", params, run_id)
 
     @task
     def ingest_csv(params=None, run_id=None):
-        return tasks.ingest("csv", params, run_id)
+        return edge.ingest("csv", params, run_id)
 
     # all_done: one failed source must not stop the other from loading.
     @task(trigger_rule="all_done")
     def store_raw(api, csv, run_id=None):
-        return tasks.store_raw([api, csv], run_id)
+        return edge.store_raw([api, csv], run_id)
 
     @task
     def normalize(stored, params=None, run_id=None):
-        return tasks.normalize(stored, params, run_id)
+        return edge.normalize(stored, params, run_id)
 
     @task
     def upsert(normalized, run_id=None):
-        return tasks.upsert(normalized, run_id)
+        return edge.upsert(normalized, run_id)
 
     @task
     def checkpoint(upserted, params=None, run_id=None):
-        return tasks.checkpoint(upserted, params, run_id)
+        return edge.checkpoint(upserted, params, run_id)
 
+    # all_done: the run is recorded whatever failed; it reads the other tasks from the DAG itself.
     @task(trigger_rule="all_done", retries=1)
     def record_run(**context):
-        return tasks.record_run(context)
+        return edge.record_run(context)
 
     api, csv = ingest_api(), ingest_csv()
     init_schema() >> [api, csv]

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from sluice import csv_source, warehouse
+from sluice import csv_source, rules, warehouse
 from sluice_devtools import embedded_pg, sample_data
 from sluice.settings import DEFAULT_API_MAPPING, DEFAULT_CSV_MAPPING
 from sluice.staging import StageWriter
@@ -62,7 +62,7 @@ def store_raw(url: str, staged: Path, run_id: str, lock_timeout: float = LOCK_WA
 def normalize(url: str, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE,
               expected_staged: int | None = None) -> dict:
     with psycopg.connect(url) as conn:
-        return warehouse.normalize(conn, source, MAPPINGS[source], run_id=run_id, full_refresh=False,
+        return warehouse.normalize(conn, source, rules.Normalization(MAPPINGS[source]), run_id=run_id, full_refresh=False,
                                    lock_timeout_seconds=lock_timeout, expected_staged=expected_staged)
 
 
@@ -83,7 +83,7 @@ def checkpoint(url: str, run_id: str, processed: int, lock_timeout: float = LOCK
 
 def load(url: str, staged: Path, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE) -> dict:
     """store_raw >> normalize >> upsert >> checkpoint of one source for one run; each step's result by name."""
-    # each step checks the work table against what the step before it reported, as tasks.py does
+    # each step checks the work table against what the step before it reported, as sluice.pipeline does
     results = {"store_raw": store_raw(url, staged, run_id, lock_timeout, source)}
     results["normalize"] = normalize(url, run_id, lock_timeout, source, results["store_raw"]["stored"])
     results["upsert"] = upsert(url, run_id, lock_timeout, source, results["normalize"]["valid"])

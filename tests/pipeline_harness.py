@@ -20,9 +20,10 @@ class Pipeline:
     database_url: str
     sources: SourceServer
 
-    def run(self, conf: dict | None = None, **kwargs):
-        """One DAG run; returns (Airflow run state, its etl_runs row as a dict), whose counts add up."""
-        dag_run = airflow_env.load_dag().test(run_conf=conf or {}, **kwargs)
+    def run(self, conf: dict | None = None, dag=None, **kwargs):
+        """One run of etl_pipeline (or of `dag`); returns (Airflow run state, its etl_runs row as a dict), whose
+        counts add up."""
+        dag_run = (dag or airflow_env.load_dag()).test(run_conf=conf or {}, **kwargs)
         return str(dag_run.state), self._finished(dag_run.run_id)
 
     def rerun_from_store_raw(self, run_id: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sluice import warehouse
+from sluice import rules, warehouse
 from sluice.errors import LockTimeout
 from sluice.staging import StageWriter
 from tests import crash_support as crash
@@ -259,7 +259,7 @@ def test_a_full_refresh_sets_the_checkpoint_even_behind_the_last_one(database_ur
         for run_id, rows, full_refresh in ((RUN_A, 210, False), (RUN_B, 150, True)):
             stored = warehouse.store_raw(conn, "csv", staged_csv(run_id, "same", rows), run_id=run_id,
                                          lock_timeout_seconds=5)
-            warehouse.normalize(conn, "csv", crash.MAPPINGS["csv"], run_id=run_id, full_refresh=full_refresh,
+            warehouse.normalize(conn, "csv", rules.Normalization(crash.MAPPINGS["csv"]), run_id=run_id, full_refresh=full_refresh,
                                 lock_timeout_seconds=5)
             warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=5)
             warehouse.advance_checkpoint(conn, "csv", run_id=run_id, processed=stored["stored"],
@@ -296,14 +296,14 @@ def test_a_run_that_fetches_again_stores_its_new_fetch_not_the_result_of_its_old
         first, again = warehouse.next_fetch_seq(conn), warehouse.next_fetch_seq(conn)
         warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "old"), run_id=RUN_A, lock_timeout_seconds=5,
                             fetch_seq=first)
-        warehouse.normalize(conn, "csv", mapping, run_id=RUN_A, full_refresh=False, lock_timeout_seconds=5)
+        warehouse.normalize(conn, "csv", rules.Normalization(mapping), run_id=RUN_A, full_refresh=False, lock_timeout_seconds=5)
         warehouse.upsert(conn, "csv", run_id=RUN_A, lock_timeout_seconds=5)
 
         stored = warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "new", rows=210), run_id=RUN_A,
                                      lock_timeout_seconds=5, fetch_seq=again)
         retried = warehouse.store_raw(conn, "csv", staged_csv(RUN_A, "new", rows=210), run_id=RUN_A,
                                       lock_timeout_seconds=5, fetch_seq=again)
-        warehouse.normalize(conn, "csv", mapping, run_id=RUN_A, full_refresh=False, lock_timeout_seconds=5)
+        warehouse.normalize(conn, "csv", rules.Normalization(mapping), run_id=RUN_A, full_refresh=False, lock_timeout_seconds=5)
         upserted = warehouse.upsert(conn, "csv", run_id=RUN_A, lock_timeout_seconds=5)
 
     assert (stored["stored"], stored["raw_inserted"], stored["raw_updated"]) == (210, 10, 200)

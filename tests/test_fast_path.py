@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from sluice import mapping, rules, settings, warehouse
+from sluice import mapping, rules, settings
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at
@@ -55,7 +55,7 @@ def conn(make_database):
 
 
 def fast_path(conn, record: dict, mapping: dict):
-    params = {**warehouse.fast_path_params(mapping), "record": Jsonb(record)}
+    params = {**rules.Normalization(mapping).fast_path_params, "record": Jsonb(record)}
     row = conn.execute(FAST_SQL, params).fetchone()
     return None if row is None else dict(zip(("source_id", "name", "value", "description"), row))
 

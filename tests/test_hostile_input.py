@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import requests
 
-from sluice import api_source, csv_source, http_client, runs, settings, warehouse
+from sluice import api_source, csv_source, http_client, rules, runs, settings, warehouse
 from sluice_devtools.source_server import SourceServer
 from sluice.errors import SourceError
 
@@ -117,7 +117,7 @@ def load(url: str, source: str, staged: bytes) -> None:
     """store_raw → normalize → upsert, each its own transaction, as the DAG's tasks run them."""
     with psycopg.connect(url) as conn:
         warehouse.store_raw(conn, source, io.BytesIO(staged), run_id=RUN_ID, lock_timeout_seconds=5)
-        warehouse.normalize(conn, source, MAPPINGS[source], run_id=RUN_ID, full_refresh=False, lock_timeout_seconds=5)
+        warehouse.normalize(conn, source, rules.Normalization(MAPPINGS[source]), run_id=RUN_ID, full_refresh=False, lock_timeout_seconds=5)
         warehouse.upsert(conn, source, run_id=RUN_ID, lock_timeout_seconds=5)
 
 

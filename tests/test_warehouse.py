@@ -5,7 +5,7 @@ import io
 import psycopg
 import pytest
 
-from sluice import csv_source, settings, warehouse
+from sluice import csv_source, rules, settings, warehouse
 from sluice_devtools import sample_data
 
 MAPPING = settings.DEFAULT_CSV_MAPPING
@@ -25,7 +25,7 @@ def load(conn, tmp_path, run_id: str, rows: int, *, bulk_rows: int = warehouse.B
     """store_raw, normalize and upsert of the sample CSV; returns upsert's counts."""
     staged = staged_csv(tmp_path, run_id, rows)
     warehouse.store_raw(conn, "csv", staged, run_id=run_id, lock_timeout_seconds=5, bulk_rows=bulk_rows)
-    warehouse.normalize(conn, "csv", MAPPING, run_id=run_id, full_refresh=False, lock_timeout_seconds=5)
+    warehouse.normalize(conn, "csv", rules.Normalization(MAPPING), run_id=run_id, full_refresh=False, lock_timeout_seconds=5)
     return warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=5, bulk_rows=bulk_rows)
 
 
@@ -114,7 +114,8 @@ def test_a_first_load_into_a_table_analyzed_empty_plans_hash_joins_not_a_quadrat
         with conn.cursor().copy(warehouse.q("copy_staged")) as copy:
             copy.write(staged.getvalue())
         conn.execute(warehouse.q("analyze_staged"))
-        with warehouse._load_into(conn, "raw_csv_data", grows=True, bulk=bulk):
+        with warehouse._load_into(conn, "raw_csv_data", grows=True, bulk=bulk,
+                                  index_build_memory=settings.INDEX_BUILD_MEMORY):
             upsert = psycopg.sql.SQL("explain " + warehouse.q("upsert_raw")).format(
                 raw_table=psycopg.sql.Identifier("raw_csv_data"))
             plan = "\n".join(row for (row,) in conn.execute(upsert, {"run_id": "run-1", "source": "csv"}))
@@ -146,7 +147,7 @@ def test_renormalizing_every_row_of_an_unchanged_warehouse_keeps_the_indexes_in_
         before = index_files(conn)
         warehouse.store_raw(conn, "csv", staged_csv(tmp_path, "run-2", 500), run_id="run-2",
                             lock_timeout_seconds=5, bulk_rows=100)
-        normalized = warehouse.normalize(conn, "csv", RENORMALIZE[renormalize]["mapping"], run_id="run-2",
+        normalized = warehouse.normalize(conn, "csv", rules.Normalization(RENORMALIZE[renormalize]["mapping"]), run_id="run-2",
                                          full_refresh=RENORMALIZE[renormalize]["full_refresh"],
                                          lock_timeout_seconds=5)
 

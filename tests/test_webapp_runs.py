@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from webapp_fixtures import insert_rejects, insert_run
 
-from sluice import runs
+from sluice import results, runs
 from webapp import create_app, db
 from webapp.schemas import MAX_REJECT_PAYLOAD_CHARS, MAX_REJECT_TEXT_CHARS
 
@@ -111,10 +111,10 @@ def test_a_run_shows_the_records_a_later_fetch_superseded(make_database):
     # before this run's upsert: 8 superseded, 2 inserted
     outcome = runs.RunOutcome(
         run_id="manual__older", run_type="manual", started_at=datetime.now(timezone.utc),
-        ingested={"api": {"records": 10, "problems": 0}},
-        stored={"sources": {"api": {"stored": 3, "rejected": 0, "superseded": 7}}},
-        normalized={"sources": {"api": {"staged": 3, "valid": 3, "rejected": 0, "skipped_unchanged": 0}}},
-        upserted={"sources": {"api": {"inserted": 2, "updated": 0, "unchanged": 0, "superseded": 1}}})
+        ingested=[results.Ingested("api", "file:///staged/api.copy", records=10)],
+        stored=results.Stored({"api": results.SourceStored("api", stored=3, superseded=7)}),
+        normalized=results.Normalized({"api": results.SourceNormalized("api", staged=3, valid=3)}),
+        upserted=results.Upserted({"api": results.SourceUpserted("api", inserted=2, superseded=1)}))
     url = make_database()
     with psycopg.connect(url) as conn:
         runs.record(conn, outcome)

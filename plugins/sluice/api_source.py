@@ -164,3 +164,12 @@ def _counted(chunks: Iterable[bytes], counts: StageCounts) -> Iterator[bytes]:
     for chunk in chunks:
         counts.bytes += len(chunk)
         yield chunk
+
+
+def stage(source, request, out: BinaryIO) -> StageCounts:
+    """The api kind's entry point (sluice.sources.KINDS): every page of the source, from its checkpoint when
+    request.since is set."""
+    since = {source.since_param: request.since} if request.since is not None else None
+    return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
+                 policy=request.policy, max_pages=request.settings.max_pages, max_bytes=request.settings.max_bytes,
+                 params=since, allowed_hosts=request.settings.api_allowed_hosts)

@@ -266,3 +266,15 @@ def fetch(
         return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{SOURCE}: {url}")
     finally:
         os.unlink(path)
+
+
+def stage(source, request, out: BinaryIO) -> StageCounts:
+    """The csv kind's entry point (sluice.sources.KINDS): the file downloaded into the run's local folder, then
+    parsed. A CSV is read whole."""
+    if request.since is not None:
+        raise SourceError(f"{source.name}: a csv source is read whole; since_param {source.since_param!r} "
+                          "cannot ask it for records from the checkpoint on")
+    request.workdir.mkdir(parents=True, exist_ok=True)
+    return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
+                 policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),
+                 allowed_hosts=request.settings.api_allowed_hosts)

@@ -11,3 +11,7 @@ class MappingError(ValueError):
 
 class LockTimeout(Exception):
     """Another run holds the write lock of a source for longer than SLUICE_LOCK_TIMEOUT."""
+
+
+class InvalidSource(ValueError):
+    """A source's description is malformed: the message names the source and the field."""

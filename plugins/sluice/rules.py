@@ -1,4 +1,8 @@
-"""The normalization rules: one marshmallow schema decides what a valid normalized record is."""
+"""The normalization rules: one marshmallow schema decides what a valid normalized record is.
+
+Normalization(mapping) is what the pipeline uses: the rules for one mapping, as the SQL fast path's parameters,
+the input key and the schema's validation of a record.
+"""
 
 import hashlib
 import json
@@ -75,7 +79,7 @@ class NormalizedRecordSchema(Schema):
 
 
 SCHEMA = NormalizedRecordSchema()
-COLUMN_ORDER = {name: index for index, name in enumerate(("source_id", "name", "value", "description"))}
+COLUMN_ORDER = {name: index for index, name in enumerate(mapping.COLUMNS)}
 
 
 def mapped_fields(data: Mapping, field_map: Mapping[str, str]) -> dict:
@@ -109,3 +113,21 @@ def input_key(field_map: Mapping[str, str]) -> str:
     """Fingerprint of the mapping and the rules: part of each row's input hash."""
     text = json.dumps({"mapping": field_map, "rules": RULES_VERSION}, sort_keys=True)
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+class Normalization:
+    """The rules applied with one (validated) mapping: what normalize needs, computed once per source."""
+
+    def __init__(self, field_map: Mapping[str, str]):
+        self.field_map = dict(field_map)
+        self.input_key = input_key(self.field_map)
+        # the parameters of sql/pipeline.sql's normalize_fast: the field feeding each column, and what a trim removes
+        self.fast_path_params = {
+            "edge_space": SPACE_CHARACTERS,
+            **{f"{column}_field": self.field_map.get(column) for column in mapping.COLUMNS},
+        }
+
+    def normalize(self, data: Mapping) -> tuple[tuple | None, str | None]:
+        """(the normalized columns in mapping.COLUMNS order, None) for a valid record, or (None, reason)."""
+        row, problem = normalize_record(data, self.field_map)
+        return (None, problem) if row is None else (tuple(row[column] for column in mapping.COLUMNS), None)

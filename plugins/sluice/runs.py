@@ -1,5 +1,6 @@
 """The etl_runs record: what one run fetched, wrote and rejected per source, and why it failed."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -7,7 +8,7 @@ from psycopg.types.json import Jsonb
 
 from sluice import queries
 from sluice.redact import redact
-from sluice.settings import SOURCES
+from sluice.results import Ingested, Normalized, Stored, Upserted
 
 # per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
@@ -20,42 +21,60 @@ class RunOutcome:
     started_at: datetime
     data_interval_start: datetime | None = None
     data_interval_end: datetime | None = None
-    # task results as returned through XCom (None for a task that did not succeed)
-    ingested: dict[str, dict | None] = field(default_factory=dict)
-    stored: dict | None = None
-    normalized: dict | None = None
-    upserted: dict | None = None
+    # the results of the steps that succeeded (None for a step that did not)
+    ingested: list[Ingested] = field(default_factory=list)
+    stored: Stored | None = None
+    normalized: Normalized | None = None
+    upserted: Upserted | None = None
     errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, results: Iterable, **run) -> "RunOutcome":
+        """The outcome of a run from its steps' results, in any order (sluice.results; others are ignored).
+        A step may have several results (one per source or group of sources); no source may appear twice."""
+        results = list(results)
+
+        def merged(kind):
+            found = [result for result in results if isinstance(result, kind)]
+            by_source = {}
+            for result in found:
+                for name, counts in result.sources.items():
+                    if name in by_source:
+                        raise ValueError(f"source {name!r} has two {kind.STEP} results in run {run['run_id']}")
+                    by_source[name] = counts
+            return kind(by_source) if found else None
+
+        ingested = [result for result in results if isinstance(result, Ingested)]
+        names = [result.source for result in ingested]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a source was ingested twice in run {run['run_id']}: {', '.join(names)}")
+        return cls(**run, ingested=ingested, stored=merged(Stored), normalized=merged(Normalized),
+                   upserted=merged(Upserted))
 
     def source_counts(self) -> dict[str, dict[str, int]]:
         counts = {}
-        for source in SOURCES:
-            ingest = self.ingested.get(source)
-            if ingest is None:
-                continue
-            stored = _of(self.stored, source)
-            normalized = _of(self.normalized, source)
-            upserted = _of(self.upserted, source)
+        for ingest in self.ingested:
+            source = ingest.source
+            # zero counts from a step that failed or did not handle the source
+            stored = (self.stored or Stored()).of(source)
+            normalized = (self.normalized or Normalized()).of(source)
+            upserted = (self.upserted or Upserted()).of(source)
             counts[source] = {
-                "fetched": ingest["records"] + ingest["problems"],
-                "inserted": upserted.get("inserted", 0),
-                "updated": upserted.get("updated", 0),
-                "unchanged": upserted.get("unchanged", 0) + normalized.get("skipped_unchanged", 0),
-                "rejected": stored.get("rejected", 0) + normalized.get("rejected", 0),
+                "fetched": ingest.fetched,
+                "inserted": upserted.inserted,
+                "updated": upserted.updated,
+                "unchanged": upserted.unchanged + normalized.skipped_unchanged,
+                "rejected": stored.rejected + normalized.rejected,
                 # records a later fetch had already stored (store_raw) or replaced in raw meanwhile (upsert):
                 # that fetch's run loads them
-                "superseded": stored.get("superseded", 0) + upserted.get("superseded", 0),
-                "loaded": bool(upserted),
+                "superseded": stored.superseded + upserted.superseded,
+                "loaded": self.upserted is not None and source in self.upserted.sources,
             }
         return counts
 
     @property
     def status(self) -> str:
         return "failed" if self.errors else "success"
-
-
-def _of(result: dict | None, source: str) -> dict:
-    return (result or {}).get("sources", {}).get(source, {})
 
 
 def record(conn, outcome: RunOutcome) -> int:

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 DEFAULT_API_MAPPING = {"source_id": "id", "name": "title", "value": "userId", "description": "body"}
 DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "description": "description"}
 SOURCES = ("api", "csv")
+# maintenance_work_mem while a bulk load rebuilds indexes (PostgreSQL units: 512MB, 1GB)
+INDEX_BUILD_MEMORY = "512MB"
 
 
 def _number(name: str, default: float) -> float:
@@ -64,8 +66,7 @@ def load() -> Settings:
         lock_timeout_seconds=_number("SLUICE_LOCK_TIMEOUT", 300),
         task_retries=int(_number("SLUICE_TASK_RETRIES", 2)),
         retry_delay_seconds=_number("SLUICE_RETRY_DELAY", 30),
-        # maintenance_work_mem while a bulk load rebuilds indexes (PostgreSQL units: 512MB, 1GB)
-        index_build_memory=os.environ.get("SLUICE_INDEX_BUILD_MEMORY") or "512MB",
+        index_build_memory=os.environ.get("SLUICE_INDEX_BUILD_MEMORY") or INDEX_BUILD_MEMORY,
         # seconds one request may take from sending it to its body's last byte (a whole CSV download)
         http_deadline=_number("SLUICE_HTTP_DEADLINE", 600),
         # hosts besides the connection's own that API next links and redirects may lead to, without its credentials

@@ -13,7 +13,7 @@ import pathlib
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import BinaryIO
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def copy_text(value: str) -> str:
 
 @dataclass
 class StageCounts:
-    """What an ingest task returns through XCom: a reference to the staged file and counts, no rows."""
+    """What a source's reader staged: a reference to the staged file and counts, no rows (see results.Ingested)."""
 
     source: str
     uri: str
@@ -46,9 +46,6 @@ class StageCounts:
     bytes: int = 0
     skipped_blank_lines: int = 0
     last_id: str | None = None
-
-    def as_xcom(self) -> dict:
-        return asdict(self)
 
 
 class StageWriter:

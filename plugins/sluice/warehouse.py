@@ -67,7 +67,8 @@ def next_fetch_seq(conn) -> int:
 
 
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
-              fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS) -> dict:
+              fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
+              index_build_memory: str = settings.INDEX_BUILD_MEMORY) -> dict:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table.
 
     fetch_seq places the batch in the source's fetch order (next_fetch_seq; None: fetched now). A batch
@@ -105,7 +106,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
         # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
         with _load_into(conn, raw_table, grows=staged_rows >= existing,
-                        bulk=staged_rows >= bulk_rows and staged_rows >= 2 * existing):
+                        bulk=staged_rows >= bulk_rows and staged_rows >= 2 * existing,
+                        index_build_memory=index_build_memory):
             upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(raw_table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq})
@@ -140,7 +142,7 @@ def _record_result(conn, keys: dict, step: str, result: dict) -> None:
     conn.execute(q("record_step"), {**keys, "step": step, "result": Jsonb(result)})
 
 
-def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: bool,
+def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: str, full_refresh: bool,
               lock_timeout_seconds: float, expected_staged: int | None = None) -> dict:
     """Validate the run's changed records; good ones to normalized_stage, bad ones quarantined with a reason.
 
@@ -156,34 +158,26 @@ def normalize(conn, source: str, field_map: dict, *, run_id: str, full_refresh: 
         conn.execute(q("forget_step"), {**keys, "step": "upsert"})
         (staged_rows,) = _count(conn, "count_staged", keys)
         _check_work(source, run_id, "staged_records", staged_rows, expected_staged, "store_raw")
-        params = {**keys, "input_key": rules.input_key(field_map), "full_refresh": full_refresh}
+        params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh}
         conn.execute(q("create_slow_candidates"))
-        (fast,) = _count(conn, "normalize_fast", {**params, **fast_path_params(field_map)})
+        (fast,) = _count(conn, "normalize_fast", {**params, **normalization.fast_path_params})
         conn.execute(q("analyze_normalized_stage"))
         with conn.cursor(name=f"candidates_{source}") as candidates:
             candidates.execute(q("select_slow_candidates"))
             while batch := candidates.fetchmany(FETCH_BATCH):
                 good, bad = [], []
                 for source_id, data, input_hash, raw_hash in batch:
-                    row, reason = rules.normalize_record(data, field_map)
+                    row, reason = normalization.normalize(data)
                     if row is None:
                         bad.append((run_id, source, source_id, "normalize", reason, psycopg.types.json.Jsonb(data)))
                     else:
-                        good.append((run_id, source, row["source_id"], row["name"], row["value"],
-                                     row["description"], input_hash, raw_hash))
+                        good.append((run_id, source, *row, input_hash, raw_hash))
                 _copy_rows(conn, "copy_normalized_stage", good)
                 _copy_rows(conn, "copy_rejects", bad)
                 valid += len(good)
                 rejected += len(bad)
     return {"source": source, "staged": staged_rows, "valid": fast + valid, "fast_path": fast,
             "rejected": rejected, "skipped_unchanged": staged_rows - fast - valid - rejected}
-
-
-def fast_path_params(field_map: dict) -> dict:
-    return {
-        "edge_space": rules.SPACE_CHARACTERS,
-        **{f"{column}_field": field_map.get(column) for column in ("source_id", "name", "value", "description")},
-    }
 
 
 def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
@@ -201,7 +195,7 @@ def _check_work(source: str, run_id: str, table: str, found: int, expected: int 
 
 
 def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = BULK_ROWS,
-           expected_staged: int | None = None) -> dict:
+           expected_staged: int | None = None, index_build_memory: str = settings.INDEX_BUILD_MEMORY) -> dict:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
 
     A load that inserts at least bulk_rows rows and at least doubles the table (a first load) is a bulk load
@@ -217,7 +211,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
         # brings every row and inserts none, and must not rebuild the indexes under an exclusive lock
         with _load_into(conn, "normalized_data", grows=incoming >= existing,
-                        bulk=new_rows >= bulk_rows and new_rows >= existing):
+                        bulk=new_rows >= bulk_rows and new_rows >= existing, index_build_memory=index_build_memory):
             (raw_written_since,) = _count(conn, "raw_written_since", keys)
             query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
             inserted, updated, current = conn.execute(
@@ -229,7 +223,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
 
 
 @contextlib.contextmanager
-def _load_into(conn, table: str, *, grows: bool, bulk: bool) -> Iterator[None]:
+def _load_into(conn, table: str, *, grows: bool, bulk: bool, index_build_memory: str) -> Iterator[None]:
     """Plan and run a load that may double the table (grows) or surely does and is large (bulk).
 
     A load that may double a table gets hash joins: the planner sizes the table as it is before the
@@ -246,7 +240,7 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool) -> Iterator[None]:
         return
     conn.execute(q("suspend_indexes"), {"table": table})
     yield
-    conn.execute(q("set_maintenance_work_mem"), {"work_mem": settings.load().index_build_memory})
+    conn.execute(q("set_maintenance_work_mem"), {"work_mem": index_build_memory})
     conn.execute(q("restore_indexes"), {"table": table})
 
 

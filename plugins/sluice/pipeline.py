@@ -1,0 +1,104 @@
+"""The pipeline, one function per step, without Airflow: plain values in, a result (sluice.results) out.
+
+    init_schema → ingest (once per source) → store_raw → normalize → upsert → checkpoint → record_run
+
+Each step takes a psycopg 3 connection and the Settings of the run (read by the caller: the Airflow edge,
+the bench, a test); ingest also takes the Source value, an HTTP session and URL, and where to stage. The
+steps after ingest take the previous step's results for all sources of the run, one transaction per source
+(sluice.warehouse). Staged files are named by a URI and opened with an Opener: a local path or file:// URI
+with open_local, an object store through the caller's own opener.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import BinaryIO, ContextManager
+
+from sluice import runs, staging, warehouse
+from sluice.results import (Checkpointed, Ingested, Normalized, Recorded, SourceCheckpoint, SourceNormalized,
+                            SourceStored, SourceUpserted, Stored, Upserted)
+from sluice.settings import Settings
+from sluice.sources import FetchRequest, Source
+
+# (uri, mode) -> an open binary file: how the steps reach staged files
+Opener = Callable[[str, str], ContextManager[BinaryIO]]
+
+
+def open_local(uri: str, mode: str) -> ContextManager[BinaryIO]:
+    """The Opener of local staging: a path, or a file:// URI."""
+    return open(uri.removeprefix("file://"), mode)
+
+
+def init_schema(conn) -> None:
+    """Create or upgrade the warehouse's tables and functions; no result (the schema is ready, or it raised)."""
+    warehouse.apply_schema(conn)
+
+
+def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: Opener = open_local, *,
+           run_id: str, settings: Settings, full_refresh: bool = False) -> Ingested:
+    """Fetch one source and stage its records at staged_uri (created or replaced); never rows in the result.
+
+    The source's kind module reads it (Source.reader); an incremental source (since_param) asks for the
+    records from its checkpoint on, unless full_refresh."""
+    # taken before reading: store_raw never lets a batch replace what a later fetch stored
+    fetch_seq = warehouse.next_fetch_seq(conn)
+    since = warehouse.read_checkpoint(conn, source.name) if source.since_param and not full_refresh else None
+    request = FetchRequest(session=session, url=url, run_id=run_id, uri=staged_uri, settings=settings, since=since,
+                           workdir=staging.download_dir(run_id))
+    with open_file(staged_uri, "wb") as out:
+        counts = source.reader().stage(source, request, out)
+    return Ingested.of(counts, fetch_seq)
+
+
+def store_raw(conn, ingested: Iterable[Ingested], open_file: Opener = open_local, *, run_id: str,
+              settings: Settings) -> Stored:
+    """Load every ingested source's staged file into its raw table (the sources that failed to ingest are not
+    given); fails when there is none."""
+    ingested = list(ingested)
+    if not ingested:
+        raise RuntimeError("no source was ingested; nothing to store (see the ingest tasks' errors)")
+    stored = {}
+    for result in ingested:
+        with open_file(result.uri, "rb") as file:
+            stored[result.source] = SourceStored(**warehouse.store_raw(
+                conn, result.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
+                fetch_seq=result.fetch_seq, index_build_memory=settings.index_build_memory))
+    return Stored(stored)
+
+
+def normalize(conn, stored: Stored, sources: Mapping[str, Source], *, run_id: str, settings: Settings,
+              full_refresh: bool = False) -> Normalized:
+    """Validate and map the stored sources' changed records with each source's rules (sources by name)."""
+    normalized = {}
+    for name, result in stored.sources.items():
+        if name not in sources:
+            raise ValueError(f"source {name!r} was stored but is not among the run's sources ({', '.join(sources)})")
+        normalized[name] = SourceNormalized(**warehouse.normalize(
+            conn, name, sources[name].normalization, run_id=run_id, full_refresh=full_refresh,
+            lock_timeout_seconds=settings.lock_timeout_seconds, expected_staged=result.stored))
+    return Normalized(normalized)
+
+
+def upsert(conn, normalized: Normalized, *, run_id: str, settings: Settings) -> Upserted:
+    """Merge each normalized source into normalized_data, writing only real changes."""
+    upserted = {}
+    for name, result in normalized.sources.items():
+        written = warehouse.upsert(conn, name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
+                                   expected_staged=result.valid, index_build_memory=settings.index_build_memory)
+        upserted[name] = SourceUpserted(**written, processed=result.staged)
+    return Upserted(upserted)
+
+
+def checkpoint(conn, upserted: Upserted, *, run_id: str, settings: Settings,
+               full_refresh: bool = False) -> Checkpointed:
+    """Advance each upserted source's checkpoint to the highest id this run committed."""
+    return Checkpointed({
+        name: SourceCheckpoint(**warehouse.advance_checkpoint(
+            conn, name, run_id=run_id, processed=result.processed,
+            lock_timeout_seconds=settings.lock_timeout_seconds, full_refresh=full_refresh))
+        for name, result in upserted.sources.items()
+    })
+
+
+def record_run(conn, outcome: runs.RunOutcome) -> Recorded:
+    """Write the run's etl_runs row (runs.RunOutcome.of builds the outcome from the steps' results)."""
+    row_id = runs.record(conn, outcome)
+    return Recorded(etl_run_id=row_id, status=outcome.status, sources=outcome.source_counts())
