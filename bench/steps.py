@@ -34,7 +34,7 @@ def _sources(names) -> dict[str, sources.Source]:
 def apply_schema(measure, *, db: str) -> None:
     """The schema as it is on disk now, applied in a fresh process like the stages that follow."""
     with psycopg.connect(db) as conn:
-        measure(lambda: pipeline.init_schema(conn))
+        measure(lambda: pipeline.init_schema(conn, settings=_settings()))
 
 
 def ingest(measure, *, db: str, source: str, url: str, staged: str, run_id: str, max_pages: int) -> dict:

@@ -179,7 +179,7 @@ def test_the_image_build_context_installs_sluice(tmp_path):
                 shutil.copy(REPO / source, into)
     (tmp_path / "dist").mkdir()
     names = zipfile.ZipFile(build_wheel(image / "opt" / "airflow", tmp_path / "dist")).namelist()
-    assert {"sluice/tasks.py", "sluice/sql/pipeline.sql", "webapp/__init__.py"} <= set(names)
+    assert {"sluice/airflow_edge.py", "sluice/sql/pipeline.sql", "webapp/__init__.py"} <= set(names)
 
 
 AIRFLOW_LOADS_PLUGINS = """
@@ -209,7 +209,7 @@ def test_airflow_plugin_loader_executes_no_sluice_module(with_ignore_file, tmp_p
         plugins = tmp_path / "plugins"
         shutil.copytree(REPO / "plugins", plugins, ignore=shutil.ignore_patterns(".airflowignore", "__pycache__"))
     file_modules = {path.stem for path in plugins.rglob("*.py")}
-    assert {"tasks", "settings", "warehouse", "queries"} <= file_modules
+    assert {"airflow_edge", "settings", "warehouse", "queries"} <= file_modules
     loaded = top_level_modules_after_airflow_loads(plugins, tmp_path / "airflow")
     if with_ignore_file:
         assert sorted(file_modules & loaded) == []

@@ -49,7 +49,7 @@ SEEDS = {"api": sources.seed("api", endpoint="posts"), "csv": sources.seed("csv"
 def run_all_steps(url: str, served: SourceServer, staging_dir: Path, config, run_sources=SEEDS) -> list:
     """Every step of one run, in the DAG's order, each on its own connection as each task has; the results."""
     with psycopg.connect(url) as conn:
-        pipeline.init_schema(conn)
+        pipeline.init_schema(conn, settings=config)
     ingested = []
     for source in run_sources.values():
         with psycopg.connect(url) as conn, requests.Session() as session:
@@ -223,6 +223,6 @@ def test_the_pipeline_core_imports_no_airflow():
     code = ("import sys; import sluice.pipeline, sluice.sources, sluice.results, sluice.runs;"
             "print([m for m in sys.modules if m.split('.')[0] == 'airflow'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-                            env={"PATH": "", "PYTHONPATH": f"{REPO / 'plugins'}"})
+                            env={"PATH": ""})
     assert result.stdout.strip() == "[]"
 

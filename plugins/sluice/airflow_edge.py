@@ -103,7 +103,7 @@ def init_schema() -> None:
     from sluice import pipeline
 
     with warehouse() as conn:
-        pipeline.init_schema(conn)
+        pipeline.init_schema(conn, settings=settings.load())
 
 
 @reports_error

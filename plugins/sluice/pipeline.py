@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import BinaryIO, ContextManager
 
 from sluice import runs, staging, warehouse
+from sluice.migrations import Changes
 from sluice.results import (Checkpointed, Ingested, Normalized, Recorded, SourceCheckpoint, SourceNormalized,
                             SourceStored, SourceUpserted, Stored, Upserted)
 from sluice.settings import Settings
@@ -27,9 +28,9 @@ def open_local(uri: str, mode: str) -> ContextManager[BinaryIO]:
     return open(uri.removeprefix("file://"), mode)
 
 
-def init_schema(conn) -> None:
-    """Create or upgrade the warehouse's tables and functions; no result (the schema is ready, or it raised)."""
-    warehouse.apply_schema(conn)
+def init_schema(conn, *, settings: Settings) -> Changes:
+    """Create or upgrade the warehouse's tables and functions; what it applied (nothing on a current warehouse)."""
+    return warehouse.apply_schema(conn, lock_timeout_seconds=settings.lock_timeout_seconds)
 
 
 def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: Opener = open_local, *,
