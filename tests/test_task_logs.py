@@ -13,9 +13,10 @@ from collections import defaultdict
 
 import pytest
 
-from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
+# the whole runs of test_pipeline_runs: 6 bad CSV rows, 3 of which fail staging and 3 the rules
+from tests.test_pipeline_runs import API_RECORDS, CSV_ROWS, pipeline  # noqa: F401 # pipeline is a fixture
 
-API_RECORDS, CSV_ROWS, BAD_EVERY, PAGE_SIZE = 100, 300, 50, 40  # 6 bad CSV rows: 3 fail staging, 3 normalize
+PAGE_SIZE = 40  # pipeline_harness.start_sources
 NUMBER = r"([\d,]+)"
 SECONDS = r"in [\d.]+ s$"
 
@@ -49,14 +50,6 @@ def number(text: str) -> int:
 
 
 @pytest.fixture
-def pipeline(monkeypatch, database_url, tmp_path):
-    sources = start_sources(API_RECORDS, CSV_ROWS, BAD_EVERY)
-    point_airflow_at(monkeypatch, database_url, sources, tmp_path / "staging")
-    yield Pipeline(database_url, sources)
-    sources.stop()
-
-
-@pytest.fixture
 def logs():
     handler = TaskLogs()
     logger = logging.getLogger("sluice")
@@ -85,9 +78,9 @@ def test_a_runs_task_logs_say_what_each_phase_did_with_the_counts_of_its_etl_run
     # store_raw: the COPY, then what the raw table got
     for source in ("api", "csv"):
         logs.line("store_raw", rf"^{source}: copied the staged file \([\d.]+ kB\) into PostgreSQL {SECONDS}")
-    raw = logs.line("store_raw", rf"^csv: stored {NUMBER} staged records in raw_csv_data: {NUMBER} inserted, 0 updated, "
-                                 rf"0 unchanged; 0 superseded by a later fetch; quarantined {NUMBER} \({NUMBER} found "
-                                 rf"while staging, 0 duplicate ids\) {SECONDS}")
+    raw = logs.line("store_raw", rf"^csv: stored {NUMBER} staged records in raw_csv_data: {NUMBER} inserted, "
+                                 rf"0 updated, 0 unchanged; 0 superseded by a later fetch; quarantined {NUMBER} "
+                                 rf"\({NUMBER} found while staging, 0 duplicate ids\) {SECONDS}")
     assert number(raw[1]) == number(raw[2]) == staged_csv == pipeline.value("select count(*) from raw_csv_data")
     assert number(raw[3]) == number(raw[4]) == quarantined_csv
     logs.line("store_raw", rf"^api: stored {API_RECORDS} staged records in raw_api_data: {API_RECORDS} inserted, ")
