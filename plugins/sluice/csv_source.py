@@ -232,8 +232,8 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
         for line_no, row, rejected in _records(lines, width):
             if record_no % progress.CHECK_EVERY == 0:
                 # the bytes the parser has taken from the file (read ahead by at most a buffer)
-                tracker.update(file.buffer.tell(),
-                               f"{progress.count(writer.records)} records staged, {writer.problems} quarantined")
+                tracker.update(file.buffer.tell(), f"{progress.count(writer.records)} records staged, "
+                                                   f"{progress.count(writer.problems)} quarantined")
             if rejected is not None:
                 # a line that does not parse is quarantined with its own text, not guessed at
                 record_no += 1
