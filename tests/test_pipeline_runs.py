@@ -7,6 +7,7 @@ import io
 import json
 import re
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,7 +20,7 @@ from tests import crash_support as crash
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 
 API_RECORDS, CSV_ROWS, BAD_EVERY = 100, 300, 50  # 6 bad CSV rows of 4 kinds
-REPO = crash.REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

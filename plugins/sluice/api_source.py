@@ -5,6 +5,7 @@ Each page is parsed as it arrives, a record at a time (sluice.json_stream), neve
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -13,10 +14,13 @@ from urllib.parse import urljoin
 
 import requests
 
-from sluice import http_client, mapping
+from sluice import http_client, mapping, progress
 from sluice.errors import SourceError
 from sluice.json_stream import JSONStream
+from sluice.redact import redact
 from sluice.staging import StageCounts, StageWriter
+
+log = logging.getLogger(__name__)
 
 SOURCE = "api"
 WRAPPER_KEYS = ("data", "items", "results", "records", "rows")
@@ -112,6 +116,9 @@ def fetch(
     seen_urls: set[str] = set()
     id_field = field_map["source_id"]
     next_url: str | None = url
+    since = f" with {', '.join(f'{name}={value}' for name, value in params.items())}" if params else ""
+    log.info("%s", redact(f"{SOURCE}: fetching {url}{since}"))
+    tracker = progress.Progress(log, SOURCE, "fetching", measure=lambda n: f"{progress.count(n)} records")
     while next_url:
         if counts.pages >= max_pages:
             raise SourceError(f"{SOURCE}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {next_url}")
@@ -135,6 +142,8 @@ def fetch(
         with contextlib.closing(body):
             for record in _page(_counted(body, counts), where=where, content_type=content_type):
                 record_no = counts.records + counts.problems + 1
+                if record_no % progress.CHECK_EVERY == 0:
+                    tracker.update(record_no, f"{counts.pages} pages, {progress.size(counts.bytes)}")
                 if not isinstance(record, Mapping):
                     writer.problem(record_no, None, f"record {record_no} is {mapping.kind(record)}, not an object",
                                    json.dumps(record, ensure_ascii=False))
@@ -146,6 +155,10 @@ def fetch(
                     else:
                         writer.record(record_no, source_id, record, where=f"record {record_no}")
                 counts.records, counts.problems = writer.records, writer.problems
+        tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
+    tracker.finish(f"fetched {progress.count(counts.pages)} pages ({progress.size(counts.bytes)}), staged "
+                   f"{progress.count(counts.records)} records, quarantined "
+                   f"{progress.reasons(counts.problems, writer.first_problems)}")
     return counts
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import itertools
+import logging
 import math
 import os
 import tempfile
@@ -12,9 +13,12 @@ from typing import BinaryIO
 
 import requests
 
-from sluice import http_client
+from sluice import http_client, progress
 from sluice.errors import SourceError
+from sluice.redact import redact
 from sluice.staging import StageCounts, StageWriter, printable
+
+log = logging.getLogger(__name__)
 
 SOURCE = "csv"
 # A 200 KB description is a legitimate field; the csv module's default limit is 128 KB.
@@ -32,6 +36,9 @@ def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep
     if "html" in content_type:
         http_client.discard(response)
         raise SourceError(f"{SOURCE}: {response.url} served {content_type}, not CSV")
+    total = http_client.expected_bytes(response)
+    log.info("%s: downloading %s%s", SOURCE, redact(response.url), f" ({progress.size(total)})" if total else "")
+    tracker = progress.Progress(log, SOURCE, "downloading", total=total, measure=progress.size)
     handle, path = tempfile.mkstemp(prefix="sluice-csv-", suffix=".csv", dir=directory)
     size = 0
     try:
@@ -39,12 +46,14 @@ def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep
             for chunk in http_client.iter_body(response, source=SOURCE, limit=max_bytes):
                 file.write(chunk)
                 size += len(chunk)
+                tracker.update(size)
     except BaseException:
         os.unlink(path)
         raise
     if size == 0:
         os.unlink(path)
         raise SourceError(f"{SOURCE}: {response.url} returned an empty body (not even a header row)")
+    tracker.finish(f"downloaded {progress.size(size)}")
     return path, size
 
 
@@ -212,6 +221,7 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
     """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted commas and newlines) and stage one line per data row."""
     writer = StageWriter(out, run_id, SOURCE)
     counts = StageCounts(source=SOURCE, uri=uri, bytes=os.path.getsize(path))
+    tracker = progress.Progress(log, SOURCE, "staging", total=counts.bytes, measure=progress.size)
     # surrogateescape keeps undecodable bytes so the row can be quarantined rather than the file failing.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
         lines = _PhysicalLines(file)
@@ -220,6 +230,10 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
         width = len(header)
         record_no = 0
         for line_no, row, rejected in _records(lines, width):
+            if record_no % progress.CHECK_EVERY == 0:
+                # the bytes the parser has taken from the file (read ahead by at most a buffer)
+                tracker.update(file.buffer.tell(), f"{progress.count(writer.records)} records staged, "
+                                                   f"{progress.count(writer.problems)} quarantined")
             if rejected is not None:
                 # a line that does not parse is quarantined with its own text, not guessed at
                 record_no += 1
@@ -243,6 +257,9 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
                 # columns without a name (Excel's blank padding) carry nothing a mapping can name
                 writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=line)
     counts.records, counts.problems = writer.records, writer.problems
+    blank = f", skipped {progress.count(counts.skipped_blank_lines)} blank lines" if counts.skipped_blank_lines else ""
+    tracker.finish(f"staged {progress.count(counts.records)} records, quarantined "
+                   f"{progress.reasons(counts.problems, writer.first_problems)}{blank}")
     return counts
 
 

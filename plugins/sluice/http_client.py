@@ -6,6 +6,7 @@ reached only when SLUICE_API_ALLOWED_HOSTS lists it, then without the connection
 """
 
 import email.utils
+import logging
 import random
 import threading
 import time
@@ -16,6 +17,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from sluice.errors import SourceError
+from sluice.redact import redact
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 CHUNK_BYTES = 1024 * 1024
@@ -179,6 +183,9 @@ def _get_retried(
                 raise SourceError(f"{source}: GET {response.url} answered {reason}; not retried")
             last_problem = f"answered {reason}"
         if attempt < policy.attempts:
+            # the problem can quote the URL, with its query, and headers: masked like the error it may become
+            log.warning("%s", redact(f"{source}: GET {url} {last_problem}; retrying in {wait:.1f} s "
+                                     f"(attempt {attempt + 1} of {policy.attempts})"))
             sleep(wait)
     raise SourceError(f"{source}: GET {url} failed after {policy.attempts} attempts: {last_problem}")
 
@@ -230,6 +237,15 @@ def iter_body(response: requests.Response, *, source: str, limit: int, already: 
         if deadline is not None:
             deadline.cancel()
         response.close()
+
+
+def expected_bytes(response: requests.Response) -> int | None:
+    """The body's size as announced (Content-Length), or None when it is not announced or is the size of an
+    encoded body that requests decodes while reading it (gzip)."""
+    length = response.headers.get("Content-Length", "")
+    if not length.isdigit() or response.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return None
+    return int(length)
 
 
 def discard(response: requests.Response) -> None:

@@ -1,17 +1,20 @@
 """The etl_runs record: what one run fetched, wrote and rejected per source, and why it failed."""
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from psycopg.types.json import Jsonb
 
-from sluice import queries
+from sluice import progress, queries
 from sluice.redact import redact
 from sluice.results import Ingested, Normalized, Stored, Upserted
 
 # per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,4 +98,7 @@ def record(conn, outcome: RunOutcome) -> int:
             **totals,
         }).fetchone()
         conn.execute(queries.query("pipeline.sql", "delete_run_work"), {"run_id": outcome.run_id})
+    failed = f" ({len(outcome.errors)} tasks did not succeed, see etl_runs.error_message)" if outcome.errors else ""
+    log.info("run %s recorded as %s%s in etl_runs (id %d): %s", outcome.run_id, outcome.status, failed, row_id,
+             ", ".join(f"{progress.count(totals[name])} {name}" for name in COUNTS))
     return row_id

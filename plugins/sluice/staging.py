@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from sluice.progress import REASONS_SHOWN
+
 log = logging.getLogger(__name__)
 
 COPY_COLUMNS = "run_id, source, record_no, source_id, data, problem, payload, content_hash"
@@ -56,6 +58,7 @@ class StageWriter:
         self._prefix = f"{copy_text(run_id)}\t{source}\t"
         self.records = 0
         self.problems = 0
+        self.first_problems: list[str] = []  # for the task log: the reasons of the first few
 
     def record(self, record_no: int, source_id: str, data: dict, *, where: str) -> None:
         if len(source_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
@@ -86,6 +89,8 @@ class StageWriter:
         line = f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(printable(payload))}\t{NULL}\n"
         self._out.write(line.encode("utf-8"))
         self.problems += 1
+        if len(self.first_problems) < REASONS_SHOWN:
+            self.first_problems.append(problem)
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")

@@ -6,6 +6,8 @@ A per-source advisory lock is held for each write transaction, so overlapping ru
 """
 
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -13,8 +15,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import migrations, queries, rules, settings
+from sluice import migrations, progress, queries, rules, settings
 from sluice.errors import LockTimeout
+
+log = logging.getLogger(__name__)
 
 RAW_TABLES = {"api": "raw_api_data", "csv": "raw_csv_data"}
 COPY_CHUNK = 1024 * 1024
@@ -83,6 +87,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         recorded = _recorded_result(conn, keys, "store_raw")
         recorded_fetch = recorded.pop("fetch_seq", None) if recorded is not None else None
         if recorded is not None and (fetch_seq is None or recorded_fetch == fetch_seq):
+            log.info("%s: this fetch was already stored in raw by an earlier try of this run; nothing to do", source)
             return recorded
         if recorded is not None:
             # the run fetched again (a cleared ingest) since it stored: the new batch is stored, and what
@@ -91,11 +96,18 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
                 conn.execute(q("forget_step"), {**keys, "step": step})
         if fetch_seq is None:
             fetch_seq = next_fetch_seq(conn)
+        step = progress.Progress(log, source, "storing")
         conn.execute(q("delete_staged"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "store_raw"})
+        copying = progress.Progress(log, source, "copying the staged file into PostgreSQL",
+                                    total=_bytes_left(staged), measure=progress.size)
+        copied = 0
         with conn.cursor().copy(q("copy_staged")) as copy:
             while chunk := staged.read(COPY_CHUNK):
                 copy.write(chunk)
+                copied += len(chunk)
+                copying.update(copied)
+        copying.finish(f"copied the staged file ({progress.size(copied)}) into PostgreSQL")
         conn.execute(q("analyze_staged"))
         problems = conn.execute(q("quarantine_problems"), keys).rowcount
         duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
@@ -120,7 +132,26 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
             "superseded": superseded,
         }
         _record_result(conn, keys, "store_raw", {**result, "fetch_seq": fetch_seq})
+    c = progress.count
+    step.finish(f"stored {c(staged_rows)} staged records in {raw_table}: {c(inserted)} inserted, {c(updated)} "
+                f"updated, {c(staged_rows - inserted - updated)} unchanged; {c(superseded)} superseded by a later "
+                f"fetch; quarantined {c(problems + duplicates)} ({c(problems)} found while staging, "
+                f"{c(duplicates)} duplicate ids)")
     return result
+
+
+def _bytes_left(file: BinaryIO) -> int | None:
+    """The bytes from the file's position to its end, for the progress of a COPY; None when it cannot tell."""
+    # a stream that cannot seek (or says so by raising) only makes the progress lines lack a total
+    try:
+        if not file.seekable():
+            return None
+        here = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        file.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return end - here
 
 
 def _remove_superseded(conn, raw_table: str, keys: dict, fetch_seq: int) -> int:
@@ -151,7 +182,9 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
     """
     keys = {"run_id": run_id, "source": source}
     valid = rejected = 0
+    first_rejects: list[str] = []
     with source_transaction(conn, source, lock_timeout_seconds):
+        step = progress.Progress(log, source, "normalizing")
         conn.execute(q("delete_normalized_stage"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "normalize"})
         # a cleared and re-run normalize replaces what a committed upsert of this run counted
@@ -162,6 +195,8 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
         conn.execute(q("create_slow_candidates"))
         (fast,) = _count(conn, "normalize_fast", {**params, **normalization.fast_path_params})
         conn.execute(q("analyze_normalized_stage"))
+        validating = progress.Progress(log, source, "validating the records the fast path left",
+                                       measure=lambda n: f"{progress.count(n)} records")
         with conn.cursor(name=f"candidates_{source}") as candidates:
             candidates.execute(q("select_slow_candidates"))
             while batch := candidates.fetchmany(FETCH_BATCH):
@@ -170,14 +205,22 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
                     row, reason = normalization.normalize(data)
                     if row is None:
                         bad.append((run_id, source, source_id, "normalize", reason, psycopg.types.json.Jsonb(data)))
+                        if len(first_rejects) < progress.REASONS_SHOWN:
+                            first_rejects.append(f"id {source_id}: {reason}")
                     else:
                         good.append((run_id, source, *row, input_hash, raw_hash))
                 _copy_rows(conn, "copy_normalized_stage", good)
                 _copy_rows(conn, "copy_rejects", bad)
                 valid += len(good)
                 rejected += len(bad)
+                validating.update(valid + rejected, f"{progress.count(rejected)} rejected")
+    c = progress.count
+    skipped = staged_rows - fast - valid - rejected
+    step.finish(f"normalized {c(staged_rows)} staged records: {c(fast + valid)} valid ({c(fast)} by the SQL "
+                f"fast path), rejected {progress.reasons(rejected, first_rejects)}, {c(skipped)} skipped as "
+                "unchanged since they were last normalized")
     return {"source": source, "staged": staged_rows, "valid": fast + valid, "fast_path": fast,
-            "rejected": rejected, "skipped_unchanged": staged_rows - fast - valid - rejected}
+            "rejected": rejected, "skipped_unchanged": skipped}
 
 
 def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
@@ -204,7 +247,9 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
+            log.info("%s: this run's rows were already upserted by an earlier try; nothing to do", source)
             return recorded
+        step = progress.Progress(log, source, "upserting")
         # normalize analyzed normalized_stage after writing it: the plans here see its size
         incoming, existing, new_rows = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
@@ -219,6 +264,10 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         result = {"source": source, "inserted": inserted, "updated": updated,
                   "unchanged": current - inserted - updated, "superseded": incoming - current}
         _record_result(conn, keys, "upsert", result)
+    c = progress.count
+    step.finish(f"upserted {c(incoming)} normalized rows into normalized_data: {c(inserted)} inserted, "
+                f"{c(updated)} updated, {c(result['unchanged'])} unchanged, {c(result['superseded'])} superseded "
+                "by a later fetch")
     return result
 
 
@@ -238,10 +287,15 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool, index_build_memory:
     if not bulk:
         yield
         return
-    conn.execute(q("suspend_indexes"), {"table": table})
+    # one statement each: their progress is not measurable from here, their durations are
+    dropping = progress.Progress(log, f"bulk load into {table}", "dropping its indexes")
+    (dropped,) = conn.execute(q("suspend_indexes"), {"table": table}).fetchone()
+    dropping.finish(f"dropped {dropped} indexes (rebuilt after the load)")
     yield
     conn.execute(q("set_maintenance_work_mem"), {"work_mem": index_build_memory})
-    conn.execute(q("restore_indexes"), {"table": table})
+    building = progress.Progress(log, f"bulk load into {table}", "rebuilding its indexes")
+    (built,) = conn.execute(q("restore_indexes"), {"table": table}).fetchone()
+    building.finish(f"rebuilt {built} indexes")
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float,
@@ -252,12 +306,22 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
     with source_transaction(conn, source, lock_timeout_seconds):
         # a retried task adds nothing twice; a run that fetched again (store_raw forgot this step) advances
         if (recorded := _recorded_result(conn, keys, "checkpoint")) is not None:
+            log.info("%s: checkpoint already advanced by an earlier try of this run, to id %r",
+                     source, recorded["last_processed_id"])
             return recorded
+        before = conn.execute(q("select_checkpoint"), keys).fetchone()
         conn.execute(q("advance_checkpoint"), {**keys, "processed": processed, "full_refresh": full_refresh})
         last_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
+        previous = before[0] if before is not None else None
+        if previous == last_id:
+            moved = f"stays at id {last_id!r}"
+        else:
+            how = "set by the full refresh" if full_refresh else "advanced"
+            moved = f"{how} to id {last_id!r} (was {'unset' if previous is None else f'id {previous!r}'})"
         result = {"source": source, "last_processed_id": last_id, "total_processed": total,
                   "last_processed_at": last_at.isoformat() if last_at else None}
         _record_result(conn, keys, "checkpoint", result)
+    log.info("%s: checkpoint %s; %s records processed in all", source, moved, progress.count(total or 0))
     return result
 
 
