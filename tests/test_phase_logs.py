@@ -2,6 +2,7 @@
 127.0.0.1 and a real PostgreSQL. The 10-second rule itself is tested with a clock in test_progress.py;
 here it is set to 0 so that every check logs a line."""
 
+import gzip
 import io
 import logging
 import re
@@ -10,9 +11,9 @@ import psycopg
 import pytest
 import requests
 
-from sluice import api_source, csv_source, http_client, progress, settings, warehouse
-from sluice.devtools import sample_data
-from sluice.devtools.source_server import Fault, SourceServer
+from sluice import api_source, csv_source, http_client, progress, rules, settings, warehouse
+from sluice_devtools import sample_data
+from sluice_devtools.source_server import Fault, SourceServer
 
 POLICY = http_client.RetryPolicy(attempts=2, timeout=5.0, backoff_base=0.01, backoff_max=0.01)
 ROWS = 60_000  # a 3 MB CSV: several 1 MB chunks to download and to COPY, and several checks while staging
@@ -110,7 +111,7 @@ def test_a_bulk_load_logs_its_index_drop_and_rebuild(tmp_path, lines, database_u
                                            for t in ("raw_csv_data", "normalized_data"))
         conn.rollback()
         warehouse.store_raw(conn, "csv", staged, run_id="run-1", lock_timeout_seconds=5, bulk_rows=100)
-        warehouse.normalize(conn, "csv", settings.DEFAULT_CSV_MAPPING, run_id="run-1", full_refresh=False,
+        warehouse.normalize(conn, "csv", rules.Normalization(settings.DEFAULT_CSV_MAPPING), run_id="run-1", full_refresh=False,
                             lock_timeout_seconds=5)
         warehouse.upsert(conn, "csv", run_id="run-1", lock_timeout_seconds=5, bulk_rows=100)
 

@@ -5,6 +5,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -109,6 +110,13 @@ def test_trigger_with_conf_through_rest_then_read_through_the_flask_api(running_
         row = conn.execute("select run_type, status, data_interval_start from etl_runs where run_id = %s",
                            (run_id,)).fetchone()
     assert row == ("manual", "success", None)
+
+    # a real worker's task log carries Sluice's lines (the standard logging module, forwarded by Airflow)
+    expected = (("ingest_csv", "csv: staged "), ("store_raw", "csv: stored "), ("record_run", " recorded as success"))
+    for task_id, line in expected:
+        status, log = call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline/dagRuns/{quote(run_id)}/taskInstances/"
+                                  f"{task_id}/logs/1", token=token)
+        assert status == 200 and line in json.dumps(log), (task_id, line)
 
 
 def test_backfill_of_two_intervals_records_two_runs_and_changes_nothing(running_stack):

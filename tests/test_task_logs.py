@@ -63,6 +63,8 @@ def test_a_runs_task_logs_say_what_each_phase_did_with_the_counts_of_its_etl_run
     assert state == "success"
     csv, api = run["source_counts"]["csv"], run["source_counts"]["api"]
 
+    logs.line("init_schema", r"^init_schema: (the warehouse schema is current|applied .+) \([\d.]+ s\)$")
+
     # ingest: what was downloaded, staged and quarantined (with the first reasons), and how long it took
     downloaded = logs.line("ingest_csv", rf"^csv: downloaded ([\d.]+) kB {SECONDS}")
     assert float(downloaded[1]) == pytest.approx(len(pipeline.sources.routes["items.csv"].body) / 1000, abs=0.05)

@@ -9,15 +9,19 @@ steps after ingest take the previous step's results for all sources of the run, 
 with open_local, an object store through the caller's own opener.
 """
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import BinaryIO, ContextManager
 
-from sluice import runs, staging, warehouse
+from sluice import progress, runs, staging, warehouse
 from sluice.migrations import Changes
 from sluice.results import (Checkpointed, Ingested, Normalized, Recorded, SourceCheckpoint, SourceNormalized,
                             SourceStored, SourceUpserted, Stored, Upserted)
 from sluice.settings import Settings
 from sluice.sources import FetchRequest, Source
+
+log = logging.getLogger(__name__)
 
 # (uri, mode) -> an open binary file: how the steps reach staged files
 Opener = Callable[[str, str], ContextManager[BinaryIO]]
@@ -30,7 +34,10 @@ def open_local(uri: str, mode: str) -> ContextManager[BinaryIO]:
 
 def init_schema(conn, *, settings: Settings) -> Changes:
     """Create or upgrade the warehouse's tables and functions; what it applied (nothing on a current warehouse)."""
-    return warehouse.apply_schema(conn, lock_timeout_seconds=settings.lock_timeout_seconds)
+    started = time.monotonic()
+    changes = warehouse.apply_schema(conn, lock_timeout_seconds=settings.lock_timeout_seconds)
+    log.info("init_schema: %s (%s)", changes, progress.duration(time.monotonic() - started))
+    return changes
 
 
 def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: Opener = open_local, *,
