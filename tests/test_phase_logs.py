@@ -65,7 +65,6 @@ def test_download_and_staging_report_progress_out_of_the_files_size(server, tmp_
 
 
 def test_a_gzipped_download_reports_progress_without_a_total_it_cannot_compare(server, tmp_path, lines):
-    import gzip
 
     body = sample_data.csv_bytes(ROWS)
     server.serve_bytes("items.csv", body)
