@@ -1,5 +1,8 @@
-"""Read a CSV published at a URL into staging: download to disk first, then parse it as a stream."""
+"""Read a CSV published at a URL into staging: download to disk first (a gzip file decompressed on the way),
+then parse it as a stream, with the source's delimiter and encoding."""
 
+import codecs
+import contextlib
 import csv
 import itertools
 import logging
@@ -7,9 +10,11 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -23,6 +28,8 @@ log = logging.getLogger(__name__)
 SOURCE = "csv"
 # A 200 KB description is a legitimate field; the csv module's default limit is 128 KB.
 csv.field_size_limit(64 * 1024 * 1024)
+GZIP_TYPES = ("application/gzip", "application/x-gzip")
+GZIP_WBITS = 31  # zlib's window bits for the gzip format, header and trailer checked
 
 
 def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable,
@@ -36,14 +43,18 @@ def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep
     if "html" in content_type:
         http_client.discard(response)
         raise SourceError(f"{SOURCE}: {response.url} served {content_type}, not CSV")
-    total = http_client.expected_bytes(response)
-    log.info("%s: downloading %s%s", SOURCE, redact(response.url), f" ({progress.size(total)})" if total else "")
+    gzipped = is_gzip(url, response)
+    total = None if gzipped else http_client.expected_bytes(response)
+    log.info("%s: downloading %s%s%s", SOURCE, redact(response.url), " (gzip, decompressed as it arrives)"
+             if gzipped else "", f" ({progress.size(total)})" if total else "")
     tracker = progress.Progress(log, SOURCE, "downloading", total=total, measure=progress.size)
     handle, path = tempfile.mkstemp(prefix="sluice-csv-", suffix=".csv", dir=directory)
     size = 0
+    body = http_client.iter_body(response, source=SOURCE, limit=max_bytes)
     try:
-        with os.fdopen(handle, "wb") as file:
-            for chunk in http_client.iter_body(response, source=SOURCE, limit=max_bytes):
+        with os.fdopen(handle, "wb") as file, contextlib.closing(body):
+            chunks = gunzip(body, where=f"{SOURCE}: {response.url}", limit=max_bytes) if gzipped else body
+            for chunk in chunks:
                 file.write(chunk)
                 size += len(chunk)
                 tracker.update(size)
@@ -55,6 +66,41 @@ def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep
         raise SourceError(f"{SOURCE}: {response.url} returned an empty body (not even a header row)")
     tracker.finish(f"downloaded {progress.size(size)}")
     return path, size
+
+
+def is_gzip(url: str, response) -> bool:
+    """Whether the file itself is gzip: a gzip Content-Type, or a path ending .gz (the URL asked for, or the one
+    redirected to) unless a Content-Encoding: gzip says the compression was the transfer's (requests decoded it)."""
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type in GZIP_TYPES:
+        return True
+    transfer = response.headers.get("Content-Encoding", "").strip().lower() in ("gzip", "x-gzip")
+    return not transfer and any(urlsplit(u).path.lower().endswith(".gz") for u in (url, response.url))
+
+
+def gunzip(chunks: Iterable[bytes], *, where: str, limit: int) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip stream (members one after another, as `cat a.gz b.gz` makes), at most
+    CHUNK_BYTES at a time; SourceError when it is not gzip, ends early, or passes `limit` bytes decompressed."""
+    decompressor, fed, total = zlib.decompressobj(GZIP_WBITS), False, 0
+    for chunk in chunks:
+        while chunk or fed:
+            fed = fed or bool(chunk)
+            try:
+                data = decompressor.decompress(chunk, http_client.CHUNK_BYTES)
+            except zlib.error as exc:
+                raise SourceError(f"{where}: not a valid gzip file ({exc})") from None
+            total += len(data)
+            if total > limit:
+                raise SourceError(f"{where}: decompressed, it exceeds SLUICE_MAX_BYTES ({limit} bytes)")
+            yield data
+            if decompressor.eof:  # a member ended: what follows is the next one
+                chunk, decompressor, fed = decompressor.unused_data, zlib.decompressobj(GZIP_WBITS), False
+            elif not decompressor.unconsumed_tail and len(data) < http_client.CHUNK_BYTES:
+                break  # everything given so far is decompressed
+            else:
+                chunk = decompressor.unconsumed_tail
+    if fed:
+        raise SourceError(f"{where}: the gzip file is truncated (it ends in the middle of its data)")
 
 
 def read_header(reader, field_map: dict, *, where: str) -> list[str]:
@@ -84,8 +130,9 @@ class _PhysicalLines:
     being read, so that a record that fails to parse can give back all but its first line, and it withholds a
     second line from a record known to fail (see _Span): the reader then meets the end of its input at once."""
 
-    def __init__(self, file):
+    def __init__(self, file, delimiter: str):
         self._file = file
+        self.delimiter = delimiter  # the csv dialect's, for every reader of these lines
         self._given_back: list[str] = []  # the next line to read is the last
         self.record: list[str] = []  # the physical lines of the record being read
         self.number = 0  # the physical line number of the last line read
@@ -146,12 +193,12 @@ class _Span:
     failure: str | None = None  # what the record met on line `end`; None: it ended there with the wrong count
     tails: list[int] | None = None  # tails[j - start]: how many fields lines j+1..end add to a record from line j
 
-    def reason(self, line_no: int, first_line: str, width: int) -> str | None:
+    def reason(self, line_no: int, first_line: str, width: int, delimiter: str) -> str | None:
         """Why a record from line_no (in the span, read past its first line) fails; None: it has `width` fields."""
         if self.failure is not None:
             return f"line {line_no}: malformed CSV: a quote opened on this line {self.failure}"
         # a lenient reader returns the field left open at the end of the line as well
-        fields = len(next(csv.reader([first_line]))) - 1 + self.tails[line_no - self.start]
+        fields = len(next(csv.reader([first_line], delimiter=delimiter))) - 1 + self.tails[line_no - self.start]
         return None if fields == width else _count_reason(line_no, width, fields, self.end)
 
 
@@ -159,10 +206,10 @@ def _count_reason(line_no: int, width: int, fields: int, end: float) -> str:
     return f"line {line_no}: expected {width} fields, got {fields} (a quote opened on this line runs to line {end})"
 
 
-def _fields_added(lines: list[str]) -> list[int]:
+def _fields_added(lines: list[str], delimiter: str) -> list[int]:
     """Per line of a failed record but its first: the fields that line adds, read from inside quotes."""
     # a leading quote puts a lenient reader inside a quoted field; it returns the field left open as well
-    added = [len(next(csv.reader(['"' + line]))) - 1 for line in lines]
+    added = [len(next(csv.reader(['"' + line], delimiter=delimiter))) - 1 for line in lines]
     added[-1] += 1  # the last line ends the record: its last field is not left open
     return added
 
@@ -172,19 +219,19 @@ def _rejection(lines: _PhysicalLines, width: int, error: str | None, row: list[s
     it has the right field count after all (it was withheld within a span, see _Span)."""
     start, end = lines.first(), lines.number
     if lines.withheld:
-        reason = lines.span.reason(start, lines.record[0], width)
+        reason = lines.span.reason(start, lines.record[0], width, lines.delimiter)
         if reason is None:
             lines.span = None
         return reason
     if error is not None and lines.at_end:
         lines.span = _Span(start, math.inf, "is still open at the end of the file")
-        return lines.span.reason(start, lines.record[0], width)
+        return lines.span.reason(start, lines.record[0], width, lines.delimiter)
     if error is not None and len(lines.record) == 1:
         return f"line {start}: malformed CSV ({error})"
     if error is not None:
         lines.span = _Span(start, end, f"runs into line {end}: {error}")
-        return lines.span.reason(start, lines.record[0], width)
-    tails = list(itertools.accumulate(reversed(_fields_added(lines.record[1:]))))[::-1]
+        return lines.span.reason(start, lines.record[0], width, lines.delimiter)
+    tails = list(itertools.accumulate(reversed(_fields_added(lines.record[1:], lines.delimiter))))[::-1]
     lines.span = _Span(start, end, tails=tails)
     return _count_reason(start, width, len(row), end)
 
@@ -194,7 +241,7 @@ def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str]
 
     A record that fails to parse (a csv error, the end of the file inside quotes, or the wrong field count after
     reading several lines) costs only its first physical line, kept as text; parsing resumes on the next line."""
-    reader = csv.reader(lines, strict=True)
+    reader = csv.reader(lines, strict=True, delimiter=lines.delimiter)
     while True:
         lines.start_record()
         try:
@@ -214,18 +261,22 @@ def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str]
         else:
             lines.give_back(rest)
             yield start, None, (reason, first.rstrip("\r\n"))
-        reader = csv.reader(lines, strict=True)  # a fresh reader: nothing of the failed record carries over
+        reader = csv.reader(lines, strict=True, delimiter=lines.delimiter)  # a fresh reader: nothing of the failed record carries over
 
 
-def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str) -> StageCounts:
-    """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted commas and newlines) and stage one line per data row."""
-    writer = StageWriter(out, run_id, SOURCE)
+def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str,
+               delimiter: str = ",", encoding: str = "utf-8") -> StageCounts:
+    """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted delimiters and newlines) and stage one line per data row."""
+    # a UTF-8 file may start with a byte order mark, which is not part of the first column's name
+    codec = codecs.lookup(encoding).name
+    text_encoding = "utf-8-sig" if codec == "utf-8" else codec
+    writer = StageWriter(out, run_id, SOURCE, encoding=codec.upper())
     counts = StageCounts(source=SOURCE, uri=uri, bytes=os.path.getsize(path))
     tracker = progress.Progress(log, SOURCE, "staging", total=counts.bytes, measure=progress.size)
     # surrogateescape keeps undecodable bytes so the row can be quarantined rather than the file failing.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        lines = _PhysicalLines(file)
-        header = read_header(csv.reader(lines, strict=True), field_map, where=where)
+    with open(path, encoding=text_encoding, errors="surrogateescape", newline="") as file:
+        lines = _PhysicalLines(file, delimiter)
+        header = read_header(csv.reader(lines, strict=True, delimiter=lines.delimiter), field_map, where=where)
         id_index = header.index(field_map["source_id"])
         width = len(header)
         record_no = 0
@@ -244,7 +295,7 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
                 continue
             record_no += 1
             line = f"line {line_no}"
-            raw = ",".join(row)
+            raw = delimiter.join(row)
             if len(row) != width:
                 writer.problem(record_no, None, f"{line}: expected {width} fields, got {len(row)}", raw)
                 continue
@@ -276,11 +327,14 @@ def fetch(
     workdir: str,
     sleep: Callable[[float], None] = time.sleep,
     allowed_hosts=(),
+    delimiter: str = ",",
+    encoding: str = "utf-8",
 ) -> StageCounts:
     path, _ = download(session, url, workdir, policy=policy, max_bytes=max_bytes, sleep=sleep,
                        allowed_hosts=allowed_hosts)
     try:
-        return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{SOURCE}: {url}")
+        return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{SOURCE}: {url}",
+                          delimiter=delimiter, encoding=encoding)
     finally:
         os.unlink(path)
 
@@ -294,4 +348,5 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     request.workdir.mkdir(parents=True, exist_ok=True)
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),
-                 allowed_hosts=request.settings.api_allowed_hosts)
+                 allowed_hosts=request.settings.api_allowed_hosts, delimiter=source.delimiter,
+                 encoding=source.encoding)

@@ -23,6 +23,56 @@ from sluice.settings import DEFAULT_API_MAPPING, DEFAULT_CSV_MAPPING, Settings
 NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # kind -> the module that reads sources of that kind (imported when a source of that kind is read)
 KINDS = {"api": "sluice.api_source", "csv": "sluice.csv_source"}
+PAGINATION_TYPES = ("link", "next_field", "page_param", "offset_param")
+# which fields of a pagination each type takes (the first ones listed are required)
+_PAGINATION_FIELDS = {"link": ((), ()), "next_field": (("field",), ()),
+                      "page_param": (("param", "page_size"), ("size_param",)),
+                      "offset_param": (("param", "page_size"), ("size_param",))}
+# the options of one kind, with their defaults: a source of another kind must leave them so
+_KIND_OPTIONS = {"csv": {"delimiter": ",", "encoding": "utf-8"}, "api": {"records_path": ""}}
+
+
+@dataclass(frozen=True)
+class Pagination:
+    """How an API source reaches its next page.
+
+    link: the response's Link rel="next" header. next_field: the URL at the dotted path `field` of the page's
+    body (relative URLs resolve against the page's). page_param / offset_param: the query parameter `param`
+    counts pages from 1 / records from 0, `page_size` records a full page (sent as `size_param` when given);
+    an empty or short page is the last."""
+
+    type: str = "link"
+    field: str = ""
+    param: str = ""
+    page_size: int = 0
+    size_param: str = ""
+
+    @classmethod
+    def of(cls, value, where: str) -> "Pagination":
+        """A pagination from a catalog entry's value: a mapping with `type` and that type's fields."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidSource(f"{where}: must be an object with a type, got {value!r}")
+        kind = value.get("type", "link")
+        if kind not in PAGINATION_TYPES:
+            raise InvalidSource(f"{where}: type {kind!r} is not one of {', '.join(PAGINATION_TYPES)}")
+        required, optional = _PAGINATION_FIELDS[kind]
+        unknown = sorted(set(value) - {"type", *required, *optional})
+        if unknown:
+            raise InvalidSource(f"{where}: {', '.join(unknown)} do(es) not apply to type {kind!r}"
+                                f" (it takes {', '.join(required + optional) or 'nothing else'})")
+        missing = [name for name in required if name not in value]
+        if missing:
+            raise InvalidSource(f"{where}: type {kind!r} needs {', '.join(missing)}")
+        for name in ("field", "param", "size_param"):
+            given = value.get(name, "")
+            if not isinstance(given, str) or (name in required and not given.strip()):
+                raise InvalidSource(f"{where}.{name} must be a non-empty string, got {given!r}")
+        size = value.get("page_size", 0)
+        if "page_size" in required and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise InvalidSource(f"{where}.page_size must be a positive integer, got {size!r}")
+        return cls(**{"type": kind, **{name: value[name] for name in value if name != "type"}})
 
 
 @dataclass(frozen=True)
@@ -35,6 +85,10 @@ class Source:
     since_param: str = ""  # query parameter asking for records from the checkpoint on; empty reads whole
     # where the mapping was given (a DAG param, a catalog field), for its errors
     mapping_field: str = field(default="mapping", compare=False, repr=False)
+    delimiter: str = ","  # csv: the one character between fields (";" and "\t" are common)
+    encoding: str = "utf-8"  # csv: the file's text encoding, a Python codec name
+    records_path: str = ""  # api: the dotted path of the records' array in a wrapping object; empty: found
+    pagination: Pagination = Pagination()  # api: how the next page is reached (a mapping is read by Pagination.of)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
@@ -48,6 +102,26 @@ class Source:
                 raise InvalidSource(f"{where}: {name} must be a{' non-empty' if name == 'conn_id' else ''} "
                                     f"string, got {value!r}")
         object.__setattr__(self, "mapping", mappings.validate(self.mapping, f"{where}: {self.mapping_field}"))
+        self._check_options(where)
+
+    def _check_options(self, where: str) -> None:
+        object.__setattr__(self, "pagination", Pagination.of(self.pagination, f"{where}: pagination"))
+        for kind, options in _KIND_OPTIONS.items():
+            for name, default in options.items():
+                if self.kind != kind and getattr(self, name) != default:
+                    raise InvalidSource(f"{where}: {name} applies to {kind} sources only")
+        if self.kind != "api" and self.pagination != Pagination():
+            raise InvalidSource(f"{where}: pagination applies to api sources only")
+        if not isinstance(self.delimiter, str) or len(self.delimiter) != 1 or self.delimiter in '"\r\n':
+            raise InvalidSource(f"{where}: delimiter must be one character other than a quote or a line break, "
+                                f"got {self.delimiter!r}")
+        try:
+            b"a".decode(self.encoding, "ignore")  # LookupError: an unknown codec, or a bytes-to-bytes one (zlib)
+        except (LookupError, TypeError):
+            raise InvalidSource(f"{where}: encoding {self.encoding!r} is not a text encoding Python knows") from None
+        if not isinstance(self.records_path, str) or (self.records_path and "" in self.records_path.split(".")):
+            raise InvalidSource(f"{where}: records_path must be a dotted path like data.items, "
+                                f"got {self.records_path!r}")
 
     @functools.cached_property
     def normalization(self):

@@ -53,8 +53,9 @@ class StageCounts:
 class StageWriter:
     """Writes staged lines for one source of one run."""
 
-    def __init__(self, out: BinaryIO, run_id: str, source: str):
+    def __init__(self, out: BinaryIO, run_id: str, source: str, *, encoding: str = "UTF-8"):
         self._out = out
+        self._encoding = encoding  # what the source's text was decoded from, for the problem of bytes that were not
         self._prefix = f"{copy_text(run_id)}\t{source}\t"
         self.records = 0
         self.problems = 0
@@ -76,7 +77,7 @@ class StageWriter:
         try:
             encoded = text.encode("utf-8")
         except UnicodeEncodeError:
-            self.problem(record_no, source_id, f"{where}: contains bytes that are not valid UTF-8", text)
+            self.problem(record_no, source_id, f"{where}: contains bytes that are not valid {self._encoding}", text)
             return
         content_hash = hashlib.md5(encoded, usedforsecurity=False).hexdigest()
         line = (f"{self._prefix}{record_no}\t{copy_text(source_id)}\t{text.replace(chr(92), chr(92) * 2)}"
