@@ -1,4 +1,6 @@
-"""Read a JSON HTTP API (an array, or an object wrapping one; Link rel="next" pagination) into staging.
+"""Read a JSON HTTP API into staging: each page an array, an object wrapping one, or an object holding one at
+the source's records_path; pages reached by the source's pagination (sluice.sources.Pagination: a Link
+rel="next" header by default, a URL in the body, or a page or offset query parameter).
 
 Each page is parsed as it arrives, a record at a time (sluice.json_stream), never held whole in memory.
 """
@@ -18,6 +20,7 @@ from sluice import http_client, mapping, progress
 from sluice.errors import SourceError
 from sluice.json_stream import JSONStream
 from sluice.redact import redact
+from sluice.sources import Pagination
 from sluice.staging import StageCounts, StageWriter
 
 log = logging.getLogger(__name__)
@@ -28,13 +31,25 @@ WRAPPER_KEYS = ("data", "items", "results", "records", "rows")
 SPOOL_MEMORY = 8 * 1024 * 1024
 
 
-def page_records(stream: JSONStream, *, where: str) -> Iterator:
-    """The records of a JSON page, one at a time: the array itself, or the one array an object wraps."""
+def page_records(stream: JSONStream, *, where: str, records_path: str = "", next_field: str = "",
+                 found: dict | None = None) -> Iterator:
+    """The records of a JSON page, one at a time: the array itself, the one array an object wraps, or the array at
+    records_path. The value at the dotted path next_field, before or after the records, goes to found["next"]."""
+    found = {} if found is None else found
     first = stream.peek()
-    if first == "[":
+    if records_path:
+        if first != "{":
+            document = stream.value()
+            stream.end()
+            raise SourceError(f"{where}: expected a JSON object holding records_path {records_path!r}, "
+                              f"got {mapping.kind(document)}")
+        yield from _records_at(stream, _path(records_path), _path(next_field), found, where=where)
+        if "records" not in found:
+            raise SourceError(f"{where}: no array of records at records_path {records_path!r}")
+    elif first == "[":
         yield from stream.items()
     elif first == "{":
-        yield from _wrapped_records(stream, where=where)
+        yield from _wrapped_records(stream, _path(next_field), found, where=where)
     else:
         document = stream.value()
         stream.end()
@@ -42,13 +57,49 @@ def page_records(stream: JSONStream, *, where: str) -> Iterator:
     stream.end()
 
 
-def _wrapped_records(stream: JSONStream, *, where: str) -> Iterator:
+def _path(dotted: str) -> tuple[str, ...]:
+    return tuple(dotted.split(".")) if dotted else ()
+
+
+def _records_at(stream: JSONStream, records: tuple[str, ...], next_path: tuple[str, ...], found: dict, *,
+                where: str) -> Iterator:
+    """At an object: the records of the array at the path `records`, streamed; the value at next_path is parsed
+    whole into found["next"]; every other member is parsed to check it, then dropped."""
+    for key in stream.members():
+        inner = records[1:] if records[:1] == (key,) else None
+        inner_next = next_path[1:] if next_path[:1] == (key,) else None
+        if inner == ():
+            if stream.peek() != "[" or "records" in found:
+                value = "repeated" if "records" in found else mapping.kind(stream.value())
+                raise SourceError(f"{where}: the value at records_path is {value}, not one array of records")
+            found["records"] = True
+            yield from stream.items()
+        elif inner and stream.peek() == "{":
+            yield from _records_at(stream, inner, inner_next or (), found, where=where)
+        elif inner_next is not None:
+            found["next"] = _value_at(stream.value(), inner_next)
+        else:
+            stream.value()
+
+
+def _value_at(value, path: tuple[str, ...]):
+    """The value at a dotted path below value (sluice.mapping.lookup's rule); None when there is none."""
+    if not path:
+        return value
+    found = mapping.lookup(value, ".".join(path)) if isinstance(value, Mapping) else None
+    return None if mapping.is_missing(found) else found
+
+
+def _wrapped_records(stream: JSONStream, next_path: tuple[str, ...], found: dict, *, where: str) -> Iterator:
     """The records of the array an object wraps. Which array that is (a wrapper key, or the only one) is
     known only at the object's end, so each array is spooled to a temporary file, a record per line."""
     arrays: dict[str, IO | None] = {}  # like json.loads: a repeated key keeps its first place, its last value
     with contextlib.ExitStack() as spools:
         for key in stream.members():
-            if stream.peek() == "[":
+            if next_path[:1] == (key,) and stream.peek() != "[":
+                found["next"] = _value_at(stream.value(), next_path[1:])
+                arrays[key] = None
+            elif stream.peek() == "[":
                 spool = spools.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY, mode="w+", encoding="utf-8"))
                 for record in stream.items():
                     # json.dumps then json.loads gives back the same values: floats by repr, NaN,
@@ -105,70 +156,131 @@ def fetch(
     params: dict | None = None,
     sleep: Callable[[float], None] = time.sleep,
     allowed_hosts: Iterable[tuple[str, int | None]] = (),
+    records_path: str = "",
+    pagination: Pagination = Pagination(),
 ) -> StageCounts:
     """Fetch every page starting at url and stage its records; raises SourceError on any incomplete read.
 
-    Next links stay on url's origin, or go to allowed_hosts (SLUICE_API_ALLOWED_HOSTS) without the session's
-    credentials; a link anywhere else fails the source before any request is sent there."""
+    Next URLs (links or body fields) stay on url's origin, or go to allowed_hosts (SLUICE_API_ALLOWED_HOSTS)
+    without the session's credentials; one anywhere else fails the source before any request is sent there."""
     writer = StageWriter(out, run_id, SOURCE)
     counts = StageCounts(source=SOURCE, uri=uri)
-    origins = http_client.Origins.of(url, allowed_hosts)
-    seen_urls: set[str] = set()
-    id_field = field_map["source_id"]
-    next_url: str | None = url
+    pager = _Pager(pagination, url, params or {}, http_client.Origins.of(url, allowed_hosts))
     since = f" with {', '.join(f'{name}={value}' for name, value in params.items())}" if params else ""
     log.info("%s", redact(f"{SOURCE}: fetching {url}{since}"))
     tracker = progress.Progress(log, SOURCE, "fetching", measure=lambda n: f"{progress.count(n)} records")
-    while next_url:
+    request = pager.first()
+    while request is not None:
         if counts.pages >= max_pages:
-            raise SourceError(f"{SOURCE}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {next_url}")
-        seen_urls.add(next_url)
-        response = http_client.get(session, next_url, source=SOURCE, policy=policy, params=params, sleep=sleep,
-                                   origins=origins)
-        params = None  # next links carry their own query
-        page_url = response.url
-        link = response.links.get("next", {}).get("url")
-        content_type = response.headers.get("Content-Type", "")
+            stopped = requests.Request("GET", *request).prepare().url
+            raise SourceError(f"{SOURCE}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {stopped}")
+        response = http_client.get(session, request[0], source=SOURCE, policy=policy, params=request[1],
+                                   sleep=sleep, origins=pager.origins)
         counts.pages += 1
-        where = f"{SOURCE}: {page_url}"
-        next_url = urljoin(page_url, link) if link else None
-        # checked before the page is read: a page that links out of bounds stages nothing
-        if next_url in seen_urls or (next_url and not origins.allows(next_url)):
-            http_client.discard(response)
-            if next_url in seen_urls:
-                raise SourceError(f"{where}: pagination loops back to {next_url}")
-            raise SourceError(f"{where}: next link {origins.refusal(next_url)}")
+        where = f"{SOURCE}: {response.url}"
+        link = pager.next_link(response, where)  # checked before the page is read: a bad link stages nothing
+        found: dict = {}
+        before = counts.records + counts.problems
         body = http_client.iter_body(response, source=SOURCE, limit=max_bytes, already=counts.bytes)
         with contextlib.closing(body):
-            for record in _page(_counted(body, counts), where=where, content_type=content_type):
-                record_no = counts.records + counts.problems + 1
-                if record_no % progress.CHECK_EVERY == 0:
-                    tracker.update(record_no, f"{counts.pages} pages, {progress.size(counts.bytes)}")
-                if not isinstance(record, Mapping):
-                    writer.problem(record_no, None, f"record {record_no} is {mapping.kind(record)}, not an object",
-                                   json.dumps(record, ensure_ascii=False))
-                else:
-                    source_id, problem = source_id_of(record, id_field)
-                    if problem:
-                        writer.problem(record_no, None, f"record {record_no}: {problem}",
-                                       json.dumps(record, ensure_ascii=False))
-                    else:
-                        writer.record(record_no, source_id, record, where=f"record {record_no}")
-                counts.records, counts.problems = writer.records, writer.problems
+            records = _page(_counted(body, counts), where=where, content_type=response.headers.get("Content-Type", ""),
+                            records_path=records_path, next_field=pagination.field, found=found)
+            for record in records:
+                _stage_record(writer, counts, record, field_map["source_id"], tracker)
         tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
+        request = pager.after(response.url, where, link=link, body_next=found.get("next"),
+                              items=counts.records + counts.problems - before)
     tracker.finish(f"fetched {progress.count(counts.pages)} pages ({progress.size(counts.bytes)}), staged "
                    f"{progress.count(counts.records)} records, quarantined "
                    f"{progress.reasons(counts.problems, writer.first_problems)}")
     return counts
 
 
-def _page(chunks: Iterable[bytes], *, where: str, content_type: str) -> Iterator:
-    """The records of one page as its body arrives; SourceError if the body is empty or not one JSON document."""
+def _stage_record(writer: StageWriter, counts: StageCounts, record, id_field: str, tracker) -> None:
+    record_no = counts.records + counts.problems + 1
+    if record_no % progress.CHECK_EVERY == 0:
+        tracker.update(record_no, f"{counts.pages} pages, {progress.size(counts.bytes)}")
+    if not isinstance(record, Mapping):
+        writer.problem(record_no, None, f"record {record_no} is {mapping.kind(record)}, not an object",
+                       json.dumps(record, ensure_ascii=False))
+    else:
+        source_id, problem = source_id_of(record, id_field)
+        if problem:
+            writer.problem(record_no, None, f"record {record_no}: {problem}", json.dumps(record, ensure_ascii=False))
+        else:
+            writer.record(record_no, source_id, record, where=f"record {record_no}")
+    counts.records, counts.problems = writer.records, writer.problems
+
+
+class _Pager:
+    """The requests for one source's pages, (url, query params), in the way its pagination says."""
+
+    def __init__(self, pagination: Pagination, url: str, params: dict, origins: http_client.Origins):
+        self.pagination, self.url, self.params, self.origins = pagination, url, params, origins
+        self.seen: set[str] = set()  # the URLs requested, to refuse a next URL that loops back
+        self.position = 1 if pagination.type == "page_param" else 0  # the page number, or the offset
+
+    def first(self) -> tuple[str, dict | None]:
+        if self.pagination.type in ("page_param", "offset_param"):
+            return self.url, self._counted_params()
+        self.seen.add(self.url)
+        return self.url, self.params or None  # next URLs carry their own query
+
+    def _counted_params(self) -> dict:
+        size = {self.pagination.size_param: self.pagination.page_size} if self.pagination.size_param else {}
+        return {**self.params, self.pagination.param: self.position, **size}
+
+    def next_link(self, response: requests.Response, where: str) -> str | None:
+        """With link pagination, the Link rel="next" URL, checked; the response is closed if it is refused."""
+        link = response.links.get("next", {}).get("url") if self.pagination.type == "link" else None
+        if not link:
+            return None
+        next_url = urljoin(response.url, link)
+        try:
+            self._check(next_url, where, "next link")
+        except SourceError:
+            http_client.discard(response)
+            raise
+        return next_url
+
+    def after(self, page_url: str, where: str, *, link: str | None, body_next, items: int):
+        """The request for the page after this one, or None after the last."""
+        kind = self.pagination.type
+        if kind == "link":
+            return (link, None) if link else None
+        if kind == "next_field":
+            return self._body_next(page_url, where, body_next)
+        if items < self.pagination.page_size:
+            return None  # an empty or short page is the last
+        self.position += 1 if kind == "page_param" else items
+        return self.url, self._counted_params()
+
+    def _body_next(self, page_url: str, where: str, value) -> tuple[str, None] | None:
+        field = self.pagination.field
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise SourceError(f"{where}: next_field {field!r} is {mapping.kind(value)}, expected a URL or null")
+        next_url = urljoin(page_url, value)
+        self._check(next_url, where, f"next_field {field!r} points to")
+        return next_url, None
+
+    def _check(self, next_url: str, where: str, what: str) -> None:
+        if next_url in self.seen:
+            raise SourceError(f"{where}: pagination loops back to {next_url}")
+        if not self.origins.allows(next_url):
+            raise SourceError(f"{where}: {what} {self.origins.refusal(next_url)}")
+        self.seen.add(next_url)
+
+
+def _page(chunks: Iterable[bytes], *, where: str, content_type: str, **shape) -> Iterator:
+    """The records of one page as its body arrives (page_records, given `shape`); SourceError if the body is empty
+    or not one JSON document."""
     try:
         stream = JSONStream(chunks)
         if stream.blank:
             raise SourceError(f"{where}: empty body")
-        yield from page_records(stream, where=where)
+        yield from page_records(stream, where=where, **shape)
     except ValueError as exc:  # not JSON, not UTF-8/16/32, an integer beyond Python's digit limit
         raise SourceError(f"{where}: invalid JSON (Content-Type {content_type or 'missing'}): {exc}") from exc
 
@@ -185,4 +297,5 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     since = {source.since_param: request.since} if request.since is not None else None
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_pages=request.settings.max_pages, max_bytes=request.settings.max_bytes,
-                 params=since, allowed_hosts=request.settings.api_allowed_hosts)
+                 params=since, allowed_hosts=request.settings.api_allowed_hosts, records_path=source.records_path,
+                 pagination=source.pagination)
