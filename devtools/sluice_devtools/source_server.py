@@ -1,8 +1,8 @@
 """A real HTTP server on 127.0.0.1 that serves sample sources and, on request, faults.
 
-Routes map a path to a Route; json-server style pagination (`?_page=&_limit=` with a Link header) and
-`<field>_gte` filters are built in, so the same server plays JSONPlaceholder in the demo, the tests
-and the bench. Faults (429, 5xx, truncation, stalls, bad bodies) are queued per path and served first.
+Routes map a path to a Route; json-server style pagination (`?_page=&_limit=` with a Link header, or
+`?_start=&_limit=`) and `<field>_gte` filters are built in, so the same server plays JSONPlaceholder in the
+demo, the tests and the bench. Faults (429, 5xx, truncation, stalls, bad bodies) are queued per path and served first.
 """
 
 import json
@@ -116,6 +116,9 @@ class SourceServer:
                 records = [r for r in records if isinstance(r.get(name), (int, float)) and r[name] >= bound]
         headers = {"Content-Type": "application/json; charset=utf-8", "X-Total-Count": str(len(records))}
         limit = int(query.get("_limit", [route.page_size or 0])[0])
+        if "_start" in query:  # json-server's offset paging: `_start` records skipped, `_limit` (or all) returned
+            start = int(query["_start"][0])
+            return json.dumps(records[start: start + limit if limit else None]).encode(), headers
         if not limit:
             return json.dumps(records).encode(), headers
         page = int(query.get("_page", ["1"])[0])

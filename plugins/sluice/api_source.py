@@ -172,7 +172,7 @@ def fetch(
     request = pager.first()
     while request is not None:
         if counts.pages >= max_pages:
-            stopped = requests.Request("GET", *request).prepare().url
+            stopped = requests.Request("GET", request[0], params=request[1]).prepare().url
             raise SourceError(f"{SOURCE}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {stopped}")
         response = http_client.get(session, request[0], source=SOURCE, policy=policy, params=request[1],
                                    sleep=sleep, origins=pager.origins)
