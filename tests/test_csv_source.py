@@ -349,8 +349,13 @@ FRAGMENTS = ["a", "b c", '"q"', '"q, ""r"""', '"', '""', 'x"', '"y', 'x"y', '"x"
              '"multi\nline"']
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_stray_quotes_anywhere_cost_the_same_lines_as_reparsing_from_each_line(tmp_path, seed):
+@pytest.mark.parametrize("seed, delimiter", [(0, ","), (1, ","), (2, ","), (3, ","), (4, ";"), (5, "|")])
+def test_stray_quotes_anywhere_cost_the_same_lines_as_reparsing_from_each_line(tmp_path, seed, delimiter):
+    """Another delimiter: the same file with every comma swapped for it reads the same, commas swapped likewise
+    (not a tab: a quoted field of just a tab is a blank line, where a quoted comma is not)."""
+    def swapped(text):
+        return text.replace(",", delimiter)
+
     rng = random.Random(seed)
     for _ in range(500):
         width = rng.randint(1, 4)
@@ -358,20 +363,21 @@ def test_stray_quotes_anywhere_cost_the_same_lines_as_reparsing_from_each_line(t
         body = "".join(",".join(rng.choices(FRAGMENTS, k=rng.randint(1, 5))) + rng.choice(["\n", "\r\n", "\r"])
                        for _ in range(rng.randint(1, 12)))
         path = tmp_path / "catalog.csv"
-        path.write_text(header + "\n" + body, newline="")
+        path.write_text(swapped(header + "\n" + body), newline="")
         out = io.BytesIO()
-        csv_source.stage_file(str(path), {"source_id": "c0"}, out, run_id="run-1", uri="file:///s", where="c.csv")
+        csv_source.stage_file(str(path), {"source_id": "c0"}, out, run_id="run-1", uri="file:///s", where="c.csv",
+                              delimiter=delimiter)
         expected = reparsed_from_each_line(header + "\n" + body, width)
         actual = staged.decode(out.getvalue())
         assert len(actual) == len(expected), (header, body)
         for line, (fields, reason, text) in zip(actual, expected):
             assert line.data is not None or line.payload, f"{line.problem}: the record as received is kept"
             if fields is None:
-                assert (line.problem, line.payload) == (reason, text), (header, body)
+                assert (line.problem, line.payload) == (reason.replace("',' expected", f"'{delimiter}' expected"), swapped(text)), (header, body)
             elif line.data is not None:
-                assert list(line.data.values()) == fields, (header, body)
+                assert list(line.data.values()) == [swapped(field) for field in fields], (header, body)
             else:  # a row-level problem: the wrong field count on one line, a blank id
-                assert line.payload == ",".join(fields), (header, body)
+                assert line.payload == swapped(",".join(fields)), (header, body)
 
 
 # fetch(): download to disk through http_client, then stage_file.

@@ -261,7 +261,8 @@ def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str]
         else:
             lines.give_back(rest)
             yield start, None, (reason, first.rstrip("\r\n"))
-        reader = csv.reader(lines, strict=True, delimiter=lines.delimiter)  # a fresh reader: nothing of the failed record carries over
+        # a fresh reader: nothing of the failed record carries over
+        reader = csv.reader(lines, strict=True, delimiter=lines.delimiter)
 
 
 def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str,
