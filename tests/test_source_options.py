@@ -1,6 +1,7 @@
 """Source options real feeds need, each a field of the Source value, read end to end from a loopback server
 through the kind's stage() entry point: CSV delimiter, encoding and gzip; API records_path and pagination."""
 
+import dataclasses
 import gzip
 import io
 import json
@@ -355,8 +356,10 @@ def test_max_pages_bounds_a_server_that_ignores_the_page_param(server, tmp_path,
     ("api", {"pagination": {"type": "page_param", "param": "p", "page_size": 0}},
      "pagination.page_size must be a positive integer, got 0"),
     ("api", {"pagination": {"type": "next_field"}}, "pagination: type 'next_field' needs field"),
+    ("api", {"pagination": {"type": "next_field", "field": "next", "param": "p"}},
+     "pagination: type 'next_field' takes no param (it takes field)"),
     ("api", {"pagination": {"type": "next_field", "field": " "}}, "pagination.field must be a non-empty string"),
-    ("api", {"pagination": {"type": "link", "page_size": 5}}, "pagination: page_size do(es) not apply to type 'link'"),
+    ("api", {"pagination": {"type": "link", "page_size": 5}}, "pagination: type 'link' takes no page_size (it takes nothing but its type)"),
 ])
 def test_an_invalid_option_fails_naming_the_source_and_field(kind, options, message):
     with pytest.raises(InvalidSource) as failure:
@@ -370,3 +373,13 @@ def test_options_default_to_todays_behaviour():
     assert source.pagination == sources.Pagination(type="link")
     given = api_source("p", pagination={"type": "offset_param", "param": "offset", "page_size": 50})
     assert given.pagination == sources.Pagination(type="offset_param", param="offset", page_size=50)
+
+
+@pytest.mark.parametrize("source", [
+    csv_source("items.csv.gz", delimiter="\t", encoding="cp1252"),
+    api_source("posts", records_path="data.items", pagination={"type": "next_field", "field": "links.next"}),
+    api_source("posts", pagination={"type": "page_param", "param": "page", "page_size": 100, "size_param": "per"}),
+], ids=["csv", "api-next-field", "api-page-param"])
+def test_a_source_with_options_round_trips_through_json(source):
+    """As a mapped task's argument or an XCom would carry it: every field, options included, comes back."""
+    assert sources.Source(**json.loads(json.dumps(dataclasses.asdict(source)))) == source

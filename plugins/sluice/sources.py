@@ -58,10 +58,12 @@ class Pagination:
         if kind not in PAGINATION_TYPES:
             raise InvalidSource(f"{where}: type {kind!r} is not one of {', '.join(PAGINATION_TYPES)}")
         required, optional = _PAGINATION_FIELDS[kind]
-        unknown = sorted(set(value) - {"type", *required, *optional})
+        # a field the type does not take may be there with its default (as dataclasses.asdict writes it)
+        unknown = sorted(name for name in set(value) - {"type", *required, *optional}
+                         if name not in _PAGINATION_DEFAULTS or value[name] != _PAGINATION_DEFAULTS[name])
         if unknown:
-            raise InvalidSource(f"{where}: {', '.join(unknown)} do(es) not apply to type {kind!r}"
-                                f" (it takes {', '.join(required + optional) or 'nothing else'})")
+            raise InvalidSource(f"{where}: type {kind!r} takes no {', '.join(unknown)} "
+                                f"(it takes {', '.join(required + optional) or 'nothing but its type'})")
         missing = [name for name in required if name not in value]
         if missing:
             raise InvalidSource(f"{where}: type {kind!r} needs {', '.join(missing)}")
@@ -72,7 +74,10 @@ class Pagination:
         size = value.get("page_size", 0)
         if "page_size" in required and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise InvalidSource(f"{where}.page_size must be a positive integer, got {size!r}")
-        return cls(**{"type": kind, **{name: value[name] for name in value if name != "type"}})
+        return cls(kind, **{name: value[name] for name in (*required, *optional) if name in value})
+
+
+_PAGINATION_DEFAULTS = {name: getattr(Pagination(), name) for name in ("field", "param", "page_size", "size_param")}
 
 
 @dataclass(frozen=True)
