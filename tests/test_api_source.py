@@ -271,30 +271,35 @@ def test_dotted_id_path_reaches_into_nested_objects(server, records, expected):
 
 
 PEAK_OF_ONE_FETCH = """
-import os, re, sys, requests
-from sluice import api_source, http_client, settings
+import json, os, re, sys, requests
+from sluice import api_source, http_client, settings, sources
 def peak_mb():  # this process's high-water RSS (ru_maxrss would include the parent's, from before exec)
     with open("/proc/self/status") as status:
         return int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1)) / 1024
 before = peak_mb()
 with requests.Session() as session, open(os.devnull, "wb") as out:
     counts = api_source.fetch(session, sys.argv[1], settings.DEFAULT_API_MAPPING, out, run_id="r", uri="u",
-                              policy=http_client.RetryPolicy(attempts=1), max_pages=1, max_bytes=10**9)
+                              policy=http_client.RetryPolicy(attempts=1), max_pages=1, max_bytes=10**9,
+                              records_path=sys.argv[2], pagination=sources.Pagination(**json.loads(sys.argv[3])))
 print(counts.records, peak_mb() - before)
 """
 
 
-@pytest.mark.parametrize("wrap, growth_limit_mb", [
-    pytest.param(lambda records: records, 16, id="array"),
+@pytest.mark.parametrize("wrap, growth_limit_mb, options", [
+    pytest.param(lambda records: records, 16, ("", "{}"), id="array"),
     # a wrapped array is spooled (in memory up to api_source.SPOOL_MEMORY, then on disk) until the object ends
-    pytest.param(lambda records: {"meta": {"total": len(records)}, "data": records}, 16 + 8, id="wrapped"),
+    pytest.param(lambda records: {"meta": {"total": len(records)}, "data": records}, 16 + 8, ("", "{}"),
+                 id="wrapped"),
+    # at records_path the array is streamed, and a next URL after it is still read
+    pytest.param(lambda records: {"meta": {"total": 1}, "data": {"items": records}, "links": {"next": None}}, 16,
+                 ("data.items", '{"type": "next_field", "field": "links.next"}'), id="records_path-next-after"),
 ])
-def test_a_large_page_is_parsed_as_a_stream_in_bounded_memory(server, wrap, growth_limit_mb):
+def test_a_large_page_is_parsed_as_a_stream_in_bounded_memory(server, wrap, growth_limit_mb, options):
     """A 40 MB page: the fetching process grows by a bounded amount, not by the page (nor twice the page)."""
     records = [{"id": n, "title": "t" * 200, "userId": n % 10, "body": "b" * 10_000} for n in range(1, 4_001)]
     serve_document(server, "big", wrap(records))
     assert len(server.routes["big"].body) > 40_000_000
-    result = subprocess.run([sys.executable, "-c", PEAK_OF_ONE_FETCH, f"{server.url}/big"],
+    result = subprocess.run([sys.executable, "-c", PEAK_OF_ONE_FETCH, f"{server.url}/big", *options],
                             capture_output=True, text=True, check=True, timeout=120)
     records_staged, growth_mb = result.stdout.split()
     assert int(records_staged) == 4_000
