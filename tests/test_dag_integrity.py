@@ -8,7 +8,10 @@ import pytest
 from tests.airflow_env import load_dag
 
 EDGES = {
-    "init_schema": {"ingest_api", "ingest_csv"},
+    # the catalog init_schema checked: per kind for the mapped ingests, whole for normalize and upsert
+    "init_schema": {"api_sources", "csv_sources", "normalize", "upsert"},
+    "api_sources": {"ingest_api"},
+    "csv_sources": {"ingest_csv"},
     "ingest_api": {"store_raw"},
     "ingest_csv": {"store_raw"},
     "store_raw": {"normalize"},
