@@ -105,32 +105,34 @@ def fetch(
     params: dict | None = None,
     sleep: Callable[[float], None] = time.sleep,
     allowed_hosts: Iterable[tuple[str, int | None]] = (),
+    name: str = SOURCE,
 ) -> StageCounts:
-    """Fetch every page starting at url and stage its records; raises SourceError on any incomplete read.
+    """Fetch every page starting at url and stage its records as source `name` (the seed `api` unless told);
+    raises SourceError on any incomplete read.
 
     Next links stay on url's origin, or go to allowed_hosts (SLUICE_API_ALLOWED_HOSTS) without the session's
     credentials; a link anywhere else fails the source before any request is sent there."""
-    writer = StageWriter(out, run_id, SOURCE)
-    counts = StageCounts(source=SOURCE, uri=uri)
+    writer = StageWriter(out, run_id, name)
+    counts = StageCounts(source=name, uri=uri)
     origins = http_client.Origins.of(url, allowed_hosts)
     seen_urls: set[str] = set()
     id_field = field_map["source_id"]
     next_url: str | None = url
     since = f" with {', '.join(f'{name}={value}' for name, value in params.items())}" if params else ""
-    log.info("%s", redact(f"{SOURCE}: fetching {url}{since}"))
-    tracker = progress.Progress(log, SOURCE, "fetching", measure=lambda n: f"{progress.count(n)} records")
+    log.info("%s", redact(f"{name}: fetching {url}{since}"))
+    tracker = progress.Progress(log, name, "fetching", measure=lambda n: f"{progress.count(n)} records")
     while next_url:
         if counts.pages >= max_pages:
-            raise SourceError(f"{SOURCE}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {next_url}")
+            raise SourceError(f"{name}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {next_url}")
         seen_urls.add(next_url)
-        response = http_client.get(session, next_url, source=SOURCE, policy=policy, params=params, sleep=sleep,
+        response = http_client.get(session, next_url, source=name, policy=policy, params=params, sleep=sleep,
                                    origins=origins)
         params = None  # next links carry their own query
         page_url = response.url
         link = response.links.get("next", {}).get("url")
         content_type = response.headers.get("Content-Type", "")
         counts.pages += 1
-        where = f"{SOURCE}: {page_url}"
+        where = f"{name}: {page_url}"
         next_url = urljoin(page_url, link) if link else None
         # checked before the page is read: a page that links out of bounds stages nothing
         if next_url in seen_urls or (next_url and not origins.allows(next_url)):
@@ -138,7 +140,7 @@ def fetch(
             if next_url in seen_urls:
                 raise SourceError(f"{where}: pagination loops back to {next_url}")
             raise SourceError(f"{where}: next link {origins.refusal(next_url)}")
-        body = http_client.iter_body(response, source=SOURCE, limit=max_bytes, already=counts.bytes)
+        body = http_client.iter_body(response, source=name, limit=max_bytes, already=counts.bytes)
         with contextlib.closing(body):
             for record in _page(_counted(body, counts), where=where, content_type=content_type):
                 record_no = counts.records + counts.problems + 1
@@ -185,4 +187,4 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     since = {source.since_param: request.since} if request.since is not None else None
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_pages=request.settings.max_pages, max_bytes=request.settings.max_bytes,
-                 params=since, allowed_hosts=request.settings.api_allowed_hosts)
+                 params=since, allowed_hosts=request.settings.api_allowed_hosts, name=source.name)

@@ -26,24 +26,24 @@ csv.field_size_limit(64 * 1024 * 1024)
 
 
 def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable,
-             allowed_hosts=()) -> tuple[str, int]:
+             allowed_hosts=(), name: str = SOURCE) -> tuple[str, int]:
     """Stream url into a file under directory (the run's download folder, which the staging sweep covers);
     return (path, bytes). Nothing is parsed before the body is whole. Redirects stay on url's origin,
     or go to allowed_hosts without the session's credentials."""
-    response = http_client.get(session, url, source=SOURCE, policy=policy, sleep=sleep,
+    response = http_client.get(session, url, source=name, policy=policy, sleep=sleep,
                                origins=http_client.Origins.of(url, allowed_hosts))
     content_type = response.headers.get("Content-Type", "").lower()
     if "html" in content_type:
         http_client.discard(response)
-        raise SourceError(f"{SOURCE}: {response.url} served {content_type}, not CSV")
+        raise SourceError(f"{name}: {response.url} served {content_type}, not CSV")
     total = http_client.expected_bytes(response)
-    log.info("%s: downloading %s%s", SOURCE, redact(response.url), f" ({progress.size(total)})" if total else "")
-    tracker = progress.Progress(log, SOURCE, "downloading", total=total, measure=progress.size)
+    log.info("%s: downloading %s%s", name, redact(response.url), f" ({progress.size(total)})" if total else "")
+    tracker = progress.Progress(log, name, "downloading", total=total, measure=progress.size)
     handle, path = tempfile.mkstemp(prefix="sluice-csv-", suffix=".csv", dir=directory)
     size = 0
     try:
         with os.fdopen(handle, "wb") as file:
-            for chunk in http_client.iter_body(response, source=SOURCE, limit=max_bytes):
+            for chunk in http_client.iter_body(response, source=name, limit=max_bytes):
                 file.write(chunk)
                 size += len(chunk)
                 tracker.update(size)
@@ -52,7 +52,7 @@ def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep
         raise
     if size == 0:
         os.unlink(path)
-        raise SourceError(f"{SOURCE}: {response.url} returned an empty body (not even a header row)")
+        raise SourceError(f"{name}: {response.url} returned an empty body (not even a header row)")
     tracker.finish(f"downloaded {progress.size(size)}")
     return path, size
 
@@ -217,11 +217,13 @@ def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str]
         reader = csv.reader(lines, strict=True)  # a fresh reader: nothing of the failed record carries over
 
 
-def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str) -> StageCounts:
-    """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted commas and newlines) and stage one line per data row."""
-    writer = StageWriter(out, run_id, SOURCE)
-    counts = StageCounts(source=SOURCE, uri=uri, bytes=os.path.getsize(path))
-    tracker = progress.Progress(log, SOURCE, "staging", total=counts.bytes, measure=progress.size)
+def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str,
+               name: str = SOURCE) -> StageCounts:
+    """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted commas and newlines) and stage one line per data row, as
+    source `name` (the seed `csv` unless told)."""
+    writer = StageWriter(out, run_id, name)
+    counts = StageCounts(source=name, uri=uri, bytes=os.path.getsize(path))
+    tracker = progress.Progress(log, name, "staging", total=counts.bytes, measure=progress.size)
     # surrogateescape keeps undecodable bytes so the row can be quarantined rather than the file failing.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
         lines = _PhysicalLines(file)
@@ -276,11 +278,12 @@ def fetch(
     workdir: str,
     sleep: Callable[[float], None] = time.sleep,
     allowed_hosts=(),
+    name: str = SOURCE,
 ) -> StageCounts:
     path, _ = download(session, url, workdir, policy=policy, max_bytes=max_bytes, sleep=sleep,
-                       allowed_hosts=allowed_hosts)
+                       allowed_hosts=allowed_hosts, name=name)
     try:
-        return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{SOURCE}: {url}")
+        return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{name}: {url}", name=name)
     finally:
         os.unlink(path)
 
@@ -294,4 +297,4 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     request.workdir.mkdir(parents=True, exist_ok=True)
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),
-                 allowed_hosts=request.settings.api_allowed_hosts)
+                 allowed_hosts=request.settings.api_allowed_hosts, name=source.name)
