@@ -83,11 +83,11 @@ def etl_pipeline():
     # one instance per source of the kind, with its own retries, log and XCom
     @task(max_active_tis_per_dagrun=_settings.max_parallel_sources, map_index_template=SOURCE_NAME)
     def ingest_api(source, params=None, run_id=None):
-        return edge.ingest(source, params, run_id)
+        return edge.ingest_instance(source, params, run_id)
 
     @task(max_active_tis_per_dagrun=_settings.max_parallel_sources, map_index_template=SOURCE_NAME)
     def ingest_csv(source, params=None, run_id=None):
-        return edge.ingest(source, params, run_id)
+        return edge.ingest_instance(source, params, run_id)
 
     # all_done: one failed source must not stop the others from loading.
     @task(trigger_rule="all_done")

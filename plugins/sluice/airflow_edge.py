@@ -110,19 +110,24 @@ def init_schema(params: dict) -> dict:
     return sources.by_kind(found)
 
 
+def ingest_instance(entry: dict, params: dict, run_id: str) -> dict:
+    """ingest as one instance of a mapped task: named by its source in the UI (the DAG's map_index_template)
+    and in record_run's errors (XCom 'source')."""
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    context[MAP_INDEX_KEY] = entry["name"]
+    context["ti"].xcom_push(key="source", value=entry["name"])
+    return ingest(entry, params, run_id)
+
+
 @reports_error
 def ingest(entry: dict, params: dict, run_id: str) -> dict:
     """Stream one source (a catalog entry) into staging; return a reference and counts (never rows) for XCom."""
-    from airflow.sdk import get_current_context
-
     from sluice import pipeline, sources
 
     config = settings.load()
     source = sources.from_entry(entry)
-    context = get_current_context()
-    # the instance's name in the UI (map_index_template) and in record_run's errors
-    context[MAP_INDEX_KEY] = source.name
-    context["ti"].xcom_push(key="source", value=source.name)
     session, url = http_source(source)
     target = staging_dir(run_id, config) / f"{source.name}.copy"
     target.parent.mkdir(parents=True, exist_ok=True)

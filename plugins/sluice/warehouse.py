@@ -21,7 +21,7 @@ from sluice.errors import LockTimeout
 log = logging.getLogger(__name__)
 
 # the raw table of each kind of source; it holds every source of that kind, keyed by (source, source_id)
-RAW_TABLES = {"api": "raw_api_data", "csv": "raw_csv_data"}
+RAW_TABLES = {kind: f"raw_{kind}_data" for kind in ("api", "csv")}
 COPY_CHUNK = 1024 * 1024
 FETCH_BATCH = 5000
 WORK_MEM = "256MB"
@@ -72,8 +72,9 @@ def next_fetch_seq(conn) -> int:
 
 
 def raw_table(source: str, kind: str | None) -> str:
-    """The raw table of a source's kind; no kind: the source is a seed source, named after its kind."""
-    return RAW_TABLES[kind or source]
+    """The raw table of a source's kind, raw_<kind>_data (a new kind's migration creates it like raw_csv_data);
+    no kind: the source is a seed source, named after its kind."""
+    return f"raw_{kind or source}_data"
 
 
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
