@@ -1,5 +1,9 @@
 """A source is one value: its name, kind, HTTP connection, endpoint, mapping and incremental parameter.
 
+The catalog is the run's list of sources (catalog(): the DAG param `sources`, else the two seed sources `api`
+and `csv` of today's params); each entry is a dict of Source fields, its kind's connection and mapping by
+default, checked as a whole before anything is read.
+
 Each kind of source is read by one module, named in KINDS, that has the same entry point:
 
     stage(source: Source, request: FetchRequest, out: BinaryIO) -> staging.StageCounts
