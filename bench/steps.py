@@ -60,9 +60,9 @@ def normalize(measure, *, db: str, stored: dict, run_id: str) -> dict:
 
 
 def upsert(measure, *, db: str, normalized: dict, run_id: str) -> dict:
-    config = _settings()
+    config, normalized = _settings(), results.Normalized.from_xcom(normalized)
     with psycopg.connect(db) as conn:
-        return measure(lambda: pipeline.upsert(conn, results.Normalized.from_xcom(normalized), run_id=run_id,
+        return measure(lambda: pipeline.upsert(conn, normalized, _sources(normalized.sources), run_id=run_id,
                                                settings=config)).to_xcom()
 
 

@@ -1,19 +1,23 @@
 """
-### etl_pipeline — a JSON API and a CSV into PostgreSQL, idempotently
+### etl_pipeline — named sources (JSON APIs and CSVs) into PostgreSQL, idempotently
 
-Pulls records from an HTTP JSON API (connection `etl_api`, endpoint param `api_endpoint`) and a CSV
-published at a URL (connection `etl_csv`, endpoint param `csv_endpoint`), keeps the latest raw payload
-of every record (`raw_api_data`, `raw_csv_data`), validates and maps them into `normalized_data`,
-upserts only real changes, advances `etl_checkpoint` per source and writes one `etl_runs` row per run.
-Bad records go to `rejected_records` with a reason; they never stop the good ones.
+Pulls records from each source of the catalog (param `sources`, by default the file named by
+`SLUICE_SOURCES_FILE`; empty: the seed sources `api` — connection `etl_api`, param `api_endpoint` — and
+`csv` — connection `etl_csv`, param `csv_endpoint`), one `ingest_api` / `ingest_csv` instance per source,
+keeps the latest raw payload of every record (`raw_api_data`, `raw_csv_data`, keyed by source and id),
+validates and maps them into `normalized_data`, upserts only real changes, advances `etl_checkpoint` per
+source and writes one `etl_runs` row per run. Bad records go to `rejected_records` with a reason; they never
+stop the good ones.
 
-**Params**: `api_endpoint`, `csv_endpoint`, `api_mapping` / `csv_mapping` (normalized column → source
-field), `api_since_param` (query parameter that asks the API for records from the checkpoint on, e.g.
-`id_gte`; empty reads the API whole), `full_refresh` (ignore checkpoints and re-normalize everything).
+**Params**: `sources` (the catalog: `[{name, kind, endpoint, conn_id, mapping, since_param}, ...]`),
+`api_endpoint`, `csv_endpoint`, `api_mapping` / `csv_mapping` (normalized column → source field),
+`api_since_param` (query parameter that asks the API for records from the checkpoint on, e.g. `id_gte`;
+empty reads the API whole) — these four describe the seed sources —, `full_refresh` (ignore checkpoints
+and re-normalize everything).
 
-**Failure**: when one source fails, the other still loads; the run is recorded as failed with the error.
-Only references and counts travel through XCom; rows are staged under `SLUICE_STAGING_URL`.
-"""
+**Failure**: an invalid catalog fails `init_schema`, before any source is read. When one source fails,
+the others still load; the run is recorded as failed with the error, naming the source.
+Only references and counts travel through XCom; rows are staged under `SLUICE_STAGING_URL`."""
 
 import os
 from datetime import timedelta
@@ -22,9 +26,11 @@ import pendulum
 from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
 
 from sluice import airflow_edge as edge
-from sluice import settings
+from sluice import settings, sources
 
 _settings = settings.load()
+# each ingest instance is shown by its source's name (airflow_edge.ingest sets it)
+SOURCE_NAME = "{{ %s }}" % edge.MAP_INDEX_KEY
 
 
 @dag(
@@ -43,6 +49,11 @@ _settings = settings.load()
         "max_retry_delay": timedelta(minutes=10),
     },
     params={
+        "sources": Param(sources.load_file(os.environ["SLUICE_SOURCES_FILE"])
+                         if os.environ.get("SLUICE_SOURCES_FILE") else [], type="array",
+                         description="The catalog: a list of sources ({name, kind, endpoint, conn_id, mapping, "
+                                     "since_param}); empty = the two seed sources api and csv, as the params "
+                                     "below describe them. Default: the file named by SLUICE_SOURCES_FILE."),
         "api_endpoint": Param(os.environ.get("SLUICE_API_ENDPOINT", "posts"), type="string",
                               description="Path of the JSON API resource, relative to connection etl_api."),
         "csv_endpoint": Param(os.environ.get("SLUICE_CSV_ENDPOINT", "items.csv"), type="string",
@@ -59,30 +70,37 @@ _settings = settings.load()
     },
 )
 def etl_pipeline():
+    # the catalog is checked and returned per kind (complete entries, no rows)
     @task
-    def init_schema():
-        edge.init_schema()
+    def init_schema(params=None):
+        return edge.init_schema(params)
 
+    # the sources of one kind, which its ingest task maps over (Airflow maps only over a whole XCom)
     @task
-    def ingest_api(params=None, run_id=None):
-        return edge.ingest("api", params, run_id)
+    def sources_of(catalog, kind):
+        return catalog[kind]
 
-    @task
-    def ingest_csv(params=None, run_id=None):
-        return edge.ingest("csv", params, run_id)
+    # one instance per source of the kind, with its own retries, log and XCom
+    @task(max_active_tis_per_dagrun=_settings.max_parallel_sources, map_index_template=SOURCE_NAME)
+    def ingest_api(source, params=None, run_id=None):
+        return edge.ingest_instance(source, params, run_id)
 
-    # all_done: one failed source must not stop the other from loading.
+    @task(max_active_tis_per_dagrun=_settings.max_parallel_sources, map_index_template=SOURCE_NAME)
+    def ingest_csv(source, params=None, run_id=None):
+        return edge.ingest_instance(source, params, run_id)
+
+    # all_done: one failed source must not stop the others from loading.
     @task(trigger_rule="all_done")
     def store_raw(api, csv, run_id=None):
         return edge.store_raw([api, csv], run_id)
 
     @task
-    def normalize(stored, params=None, run_id=None):
-        return edge.normalize(stored, params, run_id)
+    def normalize(stored, catalog, params=None, run_id=None):
+        return edge.normalize(stored, catalog, params, run_id)
 
     @task
-    def upsert(normalized, run_id=None):
-        return edge.upsert(normalized, run_id)
+    def upsert(normalized, catalog, run_id=None):
+        return edge.upsert(normalized, catalog, run_id)
 
     @task
     def checkpoint(upserted, params=None, run_id=None):
@@ -93,9 +111,9 @@ def etl_pipeline():
     def record_run(**context):
         return edge.record_run(context)
 
-    api, csv = ingest_api(), ingest_csv()
-    init_schema() >> [api, csv]
-    checkpoint(upsert(normalize(store_raw(api, csv)))) >> record_run()
-
+    catalog = init_schema()
+    api = ingest_api.expand(source=sources_of.override(task_id="api_sources")(catalog, "api"))
+    csv = ingest_csv.expand(source=sources_of.override(task_id="csv_sources")(catalog, "csv"))
+    checkpoint(upsert(normalize(store_raw(api, csv), catalog), catalog)) >> record_run()
 
 etl_pipeline()

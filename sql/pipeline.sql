@@ -1,5 +1,6 @@
 -- Named queries of the etl_pipeline tasks. {raw_table} is an identifier filled in with
--- psycopg.sql.Identifier (raw_api_data or raw_csv_data); every value is a named parameter.
+-- psycopg.sql.Identifier: the raw table of the source's kind (raw_api_data or raw_csv_data), which holds
+-- every source of that kind keyed by (source, source_id); every value is a named parameter.
 
 -- name: lock_schema
 select pg_advisory_xact_lock(hashtextextended('sluice:schema', 0));
@@ -73,7 +74,7 @@ select coalesce((select raw_fetch_seq from etl_checkpoint where source = %(sourc
 -- keeps its stored payload until a read covers it again.
 delete from staged_records s
 using {raw_table} r
-where s.run_id = %(run_id)s and s.source = %(source)s and r.source_id = s.source_id;
+where s.run_id = %(run_id)s and s.source = %(source)s and r.source = s.source and r.source_id = s.source_id;
 
 -- name: raw_table_estimate
 -- the raw table's size as the planner estimates it (no count(*) of a big table)
@@ -88,14 +89,14 @@ with updated as (
     set data = s.data::jsonb, content_hash = s.content_hash, updated_at = now(), run_id = %(run_id)s
     from staged_records s
     where s.run_id = %(run_id)s and s.source = %(source)s
-      and r.source_id = s.source_id and r.content_hash <> s.content_hash
+      and r.source = s.source and r.source_id = s.source_id and r.content_hash <> s.content_hash
     returning 1
 ), inserted as (
-    insert into {raw_table} (source_id, data, content_hash, run_id)
-    select s.source_id, s.data::jsonb, s.content_hash, %(run_id)s
+    insert into {raw_table} (source, source_id, data, content_hash, run_id)
+    select s.source, s.source_id, s.data::jsonb, s.content_hash, %(run_id)s
     from staged_records s
     where s.run_id = %(run_id)s and s.source = %(source)s
-      and not exists (select 1 from {raw_table} r where r.source_id = s.source_id)
+      and not exists (select 1 from {raw_table} r where r.source = s.source and r.source_id = s.source_id)
     returning 1
 )
 select (select count(*) from inserted), (select count(*) from updated);
@@ -189,7 +190,8 @@ with current as materialized (
     from normalized_stage ns
     where ns.run_id = %(run_id)s and ns.source = %(source)s
       and (not %(raw_written_since)s
-           or (ns.source_id, ns.raw_hash) in (select r.source_id, r.content_hash from {raw_table} r))
+           or (ns.source_id, ns.raw_hash) in (select r.source_id, r.content_hash from {raw_table} r
+                                              where r.source = %(source)s))
 ), updated as (
     update normalized_data n
     set name = c.name,

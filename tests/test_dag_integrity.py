@@ -8,7 +8,10 @@ import pytest
 from tests.airflow_env import load_dag
 
 EDGES = {
-    "init_schema": {"ingest_api", "ingest_csv"},
+    # the catalog init_schema checked: per kind for the mapped ingests, whole for normalize and upsert
+    "init_schema": {"api_sources", "csv_sources", "normalize", "upsert"},
+    "api_sources": {"ingest_api"},
+    "csv_sources": {"ingest_csv"},
     "ingest_api": {"store_raw"},
     "ingest_csv": {"store_raw"},
     "store_raw": {"normalize"},
@@ -79,3 +82,11 @@ def test_dag_file_imports_no_database_or_http_libraries_and_parses_fast():
     assert heavy == "[]"
     # Airflow's own import dominates; the DAG module itself adds little. Generous bound, not a benchmark.
     assert float(seconds) < 30
+
+
+def test_the_catalog_param_defaults_to_the_seed_sources_and_ingests_are_mapped_four_at_a_time(dag):
+    # an empty catalog: the seed sources api and csv, as the params above describe them
+    assert dag.params.dump()["sources"] == []
+    for task_id in ("ingest_api", "ingest_csv"):
+        assert dag.task_dict[task_id].is_mapped
+        assert dag.task_dict[task_id].max_active_tis_per_dagrun == 4

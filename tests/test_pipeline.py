@@ -58,7 +58,7 @@ def run_all_steps(url: str, served: SourceServer, staging_dir: Path, config, run
     with psycopg.connect(url) as conn:
         stored = pipeline.store_raw(conn, ingested, run_id=RUN_ID, settings=config)
         normalized = pipeline.normalize(conn, stored, run_sources, run_id=RUN_ID, settings=config)
-        upserted = pipeline.upsert(conn, normalized, run_id=RUN_ID, settings=config)
+        upserted = pipeline.upsert(conn, normalized, run_sources, run_id=RUN_ID, settings=config)
         checkpointed = pipeline.checkpoint(conn, upserted, run_id=RUN_ID, settings=config)
         steps = [*ingested, stored, normalized, upserted, checkpointed]
         outcome = runs.RunOutcome.of(steps, run_id=RUN_ID, run_type="manual", started_at=datetime.now(timezone.utc))
@@ -150,19 +150,23 @@ def test_a_third_kind_of_source_is_one_module_that_ingest_uses(database_url, ser
     monkeypatch.setitem(sources.KINDS, "ndjson", __name__)
     lines = [json.dumps({"key": f"k{n}", "label": f"item {n}", "amount": n * 1.5}) for n in range(1, 8)]
     served.serve_bytes("items.ndjson", "\n".join(lines).encode(), content_type="application/x-ndjson")
-    # the warehouse knows two source names until sources are named freely (issue #14): this one is "csv"
-    ndjson = sources.Source(name="csv", kind="ndjson", conn_id="etl_ndjson", endpoint="items.ndjson",
+    ndjson = sources.Source(name="orders", kind="ndjson", conn_id="etl_ndjson", endpoint="items.ndjson",
                             mapping={"source_id": "key", "name": "label", "value": "amount"})
-
-    steps = run_all_steps(database_url, served, tmp_path, config, {"api": SEEDS["api"], "csv": ndjson})
-
-    assert steps[1] == results.Ingested("csv", str(tmp_path / "csv.copy"), records=7, pages=1,
-                                        bytes=steps[1].bytes, fetch_seq=steps[1].fetch_seq)
+    # and its raw table, which a new kind's migration creates
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("select source_id, name, value from normalized_data where source = 'csv'"
+        conn.execute("create table raw_ndjson_data (like raw_csv_data including all)")
+
+    steps = run_all_steps(database_url, served, tmp_path, config, {"api": SEEDS["api"], "orders": ndjson})
+
+    assert steps[1] == results.Ingested("orders", str(tmp_path / "orders.copy"), records=7, pages=1,
+                                        bytes=steps[1].bytes, fetch_seq=steps[1].fetch_seq, kind="ndjson")
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("select source_id, name, value from normalized_data where source = 'orders'"
                             " order by value").fetchall()
+        assert conn.execute("select source, count(*) from raw_ndjson_data group by source").fetchall() == [
+            ("orders", 7)]
     assert rows == [(f"k{n}", f"item {n}", n * 1.5) for n in range(1, 8)]
-    assert steps[-1].sources["csv"]["inserted"] == 7
+    assert steps[-1].sources["orders"]["inserted"] == 7
 
 
 @pytest.mark.parametrize("fields, message", [

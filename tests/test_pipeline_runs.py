@@ -189,8 +189,8 @@ def test_record_run_reads_the_tasks_from_the_dag_so_a_renamed_task_still_counts(
     state, run = pipeline.run(dag=dag)
 
     assert state == "failed" and run["status"] == "failed"
-    # the renamed task's failure is recorded with its error, and only the tasks the DAG has are named
-    assert run["error_message"].startswith("fetch_posts: SourceError") and "500" in run["error_message"]
+    # the renamed task's failure is recorded with its source and error, and only the tasks the DAG has are named
+    assert run["error_message"].startswith("fetch_posts[api]: SourceError") and "500" in run["error_message"]
     assert "ingest_" not in run["error_message"]
     assert run["source_counts"] == {"csv": {"fetched": CSV_ROWS, "inserted": CSV_ROWS - 6, "updated": 0,
                                             "unchanged": 0, "superseded": 0, "rejected": 6, "loaded": True}}

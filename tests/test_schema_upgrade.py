@@ -71,7 +71,10 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
         assert warehouse.apply_schema(conn).migrations == MIGRATIONS
         assert warehouse.apply_schema(conn) == migrations.Changes()  # and again: nothing left to apply
 
-        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 12
+        # 12 source and source_id columns, and the source of each raw table (named sources)
+        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 14
+        # the rows of the release before named sources belong to the seed sources named after their kinds
+        assert conn.execute("select source, source_id from raw_csv_data").fetchall() == [("csv", "1")]
         assert conn.execute("select source_id, name from normalized_data").fetchall() == [("1", "old")]
         assert conn.execute("select row_count from etl_checkpoint where source = 'csv'").fetchone() == (1,)
         functions = {name for (name,) in conn.execute(
@@ -87,6 +90,14 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
         assert conn.execute("select name from normalized_data where source_id = '1'").fetchone() != ("old",)
         assert conn.execute("select count(*), min(row_count) from normalized_data, etl_checkpoint"
                             " where etl_checkpoint.source = 'csv'").fetchone() == (50, 50)
+        assert conn.execute("select source, count(*) from raw_csv_data group by source").fetchall() == [("csv", 50)]
+        checksum = conn.execute("select md5(string_agg(t::text, '|' order by id)) from normalized_data t").fetchone()
+
+        rerun = load(conn, tmp_path, "v3-run", 50)
+
+        assert (rerun["inserted"], rerun["updated"], rerun["unchanged"]) == (0, 0, 0)
+        assert conn.execute("select md5(string_agg(t::text, '|' order by id)) from normalized_data t"
+                            ).fetchone() == checksum
 
 
 @pytest.mark.parametrize("release", earlier_releases() or [pytest.param(None, marks=pytest.mark.skip(

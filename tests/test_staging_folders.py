@@ -105,9 +105,8 @@ def test_csv_download_of_a_killed_ingest_is_in_the_swept_download_folder(tmp_pat
     temp = tmp_path / "tmp"
     temp.mkdir()
     child_code = (
-        "import sys; from sluice import airflow_edge, settings; "
-        "airflow_edge.ingest('csv', {'csv_mapping': settings.DEFAULT_CSV_MAPPING, 'csv_endpoint': 'items.csv'}, "
-        "sys.argv[1])")
+        "import sys; from sluice import airflow_edge; "
+        "airflow_edge.ingest({'name': 'csv', 'kind': 'csv', 'endpoint': 'items.csv'}, {}, sys.argv[1])")
     with SourceServer() as server:
         server.httpd.handle_error = lambda request, client_address: None  # the killed client resets
         server.serve_bytes("items.csv", b"")

@@ -92,12 +92,12 @@ def test_row_counters_follow_every_insert_delete_and_truncate(database_url, tmp_
 def test_a_rerun_of_the_same_rows_keeps_the_raw_indexes_and_writes_nothing(database_url, tmp_path):
     with psycopg.connect(database_url) as conn:
         load(conn, tmp_path, "run-1", 500, bulk_rows=100)
-        (oid_before,) = conn.execute("select 'raw_csv_data_source_id_key'::regclass::oid").fetchone()
+        (oid_before,) = conn.execute("select 'raw_csv_data_source_source_id_key'::regclass::oid").fetchone()
         conn.rollback()
 
         counts = load(conn, tmp_path, "run-2", 500, bulk_rows=100)
 
-        (oid_after,) = conn.execute("select 'raw_csv_data_source_id_key'::regclass::oid").fetchone()
+        (oid_after,) = conn.execute("select 'raw_csv_data_source_source_id_key'::regclass::oid").fetchone()
         assert oid_after == oid_before
         assert (counts["inserted"], counts["updated"], counts["unchanged"]) == (0, 0, 0)
 

@@ -8,12 +8,17 @@ Heavy imports stay inside the functions so the DAG file parses in milliseconds.
 import contextlib
 import functools
 import graphlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 
 from sluice import settings
 
 WAREHOUSE_CONN_ID = "etl_postgres"
+# the context entry an ingest instance sets to its source's name: the DAG's map_index_template shows it
+MAP_INDEX_KEY = "sluice_source"
+
+log = logging.getLogger(__name__)
 
 
 def reports_error(function: Callable) -> Callable:
@@ -91,28 +96,38 @@ def sweep_staging(run_id: str, config: settings.Settings) -> None:
                       keep=staging.run_folder_name(run_id))
 
 
-def run_sources(params: dict, names) -> dict:
-    """The Source values of the named sources, from the DAG params."""
-    from sluice import sources
-
-    return {name: sources.from_params(params, name) for name in names}
-
-
 @reports_error
-def init_schema() -> None:
-    from sluice import pipeline
+def init_schema(params: dict) -> dict:
+    """Check the run's catalog of sources, then create or upgrade the warehouse. Returns the catalog per kind
+    (sources.by_kind: complete entries, no rows), which the ingest tasks map over and the later steps read."""
+    from sluice import pipeline, sources
 
+    # an invalid catalog fails here, before any source is read
+    found = sources.catalog(params)
+    log.info("catalog: %d sources: %s", len(found), ", ".join(f"{s.name} ({s.kind})" for s in found))
     with warehouse() as conn:
         pipeline.init_schema(conn, settings=settings.load())
+    return sources.by_kind(found)
+
+
+def ingest_instance(entry: dict, params: dict, run_id: str) -> dict:
+    """ingest as one instance of a mapped task: named by its source in the UI (the DAG's map_index_template)
+    and in record_run's errors (XCom 'source')."""
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    context[MAP_INDEX_KEY] = entry["name"]
+    context["ti"].xcom_push(key="source", value=entry["name"])
+    return ingest(entry, params, run_id)
 
 
 @reports_error
-def ingest(name: str, params: dict, run_id: str) -> dict:
-    """Stream one source into staging; return a reference and counts (never rows) for XCom."""
+def ingest(entry: dict, params: dict, run_id: str) -> dict:
+    """Stream one source (a catalog entry) into staging; return a reference and counts (never rows) for XCom."""
     from sluice import pipeline, sources
 
     config = settings.load()
-    source = sources.from_params(params, name)
+    source = sources.from_entry(entry)
     session, url = http_source(source)
     target = staging_dir(run_id, config) / f"{source.name}.copy"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,37 +137,39 @@ def ingest(name: str, params: dict, run_id: str) -> dict:
 
 
 @reports_error
-def store_raw(ingested: list[dict | None], run_id: str) -> dict:
+def store_raw(ingested: list, run_id: str) -> dict:
+    """Store the sources that were ingested (ingested: the results of each ingest task, one per source)."""
     from sluice import pipeline
     from sluice.results import Ingested
 
     config = settings.load()
-    # a source whose ingest failed has no result
-    staged = [Ingested.from_xcom(result) for result in ingested if result]
+    # a source whose ingest failed has no result; a kind without sources has none at all
+    staged = [Ingested.from_xcom(result) for results in ingested for result in (results or []) if result]
     with warehouse() as conn:
         return pipeline.store_raw(conn, staged, open_staged, run_id=run_id, settings=config).to_xcom()
 
 
 @reports_error
-def normalize(stored: dict, params: dict, run_id: str) -> dict:
-    from sluice import pipeline
+def normalize(stored: dict, catalog: dict, params: dict, run_id: str) -> dict:
+    from sluice import pipeline, sources
     from sluice.results import Stored
 
     config = settings.load()
-    stored = Stored.from_xcom(stored)
     with warehouse() as conn:
-        return pipeline.normalize(conn, stored, run_sources(params, stored.sources), run_id=run_id, settings=config,
+        return pipeline.normalize(conn, Stored.from_xcom(stored), sources.by_name(catalog), run_id=run_id,
+                                  settings=config,
                                   full_refresh=bool(params.get("full_refresh"))).to_xcom()
 
 
 @reports_error
-def upsert(normalized: dict, run_id: str) -> dict:
-    from sluice import pipeline
+def upsert(normalized: dict, catalog: dict, run_id: str) -> dict:
+    from sluice import pipeline, sources
     from sluice.results import Normalized
 
     config = settings.load()
     with warehouse() as conn:
-        return pipeline.upsert(conn, Normalized.from_xcom(normalized), run_id=run_id, settings=config).to_xcom()
+        return pipeline.upsert(conn, Normalized.from_xcom(normalized), sources.by_name(catalog), run_id=run_id,
+                               settings=config).to_xcom()
 
 
 @reports_error
@@ -173,18 +190,16 @@ def record_run(context) -> dict:
 
     from sluice import pipeline, results, runs
 
-    ti, dag_run = context["ti"], context["dag_run"]
-    task_ids = [task_id for task_id in in_order(context["dag"]) if task_id != ti.task_id]
+    ti, dag_run, dag = context["ti"], context["dag_run"], context["dag"]
+    task_ids = [task_id for task_id in in_order(dag) if task_id != ti.task_id]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=task_ids)[ti.run_id]
     errors = []
     for task_id in task_ids:
-        state = states.get(task_id)
-        if state == "failed":
-            errors.append(f"{task_id}: {ti.xcom_pull(task_ids=task_id, key='error') or 'failed (see its log)'}")
-        elif state != "success":
-            errors.append(f"{task_id}: {state}")
+        for map_index, state in instances(task_id, dag.task_dict[task_id].is_mapped, states):
+            errors += instance_error(ti, task_id, map_index, state)
     outcome = runs.RunOutcome.of(
-        (results.from_xcom(ti.xcom_pull(task_ids=task_id)) for task_id in task_ids),
+        # every instance's result: a mapped task has one per source
+        (results.from_xcom(value) for value in ti.xcom_pull(task_ids=task_ids) if value is not None),
         run_id=ti.run_id,
         run_type=str(getattr(dag_run.run_type, "value", dag_run.run_type)),
         started_at=dag_run.start_date,
@@ -201,6 +216,37 @@ def record_run(context) -> dict:
         raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.errors))
     staging_dir(ti.run_id, config).rmdir(recursive=True)
     return recorded.to_xcom()
+
+
+def instances(task_id: str, mapped: bool, states: dict) -> list[tuple[int | None, str | None]]:
+    """(map index, state) of each instance of a task in the run's states, which name a mapped task's instances
+    <task_id>_<map index>; (None, state) for a task that is not mapped. A mapped task over nothing (a kind
+    without sources: Airflow skips it) has no instances."""
+    if not mapped:
+        return [(None, states.get(task_id))]
+    if states.get(task_id) == "skipped":
+        return []
+    found = []
+    for key, state in states.items():
+        prefix, _, index = key.rpartition("_")
+        if prefix == task_id and index.isdigit():
+            found.append((int(index), state))
+    # not expanded at all (init_schema failed): the task's one state says why
+    return sorted(found) or [(None, states.get(task_id))]
+
+
+def instance_error(ti, task_id: str, map_index: int | None, state: str | None) -> list[str]:
+    """The error of one task instance that did not succeed (none for one that did), naming a mapped instance's
+    source: `ingest_api[comments]: SourceError: ...`."""
+    if state == "success":
+        return []
+    label, instance = task_id, {}
+    if map_index is not None:
+        instance = {"map_indexes": map_index}
+        label += f"[{ti.xcom_pull(task_ids=task_id, key='source', **instance) or map_index}]"
+    if state != "failed":
+        return [f"{label}: {state}"]
+    return [f"{label}: {ti.xcom_pull(task_ids=task_id, key='error', **instance) or 'failed (see its log)'}"]
 
 
 def in_order(dag) -> list[str]:

@@ -158,30 +158,31 @@ def fetch(
     allowed_hosts: Iterable[tuple[str, int | None]] = (),
     records_path: str = "",
     pagination: Pagination = Pagination(),
+    name: str = SOURCE,
 ) -> StageCounts:
     """Fetch every page starting at url and stage its records; raises SourceError on any incomplete read.
 
     Next URLs (links or body fields) stay on url's origin, or go to allowed_hosts (SLUICE_API_ALLOWED_HOSTS)
     without the session's credentials; one anywhere else fails the source before any request is sent there."""
-    writer = StageWriter(out, run_id, SOURCE)
-    counts = StageCounts(source=SOURCE, uri=uri)
+    writer = StageWriter(out, run_id, name)
+    counts = StageCounts(source=name, uri=uri)
     pager = _Pager(pagination, url, params or {}, http_client.Origins.of(url, allowed_hosts))
-    since = f" with {', '.join(f'{name}={value}' for name, value in params.items())}" if params else ""
-    log.info("%s", redact(f"{SOURCE}: fetching {url}{since}"))
-    tracker = progress.Progress(log, SOURCE, "fetching", measure=lambda n: f"{progress.count(n)} records")
+    since = f" with {', '.join(f'{key}={value}' for key, value in params.items())}" if params else ""
+    log.info("%s", redact(f"{name}: fetching {url}{since}"))
+    tracker = progress.Progress(log, name, "fetching", measure=lambda n: f"{progress.count(n)} records")
     request = pager.first()
     while request is not None:
         if counts.pages >= max_pages:
             stopped = requests.Request("GET", request[0], params=request[1]).prepare().url
-            raise SourceError(f"{SOURCE}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {stopped}")
-        response = http_client.get(session, request[0], source=SOURCE, policy=policy, params=request[1],
+            raise SourceError(f"{name}: more than SLUICE_MAX_PAGES ({max_pages}) pages; stopped at {stopped}")
+        response = http_client.get(session, request[0], source=name, policy=policy, params=request[1],
                                    sleep=sleep, origins=pager.origins)
         counts.pages += 1
-        where = f"{SOURCE}: {response.url}"
+        where = f"{name}: {response.url}"
         link = pager.next_link(response, where)  # checked before the page is read: a bad link stages nothing
         found: dict = {}
         before = counts.records + counts.problems
-        body = http_client.iter_body(response, source=SOURCE, limit=max_bytes, already=counts.bytes)
+        body = http_client.iter_body(response, source=name, limit=max_bytes, already=counts.bytes)
         with contextlib.closing(body):
             records = _page(_counted(body, counts), where=where, content_type=response.headers.get("Content-Type", ""),
                             records_path=records_path, next_field=pagination.field, found=found)
@@ -298,4 +299,4 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_pages=request.settings.max_pages, max_bytes=request.settings.max_bytes,
                  params=since, allowed_hosts=request.settings.api_allowed_hosts, records_path=source.records_path,
-                 pagination=source.pagination)
+                 pagination=source.pagination, name=source.name)

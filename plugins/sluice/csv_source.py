@@ -33,27 +33,27 @@ GZIP_WBITS = 31  # zlib's window bits for the gzip format, header and trailer ch
 
 
 def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable,
-             allowed_hosts=()) -> tuple[str, int]:
+             allowed_hosts=(), name: str = SOURCE) -> tuple[str, int]:
     """Stream url into a file under directory (the run's download folder, which the staging sweep covers);
     return (path, bytes). Nothing is parsed before the body is whole. Redirects stay on url's origin,
     or go to allowed_hosts without the session's credentials."""
-    response = http_client.get(session, url, source=SOURCE, policy=policy, sleep=sleep,
+    response = http_client.get(session, url, source=name, policy=policy, sleep=sleep,
                                origins=http_client.Origins.of(url, allowed_hosts))
     content_type = response.headers.get("Content-Type", "").lower()
     if "html" in content_type:
         http_client.discard(response)
-        raise SourceError(f"{SOURCE}: {response.url} served {content_type}, not CSV")
+        raise SourceError(f"{name}: {response.url} served {content_type}, not CSV")
     gzipped = is_gzip(url, response)
     total = None if gzipped else http_client.expected_bytes(response)
-    log.info("%s: downloading %s%s%s", SOURCE, redact(response.url), " (gzip, decompressed as it arrives)"
+    log.info("%s: downloading %s%s%s", name, redact(response.url), " (gzip, decompressed as it arrives)"
              if gzipped else "", f" ({progress.size(total)})" if total else "")
-    tracker = progress.Progress(log, SOURCE, "downloading", total=total, measure=progress.size)
+    tracker = progress.Progress(log, name, "downloading", total=total, measure=progress.size)
     handle, path = tempfile.mkstemp(prefix="sluice-csv-", suffix=".csv", dir=directory)
     size = 0
-    body = http_client.iter_body(response, source=SOURCE, limit=max_bytes)
+    body = http_client.iter_body(response, source=name, limit=max_bytes)
     try:
         with os.fdopen(handle, "wb") as file, contextlib.closing(body):
-            chunks = gunzip(body, where=f"{SOURCE}: {response.url}", limit=max_bytes) if gzipped else body
+            chunks = gunzip(body, where=f"{name}: {response.url}", limit=max_bytes) if gzipped else body
             for chunk in chunks:
                 file.write(chunk)
                 size += len(chunk)
@@ -63,7 +63,7 @@ def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep
         raise
     if size == 0:
         os.unlink(path)
-        raise SourceError(f"{SOURCE}: {response.url} returned an empty body (not even a header row)")
+        raise SourceError(f"{name}: {response.url} returned an empty body (not even a header row)")
     tracker.finish(f"downloaded {progress.size(size)}")
     return path, size
 
@@ -266,14 +266,14 @@ def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str]
 
 
 def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str,
-               delimiter: str = ",", encoding: str = "utf-8") -> StageCounts:
+               delimiter: str = ",", encoding: str = "utf-8", name: str = SOURCE) -> StageCounts:
     """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted delimiters and newlines) and stage one line per data row."""
     # a UTF-8 file may start with a byte order mark, which is not part of the first column's name
     codec = codecs.lookup(encoding).name
     text_encoding = "utf-8-sig" if codec == "utf-8" else codec
-    writer = StageWriter(out, run_id, SOURCE, encoding=codec.upper())
-    counts = StageCounts(source=SOURCE, uri=uri, bytes=os.path.getsize(path))
-    tracker = progress.Progress(log, SOURCE, "staging", total=counts.bytes, measure=progress.size)
+    writer = StageWriter(out, run_id, name, encoding=codec.upper())
+    counts = StageCounts(source=name, uri=uri, bytes=os.path.getsize(path))
+    tracker = progress.Progress(log, name, "staging", total=counts.bytes, measure=progress.size)
     # surrogateescape keeps undecodable bytes so the row can be quarantined rather than the file failing.
     with open(path, encoding=text_encoding, errors="surrogateescape", newline="") as file:
         lines = _PhysicalLines(file, delimiter)
@@ -330,12 +330,13 @@ def fetch(
     allowed_hosts=(),
     delimiter: str = ",",
     encoding: str = "utf-8",
+    name: str = SOURCE,
 ) -> StageCounts:
     path, _ = download(session, url, workdir, policy=policy, max_bytes=max_bytes, sleep=sleep,
-                       allowed_hosts=allowed_hosts)
+                       allowed_hosts=allowed_hosts, name=name)
     try:
-        return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{SOURCE}: {url}",
-                          delimiter=delimiter, encoding=encoding)
+        return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{name}: {url}",
+                          delimiter=delimiter, encoding=encoding, name=name)
     finally:
         os.unlink(path)
 
@@ -350,4 +351,4 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),
                  allowed_hosts=request.settings.api_allowed_hosts, delimiter=source.delimiter,
-                 encoding=source.encoding)
+                 encoding=source.encoding, name=source.name)

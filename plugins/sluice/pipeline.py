@@ -53,7 +53,7 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
                            workdir=staging.download_dir(run_id))
     with open_file(staged_uri, "wb") as out:
         counts = source.reader().stage(source, request, out)
-    return Ingested.of(counts, fetch_seq)
+    return Ingested.of(counts, fetch_seq, source.kind)
 
 
 def store_raw(conn, ingested: Iterable[Ingested], open_file: Opener = open_local, *, run_id: str,
@@ -68,7 +68,7 @@ def store_raw(conn, ingested: Iterable[Ingested], open_file: Opener = open_local
         with open_file(result.uri, "rb") as file:
             stored[result.source] = SourceStored(**warehouse.store_raw(
                 conn, result.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
-                fetch_seq=result.fetch_seq, index_build_memory=settings.index_build_memory))
+                fetch_seq=result.fetch_seq, index_build_memory=settings.index_build_memory, kind=result.kind))
     return Stored(stored)
 
 
@@ -77,20 +77,26 @@ def normalize(conn, stored: Stored, sources: Mapping[str, Source], *, run_id: st
     """Validate and map the stored sources' changed records with each source's rules (sources by name)."""
     normalized = {}
     for name, result in stored.sources.items():
-        if name not in sources:
-            raise ValueError(f"source {name!r} was stored but is not among the run's sources ({', '.join(sources)})")
         normalized[name] = SourceNormalized(**warehouse.normalize(
-            conn, name, sources[name].normalization, run_id=run_id, full_refresh=full_refresh,
+            conn, name, _of_run(name, sources).normalization, run_id=run_id, full_refresh=full_refresh,
             lock_timeout_seconds=settings.lock_timeout_seconds, expected_staged=result.stored))
     return Normalized(normalized)
 
 
-def upsert(conn, normalized: Normalized, *, run_id: str, settings: Settings) -> Upserted:
-    """Merge each normalized source into normalized_data, writing only real changes."""
+def _of_run(name: str, sources: Mapping[str, Source]) -> Source:
+    if name not in sources:
+        raise ValueError(f"source {name!r} was stored but is not among the run's sources ({', '.join(sources)})")
+    return sources[name]
+
+
+def upsert(conn, normalized: Normalized, sources: Mapping[str, Source], *, run_id: str,
+           settings: Settings) -> Upserted:
+    """Merge each normalized source into normalized_data, writing only real changes (sources by name)."""
     upserted = {}
     for name, result in normalized.sources.items():
         written = warehouse.upsert(conn, name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
-                                   expected_staged=result.valid, index_build_memory=settings.index_build_memory)
+                                   expected_staged=result.valid, index_build_memory=settings.index_build_memory,
+                                   kind=_of_run(name, sources).kind)
         upserted[name] = SourceUpserted(**written, processed=result.staged)
     return Upserted(upserted)
 

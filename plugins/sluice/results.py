@@ -14,16 +14,19 @@ from sluice.staging import StageCounts
 @dataclass
 class Ingested(StageCounts):
     """One source fetched and staged (the reader's StageCounts: the staged file's reference and its counts),
-    and the fetch's place in the fetch order."""
+    the fetch's place in the fetch order and the source's kind."""
 
     STEP: ClassVar[str] = "ingest"
     # warehouse.next_fetch_seq; None for a result of a release before fetches were ordered, whose batch counts
     # as fetched when it is stored
     fetch_seq: int | None = None
+    # the source's kind, which names its raw table; None for a result of a release before named sources,
+    # whose sources were named after their kinds
+    kind: str | None = None
 
     @classmethod
-    def of(cls, counts: StageCounts, fetch_seq: int | None) -> "Ingested":
-        return cls(**asdict(counts), fetch_seq=fetch_seq)
+    def of(cls, counts: StageCounts, fetch_seq: int | None, kind: str | None = None) -> "Ingested":
+        return cls(**asdict(counts), fetch_seq=fetch_seq, kind=kind)
 
     @property
     def fetched(self) -> int:

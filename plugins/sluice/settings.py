@@ -54,6 +54,7 @@ class Settings:
     http_deadline: float
     api_allowed_hosts: frozenset[tuple[str, int | None]]
     staging_retention_hours: float
+    max_parallel_sources: int
 
 
 def load() -> Settings:
@@ -73,6 +74,8 @@ def load() -> Settings:
         api_allowed_hosts=_hosts("SLUICE_API_ALLOWED_HOSTS"),
         # staged and downloaded files of runs that did not clean up after themselves go after this long
         staging_retention_hours=_at_least("SLUICE_STAGING_RETENTION_HOURS", 72, minimum=1),
+        # ingest task instances (one per source) of one run running at once
+        max_parallel_sources=int(_at_least("SLUICE_MAX_PARALLEL_SOURCES", 4, minimum=1)),
     )
 
 

@@ -1,5 +1,9 @@
 """A source is one value: its name, kind, HTTP connection, endpoint, mapping and incremental parameter.
 
+The catalog is the run's list of sources (catalog(): the DAG param `sources`, else the two seed sources `api`
+and `csv` of today's params); each entry is a dict of Source fields, its kind's connection and mapping by
+default, checked as a whole before anything is read.
+
 Each kind of source is read by one module, named in KINDS, that has the same entry point:
 
     stage(source: Source, request: FetchRequest, out: BinaryIO) -> staging.StageCounts
@@ -10,14 +14,15 @@ It fetches the source from request.url with request.session and writes its recor
 
 import functools
 import importlib
+import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 
 from sluice import mapping as mappings
-from sluice.errors import InvalidSource
+from sluice.errors import InvalidSource, MappingError
 from sluice.settings import DEFAULT_API_MAPPING, DEFAULT_CSV_MAPPING, Settings
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -183,3 +188,89 @@ def from_params(params: Mapping, name: str) -> Source:
     since_param = SEEDS[name][3]
     return seed(name, endpoint=params[f"{name}_endpoint"], mapping=params[f"{name}_mapping"],
                 since_param=(params.get(since_param) or "") if since_param else "", mapping_field=f"{name}_mapping")
+
+
+# the connection and mapping of a catalog entry that does not give them, by kind
+KIND_DEFAULTS = {kind: {"conn_id": conn_id, "mapping": mapping} for kind, conn_id, mapping, _ in SEEDS.values()}
+
+
+def catalog(params: Mapping) -> list[Source]:
+    """The run's sources: the `sources` param (a list of catalog entries), or when it is empty the two seed
+    sources `api` and `csv` as today's params describe them. Fails on the first invalid entry, naming it."""
+    entries = params.get("sources") or []
+    if not isinstance(entries, list):
+        raise InvalidSource(f"sources must be a list of source objects, got {type(entries).__name__}")
+    if not entries:
+        return [from_params(params, name) for name in SEEDS]
+    found = [from_entry(entry, index) for index, entry in enumerate(entries)]
+    seen = {}
+    for index, source in enumerate(found):
+        if source.name in seen:
+            raise InvalidSource(f"source {source.name!r}: name is given twice (sources[{seen[source.name]}] and "
+                                f"sources[{index}])")
+        seen[source.name] = index
+    return found
+
+
+def from_entry(entry: object, index: int = 0) -> Source:
+    """A Source from one catalog entry (a dict of Source fields; conn_id and mapping default by kind)."""
+    if not isinstance(entry, Mapping):
+        raise InvalidSource(f"sources[{index}] must be an object with name, kind, endpoint..., "
+                            f"got {type(entry).__name__}")
+    name = entry.get("name")
+    where = f"source {name!r}" if isinstance(name, str) and name else f"sources[{index}]"
+    allowed = entry_fields()
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+        raise InvalidSource(f"{where}: unknown field {', '.join(map(repr, unknown))}; "
+                            f"known: {', '.join(sorted(allowed))}")
+    missing = [key for key in ("name", "kind", "endpoint") if key not in entry]
+    if missing:
+        raise InvalidSource(f"{where}: field {', '.join(map(repr, missing))} is required")
+    if entry["kind"] not in KINDS:
+        raise InvalidSource(f"{where}: kind {entry['kind']!r} is not one of {', '.join(sorted(KINDS))}")
+    try:
+        return Source(**{**KIND_DEFAULTS[entry["kind"]], **entry})
+    except MappingError as exc:
+        raise InvalidSource(str(exc)) from None
+    except TypeError as exc:  # a field of the wrong type that the dataclass itself rejects
+        raise InvalidSource(f"{where}: {exc}") from None
+
+
+@functools.cache
+def entry_fields() -> tuple[str, ...]:
+    """The fields a catalog entry may give: every field of Source but where a mapping was given."""
+    return tuple(item.name for item in fields(Source) if item.init and item.compare)
+
+
+def to_entry(source: Source) -> dict:
+    """The catalog entry of a source, complete (defaults filled in) and JSON-able: what XCom carries."""
+    entry = asdict(source)
+    return {name: entry[name] for name in entry_fields()}
+
+
+def by_kind(found: list[Source]) -> dict[str, list[dict]]:
+    """The catalog as JSON entries per kind (every kind, empty when it has no source): what ingest maps over."""
+    return {kind: [to_entry(source) for source in found if source.kind == kind] for kind in KINDS}
+
+
+def by_name(entries: Mapping[str, list[dict]]) -> dict[str, Source]:
+    """The Source values of a catalog given per kind (by_kind), by name."""
+    return {source.name: source for source in map(from_entry, (e for kind in entries.values() for e in kind))}
+
+
+def load_file(path: str) -> list:
+    """The catalog entries of a YAML or JSON file (a list of sources, or an object with a `sources` list)."""
+    import yaml  # installed with Airflow; JSON is YAML too
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            loaded = yaml.safe_load(file)
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidSource(f"SLUICE_SOURCES_FILE {path}: {exc}") from None
+    if isinstance(loaded, Mapping):
+        loaded = loaded.get("sources")
+    if not isinstance(loaded, list):
+        raise InvalidSource(f"SLUICE_SOURCES_FILE {path}: expected a list of sources (or sources: [...])")
+    # the param's default must be JSON: a YAML date or set would not survive the trigger form
+    return json.loads(json.dumps(loaded, default=str))

@@ -20,7 +20,8 @@ from sluice.errors import LockTimeout
 
 log = logging.getLogger(__name__)
 
-RAW_TABLES = {"api": "raw_api_data", "csv": "raw_csv_data"}
+# the raw table of each kind of source; it holds every source of that kind, keyed by (source, source_id)
+RAW_TABLES = {kind: f"raw_{kind}_data" for kind in ("api", "csv")}
 COPY_CHUNK = 1024 * 1024
 FETCH_BATCH = 5000
 WORK_MEM = "256MB"
@@ -70,10 +71,17 @@ def next_fetch_seq(conn) -> int:
     return fetch_seq
 
 
+def raw_table(source: str, kind: str | None) -> str:
+    """The raw table of a source's kind, raw_<kind>_data (a new kind's migration creates it like raw_csv_data);
+    no kind: the source is a seed source, named after its kind."""
+    return f"raw_{kind or source}_data"
+
+
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
-              index_build_memory: str = settings.INDEX_BUILD_MEMORY) -> dict:
-    """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table.
+              index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None) -> dict:
+    """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
+    the source's kind (raw_table).
 
     fetch_seq places the batch in the source's fetch order (next_fetch_seq; None: fetched now). A batch
     fetched before the newest one the source holds replaces none of its stored rows: those records are
@@ -111,16 +119,16 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         conn.execute(q("analyze_staged"))
         problems = conn.execute(q("quarantine_problems"), keys).rowcount
         duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
-        raw_table = RAW_TABLES[source]
-        superseded = _remove_superseded(conn, raw_table, keys, fetch_seq)
+        table = raw_table(source, kind)
+        superseded = _remove_superseded(conn, table, keys, fetch_seq)
         (staged_rows,) = _count(conn, "count_staged", keys)
-        (existing,) = _count(conn, "raw_table_estimate", {"raw_table": raw_table})
+        (existing,) = _count(conn, "raw_table_estimate", {"raw_table": table})
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
         # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
-        with _load_into(conn, raw_table, grows=staged_rows >= existing,
+        with _load_into(conn, table, grows=staged_rows >= existing,
                         bulk=staged_rows >= bulk_rows and staged_rows >= 2 * existing,
                         index_build_memory=index_build_memory):
-            upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(raw_table))
+            upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq})
         result = {
@@ -133,7 +141,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         }
         _record_result(conn, keys, "store_raw", {**result, "fetch_seq": fetch_seq})
     c = progress.count
-    step.finish(f"stored {c(staged_rows)} staged records in {raw_table}: {c(inserted)} inserted, {c(updated)} "
+    step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
                 f"updated, {c(staged_rows - inserted - updated)} unchanged; {c(superseded)} superseded by a later "
                 f"fetch; quarantined {c(problems + duplicates)} ({c(problems)} found while staging, "
                 f"{c(duplicates)} duplicate ids)")
@@ -154,12 +162,12 @@ def _bytes_left(file: BinaryIO) -> int | None:
     return end - here
 
 
-def _remove_superseded(conn, raw_table: str, keys: dict, fetch_seq: int) -> int:
+def _remove_superseded(conn, table: str, keys: dict, fetch_seq: int) -> int:
     """Drop the staged records of a batch fetched before the newest stored one that the source holds."""
     (newest,) = _count(conn, "newest_fetch_seq", keys)
     if fetch_seq >= newest:  # the newest batch, or a retry of it
         return 0
-    remove = sql.SQL(q("remove_superseded")).format(raw_table=sql.Identifier(raw_table))
+    remove = sql.SQL(q("remove_superseded")).format(raw_table=sql.Identifier(table))
     return conn.execute(remove, keys).rowcount
 
 
@@ -238,7 +246,8 @@ def _check_work(source: str, run_id: str, table: str, found: int, expected: int 
 
 
 def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = BULK_ROWS,
-           expected_staged: int | None = None, index_build_memory: str = settings.INDEX_BUILD_MEMORY) -> dict:
+           expected_staged: int | None = None, index_build_memory: str = settings.INDEX_BUILD_MEMORY,
+           kind: str | None = None) -> dict:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
 
     A load that inserts at least bulk_rows rows and at least doubles the table (a first load) is a bulk load
@@ -258,7 +267,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         with _load_into(conn, "normalized_data", grows=incoming >= existing,
                         bulk=new_rows >= bulk_rows and new_rows >= existing, index_build_memory=index_build_memory):
             (raw_written_since,) = _count(conn, "raw_written_since", keys)
-            query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(RAW_TABLES[source]))
+            query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(raw_table(source, kind)))
             inserted, updated, current = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
         result = {"source": source, "inserted": inserted, "updated": updated,
