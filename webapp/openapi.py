@@ -30,7 +30,7 @@ ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 # Every operation's group, by the blueprint that serves it (generated clients put each group in a module).
 TAGS = {"data": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta"}
-TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded", "runs": "the pipeline's runs, rejects and totals",
+TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded and the sources they come from", "runs": "the pipeline's runs, rejects and totals",
                     "meta": "the service itself: index, document, health"}
 ALWAYS_ERRORS = (414,)  # any URL may be too long
 

@@ -20,10 +20,12 @@ class Ingested(StageCounts):
     # warehouse.next_fetch_seq; None for a result of a release before fetches were ordered, whose batch counts
     # as fetched when it is stored
     fetch_seq: int | None = None
+    # the source's kind (sluice.sources.KINDS); None for a result of a release before it was recorded
+    kind: str | None = None
 
     @classmethod
-    def of(cls, counts: StageCounts, fetch_seq: int | None) -> "Ingested":
-        return cls(**asdict(counts), fetch_seq=fetch_seq)
+    def of(cls, counts: StageCounts, fetch_seq: int | None, kind: str | None = None) -> "Ingested":
+        return cls(**asdict(counts), fetch_seq=fetch_seq, kind=kind)
 
     @property
     def fetched(self) -> int:
