@@ -303,7 +303,8 @@ def test_one_record_with_lineage(make_app, database_url, source_id):
 
 @pytest.mark.parametrize("url, status, field", [
     ("/data/api/missing", 404, None),
-    ("/data/xml/item-1", 400, "source"),
+    ("/data/xml/item-1", 404, None),  # a source name, of no source: no such record
+    ("/data/x-ml/item-1", 400, "source"),
     ("/data/API/item-1", 400, "source"),
 ])
 def test_record_errors(client, url, status, field):

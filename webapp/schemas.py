@@ -65,7 +65,7 @@ no_nul = validate.Regexp(r"^[^\x00]*$", error="Must not contain a NUL character 
 
 def source_name(description: str = "a source's name (GET /sources lists them)", **kwargs) -> fields.String:
     """A source's name: any name the catalog allows, not a fixed list (which sources exist is the warehouse's)."""
-    return fields.String(validate=validate.Regexp(SOURCE_PATTERN, error=f"Must match {SOURCE_PATTERN}."),
+    return fields.String(validate=validate.Regexp(SOURCE_PATTERN, error="Must be a source name matching {regex}."),
                          metadata={"description": description}, **kwargs)
 
 

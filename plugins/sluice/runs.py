@@ -79,9 +79,9 @@ class RunOutcome:
         return counts
 
     def source_statuses(self) -> dict[str, tuple[str | None, str | None]]:
-        """(kind, error) of each source of the run; error None when it loaded. A source ingested but not loaded
-        failed with the run's errors; one whose ingest failed is named by its task (ingest_<name>: the seed
-        sources are named after their kind) and gets that task's error."""
+        """(kind, error) of each source of the run: error None when it loaded, kind None when unknown. A source
+        ingested but not loaded failed with the run's errors; one whose ingest failed is named by its task
+        (ingest_<name>: the seed sources are named after their kind) and gets that task's error."""
         counts = self.source_counts()
         # another source's failed ingest is not why this one did not load
         why = "\n".join(error for error in self.errors if not _FAILED_INGEST.fullmatch(error)) or "not loaded"
@@ -90,7 +90,7 @@ class RunOutcome:
         for error in self.errors:
             failed = _FAILED_INGEST.fullmatch(error)
             if failed and failed["source"] not in statuses:
-                statuses[failed["source"]] = (failed["source"], failed["error"])
+                statuses[failed["source"]] = (None, failed["error"])  # the kind recorded before stays
         return statuses
 
     @property
