@@ -157,7 +157,7 @@ def test_a_third_kind_of_source_is_one_module_that_ingest_uses(database_url, ser
     steps = run_all_steps(database_url, served, tmp_path, config, {"api": SEEDS["api"], "csv": ndjson})
 
     assert steps[1] == results.Ingested("csv", str(tmp_path / "csv.copy"), records=7, pages=1,
-                                        bytes=steps[1].bytes, fetch_seq=steps[1].fetch_seq)
+                                        bytes=steps[1].bytes, fetch_seq=steps[1].fetch_seq, kind="ndjson")
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("select source_id, name, value from normalized_data where source = 'csv'"
                             " order by value").fetchall()
