@@ -79,7 +79,8 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
         with conn.transaction(force_rollback=True):
             conn.execute("insert into normalized_data (source, source_id, first_seen_run_id, last_changed_run_id,"
                          " input_hash) values ('orders', '1', 'r', 'r', 'h')")
-            conn.execute("insert into rejected_records (run_id, source, stage, reason) values ('r', 'orders', 's', 'x')")
+            conn.execute("insert into rejected_records (run_id, source, stage, reason)"
+                         " values ('r', 'orders', 's', 'x')")
         functions = {name for (name,) in conn.execute(
             "select proname from pg_proc where proname like 'sluice_fast%'")}
         assert functions == {"sluice_fast_path", "sluice_fast_text_ok"}
