@@ -281,6 +281,25 @@ on conflict (run_id) do update
         source_counts = excluded.source_counts
 returning id;
 
+-- name: record_source_status
+-- how the source fared in a run, for GET /sources: error null is a success. A success leaves the last error
+-- (last_error_at before last_success_at says it is over); a null kind keeps the one recorded. updated_at is the
+-- checkpoint's and stays.
+insert into etl_checkpoint as c (source, kind, last_success_run_id, last_success_at,
+                                 last_error, last_error_run_id, last_error_at)
+values (%(source)s, %(kind)s,
+        case when %(error)s::text is null then %(run_id)s end,
+        case when %(error)s::text is null then now() end,
+        %(error)s, case when %(error)s::text is not null then %(run_id)s end,
+        case when %(error)s::text is not null then now() end)
+on conflict (source) do update
+    set kind = coalesce(excluded.kind, c.kind),
+        last_success_run_id = coalesce(excluded.last_success_run_id, c.last_success_run_id),
+        last_success_at = coalesce(excluded.last_success_at, c.last_success_at),
+        last_error = coalesce(excluded.last_error, c.last_error),
+        last_error_run_id = coalesce(excluded.last_error_run_id, c.last_error_run_id),
+        last_error_at = coalesce(excluded.last_error_at, c.last_error_at);
+
 -- name: delete_run_work
 with staged as (delete from staged_records where run_id = %(run_id)s),
      steps as (delete from etl_step_results where run_id = %(run_id)s)

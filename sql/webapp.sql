@@ -126,3 +126,13 @@ limit 1;
 -- name: data_watermark
 -- read in a transaction of its own, before the one that reads the rows (see sql/functions.sql)
 select sluice_read_watermark() as watermark;
+
+-- name: known_sources
+-- every source the warehouse knows: each has its etl_checkpoint row from its first load on
+select source from etl_checkpoint order by source;
+
+-- name: sources
+select source as name, kind, row_count, last_processed_id, last_processed_at,
+       last_success_run_id, last_success_at, last_error, last_error_run_id, last_error_at
+from etl_checkpoint
+order by source;

@@ -26,7 +26,8 @@ REQUIREMENTS = GENERATOR_DIR / "requirements.txt"
 GENERATOR_VENV = REPO / ".sluice" / "venv-openapi-python-client"
 RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
 TAGS = {"/": "meta", "/openapi.json": "meta", "/health": "meta", "/data": "data",
-        "/data/{source}/{source_id}": "data", "/runs": "runs", "/runs/{run_id}/rejects": "runs", "/stats": "runs"}
+        "/data/{source}/{source_id}": "data", "/runs": "runs", "/runs/{run_id}/rejects": "runs", "/stats": "runs",
+        "/sources": "data"}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,8 @@ def generate_client(url: str, into: Path):
 @pytest.fixture(scope="module")
 def warehouse(make_database):
     url = make_database()
-    rows = insert_records(url, catalog(25) + [record(source="csv", source_id="needle", name="Haystack needle")])
+    rows = insert_records(url, catalog(25) + [record(source="csv", source_id="needle", name="Haystack needle")]
+                          + [record(source="orders", source_id=f"order-{number}") for number in range(3)])
     insert_run(url, RUN_ID, source_counts={"api": {"fetched": 13, "inserted": 13},
                                            "csv": {"fetched": 13, "inserted": 13}})
     insert_checkpoint(url, "api", 13)
@@ -120,7 +122,7 @@ def test_a_generated_client_pages_the_whole_table_by_cursor(client, warehouse):
             break
         cursor = page.next_cursor
     assert seen == [row["id"] for row in newest_first(warehouse[1])]
-    assert pages == 3  # 26 rows, 10 a page
+    assert pages == 3  # 29 rows, 10 a page
     with psycopg.connect(warehouse[0]) as conn:
         assert len(seen) == conn.execute("select count(*) from normalized_data").fetchone()[0]
 
@@ -136,5 +138,16 @@ def test_a_generated_client_searches_and_reads_a_record(client):
 @pytest.mark.slow
 def test_a_generated_client_reads_stats(client):
     stats = api("runs.show_stats").sync(client=client)
-    assert stats.rows_per_source.to_dict() == {"api": 13, "csv": 13}
+    assert stats.rows_per_source.to_dict() == {"api": 13, "csv": 13, "orders": 3}
     assert stats.last_run.run_id == RUN_ID and stats.run_count == 1
+
+
+@pytest.mark.slow
+def test_a_generated_client_parses_records_and_sources_of_any_name(client):
+    page = api("data.list_records").sync(client=client, source="orders")
+    assert type(page).__name__ == "DataPage", page
+    assert sorted((row.source, row.source_id) for row in page.data) == [("orders", f"order-{n}") for n in range(3)]
+    detail = api("data.get_record").sync(client=client, source="orders", source_id="order-1")
+    assert (detail.source, detail.source_id) == ("orders", "order-1")
+    sources = api("data.list_sources").sync(client=client)
+    assert [(source.name, source.row_count) for source in sources.data] == [("api", 13), ("csv", 13), ("orders", 3)]

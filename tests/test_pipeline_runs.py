@@ -231,10 +231,16 @@ BAD_BODIES = {
 }
 
 
+# the checkpoint of a source: what a failed read must leave as it was (its last_error_* columns say it failed)
+API_CHECKPOINT = ("select last_processed_id, last_processed_at, total_processed, row_count, last_run_id, raw_run_id,"
+                  " raw_fetch_seq, updated_at, last_success_run_id, last_success_at from etl_checkpoint"
+                  " where source = 'api'")
+
+
 @pytest.mark.parametrize("fault", BAD_BODIES, ids=list(BAD_BODIES))
 def test_a_bad_api_body_fails_that_source_only_and_loads_nothing_of_it(pipeline, fault):
     pipeline.run()
-    api_before = pipeline.rows("select * from etl_checkpoint where source = 'api'")
+    api_before = pipeline.rows(API_CHECKPOINT)
     raw_before = pipeline.value("select md5(string_agg(t::text, '|' order by id)) from raw_api_data t")
     pipeline.sources.add_faults("posts", *[BAD_BODIES[fault]] * 10)
     pipeline.sources.serve_bytes("items.csv", sample_data.csv_bytes(CSV_ROWS + 5, bad_every=BAD_EVERY))
@@ -244,7 +250,10 @@ def test_a_bad_api_body_fails_that_source_only_and_loads_nothing_of_it(pipeline,
     assert state == "failed" and run["status"] == "failed"
     assert "ingest_api" in run["error_message"] and "api:" in run["error_message"]
     assert run["source_counts"]["csv"]["inserted"] == 5
-    assert pipeline.rows("select * from etl_checkpoint where source = 'api'") == api_before
+    assert pipeline.rows(API_CHECKPOINT) == api_before
+    error, error_run, success_run = pipeline.rows(
+        "select last_error, last_error_run_id, last_success_run_id from etl_checkpoint where source = 'api'")[0]
+    assert "api:" in error and error_run == run["run_id"] and success_run not in (None, run["run_id"])
     assert pipeline.value("select md5(string_agg(t::text, '|' order by id)) from raw_api_data t") == raw_before
 
 

@@ -77,6 +77,13 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
         assert conn.execute("select source, source_id from raw_csv_data").fetchall() == [("csv", "1")]
         assert conn.execute("select source_id, name from normalized_data").fetchall() == [("1", "old")]
         assert conn.execute("select row_count from etl_checkpoint where source = 'csv'").fetchone() == (1,)
+        # 003: the seed's sources are named after their kind; any source name is allowed from now on
+        assert conn.execute("select kind from etl_checkpoint where source = 'csv'").fetchone() == ("csv",)
+        with conn.transaction(force_rollback=True):
+            conn.execute("insert into normalized_data (source, source_id, first_seen_run_id, last_changed_run_id,"
+                         " input_hash) values ('orders', '1', 'r', 'r', 'h')")
+            conn.execute("insert into rejected_records (run_id, source, stage, reason)"
+                         " values ('r', 'orders', 's', 'x')")
         functions = {name for (name,) in conn.execute(
             "select proname from pg_proc where proname like 'sluice_fast%'")}
         assert functions == {"sluice_fast_path", "sluice_fast_text_ok"}

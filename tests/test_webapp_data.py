@@ -303,7 +303,7 @@ def test_one_record_with_lineage(make_app, database_url, source_id):
 
 @pytest.mark.parametrize("url, status, field", [
     ("/data/api/missing", 404, None),
-    ("/data/xml/item-1", 400, "source"),
+    ("/data/x-ml/item-1", 400, "source"),
     ("/data/API/item-1", 400, "source"),
 ])
 def test_record_errors(client, url, status, field):
@@ -314,3 +314,8 @@ def test_record_errors(client, url, status, field):
         assert field in response.json["errors"]
     else:
         assert "missing" in response.json["message"]
+
+
+def test_a_record_of_a_source_the_warehouse_does_not_know_is_a_404(client):
+    response = client.get("/data/xml/item-1")
+    assert response.status_code == 404 and response.json["message"] == "no xml record with source_id 'item-1'"

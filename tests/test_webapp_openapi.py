@@ -99,7 +99,7 @@ def test_query_parameters_match_the_schemas(document):
 @pytest.mark.parametrize("url", [
     "/", "/health", "/data", "/data?count=none&source=csv", "/data/api/item-1", "/data/api/nothing",
     "/data?page_size=1000", "/stats", "/runs", "/runs/scheduled__2024-05-01T00:00:00+00:00/rejects",
-    "/runs/unknown/rejects",
+    "/runs/unknown/rejects", "/sources", "/data?source=nowhere",
 ])
 def test_answers_match_their_documented_schema(app, document, url):
     response = app.test_client().get(url)
@@ -110,6 +110,35 @@ def test_answers_match_their_documented_schema(app, document, url):
     jsonschema.validate(response.json, schema, cls=jsonschema.Draft202012Validator)
 
 
+def enums(node):
+    """Every enum anywhere in a JSON document."""
+    if isinstance(node, dict):
+        yield from [node["enum"]] if "enum" in node else []
+        for value in node.values():
+            yield from enums(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from enums(item)
+
+
+def test_source_is_any_name_not_an_enum_of_the_seed_sources(document):
+    assert not [values for values in enums(document) if {"api", "csv"} & set(values)]
+    source_fields = [document["components"]["schemas"][schema]["properties"]["source"]
+                     for schema in ("Record", "RecordDetail", "Reject")]
+    parameters = [parameter["schema"] for path in ("/data", "/data/{source}/{source_id}")
+                  for parameter in document["paths"][path]["get"]["parameters"] if parameter["name"] == "source"]
+    assert len(parameters) == 2
+    for schema in source_fields + parameters:
+        assert schema["type"] == "string" and schema["pattern"] == "^[a-z][a-z0-9_]{0,62}$", schema
+
+
+def test_sources_is_documented(document):
+    operation = document["paths"]["/sources"]["get"]
+    assert (operation["operationId"], operation["tags"]) == ("list_sources", ["data"])
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Sources"}
+
+
 def test_an_undocumented_route_fails_the_build():
     app = create_app({"DATABASE_URL": closed_port_url()})
     app.add_url_rule("/secret", view_func=lambda: "")
@@ -117,7 +146,7 @@ def test_an_undocumented_route_fails_the_build():
         openapi.build(app)
 
 
-@pytest.mark.parametrize("url", ["/health", "/data", "/stats"])
+@pytest.mark.parametrize("url", ["/health", "/data", "/stats", "/sources"])
 def test_outage_answers_match_their_documented_schema(document, url):
     app = create_app({"DATABASE_URL": closed_port_url()})
     response = app.test_client().get(url)

@@ -18,8 +18,8 @@ DESCRIPTION = f"""Read-only API over the Sluice warehouse.
 
 Errors always have the shape `{{"code", "status", "message", "errors"}}`; `errors` names each invalid
 parameter. Query strings reject unknown and repeated parameters. `/data` pages either by `page` or by
-`cursor` (keyset, stable under inserts); giving both is a 400. `/data` and `/stats` send an ETag and
-answer `If-None-Match` with 304. A URL (path and query string) over {MAX_URL_BYTES:,} bytes is a 414 in the
+`cursor` (keyset, stable under inserts); giving both is a 400. `/data`, `/stats` and `/sources` send an ETag
+and answer `If-None-Match` with 304. A URL (path and query string) over {MAX_URL_BYTES:,} bytes is a 414 in the
 same shape. Only what the HTTP server refuses before the app sees it is not JSON: gunicorn answers a request
 line over 8,190 bytes, a header over 8,190 bytes or malformed HTTP with its own plain 400 or 414 page.
 
@@ -30,7 +30,8 @@ ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 # Every operation's group, by the blueprint that serves it (generated clients put each group in a module).
 TAGS = {"data": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta"}
-TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded", "runs": "the pipeline's runs, rejects and totals",
+TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded and the sources they come from",
+                    "runs": "the pipeline's runs, rejects and totals",
                     "meta": "the service itself: index, document, health"}
 ALWAYS_ERRORS = (414,)  # any URL may be too long
 

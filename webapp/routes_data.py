@@ -1,13 +1,15 @@
-"""/data: the normalized records, filtered and paginated by page or by keyset cursor; one record by key."""
+"""/data: the normalized records, filtered and paginated by page or by keyset cursor; one record by key.
+/sources: the sources they come from, with their checkpoints and last loads."""
 
 from flask import Blueprint, request
+from marshmallow import ValidationError
 from werkzeug.exceptions import NotFound
 
 from webapp import db
 from webapp.openapi import documented
 from webapp.responses import conditional_json
 from webapp.schemas import (data_page_schema, data_query_schema, load_query, no_query_schema,
-                            record_detail_schema, record_path_schema)
+                            record_detail_schema, record_path_schema, sources_schema)
 
 blueprint = Blueprint("data", __name__)
 WATERMARK_HEADER = "Sluice-Watermark"
@@ -23,6 +25,16 @@ def _filters(args: dict) -> dict:
     search = args.get("search")
     return {"source": args.get("source"), "updated_since": args.get("updated_since"),
             "pattern": like_pattern(search) if search is not None else None}
+
+
+def _known(source: str | None) -> None:
+    """A 400 listing the known sources when source names none of them (read on each request: runs add sources)."""
+    if source is None:
+        return
+    known = [row["source"] for row in db.fetch_all("known_sources")]
+    if source not in known:
+        raise ValidationError({"source": [
+            f"Unknown source {source!r}; the known sources are: {', '.join(known) or 'none yet'}."]})
 
 
 def _total(mode: str, filters: dict) -> int | None:
@@ -42,6 +54,7 @@ def _total(mode: str, filters: dict) -> int | None:
 def list_records():
     """Normalized records, newest update first (updated_at desc, id desc)."""
     args = load_query(data_query_schema, request.args)
+    _known(args.get("source"))
     filters = _filters(args)
     # before the rows: every change the rows below miss commits later, stamped at or after it
     watermark = db.fetch_one_before_snapshot("data_watermark")["watermark"]
@@ -79,3 +92,22 @@ def get_record(source, source_id):
     if row is None:
         raise NotFound(f"no {key['source']} record with source_id {key['source_id']!r}")
     return record_detail_schema.dump(row)
+
+
+def _source(row: dict) -> dict:
+    return {
+        "name": row["name"], "kind": row["kind"], "row_count": row["row_count"],
+        "checkpoint": {"last_processed_id": row["last_processed_id"], "last_processed_at": row["last_processed_at"]},
+        "last_success": {"run_id": row["last_success_run_id"], "at": row["last_success_at"]}
+        if row["last_success_run_id"] is not None else None,
+        "last_error": {"message": row["last_error"], "run_id": row["last_error_run_id"], "at": row["last_error_at"]}
+        if row["last_error"] is not None else None,
+    }
+
+
+@blueprint.get("/sources")
+@documented(responses={200: sources_schema}, errors=(400, 503), etag="strong")
+def list_sources():
+    """Every source in the warehouse: kind, rows, checkpoint, last successful load and last error."""
+    load_query(no_query_schema, request.args)
+    return conditional_json(sources_schema.dump({"data": [_source(row) for row in db.fetch_all("sources")]}))

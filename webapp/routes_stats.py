@@ -1,8 +1,7 @@
-"""/stats: pipeline totals, rows and rejects per source, and the newest run's counts."""
+"""/stats: pipeline totals, rows and rejects of every source, and the newest run's counts."""
 
 from flask import Blueprint, request
 
-from sluice.settings import SOURCES
 from webapp import db
 from webapp.openapi import documented
 from webapp.responses import conditional_json
@@ -11,9 +10,9 @@ from webapp.schemas import load_query, no_query_schema, stats_schema
 blueprint = Blueprint("stats", __name__)
 
 
-def _per_source(rows: list[dict], value: str) -> dict[str, int]:
+def _per_source(rows: list[dict], value: str, sources: set[str]) -> dict[str, int]:
     found = {row["source"]: row[value] for row in rows}
-    return {source: found.get(source) or 0 for source in SOURCES}
+    return {source: found.get(source) or 0 for source in sorted(sources)}
 
 
 @blueprint.get("/stats")
@@ -23,12 +22,16 @@ def show_stats():
     load_query(no_query_schema, request.args)
     success = db.fetch_one("stats_last_of_status", {"status": "success"}) or {}
     failure = db.fetch_one("stats_last_of_status", {"status": "failed"}) or {}
+    rows = db.fetch_all("stats_rows_per_source")
+    rejects = db.fetch_all("stats_rejects_per_source")
+    # every source: those of the warehouse, and any that only ever had rejects
+    sources = {row["source"] for row in rows + rejects}
     return conditional_json(stats_schema.dump({
         **db.fetch_one("stats_totals"),
         "last_success": success.get("at"),
         "last_failure": failure.get("at"),
         "last_failure_reason": failure.get("error_message"),
-        "rows_per_source": _per_source(db.fetch_all("stats_rows_per_source"), "row_count"),
-        "rejects_per_source": _per_source(db.fetch_all("stats_rejects_per_source"), "rejected"),
+        "rows_per_source": _per_source(rows, "row_count", sources),
+        "rejects_per_source": _per_source(rejects, "rejected", sources),
         "last_run": db.fetch_one("stats_last_run"),
     }))

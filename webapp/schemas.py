@@ -8,7 +8,7 @@ import json
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from sluice.redact import redact
-from sluice.settings import SOURCES
+from sluice.sources import NAME
 
 MAX_PAGE = 10_000  # deeper than this, OFFSET gets slow: clients follow next_cursor instead
 MAX_PAGE_SIZE = 100
@@ -20,6 +20,7 @@ COUNT_MODES = ("exact", "estimated", "none")
 PAGE_RANGE = validate.Range(min=1, max=MAX_PAGE,
                             error=f"Must be between 1 and {MAX_PAGE}; follow next_cursor to read further.")
 HEALTH_STATUSES = ("ok", "degraded", "unavailable")
+SOURCE_PATTERN = f"^{NAME.pattern}$"  # a source's name, as the catalog of sources allows it
 RUN_STATUSES = ("success", "failed")
 
 
@@ -60,6 +61,12 @@ class ComparableDateTime(fields.AwareDateTime):
 # PostgreSQL text cannot hold NUL, so such a value can match nothing: a 400 instead of a failing query.
 # A Regexp (not a plain function) so the OpenAPI document states it as a pattern.
 no_nul = validate.Regexp(r"^[^\x00]*$", error="Must not contain a NUL character (%00).")
+
+
+def source_name(description: str = "a source's name (GET /sources lists them)", **kwargs) -> fields.String:
+    """A source's name: any name the catalog allows, not a fixed list (which sources exist is the warehouse's)."""
+    return fields.String(validate=validate.Regexp(SOURCE_PATTERN, error="Must be a source name matching {regex}."),
+                         metadata={"description": description}, **kwargs)
 
 
 class Cursor(fields.String):
@@ -116,7 +123,7 @@ class DataQuerySchema(PageQuerySchema):
     # No declared default: a generated client would send it along with every cursor (a 400); _first_page sets it.
     page = fields.Integer(validate=PAGE_RANGE, metadata={
         "description": "page number, 1 when neither page nor cursor is given; excludes cursor"})
-    source = fields.String(validate=validate.OneOf(SOURCES))
+    source = source_name("only this source's records; an unknown name is a 400 that lists the known ones")
     search = fields.String(validate=[validate.Length(min=1, max=200), no_nul], metadata={
         "description": "case-insensitive substring of name or description; % _ and \\ match themselves"})
     updated_since = ComparableDateTime(default_timezone=dt.timezone.utc, metadata={
@@ -141,7 +148,7 @@ class DataQuerySchema(PageQuerySchema):
 
 
 class RecordPathSchema(Schema):
-    source = fields.String(required=True, validate=validate.OneOf(SOURCES))
+    source = source_name(required=True)
     source_id = fields.String(required=True, validate=[validate.Length(min=1, max=1000), no_nul])
 
 
@@ -179,7 +186,7 @@ class IndexSchema(Body):
 
 class RecordSchema(Body):
     id = fields.Integer()
-    source = fields.String(validate=validate.OneOf(SOURCES))
+    source = source_name()
     source_id = fields.String()
     name = fields.String(allow_none=True)
     value = fields.Float(allow_none=True)
@@ -241,7 +248,7 @@ class RunsPageSchema(Page):
 
 
 class RejectSchema(Body):
-    source = fields.String(validate=validate.OneOf(SOURCES))
+    source = source_name()
     source_id = fields.String(allow_none=True, metadata={
         "description": f"its first {MAX_REJECT_TEXT_CHARS:,} characters"})
     stage = fields.String()
@@ -280,9 +287,42 @@ class StatsSchema(Body):
     last_failure = fields.DateTime(allow_none=True)
     last_failure_reason = RedactedText(allow_none=True, metadata={
         "description": "error_message of the newest failed run, credentials masked"})
-    rows_per_source = fields.Dict(keys=fields.String(), values=fields.Integer())
-    rejects_per_source = fields.Dict(keys=fields.String(), values=fields.Integer())
+    rows_per_source = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "every source of the warehouse: its rows in /data"})
+    rejects_per_source = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "every source: the records its runs rejected"})
     last_run = fields.Nested(LastRunSchema, allow_none=True)
+
+
+class SourceCheckpointSchema(Body):
+    last_processed_id = fields.String(allow_none=True, metadata={
+        "description": "the highest id a run committed; an incremental read asks from it on"})
+    last_processed_at = fields.DateTime(allow_none=True)
+
+
+class SourceLoadSchema(Body):
+    run_id = fields.String()
+    at = fields.DateTime()
+
+
+class SourceErrorSchema(SourceLoadSchema):
+    message = RedactedText(metadata={"description": "why the source failed, credentials masked"})
+
+
+class SourceSchema(Body):
+    name = source_name()
+    kind = fields.String(allow_none=True, metadata={
+        "description": "the kind of source (how it is read); null until a run recorded it"})
+    row_count = fields.Integer(metadata={"description": "its rows in /data"})
+    checkpoint = fields.Nested(SourceCheckpointSchema)
+    last_success = fields.Nested(SourceLoadSchema, allow_none=True, metadata={
+        "description": "the newest run that loaded it"})
+    last_error = fields.Nested(SourceErrorSchema, allow_none=True, metadata={
+        "description": "the newest run in which it failed, kept after later successes: compare the times"})
+
+
+class SourcesSchema(Body):
+    data = fields.List(fields.Nested(SourceSchema), metadata={"description": "every source, by name"})
 
 
 class HealthRunSchema(Body):
@@ -311,6 +351,7 @@ data_page_schema = DataPageSchema()
 runs_page_schema = RunsPageSchema()
 rejects_page_schema = RejectsPageSchema()
 stats_schema = StatsSchema()
+sources_schema = SourcesSchema()
 health_schema = HealthSchema()
 
 

@@ -113,6 +113,10 @@ def checkpoint(conn, upserted: Upserted, *, run_id: str, settings: Settings,
 
 
 def record_run(conn, outcome: runs.RunOutcome) -> Recorded:
-    """Write the run's etl_runs row (runs.RunOutcome.of builds the outcome from the steps' results)."""
-    row_id = runs.record(conn, outcome)
+    """Write the run's etl_runs row (runs.RunOutcome.of builds the outcome from the steps' results) and, in the
+    same transaction, how each of its sources fared (GET /sources)."""
+    with conn.transaction():
+        row_id = runs.record(conn, outcome)
+        for name, (kind, error) in outcome.source_statuses().items():
+            warehouse.record_source_status(conn, name, kind=kind, run_id=outcome.run_id, error=error)
     return Recorded(etl_run_id=row_id, status=outcome.status, sources=outcome.source_counts())

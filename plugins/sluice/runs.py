@@ -1,6 +1,7 @@
 """The etl_runs record: what one run fetched, wrote and rejected per source, and why it failed."""
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +16,9 @@ from sluice.results import Ingested, Normalized, Stored, Upserted
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
 
 log = logging.getLogger(__name__)
+# a record_run error of a failed ingest task: "ingest_<kind>: <why>" (the seed source of that kind is named so)
+# how record_run names a failed ingest instance: ingest_<kind>[<source>]: <error>
+_FAILED_INGEST = re.compile(r"ingest_[a-z0-9_]+\[(?P<source>[a-z][a-z0-9_]{0,62})\]: (?P<error>.*)", re.DOTALL)
 
 
 @dataclass
@@ -74,6 +78,21 @@ class RunOutcome:
                 "loaded": self.upserted is not None and source in self.upserted.sources,
             }
         return counts
+
+    def source_statuses(self) -> dict[str, tuple[str | None, str | None]]:
+        """(kind, error) of each source of the run: error None when it loaded, kind None when unknown. A source
+        ingested but not loaded failed with the run's errors; one whose ingest failed is named by its mapped
+        instance (ingest_<kind>[<source>]) and gets that instance's error."""
+        counts = self.source_counts()
+        # another source's failed ingest is not why this one did not load
+        why = "\n".join(error for error in self.errors if not _FAILED_INGEST.fullmatch(error)) or "not loaded"
+        statuses = {ingest.source: (ingest.kind, None if counts[ingest.source]["loaded"] else why)
+                    for ingest in self.ingested}
+        for error in self.errors:
+            failed = _FAILED_INGEST.fullmatch(error)
+            if failed and failed["source"] not in statuses:
+                statuses[failed["source"]] = (None, failed["error"])  # the kind recorded before stays
+        return statuses
 
     @property
     def status(self) -> str:

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from sluice import migrations, progress, queries, rules, settings
 from sluice.errors import LockTimeout
+from sluice.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -338,3 +339,11 @@ def read_checkpoint(conn, source: str) -> str | None:
     row = conn.execute(q("select_checkpoint"), {"source": source}).fetchone()
     conn.rollback()
     return row[0] if row else None
+
+
+def record_source_status(conn, source: str, *, kind: str | None, run_id: str, error: str | None) -> None:
+    """Record how the source fared in run_id, for GET /sources: error None is a successful load (the last
+    error stays, older than the success); otherwise the error, credentials masked. kind None keeps the recorded
+    one. Commits only with the caller's transaction."""
+    conn.execute(q("record_source_status"), {"source": source, "kind": kind, "run_id": run_id,
+                                              "error": None if error is None else redact(error)})
