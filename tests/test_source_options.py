@@ -183,7 +183,7 @@ def test_a_gzip_bomb_over_max_bytes_fails_and_stages_nothing(server, tmp_path, m
     assert len(bomb) < 1_000_000
     server.serve_bytes("items.csv.gz", bomb)
     assert stage_error(server, csv_source("items.csv.gz"), tmp_path) == (
-        f"csv: {server.url}/items.csv.gz: decompressed, it exceeds SLUICE_MAX_BYTES (1000000 bytes)")
+        f"items: {server.url}/items.csv.gz: decompressed, it exceeds SLUICE_MAX_BYTES (1000000 bytes)")
 
 
 @pytest.mark.parametrize("body, problem", [
@@ -193,7 +193,7 @@ def test_a_gzip_bomb_over_max_bytes_fails_and_stages_nothing(server, tmp_path, m
 ], ids=["not-gzip", "no-trailer", "cut-in-the-data"])
 def test_a_corrupt_or_truncated_gzip_fails_the_source_clearly(server, tmp_path, body, problem):
     server.serve_bytes("items.csv.gz", body)
-    assert stage_error(server, csv_source("items.csv.gz"), tmp_path) == f"csv: {server.url}/items.csv.gz: {problem}"
+    assert stage_error(server, csv_source("items.csv.gz"), tmp_path) == f"items: {server.url}/items.csv.gz: {problem}"
 
 
 # API: records_path and next_field
@@ -266,7 +266,7 @@ def test_records_path_without_next_field_keeps_link_pagination(server, tmp_path)
 def test_a_page_without_the_array_at_records_path_fails_naming_it(server, tmp_path, body, problem):
     server.serve_bytes("odd", body, content_type="application/json")
     message = stage_error(server, api_source("odd", records_path="data.items"), tmp_path)
-    assert message == f"api: {server.url}/odd: {problem}"
+    assert message == f"posts: {server.url}/odd: {problem}"
 
 
 def test_a_next_field_to_another_origin_is_refused_before_any_request_goes_there(server, other, tmp_path):
@@ -276,7 +276,7 @@ def test_a_next_field_to_another_origin_is_refused_before_any_request_goes_there
 
     message = stage_error(server, source, tmp_path)
 
-    assert message == (f"api: {server.url}/drf: next_field 'next' points to {other.url}/drf2, which is not on the "
+    assert message == (f"posts: {server.url}/drf: next_field 'next' points to {other.url}/drf2, which is not on the "
                        f"connection's origin ({server.url}); not followed. List its host[:port] in "
                        "SLUICE_API_ALLOWED_HOSTS to allow it (it then gets none of the connection's credentials)")
     assert other.requests == []
@@ -298,7 +298,7 @@ def test_a_next_field_to_an_allowed_host_is_followed(server, other, tmp_path, mo
 def test_a_bad_next_field_fails_the_source(server, tmp_path, pages, problem):
     serve_pages(server, pages)
     message = stage_error(server, api_source("loop", pagination={"type": "next_field", "field": "next"}), tmp_path)
-    assert message == "api: " + problem.replace("{url}", server.url)
+    assert message == "posts: " + problem.replace("{url}", server.url)
 
 
 # API: page_param and offset_param
@@ -332,7 +332,7 @@ def test_max_pages_bounds_a_server_that_ignores_the_page_param(server, tmp_path,
     server.serve_bytes("stuck", json.dumps(POSTS[:5]).encode(), content_type="application/json")
     source = api_source("stuck", pagination={"type": "page_param", "param": "page", "page_size": 5})
     assert stage_error(server, source, tmp_path) == (
-        f"api: more than SLUICE_MAX_PAGES (4) pages; stopped at {server.url}/stuck?page=5")
+        f"posts: more than SLUICE_MAX_PAGES (4) pages; stopped at {server.url}/stuck?page=5")
 
 
 # Validation, naming the source and the field
