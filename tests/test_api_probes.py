@@ -33,7 +33,7 @@ RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
 ERROR_KEYS = {"code", "status", "message", "errors"}
 # The query parameters of each endpoint (a test checks this against /openapi.json, so new ones get probed).
 QUERY_PARAMETERS = {
-    "/": [], "/openapi.json": [], "/health": [], "/stats": [], "/data/api/item-1": [],
+    "/": [], "/openapi.json": [], "/health": [], "/stats": [], "/sources": [], "/data/api/item-1": [],
     "/data": ["page", "page_size", "source", "search", "updated_since", "cursor", "count"],
     "/runs": ["page", "page_size"],
     f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size"],
@@ -161,7 +161,7 @@ def test_the_probed_parameters_are_every_documented_one(document):
     assert documented == {
         openapi_path: probed[concrete] for concrete, openapi_path in [
             ("/", "/"), ("/openapi.json", "/openapi.json"), ("/health", "/health"), ("/stats", "/stats"),
-            ("/data", "/data"), ("/data/api/item-1", "/data/{source}/{source_id}"), ("/runs", "/runs"),
+            ("/sources", "/sources"), ("/data", "/data"), ("/data/api/item-1", "/data/{source}/{source_id}"), ("/runs", "/runs"),
             (f"/runs/{quote(RUN_ID)}/rejects", "/runs/{run_id}/rejects")]}
 
 
