@@ -16,6 +16,8 @@ import psycopg
 from sluice_devtools import embedded_pg, local_env, serve_samples
 
 LOG = local_env.STATE / "logs" / "demo.log"
+# the demo's catalog of sources: the posts and comments of the sample API, and the sample CSV
+SOURCES_FILE = Path(__file__).with_name("demo_sources.yaml")
 
 
 def warehouse_url() -> str:
@@ -94,7 +96,7 @@ def start_api(url: str) -> tuple[subprocess.Popen, str]:
 
 def show_api(base: str) -> None:
     for path in ("/health", "/data?page_size=3", "/data?source=csv&search=z%C3%BCrich&page_size=2&count=exact",
-                 "/stats"):
+                 "/data?source=comments&page_size=1", "/stats", "/sources"):
         status, body = get(base + path)
         text = json.dumps(json.loads(body), ensure_ascii=False, indent=1)
         lines = text.splitlines()
@@ -116,7 +118,9 @@ def main() -> int:
     with serve_samples.serve() as sources:
         env = local_env.airflow_env(local_env.STATE / "airflow", warehouse_url=url,
                                     api_url=sources.url, csv_url=sources.url)
-        print(f"warehouse: {url}\nsources:   {sources.url}/posts and {sources.url}/items.csv")
+        env["SLUICE_SOURCES_FILE"] = str(SOURCES_FILE)
+        print(f"warehouse: {url}\nsources:   {sources.url}/posts, {sources.url}/comments and {sources.url}/items.csv"
+              f" (catalog {SOURCES_FILE.relative_to(local_env.REPO)})")
         local_env.migrate(env, LOG)
         print(f"running etl_pipeline with `airflow dags test` (log: {LOG.relative_to(local_env.REPO)}) ...")
         local_env.airflow(["dags", "test", "etl_pipeline"], env, LOG)

@@ -1,4 +1,4 @@
-"""Deterministic sample sources: JSONPlaceholder-shaped posts and a CSV in the default column layout."""
+"""Deterministic sample sources: JSONPlaceholder-shaped posts and comments, and a CSV in the default column layout."""
 
 import csv
 import io
@@ -16,6 +16,21 @@ def posts(count: int = 100, seed: int = 7) -> list[dict]:
             "id": number,
             "title": " ".join(rng.choice(WORDS) for _ in range(4)),
             "body": "\n".join(" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(3)),
+        }
+        for number in range(1, count + 1)
+    ]
+
+
+def comments(count: int = 200, seed: int = 13) -> list[dict]:
+    """Comments on the posts, as JSONPlaceholder's /comments: their ids overlap the posts' ids."""
+    rng = random.Random(seed)  # nosec B311 # deterministic sample data
+    return [
+        {
+            "postId": 1 + (number - 1) // 5,
+            "id": number,
+            "name": " ".join(rng.choice(WORDS) for _ in range(3)),
+            "email": f"reader{number}@example.org",
+            "body": " ".join(rng.choice(WORDS) for _ in range(10)),
         }
         for number in range(1, count + 1)
     ]

@@ -1,4 +1,4 @@
-"""Serve the sample sources (posts, items.csv) on 127.0.0.1 until killed: `python -m sluice_devtools.serve_samples PORT`."""
+"""Serve the sample sources (posts, comments, items.csv) on 127.0.0.1 until killed: `python -m sluice_devtools.serve_samples PORT`."""
 
 import signal
 import sys
@@ -8,6 +8,7 @@ from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
 
 API_RECORDS = 100
+COMMENTS = 200
 CSV_ROWS = 1000
 CSV_BAD_EVERY = 125
 
@@ -15,6 +16,7 @@ CSV_BAD_EVERY = 125
 def serve(port: int = 0) -> SourceServer:
     server = SourceServer(port=port)
     server.serve_json("posts", sample_data.posts(API_RECORDS))
+    server.serve_json("comments", sample_data.comments(COMMENTS), page_size=50)
     server.serve_bytes("items.csv", sample_data.csv_bytes(CSV_ROWS, bad_every=CSV_BAD_EVERY))
     return server
 
