@@ -10,6 +10,7 @@ from psycopg import sql
 
 from sluice import warehouse
 from sluice_devtools import embedded_pg
+from sluice_devtools.source_server import SourceServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,3 +59,25 @@ def make_database(server_url):
 def database_url(make_database):
     """A fresh database with the schema applied, private to one test."""
     return make_database()
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """Two loopback sources on different origins (ports): `home`, a source's own, and `other`, elsewhere."""
+    with SourceServer() as home, SourceServer() as other:
+        for server in (home, other):
+            # a refused page is closed unread; the server's reset on reading the next request is expected
+            server.httpd.handle_error = lambda request, client_address: None
+        yield home, other
+
+
+@pytest.fixture
+def home(servers):
+    servers[0].requests.clear()
+    return servers[0]
+
+
+@pytest.fixture
+def other(servers):
+    servers[1].requests.clear()
+    return servers[1]

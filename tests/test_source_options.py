@@ -13,31 +13,16 @@ import requests
 from sluice import settings, sources
 from sluice.errors import InvalidSource, SourceError
 from sluice_devtools import sample_data
-from sluice_devtools.source_server import Fault, SourceServer
+from sluice_devtools.source_server import Fault
 from tests import staged
 
 CSV_MAPPING = settings.DEFAULT_CSV_MAPPING
 API_MAPPING = settings.DEFAULT_API_MAPPING
 
 
-@pytest.fixture(scope="module")
-def servers():
-    with SourceServer() as home, SourceServer() as other:
-        for server in (home, other):
-            server.httpd.handle_error = lambda request, client_address: None  # clients here hang up on purpose
-        yield home, other
-
-
 @pytest.fixture
-def server(servers):
-    servers[0].requests.clear()
-    return servers[0]
-
-
-@pytest.fixture
-def other(servers):
-    servers[1].requests.clear()
-    return servers[1]
+def server(home):
+    return home
 
 
 @pytest.fixture(autouse=True)

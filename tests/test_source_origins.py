@@ -11,7 +11,7 @@ import requests
 
 from sluice import api_source, csv_source, http_client, settings
 from sluice_devtools import sample_data
-from sluice_devtools.source_server import Fault, SourceServer
+from sluice_devtools.source_server import Fault
 from sluice.errors import SourceError
 from tests import staged
 
@@ -19,27 +19,6 @@ POLICY = http_client.RetryPolicy(attempts=2, timeout=5.0, backoff_base=0.01, bac
 JSON = "application/json"
 API_KEY = "k-123-secret"
 CREDENTIALS = ("authorization", "x-api-key")
-
-
-@pytest.fixture(scope="module")
-def servers():
-    with SourceServer() as home, SourceServer() as other:
-        for server in (home, other):
-            # a refused page is closed unread; the server's reset on reading the next request is expected
-            server.httpd.handle_error = lambda request, client_address: None
-        yield home, other
-
-
-@pytest.fixture
-def home(servers):
-    servers[0].requests.clear()
-    return servers[0]
-
-
-@pytest.fixture
-def other(servers):
-    servers[1].requests.clear()
-    return servers[1]
 
 
 def connection_session() -> requests.Session:
