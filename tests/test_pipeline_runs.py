@@ -15,7 +15,7 @@ import pytest
 from sluice import warehouse
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
-from sluice.settings import SOURCES
+from sluice.sources import SEEDS
 from tests import crash_support as crash
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 
@@ -283,7 +283,7 @@ def newer_sources(pipeline) -> None:
 def holding_both_source_locks(database_url: str) -> contextlib.ExitStack:
     """Another run holding the write locks of both sources, one connection each."""
     stack = contextlib.ExitStack()
-    for source in SOURCES:
+    for source in SEEDS:
         conn = stack.enter_context(psycopg.connect(database_url))
         stack.enter_context(warehouse.source_transaction(conn, source, lock_timeout_seconds=5))
     return stack

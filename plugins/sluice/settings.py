@@ -7,7 +7,6 @@ from urllib.parse import urlsplit
 
 DEFAULT_API_MAPPING = {"source_id": "id", "name": "title", "value": "userId", "description": "body"}
 DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "description": "description"}
-SOURCES = ("api", "csv")
 # maintenance_work_mem while a bulk load rebuilds indexes (PostgreSQL units: 512MB, 1GB)
 INDEX_BUILD_MEMORY = "512MB"
 
