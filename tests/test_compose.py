@@ -337,6 +337,7 @@ def test_postgres_holds_the_warehouse_and_a_separate_metadata_db(config):
     ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://airflow-apiserver:8080/execution/"),
     ("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "true"),
     ("SLUICE_STAGING_URL", "file:///opt/airflow/staging"),
+    ("SLUICE_MAX_PARALLEL_SOURCES", ""),  # empty: the built-in default
 ])
 def test_airflow_environment(config, name, variable, expected):
     assert service(config, name)["environment"][variable] == expected
