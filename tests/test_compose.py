@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -27,10 +28,15 @@ AIRFLOW_LONG_RUNNING = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-p
 AIRFLOW_SERVICES = ("airflow-init", *AIRFLOW_LONG_RUNNING)
 LONG_RUNNING = ("postgres", *AIRFLOW_LONG_RUNNING, "webapp")
 SERVICES = {"postgres", *AIRFLOW_SERVICES, "webapp"}
+CELERY_SERVICES = {"redis", "airflow-worker"}  # the `celery` profile; `flower` has a profile of its own
 READER_INIT = REPO / "docker" / "postgres-init" / "02-sluice-reader.sh"
 # What .env must set: compose refuses to start without each. Values only a test would pick.
 SECRETS = {"POSTGRES_PASSWORD": "pg-test-pw", "SLUICE_READER_PASSWORD": "reader-test-pw",
            "AIRFLOW_JWT_SECRET": "jwt-test-secret-0123456789-0123456789", "AIRFLOW_ADMIN_PASSWORD": "admin-test-pw"}
+# The two lines of .env that switch to the CeleryExecutor (README, Scaling out), and where staging then goes.
+CELERY = {"COMPOSE_PROFILES": "celery", "AIRFLOW_EXECUTOR": "CeleryExecutor"}
+S3_STAGING = {"SLUICE_STAGING_URL": "s3://sluice_staging@sluice-bucket/staging",
+              "AIRFLOW_CONN_SLUICE_STAGING": "aws://key-id:s3-test-secret@/?endpoint_url=http%3A%2F%2Fs3.test%3A9000"}
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}; $${VAR} is an escaped container-side variable.
 COMPOSE_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -75,8 +81,26 @@ def config(secrets_env_file) -> dict:
     return yaml.safe_load(result.stdout)
 
 
+@pytest.fixture(scope="module")
+def celery_config(tmp_path_factory) -> dict:
+    """The resolved compose file as README's Scaling out sets it up: the profile, the executor, s3:// staging."""
+    env_file = write_env(tmp_path_factory.mktemp("compose") / "celery.env", {**SECRETS, **CELERY, **S3_STAGING})
+    result = docker_compose("--profile", "celery", "config", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
 def service(config: dict, name: str) -> dict:
     return config["services"][name]
+
+
+def active_services(config: dict, profiles: set[str]) -> set[str]:
+    """The services `up` starts with these profiles: those with no profile or one of them.
+
+    docker-compose 1.29's `config` lists every service, whatever the profiles; `up` filters by this rule.
+    """
+    return {name for name, svc in config["services"].items()
+            if not svc.get("profiles") or profiles & set(svc["profiles"])}
 
 
 def mount_targets(svc: dict) -> dict[str, str]:
@@ -136,8 +160,9 @@ def test_ports_are_published_on_loopback_unless_told_otherwise(tmp_path, address
     variables = {**SECRETS, **({"SLUICE_BIND_ADDRESS": address} if address else {})}
     result = docker_compose("config", env_file=write_env(tmp_path / ".env", variables))
     assert result.returncode == 0, result.stderr
-    published = {name: svc.get("ports", []) for name, svc in yaml.safe_load(result.stdout)["services"].items()}
-    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver", "webapp"}
+    config = yaml.safe_load(result.stdout)
+    published = {name: svc.get("ports", []) for name, svc in config["services"].items()}
+    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver", "webapp", "flower"}
     expected = address or "127.0.0.1"
     for name, ports in published.items():
         for port in ports:
@@ -146,7 +171,113 @@ def test_ports_are_published_on_loopback_unless_told_otherwise(tmp_path, address
 
 
 def test_expected_services_exist(config):
-    assert set(config["services"]) == SERVICES
+    assert active_services(config, set()) == SERVICES
+
+
+@pytest.mark.parametrize("profiles, added", [
+    (set(), set()),
+    ({"celery"}, CELERY_SERVICES),
+    ({"celery", "flower"}, {*CELERY_SERVICES, "flower"}),
+])
+def test_each_profile_adds_its_services_and_everything_they_wait_for(config, profiles, added):
+    # `up` refuses a service that waits for one its profiles leave out
+    active = active_services(config, profiles)
+    assert active == SERVICES | added
+    for name in active:
+        assert set(service(config, name).get("depends_on", {})) <= active, name
+
+
+def test_without_the_profile_nothing_runs_celery(config):
+    for name in SERVICES:
+        svc = service(config, name)
+        command = svc.get("command", "")
+        command = command if isinstance(command, str) else " ".join(command)
+        assert not command.startswith("celery") and "redis" not in svc.get("depends_on", {}), name
+        if name in AIRFLOW_SERVICES:
+            assert svc["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, "airflow-worker", "flower"])
+def test_celery_settings_are_the_same_in_every_airflow_service(celery_config, name):
+    env = service(celery_config, name)["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:@redis:6379/0"  # the redis service, no password
+    # the result backend is the metadata database, with the same login
+    metadata = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("postgresql+psycopg2://")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql://{metadata}"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == SECRETS["AIRFLOW_JWT_SECRET"]
+    for variable, value in S3_STAGING.items():
+        assert env[variable] == value, f"{name}: {variable} is not the one of .env"
+
+
+def test_the_worker_runs_like_the_scheduler(celery_config):
+    worker, scheduler = service(celery_config, "airflow-worker"), service(celery_config, "airflow-scheduler")
+    assert worker["command"] in ("celery worker", ["celery", "worker"])
+    for key in ("image", "volumes", "user"):
+        assert worker[key] == scheduler[key], key
+    env = dict(worker["environment"])
+    assert env.pop("DUMB_INIT_SETSID") == "0"  # warm shutdown: running tasks finish before the worker stops
+    assert env == scheduler["environment"]
+
+
+def test_worker_and_redis_are_probed_and_restart(celery_config):
+    worker, redis = service(celery_config, "airflow-worker"), service(celery_config, "redis")
+    probe = " ".join(worker["healthcheck"]["test"])
+    assert re.search(r'celery --app airflow\.providers\.celery\.executors\.celery_executor\.app inspect ping '
+                     r'-d "celery@\$+\{HOSTNAME\}"', probe), probe
+    assert redis["image"].startswith("redis:7.2")
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in redis, "the broker is for this stack's network only"
+    for svc in (worker, redis, service(celery_config, "flower")):
+        assert svc["restart"] == "always" and not svc["healthcheck"].get("disable")
+
+
+def test_the_worker_waits_for_redis_the_api_server_and_init(celery_config):
+    assert service(celery_config, "airflow-worker")["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+        "airflow-apiserver": {"condition": "service_healthy"},  # tasks report to its execution API
+        "airflow-init": {"condition": "service_completed_successfully"},
+    }
+
+
+def test_every_password_in_a_url_comes_from_env(celery_config):
+    # the .env of celery_config holds the only passwords: any other one would be written in the compose file
+    from_env = {*SECRETS.values(), urllib.parse.urlsplit(S3_STAGING["AIRFLOW_CONN_SLUICE_STAGING"]).password}
+    found = set()
+    for name, svc in celery_config["services"].items():
+        for variable, value in (svc.get("environment") or {}).items():
+            for url in re.findall(r"[a-z][a-z0-9+.-]*://\S+", str(value)):
+                password = urllib.parse.urlsplit(url).password
+                assert not password or password in from_env, f"{name}: {variable} has a password not from .env"
+                found.add(password)
+    assert {SECRETS["POSTGRES_PASSWORD"], SECRETS["SLUICE_READER_PASSWORD"]} < found
+
+
+def guard(config: dict) -> subprocess.CompletedProcess:
+    """The checks at the top of airflow-init's script, run with the environment compose gives it."""
+    svc = service(config, "airflow-init")
+    script = svc["command"][-1].replace("$$", "$")
+    checks = script[:script.index("echo \"Preparing the shared volumes")]
+    env = {"PATH": os.environ["PATH"], **{key: str(value) for key, value in svc["environment"].items()}}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", checks], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("variables, error", [
+    ({}, None),
+    (CELERY, None),
+    ({**CELERY, "COMPOSE_PROFILES": "flower,celery"}, None),
+    ({"AIRFLOW_EXECUTOR": "CeleryExecutor"}, "AIRFLOW_EXECUTOR=CeleryExecutor needs COMPOSE_PROFILES=celery"),
+    ({"COMPOSE_PROFILES": "celery"}, "COMPOSE_PROFILES=celery needs AIRFLOW_EXECUTOR=CeleryExecutor"),
+])
+def test_airflow_init_stops_when_the_executor_and_the_profile_disagree(tmp_path, variables, error):
+    result = docker_compose("config", env_file=write_env(tmp_path / ".env", {**SECRETS, **variables}))
+    assert result.returncode == 0, result.stderr
+    checked = guard(yaml.safe_load(result.stdout))
+    if error is None:
+        assert checked.returncode == 0, checked.stderr
+    else:
+        assert checked.returncode == 1 and error in checked.stderr, checked.stderr
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING)
@@ -206,6 +337,7 @@ def test_postgres_holds_the_warehouse_and_a_separate_metadata_db(config):
     ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://airflow-apiserver:8080/execution/"),
     ("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "true"),
     ("SLUICE_STAGING_URL", "file:///opt/airflow/staging"),
+    ("SLUICE_MAX_PARALLEL_SOURCES", ""),  # empty: the built-in default
 ])
 def test_airflow_environment(config, name, variable, expected):
     assert service(config, name)["environment"][variable] == expected
@@ -225,8 +357,11 @@ def test_metadata_and_warehouse_are_different_databases(config, name):
     assert {"AIRFLOW_CONN_ETL_API", "AIRFLOW_CONN_ETL_CSV"} <= set(env)
 
 
-def test_airflow_services_share_one_jwt_secret(config):
-    secrets = {service(config, name)["environment"].get("AIRFLOW__API_AUTH__JWT_SECRET") for name in AIRFLOW_SERVICES}
+@pytest.mark.parametrize("services", ["default", "celery"])
+def test_airflow_services_share_one_jwt_secret(config, celery_config, services):
+    resolved, names = {"default": (config, AIRFLOW_SERVICES),
+                       "celery": (celery_config, (*AIRFLOW_SERVICES, "airflow-worker", "flower"))}[services]
+    secrets = {service(resolved, name)["environment"].get("AIRFLOW__API_AUTH__JWT_SECRET") for name in names}
     assert secrets == {SECRETS["AIRFLOW_JWT_SECRET"]}
 
 
