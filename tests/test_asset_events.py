@@ -1,0 +1,71 @@
+"""Whole runs of etl_pipeline (dag.test, real PostgreSQL, HTTP on 127.0.0.1): upsert's asset events in Airflow's
+metadata DB, one per source whose rows changed, with its counts."""
+
+import psycopg
+import pytest
+
+from sluice import assets
+from sluice_devtools import sample_data
+from sluice_devtools.source_server import Fault, SourceServer
+from tests.pipeline_harness import Pipeline, point_airflow_at
+
+POSTS, ITEMS = 30, 20
+CATALOG = [{"name": "posts", "kind": "api", "endpoint": "posts"},
+           {"name": "items", "kind": "csv", "endpoint": "items.csv"}]
+
+
+@pytest.fixture
+def pipeline(monkeypatch, database_url, tmp_path):
+    server = SourceServer().start()
+    server.serve_json("posts", sample_data.posts(POSTS), page_size=25)
+    server.serve_bytes("items.csv", sample_data.csv_bytes(ITEMS, bad_every=0))
+    point_airflow_at(monkeypatch, database_url, server, tmp_path / "staging")
+    yield Pipeline(database_url, server)
+    server.stop()
+
+
+def asset_events(run_id: str) -> dict[str, tuple[str, dict]]:
+    """The asset events the run's tasks emitted, by asset name: (URI, extra), and the task that emitted each."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        found = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run_id)).all()
+        return {event.asset.name: (event.asset.uri, event.source_task_id, event.extra) for event in found}
+
+
+def expected_uri(database_url: str, source: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        location = assets.Warehouse(conn.info.host, conn.info.port, conn.info.dbname)
+    return assets.uri(location, source)
+
+
+def test_a_first_run_emits_an_event_per_source_with_its_counts_and_a_rerun_that_changes_nothing_none(pipeline):
+    state, run = pipeline.run({"sources": CATALOG})
+    assert state == "success", run["error_message"]
+
+    events = asset_events(run["run_id"])
+    assert set(events) == {"sluice.normalized_data.posts", "sluice.normalized_data.items"}
+    for source, rows in (("posts", POSTS), ("items", ITEMS)):
+        uri, task_id, extra = events[assets.name(source)]
+        assert uri == expected_uri(pipeline.database_url, source)
+        assert task_id == "upsert"
+        assert extra["source"] == source and extra["run_id"] == run["run_id"]
+        assert (extra["inserted"], extra["updated"]) == (rows, 0)
+        # the same counts as the run's etl_runs row
+        assert extra["inserted"] == run["source_counts"][source]["inserted"]
+
+    state, rerun = pipeline.run({"sources": CATALOG})
+    assert state == "success" and rerun["inserted"] + rerun["updated"] == 0
+    assert asset_events(rerun["run_id"]) == {}
+
+
+def test_a_source_whose_ingest_fails_emits_nothing_while_the_other_emits(pipeline):
+    pipeline.sources.add_faults("posts", *[Fault(status=500, body=b"boom")] * 10)
+    state, run = pipeline.run({"sources": CATALOG})
+    assert state == "failed" and "posts" in run["error_message"]
+
+    events = asset_events(run["run_id"])
+    assert set(events) == {"sluice.normalized_data.items"}
+    assert events["sluice.normalized_data.items"][2]["inserted"] == ITEMS
