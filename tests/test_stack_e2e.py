@@ -20,15 +20,15 @@ DOWNSTREAM_DAG = """
 import pendulum
 from airflow.sdk import Asset, dag, task
 
+CHANGED = Asset(name={name!r}, uri={uri!r})
 
-@dag(schedule=Asset(name={name!r}, uri={uri!r}), start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-     catchup=False)
+
+@dag(schedule=CHANGED, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False)
 def {dag_id}():
     @task
     def report(triggering_asset_events=None):
-        for asset, events in triggering_asset_events.items():
-            for event in events:
-                print(asset.name, event.extra)
+        for event in triggering_asset_events[CHANGED]:
+            print("run", event.extra["run_id"], "inserted", event.extra["inserted"], "updated", event.extra["updated"])
 
     report()
 
@@ -178,6 +178,11 @@ def test_the_run_that_loaded_the_csv_source_triggers_a_dag_scheduled_on_its_asse
     assert event["extra"]["run_id"] == event["source_run_id"] and counts["inserted"] > 900
     assert {name: event["extra"][name] for name in ("inserted", "updated", "unchanged")} == {
         name: counts[name] for name in ("inserted", "updated", "unchanged")}
+    # the downstream task reads the event as the README shows
+    status, log = call("GET", f"{config.ui_url}/api/v2/dags/{DOWNSTREAM}/dagRuns/{quote(run['dag_run_id'])}/"
+                              "taskInstances/report/logs/1?map_index=-1", token=token)
+    assert status == 200
+    assert f"run {event['source_run_id']} inserted {counts['inserted']} updated {counts['updated']}" in json.dumps(log)
 
 
 def test_backfill_of_two_intervals_records_two_runs_and_changes_nothing(running_stack):
