@@ -15,6 +15,10 @@ stop the good ones.
 empty reads the API whole) — these four describe the seed sources —, `full_refresh` (ignore checkpoints
 and re-normalize everything).
 
+**Assets**: each source's rows are the asset `sluice.normalized_data.<source>`; `upsert` emits an event
+for each source whose rows changed (its counts and the run id in the event's extra), through the alias
+`sluice.normalized_data`. Schedule a downstream DAG on a source's asset to run when it changes.
+
 **Failure**: an invalid catalog fails `init_schema`, before any source is read. When one source fails,
 the others still load; the run is recorded as failed with the error, naming the source.
 Only references and counts travel through XCom; rows are staged under `SLUICE_STAGING_URL`."""
@@ -23,10 +27,10 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
+from airflow.sdk import AssetAlias, DeltaDataIntervalTimetable, Param, dag, task
 
 from sluice import airflow_edge as edge
-from sluice import settings, sources
+from sluice import assets, settings, sources
 
 _settings = settings.load()
 # each ingest instance is shown by its source's name (airflow_edge.ingest sets it)
@@ -98,7 +102,8 @@ def etl_pipeline():
     def normalize(stored, catalog, params=None, run_id=None):
         return edge.normalize(stored, catalog, params, run_id)
 
-    @task
+    # the sources are known at run time only: upsert adds each changed source's asset event to this alias
+    @task(outlets=[AssetAlias(assets.ALIAS)])
     def upsert(normalized, catalog, run_id=None):
         return edge.upsert(normalized, catalog, run_id)
 

@@ -90,3 +90,10 @@ def test_the_catalog_param_defaults_to_the_seed_sources_and_ingests_are_mapped_f
     for task_id in ("ingest_api", "ingest_csv"):
         assert dag.task_dict[task_id].is_mapped
         assert dag.task_dict[task_id].max_active_tis_per_dagrun == 4
+
+
+def test_upsert_declares_the_alias_its_asset_events_go_through_and_no_other_task_has_outlets(dag):
+    from airflow.sdk import AssetAlias
+
+    assert dag.task_dict["upsert"].outlets == [AssetAlias("sluice.normalized_data")]
+    assert [task.task_id for task in dag.tasks if task.outlets] == ["upsert"]

@@ -10,9 +10,31 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from sluice import assets
 from sluice_devtools import stack
 
 pytestmark = pytest.mark.slow
+DOWNSTREAM = "csv_changed"
+# a DAG scheduled on the seed csv source's asset, as a user would write one (README, "Assets")
+DOWNSTREAM_DAG = """
+import pendulum
+from airflow.sdk import Asset, dag, task
+
+CHANGED = Asset(name={name!r}, uri={uri!r})
+
+
+@dag(schedule=CHANGED, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False)
+def {dag_id}():
+    @task
+    def report(triggering_asset_events=None):
+        for event in triggering_asset_events[CHANGED]:
+            print("run", event.extra["run_id"], "inserted", event.extra["inserted"], "updated", event.extra["updated"])
+
+    report()
+
+
+{dag_id}()
+"""
 
 
 def free_port() -> int:
@@ -57,8 +79,11 @@ def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
 @pytest.fixture(scope="module")
 def running_stack(tmp_path_factory, make_database):
     database_url = make_database(bare=True)
+    extra_dags = tmp_path_factory.mktemp("dags")
+    (extra_dags / f"{DOWNSTREAM}.py").write_text(DOWNSTREAM_DAG.format(
+        dag_id=DOWNSTREAM, name=assets.name("csv"), uri=csv_asset_uri(database_url)))
     config = stack.StackConfig(home=tmp_path_factory.mktemp("stack"), ui_port=free_port(),
-                               api_port=free_port(), samples_port=free_port())
+                               api_port=free_port(), samples_port=free_port(), extra_dags=extra_dags)
     patch = pytest.MonkeyPatch()
     patch.setenv("DATABASE_URL", database_url)
     try:
@@ -66,7 +91,11 @@ def running_stack(tmp_path_factory, make_database):
         status, body = call("POST", f"{config.ui_url}/auth/token",
                             {"username": "admin", "password": stack.admin_password(config)})
         assert status == 201, body
-        yield config, body["access_token"], database_url, info
+        token = body["access_token"]
+        # its asset must be known to the scheduler before etl_pipeline emits an event on it
+        wait_for(f"{DOWNSTREAM} is parsed", lambda: call("GET", f"{config.ui_url}/api/v2/dags/{DOWNSTREAM}",
+                                                          token=token)[0] == 200, 120)
+        yield config, token, database_url, info
     finally:
         stack.down(config)
         patch.undo()
@@ -74,9 +103,15 @@ def running_stack(tmp_path_factory, make_database):
         assert not config.pid_file(name).exists()
 
 
-def dag_runs(config, token, **filters) -> list[dict]:
+def csv_asset_uri(database_url: str) -> str:
+    """The seed csv source's asset URI: the warehouse as the etl_postgres connection reaches it."""
+    with psycopg.connect(database_url) as conn:
+        return assets.uri(assets.Warehouse(conn.info.host, conn.info.port, conn.info.dbname), "csv")
+
+
+def dag_runs(config, token, dag_id: str = "etl_pipeline", **filters) -> list[dict]:
     query = "&".join(f"{k}={v}" for k, v in filters.items())
-    status, body = call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline/dagRuns?{query}", token=token)
+    status, body = call("GET", f"{config.ui_url}/api/v2/dags/{dag_id}/dagRuns?{query}", token=token)
     assert status == 200, body
     return body["dag_runs"]
 
@@ -119,6 +154,35 @@ def test_trigger_with_conf_through_rest_then_read_through_the_flask_api(running_
         status, log = call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline/dagRuns/{quote(run_id)}/taskInstances/"
                                   f"{task_id}/logs/1?map_index={map_index}", token=token)
         assert status == 200 and line in json.dumps(log), (task_id, line)
+
+
+def test_the_run_that_loaded_the_csv_source_triggers_a_dag_scheduled_on_its_asset(running_stack):
+    config, token, database_url, _ = running_stack
+
+    def triggered():
+        runs = dag_runs(config, token, DOWNSTREAM)
+        return runs if runs and all(run["state"] in ("success", "failed") for run in runs) else None
+
+    # the runs above (the manual one, and a scheduled one if the scheduler made it first) loaded the csv once
+    [run] = wait_for(f"{DOWNSTREAM} triggered and finished", triggered, 90, interval=2)
+    assert run["run_type"] == "asset_triggered" and run["state"] == "success"
+    status, body = call("GET", f"{config.ui_url}/api/v2/dags/{DOWNSTREAM}/dagRuns/{quote(run['dag_run_id'])}/"
+                               "upstreamAssetEvents", token=token)
+    assert status == 200, body
+    [event] = body["asset_events"]
+    assert (event["name"], event["uri"]) == (assets.name("csv"), csv_asset_uri(database_url))
+    assert (event["source_dag_id"], event["source_task_id"]) == ("etl_pipeline", "upsert")
+    with psycopg.connect(database_url) as conn:
+        counts = conn.execute("select source_counts->'csv' from etl_runs where run_id = %s",
+                              (event["source_run_id"],)).fetchone()[0]
+    assert event["extra"]["run_id"] == event["source_run_id"] and counts["inserted"] > 900
+    assert {name: event["extra"][name] for name in ("inserted", "updated", "unchanged")} == {
+        name: counts[name] for name in ("inserted", "updated", "unchanged")}
+    # the downstream task reads the event as the README shows
+    status, log = call("GET", f"{config.ui_url}/api/v2/dags/{DOWNSTREAM}/dagRuns/{quote(run['dag_run_id'])}/"
+                              "taskInstances/report/logs/1?map_index=-1", token=token)
+    assert status == 200
+    assert f"run {event['source_run_id']} inserted {counts['inserted']} updated {counts['updated']}" in json.dumps(log)
 
 
 def test_backfill_of_two_intervals_records_two_runs_and_changes_nothing(running_stack):

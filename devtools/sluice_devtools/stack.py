@@ -18,6 +18,8 @@ from pathlib import Path
 
 from sluice_devtools import demo, embedded_pg, local_env
 
+LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
+
 
 @dataclass(frozen=True)
 class StackConfig:
@@ -25,6 +27,8 @@ class StackConfig:
     ui_port: int = 8080
     api_port: int = 5000
     samples_port: int = 8765
+    # a second DAG folder beside dags/ (the tests' downstream DAGs); None: dags/ only
+    extra_dags: Path | None = None
 
     @classmethod
     def from_env(cls) -> "StackConfig":
@@ -129,6 +133,10 @@ def up(config: StackConfig) -> dict:
         # standalone starts its components as `airflow …` from PATH
         "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
     })
+    if config.extra_dags:
+        env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
+            {"name": "dags-folder", "classpath": LOCAL_BUNDLE, "kwargs": {}},
+            {"name": "extra-dags", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(config.extra_dags)}}])
     config.airflow_home.mkdir(parents=True, exist_ok=True)
     _spawn(config, "airflow", [str(bin_dir / "airflow"), "standalone"], env)
     _spawn(config, "webapp", demo.gunicorn_argv(),

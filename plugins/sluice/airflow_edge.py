@@ -163,13 +163,32 @@ def normalize(stored: dict, catalog: dict, params: dict, run_id: str) -> dict:
 
 @reports_error
 def upsert(normalized: dict, catalog: dict, run_id: str) -> dict:
-    from sluice import pipeline, sources
+    """Upsert every normalized source, then emit an asset event (through the task's outlet alias) for each
+    source whose rows changed."""
+    from sluice import assets, pipeline, sources
     from sluice.results import Normalized
 
     config = settings.load()
     with warehouse() as conn:
-        return pipeline.upsert(conn, Normalized.from_xcom(normalized), sources.by_name(catalog), run_id=run_id,
-                               settings=config).to_xcom()
+        upserted = pipeline.upsert(conn, Normalized.from_xcom(normalized), sources.by_name(catalog), run_id=run_id,
+                                   settings=config)
+        # where the connection really went (libpq's defaults applied), never its login or password
+        location = assets.Warehouse(host=conn.info.host, port=conn.info.port, database=conn.info.dbname)
+    emit(assets.events(upserted, location, run_id=run_id))
+    return upserted.to_xcom()
+
+
+def emit(events: list) -> None:
+    """Add each event (sluice.assets.Event) to the running task's outlet alias; Airflow records them, and
+    triggers the DAGs scheduled on their assets, when the task succeeds."""
+    from airflow.sdk import Asset, AssetAlias, get_current_context
+
+    from sluice import assets
+
+    outlet = get_current_context()["outlet_events"][AssetAlias(assets.ALIAS)]
+    for event in events:
+        log.info("asset event %s (%s): %s", event.name, event.uri, event.extra)
+        outlet.add(Asset(name=event.name, uri=event.uri), extra=event.extra)
 
 
 @reports_error

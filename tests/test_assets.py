@@ -1,0 +1,46 @@
+"""Which sources' assets upsert emits an event for, and what the event says (sluice.assets, Airflow-free)."""
+
+from airflow.sdk import Asset
+
+from sluice import assets
+from sluice.results import SourceUpserted, Upserted
+
+WAREHOUSE = assets.Warehouse(host="db.example", port=5433, database="sluice")
+
+
+def test_a_source_that_changed_rows_emits_its_counts_and_the_run_id():
+    upserted = Upserted({
+        "orders": SourceUpserted("orders", inserted=3, updated=0, unchanged=5, processed=8),
+        "items": SourceUpserted("items", inserted=0, updated=2, unchanged=1, superseded=1, processed=4),
+    })
+    found = assets.events(upserted, WAREHOUSE, run_id="manual__1")
+    assert [event.name for event in found] == ["sluice.normalized_data.items", "sluice.normalized_data.orders"]
+    assert found[1].extra == {"source": "orders", "inserted": 3, "updated": 0, "unchanged": 5, "superseded": 0,
+                              "processed": 8, "run_id": "manual__1"}
+    assert found[0].extra["updated"] == 2 and found[0].extra["run_id"] == "manual__1"
+    assert found[1].uri == "postgres://db.example:5433/sluice/public/normalized_data?source=orders"
+
+
+def test_a_source_that_did_not_change_or_was_not_reached_emits_nothing():
+    upserted = Upserted({"orders": SourceUpserted("orders", unchanged=10, processed=10),
+                         "empty": SourceUpserted("empty")})
+    # a source whose ingest failed is not in the upsert's result at all
+    assert assets.events(upserted, WAREHOUSE, run_id="r") == []
+    assert assets.events(Upserted(), WAREHOUSE, run_id="r") == []
+
+
+def test_changed_means_rows_inserted_or_updated():
+    assert assets.changed(SourceUpserted("a", inserted=1))
+    assert assets.changed(SourceUpserted("a", updated=1))
+    assert not assets.changed(SourceUpserted("a", unchanged=7, superseded=2, processed=9))
+
+
+def test_the_uri_is_what_airflow_normalizes_it_to_and_distinct_per_source():
+    """Airflow keeps one active asset per URI, so each source needs its own; the postgres provider requires
+    /<database>/<schema>/<table> and keeps the query."""
+    for location in (WAREHOUSE, assets.Warehouse(host="/tmp/pg sock", port=5432, database="my db")):
+        for source in ("orders", "items"):
+            uri = assets.uri(location, source)
+            assert Asset(name=assets.name(source), uri=uri).uri == uri
+    assert assets.uri(WAREHOUSE, "orders") != assets.uri(WAREHOUSE, "items")
+    assert "%2Ftmp%2Fpg%20sock:5432/my%20db/" in assets.uri(assets.Warehouse("/tmp/pg sock", 5432, "my db"), "a")
