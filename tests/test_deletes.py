@@ -5,14 +5,17 @@ and the steps of sluice.pipeline interleaved between two runs."""
 
 import csv
 import io
+import json
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
 import requests
 from webapp_fixtures import make_app  # noqa: F401
 
-from sluice import pipeline, settings, sources
+from sluice import pipeline, results, runs, settings, sources
+from sluice.errors import InvalidSource
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault, SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at
@@ -294,3 +297,47 @@ def test_a_retried_upsert_returns_its_counts_without_deleting_or_counting_twice(
     assert first == retried and first.of("items").deleted == 2
     assert (first.of("items").live_before, first.of("items").live_after) == (10, 8)
     assert rows_of(steps.url) == (list(range(1, 9)), [9, 10])
+
+
+# ---- the option, the setting and the results
+
+def test_delete_missing_defaults_by_kind_is_checked_and_round_trips():
+    csv_source, api_source = sources.from_entry(ITEMS[0]), sources.from_entry(POSTS)
+    assert (csv_source.delete_missing, api_source.delete_missing) == (True, False)
+    assert sources.from_entry(sources.to_entry(csv_source)) == csv_source
+    explicit = sources.from_entry({**POSTS, "delete_missing": True, "since_param": "id_gte"})
+    assert sources.from_entry(sources.to_entry(explicit)) == explicit
+    assert (explicit.deletes_missing(full_refresh=False), explicit.deletes_missing(full_refresh=True)) == (False, True)
+    with pytest.raises(InvalidSource, match=r"source 'posts': delete_missing must be true or false, got 'yes'"):
+        sources.from_entry({**POSTS, "delete_missing": "yes"})
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half", "nan"])
+def test_max_delete_fraction_must_be_between_0_and_1(monkeypatch, value):
+    monkeypatch.setenv("SLUICE_MAX_DELETE_FRACTION", value)
+    with pytest.raises(ValueError, match="SLUICE_MAX_DELETE_FRACTION"):
+        settings.load()
+
+
+def test_max_delete_fraction_defaults_to_a_half(monkeypatch):
+    monkeypatch.delenv("SLUICE_MAX_DELETE_FRACTION", raising=False)
+    assert settings.load().max_delete_fraction == 0.5
+
+
+def test_a_refused_source_survives_xcom_and_fails_the_run_by_name():
+    upserted = results.Upserted({"stock": results.SourceUpserted("stock", inserted=3, deleted=1, undeleted=2,
+                                                                 live_before=5, live_after=9)},
+                                failed={"items": "DeleteRefused: items: the read would delete ..."})
+    value = json.loads(json.dumps(upserted.to_xcom()))
+    assert results.from_xcom(value) == upserted
+    outcome = runs.RunOutcome.of(
+        [results.Ingested("items", "file:///i", records=3, kind="csv"),
+         results.Ingested("stock", "file:///s", records=8, kind="csv"), upserted],
+        run_id="r", run_type="manual", started_at=datetime.now(timezone.utc))
+    assert outcome.status == "failed" and outcome.errors == []
+    assert outcome.source_statuses() == {"items": ("csv", "DeleteRefused: items: the read would delete ..."),
+                                         "stock": ("csv", None)}
+    assert outcome.error_lines() == ["upsert[items]: DeleteRefused: items: the read would delete ..."]
+    assert outcome.source_counts()["stock"] == {
+        "fetched": 8, "inserted": 3, "updated": 0, "unchanged": 0, "rejected": 0, "superseded": 0, "deleted": 1,
+        "undeleted": 2, "deletes_skipped": None, "live_before": 5, "live_after": 9, "loaded": True}
