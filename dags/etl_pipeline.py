@@ -9,7 +9,9 @@ validates and maps them into `normalized_data`, upserts only real changes, advan
 source and writes one `etl_runs` row per run. Bad records go to `rejected_records` with a reason; they never
 stop the good ones.
 
-**Params**: `sources` (the catalog: `[{name, kind, endpoint, conn_id, mapping, since_param}, ...]`),
+**Params**: `sources` (the catalog: `[{name, kind, endpoint, conn_id, mapping, since_param, delete_missing},
+...]`; `delete_missing`, default true for csv and false for api, soft-deletes the rows a whole read no longer
+contains, refused beyond `SLUICE_MAX_DELETE_FRACTION` of the source's live rows),
 `api_endpoint`, `csv_endpoint`, `api_mapping` / `csv_mapping` (normalized column → source field),
 `api_since_param` (query parameter that asks the API for records from the checkpoint on, e.g. `id_gte`;
 empty reads the API whole) — these four describe the seed sources —, `full_refresh` (ignore checkpoints
@@ -56,7 +58,7 @@ SOURCE_NAME = "{{ %s }}" % edge.MAP_INDEX_KEY
         "sources": Param(sources.load_file(os.environ["SLUICE_SOURCES_FILE"])
                          if os.environ.get("SLUICE_SOURCES_FILE") else [], type="array",
                          description="The catalog: a list of sources ({name, kind, endpoint, conn_id, mapping, "
-                                     "since_param}); empty = the two seed sources api and csv, as the params "
+                                     "since_param, delete_missing}); empty = the two seed sources api and csv, as the params "
                                      "below describe them. Default: the file named by SLUICE_SOURCES_FILE."),
         "api_endpoint": Param(os.environ.get("SLUICE_API_ENDPOINT", "posts"), type="string",
                               description="Path of the JSON API resource, relative to connection etl_api."),
@@ -104,8 +106,8 @@ def etl_pipeline():
 
     # the sources are known at run time only: upsert adds each changed source's asset event to this alias
     @task(outlets=[AssetAlias(assets.ALIAS)])
-    def upsert(normalized, catalog, run_id=None):
-        return edge.upsert(normalized, catalog, run_id)
+    def upsert(normalized, catalog, params=None, run_id=None):
+        return edge.upsert(normalized, catalog, params, run_id)
 
     @task
     def checkpoint(upserted, params=None, run_id=None):

@@ -219,6 +219,54 @@ select (select count(*) from inserted),
        (select count(*) filter (where changed) from updated),
        (select count(*) from current);
 
+-- name: live_rows
+-- the source's live rows: its rows (kept by a trigger) less its deleted ones, which the partial index
+-- normalized_data_deleted_idx alone counts
+select coalesce((select row_count from etl_checkpoint where source = %(source)s), 0)
+       - (select count(*) from normalized_data where source = %(source)s and deleted_at is not null);
+
+-- name: delete_scope
+-- whether this run's batch (fetch_seq) is the newest fetch stored for the source, and how many records its
+-- store_raw quarantined without an id (any row's record may be among them)
+select coalesce((select raw_fetch_seq = %(fetch_seq)s from etl_checkpoint where source = %(source)s), false),
+       (select count(*) from rejected_records
+        where run_id = %(run_id)s and source = %(source)s and stage = 'store_raw' and source_id is null);
+
+-- name: count_missing
+-- the source's live rows whose record this run's read did not contain: neither staged nor quarantined (a
+-- bad record is still at the source). Hash anti-joins of whole sets; keep in step with soft_delete_missing.
+select count(*)
+from normalized_data n
+where n.source = %(source)s and n.deleted_at is null
+  and not exists (select 1 from staged_records s
+                  where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = n.source_id)
+  and not exists (select 1 from rejected_records r
+                  where r.run_id = %(run_id)s and r.source = %(source)s and r.source_id = n.source_id);
+
+-- name: soft_delete_missing
+-- the rows count_missing counts are soft-deleted; updated_at moves, so a client syncing by updated_since
+-- sees the tombstone (with include_deleted=true)
+update normalized_data n
+set deleted_at = now(), deleted_run_id = %(run_id)s, updated_at = now()
+where n.source = %(source)s and n.deleted_at is null
+  and not exists (select 1 from staged_records s
+                  where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = n.source_id)
+  and not exists (select 1 from rejected_records r
+                  where r.run_id = %(run_id)s and r.source = %(source)s and r.source_id = n.source_id);
+
+-- name: undelete_returned
+-- deleted rows whose record this run's read contains are live again, changed or not (normalize skips an
+-- unchanged record, so the staged ids decide, not normalized_stage). The deleted rows come from the partial
+-- index; the read's ids are one hashed set.
+update normalized_data n
+set deleted_at = null, deleted_run_id = null, updated_at = now()
+where n.source = %(source)s and n.deleted_at is not null
+  and n.source_id in (select s.source_id from staged_records s
+                      where s.run_id = %(run_id)s and s.source = %(source)s
+                      union all
+                      select r.source_id from rejected_records r
+                      where r.run_id = %(run_id)s and r.source = %(source)s);
+
 -- name: bulk_load_size
 -- rows this run brings for the source, rows the table holds now (kept by a trigger, no count(*)), and how
 -- many of the rows it brings are new at least: its records that normalize passed, changed or unchanged (one

@@ -1,16 +1,18 @@
 -- Named queries of the read API (webapp/). Every value is a named parameter; optional filters are
 -- written `(%(x)s is null or ...)`: psycopg2 sends the values inline, so the planner folds the unused
--- branches away and still picks the (source, updated_at, id) and pg_trgm indexes.
+-- branches away and still picks the (source, updated_at, id) and pg_trgm indexes. Soft-deleted rows
+-- (deleted_at set) are left out unless include_deleted.
 -- The filters of data_page, data_count and data_estimate must stay identical (a test checks it).
 
 -- name: data_page
-select id, source, source_id, name, value, description, created_at, updated_at
+select id, source, source_id, name, value, description, created_at, updated_at, deleted_at
 from normalized_data
 where (%(source)s::text is null or source = %(source)s)
   and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
        or description ilike %(pattern)s escape '\')
+  and (%(include_deleted)s or deleted_at is null)
   and (%(after_updated_at)s::timestamptz is null
        or (updated_at, id) < (%(after_updated_at)s::timestamptz, %(after_id)s::bigint))
 order by updated_at desc, id desc
@@ -23,13 +25,18 @@ where (%(source)s::text is null or source = %(source)s)
   and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
-       or description ilike %(pattern)s escape '\');
+       or description ilike %(pattern)s escape '\')
+  and (%(include_deleted)s or deleted_at is null);
 
 -- name: data_count_all
--- exact and O(1): the per-source counters the schema's triggers keep
-select coalesce(sum(row_count), 0)::bigint as total
-from etl_checkpoint
-where %(source)s::text is null or source = %(source)s;
+-- exact and cheap: the per-source counters the schema's triggers keep, less the deleted rows unless they are
+-- asked for (counted from the partial index normalized_data_deleted_idx, never a live row)
+select (select coalesce(sum(row_count), 0)::bigint from etl_checkpoint
+        where %(source)s::text is null or source = %(source)s)
+       - case when %(include_deleted)s then 0
+              else (select count(*) from normalized_data
+                    where (%(source)s::text is null or source = %(source)s) and deleted_at is not null) end
+       as total;
 
 -- name: data_estimate
 -- the planner's row estimate: no scan, so it stays cheap on any table size
@@ -40,13 +47,14 @@ where (%(source)s::text is null or source = %(source)s)
   and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
-       or description ilike %(pattern)s escape '\');
+       or description ilike %(pattern)s escape '\')
+  and (%(include_deleted)s or deleted_at is null);
 
 -- name: data_record
-select id, source, source_id, name, value, description, created_at, updated_at,
-       first_seen_run_id, last_changed_run_id
+select id, source, source_id, name, value, description, created_at, updated_at, deleted_at,
+       first_seen_run_id, last_changed_run_id, deleted_run_id
 from normalized_data
-where source = %(source)s and source_id = %(source_id)s;
+where source = %(source)s and source_id = %(source_id)s and (%(include_deleted)s or deleted_at is null);
 
 -- name: last_run
 -- the newest run, in the order of /runs
@@ -108,7 +116,11 @@ order by started_at desc, id desc
 limit 1;
 
 -- name: stats_rows_per_source
-select source, row_count from etl_checkpoint;
+-- live rows (those /data shows) and soft-deleted ones, per source; the deleted ones from the partial index
+select c.source, c.row_count - coalesce(d.deleted, 0) as row_count, coalesce(d.deleted, 0) as deleted
+from etl_checkpoint c
+left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
+    on d.source = c.source;
 
 -- name: stats_rejects_per_source
 -- from the runs' own counts, so no count(*) over the ever-growing rejected_records
@@ -132,7 +144,10 @@ select sluice_read_watermark() as watermark;
 select source from etl_checkpoint order by source;
 
 -- name: sources
-select source as name, kind, row_count, last_processed_id, last_processed_at,
-       last_success_run_id, last_success_at, last_error, last_error_run_id, last_error_at
-from etl_checkpoint
-order by source;
+select c.source as name, c.kind, c.row_count - coalesce(d.deleted, 0) as row_count,
+       coalesce(d.deleted, 0) as deleted_count, c.last_processed_id, c.last_processed_at,
+       c.last_success_run_id, c.last_success_at, c.last_error, c.last_error_run_id, c.last_error_at
+from etl_checkpoint c
+left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
+    on d.source = c.source
+order by c.source;

@@ -82,11 +82,14 @@ class Pipeline:
 
 
 def assert_counts_add_up(run: dict) -> None:
-    """Each record fetched of a source the run loaded has exactly one outcome, and each total is the sum over
-    the sources."""
+    """Each record fetched of a source the run loaded has exactly one outcome, its live rows after the run are
+    those before, plus the inserted, less the deleted, plus the undeleted; each total is the sum over the
+    sources."""
     for source, counts in run["source_counts"].items():
         if counts["loaded"]:
             assert counts["fetched"] == sum(counts[name] for name in OUTCOMES), f"{source} counts: {counts}"
+            assert counts["live_after"] == (counts["live_before"] + counts["inserted"] - counts["deleted"]
+                                            + counts["undeleted"]), f"{source} rows: {counts}"
     for name in ("fetched", *OUTCOMES):
         assert run[name] == sum(counts[name] for counts in run["source_counts"].values()), \
             f"etl_runs.{name} {run[name]} is not the sum of the per-source counts {run['source_counts']}"

@@ -33,8 +33,8 @@ RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
 ERROR_KEYS = {"code", "status", "message", "errors"}
 # The query parameters of each endpoint (a test checks this against /openapi.json, so new ones get probed).
 QUERY_PARAMETERS = {
-    "/": [], "/openapi.json": [], "/health": [], "/stats": [], "/sources": [], "/data/api/item-1": [],
-    "/data": ["page", "page_size", "source", "search", "updated_since", "cursor", "count"],
+    "/": [], "/openapi.json": [], "/health": [], "/stats": [], "/sources": [], "/data/api/item-1": ["include_deleted"],
+    "/data": ["page", "page_size", "source", "search", "updated_since", "cursor", "count", "include_deleted"],
     "/runs": ["page", "page_size"],
     f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size"],
 }
@@ -205,7 +205,7 @@ def test_an_id_with_a_line_break_reaches_the_query_checks(app):
 
 
 VALID_VALUES = {"page": "1", "page_size": "10", "source": "api", "search": "item", "count": "exact",
-                "updated_since": "2024-01-01T00:00:00Z", "q": "1"}
+                "updated_since": "2024-01-01T00:00:00Z", "include_deleted": "true", "q": "1"}
 
 
 @pytest.mark.parametrize("path, name", [(path, name) for path, names in QUERY_PARAMETERS.items()

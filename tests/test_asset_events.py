@@ -104,3 +104,23 @@ def test_an_upsert_that_fails_after_committing_one_source_emits_both_on_its_retr
     events = asset_events(run["run_id"])
     assert {name: extra["inserted"] for name, (_, _, extra) in events.items()} == {
         "sluice.normalized_data.posts": POSTS, "sluice.normalized_data.items": ITEMS}
+
+
+def test_a_run_that_only_deletes_emits_the_deletes_and_a_refused_source_emits_nothing(pipeline):
+    state, run = pipeline.run({"sources": CATALOG})
+    assert state == "success", run["error_message"]
+
+    # two rows gone from the CSV: its only change is two soft deletes
+    pipeline.sources.serve_bytes("items.csv", sample_data.csv_bytes(ITEMS - 2, bad_every=0))
+    state, run = pipeline.run({"sources": CATALOG})
+    assert state == "success", run["error_message"]
+    _, _, extra = asset_events(run["run_id"])["sluice.normalized_data.items"]
+    assert (extra["inserted"], extra["updated"], extra["deleted"]) == (0, 0, 2)
+    assert set(asset_events(run["run_id"])) == {"sluice.normalized_data.items"}
+
+    # emptied: the guard refuses the whole load of items, which emits nothing; posts still changes and emits
+    pipeline.sources.serve_bytes("items.csv", sample_data.csv_bytes(0, bad_every=0))
+    pipeline.sources.serve_json("posts", sample_data.posts(POSTS + 1), page_size=25)
+    state, run = pipeline.run({"sources": CATALOG})
+    assert state == "failed" and "SLUICE_MAX_DELETE_FRACTION" in run["error_message"]
+    assert set(asset_events(run["run_id"])) == {"sluice.normalized_data.posts"}

@@ -16,7 +16,8 @@ def test_a_source_that_changed_rows_emits_its_counts_and_the_run_id():
     found = assets.events(upserted, WAREHOUSE, run_id="manual__1")
     assert [event.name for event in found] == ["sluice.normalized_data.items", "sluice.normalized_data.orders"]
     assert found[1].extra == {"source": "orders", "inserted": 3, "updated": 0, "unchanged": 5, "superseded": 0,
-                              "processed": 8, "run_id": "manual__1"}
+                              "processed": 8, "deleted": 0, "undeleted": 0, "deletes_skipped": "",
+                              "live_before": 0, "live_after": 0, "run_id": "manual__1"}
     assert found[0].extra["updated"] == 2 and found[0].extra["run_id"] == "manual__1"
     assert found[1].uri == "postgres://db.example:5433/sluice/public/normalized_data?source=orders"
 
@@ -27,11 +28,16 @@ def test_a_source_that_did_not_change_or_was_not_reached_emits_nothing():
     # a source whose ingest failed is not in the upsert's result at all
     assert assets.events(upserted, WAREHOUSE, run_id="r") == []
     assert assets.events(Upserted(), WAREHOUSE, run_id="r") == []
+    # a source whose load the delete guard refused committed nothing
+    refused = Upserted({}, failed={"items": "items: the read would delete 7 of 10 live rows (70%), ..."})
+    assert assets.events(refused, WAREHOUSE, run_id="r") == []
 
 
-def test_changed_means_rows_inserted_or_updated():
+def test_changed_means_rows_inserted_updated_deleted_or_undeleted():
     assert assets.changed(SourceUpserted("a", inserted=1))
     assert assets.changed(SourceUpserted("a", updated=1))
+    assert assets.changed(SourceUpserted("a", deleted=1, unchanged=4))
+    assert assets.changed(SourceUpserted("a", undeleted=1, unchanged=4))
     assert not assets.changed(SourceUpserted("a", unchanged=7, superseded=2, processed=9))
 
 

@@ -43,6 +43,7 @@ def config(monkeypatch):
     return loaded
 
 
+NO_DELETES = {"deleted": 0, "undeleted": 0, "deletes_skipped": None}
 SEEDS = {"api": sources.seed("api", endpoint="posts"), "csv": sources.seed("csv", endpoint="items.csv")}
 
 
@@ -77,9 +78,9 @@ def test_the_steps_load_the_two_seed_sources_and_record_the_run(database_url, se
     assert run[:4] == ("success", API_RECORDS + CSV_ROWS, API_RECORDS + CSV_ROWS - 2, 2)
     assert run[4] == {
         "api": {"fetched": API_RECORDS, "inserted": API_RECORDS, "updated": 0, "unchanged": 0, "superseded": 0,
-                "rejected": 0, "loaded": True},
+                "rejected": 0, **NO_DELETES, "live_before": 0, "live_after": API_RECORDS, "loaded": True},
         "csv": {"fetched": CSV_ROWS, "inserted": CSV_ROWS - 2, "updated": 0, "unchanged": 0, "superseded": 0,
-                "rejected": 2, "loaded": True},
+                "rejected": 2, **NO_DELETES, "live_before": 0, "live_after": CSV_ROWS - 2, "loaded": True},
     }
     assert checkpoints == {"api": str(API_RECORDS), "csv": str(CSV_ROWS)}
     assert steps[-1] == results.Recorded(steps[-1].etl_run_id, "success", run[4])
@@ -122,11 +123,11 @@ def test_the_run_outcome_is_built_from_the_step_results_and_its_counts_add_up():
     counts = outcome.source_counts()
 
     assert counts["api"] == {"fetched": 10, "inserted": 4, "updated": 1, "unchanged": 1, "rejected": 3,
-                             "superseded": 1, "loaded": True}
+                             "superseded": 1, **NO_DELETES, "live_before": 0, "live_after": 0, "loaded": True}
     assert counts["api"]["fetched"] == sum(counts["api"][name] for name in runs.COUNTS[1:])
     # a source that ingested but never reached upsert: fetched, not loaded
     assert counts["csv"] == {"fetched": 5, "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0,
-                             "superseded": 0, "loaded": False}
+                             "superseded": 0, **NO_DELETES, "live_before": 0, "live_after": 0, "loaded": False}
     assert outcome.status == "failed"
 
 

@@ -193,7 +193,9 @@ def test_record_run_reads_the_tasks_from_the_dag_so_a_renamed_task_still_counts(
     assert run["error_message"].startswith("fetch_posts[api]: SourceError") and "500" in run["error_message"]
     assert "ingest_" not in run["error_message"]
     assert run["source_counts"] == {"csv": {"fetched": CSV_ROWS, "inserted": CSV_ROWS - 6, "updated": 0,
-                                            "unchanged": 0, "superseded": 0, "rejected": 6, "loaded": True}}
+                                            "unchanged": 0, "superseded": 0, "rejected": 6, "deleted": 0,
+                                            "undeleted": 0, "deletes_skipped": None, "live_before": 0,
+                                            "live_after": CSV_ROWS - 6, "loaded": True}}
 
 
 def test_bad_mapping_param_fails_with_a_clear_error(pipeline):
@@ -264,7 +266,8 @@ def test_a_csv_with_only_a_header_loads_nothing_and_succeeds(pipeline):
 
     assert state == "success"
     assert run["source_counts"]["csv"] == {"fetched": 0, "inserted": 0, "updated": 0, "unchanged": 0,
-                                           "rejected": 0, "superseded": 0, "loaded": True}
+                                           "rejected": 0, "superseded": 0, "deleted": 0, "undeleted": 0,
+                                           "deletes_skipped": None, "live_before": 0, "live_after": 0, "loaded": True}
     assert run["source_counts"]["api"]["inserted"] == API_RECORDS
 
 

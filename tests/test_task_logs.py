@@ -94,8 +94,9 @@ def test_a_runs_task_logs_say_what_each_phase_did_with_the_counts_of_its_etl_run
     assert number(normalized[4]) == csv["rejected"] - quarantined_csv == 3
     assert "is not a number" in normalized[5] and "name: missing" in normalized[5]
     upserted = logs.line("upsert", rf"^csv: upserted {NUMBER} normalized rows into normalized_data: {NUMBER} inserted, "
-                                   rf"0 updated, 0 unchanged, 0 superseded by a later fetch {SECONDS}")
-    assert number(upserted[1]) == number(upserted[2]) == number(normalized[2]) == csv["inserted"]
+                                   rf"0 updated, 0 unchanged, 0 superseded by a later fetch; 0 soft-deleted, 0 "
+                                   rf"undeleted; live rows 0 → {NUMBER} {SECONDS}")
+    assert number(upserted[1]) == number(upserted[2]) == number(normalized[2]) == csv["inserted"] == number(upserted[3])
     logs.line("upsert", rf"^api: upserted {API_RECORDS} normalized rows into normalized_data: {API_RECORDS} inserted")
 
     # checkpoint: where it moved; record_run: the status and the totals the row holds

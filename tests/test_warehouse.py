@@ -49,7 +49,8 @@ def test_a_first_bulk_load_rebuilds_every_index_and_constraint_and_they_answer(d
         conn.rollback()
         counts = load(conn, tmp_path, "run-1", 500, bulk_rows=100)
 
-        assert counts == {"source": "csv", "inserted": 500, "updated": 0, "unchanged": 0, "superseded": 0}
+        assert counts == {"source": "csv", "inserted": 500, "updated": 0, "unchanged": 0, "superseded": 0,
+                          "deleted": 0, "undeleted": 0, "deletes_skipped": "", "live_before": 0, "live_after": 500}
         assert indexes(conn) == before and len(before) >= 10
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("insert into normalized_data (source, source_id, first_seen_run_id, last_changed_run_id,"

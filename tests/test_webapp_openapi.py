@@ -91,7 +91,7 @@ def test_component_schemas_are_valid_json_schema(document):
 
 def test_query_parameters_match_the_schemas(document):
     names = {p["name"] for p in document["paths"]["/data"]["get"]["parameters"] if p["in"] == "query"}
-    assert names == {"page", "page_size", "source", "search", "updated_since", "cursor", "count"}
+    assert names == {"page", "page_size", "source", "search", "updated_since", "cursor", "count", "include_deleted"}
     page_size = next(p for p in document["paths"]["/data"]["get"]["parameters"] if p["name"] == "page_size")
     assert page_size["schema"] == {"type": "integer", "default": 10, "minimum": 1, "maximum": 100}
 
@@ -99,7 +99,8 @@ def test_query_parameters_match_the_schemas(document):
 @pytest.mark.parametrize("url", [
     "/", "/health", "/data", "/data?count=none&source=csv", "/data/api/item-1", "/data/api/nothing",
     "/data?page_size=1000", "/stats", "/runs", "/runs/scheduled__2024-05-01T00:00:00+00:00/rejects",
-    "/runs/unknown/rejects", "/sources", "/data?source=nowhere",
+    "/runs/unknown/rejects", "/sources", "/data?source=nowhere", "/data?include_deleted=true",
+    "/data/api/item-1?include_deleted=true", "/data?include_deleted=maybe",
 ])
 def test_answers_match_their_documented_schema(app, document, url):
     response = app.test_client().get(url)
@@ -154,3 +155,14 @@ def test_outage_answers_match_their_documented_schema(document, url):
     responses = document["paths"][url]["get"]["responses"]
     schema = {**responses["503"]["content"]["application/json"]["schema"], "components": document["components"]}
     jsonschema.validate(response.json, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_include_deleted_and_deleted_at_are_described(document):
+    for path in ("/data", "/data/{source}/{source_id}"):
+        (parameter,) = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "include_deleted"]
+        assert parameter["in"] == "query" and parameter["schema"] == {"type": "boolean", "default": False}
+        assert "tombstone" in parameter["description"]
+    for name in ("Record", "RecordDetail"):
+        deleted_at = document["components"]["schemas"][name]["properties"]["deleted_at"]
+        assert deleted_at["type"] == ["string", "null"] and "null: live" in deleted_at["description"]
+    assert "include_deleted=true" in document["info"]["description"]

@@ -46,7 +46,8 @@ def test_like_pattern_escapes_wildcards(search, pattern):
 
 
 def test_defaults_of_the_data_query():
-    assert load_query(data_query_schema, MultiDict()) == {"page": 1, "page_size": 10, "count": "exact"}
+    assert load_query(data_query_schema, MultiDict()) == {"page": 1, "page_size": 10, "count": "exact",
+                                                            "include_deleted": False}
 
 
 def test_repeated_parameters_are_named():

@@ -17,10 +17,10 @@ LEAKY = ("SourceError: comments: GET https://reader:hunter2@feeds.example.com/co
 STARTED = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
 
 
-def record_run(url: str, run_id: str, loaded: dict[str, str], errors: list[str]) -> None:
-    """pipeline.record_run for a run that loaded `loaded` (name: kind) and failed with `errors`."""
+def record_run(url: str, run_id: str, loaded: dict[str, str], failed: dict[str, runs.SourceFailure]) -> None:
+    """pipeline.record_run for a run that loaded `loaded` (name: kind) and in which the `failed` sources failed."""
     outcome = runs.RunOutcome(
-        run_id=run_id, run_type="manual", started_at=STARTED, errors=errors,
+        run_id=run_id, run_type="manual", started_at=STARTED, failed_sources=failed,
         ingested=[Ingested(source=name, uri=f"file:///{name}", records=ROWS[name], kind=kind)
                   for name, kind in loaded.items()],
         upserted=Upserted({name: SourceUpserted(source=name, inserted=ROWS[name]) for name in loaded}))
@@ -31,8 +31,9 @@ def record_run(url: str, run_id: str, loaded: dict[str, str], errors: list[str])
 @pytest.fixture
 def warehouse_url(database_url):
     insert_records(database_url, [record(source=name) for name, count in ROWS.items() for _ in range(count)])
-    record_run(database_url, "run-1", {"api": "api", "csv": "csv", "orders": "api", "comments": "csv"}, [])
-    record_run(database_url, "run-2", {"api": "api", "orders": "api"}, [f"ingest_api[comments]: {LEAKY}"])
+    record_run(database_url, "run-1", {"api": "api", "csv": "csv", "orders": "api", "comments": "csv"}, {})
+    record_run(database_url, "run-2", {"api": "api", "orders": "api"},
+               {"comments": runs.SourceFailure("ingest_csv", LEAKY, "csv")})
     return database_url
 
 
@@ -104,7 +105,7 @@ def test_a_source_s_last_error_is_shown_masked_and_kept_after_a_success(client, 
         assert "hunter2" not in conn.execute("select last_error from etl_checkpoint where source = 'comments'"
                                              ).fetchone()[0]
 
-    record_run(warehouse_url, "run-3", {"comments": "csv"}, [])
+    record_run(warehouse_url, "run-3", {"comments": "csv"}, {})
     comments = next(source for source in client.get("/sources").json["data"] if source["name"] == "comments")
     assert comments["last_success"]["run_id"] == "run-3" and comments["last_error"]["run_id"] == "run-2"
     assert comments["last_success"]["at"] > comments["last_error"]["at"]
@@ -119,14 +120,15 @@ def test_an_error_stored_unmasked_is_masked_when_served(client, warehouse_url):
 
 
 def test_a_source_that_did_not_load_gets_the_run_s_errors_not_another_source_s(warehouse_url, client):
-    outcome_errors = ["ingest_api[comments]: SourceError: comments: refused", "store_raw: LockTimeout: orders: waited"]
     with psycopg.connect(warehouse_url) as conn:
         pipeline.record_run(conn, runs.RunOutcome(
-            run_id="run-4", run_type="manual", started_at=STARTED, errors=outcome_errors,
+            run_id="run-4", run_type="manual", started_at=STARTED, errors=["store_raw: LockTimeout: orders: waited"],
+            failed_sources={"comments": runs.SourceFailure("ingest_csv", "SourceError: comments: refused", "csv")},
             ingested=[Ingested(source="orders", uri="file:///orders", records=3, kind="api")]))
     sources = {source["name"]: source for source in client.get("/sources").json["data"]}
     assert sources["orders"]["last_error"]["message"] == "store_raw: LockTimeout: orders: waited"
     assert sources["comments"]["last_error"]["message"] == "SourceError: comments: refused"
+    assert sources["comments"]["kind"] == "csv"
 
 
 def test_sources_takes_no_parameters_and_sends_an_etag(client):

@@ -6,7 +6,7 @@ import pytest
 from sluice import queries
 from webapp.routes_data import like_pattern
 
-NO_FILTER = {"source": None, "updated_since": None, "pattern": None}
+NO_FILTER = {"source": None, "updated_since": None, "pattern": None, "include_deleted": False}
 
 
 def where_clause(name: str) -> str:

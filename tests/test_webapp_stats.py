@@ -12,7 +12,7 @@ def test_stats_of_an_empty_warehouse_name_no_source(make_app, database_url):
     assert response.json == {
         "total_records_processed": 0, "total_duration_seconds": 0.0, "run_count": 0, "last_success": None,
         "last_failure": None, "last_failure_reason": None, "rows_per_source": {},
-        "rejects_per_source": {}, "last_run": None}
+        "deleted_per_source": {}, "deleted_total": 0, "rejects_per_source": {}, "last_run": None}
 
 
 def test_stats_after_some_runs(make_app, database_url):
@@ -34,6 +34,7 @@ def test_stats_after_some_runs(make_app, database_url):
         "last_success": runs["run-3"]["ended_at"], "last_failure": runs["run-2"]["ended_at"],
         "last_failure_reason": "api: connection refused",
         "rows_per_source": {"api": 103, "csv": 9}, "rejects_per_source": {"api": 2, "csv": 7},
+        "deleted_per_source": {"api": 0, "csv": 0}, "deleted_total": 0,
         "last_run": {"run_id": "run-3", "status": "success", "started_at": runs["run-3"]["started_at"],
                      "ended_at": runs["run-3"]["ended_at"], "inserted": 5, "updated": 1, "unchanged": 101,
                      "rejected": 3, "source_counts": NEWEST_COUNTS}}

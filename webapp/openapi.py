@@ -25,7 +25,12 @@ line over 8,190 bytes, a header over 8,190 bytes or malformed HTTP with its own 
 
 To follow changes, poll `/data?updated_since=<watermark>` with the `watermark` of the previous answer
 (of its first page, when it took several): no committed change is missed, even one whose load was
-running during that answer; some rows may come again."""
+running during that answer; some rows may come again.
+
+A record its source no longer has is soft-deleted: `/data` and `/data/{{source}}/{{source_id}}` leave it out
+unless `include_deleted=true`, which shows it with `deleted_at` set. Its deletion moves `updated_at`, so a
+client polling `updated_since` with `include_deleted=true` sees each deletion as such a tombstone, and a record
+that comes back with `deleted_at` null again."""
 ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 # Every operation's group, by the blueprint that serves it (generated clients put each group in a module).

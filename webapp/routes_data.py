@@ -9,7 +9,7 @@ from webapp import db
 from webapp.openapi import documented
 from webapp.responses import conditional_json
 from webapp.schemas import (data_page_schema, data_query_schema, load_query, no_query_schema,
-                            record_detail_schema, record_path_schema, sources_schema)
+                            record_detail_schema, record_path_schema, record_query_schema, sources_schema)
 
 blueprint = Blueprint("data", __name__)
 WATERMARK_HEADER = "Sluice-Watermark"
@@ -24,7 +24,8 @@ def like_pattern(search: str) -> str:
 def _filters(args: dict) -> dict:
     search = args.get("search")
     return {"source": args.get("source"), "updated_since": args.get("updated_since"),
-            "pattern": like_pattern(search) if search is not None else None}
+            "pattern": like_pattern(search) if search is not None else None,
+            "include_deleted": args["include_deleted"]}
 
 
 def _known(source: str | None) -> None:
@@ -83,12 +84,13 @@ def list_records():
 
 
 @blueprint.get("/data/<source>/<id:source_id>")
-@documented(path=record_path_schema, responses={200: record_detail_schema}, errors=(400, 404, 503))
+@documented(path=record_path_schema, query=record_query_schema, responses={200: record_detail_schema},
+            errors=(400, 404, 503))
 def get_record(source, source_id):
-    """One record with its lineage: the runs that first saw it and last changed it."""
+    """One record with its lineage: the runs that first saw it, last changed it and deleted it."""
     key = record_path_schema.load({"source": source, "source_id": source_id})
-    load_query(no_query_schema, request.args)
-    row = db.fetch_one("data_record", key)
+    args = load_query(record_query_schema, request.args)
+    row = db.fetch_one("data_record", {**key, **args})
     if row is None:
         raise NotFound(f"no {key['source']} record with source_id {key['source_id']!r}")
     return record_detail_schema.dump(row)
@@ -96,7 +98,7 @@ def get_record(source, source_id):
 
 def _source(row: dict) -> dict:
     return {
-        "name": row["name"], "kind": row["kind"], "row_count": row["row_count"],
+        "name": row["name"], "kind": row["kind"], "row_count": row["row_count"], "deleted_count": row["deleted_count"],
         "checkpoint": {"last_processed_id": row["last_processed_id"], "last_processed_at": row["last_processed_at"]},
         "last_success": {"run_id": row["last_success_run_id"], "at": row["last_success_at"]}
         if row["last_success_run_id"] is not None else None,
@@ -108,6 +110,6 @@ def _source(row: dict) -> dict:
 @blueprint.get("/sources")
 @documented(responses={200: sources_schema}, errors=(400, 503), etag="strong")
 def list_sources():
-    """Every source in the warehouse: kind, rows, checkpoint, last successful load and last error."""
+    """Every source in the warehouse: kind, live and deleted rows, checkpoint, last successful load and last error."""
     load_query(no_query_schema, request.args)
     return conditional_json(sources_schema.dump({"data": [_source(row) for row in db.fetch_all("sources")]}))

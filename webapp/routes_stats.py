@@ -1,4 +1,4 @@
-"""/stats: pipeline totals, rows and rejects of every source, and the newest run's counts."""
+"""/stats: pipeline totals, live and deleted rows and rejects of every source, and the newest run's counts."""
 
 from flask import Blueprint, request
 
@@ -18,7 +18,7 @@ def _per_source(rows: list[dict], value: str, sources: set[str]) -> dict[str, in
 @blueprint.get("/stats")
 @documented(responses={200: stats_schema}, errors=(400, 503), etag="strong")
 def show_stats():
-    """Totals over all ETL runs, rows and rejects per source, and the newest run."""
+    """Totals over all ETL runs, live and deleted rows and rejects per source, and the newest run."""
     load_query(no_query_schema, request.args)
     success = db.fetch_one("stats_last_of_status", {"status": "success"}) or {}
     failure = db.fetch_one("stats_last_of_status", {"status": "failed"}) or {}
@@ -32,6 +32,8 @@ def show_stats():
         "last_failure": failure.get("at"),
         "last_failure_reason": failure.get("error_message"),
         "rows_per_source": _per_source(rows, "row_count", sources),
+        "deleted_per_source": _per_source(rows, "deleted", sources),
+        "deleted_total": sum(row["deleted"] for row in rows),
         "rejects_per_source": _per_source(rejects, "rejected", sources),
         "last_run": db.fetch_one("stats_last_run"),
     }))

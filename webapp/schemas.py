@@ -110,6 +110,12 @@ class NoQuerySchema(Schema):
     """Query string of endpoints that take no parameters: any parameter is a mistake worth a 400."""
 
 
+def include_deleted() -> fields.Boolean:
+    return fields.Boolean(load_default=False, metadata={"description": (
+        "also the records deleted at their source (soft-deleted: deleted_at set); a client syncing by "
+        "updated_since passes true to see deletions as these tombstones")})
+
+
 class PageQuerySchema(Schema):
     """Query string of the paginated lists."""
 
@@ -133,6 +139,7 @@ class DataQuerySchema(PageQuerySchema):
         "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})
     cursor = Cursor(metadata={"description": "next_cursor of the previous page; excludes page"})
     count = fields.String(load_default="exact", validate=validate.OneOf(COUNT_MODES))
+    include_deleted = include_deleted()
 
     @validates_schema(pass_original=True)
     def _cursor_or_page(self, data, original, **kwargs):
@@ -145,6 +152,12 @@ class DataQuerySchema(PageQuerySchema):
         if "cursor" not in data:
             data.setdefault("page", 1)
         return data
+
+
+class RecordQuerySchema(Schema):
+    """Query string of GET /data/<source>/<source_id>."""
+
+    include_deleted = include_deleted()
 
 
 class RecordPathSchema(Schema):
@@ -193,11 +206,15 @@ class RecordSchema(Body):
     description = fields.String(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+    deleted_at = fields.DateTime(allow_none=True, metadata={
+        "description": "when a read of its source no longer contained it (updated_at moved then too); null: live"})
 
 
 class RecordDetailSchema(RecordSchema):
     first_seen_run_id = fields.String()
     last_changed_run_id = fields.String()
+    deleted_run_id = fields.String(allow_none=True, metadata={
+        "description": "the run whose read no longer contained it; null: live"})
 
 
 class Page(Body):
@@ -288,7 +305,10 @@ class StatsSchema(Body):
     last_failure_reason = RedactedText(allow_none=True, metadata={
         "description": "error_message of the newest failed run, credentials masked"})
     rows_per_source = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
-        "description": "every source of the warehouse: its rows in /data"})
+        "description": "every source of the warehouse: its live rows in /data"})
+    deleted_per_source = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "every source of the warehouse: its soft-deleted rows (/data?include_deleted=true)"})
+    deleted_total = fields.Integer(metadata={"description": "soft-deleted rows of every source"})
     rejects_per_source = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
         "description": "every source: the records its runs rejected"})
     last_run = fields.Nested(LastRunSchema, allow_none=True)
@@ -313,7 +333,9 @@ class SourceSchema(Body):
     name = source_name()
     kind = fields.String(allow_none=True, metadata={
         "description": "the kind of source (how it is read); null until a run recorded it"})
-    row_count = fields.Integer(metadata={"description": "its rows in /data"})
+    row_count = fields.Integer(metadata={"description": "its live rows in /data"})
+    deleted_count = fields.Integer(metadata={
+        "description": "its soft-deleted rows: records its reads no longer contain (/data?include_deleted=true)"})
     checkpoint = fields.Nested(SourceCheckpointSchema)
     last_success = fields.Nested(SourceLoadSchema, allow_none=True, metadata={
         "description": "the newest run that loaded it"})
@@ -343,6 +365,7 @@ no_query_schema = NoQuerySchema()
 page_query_schema = PageQuerySchema()
 data_query_schema = DataQuerySchema()
 record_path_schema = RecordPathSchema()
+record_query_schema = RecordQuerySchema()
 run_path_schema = RunPathSchema()
 error_schema = ErrorSchema()
 index_schema = IndexSchema()

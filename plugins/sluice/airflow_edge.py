@@ -162,7 +162,7 @@ def normalize(stored: dict, catalog: dict, params: dict, run_id: str) -> dict:
 
 
 @reports_error
-def upsert(normalized: dict, catalog: dict, run_id: str) -> dict:
+def upsert(normalized: dict, catalog: dict, params: dict, run_id: str) -> dict:
     """Upsert every normalized source, then emit an asset event (through the task's outlet alias) for each
     source whose rows changed."""
     from sluice import assets, pipeline, sources
@@ -171,7 +171,7 @@ def upsert(normalized: dict, catalog: dict, run_id: str) -> dict:
     config = settings.load()
     with warehouse() as conn:
         upserted = pipeline.upsert(conn, Normalized.from_xcom(normalized), sources.by_name(catalog), run_id=run_id,
-                                   settings=config)
+                                   settings=config, full_refresh=bool(params.get("full_refresh")))
         # where the connection really went (libpq's defaults applied), never its login or password
         location = assets.Warehouse(host=conn.info.host, port=conn.info.port, database=conn.info.dbname)
     emit(assets.events(upserted, location, run_id=run_id))
@@ -212,10 +212,17 @@ def record_run(context) -> dict:
     ti, dag_run, dag = context["ti"], context["dag_run"], context["dag"]
     task_ids = [task_id for task_id in in_order(dag) if task_id != ti.task_id]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=task_ids)[ti.run_id]
-    errors = []
+    errors, failed_sources = [], {}
     for task_id in task_ids:
         for map_index, state in instances(task_id, dag.task_dict[task_id].is_mapped, states):
-            errors += instance_error(ti, task_id, map_index, state)
+            if state == "success":
+                continue
+            why = instance_error(ti, task_id, map_index, state)
+            source = instance_source(ti, task_id, map_index)
+            if source is None:
+                errors.append(f"{task_id}{'' if map_index is None else f'[{map_index}]'}: {why}")
+            else:  # a mapped ingest instance: its source failed, the others may have loaded
+                failed_sources[source] = runs.SourceFailure(task_id, why, catalog_kinds(ti).get(source))
     outcome = runs.RunOutcome.of(
         # every instance's result: a mapped task has one per source
         (results.from_xcom(value) for value in ti.xcom_pull(task_ids=task_ids) if value is not None),
@@ -225,14 +232,15 @@ def record_run(context) -> dict:
         data_interval_start=dag_run.data_interval_start,
         data_interval_end=dag_run.data_interval_end,
         errors=errors,
+        failed_sources=failed_sources,
     )
     with warehouse() as conn:
         recorded = pipeline.record_run(conn, outcome)
     config = settings.load()
     # a failed run's staged files stay for a look until the retention passes; this sweep removes older ones
     sweep_staging(ti.run_id, config)
-    if outcome.errors:
-        raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.errors))
+    if outcome.status == "failed":
+        raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.error_lines()))
     staging_dir(ti.run_id, config).rmdir(recursive=True)
     return recorded.to_xcom()
 
@@ -254,18 +262,25 @@ def instances(task_id: str, mapped: bool, states: dict) -> list[tuple[int | None
     return sorted(found) or [(None, states.get(task_id))]
 
 
-def instance_error(ti, task_id: str, map_index: int | None, state: str | None) -> list[str]:
-    """The error of one task instance that did not succeed (none for one that did), naming a mapped instance's
-    source: `ingest_api[comments]: SourceError: ...`."""
-    if state == "success":
-        return []
-    label, instance = task_id, {}
-    if map_index is not None:
-        instance = {"map_indexes": map_index}
-        label += f"[{ti.xcom_pull(task_ids=task_id, key='source', **instance) or map_index}]"
+def instance_error(ti, task_id: str, map_index: int | None, state: str | None) -> str:
+    """Why one task instance did not succeed: its error, or its state when it did not run to a failure."""
     if state != "failed":
-        return [f"{label}: {state}"]
-    return [f"{label}: {ti.xcom_pull(task_ids=task_id, key='error', **instance) or 'failed (see its log)'}"]
+        return str(state)
+    instance = {} if map_index is None else {"map_indexes": map_index}
+    return ti.xcom_pull(task_ids=task_id, key="error", **instance) or "failed (see its log)"
+
+
+def instance_source(ti, task_id: str, map_index: int | None) -> str | None:
+    """The source a mapped instance handled (an ingest instance says, XCom 'source'); None for any other."""
+    if map_index is None:
+        return None
+    return ti.xcom_pull(task_ids=task_id, key="source", map_indexes=map_index)
+
+
+def catalog_kinds(ti) -> dict[str, str]:
+    """Each source's kind, from the catalog init_schema returned (sources.by_kind); empty when it failed."""
+    catalog = ti.xcom_pull(task_ids="init_schema") or {}
+    return {entry["name"]: kind for kind, entries in catalog.items() for entry in entries}
 
 
 def in_order(dag) -> list[str]:

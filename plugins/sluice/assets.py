@@ -49,12 +49,13 @@ def uri(warehouse: Warehouse, source: str) -> str:
 
 
 def changed(result: SourceUpserted) -> bool:
-    """Whether the upsert changed the source's rows in normalized_data."""
-    return result.inserted + result.updated > 0
+    """Whether the upsert changed the source's rows in normalized_data (a soft delete or undelete is a change)."""
+    return result.inserted + result.updated + result.deleted + result.undeleted > 0
 
 
 def events(upserted: Upserted, warehouse: Warehouse, *, run_id: str) -> list[Event]:
     """An event per source whose rows changed, by name, with its counts and the run id; none for a source
-    that did not change or that the upsert did not reach (its ingest or store failed)."""
+    that did not change, that the upsert did not reach (its ingest or store failed) or whose load it refused
+    (Upserted.failed)."""
     return [Event(name(source), uri(warehouse, source), {**asdict(result), "run_id": run_id})
             for source, result in sorted(upserted.sources.items()) if changed(result)]

@@ -1,7 +1,12 @@
 """Exceptions that carry a message a user can act on."""
 
 
-class SourceError(Exception):
+class SluiceError(Exception):
+    """A failure of the pipeline whose message says what to do; the base of the ones below that are not
+    ValueErrors."""
+
+
+class SourceError(SluiceError):
     """A source could not be read completely; the message names the source and what was wrong."""
 
 
@@ -9,9 +14,14 @@ class MappingError(ValueError):
     """A mapping param is malformed or does not fit the source's fields."""
 
 
-class LockTimeout(Exception):
+class LockTimeout(SluiceError):
     """Another run holds the write lock of a source for longer than SLUICE_LOCK_TIMEOUT."""
 
 
 class InvalidSource(ValueError):
     """A source's description is malformed: the message names the source and the field."""
+
+
+class DeleteRefused(SluiceError):
+    """A read would soft-delete more of a source's live rows than SLUICE_MAX_DELETE_FRACTION allows: raised
+    inside the source's upsert transaction, so nothing of that source's upsert commits."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import BinaryIO, ContextManager
 
 from sluice import progress, runs, staging, warehouse
+from sluice.errors import DeleteRefused
 from sluice.migrations import Changes
 from sluice.results import (Checkpointed, Ingested, Normalized, Recorded, SourceCheckpoint, SourceNormalized,
                             SourceStored, SourceUpserted, Stored, Upserted)
@@ -89,16 +90,25 @@ def _of_run(name: str, sources: Mapping[str, Source]) -> Source:
     return sources[name]
 
 
-def upsert(conn, normalized: Normalized, sources: Mapping[str, Source], *, run_id: str,
-           settings: Settings) -> Upserted:
-    """Merge each normalized source into normalized_data, writing only real changes (sources by name)."""
-    upserted = {}
+def upsert(conn, normalized: Normalized, sources: Mapping[str, Source], *, run_id: str, settings: Settings,
+           full_refresh: bool = False) -> Upserted:
+    """Merge each normalized source into normalized_data, writing only real changes, and soft-delete what a whole
+    read no longer contains (sources by name). A source whose deletes the guard refuses commits nothing and is
+    failed in the result; the others load."""
+    upserted, failed = {}, {}
     for name, result in normalized.sources.items():
-        written = warehouse.upsert(conn, name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
-                                   expected_staged=result.valid, index_build_memory=settings.index_build_memory,
-                                   kind=_of_run(name, sources).kind)
+        source = _of_run(name, sources)
+        try:
+            written = warehouse.upsert(
+                conn, name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
+                expected_staged=result.valid, index_build_memory=settings.index_build_memory, kind=source.kind,
+                deletes_missing=source.deletes_missing(full_refresh), max_delete_fraction=settings.max_delete_fraction)
+        except DeleteRefused as exc:
+            log.error("%s", exc)
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            continue
         upserted[name] = SourceUpserted(**written, processed=result.staged)
-    return Upserted(upserted)
+    return Upserted(upserted, failed)
 
 
 def checkpoint(conn, upserted: Upserted, *, run_id: str, settings: Settings,

@@ -68,6 +68,12 @@ class SourceUpserted:
     unchanged: int = 0
     superseded: int = 0  # rows a later fetch replaced in raw before this upsert
     processed: int = 0  # the records normalize read, which the checkpoint counts
+    deleted: int = 0  # live rows soft-deleted: a whole read no longer contained their records
+    undeleted: int = 0  # deleted rows whose records came back
+    deletes_skipped: str = ""  # why a read that was to delete did not (empty when it did, or was not to)
+    # the source's live rows before and after: live_after = live_before + inserted - deleted + undeleted
+    live_before: int = 0
+    live_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,8 @@ class PerSource(Generic[Item]):
     sources: dict[str, Item] = field(default_factory=dict)
 
     def __init_subclass__(cls, *, step: str, item: type, **kwargs):
-        # each step's result is this class with its step's name and per-source counts; no fields of its own
+        # each step's result is this class with its step's name and per-source counts (Upserted also has the
+        # sources it refused)
         super().__init_subclass__(**kwargs)
         cls.STEP, cls.ITEM = step, item
 
@@ -114,8 +121,20 @@ class Normalized(PerSource[SourceNormalized], step="normalize", item=SourceNorma
     pass
 
 
+@dataclass(frozen=True)
 class Upserted(PerSource[SourceUpserted], step="upsert", item=SourceUpserted):
-    pass
+    """Also the sources whose upsert was refused (sluice.errors.DeleteRefused), with why: nothing of them
+    committed, and the step still succeeds for the others."""
+
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_xcom(self) -> dict:
+        return {**super().to_xcom(), "failed": dict(self.failed)}
+
+    @classmethod
+    def from_xcom(cls, value: dict) -> "Upserted":
+        # an upsert result of a release before refused sources has no "failed"
+        return cls(super().from_xcom(value).sources, dict(value.get("failed") or {}))
 
 
 class Checkpointed(PerSource[SourceCheckpoint], step="checkpoint", item=SourceCheckpoint):

@@ -1,7 +1,6 @@
 """The etl_runs record: what one run fetched, wrote and rejected per source, and why it failed."""
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,13 +11,21 @@ from sluice import progress, queries
 from sluice.redact import redact
 from sluice.results import Ingested, Normalized, Stored, Upserted
 
-# per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected
+# per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected (the records), and
+# live_after = live_before + inserted - deleted + undeleted (its live rows)
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
 
 log = logging.getLogger(__name__)
-# a record_run error of a failed ingest task: "ingest_<kind>: <why>" (the seed source of that kind is named so)
-# how record_run names a failed ingest instance: ingest_<kind>[<source>]: <error>
-_FAILED_INGEST = re.compile(r"ingest_[a-z0-9_]+\[(?P<source>[a-z][a-z0-9_]{0,62})\]: (?P<error>.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class SourceFailure:
+    """Why one source of the run failed: the task it failed in (a mapped ingest instance, upsert's delete
+    guard), the error, and its kind when known."""
+
+    task: str
+    error: str
+    kind: str | None = None
 
 
 @dataclass
@@ -33,7 +40,9 @@ class RunOutcome:
     stored: Stored | None = None
     normalized: Normalized | None = None
     upserted: Upserted | None = None
+    # errors of tasks of the whole run, and the sources that failed on their own (by name)
     errors: list[str] = field(default_factory=list)
+    failed_sources: dict[str, SourceFailure] = field(default_factory=dict)
 
     @classmethod
     def of(cls, results: Iterable, **run) -> "RunOutcome":
@@ -55,8 +64,13 @@ class RunOutcome:
         names = [result.source for result in ingested]
         if len(set(names)) != len(names):
             raise ValueError(f"a source was ingested twice in run {run['run_id']}: {', '.join(names)}")
+        kinds = {result.source: result.kind for result in ingested}
+        # the sources upsert refused (its delete guard) failed, as much as those whose ingest did
+        refused = {name: SourceFailure("upsert", error, kinds.get(name))
+                   for result in results if isinstance(result, Upserted) for name, error in result.failed.items()}
+        failed_sources = {**run.pop("failed_sources", {}), **refused}
         return cls(**run, ingested=ingested, stored=merged(Stored), normalized=merged(Normalized),
-                   upserted=merged(Upserted))
+                   upserted=merged(Upserted), failed_sources=failed_sources)
 
     def source_counts(self) -> dict[str, dict[str, int]]:
         counts = {}
@@ -75,28 +89,35 @@ class RunOutcome:
                 # records a later fetch had already stored (store_raw) or replaced in raw meanwhile (upsert):
                 # that fetch's run loads them
                 "superseded": stored.superseded + upserted.superseded,
+                "deleted": upserted.deleted,
+                "undeleted": upserted.undeleted,
+                "deletes_skipped": upserted.deletes_skipped or None,
+                "live_before": upserted.live_before,
+                "live_after": upserted.live_after,
                 "loaded": self.upserted is not None and source in self.upserted.sources,
             }
         return counts
 
     def source_statuses(self) -> dict[str, tuple[str | None, str | None]]:
-        """(kind, error) of each source of the run: error None when it loaded, kind None when unknown. A source
-        ingested but not loaded failed with the run's errors; one whose ingest failed is named by its mapped
-        instance (ingest_<kind>[<source>]) and gets that instance's error."""
+        """(kind, error) of each source of the run: error None when it loaded, kind None when unknown (the kind
+        recorded before stays). A source that failed on its own gets its error; one ingested but not loaded
+        otherwise failed with the run's errors."""
         counts = self.source_counts()
-        # another source's failed ingest is not why this one did not load
-        why = "\n".join(error for error in self.errors if not _FAILED_INGEST.fullmatch(error)) or "not loaded"
+        why = "\n".join(self.errors) or "not loaded"
         statuses = {ingest.source: (ingest.kind, None if counts[ingest.source]["loaded"] else why)
                     for ingest in self.ingested}
-        for error in self.errors:
-            failed = _FAILED_INGEST.fullmatch(error)
-            if failed and failed["source"] not in statuses:
-                statuses[failed["source"]] = (None, failed["error"])  # the kind recorded before stays
+        for name, failure in self.failed_sources.items():
+            statuses[name] = (failure.kind or statuses.get(name, (None, None))[0], failure.error)
         return statuses
+
+    def error_lines(self) -> list[str]:
+        """Why the run failed: the run's errors, then each failed source's as <task>[<source>]: <error>."""
+        return [*self.errors, *(f"{failure.task}[{name}]: {failure.error}"
+                                for name, failure in self.failed_sources.items())]
 
     @property
     def status(self) -> str:
-        return "failed" if self.errors else "success"
+        return "failed" if self.errors or self.failed_sources else "success"
 
 
 def record(conn, outcome: RunOutcome) -> int:
@@ -112,12 +133,13 @@ def record(conn, outcome: RunOutcome) -> int:
             "started_at": outcome.started_at,
             "records_processed": sum(c["fetched"] for c in per_source.values() if c["loaded"]),
             "status": outcome.status,
-            "error_message": redact("\n".join(outcome.errors)) or None,
+            "error_message": redact("\n".join(outcome.error_lines())) or None,
             "source_counts": Jsonb(per_source),
             **totals,
         }).fetchone()
         conn.execute(queries.query("pipeline.sql", "delete_run_work"), {"run_id": outcome.run_id})
-    failed = f" ({len(outcome.errors)} tasks did not succeed, see etl_runs.error_message)" if outcome.errors else ""
+    problems = outcome.error_lines()
+    failed = f" ({len(problems)} tasks or sources failed, see etl_runs.error_message)" if problems else ""
     log.info("run %s recorded as %s%s in etl_runs (id %d): %s", outcome.run_id, outcome.status, failed, row_id,
              ", ".join(f"{progress.count(totals[name])} {name}" for name in COUNTS))
     return row_id

@@ -9,6 +9,8 @@ DEFAULT_API_MAPPING = {"source_id": "id", "name": "title", "value": "userId", "d
 DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "description": "description"}
 # maintenance_work_mem while a bulk load rebuilds indexes (PostgreSQL units: 512MB, 1GB)
 INDEX_BUILD_MEMORY = "512MB"
+# SLUICE_MAX_DELETE_FRACTION's default: a read may soft-delete at most half of a source's live rows
+MAX_DELETE_FRACTION = 0.5
 
 
 def _number(name: str, default: float) -> float:
@@ -54,6 +56,8 @@ class Settings:
     api_allowed_hosts: frozenset[tuple[str, int | None]]
     staging_retention_hours: float
     max_parallel_sources: int
+    # the most of a source's live rows one read may soft-delete (0..1); more is refused as a truncated read
+    max_delete_fraction: float = MAX_DELETE_FRACTION
 
 
 def load() -> Settings:
@@ -75,7 +79,15 @@ def load() -> Settings:
         staging_retention_hours=_at_least("SLUICE_STAGING_RETENTION_HOURS", 72, minimum=1),
         # ingest task instances (one per source) of one run running at once
         max_parallel_sources=int(_at_least("SLUICE_MAX_PARALLEL_SOURCES", 4, minimum=1)),
+        max_delete_fraction=_fraction("SLUICE_MAX_DELETE_FRACTION", MAX_DELETE_FRACTION),
     )
+
+
+def _fraction(name: str, default: float) -> float:
+    value = _number(name, default)
+    if not 0 <= value <= 1:  # also refuses nan
+        raise ValueError(f"environment variable {name}={value:g} must be between 0 and 1")
+    return value
 
 
 def _at_least(name: str, default: float, *, minimum: float) -> float:

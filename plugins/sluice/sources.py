@@ -1,4 +1,5 @@
-"""A source is one value: its name, kind, HTTP connection, endpoint, mapping and incremental parameter.
+"""A source is one value: its name, kind, HTTP connection, endpoint, mapping, incremental parameter, its kind's
+options and whether a whole read soft-deletes the records it no longer contains (delete_missing).
 
 The catalog is the run's list of sources (catalog(): the DAG param `sources`, else the two seed sources `api`
 and `csv` of today's params); each entry is a dict of Source fields, its kind's connection and mapping by
@@ -35,6 +36,9 @@ _PAGINATION_FIELDS = {"link": ((), ()), "next_field": (("field",), ()),
                       "offset_param": (("param", "page_size"), ("size_param",))}
 # the options of one kind, with their defaults: a source of another kind must leave them so
 _KIND_OPTIONS = {"csv": {"delimiter": ",", "encoding": "utf-8"}, "api": {"records_path": ""}}
+# delete_missing by kind (another kind: false): a CSV is a whole file; an API endpoint is often a window (recent
+# items, a search)
+DELETE_MISSING = {"csv": True, "api": False}
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,9 @@ class Source:
     encoding: str = "utf-8"  # csv: the file's text encoding, a Python codec name
     records_path: str = ""  # api: the dotted path of the records' array in a wrapping object; empty: found
     pagination: Pagination = Pagination()  # api: how the next page is reached (a mapping is read by Pagination.of)
+    # a whole read (no since_param, or a full refresh) soft-deletes the rows whose records it no longer has;
+    # None: the kind's default (DELETE_MISSING)
+    delete_missing: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
@@ -113,6 +120,14 @@ class Source:
                                     f"string, got {value!r}")
         object.__setattr__(self, "mapping", mappings.validate(self.mapping, f"{where}: {self.mapping_field}"))
         self._check_options(where)
+        if self.delete_missing is None:
+            object.__setattr__(self, "delete_missing", DELETE_MISSING.get(self.kind, False))
+        if not isinstance(self.delete_missing, bool):
+            raise InvalidSource(f"{where}: delete_missing must be true or false, got {self.delete_missing!r}")
+
+    def deletes_missing(self, full_refresh: bool) -> bool:
+        """Whether this read soft-deletes the rows whose records it lacks: only a whole read can tell."""
+        return self.delete_missing and (not self.since_param or full_refresh)
 
     def _check_options(self, where: str) -> None:
         object.__setattr__(self, "pagination", Pagination.of(self.pagination, f"{where}: pagination"))

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from sluice import migrations, progress, queries, rules, settings
-from sluice.errors import LockTimeout
+from sluice.errors import DeleteRefused, LockTimeout
 from sluice.redact import redact
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,12 @@ def _check_work(source: str, run_id: str, table: str, found: int, expected: int 
 
 def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = BULK_ROWS,
            expected_staged: int | None = None, index_build_memory: str = settings.INDEX_BUILD_MEMORY,
-           kind: str | None = None) -> dict:
-    """Merge the run's normalized_stage rows into normalized_data; only real changes are written.
+           kind: str | None = None, deletes_missing: bool = False,
+           max_delete_fraction: float = settings.MAX_DELETE_FRACTION) -> dict:
+    """Merge the run's normalized_stage rows into normalized_data; only real changes are written. Then the
+    rows whose records the read contains are undeleted and, when the read was whole (deletes_missing), the live
+    rows whose records it lacks are soft-deleted (_sync_deletes): DeleteRefused, and nothing of the source
+    commits, when they are more than max_delete_fraction of its live rows.
 
     A load that inserts at least bulk_rows rows and at least doubles the table (a first load) is a bulk load
     (see _load_into). A retry of a source this run already upserted returns what it wrote then.
@@ -260,25 +264,65 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
             log.info("%s: this run's rows were already upserted by an earlier try; nothing to do", source)
             return recorded
         step = progress.Progress(log, source, "upserting")
+        (live_before,) = _count(conn, "live_rows", keys)
         # normalize analyzed normalized_stage after writing it: the plans here see its size
         incoming, existing, new_rows = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
+        (raw_written_since,) = _count(conn, "raw_written_since", keys)
         # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
         # brings every row and inserts none, and must not rebuild the indexes under an exclusive lock
         with _load_into(conn, "normalized_data", grows=incoming >= existing,
                         bulk=new_rows >= bulk_rows and new_rows >= existing, index_build_memory=index_build_memory):
-            (raw_written_since,) = _count(conn, "raw_written_since", keys)
             query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(raw_table(source, kind)))
             inserted, updated, current = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
+        deleted, undeleted, skipped = _sync_deletes(
+            conn, keys, raw_written_since=raw_written_since, deletes_missing=deletes_missing,
+            live_before=live_before, max_fraction=max_delete_fraction)
+        (live_after,) = _count(conn, "live_rows", keys)
         result = {"source": source, "inserted": inserted, "updated": updated,
-                  "unchanged": current - inserted - updated, "superseded": incoming - current}
+                  "unchanged": current - inserted - updated, "superseded": incoming - current,
+                  "deleted": deleted, "undeleted": undeleted, "deletes_skipped": skipped,
+                  "live_before": live_before, "live_after": live_after}
         _record_result(conn, keys, "upsert", result)
     c = progress.count
     step.finish(f"upserted {c(incoming)} normalized rows into normalized_data: {c(inserted)} inserted, "
                 f"{c(updated)} updated, {c(result['unchanged'])} unchanged, {c(result['superseded'])} superseded "
-                "by a later fetch")
+                f"by a later fetch; {c(deleted)} soft-deleted, {c(undeleted)} undeleted; live rows "
+                f"{c(live_before)} → {c(live_after)}")
     return result
+
+
+def _sync_deletes(conn, keys: dict, *, raw_written_since: bool, deletes_missing: bool, live_before: int,
+                  max_fraction: float) -> tuple[int, int, str]:
+    """(deleted, undeleted, why deletes were skipped: empty when they were not) for the run's read of the source.
+
+    Only the newest fetch stored for the source decides what is at the source: an older read would delete what
+    a newer one added, or undelete what it deleted. A read that quarantined records without an id does not
+    know every id it holds, so it deletes nothing."""
+    source = keys["source"]
+    stored = _recorded_result(conn, keys, "store_raw") or {}
+    newest, idless = _count(conn, "delete_scope", {**keys, "fetch_seq": stored.get("fetch_seq")})
+    if raw_written_since or not newest:
+        why = "another run stored a newer fetch of the source since this run's; its run decides deletes"
+        log.info("%s: no deletes or undeletes: %s", source, why)
+        return 0, 0, why
+    undeleted = conn.execute(q("undelete_returned"), keys).rowcount
+    if not deletes_missing or not live_before:  # a source without live rows has nothing to delete
+        return 0, undeleted, ""
+    if idless:
+        why = (f"the read quarantined {progress.count(idless)} records without an id (rejected_records), so it "
+               "cannot tell which rows are gone")
+        log.warning("%s: no deletes: %s", source, why)
+        return 0, undeleted, why
+    (missing,) = _count(conn, "count_missing", keys)
+    if missing > max_fraction * live_before:
+        raise DeleteRefused(
+            f"{source}: the read would delete {progress.count(missing)} of {progress.count(live_before)} live rows "
+            f"({missing / live_before:.0%}), more than SLUICE_MAX_DELETE_FRACTION {max_fraction:g}; nothing was "
+            "deleted")
+    deleted = conn.execute(q("soft_delete_missing"), keys).rowcount if missing else 0
+    return deleted, undeleted, ""
 
 
 @contextlib.contextmanager
