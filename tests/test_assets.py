@@ -1,9 +1,8 @@
 """Which sources' assets upsert emits an event for, and what the event says (sluice.assets, Airflow-free)."""
 
-from airflow.sdk import Asset
-
 from sluice import assets
 from sluice.results import SourceUpserted, Upserted
+from tests import airflow_env  # noqa: F401  # its AIRFLOW_HOME, before airflow is first imported
 
 WAREHOUSE = assets.Warehouse(host="db.example", port=5433, database="sluice")
 
@@ -44,9 +43,17 @@ def test_changed_means_rows_inserted_updated_deleted_or_undeleted():
 def test_the_uri_is_what_airflow_normalizes_it_to_and_distinct_per_source():
     """Airflow keeps one active asset per URI, so each source needs its own; the postgres provider requires
     /<database>/<schema>/<table> and keeps the query."""
+    from airflow.sdk import Asset
+
     for location in (WAREHOUSE, assets.Warehouse(host="/tmp/pg sock", port=5432, database="my db")):
         for source in ("orders", "items"):
             uri = assets.uri(location, source)
             assert Asset(name=assets.name(source), uri=uri).uri == uri
     assert assets.uri(WAREHOUSE, "orders") != assets.uri(WAREHOUSE, "items")
     assert "%2Ftmp%2Fpg%20sock:5432/my%20db/" in assets.uri(assets.Warehouse("/tmp/pg sock", 5432, "my db"), "a")
+
+
+def test_the_log_describes_an_event_in_plain_words():
+    upserted = Upserted({"items": SourceUpserted("items", inserted=1200, updated=3, deleted=2, processed=1205)})
+    (event,) = assets.events(upserted, WAREHOUSE, run_id="r")
+    assert assets.described(event) == "1,200 inserted, 3 updated, 2 deleted, 0 undeleted"

@@ -187,7 +187,7 @@ def emit(events: list) -> None:
 
     outlet = get_current_context()["outlet_events"][AssetAlias(assets.ALIAS)]
     for event in events:
-        log.info("asset event %s (%s): %s", event.name, event.uri, event.extra)
+        log.info("asset event %s (%s): %s", event.name, event.uri, assets.described(event))
         outlet.add(Asset(name=event.name, uri=event.uri), extra=event.extra)
 
 
