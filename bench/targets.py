@@ -126,8 +126,55 @@ def _api_targets(results) -> list[Target]:
     return targets
 
 
-def evaluate(results) -> list[Target]:
+WHOLE_DAG_VS_DLT, WHOLE_DAG_AIM = 1.0, 0.67
+WHOLE_DAG_RERUN, WHOLE_DAG_CHANGED = 0.3, 0.35
+
+
+def _whole_dag(server) -> list[Target]:
+    """#16's targets on one server's whole-DAG runs: pipeline time = wall − the tiny run's wall."""
+    on = f" [{server.label}]"
+    names = (f"whole DAG first load ≤ {WHOLE_DAG_VS_DLT:g}× dlt pyarrow merge + Sluice's indexes (aim "
+             f"{WHOLE_DAG_AIM:g}×){on}", f"whole DAG unchanged rerun ≤ {WHOLE_DAG_RERUN:g}× first load, 0 rows "
+             f"written{on}", f"whole DAG 1% changed ≤ {WHOLE_DAG_CHANGED:g}× first load, exactly the changed rows"
+             f"{on}", f"whole DAG peak RSS at {server.rows:,} rows within {RSS_SLACK_MB} MB of {server.tiny_rows:,}{on}")
+    runs = server.runs
+    failed = [name for name, run in runs.items() if run.state != "success" or run.etl_run.get("status") != "success"]
+    if failed or len(runs) < 4:
+        return [Target("MISS", name, f"runs not successful: {', '.join(failed) or 'missing'}") for name in names]
+    first, rerun, changed = runs["first"], runs["rerun"], runs["changed"]
+    base = first.pipeline_seconds
+    indexed, bare = server.dlt_seconds(indexed=True), server.dlt_seconds(indexed=False)
+    if indexed is None:
+        vs_dlt = Target("SKIP", names[0], f"dlt not measured; first load pipeline time {base:.2f} s")
+    else:
+        ratio = base / indexed
+        vs_dlt = Target(_judge(ratio <= WHOLE_DAG_VS_DLT), names[0],
+                        f"{base:.2f} s vs {indexed:.2f} s = {ratio:.2f}×"
+                        + (f"; vs dlt's bare merge {bare:.2f} s = {base / bare:.2f}×" if bare else "")
+                        + (" (aim met)" if ratio <= WHOLE_DAG_AIM else ""))
+
+    def share(run) -> float:
+        return run.pipeline_seconds / base if base > 0 else float("inf")
+
+    written = changed.etl_run["inserted"], changed.etl_run["updated"]
     return [
+        vs_dlt,
+        Target(_judge(rerun.written == 0 and share(rerun) <= WHOLE_DAG_RERUN), names[1],
+               f"{rerun.pipeline_seconds:.2f} s vs {base:.2f} s = {share(rerun):.2f}; {rerun.written:,} rows written"),
+        Target(_judge(written == (0, server.expected_changed) and share(changed) <= WHOLE_DAG_CHANGED), names[2],
+               f"{changed.pipeline_seconds:.2f} s vs {base:.2f} s = {share(changed):.2f}; inserted {written[0]:,}, "
+               f"updated {written[1]:,} (changed: {server.expected_changed:,})"),
+        Target(_judge(first.peak_rss_mb - runs["tiny"].peak_rss_mb <= RSS_SLACK_MB), names[3],
+               f"{first.peak_rss_mb:.0f} MB vs {runs['tiny'].peak_rss_mb:.0f} MB = "
+               f"{first.peak_rss_mb - runs['tiny'].peak_rss_mb:+.0f} MB"),
+    ]
+
+
+def evaluate(results) -> list[Target]:
+    whole_dag = [target for server in results.whole_dag for target in _whole_dag(server)]
+    if not results.passes:
+        return whole_dag
+    return whole_dag + [
         _versus(results, "dlt merge, pyarrow", "dlt pyarrow merge", 1),
         _versus(results, "dlt merge, row dicts", "dlt row-dict merge", 5),
         _versus(results, "psycopg2 executemany", "naive executemany", 20),
