@@ -151,10 +151,17 @@ def _whole_dag(server) -> list[Target]:
         vs_dlt = Target(_judge(ratio <= WHOLE_DAG_VS_DLT), names[0],
                         f"{base:.2f} s vs {indexed:.2f} s = {ratio:.2f}×"
                         + (f"; vs dlt's bare merge {bare:.2f} s = {base / bare:.2f}×" if bare else "")
+                        + (f"; ingest→record_run {first.span_seconds:.2f} s = {first.span_seconds / indexed:.2f}×"
+                           if first.span_seconds else "")
                         + (" (aim met)" if ratio <= WHOLE_DAG_AIM else ""))
 
     def share(run) -> float:
         return run.pipeline_seconds / base if base > 0 else float("inf")
+
+    def spans(run) -> str:
+        if run.span_seconds is None or not first.span_seconds:
+            return ""
+        return f" (ingest→record_run {run.span_seconds:.2f} s = {run.span_seconds / first.span_seconds:.2f})"
 
     def judged(run, ok: bool) -> str:
         # a pipeline time ≤ 0 says the fixed start-up varied more than the load took: no verdict on speed
@@ -164,10 +171,12 @@ def _whole_dag(server) -> list[Target]:
     return [
         vs_dlt,
         Target(judged(rerun, rerun.written == 0 and share(rerun) <= WHOLE_DAG_RERUN), names[1],
-               f"{rerun.pipeline_seconds:.2f} s vs {base:.2f} s = {share(rerun):.2f}; {rerun.written:,} rows written"),
+               f"{rerun.pipeline_seconds:.2f} s vs {base:.2f} s = {share(rerun):.2f}{spans(rerun)}; "
+               f"{rerun.written:,} rows written"),
         Target(judged(changed, written == (0, server.expected_changed) and share(changed) <= WHOLE_DAG_CHANGED),
                names[2],
-               f"{changed.pipeline_seconds:.2f} s vs {base:.2f} s = {share(changed):.2f}; inserted {written[0]:,}, "
+               f"{changed.pipeline_seconds:.2f} s vs {base:.2f} s = {share(changed):.2f}{spans(changed)}; "
+               f"inserted {written[0]:,}, "
                f"updated {written[1]:,} (changed: {server.expected_changed:,})"),
         Target(_judge(first.peak_rss_mb - runs["tiny"].peak_rss_mb <= RSS_SLACK_MB), names[3],
                f"{first.peak_rss_mb:.0f} MB vs {runs['tiny'].peak_rss_mb:.0f} MB = "

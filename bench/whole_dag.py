@@ -43,6 +43,7 @@ class DagRun:
     state: str  # the dag run's state in the metadata DB: `airflow dags test` exits 0 even when a run fails
     task_seconds: dict[str, float]  # task_id -> duration (mapped instances summed)
     etl_run: dict  # the run's etl_runs row: status, fetched, inserted, updated, unchanged, rejected, source_counts
+    span_seconds: float | None  # the first ingest's start to record_run's end, Airflow's work between tasks included
     pipeline_seconds: float | None = None  # wall − the tiny run's wall
 
     @property
@@ -114,7 +115,12 @@ class Airflow:
                     "select task_id, extract(epoch from end_date - start_date) from task_instance "
                     "where dag_id = 'etl_pipeline' and run_id = %s and start_date is not null", (run_id,)):
                 tasks[task_id] = tasks.get(task_id, 0.0) + float(seconds or 0)
-        return DagRun(name, wall, rss, state, tasks, etl_run(warehouse, run_id))
+            (span,) = conn.execute(
+                "select extract(epoch from max(end_date) filter (where task_id = 'record_run')"
+                " - min(start_date) filter (where task_id like 'ingest%%')) from task_instance"
+                " where dag_id = 'etl_pipeline' and run_id = %s", (run_id,)).fetchone()
+        return DagRun(name, wall, rss, state, tasks, etl_run(warehouse, run_id),
+                      None if span is None else float(span))
 
     def _last_run_key(self) -> int:
         with psycopg.connect(self.metadata_db, autocommit=True) as conn:

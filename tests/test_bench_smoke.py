@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
+
+from bench import database
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "store_raw", "normalize", "upsert", "checkpoint", "record_run (all sources)")
@@ -65,7 +68,8 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout
     assert "## Whole DAG: `airflow dags test etl_pipeline`, 2,000 CSV rows + 100 posts" in out
-    header = next(line for line in out.splitlines() if line.startswith("| pass | wall s | pipeline s |"))
+    header = next(line for line in out.splitlines()
+                  if line.startswith("| pass | wall s | pipeline s | ingest→record_run s |"))
     for task in ("init_schema", "ingest_api", "ingest_csv", "store_raw", "normalize", "upsert", "checkpoint",
                  "record_run"):
         assert f" {task} |" in header
@@ -80,3 +84,21 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     assert "SKIP  whole DAG first load ≤ 1× dlt pyarrow merge + Sluice's indexes (aim 0.67×) [embedded]" in out
     assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 4
     assert [path.suffix for path in (tmp_path / "results").iterdir()] == [".md"]
+
+
+@pytest.mark.skipif(not database.DEBIAN_PG15.exists(), reason="no Debian PostgreSQL 15 binaries")
+def test_the_throwaway_postgresql_15_cluster_is_stopped_and_deleted():
+    """The whole DAG's second server: fsync off as #16 measures; close() ends its postmaster and its files."""
+    directory = REPO / ".sluice" / f"bench-pg15-{os.getpid()}"
+    cluster = database.DebianCluster(directory)
+    try:
+        pid = cluster.pid
+        db = cluster.create_database("bench_probe")
+        with psycopg.connect(db) as conn:
+            assert conn.execute("show server_version").fetchone()[0].startswith("15.")
+            assert conn.execute("show fsync").fetchone()[0] == "off"
+    finally:
+        cluster.close(keep_databases=False)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not directory.exists()
