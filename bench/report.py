@@ -123,7 +123,7 @@ def whole_dag_section(server) -> list[str]:
     rows = []
     for name, run in server.runs.items():
         e = run.etl_run
-        rows.append([whole_dag.PASS_NAMES[name], f"{run.wall_seconds:.2f}",
+        rows.append([whole_dag.pass_name(name), f"{run.wall_seconds:.2f}",
                      "–" if run.pipeline_seconds is None else f"**{run.pipeline_seconds:.2f}**",
                      _n(run.span_seconds, 2), *(_n(run.task_seconds.get(task), 2) for task in whole_dag.TASKS),
                      f"{e.get('inserted', 0):,} + {e.get('updated', 0):,}", _n(e.get("unchanged")),
@@ -146,9 +146,9 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
         lines += [f"## Whole DAG: `airflow dags test etl_pipeline`, {results.rows:,} CSV rows + "
                   f"{whole_dag.API_RECORDS} posts", "",
                   f"Per server: a tiny run ({results.whole_dag[0].tiny_rows:,} CSV rows, its own warehouse) whose "
-                  "wall time is Airflow's fixed start-up, then on a fresh warehouse the first load, the unchanged "
-                  "rerun and the 1% changed file, with no VACUUM or CHECKPOINT between them. pipeline = wall − the "
-                  "tiny run's wall. Task seconds are the DAG run's task instances (end − start, from the metadata "
+                  "wall time is Airflow's fixed start-up (the median of the tiny runs when there are several), then "
+                  "on a fresh warehouse the first load, the unchanged rerun and the 1% changed file, with no VACUUM "
+                  "or CHECKPOINT between them. pipeline = wall − the fixed start-up. Task seconds are the DAG run's task instances (end − start, from the metadata "
                   "database on the same server); init_schema's includes starting Airflow's in-process execution API "
                   "(the first task of `dags test`, ≈5–15 s here); ingest→record_run is the span from the first "
                   "ingest's start to record_run's end, Airflow's work between tasks included, and none of its "

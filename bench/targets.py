@@ -131,7 +131,7 @@ WHOLE_DAG_RERUN, WHOLE_DAG_CHANGED = 0.3, 0.35
 
 
 def _whole_dag(server) -> list[Target]:
-    """#16's targets on one server's whole-DAG runs: pipeline time = wall − the tiny run's wall."""
+    """#16's targets on one server's whole-DAG runs: pipeline time = wall − the fixed start-up (tiny runs)."""
     on = f" [{server.label}]"
     names = (f"whole DAG first load ≤ {WHOLE_DAG_VS_DLT:g}× dlt pyarrow merge + Sluice's indexes (aim "
              f"{WHOLE_DAG_AIM:g}×){on}", f"whole DAG unchanged rerun ≤ {WHOLE_DAG_RERUN:g}× first load, 0 rows "
@@ -139,13 +139,14 @@ def _whole_dag(server) -> list[Target]:
              f"{on}", f"whole DAG peak RSS at {server.rows:,} rows within {RSS_SLACK_MB} MB of {server.tiny_rows:,}{on}")
     runs = server.runs
     failed = [name for name, run in runs.items() if run.state != "success" or run.etl_run.get("status") != "success"]
-    if failed or len(runs) < 4:
+    if failed or not {"tiny", "first", "rerun", "changed"} <= set(runs):
         return [Target("MISS", name, f"runs not successful: {', '.join(failed) or 'missing'}") for name in names]
     first, rerun, changed = runs["first"], runs["rerun"], runs["changed"]
     base = first.pipeline_seconds
     indexed, bare = server.dlt_seconds(indexed=True), server.dlt_seconds(indexed=False)
-    if indexed is None:
-        vs_dlt = Target("SKIP", names[0], f"dlt not measured; first load pipeline time {base:.2f} s")
+    if indexed is None or base <= 0:
+        why = "dlt not measured" if indexed is None else "the fixed start-up varied more than the load took"
+        vs_dlt = Target("SKIP", names[0], f"{why}; first load pipeline time {base:.2f} s")
     else:
         ratio = base / indexed
         vs_dlt = Target(_judge(ratio <= WHOLE_DAG_VS_DLT), names[0],
@@ -163,18 +164,19 @@ def _whole_dag(server) -> list[Target]:
             return ""
         return f" (ingest→record_run {run.span_seconds:.2f} s = {run.span_seconds / first.span_seconds:.2f})"
 
-    def judged(run, ok: bool) -> str:
+    def judged(run, rows_ok: bool, ratio: float) -> str:
+        if not rows_ok:
+            return "MISS"
         # a pipeline time ≤ 0 says the fixed start-up varied more than the load took: no verdict on speed
-        return _judge(ok) if run.pipeline_seconds > 0 or not ok else "SKIP"
+        return _judge(share(run) <= ratio) if run.pipeline_seconds > 0 and base > 0 else "SKIP"
 
     written = changed.etl_run["inserted"], changed.etl_run["updated"]
     return [
         vs_dlt,
-        Target(judged(rerun, rerun.written == 0 and share(rerun) <= WHOLE_DAG_RERUN), names[1],
+        Target(judged(rerun, rerun.written == 0, WHOLE_DAG_RERUN), names[1],
                f"{rerun.pipeline_seconds:.2f} s vs {base:.2f} s = {share(rerun):.2f}{spans(rerun)}; "
                f"{rerun.written:,} rows written"),
-        Target(judged(changed, written == (0, server.expected_changed) and share(changed) <= WHOLE_DAG_CHANGED),
-               names[2],
+        Target(judged(changed, written == (0, server.expected_changed), WHOLE_DAG_CHANGED), names[2],
                f"{changed.pipeline_seconds:.2f} s vs {base:.2f} s = {share(changed):.2f}{spans(changed)}; "
                f"inserted {written[0]:,}, "
                f"updated {written[1]:,} (changed: {server.expected_changed:,})"),
