@@ -1,7 +1,11 @@
 """Load the bench CSV with dlt (merge on primary key id): the dlt baselines, run in the bench virtualenv.
 
 Standalone on purpose: it runs under bench/work/.venv-bench (dlt, pyarrow), which has neither sluice
-nor the main pins. Usage: python bench/dlt_load.py arrow|dicts CSV URL PIPELINES_DIR RESULT_JSON
+nor the main pins. Usage: python bench/dlt_load.py arrow|dicts|arrow+indexes CSV URL PIPELINES_DIR RESULT_JSON
+
+arrow+indexes is the arrow merge followed by building the search structure Sluice keeps on normalized_data
+(sql/migrations: a unique key, a two-column btree, trigram GIN on name and description) on dlt's table,
+timed together: the like-for-like baseline of #16. The database needs pg_trgm already.
 
 Both resources keep the rows Sluice's rules keep (integer id, a name, a numeric value) and type them.
 """
@@ -14,6 +18,14 @@ import time
 
 DECIMAL = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
 COLUMNS = ("id", "name", "value", "description")
+# Sluice's unique (source, source_id), its (updated_at desc, id desc) btree and its two trigram indexes, on
+# the columns dlt's table has
+INDEXES = (
+    "create unique index items_key on {table} (id)",
+    "create index items_value_idx on {table} (value desc, id desc)",
+    "create index items_name_trgm on {table} using gin (name public.gin_trgm_ops)",
+    "create index items_description_trgm on {table} using gin (description public.gin_trgm_ops)",
+)
 
 
 def arrow_table(path: str):
@@ -67,6 +79,9 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     import dlt
 
+    name, indexed = mode.replace("+indexes", "_indexes"), mode.endswith("+indexes")
+    mode = mode.removesuffix("+indexes")
+
     @dlt.resource(name="items", primary_key="id", write_disposition="merge")
     def items():
         if mode == "arrow":
@@ -74,16 +89,22 @@ def main(argv: list[str]) -> int:
         else:
             yield from row_dicts(path)
 
-    pipeline = dlt.pipeline(pipeline_name=f"bench_{mode}", destination=dlt.destinations.postgres(credentials=url),
-                            dataset_name=f"dlt_{mode}", pipelines_dir=pipelines_dir)
+    pipeline = dlt.pipeline(pipeline_name=f"bench_{name}", destination=dlt.destinations.postgres(credentials=url),
+                            dataset_name=f"dlt_{name}", pipelines_dir=pipelines_dir)
     start = time.perf_counter()
     info = pipeline.run(items())
-    seconds = time.perf_counter() - start
+    merged = time.perf_counter() - start
     info.raise_on_failed_jobs()
     with pipeline.sql_client() as client:
-        ((rows,),) = client.execute_sql(f"select count(*) from {client.make_qualified_table_name('items')}")
+        table = client.make_qualified_table_name("items")
+        if indexed:
+            for statement in INDEXES:
+                client.execute_sql(statement.format(table=table))
+        seconds = time.perf_counter() - start
+        ((rows,),) = client.execute_sql(f"select count(*) from {table}")
     with open(result_path, "w") as out:
-        json.dump({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "result": {"rows": rows}}, out)
+        json.dump({"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+                   "result": {"rows": rows, "merge_seconds": merged}}, out)
     return 0
 
 

@@ -1,6 +1,7 @@
 """`python -m bench`: make the inputs, run the pipeline and the baselines, load the API, report.
 
-Steps, in order: inputs (bench/work/inputs) → a fresh database → three pipeline passes (first load,
+Steps, in order: inputs (bench/work/inputs) → the whole DAG as users run it (`airflow dags test`, per server:
+whole_dag.py) → a fresh database → three pipeline passes (first load,
 unchanged rerun, 1% changed) → the same first load at --memory-check-rows → baselines (COPY, executemany,
 PostgresHook.insert_rows, dlt) → the read API under wrk at full size and at --small-rows → the report
 (bench/results/<date>.md and .png) with a PASS/MISS line per target.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench import api_load, baselines, benchenv, database, inputs, plot, report, targets
+from bench import api_load, baselines, benchenv, database, inputs, plot, report, targets, whole_dag
 from bench.child import REPO, Children, StepFailed
 from bench.pipeline import LOAD_STAGES, STAGES, PassResult, Source, run_pass, served_files
 from sluice_devtools.source_server import SourceServer
@@ -50,6 +51,7 @@ class BenchResults:
     notes: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
     flushed: bool = True  # a CHECKPOINT before each timed step
+    whole_dag: list = field(default_factory=list)  # whole_dag.ServerResult per server
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +80,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--no-checkpoint", action="store_true",
         help="skip the VACUUM (ANALYZE) and CHECKPOINT before each timed step (faster, noisier timings)")
     add("--keep-databases", action="store_true", help="do not drop the run's databases at the end")
+    add("--whole-dag-only", action="store_true",
+        help="only the whole-DAG mode (airflow dags test per server, and its dlt baselines)")
+    add("--no-whole-dag", action="store_true", help="skip the whole-DAG mode")
+    add("--whole-dag-tiny-rows", type=int, default=1000,
+        help="CSV rows of the tiny DAG run whose wall time is Airflow's fixed start-up (default 1,000)")
+    add("--whole-dag-tiny-runs", type=int, default=1,
+        help="tiny DAG runs per server; the fixed start-up is the median of their wall times (default 1)")
+    add("--no-pg15", action="store_true",
+        help="whole DAG on the embedded server only: no BENCH_DATABASE_URL server, no Debian PostgreSQL 15 cluster")
     return parser.parse_args(argv)
 
 
@@ -102,6 +113,37 @@ def new_database(server: database.Server, children: Children, name: str) -> str:
     db = server.create_database(name)
     children.run("apply_schema", {"db": db}, label=f"schema {name}", quiet=True)
     return db
+
+
+def run_whole_dag(args, results: BenchResults, children: Children, stamp: str, csv_input) -> Path | None:
+    """`airflow dags test` passes and dlt's baselines on the embedded server, then on PostgreSQL 15
+    (BENCH_DATABASE_URL's server, else a throwaway cluster from Debian's binaries when they exist)."""
+    python = None
+    if args.no_dlt:
+        results.notes.append("whole DAG: dlt baselines skipped (--no-dlt)")
+    else:
+        python, why = benchenv.ensure(args.work_dir / ".venv-bench", echo=echo)
+        if python is None:
+            results.notes.append(f"whole DAG: dlt could not be installed here, so its baselines are missing: {why}")
+    tiny = inputs.write_csvs(args.work_dir / "inputs", args.whole_dag_tiny_rows, with_variants=False)
+    common = {"children": children, "work_dir": args.work_dir, "stamp": stamp, "csv_input": csv_input,
+              "tiny_input": tiny, "bench_python": python, "tiny_runs": max(1, args.whole_dag_tiny_runs), "echo": echo}
+    servers = [("embedded", lambda: database.Server(args.work_dir / "pg", from_env=False))]
+    if args.no_pg15:
+        results.notes.append("whole DAG: embedded server only (--no-pg15)")
+    elif os.environ.get("BENCH_DATABASE_URL"):
+        servers.append(("bench_database_url", lambda: database.Server(args.work_dir / "pg")))
+    elif database.DEBIAN_PG15.exists():
+        servers.append(("pg15", lambda: database.DebianCluster(args.work_dir / f"pg15-{stamp}")))
+    else:
+        results.notes.append(f"whole DAG: no PostgreSQL 15 ({database.DEBIAN_PG15} missing, no BENCH_DATABASE_URL)")
+    for label, start in servers:
+        server = start()
+        try:
+            results.whole_dag.append(whole_dag.run_server(server, label, **common))
+        finally:
+            server.close(keep_databases=args.keep_databases)
+    return python
 
 
 def run_pipeline(args, results: BenchResults, server, children: Children, stamp: str, csv_input, api_input):
@@ -201,6 +243,27 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
                                              options, children.log_dir / "gunicorn-small.log", echo=echo)
 
 
+def run_stages(args, results: BenchResults, children: Children, stamp: str, csv_input, api_input) -> Path | None:
+    """The stage mode: pipeline passes step by step, the baselines, the read API; returns the bench venv's python."""
+    server = database.Server(args.work_dir / "pg")
+    try:
+        results.server = server.describe()
+        db = run_pipeline(args, results, server, children, stamp, csv_input, api_input)
+        bench_python = run_baselines(args, results, children, db, csv_input)
+        if args.no_api:
+            results.notes.append("read API skipped (--no-api)")
+        else:
+            try:
+                run_api(args, results, server, children, stamp, db)
+            except (StepFailed, RuntimeError, OSError, psycopg.Error, subprocess.SubprocessError) as failure:
+                # keep the minutes of measurements above: report what was measured, and why the rest is missing
+                results.notes.append(f"read API measurement stopped: {str(failure).splitlines()[0]}")
+                echo(f"read API measurement stopped: {failure}")
+    finally:
+        server.close(keep_databases=args.keep_databases)
+    return bench_python
+
+
 def draw_plot(results: BenchResults, bench_python: Path | None, data_path: Path, png_path: Path) -> str:
     sluice = results.passes["first"].seconds("csv", LOAD_STAGES)
     data = {
@@ -234,29 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     echo(f"inputs: {args.rows:,} CSV rows, {args.api_rows:,} API records (in {args.work_dir / 'inputs'})")
     csv_input = inputs.write_csvs(args.work_dir / "inputs", args.rows)
     api_input = inputs.api_records(args.api_rows)
-    server = database.Server(args.work_dir / "pg")
-    try:
-        results.server = server.describe()
-        db = run_pipeline(args, results, server, children, stamp, csv_input, api_input)
-        bench_python = run_baselines(args, results, children, db, csv_input)
-        if args.no_api:
-            results.notes.append("read API skipped (--no-api)")
-        else:
-            try:
-                run_api(args, results, server, children, stamp, db)
-            except (StepFailed, RuntimeError, OSError, psycopg.Error, subprocess.SubprocessError) as failure:
-                # keep the minutes of measurements above: report what was measured, and why the rest is missing
-                results.notes.append(f"read API measurement stopped: {str(failure).splitlines()[0]}")
-                echo(f"read API measurement stopped: {failure}")
-    finally:
-        server.close(keep_databases=args.keep_databases)
+    bench_python = None
+    if not args.no_whole_dag:
+        bench_python = run_whole_dag(args, results, children, stamp, csv_input)
+    if not args.whole_dag_only:
+        bench_python = run_stages(args, results, children, stamp, csv_input, api_input)
     results.wall_seconds = time.monotonic() - wall
     judged = targets.evaluate(results)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"{started:%Y-%m-%d}"
-    how = draw_plot(results, bench_python, children.log_dir / "plot.json", stem.with_suffix(".png"))
-    text = report.render(results, judged, stem.with_suffix(".png").name, how)
+    plot_name, how = None, "no"  # the plot shows the stage mode's passes
+    if results.passes:
+        how = draw_plot(results, bench_python, children.log_dir / "plot.json", stem.with_suffix(".png"))
+        plot_name = stem.with_suffix(".png").name
+    text = report.render(results, judged, plot_name, how)
     stem.with_suffix(".md").write_text(text, encoding="utf-8")
     print("\n" + text, flush=True)
-    echo(f"written: {stem.with_suffix('.md')} and {stem.with_suffix('.png')} ({how} plot); logs in {children.log_dir}")
+    echo(f"written: {stem.with_suffix('.md')}" + (f" and {plot_name} ({how} plot)" if plot_name else "")
+         + f"; logs in {children.log_dir}")
     return 0

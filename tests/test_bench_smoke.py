@@ -1,12 +1,16 @@
-"""The bench harness end to end on 1,000 rows, with its slow parts (dlt, wrk) switched off."""
+"""The bench harness end to end at tiny sizes, with its slow parts (dlt, wrk, PostgreSQL 15) switched off."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
+
+from bench import database
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "store_raw", "normalize", "upsert", "checkpoint", "record_run (all sources)")
@@ -16,7 +20,7 @@ PASSES = ("first load", "unchanged rerun", "1% changed")
 @pytest.mark.slow
 def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
     command = [sys.executable, "-m", "bench", "--rows", "1000", "--api-rows", "200", "--memory-check-rows", "500",
-               "--small-rows", "200", "--no-dlt", "--no-wrk", "--no-checkpoint",
+               "--small-rows", "200", "--no-dlt", "--no-wrk", "--no-checkpoint", "--no-whole-dag",
                "--results-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work")]
     env = {**os.environ, "BENCH_DATABASE_URL": server_url}
     started = time.monotonic()
@@ -45,3 +49,56 @@ def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
     png = next(path for path in results if path.suffix == ".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert elapsed < 30, f"the smoke run took {elapsed:.0f} s"
+
+
+@pytest.mark.slow
+def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
+    """`airflow dags test` four times on the embedded server: every pass, every task, rows written, peak RSS."""
+    # the embedded server's data lives under .sluice/ as the other tests' servers do: pytest's temporary
+    # folders are pruned by concurrent pytest runs, which would pull the data directory from under the server
+    work_dir = REPO / ".sluice" / f"bench-smoke-{os.getpid()}"
+    command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15",
+               "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
+    env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    assert "## Whole DAG: `airflow dags test etl_pipeline`, 2,000 CSV rows + 100 posts" in out
+    header = next(line for line in out.splitlines()
+                  if line.startswith("| pass | wall s | pipeline s | ingest→record_run s |"))
+    for task in ("init_schema", "ingest_api", "ingest_csv", "store_raw", "normalize", "upsert", "checkpoint",
+                 "record_run"):
+        assert f" {task} |" in header
+    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines()
+            if line.startswith(("| tiny", "| first load", "| unchanged rerun", "| 1% changed"))}
+    assert set(rows) == {"tiny (fixed start-up)", "first load", "unchanged rerun", "1% changed"}
+    assert all(line.endswith("| success |") for line in rows.values()), rows
+    # the counts come from each run's etl_runs row: 2,080 new rows, then none, then exactly the 21 changed
+    assert "| 2,080 + 0 |" in rows["first load"] and "| 0 + 0 | 2,080 |" in rows["unchanged rerun"]
+    assert "| 0 + 21 | 2,059 |" in rows["1% changed"]
+    assert "PASS  whole DAG peak RSS at 2,000 rows within 100 MB of 1,000 [embedded]" in out
+    assert "SKIP  whole DAG first load ≤ 1× dlt pyarrow merge + Sluice's indexes (aim 0.67×) [embedded]" in out
+    assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 4
+    assert [path.suffix for path in (tmp_path / "results").iterdir()] == [".md"]
+
+
+@pytest.mark.skipif(not database.DEBIAN_PG15.exists(), reason="no Debian PostgreSQL 15 binaries")
+def test_the_throwaway_postgresql_15_cluster_is_stopped_and_deleted():
+    """The whole DAG's second server: fsync off as #16 measures; close() ends its postmaster and its files."""
+    directory = REPO / ".sluice" / f"bench-pg15-{os.getpid()}"
+    cluster = database.DebianCluster(directory)
+    try:
+        pid = cluster.pid
+        db = cluster.create_database("bench_probe")
+        with psycopg.connect(db) as conn:
+            assert conn.execute("show server_version").fetchone()[0].startswith("15.")
+            assert conn.execute("show fsync").fetchone()[0] == "off"
+    finally:
+        cluster.close(keep_databases=False)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not directory.exists()

