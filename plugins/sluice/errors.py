@@ -15,3 +15,8 @@ class LockTimeout(Exception):
 
 class InvalidSource(ValueError):
     """A source's description is malformed: the message names the source and the field."""
+
+
+class StagedFileMissing(Exception):
+    """A staged file is not where its ingest left it (local staging on another machine, an object deleted or
+    unreadable): the message names the file, the worker that wrote it and the one reading."""
