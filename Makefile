@@ -33,7 +33,7 @@ test: install
 
 # Two Celery workers, Redis, an S3 server and Airflow on loopback (tests/distributed/; minutes, needs root)
 test-distributed: install
-	$(PY) -m pytest tests/distributed
+	$(PY) -m pytest -m distributed -s tests/distributed
 
 # gunicorn.conf.py holds every gunicorn setting (gthread workers, limits); SLUICE_WORKERS, SLUICE_THREADS tune it.
 serve: install
