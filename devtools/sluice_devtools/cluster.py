@@ -97,7 +97,8 @@ class Cluster:
             # only the runs a caller triggers: unpausing must not add the schedule's latest run
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW_CONN_" + S3_CONN_ID.upper(): json.dumps({
-                "conn_type": "aws", "login": "testing", "password": "testing",
+                # moto's S3 takes any key
+                "conn_type": "aws", "login": "testing", "password": "testing",  # nosec B105 # not a secret
                 "extra": {"endpoint_url": self.s3_url, "region_name": "us-east-1"}}),
             "SLUICE_STAGING_URL": self.s3_staging_url,
             **(env or {}),
