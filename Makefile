@@ -3,15 +3,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check
 
-.PHONY: install tools demo test serve up down bench clean
+.PHONY: install tools demo test test-distributed serve up down bench clean
 
 install: $(VENV)/.installed tools
 
 # docker-compose only validates docker-compose.yaml here (tests/test_compose.py); no engine is needed.
+# redis-server is the Celery broker of make test-distributed, started on loopback by the test itself.
 tools:
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null); } || \
 	  echo "warning: docker-compose is missing and could not be installed (needs root); tests/test_compose.py will fail"
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null); } || \
+	  echo "warning: redis-server is missing and could not be installed (needs root); make test-distributed will fail"
 
 # The pinned set (with the build backend), then Sluice and its dev tools editable: every process imports
 # this checkout's code from the venv, no PYTHONPATH. No build isolation, so the build uses the pinned setuptools.
@@ -26,6 +30,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Two Celery workers, Redis, an S3 server and Airflow on loopback (tests/distributed/; minutes, needs root)
+test-distributed: install
+	$(PY) -m pytest -m distributed -s tests/distributed
 
 # gunicorn.conf.py holds every gunicorn setting (gthread workers, limits); SLUICE_WORKERS, SLUICE_THREADS tune it.
 serve: install

@@ -3,6 +3,7 @@ served on 127.0.0.1."""
 
 import io
 import json
+import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -160,7 +161,8 @@ def test_a_third_kind_of_source_is_one_module_that_ingest_uses(database_url, ser
     steps = run_all_steps(database_url, served, tmp_path, config, {"api": SEEDS["api"], "orders": ndjson})
 
     assert steps[1] == results.Ingested("orders", str(tmp_path / "orders.copy"), records=7, pages=1,
-                                        bytes=steps[1].bytes, fetch_seq=steps[1].fetch_seq, kind="ndjson")
+                                        bytes=steps[1].bytes, fetch_seq=steps[1].fetch_seq, kind="ndjson",
+                                        staged_by=socket.getfqdn())
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("select source_id, name, value from normalized_data where source = 'orders'"
                             " order by value").fetchall()

@@ -76,11 +76,24 @@ def staging_dir(run_id: str, config: settings.Settings):
     return ObjectStoragePath(config.staging_url) / staging.run_folder_name(run_id)
 
 
+# Staged files stream through a buffer of this size: an object store gets a multipart upload of parts this
+# big (S3's minimum part is 5 MiB, its maximum count 10,000: files up to 160 GB) and ranged reads of it;
+# s3fs's default of 50 MiB would hold that much of every staged file in a task's memory.
+STAGING_BLOCK_BYTES = 16 * 1024 * 1024
+
+
 def open_staged(uri: str, mode: str):
     """The pipeline's Opener for SLUICE_STAGING_URL: any scheme ObjectStoragePath knows (file, s3, ...)."""
     from airflow.sdk import ObjectStoragePath
 
-    return ObjectStoragePath(uri).open(mode)
+    return ObjectStoragePath(uri).open(mode, block_size=STAGING_BLOCK_BYTES)
+
+
+def worker_name() -> str:
+    """This worker's name as Airflow records it on task instances (core.hostname_callable)."""
+    from airflow.utils.net import get_hostname
+
+    return get_hostname()
 
 
 def sweep_staging(run_id: str, config: settings.Settings) -> None:
@@ -133,7 +146,7 @@ def ingest(entry: dict, params: dict, run_id: str) -> dict:
     target.parent.mkdir(parents=True, exist_ok=True)
     with warehouse() as conn:
         return pipeline.ingest(conn, source, session, url, str(target), open_staged, run_id=run_id, settings=config,
-                               full_refresh=bool(params.get("full_refresh"))).to_xcom()
+                               full_refresh=bool(params.get("full_refresh")), worker=worker_name()).to_xcom()
 
 
 @reports_error
@@ -146,7 +159,8 @@ def store_raw(ingested: list, run_id: str) -> dict:
     # a source whose ingest failed has no result; a kind without sources has none at all
     staged = [Ingested.from_xcom(result) for results in ingested for result in (results or []) if result]
     with warehouse() as conn:
-        return pipeline.store_raw(conn, staged, open_staged, run_id=run_id, settings=config).to_xcom()
+        return pipeline.store_raw(conn, staged, open_staged, run_id=run_id, settings=config,
+                                  worker=worker_name()).to_xcom()
 
 
 @reports_error

@@ -25,3 +25,8 @@ class InvalidSource(ValueError):
 class DeleteRefused(SluiceError):
     """A read would soft-delete more of a source's live rows than SLUICE_MAX_DELETE_FRACTION allows: raised
     inside the source's upsert transaction, so nothing of that source's upsert commits."""
+
+
+class StagedFileMissing(SluiceError):
+    """A staged file is not where its ingest left it (local staging on another machine, an object deleted or
+    unreadable): the message names the file, the worker that wrote it and the one reading."""

@@ -10,12 +10,13 @@ with open_local, an object store through the caller's own opener.
 """
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import BinaryIO, ContextManager
 
 from sluice import progress, runs, staging, warehouse
-from sluice.errors import DeleteRefused
+from sluice.errors import DeleteRefused, StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import (Checkpointed, Ingested, Normalized, Recorded, SourceCheckpoint, SourceNormalized,
                             SourceStored, SourceUpserted, Stored, Upserted)
@@ -42,11 +43,12 @@ def init_schema(conn, *, settings: Settings) -> Changes:
 
 
 def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: Opener = open_local, *,
-           run_id: str, settings: Settings, full_refresh: bool = False) -> Ingested:
+           run_id: str, settings: Settings, full_refresh: bool = False, worker: str | None = None) -> Ingested:
     """Fetch one source and stage its records at staged_uri (created or replaced); never rows in the result.
 
     The source's kind module reads it (Source.reader); an incremental source (since_param) asks for the
-    records from its checkpoint on, unless full_refresh."""
+    records from its checkpoint on, unless full_refresh. worker names this machine in the result (default:
+    its fully qualified host name), so a store_raw elsewhere that cannot find the file says who wrote it."""
     # taken before reading: store_raw never lets a batch replace what a later fetch stored
     fetch_seq = warehouse.next_fetch_seq(conn)
     since = warehouse.read_checkpoint(conn, source.name) if source.since_param and not full_refresh else None
@@ -54,23 +56,41 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
                            workdir=staging.download_dir(run_id))
     with open_file(staged_uri, "wb") as out:
         counts = source.reader().stage(source, request, out)
-    return Ingested.of(counts, fetch_seq, source.kind)
+    return Ingested.of(counts, fetch_seq, source.kind, staged_by=worker or socket.getfqdn())
 
 
 def store_raw(conn, ingested: Iterable[Ingested], open_file: Opener = open_local, *, run_id: str,
-              settings: Settings) -> Stored:
+              settings: Settings, worker: str | None = None) -> Stored:
     """Load every ingested source's staged file into its raw table (the sources that failed to ingest are not
-    given); fails when there is none."""
+    given); fails when there is none, or when a staged file cannot be opened here (worker: this machine's
+    name for that error, default its fully qualified host name)."""
     ingested = list(ingested)
     if not ingested:
         raise RuntimeError("no source was ingested; nothing to store (see the ingest tasks' errors)")
     stored = {}
     for result in ingested:
-        with open_file(result.uri, "rb") as file:
+        with open_staged(open_file, result, worker or socket.getfqdn()) as file:
             stored[result.source] = SourceStored(**warehouse.store_raw(
                 conn, result.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
                 fetch_seq=result.fetch_seq, index_build_memory=settings.index_build_memory, kind=result.kind))
     return Stored(stored)
+
+
+def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextManager[BinaryIO]:
+    """Open a source's staged file for reading, or fail naming it and both workers: a local file written on
+    another machine is not here (local staging needs one machine), an object store's may be gone."""
+    try:
+        return open_file(result.uri, "rb")
+    except OSError as exc:
+        writer = result.staged_by or "an unknown worker"
+        if "://" not in result.uri or result.uri.startswith("file://"):
+            raise StagedFileMissing(
+                f"{result.source}: the staged file {result.uri} is not on this worker ({worker}); {writer} wrote "
+                f"it. Local staging (SLUICE_STAGING_URL) needs every task on one machine: stage to an object "
+                f"store (s3://...) when tasks run on several workers ({type(exc).__name__}: {exc})") from exc
+        raise StagedFileMissing(
+            f"{result.source}: the staged object {result.uri} cannot be read on {worker}; {writer} wrote it "
+            f"({type(exc).__name__}: {exc})") from exc
 
 
 def normalize(conn, stored: Stored, sources: Mapping[str, Source], *, run_id: str, settings: Settings,

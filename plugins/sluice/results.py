@@ -23,10 +23,13 @@ class Ingested(StageCounts):
     # the source's kind, which names its raw table; None for a result of a release before named sources,
     # whose sources were named after their kinds
     kind: str | None = None
+    # the worker (host name) that wrote the staged file: store_raw's error names it when the file is not found
+    staged_by: str | None = None
 
     @classmethod
-    def of(cls, counts: StageCounts, fetch_seq: int | None, kind: str | None = None) -> "Ingested":
-        return cls(**asdict(counts), fetch_seq=fetch_seq, kind=kind)
+    def of(cls, counts: StageCounts, fetch_seq: int | None, kind: str | None = None,
+           staged_by: str | None = None) -> "Ingested":
+        return cls(**asdict(counts), fetch_seq=fetch_seq, kind=kind, staged_by=staged_by)
 
     @property
     def fetched(self) -> int:
