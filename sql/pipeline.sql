@@ -232,20 +232,10 @@ select coalesce((select raw_fetch_seq = %(fetch_seq)s from etl_checkpoint where 
        (select count(*) from rejected_records
         where run_id = %(run_id)s and source = %(source)s and stage = 'store_raw' and source_id is null);
 
--- name: count_missing
--- the source's live rows whose record this run's read did not contain: neither staged nor quarantined (a
--- bad record is still at the source). Hash anti-joins of whole sets; keep in step with soft_delete_missing.
-select count(*)
-from normalized_data n
-where n.source = %(source)s and n.deleted_at is null
-  and not exists (select 1 from staged_records s
-                  where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = n.source_id)
-  and not exists (select 1 from rejected_records r
-                  where r.run_id = %(run_id)s and r.source = %(source)s and r.source_id = n.source_id);
-
 -- name: soft_delete_missing
--- the rows count_missing counts are soft-deleted; updated_at moves, so a client syncing by updated_since
--- sees the tombstone (with include_deleted=true)
+-- the source's live rows whose record this run's read did not contain: neither staged nor quarantined (a bad
+-- record is still at the source); hash anti-joins of whole sets. updated_at moves, so a client syncing by
+-- updated_since sees the tombstone (with include_deleted=true)
 update normalized_data n
 set deleted_at = now(), deleted_run_id = %(run_id)s, updated_at = now()
 where n.source = %(source)s and n.deleted_at is null

@@ -315,13 +315,13 @@ def _sync_deletes(conn, keys: dict, *, raw_written_since: bool, deletes_missing:
                "cannot tell which rows are gone")
         log.warning("%s: no deletes: %s", source, why)
         return 0, undeleted, why
-    (missing,) = _count(conn, "count_missing", keys)
-    if missing > max_fraction * live_before:
+    # one pass: deleting and counting; the source's transaction rolls the deletes back when the guard refuses
+    deleted = conn.execute(q("soft_delete_missing"), keys).rowcount
+    if deleted > max_fraction * live_before:
         raise DeleteRefused(
-            f"{source}: the read would delete {progress.count(missing)} of {progress.count(live_before)} live rows "
-            f"({missing / live_before:.0%}), more than SLUICE_MAX_DELETE_FRACTION {max_fraction:g}; nothing was "
+            f"{source}: the read would delete {progress.count(deleted)} of {progress.count(live_before)} live rows "
+            f"({deleted / live_before:.0%}), more than SLUICE_MAX_DELETE_FRACTION {max_fraction:g}; nothing was "
             "deleted")
-    deleted = conn.execute(q("soft_delete_missing"), keys).rowcount if missing else 0
     return deleted, undeleted, ""
 
 
