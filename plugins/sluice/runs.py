@@ -1,10 +1,12 @@
 """The etl_runs record: what one run fetched, wrote and rejected per source, and why it failed."""
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from sluice import progress, queries
@@ -16,6 +18,10 @@ from sluice.results import Ingested, Normalized, Stored, Upserted
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
 
 log = logging.getLogger(__name__)
+
+# how long record_run waits for the work tables' lock before deleting its rows one by one instead: longer than
+# PostgreSQL's deadlock_timeout (1 s), after which an autovacuum of the tables that blocks the lock cancels itself
+WORK_LOCK_TIMEOUT_SECONDS = 3
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ def record(conn, outcome: RunOutcome) -> int:
     per_source = outcome.source_counts()
     totals = {name: sum(counts[name] for counts in per_source.values()) for name in COUNTS}
     with conn.transaction():
+        # first: its table lock must not wait while this transaction holds row locks another run may want
+        _delete_work(conn, outcome.run_id)
         (row_id,) = conn.execute(queries.query("pipeline.sql", "record_run"), {
             "run_id": outcome.run_id,
             "run_type": outcome.run_type,
@@ -137,9 +145,39 @@ def record(conn, outcome: RunOutcome) -> int:
             "source_counts": Jsonb(per_source),
             **totals,
         }).fetchone()
-        conn.execute(queries.query("pipeline.sql", "delete_run_work"), {"run_id": outcome.run_id})
     problems = outcome.error_lines()
     failed = f" ({len(problems)} tasks or sources failed, see etl_runs.error_message)" if problems else ""
     log.info("run %s recorded as %s%s in etl_runs (id %d): %s", outcome.run_id, outcome.status, failed, row_id,
              ", ".join(f"{progress.count(totals[name])} {name}" for name in COUNTS))
     return row_id
+
+
+def _delete_work(conn, run_id: str) -> None:
+    """Delete the run's rows of the work tables with its transaction: when no other run has any, by emptying the
+    tables whole (a truncate, constant cost), decided under their lock; otherwise row by row."""
+    q = functools.partial(queries.query, "pipeline.sql")
+    keys = {"run_id": run_id}
+    if not conn.execute(q("other_runs_at_work"), keys).fetchone()[0] and _lock_work_tables(conn):
+        # under the lock no other run's transaction is writing them; ask again, it may have committed meanwhile
+        if not conn.execute(q("other_runs_at_work"), keys).fetchone()[0]:
+            conn.execute(q("truncate_work"))
+            conn.execute(q("delete_run_steps"), keys)
+            return
+    conn.execute(q("delete_run_work"), keys)
+    conn.execute(q("delete_run_steps"), keys)
+
+
+def _lock_work_tables(conn) -> bool:
+    """Lock the work tables, waiting at most WORK_LOCK_TIMEOUT; False when another transaction keeps them longer
+    (a run working on its rows: they are then deleted row by row, and record_run never waits long)."""
+    q = functools.partial(queries.query, "pipeline.sql")
+    try:
+        with conn.transaction():
+            conn.execute(q("set_lock_timeout"), {"timeout": f"{int(WORK_LOCK_TIMEOUT_SECONDS * 1000)}ms"})
+            conn.execute(q("lock_work_tables"))
+    except psycopg.errors.LockNotAvailable:
+        log.info("the work tables are in use by another transaction; this run's rows are deleted row by row")
+        return False
+    finally:
+        conn.execute(q("set_lock_timeout"), {"timeout": "0"})
+    return True
