@@ -175,6 +175,19 @@ def test_the_checkpoint_advances_to_the_id_store_raw_recorded_without_reading_th
     assert advanced["last_processed_id"] == "120"
 
 
+def test_a_store_raw_result_recorded_before_last_id_has_the_checkpoint_find_it_in_the_staged_records(
+        database_url, tmp_path):
+    # a run upgraded between its store_raw and its checkpoint: its recorded result has no last_id
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__a", 120)
+        conn.execute("update etl_step_results set result = result - 'last_id' where step = 'store_raw'")
+        conn.commit()
+        advanced = warehouse.advance_checkpoint(conn, "csv", run_id="manual__a", processed=120,
+                                                lock_timeout_seconds=5)
+
+    assert advanced["last_processed_id"] == "120"
+
+
 def work_files(conn) -> tuple:
     """The files of the work tables: a truncate gives each a new one, a delete keeps them."""
     return conn.execute("select pg_relation_filenode('staged_records'), pg_relation_filenode('normalized_stage')"
