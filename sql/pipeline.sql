@@ -349,6 +349,21 @@ on conflict (source) do update
         last_error_run_id = coalesce(excluded.last_error_run_id, c.last_error_run_id),
         last_error_at = coalesce(excluded.last_error_at, c.last_error_at);
 
+-- name: sweep_abandoned_steps
+-- the step results of other runs whose newest one is older than the retention: runs killed, or marked failed by
+-- hand, before their record_run. Only their older results are read (by created_at's index, nothing when there
+-- are none); their work rows go with this run's (delete_run_work, or the truncate).
+with abandoned as (
+    select run_id from etl_step_results
+    where run_id in (select run_id from etl_step_results where created_at < now() - %(retention)s)
+      and run_id <> %(run_id)s
+    group by run_id
+    having max(created_at) < now() - %(retention)s
+), swept as (
+    delete from etl_step_results s using abandoned a where s.run_id = a.run_id returning s.run_id, s.created_at
+)
+select run_id, max(created_at) from swept group by run_id order by run_id;
+
 -- name: other_runs_at_work
 -- whether another run has work rows: every run that wrote staged_records (and so normalized_stage) recorded
 -- its store_raw result in the same transaction, and record_run deletes both together
@@ -360,13 +375,14 @@ select exists (select 1 from etl_step_results where run_id <> %(run_id)s);
 lock table staged_records, normalized_stage in access exclusive mode;
 
 -- name: truncate_work
--- the work tables hold only this run's rows: emptied whole, at no cost per row
+-- the work tables hold only this run's rows (and abandoned runs'): emptied whole, at no cost per row
 truncate staged_records, normalized_stage;
 
 -- name: delete_run_work
--- other runs have rows in the work tables: only this run's go, by a scan of each table
-with staged as (delete from staged_records where run_id = %(run_id)s)
-delete from normalized_stage where run_id = %(run_id)s;
+-- other runs have rows in the work tables: only the rows of run_ids (this run's, and abandoned runs') go, by
+-- a scan of each table
+with staged as (delete from staged_records where run_id = any(%(run_ids)s))
+delete from normalized_stage where run_id = any(%(run_ids)s);
 
 -- name: delete_run_steps
 delete from etl_step_results where run_id = %(run_id)s;

@@ -242,3 +242,54 @@ def test_record_run_deletes_its_rows_one_by_one_when_another_transaction_keeps_t
         reader.rollback()
 
     assert left == 0 and after == before
+
+
+def age_steps(conn, run_id: str, hours: float, step: str | None = None) -> None:
+    """Date the run's step results (or one step's) `hours` back, as a run abandoned that long ago left them."""
+    conn.execute("update etl_step_results set created_at = now() - make_interval(secs => %s * 3600)"
+                 " where run_id = %s and (%s::text is null or step = %s)", (hours, run_id, step, step))
+    conn.commit()
+
+
+def test_record_run_sweeps_the_work_rows_of_runs_abandoned_before_the_retention_and_truncates(
+        database_url, tmp_path, caplog):
+    # a run killed (or marked failed by hand) before its record_run left its rows behind: every later record_run
+    # deleted row by row. Once its newest step result is older than the retention, its rows go and the next
+    # record_run, alone again, truncates
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__killed", 40)
+        warehouse.store_raw(conn, "csv", staged_csv(tmp_path, "manual__dropped", 30), run_id="manual__dropped",
+                            lock_timeout_seconds=5)
+        age_steps(conn, "manual__killed", 25)
+        age_steps(conn, "manual__dropped", 100)
+        load(conn, tmp_path, "manual__a", 50)
+        before = work_files(conn)
+        with caplog.at_level("INFO", logger="sluice.runs"):
+            runs.record(conn, runs.RunOutcome(run_id="manual__a", run_type="manual",
+                                              started_at=dt.datetime.now(dt.timezone.utc)), retention_hours=24)
+        after = work_files(conn)
+        left = conn.execute("select (select count(*) from staged_records) + (select count(*) from normalized_stage)"
+                            " + (select count(*) from etl_step_results)").fetchone()[0]
+
+    assert left == 0
+    assert after[0] != before[0] and after[1] != before[1]
+    assert "swept the work rows of 2 runs abandoned more than 24 h ago: manual__dropped (last step result " \
+        in caplog.text and "manual__killed (last step result " in caplog.text
+
+
+def test_a_run_whose_newest_step_result_is_within_the_retention_keeps_its_work_rows(database_url, tmp_path):
+    # a run retried or cleared within the retention may still need its rows: record_run deletes only its own
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__b", 60)
+        age_steps(conn, "manual__b", 23)
+        age_steps(conn, "manual__b", 30, step="store_raw")  # older, but not its newest
+        load(conn, tmp_path, "manual__a", 50)
+        before = work_files(conn)
+        runs.record(conn, runs.RunOutcome(run_id="manual__a", run_type="manual",
+                                          started_at=dt.datetime.now(dt.timezone.utc)), retention_hours=24)
+        left = dict(conn.execute("select run_id, count(*) from staged_records group by 1").fetchall())
+        steps = {row[0] for row in conn.execute("select run_id from etl_step_results")}
+        after = work_files(conn)
+
+    assert left == {"manual__b": 60} and steps == {"manual__b"}
+    assert after == before
