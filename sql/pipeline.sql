@@ -135,6 +135,17 @@ analyze normalized_stage;
 -- name: count_staged
 select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s;
 
+-- name: staged_summary
+-- the run's staged records left after quarantine, and the highest id among them (numeric order when ids
+-- are integers), which its checkpoint advances to: one pass over rows store_raw reads anyway, so the
+-- checkpoint never rescans them. Digits are checked with ltrim, not a regular expression (several times
+-- cheaper per row); up to 30 digits, as sluice_later_id compares.
+select count(*),
+       coalesce(max(source_id::numeric) filter (where ltrim(source_id, '0123456789') = ''
+                                                  and length(source_id) between 1 and 30)::text,
+                max(source_id))
+from staged_records where run_id = %(run_id)s and source = %(source)s;
+
 -- name: delete_normalized_stage
 delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 
@@ -272,18 +283,18 @@ select (select count(*) from normalized_stage where run_id = %(run_id)s and sour
 select last_processed_id, last_processed_at, total_processed, row_count, last_run_id
 from etl_checkpoint where source = %(source)s;
 
+-- name: staged_last_id
+-- the highest staged id of the run, for a store_raw result recorded by a release before staged_summary
+-- (a run upgraded between its tasks): a scan of the run's staged records
+select coalesce(max(source_id::numeric) filter (where source_id ~ '^[0-9]{1,30}$')::text, max(source_id))
+from staged_records where run_id = %(run_id)s and source = %(source)s;
+
 -- name: advance_checkpoint
--- the highest id this run committed (numeric order when ids are integers); a retried task returns its
--- recorded step result instead (warehouse.advance_checkpoint). The position only moves forward, so a run
--- finishing after a newer one cannot take it back; a full refresh read the source whole and sets it.
-with batch as (
-    select coalesce(max(source_id::numeric) filter (where source_id ~ '^[0-9]{1,30}$')::text,
-                    max(source_id)) as last_id
-    from staged_records
-    where run_id = %(run_id)s and source = %(source)s
-)
+-- last_id: the highest id this run committed, as store_raw recorded it (staged_summary); a retried task
+-- returns its recorded step result instead (warehouse.advance_checkpoint). The position only moves forward,
+-- so a run finishing after a newer one cannot take it back; a full refresh read the source whole and sets it.
 insert into etl_checkpoint as c (source, last_processed_id, last_processed_at, total_processed, last_run_id)
-select %(source)s, batch.last_id, now(), %(processed)s, %(run_id)s from batch
+values (%(source)s, %(last_id)s, now(), %(processed)s, %(run_id)s)
 on conflict (source) do update
     set last_processed_id = case when %(full_refresh)s then coalesce(excluded.last_processed_id, c.last_processed_id)
                                  else sluice_later_id(c.last_processed_id, excluded.last_processed_id) end,
@@ -338,10 +349,43 @@ on conflict (source) do update
         last_error_run_id = coalesce(excluded.last_error_run_id, c.last_error_run_id),
         last_error_at = coalesce(excluded.last_error_at, c.last_error_at);
 
+-- name: sweep_abandoned_steps
+-- the step results of other runs whose newest one is older than the retention: runs killed, or marked failed by
+-- hand, before their record_run. Only their older results are read (by created_at's index, nothing when there
+-- are none); their work rows go with this run's (delete_run_work, or the truncate).
+with abandoned as (
+    select run_id from etl_step_results
+    where run_id in (select run_id from etl_step_results where created_at < now() - %(retention)s)
+      and run_id <> %(run_id)s
+    group by run_id
+    having max(created_at) < now() - %(retention)s
+), swept as (
+    delete from etl_step_results s using abandoned a where s.run_id = a.run_id returning s.run_id, s.created_at
+)
+select run_id, max(created_at) from swept group by run_id order by run_id;
+
+-- name: other_runs_at_work
+-- whether another run has work rows: every run that wrote staged_records (and so normalized_stage) recorded
+-- its store_raw result in the same transaction, and record_run deletes both together
+select exists (select 1 from etl_step_results where run_id <> %(run_id)s);
+
+-- name: lock_work_tables
+-- waits for every transaction that reads or writes the work tables, so other_runs_at_work, asked again under
+-- it, sees every run whose rows they hold
+lock table staged_records, normalized_stage in access exclusive mode;
+
+-- name: truncate_work
+-- the work tables hold only this run's rows (and abandoned runs'): emptied whole, at no cost per row
+truncate staged_records, normalized_stage;
+
 -- name: delete_run_work
-with staged as (delete from staged_records where run_id = %(run_id)s),
-     steps as (delete from etl_step_results where run_id = %(run_id)s)
-delete from normalized_stage where run_id = %(run_id)s;
+-- other runs have rows in the work tables: only the rows of run_ids (this run's, and abandoned runs') go, by
+-- a scan of each table
+with staged as (delete from staged_records where run_id = any(%(run_ids)s))
+delete from normalized_stage where run_id = any(%(run_ids)s);
+
+-- name: delete_run_steps
+delete from etl_step_results where run_id = %(run_id)s;
 
 -- name: recorded_step
 select result from etl_step_results where run_id = %(run_id)s and source = %(source)s and step = %(step)s;

@@ -1,11 +1,12 @@
 """Warehouse steps called directly against real Postgres: the bulk path of upsert and the run counts."""
 
+import datetime as dt
 import io
 
 import psycopg
 import pytest
 
-from sluice import csv_source, rules, settings, warehouse
+from sluice import csv_source, rules, runs, settings, warehouse
 from sluice_devtools import sample_data
 
 MAPPING = settings.DEFAULT_CSV_MAPPING
@@ -158,3 +159,137 @@ def test_renormalizing_every_row_of_an_unchanged_warehouse_keeps_the_indexes_in_
         assert counts["inserted"] == 0
         assert counts["updated"] == (500 if renormalize == "mapping change" else 0)
         assert index_files(conn) == before and len(before) >= 5
+
+
+def test_the_checkpoint_advances_to_the_id_store_raw_recorded_without_reading_the_staged_records(
+        database_url, tmp_path):
+    # #16: the checkpoint cost a scan of the run's staged records (2.2 s at 1M rows); store_raw, which reads them
+    # anyway, records their highest id (numeric order: 120, not "99") and the checkpoint reads only that
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__a", 120)
+        conn.execute("delete from staged_records where run_id = 'manual__a'")
+        conn.commit()
+        advanced = warehouse.advance_checkpoint(conn, "csv", run_id="manual__a", processed=120,
+                                                lock_timeout_seconds=5)
+
+    assert advanced["last_processed_id"] == "120"
+
+
+def test_a_store_raw_result_recorded_before_last_id_has_the_checkpoint_find_it_in_the_staged_records(
+        database_url, tmp_path):
+    # a run upgraded between its store_raw and its checkpoint: its recorded result has no last_id
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__a", 120)
+        conn.execute("update etl_step_results set result = result - 'last_id' where step = 'store_raw'")
+        conn.commit()
+        advanced = warehouse.advance_checkpoint(conn, "csv", run_id="manual__a", processed=120,
+                                                lock_timeout_seconds=5)
+
+    assert advanced["last_processed_id"] == "120"
+
+
+def work_files(conn) -> tuple:
+    """The files of the work tables: a truncate gives each a new one, a delete keeps them."""
+    return conn.execute("select pg_relation_filenode('staged_records'), pg_relation_filenode('normalized_stage')"
+                        ).fetchone()
+
+
+def record(conn, run_id: str) -> None:
+    runs.record(conn, runs.RunOutcome(run_id=run_id, run_type="manual", started_at=dt.datetime.now(dt.timezone.utc)))
+
+
+def test_record_run_empties_the_work_tables_whole_when_no_other_run_has_rows_there(database_url, tmp_path):
+    # #16: deleting a million work rows cost record_run 1.6 s; alone in the tables, the run's rows go by a
+    # truncate (new files), whose cost does not grow with them
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__a", 50)
+        before = work_files(conn)
+        record(conn, "manual__a")
+        after = work_files(conn)
+        left = conn.execute("select (select count(*) from staged_records) + (select count(*) from normalized_stage)"
+                            " + (select count(*) from etl_step_results)").fetchone()[0]
+
+    assert left == 0
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_record_run_deletes_only_its_own_work_rows_while_another_run_has_some(database_url, tmp_path):
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__a", 50)
+        warehouse.store_raw(conn, "csv", staged_csv(tmp_path, "manual__b", 60), run_id="manual__b",
+                            lock_timeout_seconds=5)
+        before = work_files(conn)
+        record(conn, "manual__a")
+        left = dict(conn.execute("select run_id, count(*) from staged_records group by 1").fetchall())
+        steps = {row[0] for row in conn.execute("select run_id from etl_step_results")}
+        after = work_files(conn)
+
+    assert left == {"manual__b": 60} and steps == {"manual__b"}
+    assert after == before
+
+
+def test_record_run_deletes_its_rows_one_by_one_when_another_transaction_keeps_the_work_tables(
+        database_url, tmp_path, monkeypatch):
+    # a transaction of another run reading the work tables is not waited for long: record_run deletes instead
+    monkeypatch.setattr(runs, "WORK_LOCK_TIMEOUT_SECONDS", 0.2)
+    with psycopg.connect(database_url) as conn, psycopg.connect(database_url) as reader:
+        load(conn, tmp_path, "manual__a", 50)
+        reader.execute("select count(*) from staged_records").fetchone()  # its transaction stays open
+        before = work_files(conn)
+        record(conn, "manual__a")
+        left = conn.execute("select count(*) from staged_records").fetchone()[0]
+        after = work_files(conn)
+        reader.rollback()
+
+    assert left == 0 and after == before
+
+
+def age_steps(conn, run_id: str, hours: float, step: str | None = None) -> None:
+    """Date the run's step results (or one step's) `hours` back, as a run abandoned that long ago left them."""
+    conn.execute("update etl_step_results set created_at = now() - make_interval(secs => %s * 3600)"
+                 " where run_id = %s and (%s::text is null or step = %s)", (hours, run_id, step, step))
+    conn.commit()
+
+
+def test_record_run_sweeps_the_work_rows_of_runs_abandoned_before_the_retention_and_truncates(
+        database_url, tmp_path, caplog):
+    # a run killed (or marked failed by hand) before its record_run left its rows behind: every later record_run
+    # deleted row by row. Once its newest step result is older than the retention, its rows go and the next
+    # record_run, alone again, truncates
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__killed", 40)
+        warehouse.store_raw(conn, "csv", staged_csv(tmp_path, "manual__dropped", 30), run_id="manual__dropped",
+                            lock_timeout_seconds=5)
+        age_steps(conn, "manual__killed", 25)
+        age_steps(conn, "manual__dropped", 100)
+        load(conn, tmp_path, "manual__a", 50)
+        before = work_files(conn)
+        with caplog.at_level("INFO", logger="sluice.runs"):
+            runs.record(conn, runs.RunOutcome(run_id="manual__a", run_type="manual",
+                                              started_at=dt.datetime.now(dt.timezone.utc)), retention_hours=24)
+        after = work_files(conn)
+        left = conn.execute("select (select count(*) from staged_records) + (select count(*) from normalized_stage)"
+                            " + (select count(*) from etl_step_results)").fetchone()[0]
+
+    assert left == 0
+    assert after[0] != before[0] and after[1] != before[1]
+    assert "swept the work rows of 2 runs abandoned more than 24 h ago: manual__dropped (last step result " \
+        in caplog.text and "manual__killed (last step result " in caplog.text
+
+
+def test_a_run_whose_newest_step_result_is_within_the_retention_keeps_its_work_rows(database_url, tmp_path):
+    # a run retried or cleared within the retention may still need its rows: record_run deletes only its own
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__b", 60)
+        age_steps(conn, "manual__b", 23)
+        age_steps(conn, "manual__b", 30, step="store_raw")  # older, but not its newest
+        load(conn, tmp_path, "manual__a", 50)
+        before = work_files(conn)
+        runs.record(conn, runs.RunOutcome(run_id="manual__a", run_type="manual",
+                                          started_at=dt.datetime.now(dt.timezone.utc)), retention_hours=24)
+        left = dict(conn.execute("select run_id, count(*) from staged_records group by 1").fetchall())
+        steps = {row[0] for row in conn.execute("select run_id from etl_step_results")}
+        after = work_files(conn)
+
+    assert left == {"manual__b": 60} and steps == {"manual__b"}
+    assert after == before

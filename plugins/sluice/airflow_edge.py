@@ -248,9 +248,9 @@ def record_run(context) -> dict:
         errors=errors,
         failed_sources=failed_sources,
     )
-    with warehouse() as conn:
-        recorded = pipeline.record_run(conn, outcome)
     config = settings.load()
+    with warehouse() as conn:
+        recorded = pipeline.record_run(conn, outcome, retention_hours=config.staging_retention_hours)
     # a failed run's staged files stay for a look until the retention passes; this sweep removes older ones
     sweep_staging(ti.run_id, config)
     if outcome.status == "failed":

@@ -1,13 +1,15 @@
 """The etl_runs record: what one run fetched, wrote and rejected per source, and why it failed."""
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
+import psycopg
 from psycopg.types.json import Jsonb
 
-from sluice import progress, queries
+from sluice import progress, queries, settings
 from sluice.redact import redact
 from sluice.results import Ingested, Normalized, Stored, Upserted
 
@@ -16,6 +18,10 @@ from sluice.results import Ingested, Normalized, Stored, Upserted
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
 
 log = logging.getLogger(__name__)
+
+# how long record_run waits for the work tables' lock before deleting its rows one by one instead: longer than
+# PostgreSQL's deadlock_timeout (1 s), after which an autovacuum of the tables that blocks the lock cancels itself
+WORK_LOCK_TIMEOUT_SECONDS = 3
 
 
 @dataclass(frozen=True)
@@ -120,11 +126,17 @@ class RunOutcome:
         return "failed" if self.errors or self.failed_sources else "success"
 
 
-def record(conn, outcome: RunOutcome) -> int:
-    """Write (or rewrite, for a cleared and re-run run) the run's etl_runs row; returns its id."""
+def record(conn, outcome: RunOutcome, *, retention_hours: float | None = None) -> int:
+    """Write (or rewrite, for a cleared and re-run run) the run's etl_runs row; returns its id. The work rows of
+    runs abandoned more than retention_hours ago (SLUICE_STAGING_RETENTION_HOURS by default) go with its own."""
+    if retention_hours is None:
+        retention_hours = settings.load().staging_retention_hours
     per_source = outcome.source_counts()
     totals = {name: sum(counts[name] for counts in per_source.values()) for name in COUNTS}
     with conn.transaction():
+        # first: its table lock must not wait while this transaction holds row locks another run may want
+        # (the sweep's are on abandoned runs' step results, which no run wants)
+        _delete_work(conn, outcome.run_id, retention_hours)
         (row_id,) = conn.execute(queries.query("pipeline.sql", "record_run"), {
             "run_id": outcome.run_id,
             "run_type": outcome.run_type,
@@ -137,9 +149,52 @@ def record(conn, outcome: RunOutcome) -> int:
             "source_counts": Jsonb(per_source),
             **totals,
         }).fetchone()
-        conn.execute(queries.query("pipeline.sql", "delete_run_work"), {"run_id": outcome.run_id})
     problems = outcome.error_lines()
     failed = f" ({len(problems)} tasks or sources failed, see etl_runs.error_message)" if problems else ""
     log.info("run %s recorded as %s%s in etl_runs (id %d): %s", outcome.run_id, outcome.status, failed, row_id,
              ", ".join(f"{progress.count(totals[name])} {name}" for name in COUNTS))
     return row_id
+
+
+def _delete_work(conn, run_id: str, retention_hours: float) -> None:
+    """Delete the run's rows of the work tables, and abandoned runs', with its transaction: when no other run has
+    any, by emptying the tables whole (a truncate, constant cost), decided under their lock; otherwise row by row."""
+    q = functools.partial(queries.query, "pipeline.sql")
+    keys = {"run_id": run_id}
+    abandoned = _sweep_abandoned_steps(conn, run_id, retention_hours)
+    if not conn.execute(q("other_runs_at_work"), keys).fetchone()[0] and _lock_work_tables(conn):
+        # under the lock no other run's transaction is writing them; ask again, it may have committed meanwhile
+        if not conn.execute(q("other_runs_at_work"), keys).fetchone()[0]:
+            conn.execute(q("truncate_work"))
+            conn.execute(q("delete_run_steps"), keys)
+            return
+    conn.execute(q("delete_run_work"), {"run_ids": [run_id, *abandoned]})
+    conn.execute(q("delete_run_steps"), keys)
+
+
+def _sweep_abandoned_steps(conn, run_id: str, retention_hours: float) -> list[str]:
+    """Delete the step results of runs whose newest one is older than the retention (killed, or marked failed by
+    hand, before their record_run); returns those runs, whose work rows the caller deletes. A retried or cleared
+    run within the retention keeps its rows."""
+    swept = conn.execute(queries.query("pipeline.sql", "sweep_abandoned_steps"),
+                         {"run_id": run_id, "retention": timedelta(hours=retention_hours)}).fetchall()
+    if swept:
+        log.info("swept the work rows of %d runs abandoned more than %g h ago: %s", len(swept), retention_hours,
+                 ", ".join(f"{abandoned} (last step result {at.astimezone(timezone.utc):%Y-%m-%d %H:%M %Z})" for abandoned, at in swept))
+    return [abandoned for abandoned, _ in swept]
+
+
+def _lock_work_tables(conn) -> bool:
+    """Lock the work tables, waiting at most WORK_LOCK_TIMEOUT; False when another transaction keeps them longer
+    (a run working on its rows: they are then deleted row by row, and record_run never waits long)."""
+    q = functools.partial(queries.query, "pipeline.sql")
+    try:
+        with conn.transaction():
+            conn.execute(q("set_lock_timeout"), {"timeout": f"{int(WORK_LOCK_TIMEOUT_SECONDS * 1000)}ms"})
+            conn.execute(q("lock_work_tables"))
+    except psycopg.errors.LockNotAvailable:
+        log.info("the work tables are in use by another transaction; this run's rows are deleted row by row")
+        return False
+    finally:
+        conn.execute(q("set_lock_timeout"), {"timeout": "0"})
+    return True

@@ -95,6 +95,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     with source_transaction(conn, source, lock_timeout_seconds):
         recorded = _recorded_result(conn, keys, "store_raw")
         recorded_fetch = recorded.pop("fetch_seq", None) if recorded is not None else None
+        if recorded is not None:
+            recorded.pop("last_id", None)  # the checkpoint's, not a count
         if recorded is not None and (fetch_seq is None or recorded_fetch == fetch_seq):
             log.info("%s: this fetch was already stored in raw by an earlier try of this run; nothing to do", source)
             return recorded
@@ -122,7 +124,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
         table = raw_table(source, kind)
         superseded = _remove_superseded(conn, table, keys, fetch_seq)
-        (staged_rows,) = _count(conn, "count_staged", keys)
+        staged_rows, last_id = _count(conn, "staged_summary", keys)
         (existing,) = _count(conn, "raw_table_estimate", {"raw_table": table})
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
         # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
@@ -140,7 +142,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
             "rejected": problems + duplicates,
             "superseded": superseded,
         }
-        _record_result(conn, keys, "store_raw", {**result, "fetch_seq": fetch_seq})
+        _record_result(conn, keys, "store_raw", {**result, "fetch_seq": fetch_seq, "last_id": last_id})
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
                 f"updated, {c(staged_rows - inserted - updated)} unchanged; {c(superseded)} superseded by a later "
@@ -364,7 +366,8 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
                      source, recorded["last_processed_id"])
             return recorded
         before = conn.execute(q("select_checkpoint"), keys).fetchone()
-        conn.execute(q("advance_checkpoint"), {**keys, "processed": processed, "full_refresh": full_refresh})
+        conn.execute(q("advance_checkpoint"), {**keys, "last_id": _last_staged_id(conn, keys), "processed": processed,
+                                               "full_refresh": full_refresh})
         last_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
         previous = before[0] if before is not None else None
         if previous == last_id:
@@ -377,6 +380,16 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
         _record_result(conn, keys, "checkpoint", result)
     log.info("%s: checkpoint %s; %s records processed in all", source, moved, progress.count(total or 0))
     return result
+
+
+def _last_staged_id(conn, keys: dict) -> str | None:
+    """The highest id of the run's staged records, which its store_raw recorded (no scan of them here)."""
+    stored = _recorded_result(conn, keys, "store_raw") or {}
+    if "last_id" in stored:
+        return stored["last_id"]
+    # recorded by a release before last_id (a run upgraded between its tasks)
+    (last_id,) = _count(conn, "staged_last_id", keys)
+    return last_id
 
 
 def read_checkpoint(conn, source: str) -> str | None:
