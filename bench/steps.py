@@ -78,4 +78,4 @@ def record_run(measure, *, db: str, run_id: str, started_at: str, step_results: 
     outcome = runs.RunOutcome.of([results.from_xcom(value) for value in step_results], run_id=run_id,
                                  run_type="bench", started_at=dt.datetime.fromisoformat(started_at))
     with psycopg.connect(db) as conn:
-        return measure(lambda: pipeline.record_run(conn, outcome)).to_xcom()
+        return measure(lambda: pipeline.record_run(conn, outcome, settings=_settings())).to_xcom()

@@ -64,7 +64,7 @@ def run_all_steps(url: str, served: SourceServer, staging_dir: Path, config, run
         checkpointed = pipeline.checkpoint(conn, upserted, run_id=RUN_ID, settings=config)
         steps = [*ingested, stored, normalized, upserted, checkpointed]
         outcome = runs.RunOutcome.of(steps, run_id=RUN_ID, run_type="manual", started_at=datetime.now(timezone.utc))
-        return [*steps, pipeline.record_run(conn, outcome)]
+        return [*steps, pipeline.record_run(conn, outcome, settings=config)]
 
 
 def test_the_steps_load_the_two_seed_sources_and_record_the_run(database_url, served, tmp_path, config):

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from webapp_fixtures import insert_records, make_app, record  # noqa: F401
 
-from sluice import pipeline, runs
+from sluice import pipeline, runs, settings
 from sluice.results import Ingested, SourceUpserted, Upserted
 
 ROWS = {"api": 2, "csv": 1, "orders": 3, "comments": 4}
@@ -25,7 +25,7 @@ def record_run(url: str, run_id: str, loaded: dict[str, str], failed: dict[str, 
                   for name, kind in loaded.items()],
         upserted=Upserted({name: SourceUpserted(source=name, inserted=ROWS[name]) for name in loaded}))
     with psycopg.connect(url) as conn:
-        pipeline.record_run(conn, outcome)
+        pipeline.record_run(conn, outcome, settings=settings.load())
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_a_source_that_did_not_load_gets_the_run_s_errors_not_another_source_s(w
         pipeline.record_run(conn, runs.RunOutcome(
             run_id="run-4", run_type="manual", started_at=STARTED, errors=["store_raw: LockTimeout: orders: waited"],
             failed_sources={"comments": runs.SourceFailure("ingest_csv", "SourceError: comments: refused", "csv")},
-            ingested=[Ingested(source="orders", uri="file:///orders", records=3, kind="api")]))
+            ingested=[Ingested(source="orders", uri="file:///orders", records=3, kind="api")]), settings=settings.load())
     sources = {source["name"]: source for source in client.get("/sources").json["data"]}
     assert sources["orders"]["last_error"]["message"] == "store_raw: LockTimeout: orders: waited"
     assert sources["comments"]["last_error"]["message"] == "SourceError: comments: refused"

@@ -250,7 +250,7 @@ def record_run(context) -> dict:
     )
     config = settings.load()
     with warehouse() as conn:
-        recorded = pipeline.record_run(conn, outcome, retention_hours=config.staging_retention_hours)
+        recorded = pipeline.record_run(conn, outcome, settings=config)
     # a failed run's staged files stay for a look until the retention passes; this sweep removes older ones
     sweep_staging(ti.run_id, config)
     if outcome.status == "failed":

@@ -142,12 +142,12 @@ def checkpoint(conn, upserted: Upserted, *, run_id: str, settings: Settings,
     })
 
 
-def record_run(conn, outcome: runs.RunOutcome, *, retention_hours: float | None = None) -> Recorded:
+def record_run(conn, outcome: runs.RunOutcome, *, settings: Settings) -> Recorded:
     """Write the run's etl_runs row (runs.RunOutcome.of builds the outcome from the steps' results) and, in the
     same transaction, how each of its sources fared (GET /sources); sweep the work rows of runs abandoned more
-    than retention_hours ago (runs.record)."""
+    than settings.staging_retention_hours ago (runs.record)."""
     with conn.transaction():
-        row_id = runs.record(conn, outcome, retention_hours=retention_hours)
+        row_id = runs.record(conn, outcome, retention_hours=settings.staging_retention_hours)
         for name, (kind, error) in outcome.source_statuses().items():
             warehouse.record_source_status(conn, name, kind=kind, run_id=outcome.run_id, error=error)
     return Recorded(etl_run_id=row_id, status=outcome.status, sources=outcome.source_counts())

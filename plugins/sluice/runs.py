@@ -126,11 +126,9 @@ class RunOutcome:
         return "failed" if self.errors or self.failed_sources else "success"
 
 
-def record(conn, outcome: RunOutcome, *, retention_hours: float | None = None) -> int:
+def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGING_RETENTION_HOURS) -> int:
     """Write (or rewrite, for a cleared and re-run run) the run's etl_runs row; returns its id. The work rows of
-    runs abandoned more than retention_hours ago (SLUICE_STAGING_RETENTION_HOURS by default) go with its own."""
-    if retention_hours is None:
-        retention_hours = settings.load().staging_retention_hours
+    runs abandoned more than retention_hours ago (SLUICE_STAGING_RETENTION_HOURS) go with its own."""
     per_source = outcome.source_counts()
     totals = {name: sum(counts[name] for counts in per_source.values()) for name in COUNTS}
     with conn.transaction():

@@ -11,6 +11,8 @@ DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "des
 INDEX_BUILD_MEMORY = "512MB"
 # SLUICE_MAX_DELETE_FRACTION's default: a read may soft-delete at most half of a source's live rows
 MAX_DELETE_FRACTION = 0.5
+# hours before a later run sweeps what a failed or killed run left: staged files, downloads, work rows
+STAGING_RETENTION_HOURS = 72
 
 
 def _number(name: str, default: float) -> float:
@@ -76,7 +78,7 @@ def load() -> Settings:
         # hosts besides the connection's own that API next links and redirects may lead to, without its credentials
         api_allowed_hosts=_hosts("SLUICE_API_ALLOWED_HOSTS"),
         # staged and downloaded files of runs that did not clean up after themselves go after this long
-        staging_retention_hours=_at_least("SLUICE_STAGING_RETENTION_HOURS", 72, minimum=1),
+        staging_retention_hours=_at_least("SLUICE_STAGING_RETENTION_HOURS", STAGING_RETENTION_HOURS, minimum=1),
         # ingest task instances (one per source) of one run running at once
         max_parallel_sources=int(_at_least("SLUICE_MAX_PARALLEL_SOURCES", 4, minimum=1)),
         max_delete_fraction=_fraction("SLUICE_MAX_DELETE_FRACTION", MAX_DELETE_FRACTION),
