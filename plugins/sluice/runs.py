@@ -178,7 +178,8 @@ def _sweep_abandoned_steps(conn, run_id: str, retention_hours: float) -> list[st
                          {"run_id": run_id, "retention": timedelta(hours=retention_hours)}).fetchall()
     if swept:
         log.info("swept the work rows of %d runs abandoned more than %g h ago: %s", len(swept), retention_hours,
-                 ", ".join(f"{abandoned} (last step result {at.astimezone(timezone.utc):%Y-%m-%d %H:%M %Z})" for abandoned, at in swept))
+                 ", ".join(f"{abandoned} (last step result {at.astimezone(timezone.utc):%Y-%m-%d %H:%M %Z})"
+                           for abandoned, at in swept))
     return [abandoned for abandoned, _ in swept]
 
 
@@ -190,6 +191,8 @@ def _lock_work_tables(conn) -> bool:
         with conn.transaction():
             conn.execute(q("set_lock_timeout"), {"timeout": f"{int(WORK_LOCK_TIMEOUT_SECONDS * 1000)}ms"})
             conn.execute(q("lock_work_tables"))
+            # the timeout was for this lock only: the rest of record_run waits for row locks as before
+            conn.execute(q("set_lock_timeout"), {"timeout": "0"})
     except psycopg.errors.LockNotAvailable:
         log.info("the work tables are in use by another transaction; this run's rows are deleted row by row")
         return False
