@@ -14,15 +14,16 @@ bind = os.environ.get("SLUICE_BIND", "127.0.0.1:5000").split(",")
 # as many slow clients as workers stop the API. A gthread worker parks idle keep-alive connections in its
 # poller and gives one thread per request in progress; a stalled client costs one thread out of
 # workers x threads. Keep threads <= SLUICE_POOL_MAX (10): each request holds one warehouse connection.
-worker_class = "gthread"
+# gthread, answering what gunicorn itself refuses (a URL over limit_request_line...) in the JSON error shape
+worker_class = "webapp.gunicorn_worker.JsonErrorThreadWorker"
 workers = int(os.environ.get("SLUICE_WORKERS", "2"))
 threads = int(os.environ.get("SLUICE_THREADS", "8"))
 timeout = 30  # a worker whose main loop is stuck this long is restarted
 graceful_timeout = 30
 keepalive = 5  # seconds an idle connection is kept
 
-# Request limits. limit_request_line stays at gunicorn's maximum (8190): the app answers longer URLs it can
-# still parse with its own JSON 414 (webapp), and a lower value here would send gunicorn's HTML 414 first.
+# Request limits. limit_request_line stays at gunicorn's maximum (8190): the app answers URLs over its own
+# limit (4,096 bytes) with a 414 that says the limit; gunicorn refuses longer request lines with its shorter one.
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190

@@ -349,8 +349,8 @@ def test_raw_bytes_reach_the_app_through_werkzeug_and_get_json(app):
 @pytest.mark.slow
 def test_raw_bytes_and_percent_escapes_under_gunicorn(database):
     with serve_with_gunicorn(database[0]) as port:
-        # gunicorn answers a request line with raw non-ASCII or control bytes with its own 400 before the app
-        assert raw_answers(port)[0] == []
+        # gunicorn refuses a request line with raw non-ASCII or control bytes before the app, in JSON too
+        assert raw_answers(port) == ([], set(raw_targets()))
         for target in (b"/data?search=%00", b"/data?search=%ff", b"/data/api/%00", b"/runs/a%00b/rejects",
                        b"/data?page=" + str(10**30).encode(), b"/data?page=-1&page=2"):
             status, content_type, body = raw_get(port, target)
@@ -363,9 +363,37 @@ def test_over_long_urls_get_the_json_414_under_gunicorn(database):
         for url in long_urls():
             status, content_type, body = raw_get(port, url.encode())
             assert_json_414(status, content_type, json.loads(body), url)
-        # past gunicorn's own limit, its plain 414 page (the document's description says so)
-        status, content_type, _ = raw_get(port, b"/data?" + b"x" * 8190)
-        assert (status, content_type.split(";")[0]) == (414, "text/html")
+        # past gunicorn's own limit (8,190 bytes) gunicorn refuses it before the app: the same JSON shape
+        status, content_type, body = raw_get(port, b"/data?" + b"x" * 8190)
+        assert (status, content_type) == (414, "application/json")
+        assert json.loads(body) == {"code": 414, "status": "Request-URI Too Long", "errors": {},
+                                    "message": "Request Line is too large (8209 > 8190)"}
+
+
+def raw_request(port: int, data: bytes) -> tuple[int, dict, dict]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_what_gunicorn_refuses_before_the_app_is_json_with_the_apps_headers(database):
+    refused = {  # request → (status, what the message says)
+        b"GET /data HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n": (431, "limit request headers fields size"),
+        b"GET /data HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n":
+            (431, "limit request headers fields"),
+        b"GET /data HTTP/9.9\r\nHost: x\r\n\r\n": (400, "Invalid HTTP Version"),
+        b"G\x00T /data HTTP/1.1\r\nHost: x\r\n\r\n": (400, "Invalid Method"),
+    }
+    with serve_with_gunicorn(database[0]) as port:
+        for data, (code, says) in refused.items():
+            status, headers, body = raw_request(port, data)
+            assert (status, headers["Content-Type"]) == (code, "application/json"), data[:40]
+            assert set(body) == ERROR_KEYS and body["code"] == code and says in body["message"], body
+            assert headers["Connection"] == "close" and headers["X-Content-Type-Options"] == "nosniff"
+            assert headers["Cache-Control"] == "no-store"
 
 
 # A database too slow to answer (here: another session holds every table the API reads).

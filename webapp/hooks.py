@@ -16,7 +16,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 # Below gunicorn's request-line limit (limit_request_line = 8190, gunicorn.conf.py), so an over-long URL gets
-# this app's JSON 414 rather than gunicorn's HTML one. Every valid request fits: a source_id is at most 1,000
+# this app's 414 that names the limit rather than gunicorn's shorter one. Every valid request fits: a source_id is at most 1,000
 # UTF-8 bytes (3,000 percent-escaped), a search 200 characters (2,400 escaped).
 MAX_URL_BYTES = 4096
 

@@ -20,8 +20,8 @@ Errors always have the shape `{{"code", "status", "message", "errors"}}`; `error
 parameter. Query strings reject unknown and repeated parameters. `/data` pages either by `page` or by
 `cursor` (keyset, stable under inserts); giving both is a 400. `/data`, `/stats` and `/sources` send an ETag
 and answer `If-None-Match` with 304. A URL (path and query string) over {MAX_URL_BYTES:,} bytes is a 414 in the
-same shape. Only what the HTTP server refuses before the app sees it is not JSON: gunicorn answers a request
-line over 8,190 bytes, a header over 8,190 bytes or malformed HTTP with its own plain 400 or 414 page.
+same shape, and so is what gunicorn refuses before the app sees it: a request line over 8,190 bytes (414),
+headers over its limits (431) or malformed HTTP (400).
 
 To follow changes, poll `/data?updated_since=<watermark>` with the `watermark` of the previous answer
 (of its first page, when it took several): no committed change is missed, even one whose load was
