@@ -91,7 +91,7 @@ def test_slow_clients_do_not_stall_the_api(database_url, tmp_path):
     assert all(status == 200 for status, _ in answers), answers
     assert max(seconds for _, seconds in answers) < 2.0, answers  # stalled, it would be never
     assert '"GET /data?page_size=1 HTTP/1.1" 200' in server.output  # the access log goes to stdout
-    assert "Using worker: gthread" in server.output and "Control socket" not in server.output
+    assert "Using worker: webapp.gunicorn_worker.JsonErrorThreadWorker" in server.output and "Control socket" not in server.output
 
 
 @pytest.mark.slow
