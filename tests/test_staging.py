@@ -4,6 +4,7 @@ import io
 
 import pytest
 
+from sluice import staging
 from sluice.staging import StageWriter
 from tests import staged
 
@@ -111,3 +112,27 @@ def test_counts_follow_what_was_written():
     assert (writer.records, writer.problems) == (2, 2)
     assert [line.record_no for line in staged.records(lines)] == [1, 4]
     assert [line.record_no for line in staged.problems(lines)] == [2, 3]
+
+
+class _CountingFile:
+    def __init__(self):
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(data)
+        return len(data)
+
+
+def test_blocks_keep_every_byte_in_order_in_few_writes():
+    target = _CountingFile()
+    out = staging.Blocks(target, block_bytes=64 * 1024)
+    lines = [f"{n}\t{'x' * (n % 300)}\n".encode() for n in range(20_000)]
+    for line in lines:
+        assert out.write(line) == len(line)
+    assert b"".join(target.writes) != b"".join(lines)  # the tail is still gathered...
+    out.flush()
+    assert b"".join(target.writes) == b"".join(lines)  # ...until flush
+    total = sum(map(len, lines))
+    assert len(target.writes) <= total // (64 * 1024) + 1, len(target.writes)
+    out.flush()  # nothing gathered: nothing written
+    assert b"".join(target.writes) == b"".join(lines)

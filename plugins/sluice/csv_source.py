@@ -280,6 +280,7 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
         header = read_header(csv.reader(lines, strict=True, delimiter=lines.delimiter), field_map, where=where)
         id_index = header.index(field_map["source_id"])
         width = len(header)
+        every_column_named = all(header)
         record_no = 0
         for line_no, row, rejected in _records(lines, width):
             if record_no % progress.CHECK_EVERY == 0:
@@ -307,7 +308,8 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
                 writer.problem(record_no, source_id, f"{line}: contains a NUL byte", raw)
             else:
                 # columns without a name (Excel's blank padding) carry nothing a mapping can name
-                writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=line)
+                data = dict(zip(header, row)) if every_column_named else {k: v for k, v in zip(header, row) if k}
+                writer.record(record_no, source_id, data, where=line)
     counts.records, counts.problems = writer.records, writer.problems
     blank = f", skipped {progress.count(counts.skipped_blank_lines)} blank lines" if counts.skipped_blank_lines else ""
     tracker.finish(f"staged {progress.count(counts.records)} records, quarantined "

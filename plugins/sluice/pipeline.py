@@ -54,8 +54,10 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
     since = warehouse.read_checkpoint(conn, source.name) if source.since_param and not full_refresh else None
     request = FetchRequest(session=session, url=url, run_id=run_id, uri=staged_uri, settings=settings, since=since,
                            workdir=staging.download_dir(run_id))
-    with open_file(staged_uri, "wb") as out:
+    with open_file(staged_uri, "wb") as target:
+        out = staging.Blocks(target)
         counts = source.reader().stage(source, request, out)
+        out.flush()
     return Ingested.of(counts, fetch_seq, source.kind, staged_by=worker or socket.getfqdn())
 
 
