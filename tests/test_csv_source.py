@@ -2,12 +2,15 @@
 
 import csv
 import io
+import json
 import os
 import random
 import time
 
 import pytest
 import requests
+from hypothesis import given, strategies as st
+from hypothesis import settings as hypothesis_settings
 
 from sluice import csv_source, http_client, settings
 from sluice_devtools import sample_data
@@ -460,3 +463,21 @@ def test_fetch_header_error_names_the_url(server, tmp_path):
     message = fetch_error(server, "catalog.csv", tmp_path)
     assert message == (f"csv: {server.url}/catalog.csv: the header lacks column(s) named in csv_mapping: "
                        "id, name, value, description (header: sku,title)")
+
+
+# Any text a CSV field can hold once decoded: undecodable bytes kept as surrogates, controls, quotes, backslashes.
+FIELD_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+
+
+@given(st.lists(FIELD_TEXT, min_size=1, max_size=5, unique=True).filter(all), st.data())
+@hypothesis_settings(max_examples=400, deadline=None)
+def test_a_row_joined_as_json_is_the_text_of_its_dict(header, data):
+    row = data.draw(st.lists(FIELD_TEXT, min_size=len(header), max_size=len(header)))
+    expected = json.dumps(dict(zip(header, row)), ensure_ascii=False, separators=(",", ":"))
+    assert csv_source.json_object(csv_source.json_keys(header), row) == expected
+
+
+def test_headers_with_a_blank_or_repeated_name_take_the_dict():
+    assert csv_source.json_keys(["id", "", "name"]) is None
+    assert csv_source.json_keys(["id", "name", "name"]) is None
+    assert csv_source.json_keys(["id", "näme"]) == ['"id":', '"näme":']

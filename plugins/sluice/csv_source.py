@@ -13,6 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring as encode_json_string
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
@@ -265,6 +266,20 @@ def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str]
         reader = csv.reader(lines, strict=True, delimiter=lines.delimiter)
 
 
+def json_keys(header: list[str]) -> list[str] | None:
+    """The header's names encoded as JSON object keys, for json_object; None when a column has no name or a name
+    is there twice (the record is then a dict first: unnamed columns left out, the last of a name kept)."""
+    if all(header) and len(set(header)) == len(header):
+        return [encode_json_string(name) + ":" for name in header]
+    return None
+
+
+def json_object(keys: list[str], row: list[str]) -> str:
+    """A row as a JSON object, the very text StageWriter.record gives its dict (its encoder's string function,
+    the same separators), joined in C in a third of the time."""
+    return "{" + ",".join(map(str.__add__, keys, map(encode_json_string, row))) + "}"
+
+
 def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str,
                delimiter: str = ",", encoding: str = "utf-8", name: str = SOURCE) -> StageCounts:
     """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted delimiters and newlines) and stage one line per data row."""
@@ -280,7 +295,7 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
         header = read_header(csv.reader(lines, strict=True, delimiter=lines.delimiter), field_map, where=where)
         id_index = header.index(field_map["source_id"])
         width = len(header)
-        every_column_named = all(header)
+        keys = json_keys(header)
         record_no = 0
         for line_no, row, rejected in _records(lines, width):
             if record_no % progress.CHECK_EVERY == 0:
@@ -307,9 +322,11 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
             elif "\x00" in raw:
                 writer.problem(record_no, source_id, f"{line}: contains a NUL byte", raw)
             else:
-                # columns without a name (Excel's blank padding) carry nothing a mapping can name
-                data = dict(zip(header, row)) if every_column_named else {k: v for k, v in zip(header, row) if k}
-                writer.record(record_no, source_id, data, where=line)
+                if keys is not None:
+                    writer.record_json(record_no, source_id, json_object(keys, row), where=line)
+                else:
+                    # columns without a name (Excel's blank padding) carry nothing a mapping can name
+                    writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=line)
     counts.records, counts.problems = writer.records, writer.problems
     blank = f", skipped {progress.count(counts.skipped_blank_lines)} blank lines" if counts.skipped_blank_lines else ""
     tracker.finish(f"staged {progress.count(counts.records)} records, quarantined "

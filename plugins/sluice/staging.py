@@ -65,13 +65,13 @@ class StageWriter:
         self._out = out
         self._encoding = encoding  # what the source's text was decoded from, for the problem of bytes that were not
         self._prefix = f"{copy_text(run_id)}\t{source}\t"
+        self._prefix_bytes = self._prefix.encode("utf-8")
         self.records = 0
         self.problems = 0
         self.first_problems: list[str] = []  # for the task log: the reasons of the first few
 
     def record(self, record_no: int, source_id: str, data: dict, *, where: str) -> None:
-        if len(source_id) > _SHORT_ID and len(source_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-            self.problem(record_no, None, f"{where}: id is longer than {MAX_ID_BYTES} bytes", source_id[:200])
+        if self._id_too_long(record_no, source_id, where):
             return
         try:
             text = _JSON.encode(data)
@@ -79,6 +79,20 @@ class StageWriter:
             self.problem(record_no, source_id, f"{where}: contains NaN or Infinity, which JSON does not allow",
                          repr(data)[:10000])
             return
+        self._write(record_no, source_id, text, where)
+
+    def record_json(self, record_no: int, source_id: str, text: str, *, where: str) -> None:
+        """A record already encoded as JSON, exactly as record() would encode it (csv_source.stage_file)."""
+        if not self._id_too_long(record_no, source_id, where):
+            self._write(record_no, source_id, text, where)
+
+    def _id_too_long(self, record_no: int, source_id: str, where: str) -> bool:
+        if len(source_id) > _SHORT_ID and len(source_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            self.problem(record_no, None, f"{where}: id is longer than {MAX_ID_BYTES} bytes", source_id[:200])
+            return True
+        return False
+
+    def _write(self, record_no: int, source_id: str, text: str, where: str) -> None:
         # the plain search first: the regular expression (with its look-behind) costs 5 µs a record
         if "\\u0000" in text and _JSON_NUL.search(text):
             self.problem(record_no, source_id, f"{where}: contains a NUL character", text)
@@ -88,10 +102,11 @@ class StageWriter:
         except UnicodeEncodeError:
             self.problem(record_no, source_id, f"{where}: contains bytes that are not valid {self._encoding}", text)
             return
-        content_hash = hashlib.md5(encoded, usedforsecurity=False).hexdigest()
-        line = (f"{self._prefix}{record_no}\t{copy_text(source_id)}\t{text.replace(chr(92), chr(92) * 2)}"
-                f"\t{NULL}\t{NULL}\t{content_hash}\n")
-        self._out.write(line.encode("utf-8"))
+        content_hash = hashlib.md5(encoded, usedforsecurity=False).hexdigest().encode("ascii")
+        # bytes from here: the JSON is encoded once, for its hash and for the line
+        self._out.write(b"%s%d\t%s\t%s\t\\N\t\\N\t%s\n" % (
+            self._prefix_bytes, record_no, copy_text(source_id).encode("utf-8"), encoded.replace(b"\\", b"\\\\"),
+            content_hash))
         self.records += 1
 
     def problem(self, record_no: int, source_id: str | None, problem: str, payload: str) -> None:
