@@ -341,3 +341,17 @@ def test_a_refused_source_survives_xcom_and_fails_the_run_by_name():
     assert outcome.source_counts()["stock"] == {
         "fetched": 8, "inserted": 3, "updated": 0, "unchanged": 0, "rejected": 0, "superseded": 0, "deleted": 1,
         "undeleted": 2, "deletes_skipped": None, "live_before": 5, "live_after": 9, "loaded": True}
+
+
+def test_a_refused_read_writes_no_row_version_so_normalized_data_does_not_grow(steps):
+    steps.run("run-0", range(1, 2001))
+    with psycopg.connect(steps.url) as conn:
+        before = conn.execute("select pg_total_relation_size('normalized_data')").fetchone()[0]
+
+    upserted = steps.run("run-1", range(1, 11))  # the source emptied but for 10 rows
+
+    assert "DeleteRefused: items: the read would delete 1,990 of 2,000 live rows" in upserted.failed["items"]
+    with psycopg.connect(steps.url) as conn:
+        # an update of the 1,990 rows rolled back would have left 1,990 dead versions in new pages and index entries
+        assert conn.execute("select pg_total_relation_size('normalized_data')").fetchone()[0] == before
+    assert rows_of(steps.url) == (list(range(1, 2001)), [])

@@ -7,6 +7,7 @@ A per-source advisory lock is held for each write transaction, so overlapping ru
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -317,12 +318,13 @@ def _sync_deletes(conn, keys: dict, *, raw_written_since: bool, deletes_missing:
                "cannot tell which rows are gone")
         log.warning("%s: no deletes: %s", source, why)
         return 0, undeleted, why
-    # one pass: deleting and counting; the source's transaction rolls the deletes back when the guard refuses
-    deleted = conn.execute(q("soft_delete_missing"), keys).rowcount
-    if deleted > max_fraction * live_before:
+    # one pass finds the missing rows; they are deleted in it only when the guard allows, so a refusal writes nothing
+    allowed = math.floor(max_fraction * live_before)
+    missing, deleted = _count(conn, "soft_delete_missing", {**keys, "max_deletes": allowed})
+    if missing > allowed:
         raise DeleteRefused(
-            f"{source}: the read would delete {progress.count(deleted)} of {progress.count(live_before)} live rows "
-            f"({deleted / live_before:.0%}), more than SLUICE_MAX_DELETE_FRACTION {max_fraction:g}; nothing was "
+            f"{source}: the read would delete {progress.count(missing)} of {progress.count(live_before)} live rows "
+            f"({missing / live_before:.0%}), more than SLUICE_MAX_DELETE_FRACTION {max_fraction:g}; nothing was "
             "deleted")
     return deleted, undeleted, ""
 
