@@ -136,7 +136,38 @@ def whole_dag_section(server) -> list[str]:
         lines += _table(["dlt on the same server", "seconds", "peak RSS MB", "Sluice first load ÷ this"],
                         [[b.name, f"{b.seconds:.2f}", _n(b.peak_rss_mb), f"{first.pipeline_seconds / b.seconds:.2f}×"]
                          for b in server.dlt])
-    return lines + [f"- {note}" for note in server.notes] + ([""] if server.notes else [])
+    return (lines + whole_dag_statements(server) + [f"- {note}" for note in server.notes]
+            + ([""] if server.notes else []))
+
+
+def whole_dag_statements(server, min_share: float = 0.05) -> list[str]:
+    """Where each task's time went in the DAG runs themselves (bench.dag_profile), for the tasks of at least
+    min_share of the run's ingest→record_run span: its statements (sql/*.sql names) of at least min_share of the
+    task, and the rest (Python, Airflow, the smaller statements)."""
+    rows = []
+    for name in whole_dag.PASSES:
+        run = server.runs.get(name)
+        if run is None or not run.statements:
+            continue
+        for task in whole_dag.TASKS:
+            task_seconds = run.task_seconds.get(task) or 0.0
+            if task_seconds <= 0 or task_seconds < min_share * (run.span_seconds or 0.0):
+                continue
+            spent: dict[str, float] = {}
+            for of_task, statement, seconds in run.statements:
+                if of_task == task:
+                    spent[statement] = spent.get(statement, 0.0) + seconds
+            shown = sorted(((s, t) for s, t in spent.items() if t >= min_share * task_seconds), key=lambda x: -x[1])
+            rest = task_seconds - sum(t for _, t in shown)
+            for statement, seconds in [*shown, ("(the rest: Python, Airflow, the smaller statements)", rest)]:
+                rows.append([task, whole_dag.pass_name(name), statement if statement.startswith("(") else f"`{statement}`",
+                             f"{seconds:.2f}", f"{100 * seconds / task_seconds:.0f}%"])
+    if not rows:
+        return []
+    return [f"Where the tasks' time goes in these DAG runs ({server.label}), statement by statement: the tasks of "
+            f"at least {min_share:.0%} of the run's ingest→record_run span, their statements of at least "
+            f"{min_share:.0%} of the task, timed in the `airflow dags test` process (bench.dag_profile):", "",
+            *_table(["task", "pass", "statement (sql/*.sql)", "seconds", "share of the task"], rows)]
 
 
 def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib") -> str:

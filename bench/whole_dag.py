@@ -12,6 +12,7 @@ also covers any child it waited for): Airflow 3's `dags test` runs every task in
 indexes, on a fresh database of the same server.
 """
 
+import json
 import os
 import shutil
 import statistics
@@ -29,6 +30,7 @@ from bench.pipeline import served_files
 from sluice_devtools import local_env
 from sluice_devtools.source_server import SourceServer
 
+REPO = Path(__file__).resolve().parents[1]
 API_RECORDS = 100  # the posts, as the issue measures
 API_PAGE_SIZE = 1000
 PASSES = ("first", "rerun", "changed")  # after the tiny runs
@@ -47,6 +49,7 @@ class DagRun:
     etl_run: dict  # the run's etl_runs row: status, fetched, inserted, updated, unchanged, rejected, source_counts
     span_seconds: float | None  # the first ingest's start to record_run's end, Airflow's work between tasks included
     pipeline_seconds: float | None = None  # wall − the fixed start-up (the tiny runs' median wall)
+    statements: list = field(default_factory=list)  # (task, statement, seconds) of the run (bench.dag_profile)
 
     @property
     def written(self) -> int:
@@ -88,16 +91,19 @@ class Airflow:
         }
         self._run(["db", "migrate"], {})
 
-    def _command(self, args: list[str]) -> list[str]:
+    def _command(self, args: list[str], profile: Path | None) -> list[str]:
+        if profile is not None:
+            return [sys.executable, "-m", "bench.dag_profile", str(profile), *args]
         return [str(Path(sys.executable).with_name("airflow")), *args]
 
-    def _run(self, args: list[str], env: dict) -> tuple[float, float]:
-        """(wall seconds, peak RSS MB) of one airflow command; raise with its log's tail when it fails."""
+    def _run(self, args: list[str], env: dict, profile: Path | None = None) -> tuple[float, float]:
+        """(wall seconds, peak RSS MB) of one airflow command; raise with its log's tail when it fails. With a
+        profile path, the command runs under bench.dag_profile, which writes its tasks' statement times there."""
         with open(self.log, "ab") as log:
             log.write(f"\n==== airflow {' '.join(args)}\n".encode())
             log.flush()
             started = time.perf_counter()
-            process = subprocess.Popen(self._command(args), env={**os.environ, **self.env, **env},
+            process = subprocess.Popen(self._command(args, profile), env={**os.environ, **self.env, **env}, cwd=REPO,
                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             _, status, usage = os.wait4(process.pid, 0)
             wall = time.perf_counter() - started
@@ -109,7 +115,8 @@ class Airflow:
 
     def dags_test(self, name: str, env: dict, warehouse: str) -> DagRun:
         before = self._last_run_key()
-        wall, rss = self._run(["dags", "test", "etl_pipeline"], env)
+        profile = self.home / f"statements-{name}.json"
+        wall, rss = self._run(["dags", "test", "etl_pipeline"], env, profile)
         with psycopg.connect(self.metadata_db, autocommit=True) as conn:
             found = conn.execute("select id, run_id, state from dag_run where dag_id = 'etl_pipeline' and id > %s "
                                  "order by id desc limit 1", (before,)).fetchone()
@@ -126,7 +133,7 @@ class Airflow:
                 " - min(start_date) filter (where task_id like 'ingest%%')) from task_instance"
                 " where dag_id = 'etl_pipeline' and run_id = %s", (run_id,)).fetchone()
         return DagRun(name, wall, rss, state, tasks, etl_run(warehouse, run_id),
-                      None if span is None else float(span))
+                      None if span is None else float(span), statements=json.loads(profile.read_text()))
 
     def _last_run_key(self) -> int:
         with psycopg.connect(self.metadata_db, autocommit=True) as conn:

@@ -1,6 +1,7 @@
 """The bench harness end to end at tiny sizes, with its slow parts (dlt, wrk, PostgreSQL 15) switched off."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     # the counts come from each run's etl_runs row: 2,080 new rows, then none, then exactly the 21 changed
     assert "| 2,080 + 0 |" in rows["first load"] and "| 0 + 0 | 2,080 |" in rows["unchanged rerun"]
     assert "| 0 + 21 | 2,059 |" in rows["1% changed"]
+    # the DAG runs' own statements, by task (sql/*.sql names), timed in the airflow process
+    assert re.search(r"^\| store_raw \| first load \| `[a-z_]+` \| \d+\.\d\d \| \d+% \|$", out, re.M), out
     assert "PASS  whole DAG peak RSS at 2,000 rows within 100 MB of 1,000 [embedded]" in out
     assert "SKIP  whole DAG first load ≤ 1× dlt pyarrow merge + Sluice's indexes (aim 0.67×) [embedded]" in out
     assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 4
