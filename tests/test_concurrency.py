@@ -184,6 +184,22 @@ def test_interleaved_runs_leave_every_normalized_row_matching_its_stored_raw_pay
     assert (upserted[RUN_A]["inserted"], upserted[RUN_A]["updated"], upserted[RUN_A]["superseded"]) == (0, 0, 200)
 
 
+
+def test_an_older_first_load_upserted_before_the_newer_one_inserts_none_of_the_replaced_payloads(database_url):
+    # the source's first upsert takes the insert-only path (no rows to join): it must still skip the rows whose
+    # raw payload the newer run replaced, which the newer run's upsert then inserts
+    with psycopg.connect(database_url) as conn:
+        for run_id, names in ((RUN_A, "old"), (RUN_B, "new")):
+            warehouse.store_raw(conn, "csv", staged_csv(run_id, names), run_id=run_id, lock_timeout_seconds=5)
+    upserted = {}
+    for run_id in (RUN_A, RUN_B):
+        normalized = crash.normalize(database_url, run_id)
+        upserted[run_id] = crash.upsert(database_url, run_id, expected_staged=normalized["valid"])
+
+    assert (upserted[RUN_A]["inserted"], upserted[RUN_A]["superseded"]) == (0, 200)
+    assert (upserted[RUN_B]["inserted"], upserted[RUN_B]["updated"], upserted[RUN_B]["superseded"]) == (200, 0, 0)
+    assert crash.count(database_url, "select count(*) from normalized_data where name like 'new %'") == 200
+
 @pytest.fixture
 def pipeline(monkeypatch, database_url, tmp_path):
     sources = start_sources(api_records=100, csv_rows=300, bad_every=50)

@@ -272,11 +272,13 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
         incoming, existing, new_rows = _count(conn, "bulk_load_size", keys)
         _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
         (raw_written_since,) = _count(conn, "raw_written_since", keys)
+        (has_rows,) = _count(conn, "source_has_rows", keys)
         # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
         # brings every row and inserts none, and must not rebuild the indexes under an exclusive lock
         with _load_into(conn, "normalized_data", grows=incoming >= existing,
                         bulk=new_rows >= bulk_rows and new_rows >= existing, index_build_memory=index_build_memory):
-            query = sql.SQL(q("upsert_normalized")).format(raw_table=sql.Identifier(raw_table(source, kind)))
+            merge = "upsert_normalized" if has_rows else "insert_normalized_new"
+            query = sql.SQL(q(merge)).format(raw_table=sql.Identifier(raw_table(source, kind)))
             inserted, updated, current = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
         deleted, undeleted, skipped = _sync_deletes(
