@@ -163,17 +163,24 @@ def staged_csv(run_id: str, names: str, rows: int = 200) -> io.BytesIO:
     return out
 
 
-def test_interleaved_runs_leave_every_normalized_row_matching_its_stored_raw_payload(database_url):
-    # regression: the lock serializes each step, not each run. In this order, which the lock allows when
-    # run A (older data) and run B (newer data) overlap, A's upsert used to write its stale values last.
+def stored_old_then_new(database_url: str, upsert_order: tuple[str, str]) -> dict:
+    """Run A stores older data, then run B newer data of the same ids; then each normalizes, upserts and
+    checkpoints in upsert_order. Returns each run's upsert counts."""
     with psycopg.connect(database_url) as conn:
         for run_id, names in ((RUN_A, "old"), (RUN_B, "new")):
             warehouse.store_raw(conn, "csv", staged_csv(run_id, names), run_id=run_id, lock_timeout_seconds=5)
     upserted = {}
-    for run_id in (RUN_B, RUN_A):
+    for run_id in upsert_order:
         normalized = crash.normalize(database_url, run_id)
         upserted[run_id] = crash.upsert(database_url, run_id, expected_staged=normalized["valid"])
         crash.checkpoint(database_url, run_id, normalized["staged"])
+    return upserted
+
+
+def test_interleaved_runs_leave_every_normalized_row_matching_its_stored_raw_payload(database_url):
+    # regression: the lock serializes each step, not each run. In this order, which the lock allows when
+    # run A (older data) and run B (newer data) overlap, A's upsert used to write its stale values last.
+    upserted = stored_old_then_new(database_url, (RUN_B, RUN_A))
 
     assert crash.count(database_url, "select count(*) from raw_csv_data where data->>'name' like 'new %'") == 200
     stale = crash.count(database_url, """
@@ -188,13 +195,7 @@ def test_interleaved_runs_leave_every_normalized_row_matching_its_stored_raw_pay
 def test_an_older_first_load_upserted_before_the_newer_one_inserts_none_of_the_replaced_payloads(database_url):
     # the source's first upsert takes the insert-only path (no rows to join): it must still skip the rows whose
     # raw payload the newer run replaced, which the newer run's upsert then inserts
-    with psycopg.connect(database_url) as conn:
-        for run_id, names in ((RUN_A, "old"), (RUN_B, "new")):
-            warehouse.store_raw(conn, "csv", staged_csv(run_id, names), run_id=run_id, lock_timeout_seconds=5)
-    upserted = {}
-    for run_id in (RUN_A, RUN_B):
-        normalized = crash.normalize(database_url, run_id)
-        upserted[run_id] = crash.upsert(database_url, run_id, expected_staged=normalized["valid"])
+    upserted = stored_old_then_new(database_url, (RUN_A, RUN_B))
 
     assert (upserted[RUN_A]["inserted"], upserted[RUN_A]["superseded"]) == (0, 200)
     assert (upserted[RUN_B]["inserted"], upserted[RUN_B]["updated"], upserted[RUN_B]["superseded"]) == (200, 0, 0)
