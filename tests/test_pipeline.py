@@ -110,6 +110,26 @@ def test_every_step_result_survives_its_xcom_round_trip_as_json(database_url, se
     assert results.from_xcom(None) is None
 
 
+
+@pytest.mark.parametrize(("ids", "ascending", "duplicates"), [
+    pytest.param([1, 2, 3, 10, 11], True, 0, id="sorted-export"),
+    pytest.param([1, 3, 2, 3, 11], False, 1, id="unsorted-with-a-duplicate"),
+])
+def test_a_batch_in_ascending_id_order_is_known_free_of_duplicates_and_any_other_is_checked(
+        database_url, served, tmp_path, config, ids, ascending, duplicates):
+    served.serve_bytes("ids.csv", b"id,name,value,description\n" + b"".join(
+        b"%d,item %d,%d.5,row %d\n" % (i, i, i, row) for row, i in enumerate(ids)))
+    source = sources.seed("csv", endpoint="ids.csv")
+    with psycopg.connect(database_url) as conn, requests.Session() as session:
+        pipeline.init_schema(conn, settings=config)
+        ingested = pipeline.ingest(conn, source, session, f"{served.url}/ids.csv", str(tmp_path / "ids.copy"),
+                                   run_id=RUN_ID, settings=config)
+        ingested = results.Ingested.from_xcom(json.loads(json.dumps(ingested.to_xcom())))
+        stored = pipeline.store_raw(conn, [ingested], run_id=RUN_ID, settings=config).of("csv")
+
+    assert ingested.ids_ascending is ascending
+    assert (stored.stored, stored.rejected) == (len(set(ids)), duplicates)
+
 def test_the_run_outcome_is_built_from_the_step_results_and_its_counts_add_up():
     ingested = [results.Ingested("api", "file:///a.copy", records=9, problems=1, fetch_seq=4),
                 results.Ingested("csv", "file:///c.copy", records=5)]

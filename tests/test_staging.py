@@ -3,6 +3,7 @@
 import io
 
 import pytest
+from hypothesis import given, strategies as st
 
 from sluice import staging
 from sluice.staging import StageWriter
@@ -136,3 +137,40 @@ def test_blocks_keep_every_byte_in_order_in_few_writes():
     assert len(target.writes) <= total // (64 * 1024) + 1, len(target.writes)
     out.flush()  # nothing gathered: nothing written
     assert b"".join(target.writes) == b"".join(lines)
+
+
+def ascending(ids) -> bool:
+    writer = StageWriter(io.BytesIO(), "run-1", "csv")
+    for number, source_id in enumerate(ids, 1):
+        writer.record(number, source_id, {"id": source_id}, where=f"record {number}")
+    return writer.ids_ascending
+
+
+@pytest.mark.parametrize(("ids", "expected"), [
+    pytest.param(["1", "2", "9", "10", "11", "99", "100", "1000000"], True, id="integers-in-numeric-order"),
+    pytest.param(["b", "ab"], True, id="a-longer-id-comes-after-whatever-its-text"),
+    pytest.param(["ab", "b"], False, id="a-shorter-id-after-a-longer-one"),
+    pytest.param(["a", "b", "aa", "ab"], True, id="text-by-length-then-bytes"),
+    pytest.param(["1", "3", "2"], False, id="one-out-of-order"),
+    pytest.param(["1", "2", "2", "3"], False, id="a-duplicate"),
+    pytest.param(["10", "9"], False, id="numerically-descending"),
+    pytest.param(["7"], True, id="one-record"),
+    pytest.param([], True, id="no-record"),
+])
+def test_ids_ascending_says_whether_each_id_came_after_the_one_before(ids, expected):
+    assert ascending(ids) is expected
+
+
+@given(st.lists(st.text(alphabet="0129ab", min_size=1, max_size=4), max_size=30))
+def test_ascending_ids_are_never_duplicates(ids):
+    if ascending(ids):
+        assert len(set(ids)) == len(ids)
+        assert ids == sorted(ids, key=lambda i: (len(i), i))
+
+
+def test_a_quarantined_record_does_not_count_for_the_order():
+    writer = StageWriter(io.BytesIO(), "run-1", "csv")
+    writer.record(1, "1", {"id": "1"}, where="record 1")
+    writer.record(2, "1", {"id": "1", "bad": "nul \x00"}, where="record 2")  # quarantined: not staged
+    writer.record(3, "2", {"id": "2"}, where="record 3")
+    assert (writer.records, writer.problems, writer.ids_ascending) == (2, 1, True)

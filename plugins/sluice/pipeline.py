@@ -74,7 +74,8 @@ def store_raw(conn, ingested: Iterable[Ingested], open_file: Opener = open_local
         with open_staged(open_file, result, worker or socket.getfqdn()) as file:
             stored[result.source] = SourceStored(**warehouse.store_raw(
                 conn, result.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
-                fetch_seq=result.fetch_seq, index_build_memory=settings.index_build_memory, kind=result.kind))
+                fetch_seq=result.fetch_seq, index_build_memory=settings.index_build_memory, kind=result.kind,
+                ids_ascending=result.ids_ascending))
     return Stored(stored)
 
 

@@ -81,7 +81,8 @@ def raw_table(source: str, kind: str | None) -> str:
 
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
-              index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None) -> dict:
+              index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
+              ids_ascending: bool = False) -> dict:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -90,7 +91,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     superseded and leave the run's staged records, so normalize and upsert never see them.
     A load of at least bulk_rows that surely at least doubles the raw table (a first load) is a bulk load
     (see _load_into). A retry of a source this run already stored from the same fetch returns what it
-    stored then; a new fetch of the run (its ingest cleared and run again) is stored.
+    stored then; a new fetch of the run (its ingest cleared and run again) is stored. ids_ascending: the reader
+    staged every id after the one before (StageCounts.ids_ascending), so the batch has no duplicate to look for.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -122,7 +124,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         copying.finish(f"copied the staged file ({progress.size(copied)}) into PostgreSQL")
         conn.execute(q("analyze_staged"))
         problems = conn.execute(q("quarantine_problems"), keys).rowcount
-        duplicates = conn.execute(q("quarantine_duplicates"), keys).rowcount
+        duplicates = 0 if ids_ascending else conn.execute(q("quarantine_duplicates"), keys).rowcount
         table = raw_table(source, kind)
         superseded = _remove_superseded(conn, table, keys, fetch_seq)
         staged_rows, last_id = _count(conn, "staged_summary", keys)
