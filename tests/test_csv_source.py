@@ -299,7 +299,10 @@ STRAY_QUOTES = {
 
 
 @pytest.mark.parametrize("body, loaded, quarantined", STRAY_QUOTES.values(), ids=STRAY_QUOTES.keys())
-def test_stray_quotes_in_20000_lines_take_linear_time_and_each_costs_its_line(tmp_path, body, loaded, quarantined):
+@pytest.mark.parametrize("block_chars", [64, csv_source.BLOCK_CHARS])
+def test_stray_quotes_in_20000_lines_take_linear_time_and_each_costs_its_line(tmp_path, monkeypatch, body, loaded,
+                                                                               quarantined, block_chars):
+    monkeypatch.setattr(csv_source, "BLOCK_CHARS", block_chars)
     path = tmp_path / "catalog.csv"
     path.write_bytes(HEADER + b"\n" + body)
     out = io.BytesIO()
@@ -353,9 +356,14 @@ FRAGMENTS = ["a", "b c", '"q"', '"q, ""r"""', '"', '""', 'x"', '"y', 'x"y', '"x"
 
 
 @pytest.mark.parametrize("seed, delimiter", [(0, ","), (1, ","), (2, ","), (3, ","), (4, ";"), (5, "|")])
-def test_stray_quotes_anywhere_cost_the_same_lines_as_reparsing_from_each_line(tmp_path, seed, delimiter):
+@pytest.mark.parametrize("block_chars", [1, 40, csv_source.BLOCK_CHARS])
+def test_stray_quotes_anywhere_cost_the_same_lines_as_reparsing_from_each_line(tmp_path, monkeypatch, seed,
+                                                                                delimiter, block_chars):
     """Another delimiter: the same file with every comma swapped for it reads the same, commas swapped likewise
-    (not a tab: a quoted field of just a tab is a blank line, where a quoted comma is not)."""
+    (not a tab: a quoted field of just a tab is a blank line, where a quoted comma is not). Blocks of a line
+    each, of a few lines, and of the whole file: the records csv reads a block at a time are those read line
+    by line, wherever a block ends (inside quotes, within a failed record's span, or on a clean line)."""
+    monkeypatch.setattr(csv_source, "BLOCK_CHARS", block_chars)
     def swapped(text):
         return text.replace(",", delimiter)
 

@@ -31,6 +31,9 @@ SOURCE = "csv"
 csv.field_size_limit(64 * 1024 * 1024)
 GZIP_TYPES = ("application/gzip", "application/x-gzip")
 GZIP_WBITS = 31  # zlib's window bits for the gzip format, header and trailer checked
+# Lines are parsed by csv a block of about this many characters at a time (see _records): a Python call per
+# line would cost a second a million lines
+BLOCK_CHARS = 1024 * 1024
 
 
 def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable,
@@ -168,6 +171,14 @@ class _PhysicalLines:
         """The line number of the current record's first line."""
         return self.number - len(self.record) + 1
 
+    def block(self, chars: int) -> list[str]:
+        """The next lines to read, in order, as a list: those given back, else about `chars` of the file."""
+        if self._given_back:
+            block = self._given_back[::-1]
+            self._given_back.clear()
+            return block
+        return self._file.readlines(chars)
+
     def give_back(self, lines: list[str]) -> None:
         self._given_back.extend(reversed(lines))
         self.number -= len(lines)
@@ -241,29 +252,70 @@ def _records(lines: _PhysicalLines, width: int) -> Iterator[tuple[int, list[str]
     """(line number, fields, None) per record, or (line number, None, (reason, text)) for a line rejected alone.
 
     A record that fails to parse (a csv error, the end of the file inside quotes, or the wrong field count after
-    reading several lines) costs only its first physical line, kept as text; parsing resumes on the next line."""
-    reader = csv.reader(lines, strict=True, delimiter=lines.delimiter)
+    reading several lines) costs only its first physical line, kept as text; parsing resumes on the next line.
+    Records are read a block of lines at a time by csv itself (_block_records) up to the first one that fails
+    or that runs past the block; that record, and every record that begins within a failed record's span,
+    is read line by line (_careful_record)."""
     while True:
-        lines.start_record()
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            reason = _rejection(lines, width, str(exc), None)
-        else:
-            if len(lines.record) == 1 or len(row) == width:
-                yield lines.number, row, None
+        if lines.span is None or lines.number + 1 >= lines.span.end:
+            block = lines.block(BLOCK_CHARS)
+            if not block:
+                return
+            if (yield from _block_records(lines, block, width)):
                 continue
-            reason = _rejection(lines, width, None, row)
-        start, (first, *rest) = lines.first(), lines.record
-        if reason is None:
-            lines.give_back(lines.record)
-        else:
-            lines.give_back(rest)
-            yield start, None, (reason, first.rstrip("\r\n"))
-        # a fresh reader: nothing of the failed record carries over
-        reader = csv.reader(lines, strict=True, delimiter=lines.delimiter)
+        outcome = _careful_record(lines, width)
+        if outcome is _END:
+            return
+        if outcome is not None:
+            yield outcome
+
+
+def _block_records(lines: _PhysicalLines, block: list[str], width: int):
+    """The records of a block of lines, as csv reads them, up to the first one the line-by-line reading could
+    judge otherwise: a csv error (which may only be the block's end), or the wrong field count after several
+    lines. Its lines and those after it are given back; returns whether the whole block was read."""
+    reader = csv.reader(block, strict=True, delimiter=lines.delimiter)
+    base, done = lines.number, 0
+    try:
+        for row in reader:
+            end = reader.line_num
+            if end - done > 1 and len(row) != width:
+                break
+            done = end
+            yield base + end, row, None
+    except csv.Error:
+        pass
+    lines.number = base + len(block)
+    if done < len(block):
+        lines.give_back(block[done:])
+        return False
+    return True
+
+
+_END = object()
+
+
+def _careful_record(lines: _PhysicalLines, width: int):
+    """One record read line by line (see _PhysicalLines): (line number, fields, None), (line number, None,
+    (reason, text)) for a first line rejected alone, None when its lines were given back to be read again
+    (it has the right field count after all, see _rejection), or _END at the end of the file."""
+    lines.start_record()
+    try:
+        row = next(csv.reader(lines, strict=True, delimiter=lines.delimiter))
+    except StopIteration:
+        return _END
+    except csv.Error as exc:
+        reason = _rejection(lines, width, str(exc), None)
+    else:
+        if len(lines.record) == 1 or len(row) == width:
+            return lines.number, row, None
+        reason = _rejection(lines, width, None, row)
+    start, (first, *rest) = lines.first(), lines.record
+    if reason is None:
+        lines.give_back(lines.record)
+        return None
+    lines.give_back(rest)
+    return start, None, (reason, first.rstrip("\r\n"))
 
 
 def json_keys(header: list[str]) -> list[str] | None:
@@ -311,22 +363,20 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
                 counts.skipped_blank_lines += 1
                 continue
             record_no += 1
-            line = f"line {line_no}"
             raw = delimiter.join(row)
             if len(row) != width:
-                writer.problem(record_no, None, f"{line}: expected {width} fields, got {len(row)}", raw)
+                writer.problem(record_no, None, f"line {line_no}: expected {width} fields, got {len(row)}", raw)
                 continue
             source_id = row[id_index].strip()
             if not source_id:
-                writer.problem(record_no, None, f"{line}: blank {field_map['source_id']}", raw)
+                writer.problem(record_no, None, f"line {line_no}: blank {field_map['source_id']}", raw)
             elif "\x00" in raw:
-                writer.problem(record_no, source_id, f"{line}: contains a NUL byte", raw)
+                writer.problem(record_no, source_id, f"line {line_no}: contains a NUL byte", raw)
+            elif keys is not None:
+                writer.record_json(record_no, source_id, json_object(keys, row), line_no=line_no)
             else:
-                if keys is not None:
-                    writer.record_json(record_no, source_id, json_object(keys, row), where=line)
-                else:
-                    # columns without a name (Excel's blank padding) carry nothing a mapping can name
-                    writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=line)
+                # columns without a name (Excel's blank padding) carry nothing a mapping can name
+                writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=f"line {line_no}")
     counts.records, counts.problems, counts.ids_ascending = writer.records, writer.problems, writer.ids_ascending
     blank = f", skipped {progress.count(counts.skipped_blank_lines)} blank lines" if counts.skipped_blank_lines else ""
     tracker.finish(f"staged {progress.count(counts.records)} records, quarantined "
