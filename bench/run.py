@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CSV rows of the tiny DAG run whose wall time is Airflow's fixed start-up (default 1,000)")
     add("--whole-dag-tiny-runs", type=int, default=1,
         help="tiny DAG runs per server; the fixed start-up is the median of their wall times (default 1)")
+    add("--whole-dag-rounds", type=int, default=1,
+        help="rounds of the first load, unchanged rerun and 1%% changed per server, each on a fresh warehouse; "
+             "the targets take the median of the rounds (default 1)")
     add("--no-pg15", action="store_true",
         help="whole DAG on the embedded server only: no BENCH_DATABASE_URL server, no Debian PostgreSQL 15 cluster")
     return parser.parse_args(argv)
@@ -127,7 +130,8 @@ def run_whole_dag(args, results: BenchResults, children: Children, stamp: str, c
             results.notes.append(f"whole DAG: dlt could not be installed here, so its baselines are missing: {why}")
     tiny = inputs.write_csvs(args.work_dir / "inputs", args.whole_dag_tiny_rows, with_variants=False)
     common = {"children": children, "work_dir": args.work_dir, "stamp": stamp, "csv_input": csv_input,
-              "tiny_input": tiny, "bench_python": python, "tiny_runs": max(1, args.whole_dag_tiny_runs), "echo": echo}
+              "tiny_input": tiny, "bench_python": python, "tiny_runs": max(1, args.whole_dag_tiny_runs),
+              "rounds": max(1, args.whole_dag_rounds), "echo": echo}
     servers = [("embedded", lambda: database.Server(args.work_dir / "pg", from_env=False))]
     if args.no_pg15:
         results.notes.append("whole DAG: embedded server only (--no-pg15)")

@@ -4,14 +4,16 @@ Per server, in order: a tiny run (a --whole-dag-tiny-rows cut of the CSV + the p
 warehouse) whose wall time is Airflow's fixed start-up (with --whole-dag-tiny-runs N, the median of N such
 runs, each on a fresh warehouse: on a busy machine one start-up can vary by seconds); then on a fresh warehouse the first load, the
 unchanged rerun and the 1% changed file, with no VACUUM or CHECKPOINT between them (autovacuum and
-checkpoints are part of the cost). Pipeline time = wall time − the fixed start-up. Per-task durations come
-from the run's task instances in Airflow's metadata database (a database on the same server); rows
-written from the run's etl_runs row. Peak RSS is the `airflow` process's own (wait4's ru_maxrss, which
-also covers any child it waited for): Airflow 3's `dags test` runs every task in that process
-(`run_task_in_process`). Then dlt's pyarrow-fed merge of the same CSV, bare and followed by Sluice's
+checkpoints are part of the cost). With --whole-dag-rounds N, N such rounds, each on its own fresh
+warehouse: the targets take the median of the rounds (a DAG run's wall time varies by a second or two).
+Pipeline time = wall time − the fixed start-up. Per-task durations come from the run's task instances in
+Airflow's metadata database (a database on the same server); rows written from the run's etl_runs row.
+Peak RSS is the `airflow` process's own (wait4's ru_maxrss, which also covers any child it waited for):
+Airflow 3's `dags test` runs every task in that process (`run_task_in_process`). Then dlt's pyarrow-fed merge of the same CSV, bare and followed by Sluice's
 indexes, on a fresh database of the same server.
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -70,6 +72,15 @@ class ServerResult:
     @property
     def startup_seconds(self) -> float:
         return statistics.median(run.wall_seconds for name, run in self.runs.items() if name.startswith("tiny"))
+
+    def rounds(self) -> list[dict[str, DagRun]]:
+        """The rounds' runs, in order, each {pass: run} for the passes of PASSES it has."""
+        found = []
+        for number in itertools.count(1):
+            runs = {name: self.runs[run_name(name, number)] for name in PASSES if run_name(name, number) in self.runs}
+            if not runs:
+                return found
+            found.append(runs)
 
     def dlt_seconds(self, indexed: bool) -> float | None:
         name = baselines.DLT_MODES["arrow+indexes" if indexed else "arrow"][0]
@@ -140,9 +151,16 @@ class Airflow:
             return conn.execute("select coalesce(max(id), 0) from dag_run").fetchone()[0]
 
 
+def run_name(name: str, number: int) -> str:
+    """A run's name: the pass's or tiny's, and its number from the second on (first, first2, …; tiny, tiny2, …)."""
+    return name if number == 1 else f"{name}{number}"
+
+
 def pass_name(name: str) -> str:
-    """tiny, tiny2, … for the start-up runs; the passes by their report names."""
-    return PASS_NAMES.get(name) or f"{PASS_NAMES['tiny']} {name.removeprefix('tiny')}"
+    """A run's name in the report: its pass's report name, and its number from the second on."""
+    base = name.rstrip("0123456789")
+    number = name.removeprefix(base)
+    return f"{PASS_NAMES[base]} {number}" if number else PASS_NAMES[base]
 
 
 def etl_run(warehouse: str, run_id: str) -> dict:
@@ -157,8 +175,8 @@ def etl_run(warehouse: str, run_id: str) -> dict:
 
 def run_server(server: database.Server, label: str, *, children: Children, work_dir: Path, stamp: str,
                csv_input: inputs.CsvInput, tiny_input: inputs.CsvInput, bench_python: Path | None,
-               tiny_runs: int = 1, echo=print) -> ServerResult:
-    """The tiny runs and the three passes of the DAG, then the dlt baselines, on one server."""
+               tiny_runs: int = 1, rounds: int = 1, echo=print) -> ServerResult:
+    """The tiny runs and `rounds` rounds of the three passes of the DAG, then the dlt baselines, on one server."""
     api_input = inputs.api_records(API_RECORDS)
     result = ServerResult(label, server.describe(), csv_input.rows, tiny_input.rows,
                           expected_changed=csv_input.changed + api_input.changed)
@@ -166,17 +184,21 @@ def run_server(server: database.Server, label: str, *, children: Children, work_
     echo(f"whole DAG on {label}: airflow db migrate (metadata database on the same server)")
     airflow = Airflow(work_dir / "airflow-dag" / f"{stamp}-{label}", server.create_database(f"{prefix}_airflow"),
                       children.log_dir / f"airflow-{label}.log")
-    tiny = [f"tiny{n}" if n > 1 else "tiny" for n in range(1, tiny_runs + 1)]
-    warehouses = {**{name: server.create_database(f"{prefix}_{name}") for name in tiny},
-                  "full": server.create_database(f"{prefix}_wh")}
+    tiny = [run_name("tiny", n) for n in range(1, tiny_runs + 1)]
+    full = [run_name("wh", n) for n in range(1, rounds + 1)]
+    warehouses = {name: server.create_database(f"{prefix}_{name}") for name in [*tiny, *full]}
     staging = work_dir / "staging-dag" / label
-    plan = {**{name: (tiny_input.path, "posts", name) for name in tiny}, "first": (csv_input.path, "posts", "full"),
-            "rerun": (csv_input.path, "posts", "full"), "changed": (csv_input.changed_path, "posts-changed", "full")}
+    plan = {name: (tiny_input.path, "posts", name) for name in tiny}
+    for number, warehouse in enumerate(full, start=1):
+        plan |= {run_name("first", number): (csv_input.path, "posts", warehouse),
+                 run_name("rerun", number): (csv_input.path, "posts", warehouse),
+                 run_name("changed", number): (csv_input.changed_path, "posts-changed", warehouse)}
+    passes = [name for name in plan if name not in tiny]
     try:
         with SourceServer() as api, served_files(csv_input.path.parent) as files:
             api.serve_json("posts", api_input.records, page_size=API_PAGE_SIZE)
             api.serve_json("posts-changed", api_input.changed_records, page_size=API_PAGE_SIZE)
-            for name in [*tiny, *PASSES]:
+            for name in [*tiny, *passes]:
                 csv_path, route, warehouse = plan[name]
                 env = {**local_env.airflow_env(airflow.home, warehouse_url=warehouses[warehouse], api_url=api.url,
                                                csv_url=files),
@@ -184,7 +206,7 @@ def run_server(server: database.Server, label: str, *, children: Children, work_
                        "SLUICE_API_ENDPOINT": route}
                 run = airflow.dags_test(name, env, warehouses[warehouse])
                 result.runs[name] = run
-                if name in PASSES:
+                if name in passes:
                     run.pipeline_seconds = run.wall_seconds - result.startup_seconds
                 echo(f"  dags test {pass_name(name):<24} {run.wall_seconds:7.2f} s  {run.state}, "
                      f"{run.written:,} rows written, peak RSS {run.peak_rss_mb:.0f} MB")

@@ -59,7 +59,7 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     # folders are pruned by concurrent pytest runs, which would pull the data directory from under the server
     work_dir = REPO / ".sluice" / f"bench-smoke-{os.getpid()}"
     command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15",
-               "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
+               "--whole-dag-rounds", "2", "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
     env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -76,11 +76,17 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
         assert f" {task} |" in header
     rows = {line.split(" | ")[0][2:]: line for line in out.splitlines()
             if line.startswith(("| tiny", "| first load", "| unchanged rerun", "| 1% changed"))}
-    assert set(rows) == {"tiny (fixed start-up)", "first load", "unchanged rerun", "1% changed"}
+    assert set(rows) == {"tiny (fixed start-up)", "first load", "unchanged rerun", "1% changed", "first load 2",
+                         "unchanged rerun 2", "1% changed 2"}
     assert all(line.endswith("| success |") for line in rows.values()), rows
-    # the counts come from each run's etl_runs row: 2,080 new rows, then none, then exactly the 21 changed
-    assert "| 2,080 + 0 |" in rows["first load"] and "| 0 + 0 | 2,080 |" in rows["unchanged rerun"]
-    assert "| 0 + 21 | 2,059 |" in rows["1% changed"]
+    # the counts come from each run's etl_runs row: 2,080 new rows, then none, then exactly the 21 changed;
+    # the second round loads its own fresh warehouse
+    for round_ in ("", " 2"):
+        assert "| 2,080 + 0 |" in rows[f"first load{round_}"] and "| 0 + 0 | 2,080 |" in rows[f"unchanged rerun{round_}"]
+        assert "| 0 + 21 | 2,059 |" in rows[f"1% changed{round_}"]
+    # the targets take the rounds' medians (at 2,000 rows a pipeline time may be ≤ 0: a SKIP, still with both)
+    assert re.search(r"^(PASS|MISS|SKIP)  whole DAG unchanged rerun .*: (-?\d+\.\d\d) \(median of "
+                     r"-?\d+\.\d\d, -?\d+\.\d\d\) s vs ", out, re.M), out
     # the DAG runs' own statements, by task (sql/*.sql names), timed in the airflow process
     assert re.search(r"^\| store_raw \| first load \| `[a-z_]+` \| \d+\.\d\d \| \d+% \|$", out, re.M), out
     assert "PASS  whole DAG peak RSS at 2,000 rows within 100 MB of 1,000 [embedded]" in out
