@@ -74,6 +74,23 @@ def _changed(results) -> Target:
     return Target(_judge(ok), name, "; ".join(parts) + f"; {sum(changed.seconds(s) for s in changed.sources()):.2f} s")
 
 
+API_SOURCE_RATE = 50_000  # records/s of an API source's first load through ingest → upsert (#16)
+
+
+def _api_source(results) -> Target:
+    """The API source's first load, into a warehouse that already holds the CSV's rows (#16)."""
+    name = f"API source first load ≥ {API_SOURCE_RATE:,} records/s through ingest → upsert"
+    first = results.passes["first"]
+    stages = ("ingest", *LOAD_STAGES)
+    seconds = first.seconds("api", stages)
+    if seconds <= 0:
+        return Target("SKIP", name, "the API source was not measured")
+    rate = results.api_rows / seconds
+    return Target(_judge(rate >= API_SOURCE_RATE), name,
+                  f"{results.api_rows:,} records in {seconds:.2f} s = {rate:,.0f} records/s ("
+                  + ", ".join(f"{stage} {first.seconds('api', (stage,)):.2f} s" for stage in stages) + ")")
+
+
 def _memory(results) -> Target:
     name = f"peak RSS per CSV stage at {results.rows:,} rows within {RSS_SLACK_MB} MB of {results.memory_rows:,} rows"
     if results.memory_pass is None:
@@ -213,6 +230,7 @@ def evaluate(results) -> list[Target]:
         _versus(results, "psycopg2 executemany", "naive executemany", 20),
         _rerun(results),
         _changed(results),
+        _api_source(results),
         _memory(results),
         *_api_targets(results),
     ]
