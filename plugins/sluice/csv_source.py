@@ -284,6 +284,8 @@ def _block_records(lines: _PhysicalLines, block: list[str], width: int):
             done = end
             yield base + end, row, None
     except csv.Error:
+        # not an error to raise: the record that met it (perhaps only the block's end) is given back below,
+        # and the line-by-line reading rejects it with its reason, or reads it whole past the block
         pass
     lines.number = base + len(block)
     if done < len(block):
