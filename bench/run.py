@@ -85,11 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--no-whole-dag", action="store_true", help="skip the whole-DAG mode")
     add("--whole-dag-tiny-rows", type=int, default=1000,
         help="CSV rows of the tiny DAG run whose wall time is Airflow's fixed start-up (default 1,000)")
-    add("--whole-dag-tiny-runs", type=int, default=1,
-        help="tiny DAG runs per server; the fixed start-up is the median of their wall times (default 1)")
-    add("--whole-dag-rounds", type=int, default=1,
+    add("--whole-dag-tiny-runs", type=int, default=3,
+        help="tiny DAG runs per server; the fixed start-up is the median of their wall times (default 3)")
+    add("--whole-dag-rounds", type=int, default=3,
         help="rounds of the first load, unchanged rerun and 1%% changed per server, each on a fresh warehouse; "
-             "the targets take the median of the rounds (default 1)")
+             "the targets take the median of the rounds (default 3)")
     add("--no-pg15", action="store_true",
         help="whole DAG on the embedded server only: no BENCH_DATABASE_URL server, no Debian PostgreSQL 15 cluster")
     return parser.parse_args(argv)
