@@ -210,7 +210,7 @@ def _stage_record(writer: StageWriter, counts: StageCounts, record, id_field: st
             writer.problem(record_no, None, f"record {record_no}: {problem}", json.dumps(record, ensure_ascii=False))
         else:
             writer.record(record_no, source_id, record, where=f"record {record_no}")
-    counts.records, counts.problems, counts.ids_ascending = writer.records, writer.problems, writer.ids_ascending
+    writer.tally(counts)
 
 
 class _Pager:

@@ -379,7 +379,7 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
             else:
                 # columns without a name (Excel's blank padding) carry nothing a mapping can name
                 writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=f"line {line_no}")
-    counts.records, counts.problems, counts.ids_ascending = writer.records, writer.problems, writer.ids_ascending
+    writer.tally(counts)
     blank = f", skipped {progress.count(counts.skipped_blank_lines)} blank lines" if counts.skipped_blank_lines else ""
     tracker.finish(f"staged {progress.count(counts.records)} records, quarantined "
                    f"{progress.reasons(counts.problems, writer.first_problems)}{blank}")

@@ -78,6 +78,10 @@ class StageWriter:
         self.ids_ascending = True
         self._last_id = ""
 
+    def tally(self, counts: StageCounts) -> None:
+        """Put what this writer staged into the reader's counts."""
+        counts.records, counts.problems, counts.ids_ascending = self.records, self.problems, self.ids_ascending
+
     def record(self, record_no: int, source_id: str, data: dict, *, where: str) -> None:
         try:
             text = _JSON.encode(data)
