@@ -55,7 +55,6 @@ class StageCounts:
     pages: int = 0
     bytes: int = 0
     skipped_blank_lines: int = 0
-    last_id: str | None = None
     # every staged id came after the one before it (StageWriter.ids_ascending): the batch has no duplicate
     # ids, so store_raw need not look for them. False when unknown (a result of an earlier release)
     ids_ascending: bool = False
