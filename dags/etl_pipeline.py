@@ -3,8 +3,9 @@
 
 Pulls records from each source of the catalog (param `sources`, by default the file named by
 `SLUICE_SOURCES_FILE`; empty: the seed sources `api` — connection `etl_api`, param `api_endpoint` — and
-`csv` — connection `etl_csv`, param `csv_endpoint`), one `ingest_api` / `ingest_csv` instance per source,
-keeps the latest raw payload of every record (`raw_api_data`, `raw_csv_data`, keyed by source and id),
+`csv` — connection `etl_csv`, param `csv_endpoint`). Each source runs its own lane of mapped tasks, shown by
+its name — `ingest` → `store_raw` → `normalize` → `upsert` → `checkpoint` — between `init_schema` and one
+`record_run`, so one source's failure, retry or clear never touches another's. The run keeps the latest raw payload of every record (`raw_api_data`, `raw_csv_data`, keyed by source and id),
 validates and maps them into `normalized_data`, upserts only real changes, advances `etl_checkpoint` per
 source and writes one `etl_runs` row per run. Bad records go to `rejected_records` with a reason; they never
 stop the good ones.
@@ -17,26 +18,29 @@ contains, refused beyond `SLUICE_MAX_DELETE_FRACTION` of the source's live rows)
 empty reads the API whole) — these four describe the seed sources —, `full_refresh` (ignore checkpoints
 and re-normalize everything).
 
-**Assets**: each source's rows are the asset `sluice.normalized_data.<source>`; `upsert` emits an event
-for each source whose rows changed (its counts and the run id in the event's extra), through the alias
+**Assets**: each source's rows are the asset `sluice.normalized_data.<source>`; each source's `upsert` emits an
+event when its rows changed (its counts and the run id in the event's extra), through the alias
 `sluice.normalized_data`. Schedule a downstream DAG on a source's asset to run when it changes.
 
 **Failure**: an invalid catalog fails `init_schema`, before any source is read. When one source fails,
-the others still load; the run is recorded as failed with the error, naming the source.
+the others still load; once every lane has finished, the run is recorded as failed with the error, naming the
+source and its step. Clearing tasks of a finished run redoes them and records the run again.
 Only references and counts travel through XCom; rows are staged under `SLUICE_STAGING_URL`."""
 
 import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import AssetAlias, DeltaDataIntervalTimetable, Param, dag, task
+from airflow.sdk import AssetAlias, DeltaDataIntervalTimetable, Param, dag, task, task_group
 
 from sluice import airflow_edge as edge
 from sluice import assets, settings, sources
 
 _settings = settings.load()
-# each ingest instance is shown by its source's name (airflow_edge.ingest sets it)
-SOURCE_NAME = "{{ %s }}" % edge.MAP_INDEX_KEY
+# a lane's step, one instance per source: shown by its source's name (airflow_edge.lane_step sets it); at most
+# SLUICE_MAX_PARALLEL_SOURCES instances of each step run at once
+LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
+        "max_active_tis_per_dagrun": _settings.max_parallel_sources}
 
 
 @dag(
@@ -56,7 +60,7 @@ SOURCE_NAME = "{{ %s }}" % edge.MAP_INDEX_KEY
     },
     params={
         "sources": Param(sources.load_file(os.environ["SLUICE_SOURCES_FILE"])
-                         if os.environ.get("SLUICE_SOURCES_FILE") else [], type="array",
+                         if os.environ.get("SLUICE_SOURCES_FILE") else [], **sources.CATALOG_SCHEMA,
                          description="The catalog: a list of sources ({name, kind, endpoint, conn_id, mapping, "
                                      "since_param, delete_missing}); empty = the two seed sources api and csv, as the params "
                                      "below describe them. Default: the file named by SLUICE_SOURCES_FILE."),
@@ -76,51 +80,46 @@ SOURCE_NAME = "{{ %s }}" % edge.MAP_INDEX_KEY
     },
 )
 def etl_pipeline():
-    # the catalog is checked and returned per kind (complete entries, no rows)
+    # the catalog is checked and its entries returned (complete, no rows): one lane per source maps over them
     @task
     def init_schema(params=None):
         return edge.init_schema(params)
 
-    # the sources of one kind, which its ingest task maps over (Airflow maps only over a whole XCom)
-    @task
-    def sources_of(catalog, kind):
-        return catalog[kind]
+    # One lane per source of the catalog, any kind: each step an instance of a mapped task, shown by its source's
+    # name, so one source's failure, retry or clear never touches another's. Task ids are the steps' own names.
+    @task_group(group_id="sources", prefix_group_id=False)
+    def source_lane(entry):
+        @task(**LANE)
+        def ingest(entry, params=None, run_id=None):
+            return edge.ingest(entry, params, run_id)
 
-    # one instance per source of the kind, with its own retries, log and XCom
-    @task(max_active_tis_per_dagrun=_settings.max_parallel_sources, map_index_template=SOURCE_NAME)
-    def ingest_api(source, params=None, run_id=None):
-        return edge.ingest_instance(source, params, run_id)
+        @task(**LANE)
+        def store_raw(entry, ingested, run_id=None):
+            return edge.store_raw(entry, ingested, run_id)
 
-    @task(max_active_tis_per_dagrun=_settings.max_parallel_sources, map_index_template=SOURCE_NAME)
-    def ingest_csv(source, params=None, run_id=None):
-        return edge.ingest_instance(source, params, run_id)
+        @task(**LANE)
+        def normalize(entry, stored, params=None, run_id=None):
+            return edge.normalize(entry, stored, params, run_id)
 
-    # all_done: one failed source must not stop the others from loading.
-    @task(trigger_rule="all_done")
-    def store_raw(api, csv, run_id=None):
-        return edge.store_raw([api, csv], run_id)
+        # the sources are known at run time only: upsert adds its source's asset event to this alias
+        @task(**LANE, outlets=[AssetAlias(assets.ALIAS)])
+        def upsert(entry, stored, normalized, params=None, run_id=None):
+            return edge.upsert(entry, stored, normalized, params, run_id)
 
-    @task
-    def normalize(stored, catalog, params=None, run_id=None):
-        return edge.normalize(stored, catalog, params, run_id)
+        @task(**LANE)
+        def checkpoint(entry, stored, upserted, params=None, run_id=None):
+            return edge.checkpoint(entry, stored, upserted, params, run_id)
 
-    # the sources are known at run time only: upsert adds each changed source's asset event to this alias
-    @task(outlets=[AssetAlias(assets.ALIAS)])
-    def upsert(normalized, catalog, params=None, run_id=None):
-        return edge.upsert(normalized, catalog, params, run_id)
+        stored = store_raw(entry, ingest(entry))
+        return checkpoint(entry, stored, upsert(entry, stored, normalize(entry, stored)))
 
-    @task
-    def checkpoint(upserted, params=None, run_id=None):
-        return edge.checkpoint(upserted, params, run_id)
-
-    # all_done: the run is recorded whatever failed; it reads the other tasks from the DAG itself.
+    # all_done: the run is recorded whatever failed, once every lane has finished
     @task(trigger_rule="all_done", retries=1)
     def record_run(**context):
         return edge.record_run(context)
 
     catalog = init_schema()
-    api = ingest_api.expand(source=sources_of.override(task_id="api_sources")(catalog, "api"))
-    csv = ingest_csv.expand(source=sources_of.override(task_id="csv_sources")(catalog, "csv"))
-    checkpoint(upsert(normalize(store_raw(api, csv), catalog), catalog)) >> record_run()
+    source_lane.expand(entry=catalog) >> record_run()
+
 
 etl_pipeline()

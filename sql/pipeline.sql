@@ -322,15 +322,9 @@ select (select count(*) from normalized_stage where run_id = %(run_id)s and sour
 select last_processed_id, last_processed_at, total_processed, row_count, last_run_id
 from etl_checkpoint where source = %(source)s;
 
--- name: staged_last_id
--- the highest staged id of the run, for a store_raw result recorded by a release before staged_summary
--- (a run upgraded between its tasks): a scan of the run's staged records
-select coalesce(max(source_id::numeric) filter (where source_id ~ '^[0-9]{1,30}$')::text, max(source_id))
-from staged_records where run_id = %(run_id)s and source = %(source)s;
-
 -- name: advance_checkpoint
--- last_id: the highest id this run committed, as store_raw recorded it (staged_summary); a retried task
--- returns its recorded step result instead (warehouse.advance_checkpoint). The position only moves forward,
+-- last_id: the highest id this run stored, as store_raw found it (staged_summary); processed: what this run
+-- adds to the total (a redo adds only the difference, warehouse.advance_checkpoint). The position only moves forward,
 -- so a run finishing after a newer one cannot take it back; a full refresh read the source whole and sets it.
 insert into etl_checkpoint as c (source, last_processed_id, last_processed_at, total_processed, last_run_id)
 values (%(source)s, %(last_id)s, now(), %(processed)s, %(run_id)s)
@@ -388,43 +382,60 @@ on conflict (source) do update
         last_error_run_id = coalesce(excluded.last_error_run_id, c.last_error_run_id),
         last_error_at = coalesce(excluded.last_error_at, c.last_error_at);
 
--- name: sweep_abandoned_steps
--- the step results of other runs whose newest one is older than the retention: runs killed, or marked failed by
--- hand, before their record_run. Only their older results are read (by created_at's index, nothing when there
--- are none); their work rows go with this run's (delete_run_work, or the truncate).
-with abandoned as (
+-- name: register_work
+-- store_raw's source now has rows in the work tables (in the transaction that copies them): record_run removes
+-- them, or the sweep once the run is abandoned
+insert into etl_run_work (run_id, source) values (%(run_id)s, %(source)s)
+on conflict (run_id, source) do update set created_at = now();
+
+-- name: sweep_old_steps
+-- the step results of other runs whose newest one is older than the retention: a task of theirs cleared
+-- after that redoes its work instead of returning what it committed. Only the older results are read (by
+-- created_at's index, nothing when there are none).
+with old as (
     select run_id from etl_step_results
     where run_id in (select run_id from etl_step_results where created_at < now() - %(retention)s)
       and run_id <> %(run_id)s
     group by run_id
     having max(created_at) < now() - %(retention)s
-), swept as (
-    delete from etl_step_results s using abandoned a where s.run_id = a.run_id returning s.run_id, s.created_at
 )
-select run_id, max(created_at) from swept group by run_id order by run_id;
+delete from etl_step_results s using old o where s.run_id = o.run_id;
 
--- name: other_runs_at_work
--- whether another run has work rows: every run that wrote staged_records (and so normalized_stage) recorded
--- its store_raw result in the same transaction, and record_run deletes both together
-select exists (select 1 from etl_step_results where run_id <> %(run_id)s);
+-- name: sweep_abandoned_work
+-- the work rows of other runs' sources registered longer ago than the retention, whose run wrote no step result
+-- since: runs killed, or marked failed by hand, before their record_run, and failed sources a clear could have
+-- redone. Returns (run_id, source, registered at); the caller deletes their rows with this run's.
+delete from etl_run_work w
+where w.created_at < now() - %(retention)s and w.run_id <> %(run_id)s
+  and not exists (select 1 from etl_step_results s
+                  where s.run_id = w.run_id and s.created_at >= now() - %(retention)s)
+returning w.run_id, w.source, w.created_at;
+
+-- name: work_of_others
+-- whether any run's source other than the given sources of this run has rows in the work tables: every
+-- store_raw registers its source in the transaction that writes them (register_work)
+select exists (select 1 from etl_run_work where run_id <> %(run_id)s or not (source = any(%(sources)s)));
 
 -- name: lock_work_tables
--- waits for every transaction that reads or writes the work tables, so other_runs_at_work, asked again under
+-- waits for every transaction that reads or writes the work tables, so work_of_others, asked again under
 -- it, sees every run whose rows they hold
 lock table staged_records, normalized_stage in access exclusive mode;
 
 -- name: truncate_work
--- the work tables hold only this run's rows (and abandoned runs'): emptied whole, at no cost per row
+-- the work tables hold only the rows being removed: emptied whole, at no cost per row
 truncate staged_records, normalized_stage;
 
--- name: delete_run_work
--- other runs have rows in the work tables: only the rows of run_ids (this run's, and abandoned runs') go, by
--- a scan of each table
-with staged as (delete from staged_records where run_id = any(%(run_ids)s))
-delete from normalized_stage where run_id = any(%(run_ids)s);
+-- name: delete_work_of
+-- other runs have rows in the work tables: only the rows of the (run_id, source) pairs given go, by a scan of
+-- each table
+with pairs as (select * from unnest(%(run_ids)s::text[], %(sources)s::text[]) as p(run_id, source)),
+     staged as (delete from staged_records s using pairs p where s.run_id = p.run_id and s.source = p.source)
+delete from normalized_stage n using pairs p where n.run_id = p.run_id and n.source = p.source;
 
--- name: delete_run_steps
-delete from etl_step_results where run_id = %(run_id)s;
+-- name: unregister_work
+delete from etl_run_work w
+using unnest(%(run_ids)s::text[], %(sources)s::text[]) as p(run_id, source)
+where w.run_id = p.run_id and w.source = p.source;
 
 -- name: recorded_step
 select result from etl_step_results where run_id = %(run_id)s and source = %(source)s and step = %(step)s;

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psycopg
@@ -19,6 +19,7 @@ from psycopg import sql
 from sluice import csv_source, rules, warehouse
 from sluice_devtools import embedded_pg, sample_data
 from sluice.settings import DEFAULT_API_MAPPING, DEFAULT_CSV_MAPPING
+from sluice.results import Normalized, Stored
 from sluice.staging import StageWriter
 
 SOURCE = "csv"
@@ -54,39 +55,48 @@ def write_staged_api(directory: Path, records: int, *, run_id: str) -> Path:
 MAPPINGS = {"api": DEFAULT_API_MAPPING, "csv": DEFAULT_CSV_MAPPING}
 
 
+def recorded(conn, run_id: str, source: str, kind):
+    """The lane result (sluice.results) the run's step committed for the source: what the DAG hands the next step."""
+    row = conn.execute("select result from etl_step_results where run_id = %s and source = %s and step = %s",
+                       (run_id, source, kind.STEP)).fetchone()
+    conn.rollback()
+    return kind.from_xcom(row[0]) if row else None
+
+
 def store_raw(url: str, staged: Path, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE) -> dict:
     with psycopg.connect(url) as conn, open(staged, "rb") as file:
-        return warehouse.store_raw(conn, source, file, run_id=run_id, lock_timeout_seconds=lock_timeout)
+        return asdict(warehouse.store_raw(conn, source, file, run_id=run_id, lock_timeout_seconds=lock_timeout))
 
 
-def normalize(url: str, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE,
-              expected_staged: int | None = None) -> dict:
+def normalize(url: str, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE) -> dict:
     with psycopg.connect(url) as conn:
-        return warehouse.normalize(conn, source, rules.Normalization(MAPPINGS[source]), run_id=run_id, full_refresh=False,
-                                   lock_timeout_seconds=lock_timeout, expected_staged=expected_staged)
+        return asdict(warehouse.normalize(conn, source, rules.Normalization(MAPPINGS[source]), run_id=run_id,
+                                          full_refresh=False, lock_timeout_seconds=lock_timeout,
+                                          stored=recorded(conn, run_id, source, Stored)))
 
 
-def upsert(url: str, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE,
-           expected_staged: int | None = None) -> dict:
+def upsert(url: str, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE) -> dict:
     with psycopg.connect(url) as conn:
-        return warehouse.upsert(conn, source, run_id=run_id, lock_timeout_seconds=lock_timeout,
-                                expected_staged=expected_staged)
+        return asdict(warehouse.upsert(conn, source, run_id=run_id, lock_timeout_seconds=lock_timeout,
+                                       stored=recorded(conn, run_id, source, Stored),
+                                       normalized=recorded(conn, run_id, source, Normalized)))
 
 
 def checkpoint(url: str, run_id: str, processed: int, lock_timeout: float = LOCK_WAIT, source: str = SOURCE) -> dict:
     with psycopg.connect(url) as conn:
-        result = warehouse.advance_checkpoint(conn, source, run_id=run_id, processed=processed,
-                                              lock_timeout_seconds=lock_timeout)
+        stored = recorded(conn, run_id, source, Stored)
+        result = asdict(warehouse.advance_checkpoint(conn, source, run_id=run_id, last_id=stored and stored.last_id,
+                                                     processed=processed, lock_timeout_seconds=lock_timeout))
     del result["last_processed_at"]  # a clock reading: runs compare equal without it
     return result
 
 
 def load(url: str, staged: Path, run_id: str, lock_timeout: float = LOCK_WAIT, source: str = SOURCE) -> dict:
     """store_raw >> normalize >> upsert >> checkpoint of one source for one run; each step's result by name."""
-    # each step checks the work table against what the step before it reported, as sluice.pipeline does
+    # each step takes what the step before it committed, as the DAG hands it on
     results = {"store_raw": store_raw(url, staged, run_id, lock_timeout, source)}
-    results["normalize"] = normalize(url, run_id, lock_timeout, source, results["store_raw"]["stored"])
-    results["upsert"] = upsert(url, run_id, lock_timeout, source, results["normalize"]["valid"])
+    results["normalize"] = normalize(url, run_id, lock_timeout, source)
+    results["upsert"] = upsert(url, run_id, lock_timeout, source)
     results["checkpoint"] = checkpoint(url, run_id, results["normalize"]["staged"], lock_timeout, source)
     return results
 
@@ -203,6 +213,8 @@ def advisory_waiters(monitor: psycopg.Connection) -> int:
 CHILD = """
 import sys, psycopg
 from sluice import warehouse
+from sluice.results import Normalized, Stored
+from tests.crash_support import recorded
 url, app, step, run_id, staged = sys.argv[1:]
 # client_connection_check_interval: the orphaned backend notices its dead client within 0.1 s instead of
 # after finishing its statement; it rolls back either way, this only saves the wait.
@@ -211,7 +223,8 @@ with psycopg.connect(url, application_name=app, options="-c client_connection_ch
         with open(staged, "rb") as file:
             warehouse.store_raw(conn, "csv", file, run_id=run_id, lock_timeout_seconds=60)
     elif step == "upsert":
-        warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=60)
+        warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=60,
+                         stored=recorded(conn, run_id, "csv", Stored), normalized=recorded(conn, run_id, "csv", Normalized))
     else:
         raise SystemExit(f"unknown step {step}")
 """

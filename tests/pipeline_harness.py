@@ -30,8 +30,14 @@ class Pipeline:
         """What an operator does to a failed run: clear store_raw and every task after it, and the scheduler runs
         them again in the same run. The ingest tasks keep their results (the staged files and their place in the
         fetch order). dag.test() cannot: it replaces the run, and the ingest results with it."""
+        return self.clear(run_id, ["store_raw"])
+
+    def clear(self, run_id: str, tasks: list, *, downstream: bool = True):
+        """Clear tasks of a run as the Airflow UI does (its REST endpoint's code: a task id clears every instance,
+        (task id, map index) one source's; downstream adds the relatives, in a mapped group those of the same
+        source), then run what is ready, as the scheduler would, until the run is finished."""
         from airflow.models.dagrun import DagRun
-        from airflow.models.taskinstance import clear_task_instances
+        from airflow.models.taskinstance import clear_task_instances, find_relevant_relatives
         from airflow.sdk.definitions.dag import _run_task
         from airflow.serialization.serialized_objects import DagSerialization
         from airflow.utils.session import create_session
@@ -39,13 +45,23 @@ class Pipeline:
         from sqlalchemy import select
 
         dag = airflow_env.load_dag()
-        cleared = {"store_raw", *dag.task_dict["store_raw"].get_flat_relative_ids(upstream=False)}
+        serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
         with create_session() as session:
-            dag_run = session.scalar(select(DagRun).where(DagRun.run_id == run_id))
-            clear_task_instances([ti for ti in dag_run.get_task_instances(session=session) if ti.task_id in cleared],
-                                 session, dag_run_state=DagRunState.RUNNING)
+            normal = {task for task in tasks if not isinstance(task, tuple)}
+            mapped = {task for task in tasks if isinstance(task, tuple)}
+            if downstream:
+                relatives = find_relevant_relatives(normal, mapped, dag=serialized, run_id=run_id,
+                                                    direction="downstream", session=session)
+                normal.update(task for task in relatives if not isinstance(task, tuple))
+                mapped.update(task for task in relatives if isinstance(task, tuple))
+            markers = [*normal, *((task, index) for task, index in mapped if task not in normal)]
+            cleared = serialized.clear(dry_run=True, task_ids=markers, run_id=run_id, session=session)
+            clear_task_instances(cleared, session, DagRunState.QUEUED)
             session.commit()
-            dag_run.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+            dag_run = session.scalar(select(DagRun).where(DagRun.run_id == run_id))
+            dag_run.state = DagRunState.RUNNING
+            session.commit()
+            dag_run.dag = serialized
             # dag.test()'s loop: schedule what is ready, run it here, until the run is finished
             while dag_run.state == DagRunState.RUNNING:
                 session.expire_all()
@@ -59,6 +75,7 @@ class Pipeline:
                 if not ready:  # a retry whose delay has not passed yet
                     time.sleep(0.2)
             state = str(dag_run.state)
+            self.last_cleared = sorted((ti.task_id, ti.map_index) for ti in cleared)
         return state, self._finished(run_id)
 
     def _finished(self, run_id: str) -> dict:

@@ -1,18 +1,17 @@
-"""Which sources' assets upsert emits an event for, and what the event says (sluice.assets, Airflow-free)."""
+"""When a source's upsert emits an event for its asset, and what the event says (sluice.assets, Airflow-free)."""
 
 from sluice import assets
-from sluice.results import SourceUpserted, Upserted
+from sluice.results import Upserted
 from tests import airflow_env  # noqa: F401  # its AIRFLOW_HOME, before airflow is first imported
 
 WAREHOUSE = assets.Warehouse(host="db.example", port=5433, database="sluice")
 
 
 def test_a_source_that_changed_rows_emits_its_counts_and_the_run_id():
-    upserted = Upserted({
-        "orders": SourceUpserted("orders", inserted=3, updated=0, unchanged=5, processed=8),
-        "items": SourceUpserted("items", inserted=0, updated=2, unchanged=1, superseded=1, processed=4),
-    })
-    found = assets.events(upserted, WAREHOUSE, run_id="manual__1")
+    found = [*assets.events(Upserted("items", inserted=0, updated=2, unchanged=1, superseded=1, processed=4),
+                            WAREHOUSE, run_id="manual__1"),
+             *assets.events(Upserted("orders", inserted=3, updated=0, unchanged=5, processed=8), WAREHOUSE,
+                            run_id="manual__1")]
     assert [event.name for event in found] == ["sluice.normalized_data.items", "sluice.normalized_data.orders"]
     assert found[1].extra == {"source": "orders", "inserted": 3, "updated": 0, "unchanged": 5, "superseded": 0,
                               "processed": 8, "deleted": 0, "undeleted": 0, "deletes_skipped": "",
@@ -21,23 +20,17 @@ def test_a_source_that_changed_rows_emits_its_counts_and_the_run_id():
     assert found[1].uri == "postgres://db.example:5433/sluice/public/normalized_data?source=orders"
 
 
-def test_a_source_that_did_not_change_or_was_not_reached_emits_nothing():
-    upserted = Upserted({"orders": SourceUpserted("orders", unchanged=10, processed=10),
-                         "empty": SourceUpserted("empty")})
-    # a source whose ingest failed is not in the upsert's result at all
-    assert assets.events(upserted, WAREHOUSE, run_id="r") == []
-    assert assets.events(Upserted(), WAREHOUSE, run_id="r") == []
-    # a source whose load the delete guard refused committed nothing
-    refused = Upserted({}, failed={"items": "items: the read would delete 7 of 10 live rows (70%), ..."})
-    assert assets.events(refused, WAREHOUSE, run_id="r") == []
+def test_a_source_that_did_not_change_emits_nothing():
+    assert assets.events(Upserted("orders", unchanged=10, processed=10), WAREHOUSE, run_id="r") == []
+    assert assets.events(Upserted("empty"), WAREHOUSE, run_id="r") == []
 
 
 def test_changed_means_rows_inserted_updated_deleted_or_undeleted():
-    assert assets.changed(SourceUpserted("a", inserted=1))
-    assert assets.changed(SourceUpserted("a", updated=1))
-    assert assets.changed(SourceUpserted("a", deleted=1, unchanged=4))
-    assert assets.changed(SourceUpserted("a", undeleted=1, unchanged=4))
-    assert not assets.changed(SourceUpserted("a", unchanged=7, superseded=2, processed=9))
+    assert assets.changed(Upserted("a", inserted=1))
+    assert assets.changed(Upserted("a", updated=1))
+    assert assets.changed(Upserted("a", deleted=1, unchanged=4))
+    assert assets.changed(Upserted("a", undeleted=1, unchanged=4))
+    assert not assets.changed(Upserted("a", unchanged=7, superseded=2, processed=9))
 
 
 def test_the_uri_is_what_airflow_normalizes_it_to_and_distinct_per_source():
@@ -54,6 +47,6 @@ def test_the_uri_is_what_airflow_normalizes_it_to_and_distinct_per_source():
 
 
 def test_the_log_describes_an_event_in_plain_words():
-    upserted = Upserted({"items": SourceUpserted("items", inserted=1200, updated=3, deleted=2, processed=1205)})
-    (event,) = assets.events(upserted, WAREHOUSE, run_id="r")
+    (event,) = assets.events(Upserted("items", inserted=1200, updated=3, deleted=2, processed=1205), WAREHOUSE,
+                             run_id="r")
     assert assets.described(event) == "1,200 inserted, 3 updated, 2 deleted, 0 undeleted"

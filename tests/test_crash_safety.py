@@ -96,7 +96,7 @@ def test_upsert_killed_mid_insert_then_mid_index_rebuild_leaves_nothing_and_its_
         database_url, inputs, clean):
     crash.load(database_url, inputs.prior, PRIOR_RUN)
     stored = crash.store_raw(database_url, inputs.full, RUN)
-    normalized = crash.normalize(database_url, RUN, expected_staged=stored["stored"])
+    normalized = crash.normalize(database_url, RUN)
     assert normalized["valid"] >= BULK_ROWS, "the run must be big enough for upsert's bulk path"
     before = crash.snapshot(database_url, RUN)
 
@@ -120,7 +120,7 @@ def test_upsert_killed_mid_insert_then_mid_index_rebuild_leaves_nothing_and_its_
         # every row inserted, the first index half rebuilt: still nothing
         assert_rolled_back(database_url, before, normalized)
 
-    upserted = crash.upsert(database_url, RUN, expected_staged=normalized["valid"])
+    upserted = crash.upsert(database_url, RUN)
     checkpointed = crash.checkpoint(database_url, RUN, normalized["staged"])
 
     clean_results, clean_snapshot = clean
@@ -196,7 +196,7 @@ def test_postgres_crash_mid_upsert_then_the_retried_upsert_loads_every_row(priva
     # "succeeded" with 0 of the run's rows
     url = private_server.url
     stored = crash.store_raw(url, inputs.medium, RUN)
-    normalized = crash.normalize(url, RUN, expected_staged=stored["stored"])
+    normalized = crash.normalize(url, RUN)
 
     task = crash.Task(crash.upsert, url, RUN)
     with psycopg.connect(url, autocommit=True) as monitor:
@@ -214,7 +214,7 @@ def test_postgres_crash_mid_upsert_then_the_retried_upsert_loads_every_row(priva
     assert crash.count(url, "select count(*) from normalized_data") == 0
     crash.assert_checkpoint_within_committed(url)
 
-    retried = crash.upsert(url, RUN, expected_staged=normalized["valid"])  # Airflow's retry of the upsert task
+    retried = crash.upsert(url, RUN)  # Airflow's retry of the upsert task
     crash.checkpoint(url, RUN, normalized["staged"])
 
     assert retried["inserted"] == normalized["valid"], (

@@ -7,14 +7,13 @@ import pytest
 
 from tests.airflow_env import load_dag
 
+LANE = ("ingest", "store_raw", "normalize", "upsert", "checkpoint")
 EDGES = {
-    # the catalog init_schema checked: per kind for the mapped ingests, whole for normalize and upsert
-    "init_schema": {"api_sources", "csv_sources", "normalize", "upsert"},
-    "api_sources": {"ingest_api"},
-    "csv_sources": {"ingest_csv"},
-    "ingest_api": {"store_raw"},
-    "ingest_csv": {"store_raw"},
-    "store_raw": {"normalize"},
+    # the catalog's entries: each lane step takes its source's entry
+    "init_schema": set(LANE),
+    "ingest": {"store_raw"},
+    # the stored batch (its fetch order and last id) goes to every later step of the lane
+    "store_raw": {"normalize", "upsert", "checkpoint"},
     "normalize": {"upsert"},
     "upsert": {"checkpoint"},
     "checkpoint": {"record_run"},
@@ -49,10 +48,10 @@ def test_every_task_retries_with_exponential_backoff(dag):
 
 
 def test_failure_tolerant_trigger_rules(dag):
+    """A lane stops at its first failed step; record_run waits for every lane to finish, whatever failed."""
     rules = {task.task_id: task.trigger_rule for task in dag.tasks}
-    assert rules["store_raw"] == "all_done"
     assert rules["record_run"] == "all_done"
-    assert rules["normalize"] == "all_success"
+    assert {rules[step] for step in LANE} == {"all_success"}
 
 
 def test_params_have_defaults_for_the_trigger_form(dag):
@@ -84,12 +83,47 @@ def test_dag_file_imports_no_database_or_http_libraries_and_parses_fast():
     assert float(seconds) < 30
 
 
-def test_the_catalog_param_defaults_to_the_seed_sources_and_ingests_are_mapped_four_at_a_time(dag):
+def test_the_catalog_param_defaults_to_the_seed_sources_and_each_lane_step_is_mapped_four_at_a_time(dag):
     # an empty catalog: the seed sources api and csv, as the params above describe them
     assert dag.params.dump()["sources"] == []
-    for task_id in ("ingest_api", "ingest_csv"):
-        assert dag.task_dict[task_id].is_mapped
-        assert dag.task_dict[task_id].max_active_tis_per_dagrun == 4
+    group = dag.task_group_dict["sources"]
+    assert type(group).__name__ == "MappedTaskGroup"
+    for task_id in LANE:
+        task = dag.task_dict[task_id]
+        assert task.task_group is group, task_id
+        assert task.max_active_tis_per_dagrun == 4
+        assert task.map_index_template == "{{ sluice_source }}"
+    assert dag.task_dict["init_schema"].task_group is not group and dag.task_dict["record_run"].task_group is not group
+
+
+@pytest.mark.parametrize("catalog, problem", [
+    ([{"name": "orders", "kind": "api", "endpoint": "orders", "colour": "red"}], "Additional properties"),
+    ([{"name": "Orders", "kind": "api", "endpoint": "orders"}], "does not match"),
+    ([{"name": "orders", "kind": "ftp", "endpoint": "orders"}], "is not one of"),
+    ([{"name": "orders", "kind": "csv"}], "'endpoint' is a required property"),
+    ({"name": "orders"}, "is not of type 'array'"),
+])
+def test_the_trigger_form_refuses_a_malformed_catalog(dag, catalog, problem):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dag.params)
+    with pytest.raises(ParamValidationError, match=problem):  # as the trigger form sets it
+        params["sources"] = catalog
+
+
+def test_the_trigger_form_takes_a_catalog_of_any_kind_with_every_field(dag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from sluice import sources
+
+    entry = sources.to_entry(sources.from_entry({"name": "orders", "kind": "api", "endpoint": "orders",
+                                                 "pagination": {"type": "page_param", "param": "page",
+                                                                "page_size": 50}}))
+    params = ParamsDict(dag.params)
+    params["sources"] = [entry, {"name": "stock", "kind": "csv", "endpoint": "stock.csv", "delimiter": ";"}]
+    assert params.validate()["sources"][0]["name"] == "orders"
 
 
 def test_upsert_declares_the_alias_its_asset_events_go_through_and_no_other_task_has_outlets(dag):

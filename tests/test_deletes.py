@@ -15,7 +15,7 @@ import requests
 from webapp_fixtures import make_app  # noqa: F401
 
 from sluice import pipeline, results, runs, settings, sources
-from sluice.errors import InvalidSource
+from sluice.errors import DeleteRefused, InvalidSource
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault, SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at
@@ -152,7 +152,7 @@ def test_a_failed_read_deletes_nothing(pipeline_run, fault):
 
     state, run = pipeline.run({"sources": ITEMS})
 
-    assert state == "failed" and "ingest_csv[items]" in run["error_message"]
+    assert state == "failed" and "ingest[items]" in run["error_message"]
     assert live(pipeline, "items") == list(range(1, 11)) and deleted(pipeline, "items") == {}
 
 
@@ -225,7 +225,6 @@ def steps(database_url, tmp_path):
     source = sources.Source(name="items", kind="csv", conn_id="etl_csv", endpoint="items.csv",
                             mapping=settings.DEFAULT_CSV_MAPPING)
     config = replace(settings.load(), max_delete_fraction=0.5)
-    catalog = {"items": source}
 
     class Steps:
         url = database_url
@@ -238,12 +237,13 @@ def steps(database_url, tmp_path):
 
         def store_and_normalize(self, run_id: str, ingested):
             with psycopg.connect(database_url) as conn:
-                stored = pipeline.store_raw(conn, [ingested], run_id=run_id, settings=config)
-                return pipeline.normalize(conn, stored, catalog, run_id=run_id, settings=config)
+                stored = pipeline.store_raw(conn, ingested, run_id=run_id, settings=config)
+                return stored, pipeline.normalize(conn, source, stored, run_id=run_id, settings=config)
 
-        def upsert(self, run_id: str, normalized):
+        def upsert(self, run_id: str, batch):
+            stored, normalized = batch
             with psycopg.connect(database_url) as conn:
-                return pipeline.upsert(conn, normalized, catalog, run_id=run_id, settings=config)
+                return pipeline.upsert(conn, source, stored, normalized, run_id=run_id, settings=config)
 
         def run(self, run_id: str, rows):
             return self.upsert(run_id, self.store_and_normalize(run_id, self.ingest(run_id, rows)))
@@ -266,10 +266,10 @@ def test_an_older_read_stored_after_a_newer_one_deletes_nothing(steps):
 
     upserted_a = steps.upsert("run-a", steps.store_and_normalize("run-a", older))
 
-    assert upserted_b.of("items").inserted == 2
-    assert upserted_a.failed == {}  # not refused: its read is simply not the one that decides
-    assert (upserted_a.of("items").deleted, upserted_a.of("items").undeleted) == (0, 0)
-    assert "newer fetch" in upserted_a.of("items").deletes_skipped
+    assert upserted_b.inserted == 2
+    # not refused: its read is simply not the one that decides
+    assert (upserted_a.deleted, upserted_a.undeleted) == (0, 0)
+    assert "newer fetch" in upserted_a.deletes_skipped
     assert rows_of(steps.url) == (list(range(1, 13)), [])
 
 
@@ -282,8 +282,8 @@ def test_an_older_read_upserted_after_a_newer_one_deleted_does_not_undelete(step
 
     upserted_a = steps.upsert("run-a", normalized_a)
 
-    assert upserted_b.of("items").deleted == 2
-    assert (upserted_a.of("items").deleted, upserted_a.of("items").undeleted) == (0, 0)
+    assert upserted_b.deleted == 2
+    assert (upserted_a.deleted, upserted_a.undeleted) == (0, 0)
     assert rows_of(steps.url) == (list(range(1, 9)), [9, 10])
 
 
@@ -294,8 +294,8 @@ def test_a_retried_upsert_returns_its_counts_without_deleting_or_counting_twice(
     first = steps.upsert("run-1", normalized)
     retried = steps.upsert("run-1", normalized)
 
-    assert first == retried and first.of("items").deleted == 2
-    assert (first.of("items").live_before, first.of("items").live_after) == (10, 8)
+    assert first == retried and first.deleted == 2
+    assert (first.live_before, first.live_after) == (10, 8)
     assert rows_of(steps.url) == (list(range(1, 9)), [9, 10])
 
 
@@ -324,16 +324,16 @@ def test_max_delete_fraction_defaults_to_a_half(monkeypatch):
     assert settings.load().max_delete_fraction == 0.5
 
 
-def test_a_refused_source_survives_xcom_and_fails_the_run_by_name():
-    upserted = results.Upserted({"stock": results.SourceUpserted("stock", inserted=3, deleted=1, undeleted=2,
-                                                                 live_before=5, live_after=9)},
-                                failed={"items": "DeleteRefused: items: the read would delete ..."})
+def test_a_refused_source_fails_the_run_by_name_and_the_others_count():
+    upserted = results.Upserted("stock", inserted=3, deleted=1, undeleted=2, live_before=5, live_after=9)
     value = json.loads(json.dumps(upserted.to_xcom()))
     assert results.from_xcom(value) == upserted
     outcome = runs.RunOutcome.of(
         [results.Ingested("items", "file:///i", records=3, kind="csv"),
          results.Ingested("stock", "file:///s", records=8, kind="csv"), upserted],
-        run_id="r", run_type="manual", started_at=datetime.now(timezone.utc))
+        run_id="r", run_type="manual", started_at=datetime.now(timezone.utc),
+        failed_sources={"items": runs.SourceFailure("upsert", "DeleteRefused: items: the read would delete ...",
+                                                    "csv")})
     assert outcome.status == "failed" and outcome.errors == []
     assert outcome.source_statuses() == {"items": ("csv", "DeleteRefused: items: the read would delete ..."),
                                          "stock": ("csv", None)}
@@ -348,9 +348,9 @@ def test_a_refused_read_writes_no_row_version_so_normalized_data_does_not_grow(s
     with psycopg.connect(steps.url) as conn:
         before = conn.execute("select pg_total_relation_size('normalized_data')").fetchone()[0]
 
-    upserted = steps.run("run-1", range(1, 11))  # the source emptied but for 10 rows
+    with pytest.raises(DeleteRefused, match="items: the read would delete 1,990 of 2,000 live rows"):
+        steps.run("run-1", range(1, 11))  # the source emptied but for 10 rows
 
-    assert "DeleteRefused: items: the read would delete 1,990 of 2,000 live rows" in upserted.failed["items"]
     with psycopg.connect(steps.url) as conn:
         # an update of the 1,990 rows rolled back would have left 1,990 dead versions in new pages and index entries
         assert conn.execute("select pg_total_relation_size('normalized_data')").fetchone()[0] == before

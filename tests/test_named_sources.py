@@ -135,7 +135,7 @@ def test_one_failing_source_does_not_stop_the_other_three(pipeline):
     state, run = pipeline.run({"sources": CATALOG})
 
     assert state == "failed" and run["status"] == "failed"
-    assert run["error_message"].startswith("ingest_api[comments]: SourceError") and "500" in run["error_message"]
+    assert run["error_message"].startswith("ingest[comments]: SourceError") and "500" in run["error_message"]
     assert "posts" not in run["error_message"].split(":")[0]
     assert rows_per_source(pipeline) == {name: n for name, n in ROWS.items() if name != "comments"}
     # the failed source has no checkpoint, and its error is what /sources shows

@@ -49,22 +49,32 @@ SEEDS = {"api": sources.seed("api", endpoint="posts"), "csv": sources.seed("csv"
 
 
 def run_all_steps(url: str, served: SourceServer, staging_dir: Path, config, run_sources=SEEDS) -> list:
-    """Every step of one run, in the DAG's order, each on its own connection as each task has; the results."""
+    """Every step of one run, each source's lane in the DAG's order, each step on its own connection as each
+    task has; the results (every source's lane, then the run's record)."""
     with psycopg.connect(url) as conn:
         pipeline.init_schema(conn, settings=config)
-    ingested = []
+    steps = []
     for source in run_sources.values():
         with psycopg.connect(url) as conn, requests.Session() as session:
-            ingested.append(pipeline.ingest(conn, source, session, f"{served.url}/{source.endpoint}",
-                                            str(staging_dir / f"{source.name}.copy"), run_id=RUN_ID, settings=config))
+            steps.append(pipeline.ingest(conn, source, session, f"{served.url}/{source.endpoint}",
+                                         str(staging_dir / f"{source.name}.copy"), run_id=RUN_ID, settings=config))
+        steps += run_lane(url, source, steps[-1], config)
     with psycopg.connect(url) as conn:
-        stored = pipeline.store_raw(conn, ingested, run_id=RUN_ID, settings=config)
-        normalized = pipeline.normalize(conn, stored, run_sources, run_id=RUN_ID, settings=config)
-        upserted = pipeline.upsert(conn, normalized, run_sources, run_id=RUN_ID, settings=config)
-        checkpointed = pipeline.checkpoint(conn, upserted, run_id=RUN_ID, settings=config)
-        steps = [*ingested, stored, normalized, upserted, checkpointed]
         outcome = runs.RunOutcome.of(steps, run_id=RUN_ID, run_type="manual", started_at=datetime.now(timezone.utc))
         return [*steps, pipeline.record_run(conn, outcome, settings=config)]
+
+
+def run_lane(url: str, source, ingested, config, run_id: str = RUN_ID) -> list:
+    """store_raw → normalize → upsert → checkpoint of one source, each on its own connection."""
+    with psycopg.connect(url) as conn:
+        stored = pipeline.store_raw(conn, ingested, run_id=run_id, settings=config)
+    with psycopg.connect(url) as conn:
+        normalized = pipeline.normalize(conn, source, stored, run_id=run_id, settings=config)
+    with psycopg.connect(url) as conn:
+        upserted = pipeline.upsert(conn, source, stored, normalized, run_id=run_id, settings=config)
+    with psycopg.connect(url) as conn:
+        return [stored, normalized, upserted, pipeline.checkpoint(conn, stored, upserted, run_id=run_id,
+                                                                  settings=config)]
 
 
 def test_the_steps_load_the_two_seed_sources_and_record_the_run(database_url, served, tmp_path, config):
@@ -90,17 +100,18 @@ def test_the_steps_load_the_two_seed_sources_and_record_the_run(database_url, se
 def test_a_rerun_of_the_steps_writes_nothing(database_url, served, tmp_path, config):
     run_all_steps(database_url, served, tmp_path, config)
 
-    *_, upserted, _, recorded = run_all_steps(database_url, served, tmp_path, config)
+    *steps, recorded = run_all_steps(database_url, served, tmp_path, config)
 
-    assert {name: (r.inserted, r.updated) for name, r in upserted.sources.items()} == {"api": (0, 0), "csv": (0, 0)}
+    upserted = {step.source: (step.inserted, step.updated) for step in steps if isinstance(step, results.Upserted)}
+    assert upserted == {"api": (0, 0), "csv": (0, 0)}
     assert recorded.sources["csv"]["unchanged"] == CSV_ROWS - 2
 
 
 def test_every_step_result_survives_its_xcom_round_trip_as_json(database_url, served, tmp_path, config):
     steps = run_all_steps(database_url, served, tmp_path, config)
 
-    assert [type(step).__name__ for step in steps] == [
-        "Ingested", "Ingested", "Stored", "Normalized", "Upserted", "Checkpointed", "Recorded"]
+    lane = ["Ingested", "Stored", "Normalized", "Upserted", "Checkpointed"]
+    assert [type(step).__name__ for step in steps] == [*lane, *lane, "Recorded"]
     for step in steps:
         value = json.loads(json.dumps(step.to_xcom()))
         assert type(step).from_xcom(value) == step
@@ -125,21 +136,20 @@ def test_a_batch_in_ascending_id_order_is_known_free_of_duplicates_and_any_other
         ingested = pipeline.ingest(conn, source, session, f"{served.url}/ids.csv", str(tmp_path / "ids.copy"),
                                    run_id=RUN_ID, settings=config)
         ingested = results.Ingested.from_xcom(json.loads(json.dumps(ingested.to_xcom())))
-        stored = pipeline.store_raw(conn, [ingested], run_id=RUN_ID, settings=config).of("csv")
+        stored = pipeline.store_raw(conn, ingested, run_id=RUN_ID, settings=config)
 
     assert ingested.ids_ascending is ascending
     assert (stored.stored, stored.rejected) == (len(set(ids)), duplicates)
 
 def test_the_run_outcome_is_built_from_the_step_results_and_its_counts_add_up():
-    ingested = [results.Ingested("api", "file:///a.copy", records=9, problems=1, fetch_seq=4),
-                results.Ingested("csv", "file:///c.copy", records=5)]
+    ingested = [results.Ingested("api", "file:///a.copy", records=9, problems=1, fetch_seq=4, kind="api"),
+                results.Ingested("csv", "file:///c.copy", records=5, kind="csv")]
     outcome = runs.RunOutcome.of(
-        [*ingested, results.Stored({"api": results.SourceStored("api", stored=8, rejected=2, superseded=0)}),
-         results.Normalized({"api": results.SourceNormalized("api", staged=8, valid=6, rejected=1,
-                                                             skipped_unchanged=1)}),
-         results.Upserted({"api": results.SourceUpserted("api", inserted=4, updated=1, unchanged=0, superseded=1)}),
-         None],
-        run_id="r", run_type="manual", started_at=datetime.now(timezone.utc), errors=["ingest_csv: later failure"])
+        [*ingested, results.Stored("api", stored=8, rejected=2, superseded=0),
+         results.Normalized("api", staged=8, valid=6, rejected=1, skipped_unchanged=1),
+         results.Upserted("api", inserted=4, updated=1, unchanged=0, superseded=1), None],
+        run_id="r", run_type="manual", started_at=datetime.now(timezone.utc),
+        failed_sources={"csv": runs.SourceFailure("store_raw", "StagedFileMissing: csv: gone", "csv")})
 
     counts = outcome.source_counts()
 
@@ -150,6 +160,11 @@ def test_the_run_outcome_is_built_from_the_step_results_and_its_counts_add_up():
     assert counts["csv"] == {"fetched": 5, "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0,
                              "superseded": 0, **NO_DELETES, "live_before": 0, "live_after": 0, "loaded": False}
     assert outcome.status == "failed"
+    assert outcome.error_lines() == ["store_raw[csv]: StagedFileMissing: csv: gone"]
+    assert outcome.source_statuses() == {"api": ("api", None), "csv": ("csv", "StagedFileMissing: csv: gone")}
+    with pytest.raises(ValueError, match="source 'api' has two upsert results"):
+        runs.RunOutcome.of([results.Upserted("api"), results.Upserted("api")], run_id="r", run_type="manual",
+                           started_at=datetime.now(timezone.utc))
 
 
 # ---- a third kind of source: this module is its reader (sources.KINDS names a module with stage())
@@ -180,8 +195,8 @@ def test_a_third_kind_of_source_is_one_module_that_ingest_uses(database_url, ser
 
     steps = run_all_steps(database_url, served, tmp_path, config, {"api": SEEDS["api"], "orders": ndjson})
 
-    assert steps[1] == results.Ingested("orders", str(tmp_path / "orders.copy"), records=7, pages=1,
-                                        bytes=steps[1].bytes, fetch_seq=steps[1].fetch_seq, kind="ndjson",
+    assert steps[5] == results.Ingested("orders", str(tmp_path / "orders.copy"), records=7, pages=1,
+                                        bytes=steps[5].bytes, fetch_seq=steps[5].fetch_seq, kind="ndjson",
                                         staged_by=socket.getfqdn())
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("select source_id, name, value from normalized_data where source = 'orders'"
@@ -243,7 +258,7 @@ def test_a_bulk_load_rebuilds_indexes_with_the_memory_its_caller_gives(database_
                                 bulk_rows=10, index_build_memory="1kB")
         stored = warehouse.store_raw(conn, "api", io.BytesIO(staged.getvalue()), run_id=RUN_ID,
                                      lock_timeout_seconds=5, bulk_rows=10, index_build_memory="2MB")
-    assert stored["raw_inserted"] == 30
+    assert stored.raw_inserted == 30
 
 
 def test_the_pipeline_core_imports_no_airflow():

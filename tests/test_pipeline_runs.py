@@ -112,7 +112,7 @@ def test_api_answering_500_still_loads_the_csv_and_records_the_failure(pipeline)
 
     assert state == "failed"
     assert run["status"] == "failed"
-    assert "ingest_api" in run["error_message"] and "500" in run["error_message"]
+    assert "ingest[api]" in run["error_message"] and "500" in run["error_message"]
     assert run["source_counts"]["csv"]["inserted"] == 10
     assert "api" not in run["source_counts"]
     assert pipeline.value("select count(*) from normalized_data where source = 'csv'") == CSV_ROWS + 10 - 6
@@ -126,7 +126,7 @@ def test_csv_header_drift_fails_the_csv_part_naming_the_missing_column(pipeline)
     state, run = pipeline.run()
 
     assert state == "failed"
-    assert "ingest_csv" in run["error_message"] and "name" in run["error_message"]
+    assert "ingest[csv]" in run["error_message"] and "name" in run["error_message"]
     assert "lacks column(s)" in run["error_message"]
     assert pipeline.value("select count(*) from normalized_data where source = 'csv'") == 0
     assert pipeline.value("select count(*) from normalized_data where source = 'api'") == API_RECORDS
@@ -250,7 +250,7 @@ def test_a_bad_api_body_fails_that_source_only_and_loads_nothing_of_it(pipeline,
     state, run = pipeline.run()
 
     assert state == "failed" and run["status"] == "failed"
-    assert "ingest_api" in run["error_message"] and "api:" in run["error_message"]
+    assert "ingest[api]" in run["error_message"] and "api:" in run["error_message"]
     assert run["source_counts"]["csv"]["inserted"] == 5
     assert pipeline.rows(API_CHECKPOINT) == api_before
     error, error_run, success_run = pipeline.rows(

@@ -57,7 +57,7 @@ def test_without_the_etl_api_connection_the_api_fails_naming_it_and_the_csv_stil
     state, run = pipeline.run()
 
     assert state == "failed" and run["status"] == "failed"
-    assert "ingest_api[api]: SourceError: api: Airflow connection 'etl_api' is not defined" in run["error_message"]
+    assert "ingest[api]: SourceError: api: Airflow connection 'etl_api' is not defined" in run["error_message"]
     assert pipeline.value("select count(*) from raw_api_data") == 0
     counts = dict(pipeline.rows("select source, count(*) from normalized_data group by 1"))
     assert counts == {"csv": CSV_ROWS - 1}

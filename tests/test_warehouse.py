@@ -6,7 +6,7 @@ import io
 import psycopg
 import pytest
 
-from sluice import csv_source, rules, runs, settings, warehouse
+from sluice import csv_source, results, rules, runs, settings, warehouse
 from sluice_devtools import sample_data
 
 MAPPING = settings.DEFAULT_CSV_MAPPING
@@ -50,8 +50,7 @@ def test_a_first_bulk_load_rebuilds_every_index_and_constraint_and_they_answer(d
         conn.rollback()
         counts = load(conn, tmp_path, "run-1", 500, bulk_rows=100)
 
-        assert counts == {"source": "csv", "inserted": 500, "updated": 0, "unchanged": 0, "superseded": 0,
-                          "deleted": 0, "undeleted": 0, "deletes_skipped": "", "live_before": 0, "live_after": 500}
+        assert counts == results.Upserted("csv", inserted=500, processed=500, live_after=500)
         assert indexes(conn) == before and len(before) >= 10
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("insert into normalized_data (source, source_id, first_seen_run_id, last_changed_run_id,"
@@ -74,7 +73,7 @@ def test_a_load_that_does_not_double_the_table_updates_the_indexes_in_place(data
 
         counts = load(conn, tmp_path, "run-2", 600, bulk_rows=50)
 
-        assert counts["inserted"] == 100
+        assert counts.inserted == 100
         (oid_after,) = conn.execute("select 'normalized_data_name_trgm'::regclass::oid").fetchone()
         assert oid_after == oid_before
         assert conn.execute("select row_count from etl_checkpoint where source = 'csv'").fetchone() == (600,)
@@ -101,7 +100,7 @@ def test_a_rerun_of_the_same_rows_keeps_the_raw_indexes_and_writes_nothing(datab
 
         (oid_after,) = conn.execute("select 'raw_csv_data_source_source_id_key'::regclass::oid").fetchone()
         assert oid_after == oid_before
-        assert (counts["inserted"], counts["updated"], counts["unchanged"]) == (0, 0, 0)
+        assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("bulk", [True, False])
@@ -155,9 +154,9 @@ def test_renormalizing_every_row_of_an_unchanged_warehouse_keeps_the_indexes_in_
 
         counts = warehouse.upsert(conn, "csv", run_id="run-2", lock_timeout_seconds=5, bulk_rows=100)
 
-        assert normalized["valid"] == 500
-        assert counts["inserted"] == 0
-        assert counts["updated"] == (500 if renormalize == "mapping change" else 0)
+        assert normalized.valid == 500
+        assert counts.inserted == 0
+        assert counts.updated == (500 if renormalize == "mapping change" else 0)
         assert index_files(conn) == before and len(before) >= 5
 
 
@@ -172,20 +171,7 @@ def test_the_checkpoint_advances_to_the_id_store_raw_recorded_without_reading_th
         advanced = warehouse.advance_checkpoint(conn, "csv", run_id="manual__a", processed=120,
                                                 lock_timeout_seconds=5)
 
-    assert advanced["last_processed_id"] == "120"
-
-
-def test_a_store_raw_result_recorded_before_last_id_has_the_checkpoint_find_it_in_the_staged_records(
-        database_url, tmp_path):
-    # a run upgraded between its store_raw and its checkpoint: its recorded result has no last_id
-    with psycopg.connect(database_url) as conn:
-        load(conn, tmp_path, "manual__a", 120)
-        conn.execute("update etl_step_results set result = result - 'last_id' where step = 'store_raw'")
-        conn.commit()
-        advanced = warehouse.advance_checkpoint(conn, "csv", run_id="manual__a", processed=120,
-                                                lock_timeout_seconds=5)
-
-    assert advanced["last_processed_id"] == "120"
+    assert advanced.last_processed_id == "120"
 
 
 def work_files(conn) -> tuple:
@@ -194,8 +180,14 @@ def work_files(conn) -> tuple:
                         ).fetchone()
 
 
-def record(conn, run_id: str) -> None:
-    runs.record(conn, runs.RunOutcome(run_id=run_id, run_type="manual", started_at=dt.datetime.now(dt.timezone.utc)))
+def record(conn, run_id: str, **options) -> None:
+    """record_run of a run whose csv source loaded (its checkpoint committed): its work rows are not needed."""
+    runs.record(conn, runs.RunOutcome.of([results.Checkpointed("csv")], run_id=run_id, run_type="manual",
+                                         started_at=dt.datetime.now(dt.timezone.utc)), **options)
+
+
+WORK_LEFT = ("select (select count(*) from staged_records) + (select count(*) from normalized_stage)"
+             " + (select count(*) from etl_run_work)")
 
 
 def test_record_run_empties_the_work_tables_whole_when_no_other_run_has_rows_there(database_url, tmp_path):
@@ -206,11 +198,27 @@ def test_record_run_empties_the_work_tables_whole_when_no_other_run_has_rows_the
         before = work_files(conn)
         record(conn, "manual__a")
         after = work_files(conn)
-        left = conn.execute("select (select count(*) from staged_records) + (select count(*) from normalized_stage)"
-                            " + (select count(*) from etl_step_results)").fetchone()[0]
+        left = conn.execute(WORK_LEFT).fetchone()[0]
+        # kept, so that a task of the run cleared after it was recorded returns what it committed
+        steps = {row[0] for row in conn.execute("select step from etl_step_results where run_id = 'manual__a'")}
 
-    assert left == 0
+    assert left == 0 and steps == {"store_raw", "normalize", "upsert"}
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_record_run_keeps_the_work_rows_of_its_sources_that_did_not_load(database_url, tmp_path):
+    # a clear of the failed source's step redoes it from them; the retention sweeps them if nobody does
+    with psycopg.connect(database_url) as conn:
+        load(conn, tmp_path, "manual__a", 50)
+        before = work_files(conn)
+        runs.record(conn, runs.RunOutcome.of([results.Stored("csv")], run_id="manual__a", run_type="manual",
+                                             started_at=dt.datetime.now(dt.timezone.utc),
+                                             failed_sources={"csv": runs.SourceFailure("upsert", "LockTimeout")}))
+        left = dict(conn.execute("select run_id, count(*) from staged_records group by 1").fetchall())
+        work = conn.execute("select run_id, source from etl_run_work").fetchall()
+        after = work_files(conn)
+
+    assert left == {"manual__a": 50} and work == [("manual__a", "csv")] and after == before
 
 
 def test_record_run_deletes_only_its_own_work_rows_while_another_run_has_some(database_url, tmp_path):
@@ -221,10 +229,10 @@ def test_record_run_deletes_only_its_own_work_rows_while_another_run_has_some(da
         before = work_files(conn)
         record(conn, "manual__a")
         left = dict(conn.execute("select run_id, count(*) from staged_records group by 1").fetchall())
-        steps = {row[0] for row in conn.execute("select run_id from etl_step_results")}
+        work = {row[0] for row in conn.execute("select run_id from etl_run_work")}
         after = work_files(conn)
 
-    assert left == {"manual__b": 60} and steps == {"manual__b"}
+    assert left == {"manual__b": 60} and work == {"manual__b"}
     assert after == before
 
 
@@ -245,9 +253,13 @@ def test_record_run_deletes_its_rows_one_by_one_when_another_transaction_keeps_t
 
 
 def age_steps(conn, run_id: str, hours: float, step: str | None = None) -> None:
-    """Date the run's step results (or one step's) `hours` back, as a run abandoned that long ago left them."""
+    """Date the run's step results (or one step's) `hours` back, as a run abandoned that long ago left them; its
+    work rows, registered by its store_raw, with them."""
     conn.execute("update etl_step_results set created_at = now() - make_interval(secs => %s * 3600)"
                  " where run_id = %s and (%s::text is null or step = %s)", (hours, run_id, step, step))
+    if step in (None, "store_raw"):
+        conn.execute("update etl_run_work set created_at = now() - make_interval(secs => %s * 3600)"
+                     " where run_id = %s", (hours, run_id))
     conn.commit()
 
 
@@ -265,16 +277,15 @@ def test_record_run_sweeps_the_work_rows_of_runs_abandoned_before_the_retention_
         load(conn, tmp_path, "manual__a", 50)
         before = work_files(conn)
         with caplog.at_level("INFO", logger="sluice.runs"):
-            runs.record(conn, runs.RunOutcome(run_id="manual__a", run_type="manual",
-                                              started_at=dt.datetime.now(dt.timezone.utc)), retention_hours=24)
+            record(conn, "manual__a", retention_hours=24)
         after = work_files(conn)
-        left = conn.execute("select (select count(*) from staged_records) + (select count(*) from normalized_stage)"
-                            " + (select count(*) from etl_step_results)").fetchone()[0]
+        left = conn.execute(WORK_LEFT).fetchone()[0]
+        steps = {row[0] for row in conn.execute("select run_id from etl_step_results")}
 
-    assert left == 0
+    assert left == 0 and steps == {"manual__a"}
     assert after[0] != before[0] and after[1] != before[1]
-    assert "swept the work rows of 2 runs abandoned more than 24 h ago: manual__dropped (last step result " \
-        in caplog.text and "manual__killed (last step result " in caplog.text
+    assert "swept the work rows of 2 sources of runs abandoned more than 24 h ago: csv of manual__dropped (stored " \
+        in caplog.text and "csv of manual__killed (stored " in caplog.text
 
 
 def test_a_run_whose_newest_step_result_is_within_the_retention_keeps_its_work_rows(database_url, tmp_path):
@@ -285,11 +296,10 @@ def test_a_run_whose_newest_step_result_is_within_the_retention_keeps_its_work_r
         age_steps(conn, "manual__b", 30, step="store_raw")  # older, but not its newest
         load(conn, tmp_path, "manual__a", 50)
         before = work_files(conn)
-        runs.record(conn, runs.RunOutcome(run_id="manual__a", run_type="manual",
-                                          started_at=dt.datetime.now(dt.timezone.utc)), retention_hours=24)
+        record(conn, "manual__a", retention_hours=24)
         left = dict(conn.execute("select run_id, count(*) from staged_records group by 1").fetchall())
         steps = {row[0] for row in conn.execute("select run_id from etl_step_results")}
         after = work_files(conn)
 
-    assert left == {"manual__b": 60} and steps == {"manual__b"}
+    assert left == {"manual__b": 60} and steps == {"manual__a", "manual__b"}
     assert after == before

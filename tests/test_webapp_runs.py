@@ -109,12 +109,11 @@ def test_runs_errors(client, url, status, field):
 def test_a_run_shows_the_records_a_later_fetch_superseded(make_database):
     # the run fetched 10 API records; a later fetch had already stored 7 of them, and replaced 1 more in raw
     # before this run's upsert: 8 superseded, 2 inserted
-    outcome = runs.RunOutcome(
-        run_id="manual__older", run_type="manual", started_at=datetime.now(timezone.utc),
-        ingested=[results.Ingested("api", "file:///staged/api.copy", records=10)],
-        stored=results.Stored({"api": results.SourceStored("api", stored=3, superseded=7)}),
-        normalized=results.Normalized({"api": results.SourceNormalized("api", staged=3, valid=3)}),
-        upserted=results.Upserted({"api": results.SourceUpserted("api", inserted=2, superseded=1)}))
+    outcome = runs.RunOutcome.of(
+        [results.Ingested("api", "file:///staged/api.copy", records=10, kind="api"),
+         results.Stored("api", stored=3, superseded=7), results.Normalized("api", staged=3, valid=3),
+         results.Upserted("api", inserted=2, superseded=1)],
+        run_id="manual__older", run_type="manual", started_at=datetime.now(timezone.utc))
     url = make_database()
     with psycopg.connect(url) as conn:
         runs.record(conn, outcome)

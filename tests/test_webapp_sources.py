@@ -8,7 +8,7 @@ import pytest
 from webapp_fixtures import insert_records, make_app, record  # noqa: F401
 
 from sluice import pipeline, runs, settings
-from sluice.results import Ingested, SourceUpserted, Upserted
+from sluice.results import Ingested, Upserted
 
 ROWS = {"api": 2, "csv": 1, "orders": 3, "comments": 4}
 # what a failed ingest's task error says; the URL's userinfo and query and the header value are credentials
@@ -19,11 +19,10 @@ STARTED = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
 
 def record_run(url: str, run_id: str, loaded: dict[str, str], failed: dict[str, runs.SourceFailure]) -> None:
     """pipeline.record_run for a run that loaded `loaded` (name: kind) and in which the `failed` sources failed."""
-    outcome = runs.RunOutcome(
-        run_id=run_id, run_type="manual", started_at=STARTED, failed_sources=failed,
-        ingested=[Ingested(source=name, uri=f"file:///{name}", records=ROWS[name], kind=kind)
-                  for name, kind in loaded.items()],
-        upserted=Upserted({name: SourceUpserted(source=name, inserted=ROWS[name]) for name in loaded}))
+    outcome = runs.RunOutcome.of(
+        [*(Ingested(source=name, uri=f"file:///{name}", records=ROWS[name], kind=kind) for name, kind in loaded.items()),
+         *(Upserted(source=name, inserted=ROWS[name]) for name in loaded)],
+        run_id=run_id, run_type="manual", started_at=STARTED, failed_sources=failed)
     with psycopg.connect(url) as conn:
         pipeline.record_run(conn, outcome, settings=settings.load())
 
@@ -33,7 +32,7 @@ def warehouse_url(database_url):
     insert_records(database_url, [record(source=name) for name, count in ROWS.items() for _ in range(count)])
     record_run(database_url, "run-1", {"api": "api", "csv": "csv", "orders": "api", "comments": "csv"}, {})
     record_run(database_url, "run-2", {"api": "api", "orders": "api"},
-               {"comments": runs.SourceFailure("ingest_csv", LEAKY, "csv")})
+               {"comments": runs.SourceFailure("ingest", LEAKY, "csv")})
     return database_url
 
 
@@ -121,12 +120,13 @@ def test_an_error_stored_unmasked_is_masked_when_served(client, warehouse_url):
 
 def test_a_source_that_did_not_load_gets_the_run_s_errors_not_another_source_s(warehouse_url, client):
     with psycopg.connect(warehouse_url) as conn:
-        pipeline.record_run(conn, runs.RunOutcome(
-            run_id="run-4", run_type="manual", started_at=STARTED, errors=["store_raw: LockTimeout: orders: waited"],
-            failed_sources={"comments": runs.SourceFailure("ingest_csv", "SourceError: comments: refused", "csv")},
-            ingested=[Ingested(source="orders", uri="file:///orders", records=3, kind="api")]), settings=settings.load())
+        pipeline.record_run(conn, runs.RunOutcome.of(
+            [Ingested(source="orders", uri="file:///orders", records=3, kind="api")],
+            run_id="run-4", run_type="manual", started_at=STARTED, errors=["init_schema: LockTimeout: waited"],
+            failed_sources={"comments": runs.SourceFailure("ingest", "SourceError: comments: refused", "csv")}),
+            settings=settings.load())
     sources = {source["name"]: source for source in client.get("/sources").json["data"]}
-    assert sources["orders"]["last_error"]["message"] == "store_raw: LockTimeout: orders: waited"
+    assert sources["orders"]["last_error"]["message"] == "init_schema: LockTimeout: waited"
     assert sources["comments"]["last_error"]["message"] == "SourceError: comments: refused"
     assert sources["comments"]["kind"] == "csv"
 

@@ -40,9 +40,9 @@ def database_now(url: str) -> datetime:
 def test_a_load_waiting_for_the_source_lock_during_a_poll_is_in_the_next_poll(make_app, database_url):
     with psycopg.connect(database_url) as conn:
         warehouse.store_raw(conn, "csv", staged_csv(RUN, "fresh"), run_id=RUN, lock_timeout_seconds=5)
-    valid = crash.normalize(database_url, RUN)["valid"]
+    crash.normalize(database_url, RUN)
     client = make_app(database_url).test_client()
-    load = crash.Task(crash.upsert, database_url, RUN, 60, "csv", valid)
+    load = crash.Task(crash.upsert, database_url, RUN, 60, "csv")
     with psycopg.connect(database_url, autocommit=True) as monitor, psycopg.connect(database_url) as other_run:
         # another run holds the CSV lock: the load's transaction begins (its now() stamps the rows), then waits
         with warehouse.source_transaction(other_run, "csv", 5):

@@ -7,7 +7,6 @@ Heavy imports stay inside the functions so the DAG file parses in milliseconds.
 
 import contextlib
 import functools
-import graphlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -21,21 +20,49 @@ MAP_INDEX_KEY = "sluice_source"
 log = logging.getLogger(__name__)
 
 
+# the steps of each source's lane, in order: one mapped task group per catalog entry runs them
+LANE_STEPS = ("ingest", "store_raw", "normalize", "upsert", "checkpoint")
+# task instance states after which nothing more happens to it
+FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+
 def reports_error(function: Callable) -> Callable:
     """Push the exception text, credentials masked, as XCom 'error' before re-raising (record_run says why
-    the run failed with it; the API serves it)."""
+    the run failed with it). An error that a retry cannot heal (an invalid catalog, a refused delete) fails the
+    task at once instead of waiting out its retries."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        from airflow.sdk import get_current_context
+
+        from sluice.errors import DeleteRefused, InvalidSource
+
         try:
             return function(*args, **kwargs)
         except Exception as exc:
-            from airflow.sdk import get_current_context
+            from airflow.sdk.exceptions import AirflowFailException
 
             from sluice.redact import redact
 
             get_current_context()["ti"].xcom_push(key="error", value=redact(f"{type(exc).__name__}: {exc}")[:4000])
+            if isinstance(exc, (DeleteRefused, InvalidSource)):
+                raise AirflowFailException(str(exc)) from exc
             raise
+
+    return wrapper
+
+
+def lane_step(function: Callable) -> Callable:
+    """A step of a source's lane (one instance of a mapped task, its first argument the source's catalog
+    entry): shown by its source's name in the UI (the DAG's map_index_template), errors reported."""
+    reporting = reports_error(function)
+
+    @functools.wraps(function)
+    def wrapper(entry: dict, *args, **kwargs):
+        from airflow.sdk import get_current_context
+
+        get_current_context()[MAP_INDEX_KEY] = entry["name"]
+        return reporting(entry, *args, **kwargs)
 
     return wrapper
 
@@ -110,9 +137,9 @@ def sweep_staging(run_id: str, config: settings.Settings) -> None:
 
 
 @reports_error
-def init_schema(params: dict) -> dict:
-    """Check the run's catalog of sources, then create or upgrade the warehouse. Returns the catalog per kind
-    (sources.by_kind: complete entries, no rows), which the ingest tasks map over and the later steps read."""
+def init_schema(params: dict) -> list[dict]:
+    """Check the run's catalog of sources, then create or upgrade the warehouse. Returns the catalog's entries
+    (complete, no rows), which the lanes map over, one per source."""
     from sluice import pipeline, sources
 
     # an invalid catalog fails here, before any source is read
@@ -120,23 +147,12 @@ def init_schema(params: dict) -> dict:
     log.info("catalog: %d sources: %s", len(found), ", ".join(f"{s.name} ({s.kind})" for s in found))
     with warehouse() as conn:
         pipeline.init_schema(conn, settings=settings.load())
-    return sources.by_kind(found)
+    return [sources.to_entry(source) for source in found]
 
 
-def ingest_instance(entry: dict, params: dict, run_id: str) -> dict:
-    """ingest as one instance of a mapped task: named by its source in the UI (the DAG's map_index_template)
-    and in record_run's errors (XCom 'source')."""
-    from airflow.sdk import get_current_context
-
-    context = get_current_context()
-    context[MAP_INDEX_KEY] = entry["name"]
-    context["ti"].xcom_push(key="source", value=entry["name"])
-    return ingest(entry, params, run_id)
-
-
-@reports_error
+@lane_step
 def ingest(entry: dict, params: dict, run_id: str) -> dict:
-    """Stream one source (a catalog entry) into staging; return a reference and counts (never rows) for XCom."""
+    """Stream one source (a catalog entry, any kind) into staging; return a reference and counts (never rows)."""
     from sluice import pipeline, sources
 
     config = settings.load()
@@ -149,43 +165,36 @@ def ingest(entry: dict, params: dict, run_id: str) -> dict:
                                full_refresh=bool(params.get("full_refresh")), worker=worker_name()).to_xcom()
 
 
-@reports_error
-def store_raw(ingested: list, run_id: str) -> dict:
-    """Store the sources that were ingested (ingested: the results of each ingest task, one per source)."""
+@lane_step
+def store_raw(entry: dict, ingested: dict, run_id: str) -> dict:
     from sluice import pipeline
     from sluice.results import Ingested
 
-    config = settings.load()
-    # a source whose ingest failed has no result; a kind without sources has none at all
-    staged = [Ingested.from_xcom(result) for results in ingested for result in (results or []) if result]
     with warehouse() as conn:
-        return pipeline.store_raw(conn, staged, open_staged, run_id=run_id, settings=config,
-                                  worker=worker_name()).to_xcom()
+        return pipeline.store_raw(conn, Ingested.from_xcom(ingested), open_staged, run_id=run_id,
+                                  settings=settings.load(), worker=worker_name()).to_xcom()
 
 
-@reports_error
-def normalize(stored: dict, catalog: dict, params: dict, run_id: str) -> dict:
+@lane_step
+def normalize(entry: dict, stored: dict, params: dict, run_id: str) -> dict:
     from sluice import pipeline, sources
     from sluice.results import Stored
 
-    config = settings.load()
     with warehouse() as conn:
-        return pipeline.normalize(conn, Stored.from_xcom(stored), sources.by_name(catalog), run_id=run_id,
-                                  settings=config,
-                                  full_refresh=bool(params.get("full_refresh"))).to_xcom()
+        return pipeline.normalize(conn, sources.from_entry(entry), Stored.from_xcom(stored), run_id=run_id,
+                                  settings=settings.load(), full_refresh=bool(params.get("full_refresh"))).to_xcom()
 
 
-@reports_error
-def upsert(normalized: dict, catalog: dict, params: dict, run_id: str) -> dict:
-    """Upsert every normalized source, then emit an asset event (through the task's outlet alias) for each
-    source whose rows changed."""
+@lane_step
+def upsert(entry: dict, stored: dict, normalized: dict, params: dict, run_id: str) -> dict:
+    """Upsert the source, then emit its asset event (through the task's outlet alias) when its rows changed."""
     from sluice import assets, pipeline, sources
-    from sluice.results import Normalized
+    from sluice.results import Normalized, Stored
 
-    config = settings.load()
     with warehouse() as conn:
-        upserted = pipeline.upsert(conn, Normalized.from_xcom(normalized), sources.by_name(catalog), run_id=run_id,
-                                   settings=config, full_refresh=bool(params.get("full_refresh")))
+        upserted = pipeline.upsert(conn, sources.from_entry(entry), Stored.from_xcom(stored),
+                                   Normalized.from_xcom(normalized), run_id=run_id, settings=settings.load(),
+                                   full_refresh=bool(params.get("full_refresh")))
         # where the connection really went (libpq's defaults applied), never its login or password
         location = assets.Warehouse(host=conn.info.host, port=conn.info.port, database=conn.info.dbname)
     emit(assets.events(upserted, location, run_id=run_id))
@@ -205,75 +214,83 @@ def emit(events: list) -> None:
         outlet.add(Asset(name=event.name, uri=event.uri), extra=event.extra)
 
 
-@reports_error
-def checkpoint(upserted: dict, params: dict, run_id: str) -> dict:
+@lane_step
+def checkpoint(entry: dict, stored: dict, upserted: dict, params: dict, run_id: str) -> dict:
     from sluice import pipeline
-    from sluice.results import Upserted
+    from sluice.results import Stored, Upserted
 
-    config = settings.load()
     with warehouse() as conn:
-        return pipeline.checkpoint(conn, Upserted.from_xcom(upserted), run_id=run_id, settings=config,
-                                   full_refresh=bool(params.get("full_refresh"))).to_xcom()
+        return pipeline.checkpoint(conn, Stored.from_xcom(stored), Upserted.from_xcom(upserted), run_id=run_id,
+                                   settings=settings.load(), full_refresh=bool(params.get("full_refresh"))).to_xcom()
 
 
 def record_run(context) -> dict:
-    """Write the run's etl_runs row from the states and results of every other task of the DAG; fail the run
-    if any of them did not succeed. The tasks are the DAG's own: a renamed or added task is covered."""
+    """Write the run's etl_runs row from the final states and results of every other task of the run: once all
+    of them are finished (it fails, to be retried, if one is not); fail the run if any of them did not succeed.
+    A source's lane that did not finish names its first step that did not succeed."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from sluice import pipeline, results, runs
 
-    ti, dag_run, dag = context["ti"], context["dag_run"], context["dag"]
-    task_ids = [task_id for task_id in in_order(dag) if task_id != ti.task_id]
-    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=task_ids)[ti.run_id]
-    errors, failed_sources = [], {}
-    for task_id in task_ids:
-        for map_index, state in instances(task_id, dag.task_dict[task_id].is_mapped, states):
-            if state == "success":
-                continue
-            why = instance_error(ti, task_id, map_index, state)
-            source = instance_source(ti, task_id, map_index)
-            if source is None:
-                errors.append(f"{task_id}{'' if map_index is None else f'[{map_index}]'}: {why}")
-            else:  # a mapped ingest instance: its source failed, the others may have loaded
-                failed_sources[source] = runs.SourceFailure(task_id, why, catalog_kinds(ti).get(source))
+    ti, dag_run = context["ti"], context["dag_run"]
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id],
+                                task_ids=["init_schema", *LANE_STEPS])[ti.run_id]
+    unfinished = {key: state for key, state in states.items() if state not in FINISHED}
+    if unfinished:
+        raise RuntimeError("record_run ran before every task of the run finished ("
+                           + ", ".join(f"{key}: {state}" for key, state in sorted(unfinished.items()))
+                           + "); it records only final states, and is retried")
+    errors = []
+    if states.get("init_schema") != "success":
+        errors.append(f"init_schema: {instance_error(ti, 'init_schema', None, states.get('init_schema'))}")
+    catalog = ti.xcom_pull(task_ids="init_schema") or []
+    indexes = list(range(len(catalog)))
+    found, failed = [], {}
+    for step in LANE_STEPS:
+        values = ti.xcom_pull(task_ids=step, map_indexes=indexes) if indexes else []
+        found += [results.from_xcom(value) for value in values if value is not None]
+    for index, entry in enumerate(catalog):
+        for step in LANE_STEPS:
+            state = states.get(f"{step}_{index}")
+            if state != "success":
+                failed[entry["name"]] = runs.SourceFailure(step, instance_error(ti, step, index, state), entry["kind"])
+                break
     outcome = runs.RunOutcome.of(
-        # every instance's result: a mapped task has one per source
-        (results.from_xcom(value) for value in ti.xcom_pull(task_ids=task_ids) if value is not None),
+        found,
         run_id=ti.run_id,
         run_type=str(getattr(dag_run.run_type, "value", dag_run.run_type)),
         started_at=dag_run.start_date,
         data_interval_start=dag_run.data_interval_start,
         data_interval_end=dag_run.data_interval_end,
         errors=errors,
-        failed_sources=failed_sources,
+        failed_sources=failed,
     )
     config = settings.load()
     with warehouse() as conn:
         recorded = pipeline.record_run(conn, outcome, settings=config)
-    # a failed run's staged files stay for a look until the retention passes; this sweep removes older ones
-    sweep_staging(ti.run_id, config)
+    remove_staged(ti.run_id, outcome, config)
     if outcome.status == "failed":
         raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.error_lines()))
-    staging_dir(ti.run_id, config).rmdir(recursive=True)
     return recorded.to_xcom()
 
 
-def instances(task_id: str, mapped: bool, states: dict) -> list[tuple[int | None, str | None]]:
-    """(map index, state) of each instance of a task in the run's states, which name a mapped task's instances
-    <task_id>_<map index>; (None, state) for a task that is not mapped. A mapped task over nothing (a kind
-    without sources: Airflow skips it) has no instances."""
-    if not mapped:
-        return [(None, states.get(task_id))]
-    if states.get(task_id) == "skipped":
-        return []
-    found = []
-    for key, state in states.items():
-        prefix, _, index = key.rpartition("_")
-        if prefix == task_id and index.isdigit():
-            found.append((int(index), state))
-    # not expanded at all (init_schema failed): the task's one state says why
-    return sorted(found) or [(None, states.get(task_id))]
+def remove_staged(run_id: str, outcome, config: settings.Settings) -> None:
+    """Remove the staged files of the sources that loaded (the whole run folder when all did) and this run's
+    downloads; a failed source's file stays for a clear of its store_raw to redo it, or for a look, until the
+    sweep (of other runs' folders older than the retention) removes it."""
+    from sluice import staging
+
+    folder = staging_dir(run_id, config)
+    if not folder.exists():  # record_run of this run ran before (cleared and run again)
+        pass
+    elif outcome.status == "success":
+        folder.rmdir(recursive=True)
+    else:
+        for name in outcome.done_sources():
+            staged = folder / f"{name}.copy"
+            if staged.exists():
+                staged.unlink()
+    sweep_staging(run_id, config)
 
 
 def instance_error(ti, task_id: str, map_index: int | None, state: str | None) -> str:
@@ -282,28 +299,3 @@ def instance_error(ti, task_id: str, map_index: int | None, state: str | None) -
         return str(state)
     instance = {} if map_index is None else {"map_indexes": map_index}
     return ti.xcom_pull(task_ids=task_id, key="error", **instance) or "failed (see its log)"
-
-
-def instance_source(ti, task_id: str, map_index: int | None) -> str | None:
-    """The source a mapped instance handled (an ingest instance says, XCom 'source'); None for any other."""
-    if map_index is None:
-        return None
-    return ti.xcom_pull(task_ids=task_id, key="source", map_indexes=map_index)
-
-
-def catalog_kinds(ti) -> dict[str, str]:
-    """Each source's kind, from the catalog init_schema returned (sources.by_kind); empty when it failed."""
-    catalog = ti.xcom_pull(task_ids="init_schema") or {}
-    return {entry["name"]: kind for kind, entries in catalog.items() for entry in entries}
-
-
-def in_order(dag) -> list[str]:
-    """The DAG's task ids, each after its upstream tasks (ties by name): the order errors are listed in."""
-    sorter = graphlib.TopologicalSorter({task.task_id: task.upstream_task_ids for task in dag.tasks})
-    sorter.prepare()
-    order = []
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready())
-        order += ready
-        sorter.done(*ready)
-    return order

@@ -1,5 +1,5 @@
-"""Lineage: each source's rows in normalized_data are an Airflow Asset, and upsert emits an event for each
-source whose rows changed, with its counts, so a downstream DAG can be scheduled on "source orders changed".
+"""Lineage: each source's rows in normalized_data are an Airflow Asset, and each source's upsert emits an event
+when its rows changed, with its counts, so a downstream DAG can be scheduled on "source orders changed".
 
 Airflow-free: what to emit, as plain values; airflow_edge.upsert turns them into asset events.
 
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from urllib.parse import quote, urlencode
 
 from sluice import progress
-from sluice.results import SourceUpserted, Upserted
+from sluice.results import Upserted
 
 # the alias upsert declares as its outlet: the sources are only known at run time (the catalog is a param)
 ALIAS = "sluice.normalized_data"
@@ -49,17 +49,17 @@ def uri(warehouse: Warehouse, source: str) -> str:
             f"/{TABLE}?{urlencode({'source': source})}")
 
 
-def changed(result: SourceUpserted) -> bool:
+def changed(result: Upserted) -> bool:
     """Whether the upsert changed the source's rows in normalized_data (a soft delete or undelete is a change)."""
     return result.inserted + result.updated + result.deleted + result.undeleted > 0
 
 
 def events(upserted: Upserted, warehouse: Warehouse, *, run_id: str) -> list[Event]:
-    """An event per source whose rows changed, by name, with its counts and the run id; none for a source
-    that did not change, that the upsert did not reach (its ingest or store failed) or whose load it refused
-    (Upserted.failed)."""
-    return [Event(name(source), uri(warehouse, source), {**asdict(result), "run_id": run_id})
-            for source, result in sorted(upserted.sources.items()) if changed(result)]
+    """The event of the source's upsert when its rows changed, with its counts and the run id; none when they
+    did not (an upsert that failed, its delete guard's refusal among them, emits nothing: its task fails)."""
+    if not changed(upserted):
+        return []
+    return [Event(name(upserted.source), uri(warehouse, upserted.source), {**asdict(upserted), "run_id": run_id})]
 
 
 def described(event: Event) -> str:

@@ -3,23 +3,22 @@
     init_schema → ingest (once per source) → store_raw → normalize → upsert → checkpoint → record_run
 
 Each step takes a psycopg 3 connection and the Settings of the run (read by the caller: the Airflow edge,
-the bench, a test); ingest also takes the Source value, an HTTP session and URL, and where to stage. The
-steps after ingest take the previous step's results for all sources of the run, one transaction per source
-(sluice.warehouse). Staged files are named by a URI and opened with an Opener: a local path or file:// URI
+the bench, a test). Every step from ingest to checkpoint handles one source (its lane: the DAG maps them over
+the catalog, so one source's failure or retry never touches another's) and takes the results of the lane's
+earlier steps; each commits in one transaction holding the source's lock (sluice.warehouse). Staged files are named by a URI and opened with an Opener: a local path or file:// URI
 with open_local, an object store through the caller's own opener.
 """
 
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import BinaryIO, ContextManager
 
 from sluice import progress, runs, staging, warehouse
-from sluice.errors import DeleteRefused, StagedFileMissing
+from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
-from sluice.results import (Checkpointed, Ingested, Normalized, Recorded, SourceCheckpoint, SourceNormalized,
-                            SourceStored, SourceUpserted, Stored, Upserted)
+from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
 from sluice.settings import Settings
 from sluice.sources import FetchRequest, Source
 
@@ -61,22 +60,19 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
     return Ingested.of(counts, fetch_seq, source.kind, staged_by=worker or socket.getfqdn())
 
 
-def store_raw(conn, ingested: Iterable[Ingested], open_file: Opener = open_local, *, run_id: str,
-              settings: Settings, worker: str | None = None) -> Stored:
-    """Load every ingested source's staged file into its raw table (the sources that failed to ingest are not
-    given); fails when there is none, or when a staged file cannot be opened here (worker: this machine's
-    name for that error, default its fully qualified host name)."""
-    ingested = list(ingested)
-    if not ingested:
-        raise RuntimeError("no source was ingested; nothing to store (see the ingest tasks' errors)")
-    stored = {}
-    for result in ingested:
-        with open_staged(open_file, result, worker or socket.getfqdn()) as file:
-            stored[result.source] = SourceStored(**warehouse.store_raw(
-                conn, result.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
-                fetch_seq=result.fetch_seq, index_build_memory=settings.index_build_memory, kind=result.kind,
-                ids_ascending=result.ids_ascending))
-    return Stored(stored)
+def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_id: str, settings: Settings,
+              worker: str | None = None) -> Stored:
+    """Load the source's staged file into its raw table. A batch this run already stored (a cleared or retried
+    task) is not read again, so its staged file may be gone; otherwise a file that cannot be opened here fails,
+    naming this worker (worker: default its fully qualified host name) and the one that wrote it."""
+    if (done := warehouse.stored_already(conn, ingested.source, run_id=run_id,
+                                         fetch_seq=ingested.fetch_seq)) is not None:
+        return done
+    with open_staged(open_file, ingested, worker or socket.getfqdn()) as file:
+        return warehouse.store_raw(
+            conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
+            fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
+            ids_ascending=ingested.ids_ascending)
 
 
 def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextManager[BinaryIO]:
@@ -96,53 +92,30 @@ def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextMana
             f"({type(exc).__name__}: {exc})") from exc
 
 
-def normalize(conn, stored: Stored, sources: Mapping[str, Source], *, run_id: str, settings: Settings,
+def normalize(conn, source: Source, stored: Stored, *, run_id: str, settings: Settings,
               full_refresh: bool = False) -> Normalized:
-    """Validate and map the stored sources' changed records with each source's rules (sources by name)."""
-    normalized = {}
-    for name, result in stored.sources.items():
-        normalized[name] = SourceNormalized(**warehouse.normalize(
-            conn, name, _of_run(name, sources).normalization, run_id=run_id, full_refresh=full_refresh,
-            lock_timeout_seconds=settings.lock_timeout_seconds, expected_staged=result.stored))
-    return Normalized(normalized)
+    """Validate and map the source's stored records that changed with the source's rules."""
+    return warehouse.normalize(conn, source.name, source.normalization, run_id=run_id, full_refresh=full_refresh,
+                               lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored)
 
 
-def _of_run(name: str, sources: Mapping[str, Source]) -> Source:
-    if name not in sources:
-        raise ValueError(f"source {name!r} was stored but is not among the run's sources ({', '.join(sources)})")
-    return sources[name]
-
-
-def upsert(conn, normalized: Normalized, sources: Mapping[str, Source], *, run_id: str, settings: Settings,
+def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_id: str, settings: Settings,
            full_refresh: bool = False) -> Upserted:
-    """Merge each normalized source into normalized_data, writing only real changes, and soft-delete what a whole
-    read no longer contains (sources by name). A source whose deletes the guard refuses commits nothing and is
-    failed in the result; the others load."""
-    upserted, failed = {}, {}
-    for name, result in normalized.sources.items():
-        source = _of_run(name, sources)
-        try:
-            written = warehouse.upsert(
-                conn, name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
-                expected_staged=result.valid, index_build_memory=settings.index_build_memory, kind=source.kind,
-                deletes_missing=source.deletes_missing(full_refresh), max_delete_fraction=settings.max_delete_fraction)
-        except DeleteRefused as exc:
-            log.error("%s", exc)
-            failed[name] = f"{type(exc).__name__}: {exc}"
-            continue
-        upserted[name] = SourceUpserted(**written, processed=result.staged)
-    return Upserted(upserted, failed)
+    """Merge the source's normalized rows into normalized_data, writing only real changes, and soft-delete what
+    a whole read no longer contains: DeleteRefused, and nothing of the source commits, beyond the guard."""
+    return warehouse.upsert(
+        conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored,
+        normalized=normalized, index_build_memory=settings.index_build_memory, kind=source.kind,
+        deletes_missing=source.deletes_missing(full_refresh), max_delete_fraction=settings.max_delete_fraction)
 
 
-def checkpoint(conn, upserted: Upserted, *, run_id: str, settings: Settings,
+def checkpoint(conn, stored: Stored, upserted: Upserted, *, run_id: str, settings: Settings,
                full_refresh: bool = False) -> Checkpointed:
-    """Advance each upserted source's checkpoint to the highest id this run committed."""
-    return Checkpointed({
-        name: SourceCheckpoint(**warehouse.advance_checkpoint(
-            conn, name, run_id=run_id, processed=result.processed,
-            lock_timeout_seconds=settings.lock_timeout_seconds, full_refresh=full_refresh))
-        for name, result in upserted.sources.items()
-    })
+    """Advance the source's checkpoint to the highest id this run stored (stored.last_id), and count what it
+    processed once however often the step runs."""
+    return warehouse.advance_checkpoint(
+        conn, upserted.source, run_id=run_id, last_id=stored.last_id, processed=upserted.processed,
+        lock_timeout_seconds=settings.lock_timeout_seconds, full_refresh=full_refresh)
 
 
 def record_run(conn, outcome: runs.RunOutcome, *, settings: Settings) -> Recorded:

@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 
 from sluice import progress, queries, settings
 from sluice.redact import redact
-from sluice.results import Ingested, Normalized, Stored, Upserted
+from sluice.results import LANE, Checkpointed, Ingested, Normalized, Stored, Upserted
 
 # per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected (the records), and
 # live_after = live_before + inserted - deleted + undeleted (its live rows)
@@ -26,12 +26,59 @@ WORK_LOCK_TIMEOUT_SECONDS = 3
 
 @dataclass(frozen=True)
 class SourceFailure:
-    """Why one source of the run failed: the task it failed in (a mapped ingest instance, upsert's delete
-    guard), the error, and its kind when known."""
+    """Why one source of the run failed: the step (task) it failed in, the error, and its kind when known."""
 
     task: str
     error: str
     kind: str | None = None
+
+
+@dataclass
+class Lane:
+    """One source's steps in the run: each step's result (None for a step that did not succeed)."""
+
+    source: str
+    ingested: Ingested | None = None
+    stored: Stored | None = None
+    normalized: Normalized | None = None
+    upserted: Upserted | None = None
+    checkpointed: Checkpointed | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Its rows were merged into normalized_data (whatever came after)."""
+        return self.upserted is not None
+
+    @property
+    def done(self) -> bool:
+        """Every step succeeded: its work rows and staged file are no longer needed."""
+        return self.checkpointed is not None
+
+    def counts(self) -> dict:
+        # zero counts from a step that failed or did not run
+        stored = self.stored or Stored(self.source)
+        normalized = self.normalized or Normalized(self.source)
+        upserted = self.upserted or Upserted(self.source)
+        return {
+            "fetched": self.ingested.fetched if self.ingested else 0,
+            "inserted": upserted.inserted,
+            "updated": upserted.updated,
+            "unchanged": upserted.unchanged + normalized.skipped_unchanged,
+            "rejected": stored.rejected + normalized.rejected,
+            # records a later fetch had already stored (store_raw) or replaced in raw meanwhile (upsert): that
+            # fetch's run loads them
+            "superseded": stored.superseded + upserted.superseded,
+            "deleted": upserted.deleted,
+            "undeleted": upserted.undeleted,
+            "deletes_skipped": upserted.deletes_skipped or None,
+            "live_before": upserted.live_before,
+            "live_after": upserted.live_after,
+            "loaded": self.loaded,
+        }
+
+
+_LANE_FIELDS = {kind: name for kind, name in zip(LANE, ("ingested", "stored", "normalized", "upserted",
+                                                        "checkpointed"))}
 
 
 @dataclass
@@ -41,79 +88,48 @@ class RunOutcome:
     started_at: datetime
     data_interval_start: datetime | None = None
     data_interval_end: datetime | None = None
-    # the results of the steps that succeeded (None for a step that did not)
-    ingested: list[Ingested] = field(default_factory=list)
-    stored: Stored | None = None
-    normalized: Normalized | None = None
-    upserted: Upserted | None = None
-    # errors of tasks of the whole run, and the sources that failed on their own (by name)
+    # each source's lane, by name, in catalog order
+    lanes: dict[str, Lane] = field(default_factory=dict)
+    # errors of the run's own tasks (init_schema, ...), and the sources that failed, by name
     errors: list[str] = field(default_factory=list)
     failed_sources: dict[str, SourceFailure] = field(default_factory=dict)
 
     @classmethod
     def of(cls, results: Iterable, **run) -> "RunOutcome":
-        """The outcome of a run from its steps' results, in any order (sluice.results; others are ignored).
-        A step may have several results (one per source or group of sources); no source may appear twice."""
-        results = list(results)
+        """The outcome of a run from its lanes' step results, in any order (sluice.results; others are
+        ignored). A source may have one result per step."""
+        lanes: dict[str, Lane] = {}
+        for result in results:
+            name = _LANE_FIELDS.get(type(result))
+            if name is None:
+                continue
+            lane = lanes.setdefault(result.source, Lane(result.source))
+            if getattr(lane, name) is not None:
+                raise ValueError(f"source {result.source!r} has two {result.STEP} results in run {run['run_id']}")
+            setattr(lane, name, result)
+        return cls(**run, lanes=lanes)
 
-        def merged(kind):
-            found = [result for result in results if isinstance(result, kind)]
-            by_source = {}
-            for result in found:
-                for name, counts in result.sources.items():
-                    if name in by_source:
-                        raise ValueError(f"source {name!r} has two {kind.STEP} results in run {run['run_id']}")
-                    by_source[name] = counts
-            return kind(by_source) if found else None
+    def kind(self, source: str) -> str | None:
+        failure = self.failed_sources.get(source)
+        lane = self.lanes.get(source)
+        return (lane and lane.ingested and lane.ingested.kind) or (failure and failure.kind) or None
 
-        ingested = [result for result in results if isinstance(result, Ingested)]
-        names = [result.source for result in ingested]
-        if len(set(names)) != len(names):
-            raise ValueError(f"a source was ingested twice in run {run['run_id']}: {', '.join(names)}")
-        kinds = {result.source: result.kind for result in ingested}
-        # the sources upsert refused (its delete guard) failed, as much as those whose ingest did
-        refused = {name: SourceFailure("upsert", error, kinds.get(name))
-                   for result in results if isinstance(result, Upserted) for name, error in result.failed.items()}
-        failed_sources = {**run.pop("failed_sources", {}), **refused}
-        return cls(**run, ingested=ingested, stored=merged(Stored), normalized=merged(Normalized),
-                   upserted=merged(Upserted), failed_sources=failed_sources)
+    def source_counts(self) -> dict[str, dict]:
+        """The counts of every source that was fetched."""
+        return {name: lane.counts() for name, lane in self.lanes.items() if lane.ingested is not None}
 
-    def source_counts(self) -> dict[str, dict[str, int]]:
-        counts = {}
-        for ingest in self.ingested:
-            source = ingest.source
-            # zero counts from a step that failed or did not handle the source
-            stored = (self.stored or Stored()).of(source)
-            normalized = (self.normalized or Normalized()).of(source)
-            upserted = (self.upserted or Upserted()).of(source)
-            counts[source] = {
-                "fetched": ingest.fetched,
-                "inserted": upserted.inserted,
-                "updated": upserted.updated,
-                "unchanged": upserted.unchanged + normalized.skipped_unchanged,
-                "rejected": stored.rejected + normalized.rejected,
-                # records a later fetch had already stored (store_raw) or replaced in raw meanwhile (upsert):
-                # that fetch's run loads them
-                "superseded": stored.superseded + upserted.superseded,
-                "deleted": upserted.deleted,
-                "undeleted": upserted.undeleted,
-                "deletes_skipped": upserted.deletes_skipped or None,
-                "live_before": upserted.live_before,
-                "live_after": upserted.live_after,
-                "loaded": self.upserted is not None and source in self.upserted.sources,
-            }
-        return counts
+    def done_sources(self) -> list[str]:
+        return [name for name, lane in self.lanes.items() if lane.done and name not in self.failed_sources]
 
     def source_statuses(self) -> dict[str, tuple[str | None, str | None]]:
         """(kind, error) of each source of the run: error None when it loaded, kind None when unknown (the kind
-        recorded before stays). A source that failed on its own gets its error; one ingested but not loaded
-        otherwise failed with the run's errors."""
-        counts = self.source_counts()
+        recorded before stays). A source that failed gets its error; one fetched but not loaded otherwise failed
+        with the run's errors."""
         why = "\n".join(self.errors) or "not loaded"
-        statuses = {ingest.source: (ingest.kind, None if counts[ingest.source]["loaded"] else why)
-                    for ingest in self.ingested}
+        statuses = {name: (self.kind(name), None if lane.loaded else why)
+                    for name, lane in self.lanes.items() if lane.ingested is not None}
         for name, failure in self.failed_sources.items():
-            statuses[name] = (failure.kind or statuses.get(name, (None, None))[0], failure.error)
+            statuses[name] = (self.kind(name), failure.error)
         return statuses
 
     def error_lines(self) -> list[str]:
@@ -128,13 +144,14 @@ class RunOutcome:
 
 def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGING_RETENTION_HOURS) -> int:
     """Write (or rewrite, for a cleared and re-run run) the run's etl_runs row; returns its id. The work rows of
-    runs abandoned more than retention_hours ago (SLUICE_STAGING_RETENTION_HOURS) go with its own."""
+    its sources that loaded go with it; a failed source's stay for a clear of its tasks to redo them, until the
+    retention (SLUICE_STAGING_RETENTION_HOURS) sweeps them, with those of abandoned runs."""
     per_source = outcome.source_counts()
     totals = {name: sum(counts[name] for counts in per_source.values()) for name in COUNTS}
     with conn.transaction():
         # first: its table lock must not wait while this transaction holds row locks another run may want
-        # (the sweep's are on abandoned runs' step results, which no run wants)
-        _delete_work(conn, outcome.run_id, retention_hours)
+        # (the sweep's are on abandoned runs' rows, which no run wants)
+        _delete_work(conn, outcome.run_id, outcome.done_sources(), retention_hours)
         (row_id,) = conn.execute(queries.query("pipeline.sql", "record_run"), {
             "run_id": outcome.run_id,
             "run_type": outcome.run_type,
@@ -154,33 +171,29 @@ def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGI
     return row_id
 
 
-def _delete_work(conn, run_id: str, retention_hours: float) -> None:
-    """Delete the run's rows of the work tables, and abandoned runs', with its transaction: when no other run has
-    any, by emptying the tables whole (a truncate, constant cost), decided under their lock; otherwise row by row."""
+def _delete_work(conn, run_id: str, sources: list[str], retention_hours: float) -> None:
+    """Delete the work rows of the run's given sources, and of abandoned runs, with its transaction: when no
+    other source has any, by emptying the tables whole (a truncate, constant cost), decided under their lock;
+    otherwise row by row. Step results older than the retention go too."""
     q = functools.partial(queries.query, "pipeline.sql")
-    keys = {"run_id": run_id}
-    abandoned = _sweep_abandoned_steps(conn, run_id, retention_hours)
-    if not conn.execute(q("other_runs_at_work"), keys).fetchone()[0] and _lock_work_tables(conn):
+    retention = {"run_id": run_id, "retention": timedelta(hours=retention_hours)}
+    conn.execute(q("sweep_old_steps"), retention)
+    abandoned = sorted(conn.execute(q("sweep_abandoned_work"), retention).fetchall())
+    if abandoned:
+        log.info("swept the work rows of %d sources of runs abandoned more than %g h ago: %s", len(abandoned),
+                 retention_hours, ", ".join(f"{source} of {run} (stored {at.astimezone(timezone.utc):%Y-%m-%d %H:%M %Z})"
+                                            for run, source, at in abandoned))
+    pairs = {"run_ids": [run_id] * len(sources) + [run for run, _, _ in abandoned],
+             "sources": list(sources) + [source for _, source, _ in abandoned]}
+    others = {"run_id": run_id, "sources": list(sources)}
+    if not conn.execute(q("work_of_others"), others).fetchone()[0] and _lock_work_tables(conn):
         # under the lock no other run's transaction is writing them; ask again, it may have committed meanwhile
-        if not conn.execute(q("other_runs_at_work"), keys).fetchone()[0]:
+        if not conn.execute(q("work_of_others"), others).fetchone()[0]:
             conn.execute(q("truncate_work"))
-            conn.execute(q("delete_run_steps"), keys)
+            conn.execute(q("unregister_work"), pairs)
             return
-    conn.execute(q("delete_run_work"), {"run_ids": [run_id, *abandoned]})
-    conn.execute(q("delete_run_steps"), keys)
-
-
-def _sweep_abandoned_steps(conn, run_id: str, retention_hours: float) -> list[str]:
-    """Delete the step results of runs whose newest one is older than the retention (killed, or marked failed by
-    hand, before their record_run); returns those runs, whose work rows the caller deletes. A retried or cleared
-    run within the retention keeps its rows."""
-    swept = conn.execute(queries.query("pipeline.sql", "sweep_abandoned_steps"),
-                         {"run_id": run_id, "retention": timedelta(hours=retention_hours)}).fetchall()
-    if swept:
-        log.info("swept the work rows of %d runs abandoned more than %g h ago: %s", len(swept), retention_hours,
-                 ", ".join(f"{abandoned} (last step result {at.astimezone(timezone.utc):%Y-%m-%d %H:%M %Z})"
-                           for abandoned, at in swept))
-    return [abandoned for abandoned, _ in swept]
+    conn.execute(q("delete_work_of"), pairs)
+    conn.execute(q("unregister_work"), pairs)
 
 
 def _lock_work_tables(conn) -> bool:

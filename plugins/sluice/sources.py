@@ -245,7 +245,7 @@ def from_entry(entry: object, index: int = 0) -> Source:
     if entry["kind"] not in KINDS:
         raise InvalidSource(f"{where}: kind {entry['kind']!r} is not one of {', '.join(sorted(KINDS))}")
     try:
-        return Source(**{**KIND_DEFAULTS[entry["kind"]], **entry})
+        return Source(**{**KIND_DEFAULTS.get(entry["kind"], {}), **entry})
     except MappingError as exc:
         raise InvalidSource(str(exc)) from None
     except TypeError as exc:  # a field of the wrong type that the dataclass itself rejects
@@ -264,16 +264,6 @@ def to_entry(source: Source) -> dict:
     return {name: entry[name] for name in entry_fields()}
 
 
-def by_kind(found: list[Source]) -> dict[str, list[dict]]:
-    """The catalog as JSON entries per kind (every kind, empty when it has no source): what ingest maps over."""
-    return {kind: [to_entry(source) for source in found if source.kind == kind] for kind in KINDS}
-
-
-def by_name(entries: Mapping[str, list[dict]]) -> dict[str, Source]:
-    """The Source values of a catalog given per kind (by_kind), by name."""
-    return {source.name: source for source in map(from_entry, (e for kind in entries.values() for e in kind))}
-
-
 def load_file(path: str) -> list:
     """The catalog entries of a YAML or JSON file (a list of sources, or an object with a `sources` list)."""
     import yaml  # installed with Airflow; JSON is YAML too
@@ -289,3 +279,33 @@ def load_file(path: str) -> list:
         raise InvalidSource(f"SLUICE_SOURCES_FILE {path}: expected a list of sources (or sources: [...])")
     # the param's default must be JSON: a YAML date or set would not survive the trigger form
     return json.loads(json.dumps(loaded, default=str))
+
+
+def _catalog_schema() -> dict:
+    """The JSON Schema of the `sources` param, so Airflow's trigger form refuses a malformed catalog before a run
+    starts (init_schema checks every rule again, with errors that name the source)."""
+    pagination = {"type": "object", "additionalProperties": False,
+                  "properties": {"type": {"enum": list(PAGINATION_TYPES)}, "field": {"type": "string"},
+                                 "param": {"type": "string"}, "page_size": {"type": "integer"},
+                                 "size_param": {"type": "string"}}}
+    properties = {
+        "name": {"type": "string", "pattern": f"^{NAME.pattern}$"},
+        "kind": {"enum": sorted(KINDS)},
+        "conn_id": {"type": "string", "minLength": 1},
+        "endpoint": {"type": "string"},
+        "mapping": {"type": "object", "additionalProperties": {"type": "string"}},
+        "since_param": {"type": "string"},
+        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
+        "encoding": {"type": "string"},
+        "records_path": {"type": "string"},
+        "pagination": pagination,
+        "delete_missing": {"type": ["boolean", "null"]},
+    }
+    if set(properties) != set(entry_fields()):
+        raise RuntimeError("the sources param's schema must describe every catalog field")
+    return {"type": "array", "items": {"type": "object", "required": ["name", "kind", "endpoint"],
+                                       "properties": properties, "additionalProperties": False}}
+
+
+# the `sources` param's type and item schema, as Param(**CATALOG_SCHEMA) takes them
+CATALOG_SCHEMA = _catalog_schema()

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from sluice import migrations, progress, queries, rules, settings
 from sluice.errors import DeleteRefused, LockTimeout
 from sluice.redact import redact
+from sluice.results import Checkpointed, Normalized, Stored, Upserted
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,20 @@ def raw_table(source: str, kind: str | None) -> str:
     return f"raw_{kind or source}_data"
 
 
+def stored_already(conn, source: str, *, run_id: str, fetch_seq: int | None) -> Stored | None:
+    """What this run's store_raw committed for the source from this fetch, if it did (a cleared or retried
+    task): then its staged file need not be read, or even exist. store_raw asks again under the source's lock."""
+    with conn.transaction():
+        recorded = _recorded_result(conn, {"run_id": run_id, "source": source}, "store_raw")
+    if recorded is None or (fetch_seq is not None and recorded.get("fetch_seq") != fetch_seq):
+        return None
+    return Stored.from_xcom(recorded)
+
+
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
-              ids_ascending: bool = False) -> dict:
+              ids_ascending: bool = False) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -97,21 +108,19 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         recorded = _recorded_result(conn, keys, "store_raw")
-        recorded_fetch = recorded.pop("fetch_seq", None) if recorded is not None else None
-        if recorded is not None:
-            recorded.pop("last_id", None)  # the checkpoint's, not a count
-        if recorded is not None and (fetch_seq is None or recorded_fetch == fetch_seq):
+        if recorded is not None and (fetch_seq is None or recorded.get("fetch_seq") == fetch_seq):
             log.info("%s: this fetch was already stored in raw by an earlier try of this run; nothing to do", source)
-            return recorded
+            return Stored.from_xcom(recorded)
         if recorded is not None:
-            # the run fetched again (a cleared ingest) since it stored: the new batch is stored, and what
-            # the old one led to is redone
-            for step in ("store_raw", "upsert", "checkpoint"):
+            # the run fetched again (a cleared ingest) since it stored: the new batch is stored, and what the old
+            # one led to is redone. The checkpoint's result stays: its redo counts only the difference.
+            for step in ("store_raw", "normalize", "upsert"):
                 conn.execute(q("forget_step"), {**keys, "step": step})
         if fetch_seq is None:
             fetch_seq = next_fetch_seq(conn)
         step = progress.Progress(log, source, "storing")
         conn.execute(q("delete_staged"), keys)
+        conn.execute(q("register_work"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "store_raw"})
         copying = progress.Progress(log, source, "copying the staged file into PostgreSQL",
                                     total=_bytes_left(staged), measure=progress.size)
@@ -137,15 +146,9 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
             upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq})
-        result = {
-            "source": source,
-            "stored": staged_rows,
-            "raw_inserted": inserted,
-            "raw_updated": updated,
-            "rejected": problems + duplicates,
-            "superseded": superseded,
-        }
-        _record_result(conn, keys, "store_raw", {**result, "fetch_seq": fetch_seq, "last_id": last_id})
+        result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
+                        rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id)
+        _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
                 f"updated, {c(staged_rows - inserted - updated)} unchanged; {c(superseded)} superseded by a later "
@@ -182,29 +185,45 @@ def _recorded_result(conn, keys: dict, step: str) -> dict | None:
     return row[0] if row else None
 
 
-def _record_result(conn, keys: dict, step: str, result: dict) -> None:
-    """Keep a step's result in the transaction that commits its work, for a retry of the task to return."""
-    conn.execute(q("record_step"), {**keys, "step": step, "result": Jsonb(result)})
+def _committed(conn, keys: dict, kind):
+    """The lane result (sluice.results) this run's step committed for the source; a clear error when it did not."""
+    recorded = _recorded_result(conn, keys, kind.STEP)
+    if recorded is None:
+        raise RuntimeError(f"{keys['source']}: run {keys['run_id']} has no committed {kind.STEP} result; run "
+                           f"{kind.STEP} first")
+    return kind.from_xcom(recorded)
+
+
+def _record_result(conn, keys: dict, result) -> None:
+    """Keep a step's result (sluice.results) in the transaction that commits its work, for a retry or a clear
+    of the task to return."""
+    conn.execute(q("record_step"), {**keys, "step": result.STEP, "result": Jsonb(result.to_xcom())})
 
 
 def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: str, full_refresh: bool,
-              lock_timeout_seconds: float, expected_staged: int | None = None) -> dict:
+              lock_timeout_seconds: float, stored: Stored | None = None) -> Normalized:
     """Validate the run's changed records; good ones to normalized_stage, bad ones quarantined with a reason.
 
     The set-based fast path takes the records it can decide in SQL; every other record goes through the
-    marshmallow schema, which alone writes reject reasons.
+    marshmallow schema, which alone writes reject reasons. stored: what store_raw wrote (its count is checked).
+    A source this run already normalized from the same stored batch (a cleared or retried task) returns what it
+    committed then; a new store_raw of the run forgets it.
     """
     keys = {"run_id": run_id, "source": source}
     valid = rejected = 0
     first_rejects: list[str] = []
     with source_transaction(conn, source, lock_timeout_seconds):
+        if (recorded := _recorded_result(conn, keys, "normalize")) is not None:
+            log.info("%s: this run's stored records were already normalized by an earlier try; nothing to do",
+                     source)
+            return Normalized.from_xcom(recorded)
         step = progress.Progress(log, source, "normalizing")
         conn.execute(q("delete_normalized_stage"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "normalize"})
         # a cleared and re-run normalize replaces what a committed upsert of this run counted
         conn.execute(q("forget_step"), {**keys, "step": "upsert"})
         (staged_rows,) = _count(conn, "count_staged", keys)
-        _check_work(source, run_id, "staged_records", staged_rows, expected_staged, "store_raw")
+        _check_work(source, run_id, "staged_records", staged_rows, stored and stored.stored, "store_raw")
         params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh}
         conn.execute(q("create_slow_candidates"))
         (fast,) = _count(conn, "normalize_fast", {**params, **normalization.fast_path_params})
@@ -228,13 +247,15 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
                 valid += len(good)
                 rejected += len(bad)
                 validating.update(valid + rejected, f"{progress.count(rejected)} rejected")
+        skipped = staged_rows - fast - valid - rejected
+        result = Normalized(source=source, staged=staged_rows, valid=fast + valid, fast_path=fast, rejected=rejected,
+                            skipped_unchanged=skipped)
+        _record_result(conn, keys, result)
     c = progress.count
-    skipped = staged_rows - fast - valid - rejected
     step.finish(f"normalized {c(staged_rows)} staged records: {c(fast + valid)} valid ({c(fast)} by the SQL "
                 f"fast path), rejected {progress.reasons(rejected, first_rejects)}, {c(skipped)} skipped as "
                 "unchanged since they were last normalized")
-    return {"source": source, "staged": staged_rows, "valid": fast + valid, "fast_path": fast,
-            "rejected": rejected, "skipped_unchanged": skipped}
+    return result
 
 
 def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
@@ -251,28 +272,32 @@ def _check_work(source: str, run_id: str, table: str, found: int, expected: int 
                            f"clear {writer} and the tasks after it to redo them")
 
 
-def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_rows: int = BULK_ROWS,
-           expected_staged: int | None = None, index_build_memory: str = settings.INDEX_BUILD_MEMORY,
+def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, stored: Stored | None = None,
+           normalized: Normalized | None = None, bulk_rows: int = BULK_ROWS, index_build_memory: str = settings.INDEX_BUILD_MEMORY,
            kind: str | None = None, deletes_missing: bool = False,
-           max_delete_fraction: float = settings.MAX_DELETE_FRACTION) -> dict:
+           max_delete_fraction: float = settings.MAX_DELETE_FRACTION) -> Upserted:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written. Then the
     rows whose records the read contains are undeleted and, when the read was whole (deletes_missing), the live
     rows whose records it lacks are soft-deleted (_sync_deletes): DeleteRefused, and nothing of the source
     commits, when they are more than max_delete_fraction of its live rows.
 
     A load that inserts at least bulk_rows rows and at least doubles the table (a first load) is a bulk load
-    (see _load_into). A retry of a source this run already upserted returns what it wrote then.
+    (see _load_into). A retry of a source this run already upserted returns what it wrote then. stored and
+    normalized: the lane's earlier results (the batch's place in the fetch order; the rows normalize wrote), as
+    the DAG hands them on; a caller driving the steps by hand may leave them to what the run committed.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
             log.info("%s: this run's rows were already upserted by an earlier try; nothing to do", source)
-            return recorded
+            return Upserted.from_xcom(recorded)
+        stored = stored or _committed(conn, keys, Stored)
+        normalized = normalized or _committed(conn, keys, Normalized)
         step = progress.Progress(log, source, "upserting")
         (live_before,) = _count(conn, "live_rows", keys)
         # normalize analyzed normalized_stage after writing it: the plans here see its size
         incoming, existing, new_rows = _count(conn, "bulk_load_size", keys)
-        _check_work(source, run_id, "normalized_stage", incoming, expected_staged, "normalize")
+        _check_work(source, run_id, "normalized_stage", incoming, normalized.valid, "normalize")
         (raw_written_since,) = _count(conn, "raw_written_since", keys)
         (has_rows,) = _count(conn, "source_has_rows", keys)
         # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
@@ -284,32 +309,32 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, bulk_
             inserted, updated, current = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
         deleted, undeleted, skipped = _sync_deletes(
-            conn, keys, raw_written_since=raw_written_since, deletes_missing=deletes_missing,
+            conn, keys, fetch_seq=stored.fetch_seq, raw_written_since=raw_written_since,
+            deletes_missing=deletes_missing,
             live_before=live_before, max_fraction=max_delete_fraction)
         (live_after,) = _count(conn, "live_rows", keys)
-        result = {"source": source, "inserted": inserted, "updated": updated,
-                  "unchanged": current - inserted - updated, "superseded": incoming - current,
-                  "deleted": deleted, "undeleted": undeleted, "deletes_skipped": skipped,
-                  "live_before": live_before, "live_after": live_after}
-        _record_result(conn, keys, "upsert", result)
+        result = Upserted(source=source, inserted=inserted, updated=updated, unchanged=current - inserted - updated,
+                          superseded=incoming - current, processed=normalized.staged, deleted=deleted,
+                          undeleted=undeleted, deletes_skipped=skipped, live_before=live_before,
+                          live_after=live_after)
+        _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"upserted {c(incoming)} normalized rows into normalized_data: {c(inserted)} inserted, "
-                f"{c(updated)} updated, {c(result['unchanged'])} unchanged, {c(result['superseded'])} superseded "
+                f"{c(updated)} updated, {c(result.unchanged)} unchanged, {c(result.superseded)} superseded "
                 f"by a later fetch; {c(deleted)} soft-deleted, {c(undeleted)} undeleted; live rows "
                 f"{c(live_before)} → {c(live_after)}")
     return result
 
 
-def _sync_deletes(conn, keys: dict, *, raw_written_since: bool, deletes_missing: bool, live_before: int,
-                  max_fraction: float) -> tuple[int, int, str]:
+def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, raw_written_since: bool, deletes_missing: bool,
+                  live_before: int, max_fraction: float) -> tuple[int, int, str]:
     """(deleted, undeleted, why deletes were skipped: empty when they were not) for the run's read of the source.
 
     Only the newest fetch stored for the source decides what is at the source: an older read would delete what
     a newer one added, or undelete what it deleted. A read that quarantined records without an id does not
     know every id it holds, so it deletes nothing."""
     source = keys["source"]
-    stored = _recorded_result(conn, keys, "store_raw") or {}
-    newest, idless = _count(conn, "delete_scope", {**keys, "fetch_seq": stored.get("fetch_seq")})
+    newest, idless = _count(conn, "delete_scope", {**keys, "fetch_seq": fetch_seq})
     if raw_written_since or not newest:
         why = "another run stored a newer fetch of the source since this run's; its run decides deletes"
         log.info("%s: no deletes or undeletes: %s", source, why)
@@ -361,41 +386,40 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool, index_build_memory:
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float,
-                       full_refresh: bool = False) -> dict:
-    """Move the source's checkpoint forward to the highest id this run committed, never back (a full refresh
-    sets it). Runs only after upsert committed."""
+                       last_id: str | None = None, full_refresh: bool = False) -> Checkpointed:
+    """Move the source's checkpoint forward to last_id, the highest id this run stored (Stored.last_id), never
+    back (a full refresh sets it), and add the records this run processed to its total. Runs only after upsert
+    committed. A retried or cleared task of a run that counted already adds only what changed (nothing, unless
+    the run fetched again meanwhile), so no record is counted twice. last_id None: the one the run's store_raw
+    committed (a caller driving the steps by hand)."""
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
-        # a retried task adds nothing twice; a run that fetched again (store_raw forgot this step) advances
-        if (recorded := _recorded_result(conn, keys, "checkpoint")) is not None:
+        if last_id is None:
+            last_id = _committed(conn, keys, Stored).last_id
+        recorded = _recorded_result(conn, keys, "checkpoint")
+        counted = Checkpointed.from_xcom(recorded).processed if recorded is not None else 0
+        if recorded is not None and counted == processed and recorded.get("last_id") == last_id:
             log.info("%s: checkpoint already advanced by an earlier try of this run, to id %r",
                      source, recorded["last_processed_id"])
-            return recorded
+            return Checkpointed.from_xcom(recorded)
         before = conn.execute(q("select_checkpoint"), keys).fetchone()
-        conn.execute(q("advance_checkpoint"), {**keys, "last_id": _last_staged_id(conn, keys), "processed": processed,
+        conn.execute(q("advance_checkpoint"), {**keys, "last_id": last_id, "processed": processed - counted,
                                                "full_refresh": full_refresh})
-        last_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
+        last_processed_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
         previous = before[0] if before is not None else None
-        if previous == last_id:
-            moved = f"stays at id {last_id!r}"
+        if previous == last_processed_id:
+            moved = f"stays at id {last_processed_id!r}"
         else:
             how = "set by the full refresh" if full_refresh else "advanced"
-            moved = f"{how} to id {last_id!r} (was {'unset' if previous is None else f'id {previous!r}'})"
-        result = {"source": source, "last_processed_id": last_id, "total_processed": total,
-                  "last_processed_at": last_at.isoformat() if last_at else None}
-        _record_result(conn, keys, "checkpoint", result)
+            moved = f"{how} to id {last_processed_id!r} (was {'unset' if previous is None else f'id {previous!r}'})"
+        result = Checkpointed(source=source, last_processed_id=last_processed_id, total_processed=total,
+                              last_processed_at=last_at.isoformat() if last_at else None, processed=processed)
+        # with the id it was given, so a redo with another (the run fetched again) advances
+        conn.execute(q("forget_step"), {**keys, "step": "checkpoint"})
+        conn.execute(q("record_step"), {**keys, "step": result.STEP,
+                                        "result": Jsonb({**result.to_xcom(), "last_id": last_id})})
     log.info("%s: checkpoint %s; %s records processed in all", source, moved, progress.count(total or 0))
     return result
-
-
-def _last_staged_id(conn, keys: dict) -> str | None:
-    """The highest id of the run's staged records, which its store_raw recorded (no scan of them here)."""
-    stored = _recorded_result(conn, keys, "store_raw") or {}
-    if "last_id" in stored:
-        return stored["last_id"]
-    # recorded by a release before last_id (a run upgraded between its tasks)
-    (last_id,) = _count(conn, "staged_last_id", keys)
-    return last_id
 
 
 def read_checkpoint(conn, source: str) -> str | None:
