@@ -7,6 +7,7 @@ before every integer."""
 
 import io
 import json
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -190,8 +191,6 @@ def random_id(rng) -> str:
 
 
 def test_the_order_and_the_spelling_agree_with_the_reference_on_random_ids(database_url):
-    import random
-
     rng = random.Random(22)
     with psycopg.connect(database_url) as conn:
         for run in range(12):
