@@ -5,14 +5,33 @@
 -- table (write it in PL/pgSQL, checked when called, or create it in that migration). A function whose
 -- arguments or result change is dropped by a migration first (create or replace cannot change them).
 
--- The later of two checkpoint positions: numeric order when both are integers (as advance_checkpoint picks
--- a batch's highest id), else byte order; null is no position.
+-- The order of source ids, in which a checkpoint moves forward. An id of ASCII digits only is an integer and
+-- compares by its value, the same value spelled with fewer leading zeros later ('007' < '07' < '7'); every other
+-- id (' 7', '-3', '+4', '1e3', 'b-10') compares by its bytes, before every integer: a stray text id never takes
+-- the checkpoint past a source's integers, and one total order holds for a batch (staged_summary) and for two
+-- checkpoints (sluice_later_id) alike. A checkpoint is always one of the ids, spelled as it was: it is sent as is
+-- to an API that may compare text, where '0012' is not '12'.
+--
+-- An integer's key: its value * 10000 + 9999 - its length (ids are at most 1,000 bytes, staging.MAX_ID_BYTES),
+-- null for any other id. Keys order as above, and value and length together are the spelling, which
+-- sluice_integer_id gives back, so store_raw finds a batch's latest id in the one max() it took before, over
+-- every staged row. No limit on digits but the length's: the cast is exact.
+create or replace function sluice_integer_id_key(id text) returns numeric language sql immutable parallel safe as $$
+    select case when id <> '' and ltrim(id, '0123456789') = '' and length(id) <= 9999
+                then id::numeric * 10000 + (9999 - length(id)) end
+$$;
+
+-- the id a key of sluice_integer_id_key was made of, byte for byte (div truncates; / would round)
+create or replace function sluice_integer_id(key numeric) returns text language sql immutable parallel safe as $$
+    select lpad(div(key, 10000)::text, (9999 - mod(key, 10000))::integer, '0')
+$$;
+
+-- The later of two checkpoint positions in that order; null is no position.
 create or replace function sluice_later_id(a text, b text) returns text language sql immutable parallel safe as $$
     select case when a is null then b
                 when b is null then a
-                when a ~ '^[0-9]{1,30}$' and b ~ '^[0-9]{1,30}$'
-                    then case when b::numeric > a::numeric then b else a end
-                when b collate "C" > a collate "C" then b
+                when (coalesce(sluice_integer_id_key(b), -1), b collate "C")
+                     > (coalesce(sluice_integer_id_key(a), -1), a collate "C") then b
                 else a end
 $$;
 

@@ -108,14 +108,20 @@ with changes as materialized (
 select (select count(*) from inserted), (select count(*) from updated);
 
 -- name: mark_raw_writer
-insert into etl_checkpoint as c (source, raw_run_id, raw_fetch_seq) values (%(source)s, %(run_id)s, %(fetch_seq)s)
+-- raw_fetch_seq: the newest fetch the source holds (remove_superseded, delete_scope), whether or not the batch
+-- changed a payload. raw_run_id: the run of the last batch that wrote raw rows (raw_written_since); a batch that
+-- wrote none (unchanged, or superseded by a newer fetch) replaced no payload, so it leaves the writer as it was.
+insert into etl_checkpoint as c (source, raw_run_id, raw_fetch_seq)
+values (%(source)s, case when %(wrote)s then %(run_id)s end, %(fetch_seq)s)
 on conflict (source) do update
-    set raw_run_id = excluded.raw_run_id, raw_fetch_seq = greatest(c.raw_fetch_seq, excluded.raw_fetch_seq);
+    set raw_run_id = case when %(wrote)s then excluded.raw_run_id else c.raw_run_id end,
+        raw_fetch_seq = greatest(c.raw_fetch_seq, excluded.raw_fetch_seq);
 
 -- name: raw_written_since
--- whether another run has stored raw payloads of the source since this run did. Only then can a row of
--- this run's be superseded: a batch older than the newest stored one keeps only records the source did not
--- hold, which it stores itself.
+-- whether another run has written raw payloads of the source since this run stored its batch (mark_raw_writer),
+-- or this run's batch wrote none and another run's was the last to: only then can a row of this run's be
+-- superseded. A batch older than the newest stored one keeps only records the source did not hold, which it
+-- stores itself. Which read decides deletes is the fetch order's (delete_scope), not this.
 select coalesce((select raw_run_id is distinct from %(run_id)s from etl_checkpoint where source = %(source)s), true);
 
 -- name: suspend_indexes
@@ -142,14 +148,10 @@ analyze normalized_stage;
 select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s;
 
 -- name: staged_summary
--- the run's staged records left after quarantine, and the highest id among them (numeric order when ids
--- are integers), which its checkpoint advances to: one pass over rows store_raw reads anyway, so the
--- checkpoint never rescans them. Digits are checked with ltrim, not a regular expression (several times
--- cheaper per row); up to 30 digits, as sluice_later_id compares.
-select count(*),
-       coalesce(max(source_id::numeric) filter (where ltrim(source_id, '0123456789') = ''
-                                                  and length(source_id) between 1 and 30)::text,
-                max(source_id))
+-- the run's staged records left after quarantine, and the latest id among them in the order of sluice_later_id
+-- (its highest integer, spelled as staged, else its last text id in byte order), which its checkpoint advances
+-- to: one pass over rows store_raw reads anyway, so the checkpoint never rescans them
+select count(*), coalesce(sluice_integer_id(max(sluice_integer_id_key(source_id))), max(source_id collate "C"))
 from staged_records where run_id = %(run_id)s and source = %(source)s;
 
 -- name: delete_normalized_stage
@@ -263,8 +265,8 @@ select coalesce((select row_count from etl_checkpoint where source = %(source)s)
        - (select count(*) from normalized_data where source = %(source)s and deleted_at is not null);
 
 -- name: delete_scope
--- whether this run's batch (fetch_seq) is the newest fetch stored for the source, and how many records its
--- store_raw quarantined without an id (any row's record may be among them)
+-- whether this run's batch (fetch_seq) is the newest fetch stored for the source, whichever batch stored last,
+-- and how many records its store_raw quarantined without an id (any row's record may be among them)
 select coalesce((select raw_fetch_seq = %(fetch_seq)s from etl_checkpoint where source = %(source)s), false),
        (select count(*) from rejected_records
         where run_id = %(run_id)s and source = %(source)s and stage = 'store_raw' and source_id is null);

@@ -14,8 +14,9 @@ import pytest
 import requests
 from webapp_fixtures import make_app  # noqa: F401
 
-from sluice import pipeline, results, runs, settings, sources
+from sluice import pipeline, results, rules, runs, settings, sources, warehouse
 from sluice.errors import DeleteRefused, InvalidSource
+from sluice.staging import StageWriter
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault, SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at
@@ -355,3 +356,89 @@ def test_a_refused_read_writes_no_row_version_so_normalized_data_does_not_grow(s
         # an update of the 1,990 rows rolled back would have left 1,990 dead versions in new pages and index entries
         assert conn.execute("select pg_total_relation_size('normalized_data')").fetchone()[0] == before
     assert rows_of(steps.url) == (list(range(1, 2001)), [])
+
+
+# ---- which batch decides deletes (issue 22): the newest fetch, not the run that stored last (sluice.warehouse)
+
+def staged_items(run_id: str, ids, names: str) -> io.BytesIO:
+    out = io.BytesIO()
+    writer = StageWriter(out, run_id, "items")
+    for number in ids:
+        record = {"id": str(number), "name": f"{names} {number}", "value": str(number), "description": "d"}
+        writer.record(number, str(number), record, where=f"line {number + 1}")
+    out.seek(0)
+    return out
+
+
+def store(conn, run_id: str, ids, fetch_seq: int, names: str = "item") -> dict:
+    return warehouse.store_raw(conn, "items", staged_items(run_id, ids, names), run_id=run_id,
+                               lock_timeout_seconds=5, fetch_seq=fetch_seq, kind="csv")
+
+
+def normalize_and_upsert(conn, run_id: str) -> dict:
+    warehouse.normalize(conn, "items", rules.Normalization(settings.DEFAULT_CSV_MAPPING), run_id=run_id,
+                        full_refresh=False, lock_timeout_seconds=5)
+    return warehouse.upsert(conn, "items", run_id=run_id, lock_timeout_seconds=5, deletes_missing=True, kind="csv")
+
+
+NEWER_FETCH = ("another run stored a newer fetch of the source since this run's; its run decides deletes")
+# run-0 loaded 1..10; run A fetched, then run B: B's read (9 and 10 gone) decides in every store order.
+# (which batch stores first, A's ids, A's names, B's names, the rows deleted in the end)
+STORE_ORDERS = {
+    # A, older, stores last: every record it holds is superseded, it writes no raw row
+    "older-stores-after-newer": ("b", range(1, 11), "item", "item", [9, 10]),
+    # the same, and A holds 11, which the source did not (added and gone between the reads): A writes that raw
+    # row last, and upserts before B, whose read deletes it with 9 and 10
+    "older-writing-a-row-stores-after-newer": ("b", range(1, 12), "item", "item", [9, 10, 11]),
+    # A stores first and renames every row; B, stored after it, finds its records unchanged and writes none
+    "older-stores-first": ("a", range(1, 11), "renamed", "renamed", [9, 10]),
+}
+
+
+@pytest.mark.parametrize("order", STORE_ORDERS)
+def test_the_newest_fetch_deletes_what_it_lacks_whichever_batch_stored_last(database_url, order):
+    first, ids_a, names_a, names_b, gone = STORE_ORDERS[order]
+    with psycopg.connect(database_url) as conn:
+        store(conn, "run-0", range(1, 11), warehouse.next_fetch_seq(conn))
+        normalize_and_upsert(conn, "run-0")
+        older, newer = warehouse.next_fetch_seq(conn), warehouse.next_fetch_seq(conn)
+        batches = {"a": ("run-a", ids_a, older, names_a), "b": ("run-b", range(1, 9), newer, names_b)}
+        for run in (first, "a" if first == "b" else "b"):
+            store(conn, *batches[run])
+        upserted_a = normalize_and_upsert(conn, "run-a")
+        upserted_b = normalize_and_upsert(conn, "run-b")
+
+    assert (upserted_b.deleted, upserted_b.deletes_skipped) == (len(gone), "")
+    assert rows_of(database_url) == (list(range(1, 9)), gone)
+    # A's read is not the one that decides, and the reason it gives is true: B fetched after it
+    assert (upserted_a.deleted, upserted_a.undeleted, upserted_a.deletes_skipped) == (0, 0, NEWER_FETCH)
+
+
+@pytest.mark.parametrize("first", ["newer", "older"])
+def test_the_older_read_upserted_last_neither_deletes_nor_undeletes(database_url, first):
+    with psycopg.connect(database_url) as conn:
+        store(conn, "run-0", range(1, 11), warehouse.next_fetch_seq(conn))
+        normalize_and_upsert(conn, "run-0")
+        older, newer = warehouse.next_fetch_seq(conn), warehouse.next_fetch_seq(conn)
+        batches = {"older": ("run-a", range(1, 11), older), "newer": ("run-b", range(1, 9), newer)}
+        for which in (first, "older" if first == "newer" else "newer"):
+            store(conn, *batches[which])
+        upserted_b = normalize_and_upsert(conn, "run-b")
+        upserted_a = normalize_and_upsert(conn, "run-a")
+
+    assert (upserted_b.deleted, upserted_b.deletes_skipped) == (2, "")
+    assert (upserted_a.deleted, upserted_a.undeleted, upserted_a.deletes_skipped) == (0, 0, NEWER_FETCH)
+    assert rows_of(database_url) == (list(range(1, 9)), [9, 10])
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["wrote-nothing", "wrote-a-new-record"])
+def test_only_a_batch_that_wrote_raw_rows_becomes_the_raw_writer(database_url, written):
+    with psycopg.connect(database_url) as conn:
+        older, newer = warehouse.next_fetch_seq(conn), warehouse.next_fetch_seq(conn)
+        store(conn, "run-b", range(1, 9), newer)
+        late = store(conn, "run-a", range(1, 10 if written else 9), older)
+        writer = conn.execute("select raw_run_id, raw_fetch_seq from etl_checkpoint where source = 'items'").fetchone()
+
+    assert (late.superseded, late.raw_inserted, late.raw_updated) == (8, int(written), 0)
+    # the fetch order stays the newer batch's either way
+    assert writer == ("run-a" if written else "run-b", newer)

@@ -145,7 +145,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
                         index_build_memory=index_build_memory):
             upsert = sql.SQL(q("upsert_raw")).format(raw_table=sql.Identifier(table))
             inserted, updated = conn.execute(upsert, keys).fetchone()
-        conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq})
+        conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq, "wrote": inserted + updated > 0})
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
                         rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id)
         _record_result(conn, keys, result)
@@ -308,10 +308,9 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
             query = sql.SQL(q(merge)).format(raw_table=sql.Identifier(raw_table(source, kind)))
             inserted, updated, current = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
-        deleted, undeleted, skipped = _sync_deletes(
-            conn, keys, fetch_seq=stored.fetch_seq, raw_written_since=raw_written_since,
-            deletes_missing=deletes_missing,
-            live_before=live_before, max_fraction=max_delete_fraction)
+        deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
+                                                    deletes_missing=deletes_missing, live_before=live_before,
+                                                    max_fraction=max_delete_fraction)
         (live_after,) = _count(conn, "live_rows", keys)
         result = Upserted(source=source, inserted=inserted, updated=updated, unchanged=current - inserted - updated,
                           superseded=incoming - current, processed=normalized.staged, deleted=deleted,
@@ -326,16 +325,17 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
     return result
 
 
-def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, raw_written_since: bool, deletes_missing: bool,
-                  live_before: int, max_fraction: float) -> tuple[int, int, str]:
+def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: bool, live_before: int,
+                  max_fraction: float) -> tuple[int, int, str]:
     """(deleted, undeleted, why deletes were skipped: empty when they were not) for the run's read of the source.
 
     Only the newest fetch stored for the source decides what is at the source: an older read would delete what
-    a newer one added, or undelete what it deleted. A read that quarantined records without an id does not
-    know every id it holds, so it deletes nothing."""
+    a newer one added, or undelete what it deleted. The fetch order alone says which that is: an older batch
+    stored after it (which may write the records the source did not hold) does not make it older. A read that
+    quarantined records without an id does not know every id it holds, so it deletes nothing."""
     source = keys["source"]
     newest, idless = _count(conn, "delete_scope", {**keys, "fetch_seq": fetch_seq})
-    if raw_written_since or not newest:
+    if not newest:
         why = "another run stored a newer fetch of the source since this run's; its run decides deletes"
         log.info("%s: no deletes or undeletes: %s", source, why)
         return 0, 0, why
