@@ -40,12 +40,16 @@ def read_json(text: str):
     return _DECODER.decode(text)
 
 
+_SHORT = decimal.Context(prec=15)
+
+
 def _shown(value) -> str:
     """A value in a reason: a string quoted, a number as written (shortened when it is very long)."""
     if isinstance(value, str):
         return repr(value)
     text = format(value, "f") if isinstance(value, decimal.Decimal) else str(value)
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+    # 10**400 (jsonb writes 1e400 out in full) as 1e+400
+    return text if len(text) <= 40 else format(_SHORT.create_decimal(value).normalize(_SHORT), "g")
 
 
 class Text(fields.Field):
