@@ -18,6 +18,8 @@ class StagedLine:
     problem: str | None
     payload: str | None
     content_hash: str | None = field(default=None, compare=False)
+    # data as staged: the record's own JSON text
+    text: str | None = field(default=None, compare=False, repr=False)
 
 
 def _unescape(match: re.Match) -> str:
@@ -43,7 +45,7 @@ def decode(staged: bytes) -> list[StagedLine]:
         assert len(fields) == 8, f"staged line has {len(fields)} fields, expected 8: {raw!r}"
         run_id, source, record_no, source_id, data, problem, payload, content_hash = fields
         lines.append(StagedLine(run_id, source, int(record_no), source_id,
-                                None if data is None else json.loads(data), problem, payload, content_hash))
+                                None if data is None else json.loads(data), problem, payload, content_hash, data))
     assert staged.endswith(b"\n") or not staged
     return lines
 

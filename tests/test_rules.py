@@ -53,7 +53,14 @@ def test_value_rejects_non_numbers_with_readable_reason(raw, reason):
 def test_integer_too_large_for_a_float_is_rejected_not_raised():
     row, problem = rules.normalize_record(record(value=10**400), IDENTITY)
     assert row is None
-    assert problem.startswith("value: 1000") and problem.endswith(" is not a finite number")
+    assert problem == "value: 1e+400 is not a finite number"  # not its 401 digits
+
+
+def test_decimals_keep_their_digits_in_text_and_round_once_to_a_float():
+    data = rules.read_json('{"id": 12345678901234567890, "name": 12345678901234567890.12,'
+                           ' "value": 0.1000000000000000000000000001}')
+    assert rules.normalize_record(data, IDENTITY) == ({
+        "source_id": "12345678901234567890", "name": "12345678901234567890.12", "value": 0.1, "description": None}, None)
 
 
 def test_value_missing_from_record():

@@ -6,7 +6,6 @@ Each page is parsed as it arrives, a record at a time (sluice.json_stream), neve
 """
 
 import contextlib
-import json
 import logging
 import tempfile
 import time
@@ -18,7 +17,7 @@ import requests
 
 from sluice import http_client, mapping, progress
 from sluice.errors import SourceError
-from sluice.json_stream import JSONStream
+from sluice.json_stream import Item, JSONStream
 from sluice.redact import redact
 from sluice.sources import Pagination
 from sluice.staging import StageCounts, StageWriter
@@ -32,9 +31,9 @@ SPOOL_MEMORY = 8 * 1024 * 1024
 
 
 def page_records(stream: JSONStream, *, where: str, records_path: str = "", next_field: str = "",
-                 found: dict | None = None) -> Iterator:
-    """The records of a JSON page, one at a time: the array itself, the one array an object wraps, or the array at
-    records_path. The value at the dotted path next_field, before or after the records, goes to found["next"]."""
+                 found: dict | None = None) -> Iterator[Item]:
+    """The records of a JSON page (a JSONStream with_text), one at a time, each with its own text: the array
+    itself, the one array an object wraps, or the array at records_path. The value at the dotted path next_field, before or after the records, goes to found["next"]."""
     found = {} if found is None else found
     first = stream.peek()
     if records_path:
@@ -100,11 +99,12 @@ def _wrapped_records(stream: JSONStream, next_path: tuple[str, ...], found: dict
                 found["next"] = _value_at(stream.value(), next_path[1:])
                 arrays[key] = None
             elif stream.peek() == "[":
-                spool = spools.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY, mode="w+", encoding="utf-8"))
-                for record in stream.items():
-                    # json.dumps then json.loads gives back the same values: floats by repr, NaN,
-                    # lone surrogates escaped
-                    spool.write(json.dumps(record) + "\n")
+                # newline="": no translation of the records' own line ends; surrogatepass: text decoded from
+                # bytes that were not UTF-8 is staged as a problem, not lost here
+                spool = spools.enter_context(tempfile.SpooledTemporaryFile(
+                    SPOOL_MEMORY, mode="w+", encoding="utf-8", newline="", errors="surrogatepass"))
+                for item in stream.items():
+                    spool.write(f"{len(item.text)}\n{item.text}")  # its length, then its own text
                 arrays[key] = spool
             else:
                 stream.value()  # not records: parsed whole to check it, then dropped
@@ -112,8 +112,9 @@ def _wrapped_records(stream: JSONStream, next_path: tuple[str, ...], found: dict
         stream.end()
         chosen = _records_array(arrays, where=where)
         chosen.seek(0)
-        for line in chosen:
-            yield json.loads(line)
+        while length := chosen.readline():
+            text = chosen.read(int(length))
+            yield Item(stream.parse(text), text)
 
 
 def _records_array(arrays: dict[str, IO | None], *, where: str) -> IO:
@@ -184,7 +185,8 @@ def fetch(
         before = counts.records + counts.problems
         body = http_client.iter_body(response, source=name, limit=max_bytes, already=counts.bytes)
         with contextlib.closing(body):
-            records = _page(_counted(body, counts), where=where, content_type=response.headers.get("Content-Type", ""),
+            records = _page(_counted(body, counts), writer, where=where,
+                            content_type=response.headers.get("Content-Type", ""),
                             records_path=records_path, next_field=pagination.field, found=found)
             for record in records:
                 _stage_record(writer, counts, record, field_map["source_id"], tracker)
@@ -197,19 +199,20 @@ def fetch(
     return counts
 
 
-def _stage_record(writer: StageWriter, counts: StageCounts, record, id_field: str, tracker) -> None:
+def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field: str, tracker) -> None:
+    """Stage one record as its own text (the raw table keeps what the source said); a problem keeps that text too."""
+    record, text = item
     record_no = counts.records + counts.problems + 1
     if record_no % progress.CHECK_EVERY == 0:
         tracker.update(record_no, f"{counts.pages} pages, {progress.size(counts.bytes)}")
     if not isinstance(record, Mapping):
-        writer.problem(record_no, None, f"record {record_no} is {mapping.kind(record)}, not an object",
-                       json.dumps(record, ensure_ascii=False))
+        writer.problem(record_no, None, f"record {record_no} is {mapping.kind(record)}, not an object", text)
     else:
         source_id, problem = source_id_of(record, id_field)
         if problem:
-            writer.problem(record_no, None, f"record {record_no}: {problem}", json.dumps(record, ensure_ascii=False))
+            writer.problem(record_no, None, f"record {record_no}: {problem}", text)
         else:
-            writer.record(record_no, source_id, record, where=f"record {record_no}")
+            writer.record_text(record_no, source_id, text, where=f"record {record_no}")
     writer.tally(counts)
 
 
@@ -274,11 +277,12 @@ class _Pager:
         self.seen.add(next_url)
 
 
-def _page(chunks: Iterable[bytes], *, where: str, content_type: str, **shape) -> Iterator:
-    """The records of one page as its body arrives (page_records, given `shape`); SourceError if the body is empty
-    or not one JSON document."""
+def _page(chunks: Iterable[bytes], writer: StageWriter, *, where: str, content_type: str, **shape) -> Iterator[Item]:
+    """The records of one page as its body arrives (page_records, given `shape`), decoded as writer.record_text
+    wants them; SourceError if the body is empty or not one JSON document."""
     try:
-        stream = JSONStream(chunks)
+        stream = JSONStream(chunks, with_text=True, parse_float=writer.parse_float,
+                            parse_constant=writer.parse_constant)
         if stream.blank:
             raise SourceError(f"{where}: empty body")
         yield from page_records(stream, where=where, **shape)

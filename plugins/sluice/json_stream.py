@@ -3,12 +3,15 @@
 Each such value is decoded by the json module itself (`raw_decode` on its own text, with the C scanner
 json.loads uses), so numbers, strings, NaN/Infinity, lone surrogates and the digit limit come out exactly
 as json.loads gives them, and so do the error messages: positions are counted over the whole document.
+A stream made with_text=True also gives each value of an array with its own text (Item), exactly as the document
+spells it, for a raw store that keeps what the source said (key order, whitespace, the digits of a number).
 """
 
 import codecs
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 _DECODER = json.JSONDecoder()
 _WHITESPACE = re.compile(r"[ \t\n\r]*")  # json's own whitespace set
@@ -21,11 +24,24 @@ class JSONStreamError(ValueError):
     """The bytes are not one valid JSON document; the message is the one json.loads would give."""
 
 
-class JSONStream:
-    """Parses a JSON document from byte chunks, on demand."""
+class Item(NamedTuple):
+    """A value of an array, decoded, and its own text: the slice of the decoded document it was read from,
+    from its first character to its last (no whitespace around it)."""
 
-    def __init__(self, chunks: Iterable[bytes]):
+    value: Any
+    text: str
+
+
+class JSONStream:
+    """Parses a JSON document from byte chunks, on demand; with_text: items() gives Item(value, text)."""
+
+    def __init__(self, chunks: Iterable[bytes], *, with_text: bool = False,
+                 parse_float: Callable[[str], Any] | None = None, parse_constant: Callable[[str], Any] | None = None):
+        """parse_float, parse_constant: as json.loads takes them, for every value this stream decodes."""
         self._chunks = iter(chunks)
+        self._with_text = with_text
+        self._json = _DECODER if parse_float is None and parse_constant is None else json.JSONDecoder(
+            parse_float=parse_float, parse_constant=parse_constant)
         self._text = ""
         self._pos = 0
         self._eof = False
@@ -128,16 +144,30 @@ class JSONStream:
         """Decode the next value whole."""
         if self.peek() is None:
             raise self._error("Expecting value", self._pos)
-        return self._decode(_DECODER.raw_decode)
+        return self._decode(self._json.raw_decode)
+
+    def parse(self, text: str):
+        """A whole value from text, decoded as this stream decodes (its parse_float and parse_constant)."""
+        return self._json.decode(text)
+
+    def item(self) -> Item:
+        """Decode the next value whole, with its text."""
+        if self.peek() is None:
+            raise self._error("Expecting value", self._pos)
+        # counted from the document's start: reading on may drop the text before the value, never the value
+        start = self._dropped_chars + self._pos
+        value = self._decode(self._json.raw_decode)
+        return Item(value, self._text[start - self._dropped_chars:self._pos])
 
     def items(self) -> Iterator:
-        """Each value of the array that comes next, decoded one at a time."""
+        """Each value of the array that comes next, decoded one at a time (an Item of each, with_text)."""
         self._pos += 1  # the "[" peek() saw
         if self.peek() == "]":
             self._pos += 1
             return
+        read = self.item if self._with_text else self.value
         while True:
-            yield self.value()
+            yield read()
             char = self.peek()
             if char == "]":
                 self._pos += 1

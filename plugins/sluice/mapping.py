@@ -1,5 +1,6 @@
 """Mapping params: which source field feeds which normalized column."""
 
+import decimal
 import re
 from collections.abc import Mapping
 
@@ -60,5 +61,5 @@ def is_missing(value) -> bool:
 def kind(value) -> str:
     """A JSON-ish name for a value's type, for reasons a user reads: 'an object', 'a list', 'null'."""
     names = {dict: "an object", list: "a list", bool: "a boolean", type(None): "null", str: "a string",
-             int: "an integer", float: "a number"}
+             int: "an integer", float: "a number", decimal.Decimal: "a number"}
     return names.get(type(value), type(value).__name__)

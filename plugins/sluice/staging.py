@@ -1,11 +1,14 @@
 """The staged-records file: one line per source record in COPY text format, loaded by store_raw.
 
 Columns: run_id, source, record_no, source_id, data (JSON), problem, payload, content_hash (md5 of the
-JSON). A record that cannot be stored (no id, wrong field count, bytes that are not UTF-8, a NUL) has a
-problem and its raw text as payload instead of data, so store_raw can quarantine it with its reason.
+JSON). data is the record's own text: an API record exactly as the source spelled it (record_text), a CSV
+row as Sluice encodes it. A record that cannot be stored (no id, wrong field count, bytes that are not UTF-8,
+a NUL, text PostgreSQL's jsonb refuses) has a problem and its raw text as payload instead of data, so
+store_raw can quarantine it with its reason.
 """
 
 import datetime
+import decimal
 import hashlib
 import json
 import logging
@@ -38,6 +41,11 @@ MAX_ID_BYTES = 1000
 _SHORT_ID = MAX_ID_BYTES // 4
 # staged lines are gathered into blocks of this size before they are written (see Blocks)
 BLOCK_BYTES = 1024 * 1024
+# What PostgreSQL's numeric (and so jsonb) holds: at most 16383 digits after the point, and a value below
+# 10**131072. json accepts any number; normalize reads the raw text as jsonb, so a record beyond either is a problem.
+NUMERIC_MAX_SCALE = 16383
+NUMERIC_MAX_ADJUSTED = 131071
+_INFINITY = float("inf")
 
 
 def copy_text(value: str) -> str:
@@ -76,6 +84,9 @@ class StageWriter:
         # usual case) are known free of duplicates without a GROUP BY over the batch in PostgreSQL.
         self.ids_ascending = True
         self._last_id = ""
+        # set by parse_float and parse_constant: a number decoded since the last record_text may be one that
+        # jsonb refuses, so that record's text is checked whole (the usual record has none and is not)
+        self._odd_number = False
 
     def tally(self, counts: StageCounts) -> None:
         """Put what this writer staged into the reader's counts."""
@@ -91,6 +102,36 @@ class StageWriter:
             return
         self._write(record_no, source_id, text, where)
 
+    def parse_float(self, spelling: str) -> float:
+        """json's parse_float for the decoder that reads the records given to record_text: the float json.loads
+        gives, noting a spelling that may be beyond numeric's range (a float overflows or underflows long before)."""
+        value = float(spelling)
+        if (value == _INFINITY or value == -_INFINITY or len(spelling) > NUMERIC_MAX_SCALE
+                or (not value and ("e" in spelling or "E" in spelling))):
+            self._odd_number = True
+        return value
+
+    def parse_constant(self, name: str) -> float:
+        """json's parse_constant for the same decoder: NaN and Infinity, which no JSON column holds, are noted."""
+        self._odd_number = True
+        return float(name)
+
+    def record_text(self, record_no: int, source_id: str, text: str, *, where: str) -> None:
+        """An API record's own JSON text as the source sent it (json_stream.Item.text), decoded with this writer's
+        parse_float and parse_constant: staged verbatim, hashed as it is. No re-encoding: a record's key order,
+        whitespace and number spellings reach the raw table as they came."""
+        problem = None
+        if self._odd_number:
+            self._odd_number = False
+            problem = _numbers_refused(text)
+        if problem is None and ("\\ud" in text or "\\uD" in text):
+            problem = _lone_surrogate(text)
+        if problem is not None:
+            if not self._id_too_long(record_no, source_id, where):
+                self.problem(record_no, source_id, f"{where}: {problem}", text)
+            return
+        self._write(record_no, source_id, text, where, spaced=True)
+
     def record_json(self, record_no: int, source_id: str, text: str, *, line_no: int) -> None:
         """A CSV record already encoded as JSON, exactly as record() would encode it (csv_source.stage_file);
         line_no: its line in the file, which a problem's reason names."""
@@ -102,10 +143,11 @@ class StageWriter:
             return True
         return False
 
-    def _write(self, record_no: int, source_id: str, text: str, where: str | int) -> None:
+    def _write(self, record_no: int, source_id: str, text: str, where: str | int, *, spaced: bool = False) -> None:
         """The hot path of every record: a million records cost a second here, so the checks that rarely
         fail come first in their cheapest form, and `where` (a CSV line number, or the text naming a record)
-        becomes text only for a problem."""
+        becomes text only for a problem. spaced: the text may hold tabs, newlines and carriage returns (the
+        whitespace of a source's JSON), which COPY's text format escapes."""
         if len(source_id) > _SHORT_ID and self._id_too_long(record_no, source_id, where):
             return
         # the plain search first: the regular expression (with its look-behind) costs 5 µs a record
@@ -128,8 +170,11 @@ class StageWriter:
         # an id of letters and digits (the usual one) has nothing to escape, and the test is 5× cheaper
         sid = source_id if source_id.isalnum() else copy_text(source_id)
         # bytes from here: the JSON is encoded once, for its hash and for the line
+        escaped = encoded.replace(b"\\", b"\\\\")
+        if spaced and (b"\n" in escaped or b"\t" in escaped or b"\r" in escaped):
+            escaped = escaped.replace(b"\n", b"\\n").replace(b"\t", b"\\t").replace(b"\r", b"\\r")
         self._out.write(b"%s%d\t%s\t%s\t\\N\t\\N\t%s\n" % (
-            self._prefix_bytes, record_no, sid.encode("utf-8"), encoded.replace(b"\\", b"\\\\"), content_hash))
+            self._prefix_bytes, record_no, sid.encode("utf-8"), escaped, content_hash))
         self.records += 1
 
     def problem(self, record_no: int, source_id: str | None, problem: str, payload: str) -> None:
@@ -165,6 +210,43 @@ class Blocks:
             self._out.write(b"".join(self._parts))
             self._parts.clear()
             self._gathered = 0
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _Refused("contains NaN or Infinity, which JSON does not allow")
+
+
+def _refuse_beyond_numeric(spelling: str) -> None:
+    number = decimal.Decimal(spelling)
+    if -number.as_tuple().exponent > NUMERIC_MAX_SCALE or (number and number.adjusted() > NUMERIC_MAX_ADJUSTED):
+        shown = spelling if len(spelling) <= 40 else f"{spelling[:20]}...({len(spelling)} characters)"
+        raise _Refused(f"number {shown} is beyond PostgreSQL's numeric range")
+
+
+_STRICT = json.JSONDecoder(parse_float=_refuse_beyond_numeric, parse_constant=_refuse_constant)
+
+
+def _numbers_refused(text: str) -> str | None:
+    """Why jsonb would refuse the numbers of this JSON text (NaN, Infinity, or beyond numeric), or None."""
+    try:
+        _STRICT.decode(text)
+    except _Refused as refused:
+        return str(refused)
+    return None
+
+
+def _lone_surrogate(text: str) -> str | None:
+    """A \\uD800-\\uDFFF escape without its pair, which jsonb refuses; None when every one is paired (the decoder
+    joins a pair into one character, so only a lone one is left to fail UTF-8)."""
+    try:
+        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate escape (\\ud800-\\udfff), which PostgreSQL's jsonb refuses"
+    return None
 
 
 def _named(where: str | int) -> str:

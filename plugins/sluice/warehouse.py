@@ -235,9 +235,9 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
             while batch := candidates.fetchmany(FETCH_BATCH):
                 good, bad = [], []
                 for source_id, data, input_hash, raw_hash in batch:
-                    row, reason = normalization.normalize(data)
+                    row, reason = normalization.normalize_json(data)  # data: the record's jsonb as text
                     if row is None:
-                        bad.append((run_id, source, source_id, "normalize", reason, psycopg.types.json.Jsonb(data)))
+                        bad.append((run_id, source, source_id, "normalize", reason, data))
                         if len(first_rejects) < progress.REASONS_SHOWN:
                             first_rejects.append(f"id {source_id}: {reason}")
                     else:
