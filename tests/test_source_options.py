@@ -10,7 +10,7 @@ import os
 import pytest
 import requests
 
-from sluice import settings, sources
+from sluice import settings, sources, staging
 from sluice.errors import InvalidSource, SourceError
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
@@ -57,7 +57,8 @@ def stage_error(server, source, tmp_path, **kwargs) -> str:
     with pytest.raises(SourceError) as failure:
         stage(server, source, tmp_path, **kwargs)
     downloads = tmp_path / "downloads"
-    assert not downloads.exists() or os.listdir(downloads) == []  # nothing half-downloaded is left
+    # nothing half-downloaded is left (the folder's marker stays with it, for the sweep)
+    assert not downloads.exists() or os.listdir(downloads) == [staging.RUN_FOLDER_MARKER]
     return str(failure.value)
 
 
@@ -144,7 +145,7 @@ def test_a_gzip_file_is_decompressed_as_it_downloads(server, tmp_path, path, con
     server.serve_bytes(path, gzip.compress(CSV_BODY), content_type=content_type)
     counts, lines = stage(server, csv_source(path), tmp_path)
     assert counts.records == EXPECTED_RECORDS and counts.bytes == len(CSV_BODY)
-    assert os.listdir(tmp_path / "downloads") == []
+    assert os.listdir(tmp_path / "downloads") == [staging.RUN_FOLDER_MARKER]  # the download is gone
 
 
 def test_concatenated_gzip_members_are_one_file(server, tmp_path):
