@@ -48,7 +48,8 @@ class Pagination:
     link: the response's Link rel="next" header. next_field: the URL at the dotted path `field` of the page's
     body (relative URLs resolve against the page's). page_param / offset_param: the query parameter `param`
     counts pages from 1 / records from 0, `page_size` records a full page (sent as `size_param` when given);
-    an empty or short page is the last."""
+    an empty page is the last, or a short one once the server's X-Total-Count is reached (a server may cap
+    the page size below page_size; see api_source._Pager.after)."""
 
     type: str = "link"
     field: str = ""

@@ -58,6 +58,9 @@ class StageCounts:
     # every staged id came after the one before it (StageWriter.ids_ascending): the batch has no duplicate
     # ids, so store_raw need not look for them. False when unknown (a result of an earlier release)
     ids_ascending: bool = False
+    # the read had every record the source holds, so the rows whose records it lacks are gone (delete_missing);
+    # False when it ended short of the source's own count. Results of an earlier release read True
+    whole_read: bool = True
 
 
 class StageWriter:
