@@ -16,7 +16,7 @@ FOREIGN = {
     # the run-folder name shape, but no marker: nobody's run
     f"{staging.run_folder_name('scheduled__2026-01-01')}/notes.txt": b"a look-alike",
     # a marker copied out of the folder it was made for
-    f"backup/{staging.RUN_FOLDER_MARKER}": f"sluice run folder {staging.run_folder_name('old-run')}\n".encode(),
+    f"backup/.sluice-run": f"sluice run folder {staging.run_folder_name('old-run')}\n".encode(),
 }
 
 
