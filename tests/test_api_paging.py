@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from sluice import api_source, http_client, settings
-from sluice.errors import SourceError
+from sluice.errors import InvalidSource, SourceError
 from sluice.sources import Pagination
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault, SourceServer
@@ -141,3 +141,52 @@ def test_whole_reads_of_a_well_behaved_server_are_whole(server, kind):
 
     assert [line.data for line in lines] == posts
     assert (counts.pages, counts.whole_read) == (3, True)
+
+
+def serve_pages(server, pages: list, headers: dict | None = None) -> None:
+    """Each body in pages, in order, whatever the query asks; an empty array after them."""
+    server.serve_bytes("posts", b"[]", content_type=JSON)
+    headers = {"Content-Type": JSON, **(headers or {})}
+    server.add_faults("posts", *(Fault(200, body=json.dumps(page).encode(), headers=headers) for page in pages))
+
+
+def fetch_counted_by(server, total_field):
+    pagination = Pagination("page_param", param="_page", page_size=7, size_param="_limit", total_field=total_field)
+    out = io.BytesIO()
+    with requests.Session() as session:
+        counts = api_source.fetch(session, f"{server.url}/posts", settings.DEFAULT_API_MAPPING, out, run_id="run-1",
+                                  uri="file:///s", policy=POLICY, max_pages=50, max_bytes=10_000_000,
+                                  pagination=pagination, name="posts", sleep=lambda seconds: None)
+    return counts, staged.decode(out.getvalue())
+
+
+@pytest.mark.parametrize("total, pages, whole", [(10, 2, True), (12, 3, False), (None, 3, True)],
+                         ids=["reached", "never-reached", "null"])
+def test_a_total_field_in_the_body_ends_a_short_page_or_marks_the_read_partial(server, total, pages, whole):
+    posts = sample_data.posts(10)
+    # the body's count wins over the header's
+    serve_pages(server, [{"data": posts[:6], "meta": {"total": total}}, {"data": posts[6:], "meta": {"total": total}}],
+                headers={"X-Total-Count": "99"})
+
+    counts, lines = fetch_counted_by(server, "meta.total")
+
+    assert [line.data for line in lines] == posts
+    assert (counts.pages, counts.whole_read) == (pages, whole)
+
+
+@pytest.mark.parametrize("value", ["10", -1, 2.5, True])
+def test_a_total_field_that_is_not_a_count_fails_the_source(server, value):
+    serve_pages(server, [{"data": sample_data.posts(3), "total": value}])
+    with pytest.raises(SourceError) as failure:
+        fetch_counted_by(server, "total")
+    assert str(failure.value) == (f"posts: {server.url}/posts?_page=1&_limit=7: total_field 'total' is {value!r}, "
+                                  "expected a count of records")
+
+
+def test_total_field_is_an_option_of_counted_paginations_only():
+    assert Pagination.of({"type": "offset_param", "param": "o", "page_size": 5, "total_field": "meta.total"},
+                         "p").total_field == "meta.total"
+    with pytest.raises(InvalidSource, match="type 'link' takes no total_field"):
+        Pagination.of({"type": "link", "total_field": "total"}, "p")
+    with pytest.raises(InvalidSource, match=r"p.total_field must be a non-empty string, got 5"):
+        Pagination.of({"type": "page_param", "param": "p", "page_size": 5, "total_field": 5}, "p")

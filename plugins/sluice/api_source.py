@@ -185,8 +185,10 @@ def fetch(
         first = last = None
         body = http_client.iter_body(response, source=name, limit=max_bytes, already=counts.bytes)
         with contextlib.closing(body):
+            # the body's one value besides its records: the next URL (next_field), or the total (total_field)
             records = _page(_counted(body, counts), where=where, content_type=response.headers.get("Content-Type", ""),
-                            records_path=records_path, next_field=pagination.field, found=found)
+                            records_path=records_path, next_field=pagination.field or pagination.total_field,
+                            found=found)
             for record in records:
                 if first is None:
                     first = record
@@ -195,7 +197,8 @@ def fetch(
         tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
         items = counts.records + counts.problems - before
         request = pager.after(response.url, where, link=link, body_next=found.get("next"), items=items,
-                              read=counts.records + counts.problems, total=_total_count(response, where),
+                              read=counts.records + counts.problems,
+                              total=_total_count(response, where, pagination.total_field, found.get("next")),
                               page=(items, _record_key(first, field_map["source_id"]),
                                     _record_key(last, field_map["source_id"])))
         counts.whole_read = pager.whole_read
@@ -313,9 +316,17 @@ class _Pager:
         self.seen.add(next_url)
 
 
-def _total_count(response: requests.Response, where: str) -> int | None:
-    """The server's count of every record of the read (the X-Total-Count header json-server and many APIs
-    send), or None when it gives none."""
+def _total_count(response: requests.Response, where: str, total_field: str, in_body) -> int | None:
+    """The server's count of every record of the read: the value at total_field in the body (in_body) when the
+    pagination names one, else the X-Total-Count header json-server and many APIs send; None when none is
+    given (a null or absent total_field)."""
+    if total_field:
+        if in_body is None:
+            return None
+        if isinstance(in_body, int) and not isinstance(in_body, bool) and in_body >= 0:
+            return in_body
+        raise SourceError(f"{where}: total_field {total_field!r} is {repr(in_body)[:50]}, "
+                          "expected a count of records")
     value = response.headers.get("X-Total-Count")
     if value is None:
         return None
