@@ -190,3 +190,14 @@ def test_total_field_is_an_option_of_counted_paginations_only():
         Pagination.of({"type": "link", "total_field": "total"}, "p")
     with pytest.raises(InvalidSource, match=r"p.total_field must be a non-empty string, got 5"):
         Pagination.of({"type": "page_param", "param": "p", "page_size": 5, "total_field": 5}, "p")
+
+
+def test_a_link_paginated_read_pays_no_heed_to_a_total_count(server):
+    # X-Total-Count means nothing to the link and next_field paginations: a wrong one fails nothing
+    posts = sample_data.posts(3)
+    serve_pages(server, [posts], headers={"X-Total-Count": "many"})
+    out = io.BytesIO()
+    with requests.Session() as session:
+        counts = api_source.fetch(session, f"{server.url}/posts", settings.DEFAULT_API_MAPPING, out, run_id="run-1",
+                                  uri="file:///s", policy=POLICY, max_pages=50, max_bytes=10_000_000, name="posts")
+    assert (counts.records, counts.pages, counts.whole_read) == (3, 1, True)

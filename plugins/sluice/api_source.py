@@ -29,6 +29,8 @@ SOURCE = "api"
 WRAPPER_KEYS = ("data", "items", "results", "records", "rows")
 # Records of a wrapped array kept in memory up to this size, then on disk (an unlinked temporary file).
 SPOOL_MEMORY = 8 * 1024 * 1024
+# paginations that count pages or records themselves: only the records say where such a read ends
+COUNTED = ("page_param", "offset_param")
 
 
 def page_records(stream: JSONStream, *, where: str, records_path: str = "", next_field: str = "",
@@ -196,11 +198,13 @@ def fetch(
                 _stage_record(writer, counts, record, field_map["source_id"], tracker)
         tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
         items = counts.records + counts.problems - before
-        request = pager.after(response.url, where, link=link, body_next=found.get("next"), items=items,
-                              read=counts.records + counts.problems,
-                              total=_total_count(response, where, pagination.total_field, found.get("next")),
-                              page=(items, _record_key(first, field_map["source_id"]),
-                                    _record_key(last, field_map["source_id"])))
+        counted = {}
+        if pagination.type in COUNTED:
+            counted = {"read": counts.records + counts.problems,
+                       "total": _total_count(response, where, pagination.total_field, found.get("next")),
+                       "page": (items, _record_key(first, field_map["source_id"]),
+                                _record_key(last, field_map["source_id"]))}
+        request = pager.after(response.url, where, link=link, body_next=found.get("next"), items=items, **counted)
         counts.whole_read = pager.whole_read
     tracker.finish(f"fetched {progress.count(counts.pages)} pages ({progress.size(counts.bytes)}), staged "
                    f"{progress.count(counts.records)} records, quarantined "
@@ -238,7 +242,7 @@ class _Pager:
         self.whole_read = True  # False when the read ended without every record the server counts
 
     def first(self) -> tuple[str, dict | None]:
-        if self.pagination.type in ("page_param", "offset_param"):
+        if self.pagination.type in COUNTED:
             return self.url, self._counted_params()
         self.seen.add(self.url)
         return self.url, self.params or None  # next URLs carry their own query
@@ -266,7 +270,7 @@ class _Pager:
         offset_param) ends on an empty page, or on a short one when the server's total count says every
         record was read: servers cap or default their page size below the one asked, so a short page alone
         does not say it is the last. items: the records of this page; read: of every page so far; total: the
-        server's count (X-Total-Count), if it gives one; page: what identifies this page's records (their
+        server's count (total_field or X-Total-Count), if it gives one; page: what identifies this page's records (their
         number, the first's and the last's ids), to refuse a server that serves a page again."""
         kind = self.pagination.type
         if kind == "link":
