@@ -10,7 +10,7 @@ import os
 import pytest
 import requests
 
-from sluice import settings, sources
+from sluice import settings, sources, staging
 from sluice.errors import InvalidSource, SourceError
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
@@ -57,7 +57,8 @@ def stage_error(server, source, tmp_path, **kwargs) -> str:
     with pytest.raises(SourceError) as failure:
         stage(server, source, tmp_path, **kwargs)
     downloads = tmp_path / "downloads"
-    assert not downloads.exists() or os.listdir(downloads) == []  # nothing half-downloaded is left
+    # nothing half-downloaded is left (the folder's marker stays with it, for the sweep)
+    assert not downloads.exists() or os.listdir(downloads) == [staging.RUN_FOLDER_MARKER]
     return str(failure.value)
 
 
@@ -144,7 +145,7 @@ def test_a_gzip_file_is_decompressed_as_it_downloads(server, tmp_path, path, con
     server.serve_bytes(path, gzip.compress(CSV_BODY), content_type=content_type)
     counts, lines = stage(server, csv_source(path), tmp_path)
     assert counts.records == EXPECTED_RECORDS and counts.bytes == len(CSV_BODY)
-    assert os.listdir(tmp_path / "downloads") == []
+    assert os.listdir(tmp_path / "downloads") == [staging.RUN_FOLDER_MARKER]  # the download is gone
 
 
 def test_concatenated_gzip_members_are_one_file(server, tmp_path):
@@ -312,12 +313,13 @@ def test_counted_pages_carry_the_since_param_on_every_request(server, tmp_path):
     assert [path for path, _ in server.requests] == [f"/counted?id_gte=4&_page={n}&_limit=3" for n in (1, 2, 3, 4)]
 
 
-def test_max_pages_bounds_a_server_that_ignores_the_page_param(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("SLUICE_MAX_PAGES", "4")
+def test_a_server_that_ignores_the_page_param_fails_at_its_first_repeated_page(server, tmp_path):
+    # before issue #22 such a server was read until SLUICE_MAX_PAGES; the repeated page says why at once
     server.serve_bytes("stuck", json.dumps(POSTS[:5]).encode(), content_type="application/json")
     source = api_source("stuck", pagination={"type": "page_param", "param": "page", "page_size": 5})
     assert stage_error(server, source, tmp_path) == (
-        f"posts: more than SLUICE_MAX_PAGES (4) pages; stopped at {server.url}/stuck?page=5")
+        f"posts: {server.url}/stuck?page=2: page 2 repeats page 1 (the same 5 records): the server ignores the "
+        "'page' parameter; stopped, nothing of the read is loaded")
 
 
 # Validation, naming the source and the field

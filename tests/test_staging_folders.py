@@ -26,6 +26,7 @@ def test_run_folder_names_are_single_safe_segments():
         name = staging.run_folder_name(run_id)
         assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,119}", name), (run_id[:20], name)
         assert (Path("/staging") / name).parent == Path("/staging")
+        assert staging.RUN_FOLDER_NAME.fullmatch(name)  # the shape the sweep looks for
 
 
 def test_run_folder_names_are_unique_per_run_id_and_stable():
@@ -39,19 +40,58 @@ def test_run_folder_name_stays_readable():
         "manual__2026-11-23T16_32_00_00_00-")
 
 
-def make_run_folder(root: Path, name: str, hours_old: float, *, newest_file_hours_old: float | None = None) -> Path:
-    folder = root / name
+def age(path: Path, hours_old: float) -> None:
+    stamp = time.time() - hours_old * HOUR
+    for entry in [*path.rglob("*"), path] if path.is_dir() else [path]:
+        os.utime(entry, (stamp, stamp))
+
+
+def run_folder(root: Path, run_id: str, hours_old: float, *, marked: bool = True,
+               newest_file_hours_old: float | None = None) -> Path:
+    """A run's folder as a run leaves it (made by make_run_folder, so marked), or a look-alike (marked=False)."""
+    folder = root / staging.run_folder_name(run_id)
+    if marked:
+        staging.make_run_folder(folder)
     (folder / "sub").mkdir(parents=True)
     files = [folder / "api.copy", folder / "sub" / "csv.copy"]
     for file in files:
         file.write_bytes(b"staged")
-    stamp = time.time() - hours_old * HOUR
-    for path in [*files, folder / "sub", folder]:
-        os.utime(path, (stamp, stamp))
+    age(folder, hours_old)
     if newest_file_hours_old is not None:
         fresh = time.time() - newest_file_hours_old * HOUR
         os.utime(files[1], (fresh, fresh))
     return folder
+
+
+def foreign(root: Path) -> dict[str, bytes]:
+    """What other people keep under a shared root, 80 hours old, as {relative path: content}: a folder, a
+    file, and a folder whose name has the run-folder shape (issue #22)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "customer_exports" / "2026").mkdir(parents=True)
+    (root / "customer_exports" / "2026" / "march.csv").write_bytes(b"id,total\n1,10\n")
+    (root / "report.csv").write_bytes(b"not a folder")
+    look_alike = root / staging.run_folder_name("scheduled__2026-01-01")
+    look_alike.mkdir()
+    (look_alike / "notes.txt").write_bytes(b"a run-shaped name, but nobody's run")
+    for entry in root.iterdir():
+        age(entry, 80)
+    return contents(root)
+
+
+def copied_markers(root: Path) -> dict[str, bytes]:
+    """A folder holding a copy of a run folder's marker, and a renamed copy of a run folder with its marker,
+    80 hours old: neither is a run folder make_run_folder made."""
+    copied = staging.make_run_folder(root / staging.run_folder_name("copied-run"))
+    (root / "backup").mkdir()
+    (root / "backup" / staging.RUN_FOLDER_MARKER).write_bytes((copied / staging.RUN_FOLDER_MARKER).read_bytes())
+    copied.rename(root / staging.run_folder_name("renamed-run"))
+    for name in ("backup", staging.run_folder_name("renamed-run")):
+        age(root / name, 80)
+    return contents(root)
+
+
+def contents(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(params=["pathlib", "object-storage"])
@@ -64,23 +104,66 @@ def as_root(request):
     return lambda path: ObjectStoragePath(f"file://{path}")
 
 
-def test_sweep_removes_run_folders_older_than_the_retention_and_keeps_the_rest(tmp_path, as_root):
-    make_run_folder(tmp_path, "failed-run", hours_old=80)
-    make_run_folder(tmp_path, "recent-failure", hours_old=70)
-    make_run_folder(tmp_path, "long-run-still-writing", hours_old=200, newest_file_hours_old=0.1)
-    make_run_folder(tmp_path, "this-run", hours_old=100)
-    (tmp_path / "not-a-run-folder.txt").write_text("left alone")
+def test_sweep_never_touches_what_is_not_a_marked_run_folder(tmp_path, as_root):
+    # a root shared with other people's data (a bucket's root, /data): issue #22
+    before = foreign(tmp_path)
 
-    removed = staging.sweep(as_root(tmp_path), older_than_seconds=RETENTION, now=time.time(), keep="this-run")
+    assert staging.sweep(as_root(tmp_path), older_than_seconds=RETENTION, now=time.time()) == []
+    assert contents(tmp_path) == before
 
-    assert removed == ["failed-run"]
-    assert sorted(os.listdir(tmp_path)) == [
-        "long-run-still-writing", "not-a-run-folder.txt", "recent-failure", "this-run"]
+
+def test_sweep_leaves_copies_of_a_marker_outside_the_folder_it_was_made_for(tmp_path, as_root):
+    foreign(tmp_path)
+    before = copied_markers(tmp_path)
+
+    assert staging.sweep(as_root(tmp_path), older_than_seconds=RETENTION, now=time.time()) == []
+    assert contents(tmp_path) == before
+
+
+def test_sweep_does_not_look_inside_foreign_folders(tmp_path, as_root, monkeypatch):
+    foreign(tmp_path)
+    copied_markers(tmp_path)
+    opened = []
+    is_marked = staging.is_marked
+    monkeypatch.setattr(staging, "is_marked", lambda folder: opened.append(folder.name) or is_marked(folder))
+    monkeypatch.setattr(staging, "last_change", lambda folder: opened.append(folder.name) or time.time())
+
+    staging.sweep(as_root(tmp_path), older_than_seconds=RETENTION, now=time.time())
+
+    # only the folders whose names have the run-folder shape are opened, to find the marker
+    assert sorted(set(opened)) == sorted(staging.run_folder_name(run) for run in (
+        "scheduled__2026-01-01", "renamed-run"))
+
+
+def test_sweep_removes_marked_run_folders_older_than_the_retention_and_keeps_the_rest(tmp_path, as_root):
+    foreign(tmp_path)
+    before = copied_markers(tmp_path)
+    failed = run_folder(tmp_path, "failed-run", hours_old=80)
+    recent = run_folder(tmp_path, "recent-failure", hours_old=70)
+    writing = run_folder(tmp_path, "long-run-still-writing", hours_old=200, newest_file_hours_old=0.1)
+    this = run_folder(tmp_path, "this-run", hours_old=100)
+    look_alike = run_folder(tmp_path, "unmarked-run", hours_old=100, marked=False)
+
+    removed = staging.sweep(as_root(tmp_path), older_than_seconds=RETENTION, now=time.time(), keep=this.name)
+
+    assert removed == [failed.name]
+    assert not failed.exists()
+    assert all(folder.exists() for folder in (recent, writing, this, look_alike))
+    left = contents(tmp_path)
+    assert {path: left[path] for path in before} == before
+
+
+def test_make_run_folder_marks_the_folder_once(tmp_path, as_root):
+    folder = as_root(tmp_path) / "staging" / staging.run_folder_name("manual__2026-11-23T16:32:00+00:00")
+    assert staging.make_run_folder(folder) == folder
+    assert staging.make_run_folder(folder) == folder  # every ingest of the run makes it; the marker stays
+    assert staging.is_marked(folder)
+    assert [path.name for path in (tmp_path / "staging" / folder.name).iterdir()] == [staging.RUN_FOLDER_MARKER]
 
 
 def test_sweep_keeps_a_folder_whose_age_it_cannot_tell(tmp_path, as_root):
     # object stores may report no time (0) for folders and files: such a folder may belong to a run in progress
-    folder = make_run_folder(tmp_path, "undated", hours_old=1)
+    folder = run_folder(tmp_path, "undated", hours_old=1)
     for entry in (folder, *folder.rglob("*")):
         os.utime(entry, (0, 0))
 
@@ -106,7 +189,7 @@ def test_csv_download_of_a_killed_ingest_is_in_the_swept_download_folder(tmp_pat
     temp.mkdir()
     child_code = (
         "import sys; from sluice import airflow_edge; "
-        "airflow_edge.ingest({'name': 'csv', 'kind': 'csv', 'endpoint': 'items.csv'}, {}, sys.argv[1])")
+        "airflow_edge.ingest.__wrapped__({'name': 'csv', 'kind': 'csv', 'endpoint': 'items.csv'}, {}, sys.argv[1])")
     with SourceServer() as server:
         server.httpd.handle_error = lambda request, client_address: None  # the killed client resets
         server.serve_bytes("items.csv", b"")

@@ -29,6 +29,12 @@ class Route:
     records: list | None = None  # JSON records; paginated and filtered like json-server
     content_type: str = "application/json"
     page_size: int | None = None  # paginate even without _page (like a real paginated API)
+    # misbehaving paginations (issue #22): a cap on _limit (6 when 7 is asked), _limit ignored (page_size or
+    # everything instead), the last page served again for every page after it, X-Total-Count left out
+    max_page_size: int | None = None
+    ignore_size: bool = False
+    repeat_last_page: bool = False
+    total_count: bool = True
     faults: list[Fault] = field(default_factory=list)
     hits: list[float] = field(default_factory=list)
 
@@ -76,8 +82,9 @@ class SourceServer:
     def __exit__(self, *exc):
         self.stop()
 
-    def serve_json(self, path: str, records: list, page_size: int | None = None) -> Route:
-        self.routes[path] = Route(records=records, page_size=page_size)
+    def serve_json(self, path: str, records: list, page_size: int | None = None, **behaviour) -> Route:
+        """records at path, paginated like json-server; behaviour: the Route fields of a misbehaving one."""
+        self.routes[path] = Route(records=records, page_size=page_size, **behaviour)
         return self.routes[path]
 
     def serve_bytes(self, path: str, body: bytes, content_type: str = "text/csv; charset=utf-8") -> Route:
@@ -114,15 +121,23 @@ class SourceServer:
             if key.endswith("_gte"):
                 name, bound = key[:-4], float(values[0])
                 records = [r for r in records if isinstance(r.get(name), (int, float)) and r[name] >= bound]
-        headers = {"Content-Type": "application/json; charset=utf-8", "X-Total-Count": str(len(records))}
-        limit = int(query.get("_limit", [route.page_size or 0])[0])
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if route.total_count:
+            headers["X-Total-Count"] = str(len(records))
+        limit = route.page_size or 0 if route.ignore_size else int(query.get("_limit", [route.page_size or 0])[0])
+        if route.max_page_size:
+            limit = min(limit or route.max_page_size, route.max_page_size)
         if "_start" in query:  # json-server's offset paging: `_start` records skipped, `_limit` (or all) returned
             start = int(query["_start"][0])
+            if route.repeat_last_page and records and start >= len(records):
+                start = (len(records) - 1) // limit * limit if limit else 0  # the last page's window again
             return json.dumps(records[start: start + limit if limit else None]).encode(), headers
         if not limit:
             return json.dumps(records).encode(), headers
         page = int(query.get("_page", ["1"])[0])
         last = max(1, -(-len(records) // limit))
+        if route.repeat_last_page:
+            page = min(page, last)
         base = {k: v[0] for k, v in query.items() if k not in ("_page", "_limit")}
 
         def link(number):

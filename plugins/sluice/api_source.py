@@ -28,6 +28,8 @@ SOURCE = "api"
 WRAPPER_KEYS = ("data", "items", "results", "records", "rows")
 # Records of a wrapped array kept in memory up to this size, then on disk (an unlinked temporary file).
 SPOOL_MEMORY = 8 * 1024 * 1024
+# paginations that count pages or records themselves: only the records say where such a read ends
+COUNTED = ("page_param", "offset_param")
 
 
 def page_records(stream: JSONStream, *, where: str, records_path: str = "", next_field: str = "",
@@ -183,16 +185,28 @@ def fetch(
         link = pager.next_link(response, where)  # checked before the page is read: a bad link stages nothing
         found: dict = {}
         before = counts.records + counts.problems
+        first = last = None
         body = http_client.iter_body(response, source=name, limit=max_bytes, already=counts.bytes)
         with contextlib.closing(body):
+            # the body's one value besides its records: the next URL (next_field), or the total (total_field)
             records = _page(_counted(body, counts), writer, where=where,
-                            content_type=response.headers.get("Content-Type", ""),
-                            records_path=records_path, next_field=pagination.field, found=found)
+                            content_type=response.headers.get("Content-Type", ""), records_path=records_path,
+                            next_field=pagination.field or pagination.total_field, found=found)
             for record in records:
+                if first is None:
+                    first = record
+                last = record
                 _stage_record(writer, counts, record, field_map["source_id"], tracker)
         tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
-        request = pager.after(response.url, where, link=link, body_next=found.get("next"),
-                              items=counts.records + counts.problems - before)
+        items = counts.records + counts.problems - before
+        counted = {}
+        if pagination.type in COUNTED:
+            counted = {"read": counts.records + counts.problems,
+                       "total": _total_count(response, where, pagination.total_field, found.get("next")),
+                       "page": (items, _record_key(first, field_map["source_id"]),
+                                _record_key(last, field_map["source_id"]))}
+        request = pager.after(response.url, where, link=link, body_next=found.get("next"), items=items, **counted)
+        counts.whole_read = pager.whole_read
     tracker.finish(f"fetched {progress.count(counts.pages)} pages ({progress.size(counts.bytes)}), staged "
                    f"{progress.count(counts.records)} records, quarantined "
                    f"{progress.reasons(counts.problems, writer.first_problems)}")
@@ -223,9 +237,14 @@ class _Pager:
         self.pagination, self.url, self.params, self.origins = pagination, url, params, origins
         self.seen: set[str] = set()  # the URLs requested, to refuse a next URL that loops back
         self.position = 1 if pagination.type == "page_param" else 0  # the page number, or the offset
+        # counted pagination: the non-empty pages read, each by what identifies its records (see after)
+        self.pages_read = 0
+        self.pages_seen: dict[tuple, int] = {}
+        self.total: int | None = None  # the server's count of the records, from its last page that gave one
+        self.whole_read = True  # False when the read ended without every record the server counts
 
     def first(self) -> tuple[str, dict | None]:
-        if self.pagination.type in ("page_param", "offset_param"):
+        if self.pagination.type in COUNTED:
             return self.url, self._counted_params()
         self.seen.add(self.url)
         return self.url, self.params or None  # next URLs carry their own query
@@ -247,17 +266,43 @@ class _Pager:
             raise
         return next_url
 
-    def after(self, page_url: str, where: str, *, link: str | None, body_next, items: int):
-        """The request for the page after this one, or None after the last."""
+    def after(self, page_url: str, where: str, *, link: str | None, body_next, items: int, read: int = 0,
+              total: int | None = None, page: tuple = ()):
+        """The request for the page after this one, or None after the last. A counted pagination (page_param,
+        offset_param) ends on an empty page, or on a short one when the server's total count says every
+        record was read: servers cap or default their page size below the one asked, so a short page alone
+        does not say it is the last. items: the records of this page; read: of every page so far; total: the
+        server's count (total_field or X-Total-Count), if it gives one; page: what identifies this page's records (their
+        number, the first's and the last's ids), to refuse a server that serves a page again."""
         kind = self.pagination.type
         if kind == "link":
             return (link, None) if link else None
         if kind == "next_field":
             return self._body_next(page_url, where, body_next)
-        if items < self.pagination.page_size:
-            return None  # an empty or short page is the last
+        if total is not None:
+            self.total = total
+        if items == 0:
+            if self.total is not None and read < self.total:
+                # records deleted while the read went on, or a server that stops early: the read cannot tell
+                # which of the missing ones are gone, so it must not delete
+                self.whole_read = False
+                log.warning("%s: the read ended at an empty page after %d of the %d records the server counts; "
+                            "deletes are skipped", where, read, self.total)
+            return None
+        number = self.pages_read = self.pages_read + 1
+        if page in self.pages_seen:
+            raise SourceError(
+                f"{where}: page {number} repeats page {self.pages_seen[page]} (the same {items} records): the "
+                f"server ignores the {self._parameters()}; stopped, nothing of the read is loaded")
+        self.pages_seen[page] = number
+        if items < self.pagination.page_size and self.total is not None and read >= self.total:
+            return None  # a short page, and the server's count says it was the last
         self.position += 1 if kind == "page_param" else items
         return self.url, self._counted_params()
+
+    def _parameters(self) -> str:
+        names = [self.pagination.param] + ([self.pagination.size_param] if self.pagination.size_param else [])
+        return " or ".join(f"{name!r} parameter" for name in names)
 
     def _body_next(self, page_url: str, where: str, value) -> tuple[str, None] | None:
         field = self.pagination.field
@@ -275,6 +320,41 @@ class _Pager:
         if not self.origins.allows(next_url):
             raise SourceError(f"{where}: {what} {self.origins.refusal(next_url)}")
         self.seen.add(next_url)
+
+
+def _total_count(response: requests.Response, where: str, total_field: str, in_body) -> int | None:
+    """The server's count of every record of the read: the value at total_field in the body (in_body) when the
+    pagination names one, else the X-Total-Count header json-server and many APIs send; None when none is
+    given (a null or absent total_field)."""
+    if total_field:
+        if in_body is None:
+            return None
+        if isinstance(in_body, int) and not isinstance(in_body, bool) and in_body >= 0:
+            return in_body
+        raise SourceError(f"{where}: total_field {total_field!r} is {repr(in_body)[:50]}, "
+                          "expected a count of records")
+    value = response.headers.get("X-Total-Count")
+    if value is None:
+        return None
+    try:
+        total = int(value.strip())
+    except ValueError:
+        total = -1
+    if total < 0:
+        raise SourceError(f"{where}: X-Total-Count {value!r} is not a count of records")
+    return total
+
+
+def _record_key(item: Item | None, id_field: str):
+    """What identifies a record for the repeated-page check: its id, or its own text when it has none."""
+    if item is None:
+        return None
+    record = item.value
+    if isinstance(record, Mapping):
+        source_id, problem = source_id_of(record, id_field)
+        if problem is None:
+            return source_id
+    return item.text
 
 
 def _page(chunks: Iterable[bytes], writer: StageWriter, *, where: str, content_type: str, **shape) -> Iterator[Item]:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from sluice import http_client, progress
+from sluice import http_client, progress, staging
 from sluice.errors import SourceError
 from sluice.redact import redact
 from sluice.staging import StageCounts, StageWriter, printable
@@ -418,7 +418,7 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     if request.since is not None:
         raise SourceError(f"{source.name}: a csv source is read whole; since_param {source.since_param!r} "
                           "cannot ask it for records from the checkpoint on")
-    request.workdir.mkdir(parents=True, exist_ok=True)
+    staging.make_run_folder(request.workdir)  # marked: the staging sweep removes it if a kill leaves it
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),
                  allowed_hosts=request.settings.api_allowed_hosts, delimiter=source.delimiter,

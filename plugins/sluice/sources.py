@@ -32,8 +32,8 @@ KINDS = {"api": "sluice.api_source", "csv": "sluice.csv_source"}
 PAGINATION_TYPES = ("link", "next_field", "page_param", "offset_param")
 # which fields of a pagination each type takes (the first ones listed are required)
 _PAGINATION_FIELDS = {"link": ((), ()), "next_field": (("field",), ()),
-                      "page_param": (("param", "page_size"), ("size_param",)),
-                      "offset_param": (("param", "page_size"), ("size_param",))}
+                      "page_param": (("param", "page_size"), ("size_param", "total_field")),
+                      "offset_param": (("param", "page_size"), ("size_param", "total_field"))}
 # the options of one kind, with their defaults: a source of another kind must leave them so
 _KIND_OPTIONS = {"csv": {"delimiter": ",", "encoding": "utf-8"}, "api": {"records_path": ""}}
 # delete_missing by kind (another kind: false): a CSV is a whole file; an API endpoint is often a window (recent
@@ -48,13 +48,16 @@ class Pagination:
     link: the response's Link rel="next" header. next_field: the URL at the dotted path `field` of the page's
     body (relative URLs resolve against the page's). page_param / offset_param: the query parameter `param`
     counts pages from 1 / records from 0, `page_size` records a full page (sent as `size_param` when given);
-    an empty or short page is the last."""
+    an empty page is the last, or a short one once the records read reach the server's count of them: the
+    integer at the dotted path `total_field` of the body when given, else its X-Total-Count header (a server
+    may cap the page size below page_size; see api_source._Pager.after)."""
 
     type: str = "link"
     field: str = ""
     param: str = ""
     page_size: int = 0
     size_param: str = ""
+    total_field: str = ""
 
     @classmethod
     def of(cls, value, where: str) -> "Pagination":
@@ -76,7 +79,7 @@ class Pagination:
         missing = [name for name in required if name not in value]
         if missing:
             raise InvalidSource(f"{where}: type {kind!r} needs {', '.join(missing)}")
-        for name in ("field", "param", "size_param"):
+        for name in ("field", "param", "size_param", "total_field"):
             given = value.get(name, "")
             if not isinstance(given, str) or (name in required and not given.strip()):
                 raise InvalidSource(f"{where}.{name} must be a non-empty string, got {given!r}")
@@ -86,7 +89,8 @@ class Pagination:
         return cls(kind, **{name: value[name] for name in (*required, *optional) if name in value})
 
 
-_PAGINATION_DEFAULTS = {name: getattr(Pagination(), name) for name in ("field", "param", "page_size", "size_param")}
+_PAGINATION_DEFAULTS = {name: getattr(Pagination(), name)
+                        for name in ("field", "param", "page_size", "size_param", "total_field")}
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ class StageCounts:
     # every staged id came after the one before it (StageWriter.ids_ascending): the batch has no duplicate
     # ids, so store_raw need not look for them. False when unknown (a result of an earlier release)
     ids_ascending: bool = False
+    # the read had every record the source holds, so the rows whose records it lacks are gone (delete_missing);
+    # False when it ended short of the source's own count. Results of an earlier release read True
+    whole_read: bool = True
 
 
 class StageWriter:
@@ -262,8 +265,17 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
-# Where runs keep files: a folder per run, named by run_folder_name, under the staging root
-# (SLUICE_STAGING_URL) and under the local download root (the CSV before it is parsed).
+# Where runs keep files: a folder per run, named by run_folder_name and marked by make_run_folder, under the
+# staging root (SLUICE_STAGING_URL) and under the local download root (the CSV before it is parsed). Those
+# roots may be shared (a bucket's root, /data): the sweep removes only folders that have both the name shape
+# and the marker, and never looks inside anything else.
+
+# the object make_run_folder writes first into a run folder; its text names the folder it was written for
+RUN_FOLDER_MARKER = ".sluice-run"
+_MARKER_TEXT = "sluice run folder {name}\n"
+# run_folder_name's output: up to READABLE_NAME_CHARS safe characters not starting with a dot, a dash, the hash
+RUN_FOLDER_NAME = re.compile(rf"(?!\.)[A-Za-z0-9._-]{{1,{READABLE_NAME_CHARS}}}-[0-9a-f]{{16}}")
+
 
 def run_folder_name(run_id: str) -> str:
     """One safe path segment per run id: the id's safe characters, for people, and a hash of the whole id,
@@ -273,12 +285,35 @@ def run_folder_name(run_id: str) -> str:
     return f"{readable}-{digest}"
 
 
+def make_run_folder(folder):
+    """Create a run's folder with its marker, which makes it the sweep's to remove once its name is a run
+    folder's (run_folder_name); returns folder. A local pathlib path or an fsspec one (ObjectStoragePath);
+    making it again is harmless."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not is_marked(folder):
+        with (folder / RUN_FOLDER_MARKER).open("wb") as marker:
+            marker.write(_MARKER_TEXT.format(name=folder.name).encode("ascii"))
+    return folder
+
+
+def is_marked(folder) -> bool:
+    """Whether folder holds the marker make_run_folder wrote for a folder of its name (a folder copied or
+    renamed with its marker is not marked)."""
+    expected = _MARKER_TEXT.format(name=folder.name).encode("ascii")
+    try:
+        with (folder / RUN_FOLDER_MARKER).open("rb") as marker:
+            return marker.read(len(expected) + 1) == expected
+    except OSError:  # no marker, or one this process cannot read: not a folder it may remove
+        return False
+
+
 def download_root() -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / "sluice-downloads"
 
 
 def download_dir(run_id: str) -> pathlib.Path:
-    """The local folder for a run's downloads; one a killed task leaves behind goes with the next sweep."""
+    """The local folder for a run's downloads (make_run_folder creates it); one a killed task leaves behind
+    goes with the next sweep."""
     return download_root() / run_folder_name(run_id)
 
 
@@ -306,15 +341,20 @@ def _seconds(mtime) -> float | None:
 
 
 def sweep(root, *, older_than_seconds: float, now: float, keep: str | None = None) -> list[str]:
-    """Remove the run folders under root unchanged for longer than older_than_seconds, except `keep`
-    (a folder name); return the names removed. A folder that cannot be removed is logged and left."""
+    """Remove the run folders under root (a run folder's name and marker, see make_run_folder) unchanged for
+    longer than older_than_seconds, except `keep` (a folder name); return the names removed. Anything else
+    under root is not Sluice's: it is neither removed nor looked into. A folder that cannot be removed is
+    logged and left."""
     if not root.is_dir():
         return []
     removed = []
     for folder in root.iterdir():
-        if folder.name == keep or not folder.is_dir():
+        # the name first: it costs nothing, and a foreign folder is not even opened
+        if folder.name == keep or not RUN_FOLDER_NAME.fullmatch(folder.name):
             continue
         try:
+            if not folder.is_dir() or not is_marked(folder):
+                continue
             changed = last_change(folder)
             if changed is None or now - changed <= older_than_seconds:
                 continue
