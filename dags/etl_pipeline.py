@@ -5,7 +5,8 @@ Pulls records from each source of the catalog (param `sources`, by default the f
 `SLUICE_SOURCES_FILE`; empty: the seed sources `api` — connection `etl_api`, param `api_endpoint` — and
 `csv` — connection `etl_csv`, param `csv_endpoint`). Each source runs its own lane of mapped tasks, shown by
 its name — `ingest` → `store_raw` → `normalize` → `upsert` → `checkpoint` — between `init_schema` and one
-`record_run`, so one source's failure, retry or clear never touches another's. The run keeps the latest raw payload of every record (`raw_api_data`, `raw_csv_data`, keyed by source and id),
+`record_run`, so one source's failure, retry or clear never touches another's. The run keeps the latest
+raw payload of every record (`raw_api_data`, `raw_csv_data`, keyed by source and id),
 validates and maps them into `normalized_data`, upserts only real changes, advances `etl_checkpoint` per
 source and writes one `etl_runs` row per run. Bad records go to `rejected_records` with a reason; they never
 stop the good ones.

@@ -224,7 +224,8 @@ with psycopg.connect(url, application_name=app, options="-c client_connection_ch
             warehouse.store_raw(conn, "csv", file, run_id=run_id, lock_timeout_seconds=60)
     elif step == "upsert":
         warehouse.upsert(conn, "csv", run_id=run_id, lock_timeout_seconds=60,
-                         stored=recorded(conn, run_id, "csv", Stored), normalized=recorded(conn, run_id, "csv", Normalized))
+                         stored=recorded(conn, run_id, "csv", Stored),
+                         normalized=recorded(conn, run_id, "csv", Normalized))
     else:
         raise SystemExit(f"unknown step {step}")
 """

@@ -158,8 +158,9 @@ def ingest(entry: dict, params: dict, run_id: str) -> dict:
     config = settings.load()
     source = sources.from_entry(entry)
     session, url = http_source(source)
-    target = staging_dir(run_id, config) / f"{source.name}.copy"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from sluice import staging
+
+    target = staging.make_run_folder(staging_dir(run_id, config)) / f"{source.name}.copy"
     with warehouse() as conn:
         return pipeline.ingest(conn, source, session, url, str(target), open_staged, run_id=run_id, settings=config,
                                full_refresh=bool(params.get("full_refresh")), worker=worker_name()).to_xcom()

@@ -5,7 +5,8 @@
 Each step takes a psycopg 3 connection and the Settings of the run (read by the caller: the Airflow edge,
 the bench, a test). Every step from ingest to checkpoint handles one source (its lane: the DAG maps them over
 the catalog, so one source's failure or retry never touches another's) and takes the results of the lane's
-earlier steps; each commits in one transaction holding the source's lock (sluice.warehouse). Staged files are named by a URI and opened with an Opener: a local path or file:// URI
+earlier steps; each commits in one transaction holding the source's lock (sluice.warehouse).
+Staged files are named by a URI and opened with an Opener: a local path or file:// URI
 with open_local, an object store through the caller's own opener.
 """
 
@@ -72,7 +73,7 @@ def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_i
         return warehouse.store_raw(
             conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
             fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
-            ids_ascending=ingested.ids_ascending)
+            ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read)
 
 
 def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextManager[BinaryIO]:

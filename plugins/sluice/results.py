@@ -60,6 +60,7 @@ class Stored(StepResult):
     superseded: int = 0  # records a later fetch had already stored
     fetch_seq: int | None = None  # the stored batch's place in the fetch order (Ingested.fetch_seq)
     last_id: str | None = None  # the highest id stored, spelled as the source spelled it: the checkpoint's
+    whole_read: bool = True  # the read had every record the source holds (Ingested.whole_read): it may delete
 
 
 @dataclass(frozen=True)

@@ -181,8 +181,7 @@ def _delete_work(conn, run_id: str, sources: list[str], retention_hours: float) 
     abandoned = sorted(conn.execute(q("sweep_abandoned_work"), retention).fetchall())
     if abandoned:
         log.info("swept the work rows of %d sources of runs abandoned more than %g h ago: %s", len(abandoned),
-                 retention_hours, ", ".join(f"{source} of {run} (stored {at.astimezone(timezone.utc):%Y-%m-%d %H:%M %Z})"
-                                            for run, source, at in abandoned))
+                 retention_hours, ", ".join(f"{source} of {run} (stored {_utc(at)})" for run, source, at in abandoned))
     pairs = {"run_ids": [run_id] * len(sources) + [run for run, _, _ in abandoned],
              "sources": list(sources) + [source for _, source, _ in abandoned]}
     others = {"run_id": run_id, "sources": list(sources)}
@@ -194,6 +193,10 @@ def _delete_work(conn, run_id: str, sources: list[str], retention_hours: float) 
             return
     conn.execute(q("delete_work_of"), pairs)
     conn.execute(q("unregister_work"), pairs)
+
+
+def _utc(at: datetime) -> str:
+    return f"{at.astimezone(timezone.utc):%Y-%m-%d %H:%M %Z}"
 
 
 def _lock_work_tables(conn) -> bool:

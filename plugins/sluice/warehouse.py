@@ -93,7 +93,7 @@ def stored_already(conn, source: str, *, run_id: str, fetch_seq: int | None) -> 
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
-              ids_ascending: bool = False) -> Stored:
+              ids_ascending: bool = False, whole_read: bool = True) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -104,6 +104,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     (see _load_into). A retry of a source this run already stored from the same fetch returns what it
     stored then; a new fetch of the run (its ingest cleared and run again) is stored. ids_ascending: the reader
     staged every id after the one before (StageCounts.ids_ascending), so the batch has no duplicate to look for.
+    whole_read: the read had every record the source holds (StageCounts.whole_read); the result carries it to
+    upsert, which deletes nothing after a partial read.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -147,7 +149,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
             inserted, updated = conn.execute(upsert, keys).fetchone()
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq, "wrote": inserted + updated > 0})
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
-                        rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id)
+                        rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id,
+                        whole_read=whole_read)
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
@@ -273,7 +276,8 @@ def _check_work(source: str, run_id: str, table: str, found: int, expected: int 
 
 
 def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, stored: Stored | None = None,
-           normalized: Normalized | None = None, bulk_rows: int = BULK_ROWS, index_build_memory: str = settings.INDEX_BUILD_MEMORY,
+           normalized: Normalized | None = None, bulk_rows: int = BULK_ROWS,
+           index_build_memory: str = settings.INDEX_BUILD_MEMORY,
            kind: str | None = None, deletes_missing: bool = False,
            max_delete_fraction: float = settings.MAX_DELETE_FRACTION) -> Upserted:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written. Then the
@@ -309,8 +313,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
             inserted, updated, current = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
         deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
-                                                    deletes_missing=deletes_missing, live_before=live_before,
-                                                    max_fraction=max_delete_fraction)
+                                                    deletes_missing=deletes_missing, whole_read=stored.whole_read,
+                                                    live_before=live_before, max_fraction=max_delete_fraction)
         (live_after,) = _count(conn, "live_rows", keys)
         result = Upserted(source=source, inserted=inserted, updated=updated, unchanged=current - inserted - updated,
                           superseded=incoming - current, processed=normalized.staged, deleted=deleted,
@@ -325,14 +329,15 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
     return result
 
 
-def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: bool, live_before: int,
-                  max_fraction: float) -> tuple[int, int, str]:
+def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: bool, whole_read: bool,
+                  live_before: int, max_fraction: float) -> tuple[int, int, str]:
     """(deleted, undeleted, why deletes were skipped: empty when they were not) for the run's read of the source.
 
     Only the newest fetch stored for the source decides what is at the source: an older read would delete what
     a newer one added, or undelete what it deleted. The fetch order alone says which that is: an older batch
     stored after it (which may write the records the source did not hold) does not make it older. A read that
-    quarantined records without an id does not know every id it holds, so it deletes nothing."""
+    quarantined records without an id, or ended short of the source's count of records, does not know every id
+    the source holds, so it deletes nothing."""
     source = keys["source"]
     newest, idless = _count(conn, "delete_scope", {**keys, "fetch_seq": fetch_seq})
     if not newest:
@@ -342,6 +347,11 @@ def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: b
     undeleted = conn.execute(q("undelete_returned"), keys).rowcount
     if not deletes_missing or not live_before:  # a source without live rows has nothing to delete
         return 0, undeleted, ""
+    if not whole_read:
+        why = ("the read ended short of the records the source counts (see ingest's log), so it cannot tell which "
+               "rows are gone")
+        log.warning("%s: no deletes: %s", source, why)
+        return 0, undeleted, why
     if idless:
         why = (f"the read quarantined {progress.count(idless)} records without an id (rejected_records), so it "
                "cannot tell which rows are gone")
