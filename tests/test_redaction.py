@@ -11,7 +11,7 @@ from webapp_fixtures import insert_run
 from sluice import runs
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
-from sluice.redact import redact
+from sluice.redact import Secrets, redact
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 from webapp import create_app, db
 
@@ -58,6 +58,92 @@ def test_redact_masks_each_credential_shape(text, expected):
 
 def test_redact_keeps_none():
     assert redact(None) is None
+
+
+# Issue #22: forms the patterns missed, each as the issue gives it.
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("Invalid leading whitespace, reserved character(s), or return character(s) in header value:"
+                 " 'Basic ZXRsOmh1bnRlcjI=\\n'",
+                 "Invalid leading whitespace, reserved character(s), or return character(s) in header value: '***'",
+                 id="requests InvalidHeader quotes the value without its name"),
+    pytest.param("Invalid header value b'Basic ZXRsOmh1bnRlcjI=\\r\\n'", "Invalid header value b'***'",
+                 id="http.client quotes the value as bytes"),
+    pytest.param("headers: [('Authorization', 'Basic ZXRsOmh1bnRlcjI='), ('Accept', 'text/csv')]",
+                 "headers: [('Authorization', 'Basic ***'), ('Accept', 'text/csv')]", id="header tuple"),
+    pytest.param("('X-Api-Key', 'abc')", "('X-Api-Key', '***')", id="header tuple without a scheme"),
+    pytest.param('["Authorization", "Custom abc"]', '["Authorization", "***"]', id="header list, unknown scheme"),
+    pytest.param('{"X-Api-Key": ["abc"]}', '{"X-Api-Key": ["***"]}', id="header with a list of values"),
+    pytest.param('{"X-Api-Key": ["abc", "def"]}', '{"X-Api-Key": ["***", "***"]}', id="header with two values"),
+    pytest.param("password=p@ss;word", "password=***", id="value cut at ;"),
+    pytest.param("password=p@ss,word rest", "password=*** rest", id="value cut at ,"),
+    pytest.param("password=p@ss&word rest", "password=*** rest", id="value cut at &"),
+    pytest.param("password=p@ss)word rest", "password=*** rest", id="value cut at )"),
+    pytest.param("pwd=a;b,c&d)e?f@g rest", "pwd=*** rest", id="value holding ; , & ) ? @"),
+    pytest.param("'host=db password=hunter2'", "'host=db password=***'", id="the closing quote of a DSN stays"),
+    pytest.param('"password": "pa\\"ss", "x": 1', '"password": "***", "x": 1', id="escaped quote in a value"),
+    pytest.param('{"password": "cut-off-secr', '{"password": "***', id="a value whose closing quote was cut"),
+    pytest.param("passphrase=opensesame", "passphrase=***", id="passphrase="),
+    pytest.param("ssh_passphrase: 'x y'", "ssh_passphrase: '***'", id="passphrase:"),
+    pytest.param("Cookie: session=abc; csrftoken=def", "Cookie: ***", id="Cookie:"),
+    pytest.param("{'Cookie': 'a=b; c=d', 'Accept': 'text/csv'}", "{'Cookie': '***', 'Accept': 'text/csv'}",
+                 id="quoted Cookie"),
+    pytest.param("Set-Cookie: sid=abc; HttpOnly", "Set-Cookie: ***", id="Set-Cookie:"),
+    pytest.param('"auth": "user:pw"', '"auth": "***"', id='"auth": "user:pw"'),
+    pytest.param("auth=('etl', 'hunter2')", "auth=('***', '***')", id="requests auth tuple"),
+    pytest.param("https://user:pa?ss@host", "https://host", id="URL password holding ?"),
+    pytest.param("GET https://user:pa#ss@host:8443/x failed", "GET https://host:8443/x failed",
+                 id="URL password holding #"),
+    pytest.param("https://user:p;a,s&s)@host/x", "https://host/x", id="URL password holding ; , & )"),
+])
+def test_redact_masks_each_form_the_patterns_missed(text, expected):
+    assert redact(text) == expected
+    assert redact(expected) == expected
+
+
+CONNECTION = Secrets.of_connection("etl", "hunter2", {"headers": {"X-Api-Key": ["k3y-from-a-file\n"]},
+                                                      "Authorization": " Bearer tok-123456", "timeout": 30})
+
+
+@pytest.mark.parametrize("leak", [
+    pytest.param("hunter2", id="password"),
+    pytest.param("etl:hunter2", id="login:password"),
+    pytest.param("etl%3Ahunter2", id="login:password URL-quoted"),
+    pytest.param("ZXRsOmh1bnRlcjI=", id="Base64 of login:password"),
+    pytest.param("ZXRsOmh1bnRlcjI", id="Base64 without padding"),
+    pytest.param("ZXRsOmh1bnRlcjI%3D", id="Base64 URL-quoted"),
+    pytest.param("k3y-from-a-file\n", id="nested header value from a list"),
+    pytest.param("k3y-from-a-file\\n", id="header value as repr prints it"),
+    pytest.param("k3y-from-a-file", id="header value stripped"),
+    pytest.param(" Bearer tok-123456", id="extra value with its leading space"),
+    pytest.param("tok-123456", id="extra value without its scheme"),
+])
+def test_known_values_are_masked_in_any_text(leak):
+    # prose that no pattern recognises: only the known values can mask it
+    text = f"the server said no to <{leak}> politely"
+    masked = redact(text, CONNECTION)
+    assert leak.strip() not in masked and "***" in masked
+    assert redact(masked, CONNECTION) == masked
+
+
+def test_known_values_are_masked_longest_first():
+    secrets = Secrets.of("abcdef", "abcdefgh")
+    assert secrets.mask("x abcdefgh y abcdef") == "x *** y ***"
+
+
+def test_short_values_and_settings_are_not_known_values():
+    secrets = Secrets.of_connection(None, "abc", {"timeout": 30, "verify": True, "region": "eu"})
+    assert secrets.values == frozenset()  # "abc", "eu": too short; 30 and true are settings
+    assert redact("took 30 s in eu, abc", secrets) == "took 30 s in eu, abc"
+    # with a login, login:password is long enough, and so is its Base64
+    assert redact("sent etl:abc as ZXRsOmFiYw==", Secrets.of_connection("etl", "abc")) == "sent *** as ***"
+
+
+def test_secrets_of_a_connection_read_its_extra_as_json_text_and_union_them():
+    api = Secrets.of_connection(None, "s3cret-pw", '{"headers": {"X-Api-Key": "key-abc"}}')
+    csv = Secrets.of_connection("u", "csv-pass", None)
+    both = api.union(csv)
+    assert redact("s3cret-pw key-abc u:csv-pass csv-pass", both) == "*** *** *** ***"
+    assert not Secrets() and both
 
 
 def served(url: str, path: str) -> str:
