@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import psycopg
 import pytest
-from webapp_fixtures import insert_run
+from webapp_fixtures import insert_run, set_source_error
 
 from sluice import runs
 from sluice_devtools import sample_data
@@ -171,14 +171,35 @@ def test_record_stores_the_error_without_credentials(database_url):
     assert "GET https://api.example.com:8443/v1/posts answered 500" in stored  # still says what failed
 
 
-@pytest.mark.parametrize("path, field", [("/runs", "error_message"), ("/stats", "last_failure_reason")])
-def test_a_secret_stored_by_an_earlier_release_is_served_masked(database_url, path, field):
-    insert_run(database_url, "scheduled__old", status="failed", error_message=LEAKY_ERROR)
+# what requests said of a header value read from a file: the value, without its name (issue 22)
+INVALID_HEADER = ("ingest_api[api]: InvalidHeader: Invalid leading whitespace, reserved character(s), or return"
+                  " character(s) in header value: 'Basic ZXRsOmh1bnRlcjI=\\n'")
+NULL_SUMMARY = {"source": None, "step": None, "error_class": None, "http_status": None, "host": None}
+
+
+@pytest.mark.parametrize("path, summaries", [
+    ("/runs", lambda body: body["data"][0]["errors"]),
+    ("/stats", lambda body: body["last_failure_errors"]),
+    ("/sources", lambda body: [body["data"][0]["last_error"]["error"]]),
+])
+@pytest.mark.parametrize("text", [LEAKY_ERROR, INVALID_HEADER], ids=["patterns", "unnamed header value"])
+def test_error_text_stored_by_an_earlier_release_is_never_served(database_url, path, summaries, text):
+    insert_run(database_url, "scheduled__old", status="failed", error_message=text)
+    set_source_error(database_url, "api", "scheduled__old", text)
     body = served(database_url, path)
     assert_no_secret(body)
-    document = json.loads(body)
-    message = document["data"][0][field] if path == "/runs" else document[field]
-    assert "password=***" in message and "https://api.example.com:8443/v1/posts" in message
+    assert "ZXRsOmh1bnRlcjI" not in body and "header value" not in body
+    assert summaries(json.loads(body)) == [NULL_SUMMARY]
+
+
+def test_health_serves_no_error_text(database_url):
+    insert_run(database_url, "scheduled__old", status="failed", error_message=INVALID_HEADER)
+    app = create_app({"DATABASE_URL": database_url})
+    try:
+        body = app.test_client().get("/health").get_data(as_text=True)
+    finally:
+        db.warehouse(app).close()
+    assert "ZXRsOmh1bnRlcjI" not in body and "scheduled__old failed" in body
 
 
 @pytest.fixture
@@ -205,3 +226,4 @@ def test_a_run_failing_on_a_url_with_credentials_records_and_serves_none_of_them
     assert f"GET http://{host}/gone answered 404" in run["error_message"]
     assert_no_secret(served(pipeline.database_url, "/runs"))
     assert_no_secret(served(pipeline.database_url, "/stats"))
+    assert_no_secret(served(pipeline.database_url, "/sources"))

@@ -207,3 +207,107 @@ def _masked_authorization(match: re.Match) -> str:
         return prefix + (_masked_quoted(quoted) if quoted[:1] in "[(" else _masked_with_scheme(quoted))
     return f"{prefix}{scheme} {MASK}" if scheme else f"{prefix}{MASK}"
 
+
+# A record's field that holds a credential, by its name: it ends naming one (password, db_pwd, apiKey,
+# X-Api-Key, client_secret, session_token, Authorization, Cookie, ...). token_count or pwd_id are data.
+CREDENTIAL_KEY = re.compile(
+    r"""(?:password|passwd|pwd|passphrase|token|api[\s_.-]?key|secret|(?:secret|access|private)[\s_.-]?key"""
+    r"""|auth|authorization|cookie|credentials?)$""", re.IGNORECASE)
+# JSON text, also cut anywhere: strings (one cut short runs to the end), punctuation, scalars, white space
+_JSON_TOKEN = re.compile(r"""("(?:[^"\\]|\\.)*(?:"|\\?\Z))|([{}\[\],:])|([^\s{}\[\],:"]+)|(\s+)""", re.DOTALL)
+
+
+def is_credential_key(key: str) -> bool:
+    return bool(CREDENTIAL_KEY.search(key))
+
+
+def mask_credential_fields(value):
+    """A record (parsed JSON) with the value of every credential-shaped key masked, in nested objects and lists
+    too; a string is read as the JSON text of a record, possibly cut short (see mask_credential_json)."""
+    if isinstance(value, dict):
+        return {key: MASK if is_credential_key(str(key)) else mask_credential_fields(item)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [mask_credential_fields(item) for item in value]
+    if isinstance(value, str):
+        return mask_credential_json(value)
+    return value
+
+
+def mask_credential_json(text: str) -> str:
+    """JSON text, whole or cut anywhere, with the value after each credential-shaped key as "***": a string or
+    scalar, or an object or list to its end (to the end of the text when it was cut inside). A text that is one
+    JSON string (a raw record quoted, then cut) is read inside too. Anything else is left as it is."""
+    if text.startswith('"'):
+        inner = _json_string_prefix(text)
+        if inner is not None:
+            content, closed = inner
+            masked = mask_credential_json(content)
+            if masked == content:
+                return text  # as the database wrote it, escapes and all
+            quoted = json.dumps(masked, ensure_ascii=False)
+            return quoted if closed else quoted[:-1]
+    tokens = [match.group(0) for match in _JSON_TOKEN.finditer(text)]
+    if "".join(tokens) != text:
+        return text  # not JSON-like at all (a CSV line): no key to go by
+    out, index = [], 0
+    while index < len(tokens):
+        token = tokens[index]
+        out.append(token)
+        index += 1
+        if not (token.startswith('"') and _is_credential_string(token)):
+            continue
+        colon = _next_significant(tokens, index)
+        if colon is None or tokens[colon] != ":":
+            continue
+        start = _next_significant(tokens, colon + 1)
+        if start is None:
+            continue
+        out.extend(tokens[index:start])  # the colon and white space
+        index = _value_end(tokens, start)
+        out.append(f'"{MASK}"')
+    return "".join(out)
+
+
+def _is_credential_string(token: str) -> bool:
+    try:
+        key = json.loads(token)
+    except ValueError:
+        return False  # a key cut short: no value follows it
+    return is_credential_key(key)
+
+
+def _next_significant(tokens: list[str], index: int) -> int | None:
+    while index < len(tokens) and tokens[index].isspace():
+        index += 1
+    return index if index < len(tokens) else None
+
+
+def _value_end(tokens: list[str], start: int) -> int:
+    """Index after the JSON value starting at tokens[start]: one token, or an object or list to its close."""
+    if tokens[start] not in ("{", "["):
+        return start + 1
+    depth, index = 0, start
+    while index < len(tokens):
+        if tokens[index] in ("{", "["):
+            depth += 1
+        elif tokens[index] in ("}", "]"):
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    return index
+
+
+def _json_string_prefix(text: str) -> tuple[str, bool] | None:
+    """The content of a JSON string text, which may be cut short (also inside an escape), and whether it is
+    closed; None if the text is not one string."""
+    for cut in range(0, 7):  # the longest escape, \uXXXX, is 6 characters
+        candidate = text[:len(text) - cut] if cut else text
+        for closing in ("", '"'):
+            try:
+                value = json.loads(candidate + closing)
+            except ValueError:
+                continue
+            return (value, not closing and not cut) if isinstance(value, str) else None
+    return None
