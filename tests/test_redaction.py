@@ -11,7 +11,7 @@ from webapp_fixtures import insert_run, set_source_error
 from sluice import runs
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
-from sluice.redact import Secrets, redact
+from sluice.redact import Secrets, mask_credential_fields, mask_credential_json, redact
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 from webapp import create_app, db
 
@@ -227,3 +227,26 @@ def test_a_run_failing_on_a_url_with_credentials_records_and_serves_none_of_them
     assert_no_secret(served(pipeline.database_url, "/runs"))
     assert_no_secret(served(pipeline.database_url, "/stats"))
     assert_no_secret(served(pipeline.database_url, "/sources"))
+
+
+RECORD = {"id": 1, "name": "Ærø", "password": "hunter2-long", "auth": {"user": "u", "pass": "nested-secret"},
+          "headers": {"X-Api-Key": ["key-value-1"]}, "token_count": 5, "note": "after"}
+RECORD_SECRETS = ("hunter2-long", "nested-secret", "key-value-1")
+
+
+@pytest.mark.parametrize("text", [json.dumps(RECORD), json.dumps(json.dumps(RECORD))],
+                         ids=["JSON text", "a raw record quoted as one JSON string"])
+def test_credential_fields_are_masked_in_json_text_cut_anywhere(text):
+    for end in range(1, len(text) + 1):
+        masked = mask_credential_json(text[:end])
+        # no secret, nor any start of one long enough to tell
+        assert not [secret for secret in RECORD_SECRETS for n in range(4, len(secret) + 1) if secret[:n] in masked], \
+            (end, masked)
+    assert "token_count" in mask_credential_json(text) and "after" in mask_credential_json(text)  # the rest stays
+
+
+def test_credential_fields_are_masked_in_a_parsed_record_and_the_rest_kept():
+    assert mask_credential_fields(RECORD) == {
+        "id": 1, "name": "Ærø", "password": "***", "auth": "***", "headers": {"X-Api-Key": "***"},
+        "token_count": 5, "note": "after"}
+    assert mask_credential_fields([{"apiKey": 1}, None, "1,hunter2,x"]) == [{"apiKey": "***"}, None, "1,hunter2,x"]
