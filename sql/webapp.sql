@@ -58,15 +58,20 @@ where source = %(source)s and source_id = %(source_id)s and (%(include_deleted)s
 
 -- name: last_run
 -- the newest run, in the order of /runs
-select run_id, status, started_at, ended_at, error_message,
+select run_id, status, started_at, ended_at,
        extract(epoch from now() - ended_at) / 3600 as hours_since_end
 from etl_runs
 order by started_at desc, id desc
 limit 1;
 
 -- name: runs_page
+-- errors, never error_message: the stored text may quote a credential no pattern recognised (issue 22)
 select run_id, run_type, data_interval_start, data_interval_end, started_at, ended_at,
-       duration_seconds, records_processed, status, error_message,
+       duration_seconds, records_processed, status,
+       case when errors is not null then errors
+            -- a failure recorded before summaries existed (text only): one summary of nulls, never its text
+            when status = 'failed' or error_message is not null then '[{}]'::jsonb
+            else '[]'::jsonb end as errors,
        fetched, inserted, updated, unchanged, superseded, rejected, source_counts
 from etl_runs
 order by started_at desc, id desc
@@ -108,8 +113,12 @@ select coalesce(sum(records_processed), 0)::bigint as total_records_processed,
 from etl_runs;
 
 -- name: stats_last_of_status
--- when the newest run of one status ended (started, for a row without an end)
-select coalesce(ended_at, started_at) as at, error_message
+-- when the newest run of one status ended (started, for a row without an end), and its failures' summaries
+select coalesce(ended_at, started_at) as at,
+       case when errors is not null then errors
+            -- a failure recorded before summaries existed (text only): one summary of nulls, never its text
+            when status = 'failed' or error_message is not null then '[{}]'::jsonb
+            else '[]'::jsonb end as errors
 from etl_runs
 where status = %(status)s
 order by started_at desc, id desc
@@ -146,7 +155,11 @@ select source from etl_checkpoint order by source;
 -- name: sources
 select c.source as name, c.kind, c.row_count - coalesce(d.deleted, 0) as row_count,
        coalesce(d.deleted, 0) as deleted_count, c.last_processed_id, c.last_processed_at,
-       c.last_success_run_id, c.last_success_at, c.last_error, c.last_error_run_id, c.last_error_at
+       c.last_success_run_id, c.last_success_at, c.last_error_run_id, c.last_error_at,
+       -- a failure recorded before summaries existed (text only) has a summary of nulls; the text is never read
+       case when c.last_error_summary is not null then c.last_error_summary
+            when c.last_error_run_id is not null or c.last_error is not null then '{}'::jsonb end
+           as last_error_summary
 from etl_checkpoint c
 left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
     on d.source = c.source

@@ -6,12 +6,12 @@ from datetime import datetime, timezone
 
 import psycopg
 import pytest
-from webapp_fixtures import insert_run
+from webapp_fixtures import insert_run, set_source_error
 
 from sluice import runs
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
-from sluice.redact import redact
+from sluice.redact import Secrets, mask_credential_fields, mask_credential_json, redact
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 from webapp import create_app, db
 
@@ -60,6 +60,92 @@ def test_redact_keeps_none():
     assert redact(None) is None
 
 
+# Issue #22: forms the patterns missed, each as the issue gives it.
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("Invalid leading whitespace, reserved character(s), or return character(s) in header value:"
+                 " 'Basic ZXRsOmh1bnRlcjI=\\n'",
+                 "Invalid leading whitespace, reserved character(s), or return character(s) in header value: '***'",
+                 id="requests InvalidHeader quotes the value without its name"),
+    pytest.param("Invalid header value b'Basic ZXRsOmh1bnRlcjI=\\r\\n'", "Invalid header value b'***'",
+                 id="http.client quotes the value as bytes"),
+    pytest.param("headers: [('Authorization', 'Basic ZXRsOmh1bnRlcjI='), ('Accept', 'text/csv')]",
+                 "headers: [('Authorization', 'Basic ***'), ('Accept', 'text/csv')]", id="header tuple"),
+    pytest.param("('X-Api-Key', 'abc')", "('X-Api-Key', '***')", id="header tuple without a scheme"),
+    pytest.param('["Authorization", "Custom abc"]', '["Authorization", "***"]', id="header list, unknown scheme"),
+    pytest.param('{"X-Api-Key": ["abc"]}', '{"X-Api-Key": ["***"]}', id="header with a list of values"),
+    pytest.param('{"X-Api-Key": ["abc", "def"]}', '{"X-Api-Key": ["***", "***"]}', id="header with two values"),
+    pytest.param("password=p@ss;word", "password=***", id="value cut at ;"),
+    pytest.param("password=p@ss,word rest", "password=*** rest", id="value cut at ,"),
+    pytest.param("password=p@ss&word rest", "password=*** rest", id="value cut at &"),
+    pytest.param("password=p@ss)word rest", "password=*** rest", id="value cut at )"),
+    pytest.param("pwd=a;b,c&d)e?f@g rest", "pwd=*** rest", id="value holding ; , & ) ? @"),
+    pytest.param("'host=db password=hunter2'", "'host=db password=***'", id="the closing quote of a DSN stays"),
+    pytest.param('"password": "pa\\"ss", "x": 1', '"password": "***", "x": 1', id="escaped quote in a value"),
+    pytest.param('{"password": "cut-off-secr', '{"password": "***', id="a value whose closing quote was cut"),
+    pytest.param("passphrase=opensesame", "passphrase=***", id="passphrase="),
+    pytest.param("ssh_passphrase: 'x y'", "ssh_passphrase: '***'", id="passphrase:"),
+    pytest.param("Cookie: session=abc; csrftoken=def", "Cookie: ***", id="Cookie:"),
+    pytest.param("{'Cookie': 'a=b; c=d', 'Accept': 'text/csv'}", "{'Cookie': '***', 'Accept': 'text/csv'}",
+                 id="quoted Cookie"),
+    pytest.param("Set-Cookie: sid=abc; HttpOnly", "Set-Cookie: ***", id="Set-Cookie:"),
+    pytest.param('"auth": "user:pw"', '"auth": "***"', id='"auth": "user:pw"'),
+    pytest.param("auth=('etl', 'hunter2')", "auth=('***', '***')", id="requests auth tuple"),
+    pytest.param("https://user:pa?ss@host", "https://host", id="URL password holding ?"),
+    pytest.param("GET https://user:pa#ss@host:8443/x failed", "GET https://host:8443/x failed",
+                 id="URL password holding #"),
+    pytest.param("https://user:p;a,s&s)@host/x", "https://host/x", id="URL password holding ; , & )"),
+])
+def test_redact_masks_each_form_the_patterns_missed(text, expected):
+    assert redact(text) == expected
+    assert redact(expected) == expected
+
+
+CONNECTION = Secrets.of_connection("etl", "hunter2", {"headers": {"X-Api-Key": ["k3y-from-a-file\n"]},
+                                                      "Authorization": " Bearer tok-123456", "timeout": 30})
+
+
+@pytest.mark.parametrize("leak", [
+    pytest.param("hunter2", id="password"),
+    pytest.param("etl:hunter2", id="login:password"),
+    pytest.param("etl%3Ahunter2", id="login:password URL-quoted"),
+    pytest.param("ZXRsOmh1bnRlcjI=", id="Base64 of login:password"),
+    pytest.param("ZXRsOmh1bnRlcjI", id="Base64 without padding"),
+    pytest.param("ZXRsOmh1bnRlcjI%3D", id="Base64 URL-quoted"),
+    pytest.param("k3y-from-a-file\n", id="nested header value from a list"),
+    pytest.param("k3y-from-a-file\\n", id="header value as repr prints it"),
+    pytest.param("k3y-from-a-file", id="header value stripped"),
+    pytest.param(" Bearer tok-123456", id="extra value with its leading space"),
+    pytest.param("tok-123456", id="extra value without its scheme"),
+])
+def test_known_values_are_masked_in_any_text(leak):
+    # prose that no pattern recognises: only the known values can mask it
+    text = f"the server said no to <{leak}> politely"
+    masked = redact(text, CONNECTION)
+    assert leak.strip() not in masked and "***" in masked
+    assert redact(masked, CONNECTION) == masked
+
+
+def test_known_values_are_masked_longest_first():
+    secrets = Secrets.of("abcdef", "abcdefgh")
+    assert secrets.mask("x abcdefgh y abcdef") == "x *** y ***"
+
+
+def test_short_values_and_settings_are_not_known_values():
+    secrets = Secrets.of_connection(None, "abc", {"timeout": 30, "verify": True, "region": "eu"})
+    assert secrets.values == frozenset()  # "abc", "eu": too short; 30 and true are settings
+    assert redact("took 30 s in eu, abc", secrets) == "took 30 s in eu, abc"
+    # with a login, login:password is long enough, and so is its Base64
+    assert redact("sent etl:abc as ZXRsOmFiYw==", Secrets.of_connection("etl", "abc")) == "sent *** as ***"
+
+
+def test_secrets_of_a_connection_read_its_extra_as_json_text_and_union_them():
+    api = Secrets.of_connection(None, "s3cret-pw", '{"headers": {"X-Api-Key": "key-abc"}}')
+    csv = Secrets.of_connection("u", "csv-pass", None)
+    both = api.union(csv)
+    assert redact("s3cret-pw key-abc u:csv-pass csv-pass", both) == "*** *** *** ***"
+    assert not Secrets() and both
+
+
 def served(url: str, path: str) -> str:
     app = create_app({"DATABASE_URL": url})
     try:
@@ -85,14 +171,35 @@ def test_record_stores_the_error_without_credentials(database_url):
     assert "GET https://api.example.com:8443/v1/posts answered 500" in stored  # still says what failed
 
 
-@pytest.mark.parametrize("path, field", [("/runs", "error_message"), ("/stats", "last_failure_reason")])
-def test_a_secret_stored_by_an_earlier_release_is_served_masked(database_url, path, field):
-    insert_run(database_url, "scheduled__old", status="failed", error_message=LEAKY_ERROR)
+# what requests said of a header value read from a file: the value, without its name (issue 22)
+INVALID_HEADER = ("ingest_api[api]: InvalidHeader: Invalid leading whitespace, reserved character(s), or return"
+                  " character(s) in header value: 'Basic ZXRsOmh1bnRlcjI=\\n'")
+NULL_SUMMARY = {"source": None, "step": None, "error_class": None, "http_status": None, "host": None}
+
+
+@pytest.mark.parametrize("path, summaries", [
+    ("/runs", lambda body: body["data"][0]["errors"]),
+    ("/stats", lambda body: body["last_failure_errors"]),
+    ("/sources", lambda body: [body["data"][0]["last_error"]["error"]]),
+])
+@pytest.mark.parametrize("text", [LEAKY_ERROR, INVALID_HEADER], ids=["patterns", "unnamed header value"])
+def test_error_text_stored_by_an_earlier_release_is_never_served(database_url, path, summaries, text):
+    insert_run(database_url, "scheduled__old", status="failed", error_message=text)
+    set_source_error(database_url, "api", "scheduled__old", text)
     body = served(database_url, path)
     assert_no_secret(body)
-    document = json.loads(body)
-    message = document["data"][0][field] if path == "/runs" else document[field]
-    assert "password=***" in message and "https://api.example.com:8443/v1/posts" in message
+    assert "ZXRsOmh1bnRlcjI" not in body and "header value" not in body
+    assert summaries(json.loads(body)) == [NULL_SUMMARY]
+
+
+def test_health_serves_no_error_text(database_url):
+    insert_run(database_url, "scheduled__old", status="failed", error_message=INVALID_HEADER)
+    app = create_app({"DATABASE_URL": database_url})
+    try:
+        body = app.test_client().get("/health").get_data(as_text=True)
+    finally:
+        db.warehouse(app).close()
+    assert "ZXRsOmh1bnRlcjI" not in body and "scheduled__old failed" in body
 
 
 @pytest.fixture
@@ -119,3 +226,27 @@ def test_a_run_failing_on_a_url_with_credentials_records_and_serves_none_of_them
     assert f"GET http://{host}/gone answered 404" in run["error_message"]
     assert_no_secret(served(pipeline.database_url, "/runs"))
     assert_no_secret(served(pipeline.database_url, "/stats"))
+    assert_no_secret(served(pipeline.database_url, "/sources"))
+
+
+RECORD = {"id": 1, "name": "Ærø", "password": "hunter2-long", "auth": {"user": "u", "pass": "nested-secret"},
+          "headers": {"X-Api-Key": ["key-value-1"]}, "token_count": 5, "note": "after"}
+RECORD_SECRETS = ("hunter2-long", "nested-secret", "key-value-1")
+
+
+@pytest.mark.parametrize("text", [json.dumps(RECORD), json.dumps(json.dumps(RECORD))],
+                         ids=["JSON text", "a raw record quoted as one JSON string"])
+def test_credential_fields_are_masked_in_json_text_cut_anywhere(text):
+    for end in range(1, len(text) + 1):
+        masked = mask_credential_json(text[:end])
+        # no secret, nor any start of one long enough to tell
+        assert not [secret for secret in RECORD_SECRETS for n in range(4, len(secret) + 1) if secret[:n] in masked], \
+            (end, masked)
+    assert "token_count" in mask_credential_json(text) and "after" in mask_credential_json(text)  # the rest stays
+
+
+def test_credential_fields_are_masked_in_a_parsed_record_and_the_rest_kept():
+    assert mask_credential_fields(RECORD) == {
+        "id": 1, "name": "Ærø", "password": "***", "auth": "***", "headers": {"X-Api-Key": "***"},
+        "token_count": 5, "note": "after"}
+    assert mask_credential_fields([{"apiKey": 1}, None, "1,hunter2,x"]) == [{"apiKey": "***"}, None, "1,hunter2,x"]

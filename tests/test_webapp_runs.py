@@ -13,6 +13,8 @@ from webapp import create_app, db
 from webapp.schemas import MAX_REJECT_PAYLOAD_CHARS, MAX_REJECT_TEXT_CHARS
 
 AIRFLOW_RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
+# what /runs serves for a failure recorded before summaries existed: its text stays unserved
+NULL_SUMMARY = {"source": None, "step": None, "error_class": None, "http_status": None, "host": None}
 COUNTS = {"api": {"fetched": 10, "inserted": 3, "updated": 1, "unchanged": 5, "rejected": 1},
           "csv": {"fetched": 4, "inserted": 0, "updated": 0, "unchanged": 2, "rejected": 2}}
 
@@ -41,13 +43,15 @@ def test_runs_newest_first_with_all_fields(client):
     assert [run["run_id"] for run in body["data"]] == [AIRFLOW_RUN_ID, "run-11", "run-10"]
     assert (body["total"], body["page"], body["page_size"], body["has_more"]) == (13, 1, 3, True)
     newest = body["data"][0]
-    assert {key: newest[key] for key in ("status", "error_message", "fetched", "inserted", "updated", "unchanged",
+    assert {key: newest[key] for key in ("status", "errors", "fetched", "inserted", "updated", "unchanged",
                                          "rejected", "records_processed", "source_counts", "duration_seconds",
                                          "run_type")} == {
-        "status": "failed", "error_message": "csv: HTTP 500", "fetched": 14, "inserted": 3, "updated": 1,
+        "status": "failed", "errors": [NULL_SUMMARY], "fetched": 14, "inserted": 3, "updated": 1,
         "unchanged": 7, "rejected": 3, "records_processed": 14, "source_counts": COUNTS, "duration_seconds": 60.0,
         "run_type": "scheduled"}
     assert newest["started_at"] < newest["ended_at"]
+    assert "error_message" not in newest and "HTTP 500" not in json.dumps(body)  # the stored text is never served
+    assert body["data"][1]["errors"] == []  # a run that did not fail
 
 
 @pytest.mark.parametrize("page, page_size, expected, has_more", [
@@ -175,3 +179,64 @@ def test_the_openapi_document_states_the_bounds(huge_client):
     reject = huge_client.get("/openapi.json").json["components"]["schemas"]["Reject"]["properties"]
     assert f"{MAX_REJECT_PAYLOAD_CHARS:,} characters" in reject["payload"]["description"]
     assert {"payload_truncated", "payload_length"} <= set(reject)
+
+
+# Issue #22: rejects carry the raw text of a record, but never a value under a credential-shaped key.
+SECRET_RUN = "manual__secret-rejects"
+LEAKED = ("hunter2", "tok-123", "k3y", "s3ss", "pr1v", "Basic ZXRs", "nested-pw", "in-raw-text", "cut-pw")
+
+
+@pytest.fixture(scope="module")
+def secret_rejects(make_database):
+    url = make_database()
+    insert_run(url, SECRET_RUN, status="success")
+    record = {"id": "s1", "value": "not a number", "Password": "hunter2", "access_token": "tok-123",
+              "headers": {"X-Api-Key": ["k3y"], "Cookie": "sid=s3ss", "Authorization": "Basic ZXRs"},
+              "account": {"private_key": "pr1v", "auth": {"user": "u", "pass": "nested-pw"}},
+              "token_count": 5, "pwd_id": 7}
+    insert_rejects(url, SECRET_RUN, [
+        {"source": "api", "source_id": "s1", "reason": "value is not a number", "payload": record},
+        # a record that was not JSON, kept as its raw text
+        {"source": "api", "source_id": "s2", "reason": "not JSON", "payload": '{"id": "s2", "password": "in-raw-text"'},
+        # longer than the bound: served as the start of its JSON text, cut inside a credential's value
+        {"source": "api", "source_id": "s3", "reason": "too big",
+         "payload": {"note": "n" * (MAX_REJECT_PAYLOAD_CHARS - 30), "secret": "cut-pw" + "x" * 100}},
+    ])
+    app = create_app({"DATABASE_URL": url})
+    yield app.test_client()
+    db.warehouse(app).close()
+
+
+def test_rejects_mask_every_value_under_a_credential_shaped_key_and_keep_the_rest(secret_rejects):
+    body = secret_rejects.get(f"/runs/{SECRET_RUN}/rejects").get_data(as_text=True)
+    leaked = [value for value in LEAKED if value in body]
+    assert not leaked, leaked
+    first, raw, cut = json.loads(body)["data"]
+    assert first["payload"] == {
+        "id": "s1", "value": "not a number", "Password": "***", "access_token": "***",
+        "headers": {"X-Api-Key": "***", "Cookie": "***", "Authorization": "***"},
+        "account": {"private_key": "***", "auth": "***"}, "token_count": 5, "pwd_id": 7}
+    assert raw["payload"] == '{"id": "s2", "password": "***"'
+    assert cut["payload_truncated"] is True and cut["payload"].endswith('"secret": "***"')
+    assert cut["payload"].startswith('{"note": "nnn')
+
+
+def test_the_openapi_document_says_rejects_carry_raw_source_text(client):
+    reject = client.get("/openapi.json").json["components"]["schemas"]["Reject"]["properties"]
+    assert "raw source text" in reject["payload"]["description"]
+    assert "credential" in reject["payload"]["description"]
+
+
+def test_runs_serve_the_stored_failure_summaries_never_the_text(make_database):
+    url = make_database()
+    summary = {"source": "api", "step": "ingest", "error_class": "InvalidHeader", "http_status": None,
+               "host": "api.example.com:8443"}
+    insert_run(url, "manual__summarised", status="failed", error_message="in header value: 'Basic ZXRsOmh1bnRlcjI='",
+               errors=[summary, {"source": "csv", "step": "upsert", "error_class": "SourceError", "http_status": 503,
+                                 "host": None, "message": "a field nobody serves: hunter2"}])
+    app = create_app({"DATABASE_URL": url})
+    body = app.test_client().get("/runs").get_data(as_text=True)
+    db.warehouse(app).close()
+    assert "ZXRsOmh1bnRlcjI" not in body and "hunter2" not in body
+    assert json.loads(body)["data"][0]["errors"] == [summary, {
+        "source": "csv", "step": "upsert", "error_class": "SourceError", "http_status": 503, "host": None}]

@@ -1,11 +1,12 @@
 """The read API for any source name: /data, /stats and GET /sources over a warehouse holding sources beyond the
 seed's api and csv, with each source's status as record_run writes it (sluice.pipeline, real PostgreSQL)."""
 
+import json
 from datetime import datetime, timezone
 
 import psycopg
 import pytest
-from webapp_fixtures import insert_records, make_app, record  # noqa: F401
+from webapp_fixtures import insert_records, make_app, record, set_source_error  # noqa: F401
 
 from sluice import pipeline, runs, settings
 from sluice.results import Ingested, Upserted
@@ -93,13 +94,14 @@ def test_sources_lists_each_with_kind_rows_checkpoint_and_last_loads(client):
     assert sources["csv"]["last_success"]["run_id"] == "run-1"
 
 
-def test_a_source_s_last_error_is_shown_masked_and_kept_after_a_success(client, warehouse_url):
-    comments = next(source for source in client.get("/sources").json["data"] if source["name"] == "comments")
+def test_a_source_s_last_error_is_shown_as_a_summary_and_kept_after_a_success(client, warehouse_url):
+    body = client.get("/sources").get_data(as_text=True)
+    for secret in ("hunter2", "abc123", "s3cr3t"):
+        assert secret not in body
+    comments = next(source for source in json.loads(body)["data"] if source["name"] == "comments")
     error = comments["last_error"]
     assert error["run_id"] == "run-2" and comments["last_success"]["run_id"] == "run-1"
-    assert "feeds.example.com/comments" in error["message"] and "500" in error["message"]
-    for secret in ("hunter2", "abc123", "s3cr3t"):
-        assert secret not in error["message"]
+    assert set(error["error"]) == {"source", "step", "error_class", "http_status", "host"}
     with psycopg.connect(warehouse_url) as conn:  # masked when written, not only when served
         assert "hunter2" not in conn.execute("select last_error from etl_checkpoint where source = 'comments'"
                                              ).fetchone()[0]
@@ -110,12 +112,24 @@ def test_a_source_s_last_error_is_shown_masked_and_kept_after_a_success(client, 
     assert comments["last_success"]["at"] > comments["last_error"]["at"]
 
 
-def test_an_error_stored_unmasked_is_masked_when_served(client, warehouse_url):
-    with psycopg.connect(warehouse_url) as conn:
-        conn.execute("update etl_checkpoint set last_error = %s, last_error_run_id = 'old', last_error_at = now()"
-                     " where source = 'orders'", (LEAKY,))
-    orders = next(source for source in client.get("/sources").json["data"] if source["name"] == "orders")
-    assert "hunter2" not in orders["last_error"]["message"] and "s3cr3t" not in orders["last_error"]["message"]
+def test_an_error_stored_unmasked_is_never_served(client, warehouse_url):
+    set_source_error(warehouse_url, "orders", "old", LEAKY)  # a row written before summaries existed
+    body = client.get("/sources").get_data(as_text=True)
+    assert "hunter2" not in body and "s3cr3t" not in body and "abc123" not in body
+    orders = next(source for source in json.loads(body)["data"] if source["name"] == "orders")
+    assert orders["last_error"]["run_id"] == "old"
+    assert orders["last_error"]["error"] == {"source": None, "step": None, "error_class": None, "http_status": None,
+                                             "host": None}
+
+
+def test_a_source_s_stored_summary_is_served(client, warehouse_url):
+    summary = {"source": "orders", "step": "ingest", "error_class": "HTTPError", "http_status": 401,
+               "host": "feeds.example.com"}
+    set_source_error(warehouse_url, "orders", "run-9", LEAKY, summary)
+    body = client.get("/sources").get_data(as_text=True)
+    assert "hunter2" not in body and "s3cr3t" not in body
+    orders = next(source for source in json.loads(body)["data"] if source["name"] == "orders")
+    assert orders["last_error"]["error"] == summary and orders["last_error"]["run_id"] == "run-9"
 
 
 def test_a_source_that_did_not_load_gets_the_run_s_errors_not_another_source_s(warehouse_url, client):
@@ -126,8 +140,8 @@ def test_a_source_that_did_not_load_gets_the_run_s_errors_not_another_source_s(w
             failed_sources={"comments": runs.SourceFailure("ingest", "SourceError: comments: refused", "csv")}),
             settings=settings.load())
     sources = {source["name"]: source for source in client.get("/sources").json["data"]}
-    assert sources["orders"]["last_error"]["message"] == "init_schema: LockTimeout: waited"
-    assert sources["comments"]["last_error"]["message"] == "SourceError: comments: refused"
+    assert sources["orders"]["last_error"]["run_id"] == "run-4"
+    assert sources["comments"]["last_error"]["run_id"] == "run-4"
     assert sources["comments"]["kind"] == "csv"
 
 

@@ -84,22 +84,24 @@ def newest_first(rows: list[dict]) -> list[dict]:
 
 def insert_run(url: str, run_id: str, status: str = "success", ended_hours_ago: float = 1.0,
                duration_seconds: float = 60.0, error_message: str | None = None, source_counts: dict | None = None,
-               records_processed: int = 0) -> None:
-    """An etl_runs row that ended `ended_hours_ago` before the database's now()."""
+               records_processed: int = 0, errors: list[dict] | None = None) -> None:
+    """An etl_runs row that ended `ended_hours_ago` before the database's now(); `errors`: its failure summaries
+    (None: a row written before summaries existed, with error_message alone)."""
     source_counts = source_counts or {}
     totals = {name: sum(counts.get(name, 0) for counts in source_counts.values())
               for name in ("fetched", "inserted", "updated", "unchanged", "rejected")}
     with psycopg.connect(url) as conn:
         conn.execute(
             "insert into etl_runs (run_id, run_type, started_at, ended_at, duration_seconds, records_processed,"
-            " status, error_message, fetched, inserted, updated, unchanged, rejected, source_counts)"
+            " status, error_message, errors, fetched, inserted, updated, unchanged, rejected, source_counts)"
             " values (%(run_id)s, 'scheduled',"
             " now() - make_interval(secs => %(ago)s * 3600 + %(duration)s),"
             " now() - make_interval(secs => %(ago)s * 3600),"
-            " %(duration)s, %(records_processed)s, %(status)s, %(error_message)s, %(fetched)s, %(inserted)s,"
-            " %(updated)s, %(unchanged)s, %(rejected)s, %(source_counts)s)",
+            " %(duration)s, %(records_processed)s, %(status)s, %(error_message)s, %(errors)s, %(fetched)s,"
+            " %(inserted)s, %(updated)s, %(unchanged)s, %(rejected)s, %(source_counts)s)",
             {"run_id": run_id, "ago": ended_hours_ago, "duration": duration_seconds, "status": status,
              "error_message": error_message, "records_processed": records_processed,
+             "errors": None if errors is None else Jsonb(errors),
              "source_counts": Jsonb(source_counts), **totals})
 
 
@@ -108,6 +110,18 @@ def insert_checkpoint(url: str, source: str, row_count: int) -> None:
         conn.execute("insert into etl_checkpoint (source, row_count, last_run_id) values (%s, %s, 'run-1')"
                      " on conflict (source) do update set row_count = excluded.row_count, last_run_id = 'run-1'",
                      (source, row_count))
+
+
+def set_source_error(url: str, source: str, run_id: str, text: str | None, summary: dict | None = None) -> None:
+    """The source's last failure as etl_checkpoint holds it: the text, and its summary (None: a row written
+    before summaries existed)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("insert into etl_checkpoint (source, row_count, last_run_id) values (%(source)s, 0, 'run-1')"
+                     " on conflict (source) do nothing", {"source": source})
+        conn.execute("update etl_checkpoint set last_error = %(text)s, last_error_summary = %(summary)s,"
+                     " last_error_run_id = %(run_id)s, last_error_at = now() where source = %(source)s",
+                     {"source": source, "text": text, "run_id": run_id,
+                      "summary": None if summary is None else Jsonb(summary)})
 
 
 def insert_rejects(url: str, run_id: str, rows: list[dict]) -> None:

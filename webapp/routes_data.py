@@ -102,8 +102,8 @@ def _source(row: dict) -> dict:
         "checkpoint": {"last_processed_id": row["last_processed_id"], "last_processed_at": row["last_processed_at"]},
         "last_success": {"run_id": row["last_success_run_id"], "at": row["last_success_at"]}
         if row["last_success_run_id"] is not None else None,
-        "last_error": {"message": row["last_error"], "run_id": row["last_error_run_id"], "at": row["last_error_at"]}
-        if row["last_error"] is not None else None,
+        "last_error": {"run_id": row["last_error_run_id"], "at": row["last_error_at"],
+                       "error": row["last_error_summary"]} if row["last_error_summary"] is not None else None,
     }
 
 

@@ -32,7 +32,7 @@ def list_runs():
 @documented(path=run_path_schema, query=page_query_schema, responses={200: rejects_page_schema},
             errors=(400, 404, 503))
 def list_rejects(run_id):
-    """Records a run rejected, with the reason and the payload as received (long payloads shortened)."""
+    """Records a run rejected, with its reason and raw payload as received (credentials masked, long ones cut)."""
     key = run_path_schema.load({"run_id": run_id})
     args = load_query(page_query_schema, request.args)
     if not db.fetch_one("run_exists", key)["found"]:

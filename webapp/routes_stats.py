@@ -30,7 +30,7 @@ def show_stats():
         **db.fetch_one("stats_totals"),
         "last_success": success.get("at"),
         "last_failure": failure.get("at"),
-        "last_failure_reason": failure.get("error_message"),
+        "last_failure_errors": failure.get("errors"),
         "rows_per_source": _per_source(rows, "row_count", sources),
         "deleted_per_source": _per_source(rows, "deleted", sources),
         "deleted_total": sum(row["deleted"] for row in rows),

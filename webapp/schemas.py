@@ -5,9 +5,9 @@ import binascii
 import datetime as dt
 import json
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, pre_dump, validate, validates_schema
 
-from sluice.redact import redact
+from sluice.redact import MASK, mask_credential_fields, redact
 from sluice.sources import NAME
 
 MAX_PAGE = 10_000  # deeper than this, OFFSET gets slow: clients follow next_cursor instead
@@ -99,11 +99,15 @@ class Cursor(fields.String):
             raise self.make_error("invalid_cursor") from error
 
 
-class RedactedText(fields.String):
-    """Stored error text with credentials masked: rows written before masking on write still hold them."""
+MAX_SUMMARY_NAME_CHARS = 200  # a summary's source, step, error class and host are names, never prose
+
+
+class CredentialMaskedPayload(fields.Raw):
+    """A rejected record as received, with the value of every credential-shaped key masked (nested, and in a
+    payload cut short too): users need the raw text to fix their source, but never a credential."""
 
     def _serialize(self, value, attr, obj, **kwargs):
-        return super()._serialize(redact(value), attr, obj, **kwargs)
+        return mask_credential_fields(value)
 
 
 class NoQuerySchema(Schema):
@@ -239,6 +243,38 @@ def _source_counts() -> fields.Dict:
                        metadata={"description": 'per source: {"api": {"fetched": 100, "inserted": 3, ...}}'})
 
 
+class ErrorSummarySchema(Body):
+    """Why one step of one source failed, as sluice.failures.Failure.summary() stored it: names and numbers, never
+    an exception's text, which may quote a credential. A failure recorded before summaries existed has nulls."""
+
+    source = fields.String(allow_none=True, metadata={"description": "the source that failed; null: the run itself"})
+    step = fields.String(allow_none=True, metadata={"description": "the step that failed, e.g. ingest or upsert"})
+    error_class = fields.String(allow_none=True, metadata={"description": "the exception's class, e.g. SourceError"})
+    http_status = fields.Integer(allow_none=True, metadata={"description": "the HTTP status the source answered"})
+    host = fields.String(allow_none=True, metadata={"description": "host[:port] the source was read from"})
+
+    @pre_dump
+    def _from_stored(self, stored, **kwargs) -> dict:
+        # the jsonb of an earlier or hand-edited row may lack a field or hold another type: every field is served,
+        # null unless it has the declared type; names are bounded and masked as a last guard
+        stored = stored if isinstance(stored, dict) else {}
+        summary = {name: _summary_name(stored.get(name)) for name in ("source", "step", "error_class", "host")}
+        status = stored.get("http_status")
+        ok = isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599
+        return {**summary, "http_status": status if ok else None}
+
+
+def _summary_name(value) -> str | None:
+    if not isinstance(value, str):
+        return None
+    name = redact(value[:MAX_SUMMARY_NAME_CHARS])
+    return None if MASK in name else name
+
+
+def _error_summaries(description: str, **kwargs) -> fields.List:
+    return fields.List(fields.Nested(ErrorSummarySchema), metadata={"description": description}, **kwargs)
+
+
 class RunSchema(Body):
     run_id = fields.String()
     run_type = fields.String(allow_none=True)
@@ -249,8 +285,8 @@ class RunSchema(Body):
     duration_seconds = fields.Float(allow_none=True)
     records_processed = fields.Integer()
     status = fields.String(validate=validate.OneOf(RUN_STATUSES))
-    error_message = RedactedText(allow_none=True, metadata={
-        "description": "why the run failed; URLs without userinfo or query, credential values as ***"})
+    errors = _error_summaries("why the run failed: one summary per failed step and source; empty when it did not "
+                              "fail. The error text is in the task logs, where Airflow masks the connections' secrets")
     fetched = fields.Integer()
     inserted = fields.Integer()
     updated = fields.Integer()
@@ -270,10 +306,12 @@ class RejectSchema(Body):
         "description": f"its first {MAX_REJECT_TEXT_CHARS:,} characters"})
     stage = fields.String()
     reason = fields.String(metadata={"description": f"its first {MAX_REJECT_TEXT_CHARS:,} characters"})
-    payload = fields.Raw(allow_none=True, metadata={"description": (
-        "the record as received; when its JSON text is longer than "
+    payload = CredentialMaskedPayload(allow_none=True, metadata={"description": (
+        "the record as received: raw source text, not mapped or checked (unlike /data), so that its source can "
+        "be fixed. The value of every key shaped like a credential (password, token, secret, api_key, "
+        f"authorization, cookie, ..., in nested objects too) is {MASK!r}. When its JSON text is longer than "
         f"{MAX_REJECT_PAYLOAD_CHARS:,} characters, a string of the first {MAX_REJECT_PAYLOAD_CHARS:,} "
-        "characters of that text, and payload_truncated is true")})
+        "characters of that text, masked the same way, and payload_truncated is true")})
     payload_truncated = fields.Boolean(metadata={"description": "payload holds only the start of its JSON text"})
     payload_length = fields.Integer(allow_none=True, metadata={
         "description": "characters of the whole payload's JSON text; null without payload"})
@@ -302,8 +340,8 @@ class StatsSchema(Body):
     run_count = fields.Integer()
     last_success = fields.DateTime(allow_none=True)
     last_failure = fields.DateTime(allow_none=True)
-    last_failure_reason = RedactedText(allow_none=True, metadata={
-        "description": "error_message of the newest failed run, credentials masked"})
+    last_failure_errors = _error_summaries("why the newest failed run failed (as errors in /runs); null: no run "
+                                           "failed", allow_none=True)
     rows_per_source = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
         "description": "every source of the warehouse: its live rows in /data"})
     deleted_per_source = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
@@ -326,7 +364,7 @@ class SourceLoadSchema(Body):
 
 
 class SourceErrorSchema(SourceLoadSchema):
-    message = RedactedText(metadata={"description": "why the source failed, credentials masked"})
+    error = fields.Nested(ErrorSummarySchema, metadata={"description": "why it failed, as errors in /runs"})
 
 
 class SourceSchema(Body):
