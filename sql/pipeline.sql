@@ -344,10 +344,10 @@ returning last_processed_id;
 
 -- name: record_run
 insert into etl_runs (run_id, run_type, data_interval_start, data_interval_end, started_at, ended_at,
-                      duration_seconds, records_processed, status, error_message,
+                      duration_seconds, records_processed, status, error_message, errors,
                       fetched, inserted, updated, unchanged, superseded, rejected, source_counts)
 values (%(run_id)s, %(run_type)s, %(data_interval_start)s, %(data_interval_end)s, %(started_at)s, now(),
-        extract(epoch from now() - %(started_at)s), %(records_processed)s, %(status)s, %(error_message)s,
+        extract(epoch from now() - %(started_at)s), %(records_processed)s, %(status)s, %(error_message)s, %(errors)s,
         %(fetched)s, %(inserted)s, %(updated)s, %(unchanged)s, %(superseded)s, %(rejected)s, %(source_counts)s)
 on conflict (run_id) do update
     set run_type = excluded.run_type,
@@ -359,6 +359,7 @@ on conflict (run_id) do update
         records_processed = excluded.records_processed,
         status = excluded.status,
         error_message = excluded.error_message,
+        errors = excluded.errors,
         fetched = excluded.fetched,
         inserted = excluded.inserted,
         updated = excluded.updated,
@@ -373,17 +374,19 @@ returning id;
 -- (last_error_at before last_success_at says it is over); a null kind keeps the one recorded. updated_at is the
 -- checkpoint's and stays.
 insert into etl_checkpoint as c (source, kind, last_success_run_id, last_success_at,
-                                 last_error, last_error_run_id, last_error_at)
+                                 last_error, last_error_summary, last_error_run_id, last_error_at)
 values (%(source)s, %(kind)s,
         case when %(error)s::text is null then %(run_id)s end,
         case when %(error)s::text is null then now() end,
-        %(error)s, case when %(error)s::text is not null then %(run_id)s end,
+        %(error)s, %(summary)s, case when %(error)s::text is not null then %(run_id)s end,
         case when %(error)s::text is not null then now() end)
 on conflict (source) do update
     set kind = coalesce(excluded.kind, c.kind),
         last_success_run_id = coalesce(excluded.last_success_run_id, c.last_success_run_id),
         last_success_at = coalesce(excluded.last_success_at, c.last_success_at),
         last_error = coalesce(excluded.last_error, c.last_error),
+        last_error_summary = case when excluded.last_error is not null then excluded.last_error_summary
+                                  else c.last_error_summary end,
         last_error_run_id = coalesce(excluded.last_error_run_id, c.last_error_run_id),
         last_error_at = coalesce(excluded.last_error_at, c.last_error_at);
 

@@ -16,6 +16,7 @@ from webapp_fixtures import make_app  # noqa: F401
 
 from sluice import pipeline, results, rules, runs, settings, sources, warehouse
 from sluice.errors import DeleteRefused, InvalidSource
+from sluice.failures import Failure
 from sluice.staging import StageWriter
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault, SourceServer
@@ -326,6 +327,7 @@ def test_max_delete_fraction_defaults_to_a_half(monkeypatch):
 
 
 def test_a_refused_source_fails_the_run_by_name_and_the_others_count():
+    refused = Failure.of(DeleteRefused("items: the read would delete ..."), step="upsert", source="items")
     upserted = results.Upserted("stock", inserted=3, deleted=1, undeleted=2, live_before=5, live_after=9)
     value = json.loads(json.dumps(upserted.to_xcom()))
     assert results.from_xcom(value) == upserted
@@ -333,11 +335,9 @@ def test_a_refused_source_fails_the_run_by_name_and_the_others_count():
         [results.Ingested("items", "file:///i", records=3, kind="csv"),
          results.Ingested("stock", "file:///s", records=8, kind="csv"), upserted],
         run_id="r", run_type="manual", started_at=datetime.now(timezone.utc),
-        failed_sources={"items": runs.SourceFailure("upsert", "DeleteRefused: items: the read would delete ...",
-                                                    "csv")})
-    assert outcome.status == "failed" and outcome.errors == []
-    assert outcome.source_statuses() == {"items": ("csv", "DeleteRefused: items: the read would delete ..."),
-                                         "stock": ("csv", None)}
+        failures=[refused])
+    assert outcome.status == "failed" and outcome.failed_sources == {"items": refused}
+    assert outcome.source_statuses() == {"items": ("csv", refused), "stock": ("csv", None)}
     assert outcome.error_lines() == ["upsert[items]: DeleteRefused: items: the read would delete ..."]
     assert outcome.source_counts()["stock"] == {
         "fetched": 8, "inserted": 3, "updated": 0, "unchanged": 0, "rejected": 0, "superseded": 0, "deleted": 1,

@@ -18,6 +18,7 @@ import requests
 from sluice import api_source, csv_source, http_client, rules, runs, settings, warehouse
 from sluice_devtools.source_server import SourceServer
 from sluice.errors import SourceError
+from sluice.failures import Failure
 
 CORPUS = Path(__file__).resolve().parent / "data"
 RUN_ID = "hostile-run"
@@ -329,14 +330,14 @@ def test_a_missing_mapped_column_fails_the_file_naming_it_and_loads_nothing(serv
 def test_a_header_error_with_undecodable_names_can_be_recorded(server, warehouse_url, tmp_path, name):
     with pytest.raises(SourceError) as failure:
         fetch(server, name, content_of(name), tmp_path)
-    message = f"ingest_csv: SourceError: {failure.value}"
-    assert "the header lacks column(s) named in csv_mapping: name" in message
+    recorded = Failure.of(failure.value, step="ingest", source="csv")
+    assert "the header lacks column(s) named in csv_mapping: name" in recorded.message
     outcome = runs.RunOutcome(run_id=RUN_ID, run_type="manual", started_at=datetime.now(timezone.utc),
-                              errors=[message])
+                              failures=[recorded])
     with psycopg.connect(warehouse_url) as conn:
         runs.record(conn, outcome)
         (stored,) = conn.execute("select error_message from etl_runs where run_id = %s", (RUN_ID,)).fetchone()
-    assert stored == message
+    assert stored == f"ingest[csv]: {recorded.message}"
 
 
 @pytest.mark.parametrize("name, descriptions", [

@@ -16,7 +16,8 @@ import requests
 from sluice import http_client, pipeline, results, rules, runs, settings, sources, warehouse
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
-from sluice.errors import InvalidSource, MappingError
+from sluice.errors import InvalidSource, MappingError, StagedFileMissing
+from sluice.failures import Failure
 from sluice.staging import StageCounts, StageWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +150,7 @@ def test_the_run_outcome_is_built_from_the_step_results_and_its_counts_add_up():
          results.Normalized("api", staged=8, valid=6, rejected=1, skipped_unchanged=1),
          results.Upserted("api", inserted=4, updated=1, unchanged=0, superseded=1), None],
         run_id="r", run_type="manual", started_at=datetime.now(timezone.utc),
-        failed_sources={"csv": runs.SourceFailure("store_raw", "StagedFileMissing: csv: gone", "csv")})
+        failures=[Failure.of(StagedFileMissing("csv: gone"), step="store_raw", source="csv")])
 
     counts = outcome.source_counts()
 
@@ -161,7 +162,9 @@ def test_the_run_outcome_is_built_from_the_step_results_and_its_counts_add_up():
                              "superseded": 0, **NO_DELETES, "live_before": 0, "live_after": 0, "loaded": False}
     assert outcome.status == "failed"
     assert outcome.error_lines() == ["store_raw[csv]: StagedFileMissing: csv: gone"]
-    assert outcome.source_statuses() == {"api": ("api", None), "csv": ("csv", "StagedFileMissing: csv: gone")}
+    assert outcome.source_statuses() == {"api": ("api", None), "csv": ("csv", outcome.failures[0])}
+    assert outcome.summaries() == [{"source": "csv", "step": "store_raw", "error_class": "StagedFileMissing",
+                                    "http_status": None, "host": None}]
     with pytest.raises(ValueError, match="source 'api' has two upsert results"):
         runs.RunOutcome.of([results.Upserted("api"), results.Upserted("api")], run_id="r", run_type="manual",
                            started_at=datetime.now(timezone.utc))

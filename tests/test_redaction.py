@@ -11,6 +11,7 @@ from webapp_fixtures import insert_run, set_source_error
 from sluice import runs
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
+from sluice.failures import Failure
 from sluice.redact import Secrets, mask_credential_fields, mask_credential_json, redact
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 from webapp import create_app, db
@@ -162,8 +163,9 @@ def assert_no_secret(text: str) -> None:
 
 
 def test_record_stores_the_error_without_credentials(database_url):
-    outcome = runs.RunOutcome(run_id="manual__leaky", run_type="manual",
-                              started_at=datetime.now(timezone.utc), errors=[LEAKY_ERROR])
+    # every failure is masked where it happens (Failure.of), with the patterns when no value is known
+    outcome = runs.RunOutcome(run_id="manual__leaky", run_type="manual", started_at=datetime.now(timezone.utc),
+                              failures=[Failure.of(RuntimeError(LEAKY_ERROR), step="ingest", source="api")])
     with psycopg.connect(database_url) as conn:
         runs.record(conn, outcome)
         (stored,) = conn.execute("select error_message from etl_runs where run_id = 'manual__leaky'").fetchone()
@@ -250,3 +252,42 @@ def test_credential_fields_are_masked_in_a_parsed_record_and_the_rest_kept():
         "id": 1, "name": "Ærø", "password": "***", "auth": "***", "headers": {"X-Api-Key": "***"},
         "token_count": 5, "note": "after"}
     assert mask_credential_fields([{"apiKey": 1}, None, "1,hunter2,x"]) == [{"apiKey": "***"}, None, "1,hunter2,x"]
+
+
+def connection_uri(url: str, *, login: str, password: str, headers: dict) -> str:
+    """An Airflow connection in its JSON form: its extra's keys are the HTTP headers HttpHook sends."""
+    host, port = url.removeprefix("http://").split(":")
+    return json.dumps({"conn_type": "http", "host": host, "port": int(port), "schema": "http", "login": login,
+                       "password": password, "extra": headers})
+
+
+# a credential read from a file or an environment variable, as requests refuses it (InvalidHeader quotes the
+# value without its name): (the connection's headers, what must never be stored or served)
+MALFORMED = {
+    "trailing newline": ({"Authorization": "Basic ZXRsOmh1bnRlcjI=\n"}, ("ZXRsOmh1bnRlcjI", "hunter2")),
+    "leading space": ({"X-Api-Key": " key-4f7a9c2e81"}, ("key-4f7a9c2e81",)),
+    "carriage return inside": ({"Cookie": "session=c00k1e-v4lue\r\nX-Injected: 1"}, ("c00k1e-v4lue",)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", MALFORMED)
+def test_a_malformed_credential_of_the_connection_is_never_stored_or_served(pipeline, monkeypatch, form):
+    headers, secrets = MALFORMED[form]
+    monkeypatch.setenv("AIRFLOW_CONN_ETL_API", connection_uri(pipeline.sources.url, login="etl",
+                                                              password="p@ss;word,&x)", headers=headers))
+
+    state, run = pipeline.run()
+
+    assert state == "failed" and run["status"] == "failed"
+    stored = [run["error_message"], *(text for (text,) in pipeline.rows("select last_error from etl_checkpoint"))]
+    assert run["error_message"].startswith("ingest[api]: InvalidHeader")  # what failed is still said
+    assert run["errors"] == [{"source": "api", "step": "ingest", "error_class": "InvalidHeader", "http_status": None,
+                              "host": None}]
+    # the csv source, on its own connection, loaded
+    assert pipeline.value("select count(*) from normalized_data where source = 'csv'") > 0
+    bodies = [served(pipeline.database_url, path) for path in ("/runs", "/stats", "/sources")]
+    for text in [*stored, *bodies]:
+        leaked = [secret for secret in (*secrets, "p@ss;word", "ZXRsOnBAc3M7d29yZCwmeCk") if secret in (text or "")]
+        assert not leaked, f"{leaked} in {text}"
+    assert "InvalidHeader" in bodies[0] and "InvalidHeader" not in bodies[0].replace('"InvalidHeader"', "")

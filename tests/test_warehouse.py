@@ -7,6 +7,7 @@ import psycopg
 import pytest
 
 from sluice import csv_source, results, rules, runs, settings, warehouse
+from sluice.failures import Failure
 from sluice_devtools import sample_data
 
 MAPPING = settings.DEFAULT_CSV_MAPPING
@@ -213,7 +214,8 @@ def test_record_run_keeps_the_work_rows_of_its_sources_that_did_not_load(databas
         before = work_files(conn)
         runs.record(conn, runs.RunOutcome.of([results.Stored("csv")], run_id="manual__a", run_type="manual",
                                              started_at=dt.datetime.now(dt.timezone.utc),
-                                             failed_sources={"csv": runs.SourceFailure("upsert", "LockTimeout")}))
+                                             failures=[Failure(step="upsert", source="csv", error_class="LockTimeout",
+                                                               message="LockTimeout: csv")]))
         left = dict(conn.execute("select run_id, count(*) from staged_records group by 1").fetchall())
         work = conn.execute("select run_id, source from etl_run_work").fetchall()
         after = work_files(conn)

@@ -9,6 +9,8 @@ import pytest
 from webapp_fixtures import insert_records, make_app, record, set_source_error  # noqa: F401
 
 from sluice import pipeline, runs, settings
+from sluice.errors import LockTimeout, SourceError
+from sluice.failures import Failure
 from sluice.results import Ingested, Upserted
 
 ROWS = {"api": 2, "csv": 1, "orders": 3, "comments": 4}
@@ -18,12 +20,13 @@ LEAKY = ("SourceError: comments: GET https://reader:hunter2@feeds.example.com/co
 STARTED = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
 
 
-def record_run(url: str, run_id: str, loaded: dict[str, str], failed: dict[str, runs.SourceFailure]) -> None:
+def record_run(url: str, run_id: str, loaded: dict[str, str], failed: list[Failure]) -> None:
     """pipeline.record_run for a run that loaded `loaded` (name: kind) and in which the `failed` sources failed."""
     outcome = runs.RunOutcome.of(
         [*(Ingested(source=name, uri=f"file:///{name}", records=ROWS[name], kind=kind) for name, kind in loaded.items()),
          *(Upserted(source=name, inserted=ROWS[name]) for name in loaded)],
-        run_id=run_id, run_type="manual", started_at=STARTED, failed_sources=failed)
+        run_id=run_id, run_type="manual", started_at=STARTED, failures=failed,
+        kinds={"comments": "csv"})
     with psycopg.connect(url) as conn:
         pipeline.record_run(conn, outcome, settings=settings.load())
 
@@ -31,9 +34,9 @@ def record_run(url: str, run_id: str, loaded: dict[str, str], failed: dict[str, 
 @pytest.fixture
 def warehouse_url(database_url):
     insert_records(database_url, [record(source=name) for name, count in ROWS.items() for _ in range(count)])
-    record_run(database_url, "run-1", {"api": "api", "csv": "csv", "orders": "api", "comments": "csv"}, {})
+    record_run(database_url, "run-1", {"api": "api", "csv": "csv", "orders": "api", "comments": "csv"}, [])
     record_run(database_url, "run-2", {"api": "api", "orders": "api"},
-               {"comments": runs.SourceFailure("ingest", LEAKY, "csv")})
+               [Failure.of(SourceError(LEAKY), step="ingest", source="comments")])
     return database_url
 
 
@@ -136,8 +139,9 @@ def test_a_source_that_did_not_load_gets_the_run_s_errors_not_another_source_s(w
     with psycopg.connect(warehouse_url) as conn:
         pipeline.record_run(conn, runs.RunOutcome.of(
             [Ingested(source="orders", uri="file:///orders", records=3, kind="api")],
-            run_id="run-4", run_type="manual", started_at=STARTED, errors=["init_schema: LockTimeout: waited"],
-            failed_sources={"comments": runs.SourceFailure("ingest", "SourceError: comments: refused", "csv")}),
+            run_id="run-4", run_type="manual", started_at=STARTED, kinds={"comments": "csv"},
+            failures=[Failure.of(LockTimeout("waited"), step="init_schema", source=None),
+                      Failure.of(SourceError("comments: refused"), step="ingest", source="comments")]),
             settings=settings.load())
     sources = {source["name"]: source for source in client.get("/sources").json["data"]}
     assert sources["orders"]["last_error"]["run_id"] == "run-4"

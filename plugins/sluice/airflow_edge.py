@@ -26,27 +26,32 @@ LANE_STEPS = ("ingest", "store_raw", "normalize", "upsert", "checkpoint")
 FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
-def reports_error(function: Callable) -> Callable:
-    """Push the exception text, credentials masked, as XCom 'error' before re-raising (record_run says why
-    the run failed with it). An error that a retry cannot heal (an invalid catalog, a refused delete) fails the
-    task at once instead of waiting out its retries."""
+def reports_failure(function: Callable) -> Callable:
+    """Push the task's failure (sluice.failures.Failure: its message masked by the known values of the task's
+    connections, and by patterns) as XCom 'failure' before re-raising: record_run records it and the read API
+    serves its summary. An error that a retry cannot heal (an invalid catalog, a refused delete) fails the task
+    at once instead of waiting out its retries."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         from airflow.sdk import get_current_context
 
         from sluice.errors import DeleteRefused, InvalidSource
+        from sluice.failures import Failure
 
+        context = get_current_context()
+        entry = args[0] if args and isinstance(args[0], dict) else None
         try:
             return function(*args, **kwargs)
         except Exception as exc:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from sluice.redact import redact
-
-            get_current_context()["ti"].xcom_push(key="error", value=redact(f"{type(exc).__name__}: {exc}")[:4000])
+            conn_ids = [WAREHOUSE_CONN_ID, *([entry["conn_id"]] if entry else [])]
+            failure = Failure.of(exc, step=context["ti"].task_id, source=entry and entry["name"],
+                                 secrets=known_secrets(conn_ids))
+            context["ti"].xcom_push(key="failure", value=failure.to_json())
             if isinstance(exc, (DeleteRefused, InvalidSource)):
-                raise AirflowFailException(str(exc)) from exc
+                raise AirflowFailException(failure.message) from exc
             raise
 
     return wrapper
@@ -54,17 +59,41 @@ def reports_error(function: Callable) -> Callable:
 
 def lane_step(function: Callable) -> Callable:
     """A step of a source's lane (one instance of a mapped task, its first argument the source's catalog
-    entry): shown by its source's name in the UI (the DAG's map_index_template), errors reported."""
-    reporting = reports_error(function)
+    entry): shown by its source's name in the UI (the DAG's map_index_template), its failure reported."""
+    reporting = reports_failure(function)
 
     @functools.wraps(function)
     def wrapper(entry: dict, *args, **kwargs):
         from airflow.sdk import get_current_context
 
         get_current_context()[MAP_INDEX_KEY] = entry["name"]
+        known_secrets([entry["conn_id"]])  # registered with the task log's masker before anything is logged
         return reporting(entry, *args, **kwargs)
 
     return wrapper
+
+
+def known_secrets(conn_ids: list[str]):
+    """The secret values of the given Airflow connections (password, login:password and its Base64, every value
+    of the extra: headers...), registered with Airflow's masker of task logs; a connection that is not defined
+    has none (its absence is the task's error)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.sdk.log import mask_secret
+
+    from sluice.redact import Secrets
+
+    found = Secrets()
+    for conn_id in dict.fromkeys(conn_ids):
+        try:
+            connection = BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            continue
+        secrets = Secrets.of_connection(connection.login, connection.password, connection.extra)
+        for value in secrets.values:
+            mask_secret(value)
+        found = found.union(secrets)
+    return found
 
 
 @contextlib.contextmanager
@@ -136,7 +165,7 @@ def sweep_staging(run_id: str, config: settings.Settings) -> None:
                       keep=staging.run_folder_name(run_id))
 
 
-@reports_error
+@reports_failure
 def init_schema(params: dict) -> list[dict]:
     """Check the run's catalog of sources, then create or upgrade the warehouse. Returns the catalog's entries
     (complete, no rows), which the lanes map over, one per source."""
@@ -241,12 +270,12 @@ def record_run(context) -> dict:
         raise RuntimeError("record_run ran before every task of the run finished ("
                            + ", ".join(f"{key}: {state}" for key, state in sorted(unfinished.items()))
                            + "); it records only final states, and is retried")
-    errors = []
+    failures = []
     if states.get("init_schema") != "success":
-        errors.append(f"init_schema: {instance_error(ti, 'init_schema', None, states.get('init_schema'))}")
+        failures.append(instance_failure(ti, "init_schema", None, states.get("init_schema"), None))
     catalog = ti.xcom_pull(task_ids="init_schema") or []
     indexes = list(range(len(catalog)))
-    found, failed = [], {}
+    found = []
     for step in LANE_STEPS:
         values = ti.xcom_pull(task_ids=step, map_indexes=indexes) if indexes else []
         found += [results.from_xcom(value) for value in values if value is not None]
@@ -254,7 +283,7 @@ def record_run(context) -> dict:
         for step in LANE_STEPS:
             state = states.get(f"{step}_{index}")
             if state != "success":
-                failed[entry["name"]] = runs.SourceFailure(step, instance_error(ti, step, index, state), entry["kind"])
+                failures.append(instance_failure(ti, step, index, state, entry["name"]))
                 break
     outcome = runs.RunOutcome.of(
         found,
@@ -263,8 +292,8 @@ def record_run(context) -> dict:
         started_at=dag_run.start_date,
         data_interval_start=dag_run.data_interval_start,
         data_interval_end=dag_run.data_interval_end,
-        errors=errors,
-        failed_sources=failed,
+        failures=failures,
+        kinds={entry["name"]: entry["kind"] for entry in catalog},
     )
     config = settings.load()
     with warehouse() as conn:
@@ -294,9 +323,15 @@ def remove_staged(run_id: str, outcome, config: settings.Settings) -> None:
     sweep_staging(run_id, config)
 
 
-def instance_error(ti, task_id: str, map_index: int | None, state: str | None) -> str:
-    """Why one task instance did not succeed: its error, or its state when it did not run to a failure."""
-    if state != "failed":
-        return str(state)
-    instance = {} if map_index is None else {"map_indexes": map_index}
-    return ti.xcom_pull(task_ids=task_id, key="error", **instance) or "failed (see its log)"
+def instance_failure(ti, task_id: str, map_index: int | None, state: str | None, source: str | None):
+    """Why one task instance did not succeed: the failure it reported, or its state when it did not run to a
+    failure (upstream_failed, a task killed before it could report)."""
+    from sluice.failures import Failure
+
+    if state == "failed":
+        instance = {} if map_index is None else {"map_indexes": map_index}
+        reported = ti.xcom_pull(task_ids=task_id, key="failure", **instance)
+        if reported:
+            return Failure.from_json(reported)
+    return Failure(step=task_id, source=source, error_class=f"Task{str(state).title().replace('_', '')}",
+                   message=f"{state} (see the task's log)" if state == "failed" else str(state))

@@ -125,6 +125,6 @@ def record_run(conn, outcome: runs.RunOutcome, *, settings: Settings) -> Recorde
     than settings.staging_retention_hours ago (runs.record)."""
     with conn.transaction():
         row_id = runs.record(conn, outcome, retention_hours=settings.staging_retention_hours)
-        for name, (kind, error) in outcome.source_statuses().items():
-            warehouse.record_source_status(conn, name, kind=kind, run_id=outcome.run_id, error=error)
+        for name, (kind, failure) in outcome.source_statuses().items():
+            warehouse.record_source_status(conn, name, kind=kind, run_id=outcome.run_id, failure=failure)
     return Recorded(etl_run_id=row_id, status=outcome.status, sources=outcome.source_counts())

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from sluice import progress, queries, settings
-from sluice.redact import redact
+from sluice.failures import Failure
 from sluice.results import LANE, Checkpointed, Ingested, Normalized, Stored, Upserted
 
 # per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected (the records), and
@@ -22,15 +22,6 @@ log = logging.getLogger(__name__)
 # how long record_run waits for the work tables' lock before deleting its rows one by one instead: longer than
 # PostgreSQL's deadlock_timeout (1 s), after which an autovacuum of the tables that blocks the lock cancels itself
 WORK_LOCK_TIMEOUT_SECONDS = 3
-
-
-@dataclass(frozen=True)
-class SourceFailure:
-    """Why one source of the run failed: the step (task) it failed in, the error, and its kind when known."""
-
-    task: str
-    error: str
-    kind: str | None = None
 
 
 @dataclass
@@ -90,9 +81,10 @@ class RunOutcome:
     data_interval_end: datetime | None = None
     # each source's lane, by name, in catalog order
     lanes: dict[str, Lane] = field(default_factory=dict)
-    # errors of the run's own tasks (init_schema, ...), and the sources that failed, by name
-    errors: list[str] = field(default_factory=list)
-    failed_sources: dict[str, SourceFailure] = field(default_factory=dict)
+    # why the run failed: a source's failure names it, one of the run's own tasks (init_schema) does not
+    failures: list[Failure] = field(default_factory=list)
+    # each source's kind, from the catalog: a source that failed before its ingest succeeded has no other
+    kinds: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, results: Iterable, **run) -> "RunOutcome":
@@ -109,10 +101,13 @@ class RunOutcome:
             setattr(lane, name, result)
         return cls(**run, lanes=lanes)
 
+    @property
+    def failed_sources(self) -> dict[str, Failure]:
+        return {failure.source: failure for failure in self.failures if failure.source is not None}
+
     def kind(self, source: str) -> str | None:
-        failure = self.failed_sources.get(source)
         lane = self.lanes.get(source)
-        return (lane and lane.ingested and lane.ingested.kind) or (failure and failure.kind) or None
+        return (lane and lane.ingested and lane.ingested.kind) or self.kinds.get(source)
 
     def source_counts(self) -> dict[str, dict]:
         """The counts of every source that was fetched."""
@@ -121,25 +116,30 @@ class RunOutcome:
     def done_sources(self) -> list[str]:
         return [name for name, lane in self.lanes.items() if lane.done and name not in self.failed_sources]
 
-    def source_statuses(self) -> dict[str, tuple[str | None, str | None]]:
-        """(kind, error) of each source of the run: error None when it loaded, kind None when unknown (the kind
-        recorded before stays). A source that failed gets its error; one fetched but not loaded otherwise failed
-        with the run's errors."""
-        why = "\n".join(self.errors) or "not loaded"
-        statuses = {name: (self.kind(name), None if lane.loaded else why)
+    def source_statuses(self) -> dict[str, tuple[str | None, Failure | None]]:
+        """(kind, failure) of each source of the run: failure None when it loaded, kind None when unknown (the
+        kind recorded before stays). A source that failed gets its failure; one fetched but not loaded otherwise
+        failed with the run's first failure."""
+        run_failure = next(iter(self.failures), None) or Failure(step="record_run", source=None,
+                                                                  error_class="NotLoaded", message="not loaded")
+        statuses = {name: (self.kind(name), None if lane.loaded else run_failure)
                     for name, lane in self.lanes.items() if lane.ingested is not None}
         for name, failure in self.failed_sources.items():
-            statuses[name] = (self.kind(name), failure.error)
+            statuses[name] = (self.kind(name), failure)
         return statuses
 
     def error_lines(self) -> list[str]:
-        """Why the run failed: the run's errors, then each failed source's as <task>[<source>]: <error>."""
-        return [*self.errors, *(f"{failure.task}[{name}]: {failure.error}"
-                                for name, failure in self.failed_sources.items())]
+        """Why the run failed, one line per failure: <step>: <error>, or <step>[<source>]: <error>."""
+        return [f"{failure.step}{'' if failure.source is None else f'[{failure.source}]'}: {failure.message}"
+                for failure in self.failures]
+
+    def summaries(self) -> list[dict]:
+        """What may be served of why the run failed: each failure's summary (no exception text)."""
+        return [failure.summary() for failure in self.failures]
 
     @property
     def status(self) -> str:
-        return "failed" if self.errors or self.failed_sources else "success"
+        return "failed" if self.failures else "success"
 
 
 def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGING_RETENTION_HOURS) -> int:
@@ -160,7 +160,9 @@ def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGI
             "started_at": outcome.started_at,
             "records_processed": sum(c["fetched"] for c in per_source.values() if c["loaded"]),
             "status": outcome.status,
-            "error_message": redact("\n".join(outcome.error_lines())) or None,
+            # each failure's message was masked where it happened, by its connection's values and by patterns
+            "error_message": "\n".join(outcome.error_lines()) or None,
+            "errors": Jsonb(outcome.summaries()) if outcome.failures else None,
             "source_counts": Jsonb(per_source),
             **totals,
         }).fetchone()

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from sluice import migrations, progress, queries, rules, settings
 from sluice.errors import DeleteRefused, LockTimeout
-from sluice.redact import redact
+from sluice.failures import Failure
 from sluice.results import Checkpointed, Normalized, Stored, Upserted
 
 log = logging.getLogger(__name__)
@@ -438,9 +438,10 @@ def read_checkpoint(conn, source: str) -> str | None:
     return row[0] if row else None
 
 
-def record_source_status(conn, source: str, *, kind: str | None, run_id: str, error: str | None) -> None:
-    """Record how the source fared in run_id, for GET /sources: error None is a successful load (the last
-    error stays, older than the success); otherwise the error, credentials masked. kind None keeps the recorded
-    one. Commits only with the caller's transaction."""
-    conn.execute(q("record_source_status"), {"source": source, "kind": kind, "run_id": run_id,
-                                              "error": None if error is None else redact(error)})
+def record_source_status(conn, source: str, *, kind: str | None, run_id: str, failure: Failure | None) -> None:
+    """Record how the source fared in run_id, for GET /sources: failure None is a successful load (the last
+    error stays, older than the success); otherwise its message (masked where it happened) and its summary, which
+    alone is served. kind None keeps the recorded one. Commits only with the caller's transaction."""
+    conn.execute(q("record_source_status"), {
+        "source": source, "kind": kind, "run_id": run_id, "error": failure and failure.message,
+        "summary": Jsonb(failure.summary()) if failure else None})
