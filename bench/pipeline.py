@@ -100,18 +100,19 @@ def run_pass(children: Children, db: str, name: str, sources: list[Source], stag
         database.checkpoint(db)
         measured = children.run(stage, {"db": db, "run_id": run_id, **args}, label=f"{name} {stage} {source.name}")
         outputs[stage][source.name] = value = measured["result"]
-        # the report reads each source's own counts
-        counts = value["sources"][source.name] if "sources" in value else value
         result.timings.append(StageTiming(stage, source.name, source.rows, measured["seconds"],
-                                          measured["peak_rss_mb"], counts, measured["statements"]))
+                                          measured["peak_rss_mb"], value, measured["statements"]))
 
     for source in sources:
         step("ingest", source, {"source": source.name, "url": source.url, "staged": staged[source.name],
                                 "max_pages": source.max_pages})
-    for stage, previous, argument in (("store_raw", "ingest", "ingested"), ("normalize", "store_raw", "stored"),
-                                      ("upsert", "normalize", "normalized"), ("checkpoint", "upsert", "upserted")):
+    # each step of a source's lane takes the results of the lane's steps it needs, as the DAG hands them on
+    inputs = {"store_raw": {"ingested": "ingest"}, "normalize": {"stored": "store_raw"},
+              "upsert": {"stored": "store_raw", "normalized": "normalize"},
+              "checkpoint": {"stored": "store_raw", "upserted": "upsert"}}
+    for stage, arguments in inputs.items():
         for source in sources:
-            step(stage, source, {argument: outputs[previous][source.name]})
+            step(stage, source, {argument: outputs[previous][source.name] for argument, previous in arguments.items()})
     database.checkpoint(db)
     measured = children.run("record_run", {
         "db": db, "run_id": run_id, "started_at": started_at,

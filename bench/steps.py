@@ -48,28 +48,30 @@ def ingest(measure, *, db: str, source: str, url: str, staged: str, run_id: str,
 def store_raw(measure, *, db: str, ingested: dict, run_id: str) -> dict:
     config = _settings()
     with psycopg.connect(db) as conn:
-        return measure(lambda: pipeline.store_raw(conn, [results.Ingested.from_xcom(ingested)], run_id=run_id,
+        return measure(lambda: pipeline.store_raw(conn, results.Ingested.from_xcom(ingested), run_id=run_id,
                                                   settings=config)).to_xcom()
 
 
 def normalize(measure, *, db: str, stored: dict, run_id: str) -> dict:
     config, stored = _settings(), results.Stored.from_xcom(stored)
     with psycopg.connect(db) as conn:
-        return measure(lambda: pipeline.normalize(conn, stored, _sources(stored.sources), run_id=run_id,
-                                                  settings=config)).to_xcom()
+        return measure(lambda: pipeline.normalize(conn, _sources([stored.source])[stored.source], stored,
+                                                  run_id=run_id, settings=config)).to_xcom()
 
 
-def upsert(measure, *, db: str, normalized: dict, run_id: str) -> dict:
-    config, normalized = _settings(), results.Normalized.from_xcom(normalized)
+def upsert(measure, *, db: str, stored: dict, normalized: dict, run_id: str) -> dict:
+    config = _settings()
+    stored, normalized = results.Stored.from_xcom(stored), results.Normalized.from_xcom(normalized)
     with psycopg.connect(db) as conn:
-        return measure(lambda: pipeline.upsert(conn, normalized, _sources(normalized.sources), run_id=run_id,
-                                               settings=config)).to_xcom()
+        return measure(lambda: pipeline.upsert(conn, _sources([stored.source])[stored.source], stored, normalized,
+                                               run_id=run_id, settings=config)).to_xcom()
 
 
-def checkpoint(measure, *, db: str, upserted: dict, run_id: str) -> dict:
+def checkpoint(measure, *, db: str, stored: dict, upserted: dict, run_id: str) -> dict:
     config = _settings()
     with psycopg.connect(db) as conn:
-        return measure(lambda: pipeline.checkpoint(conn, results.Upserted.from_xcom(upserted), run_id=run_id,
+        return measure(lambda: pipeline.checkpoint(conn, results.Stored.from_xcom(stored),
+                                                   results.Upserted.from_xcom(upserted), run_id=run_id,
                                                    settings=config)).to_xcom()
 
 

@@ -38,7 +38,7 @@ API_PAGE_SIZE = 1000
 PASSES = ("first", "rerun", "changed")  # after the tiny runs
 PASS_NAMES = {"tiny": "tiny (fixed start-up)", "first": "first load", "rerun": "unchanged rerun",
               "changed": "1% changed"}
-TASKS = ("init_schema", "ingest_api", "ingest_csv", "store_raw", "normalize", "upsert", "checkpoint", "record_run")
+TASKS = ("init_schema", "ingest", "store_raw", "normalize", "upsert", "checkpoint", "record_run")
 
 
 @dataclass

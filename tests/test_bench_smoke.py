@@ -74,8 +74,7 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     assert "## Whole DAG: `airflow dags test etl_pipeline`, 2,000 CSV rows + 100 posts" in out
     header = next(line for line in out.splitlines()
                   if line.startswith("| pass | wall s | pipeline s | ingest→record_run s |"))
-    for task in ("init_schema", "ingest_api", "ingest_csv", "store_raw", "normalize", "upsert", "checkpoint",
-                 "record_run"):
+    for task in ("init_schema", "ingest", "store_raw", "normalize", "upsert", "checkpoint", "record_run"):
         assert f" {task} |" in header
     rows = {line.split(" | ")[0][2:]: line for line in out.splitlines()
             if line.startswith(("| tiny", "| first load", "| unchanged rerun", "| 1% changed"))}

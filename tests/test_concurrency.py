@@ -344,3 +344,12 @@ def test_a_run_that_fetches_again_moves_the_checkpoint_to_its_new_fetch_and_coun
     assert retried == before
     # the run processed the source once: its new fetch's records replace its old fetch's in the total
     assert (after.last_processed_id, after.total_processed, after.processed) == ("210", 210, 210)
+
+
+def test_a_lock_timeout_of_0_does_not_wait_where_postgresql_s_own_0_would_wait_forever(database_url):
+    with psycopg.connect(database_url) as other_run, warehouse.source_transaction(other_run, "csv", 5):
+        started = time.monotonic()
+        with psycopg.connect(database_url) as conn, pytest.raises(LockTimeout, match="waited 0s"):
+            with warehouse.source_transaction(conn, "csv", 0):
+                pass
+        assert time.monotonic() - started < 5

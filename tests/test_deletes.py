@@ -130,6 +130,43 @@ def test_an_api_source_deletes_nothing_unless_it_says_delete_missing(pipeline_ru
     assert run["source_counts"]["posts"]["deleted"] == 4 and live(pipeline, "posts") == list(range(1, 7))
 
 
+PAGED = {**POSTS, "delete_missing": True,
+         "pagination": {"type": "page_param", "param": "_page", "page_size": 7, "size_param": "_limit"}}
+
+
+def test_a_paged_read_that_could_be_partial_never_deletes(pipeline_run):
+    pipeline = pipeline_run
+    posts = sample_data.posts(10)
+    pipeline.sources.serve_json("posts", posts)
+    pipeline.run({"sources": [PAGED]})
+
+    # a server that caps its page size below the one asked (6 when 7 was asked) is read to its empty page
+    pipeline.sources.serve_json("posts", posts, max_page_size=6)
+    state, run = pipeline.run({"sources": [PAGED]})
+    assert state == "success" and run["source_counts"]["posts"]["deleted"] == 0
+    assert live(pipeline, "posts") == list(range(1, 11))
+
+    # one that repeats its last page forever fails the source, and deletes nothing
+    pipeline.sources.serve_json("posts", posts[:9], repeat_last_page=True, total_count=False)
+    state, run = pipeline.run({"sources": [PAGED]})
+    assert state == "failed" and "page 3 repeats page 2" in run["error_message"]
+    assert live(pipeline, "posts") == list(range(1, 11))
+
+    # one whose count says 12 while an empty page comes after 9: post 10 may be gone or not; no delete
+    headers = {"Content-Type": "application/json", "X-Total-Count": "12"}
+    pipeline.sources.serve_json("posts", posts[:9])
+    pipeline.sources.add_faults("posts", *(Fault(200, body=json.dumps(page).encode(), headers=headers)
+                                           for page in (posts[:7], posts[7:9], [])))
+    state, run = pipeline.run({"sources": [PAGED]})
+    counts = run["source_counts"]["posts"]
+    assert state == "success" and counts["deleted"] == 0 and "short of the records" in counts["deletes_skipped"]
+    assert live(pipeline, "posts") == list(range(1, 11))
+
+    # a whole read of the same 9 deletes post 10
+    state, run = pipeline.run({"sources": [PAGED]})
+    assert run["source_counts"]["posts"]["deleted"] == 1 and live(pipeline, "posts") == list(range(1, 10))
+
+
 def test_an_incremental_api_source_deletes_only_on_a_full_refresh(pipeline_run):
     pipeline = pipeline_run
     incremental = [{**POSTS, "since_param": "id_gte", "delete_missing": True}]

@@ -215,4 +215,5 @@ def test_the_sources_file_is_the_catalog_by_default(pipeline, monkeypatch, tmp_p
 def test_ingests_run_in_parallel_up_to_the_limit(monkeypatch, tmp_path):
     monkeypatch.setenv("SLUICE_MAX_PARALLEL_SOURCES", "3")
     dag = dag_with_sources_file(monkeypatch, tmp_path, CATALOG)
-    assert {dag.task_dict[task].max_active_tis_per_dagrun for task in ("ingest_api", "ingest_csv")} == {3}
+    assert {dag.task_dict[task].max_active_tis_per_dagrun
+            for task in ("ingest", "store_raw", "normalize", "upsert", "checkpoint")} == {3}

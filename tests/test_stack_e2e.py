@@ -147,8 +147,8 @@ def test_trigger_with_conf_through_rest_then_read_through_the_flask_api(running_
     assert row == ("manual", "success", None)
 
     # a real worker's task log carries Sluice's lines (the standard logging module, forwarded by Airflow)
-    # ingest_csv is mapped over the csv sources: its one instance (the seed csv) has map index 0
-    expected = (("ingest_csv", 0, "csv: staged "), ("store_raw", -1, "csv: stored "),
+    # each lane step is mapped over the catalog: the seed csv is its second source, map index 1
+    expected = (("ingest", 1, "csv: staged "), ("store_raw", 1, "csv: stored "),
                 ("record_run", -1, " recorded as success"))
     for task_id, map_index, line in expected:
         status, log = call("GET", f"{config.ui_url}/api/v2/dags/etl_pipeline/dagRuns/{quote(run_id)}/taskInstances/"

@@ -66,13 +66,13 @@ def test_a_runs_task_logs_say_what_each_phase_did_with_the_counts_of_its_etl_run
     logs.line("init_schema", r"^init_schema: (the warehouse schema is current|applied .+) \([\d.]+ s\)$")
 
     # ingest: what was downloaded, staged and quarantined (with the first reasons), and how long it took
-    downloaded = logs.line("ingest_csv", rf"^csv: downloaded ([\d.]+) kB {SECONDS}")
+    downloaded = logs.line("ingest", rf"^csv: downloaded ([\d.]+) kB {SECONDS}")
     assert float(downloaded[1]) == pytest.approx(len(pipeline.sources.routes["items.csv"].body) / 1000, abs=0.05)
-    staged = logs.line("ingest_csv", rf"^csv: staged {NUMBER} records, quarantined {NUMBER} \((.+)\) {SECONDS}")
+    staged = logs.line("ingest", rf"^csv: staged {NUMBER} records, quarantined {NUMBER} \((.+)\) {SECONDS}")
     staged_csv, quarantined_csv = number(staged[1]), number(staged[2])
     assert staged_csv + quarantined_csv == csv["fetched"] == CSV_ROWS
     assert quarantined_csv == 3 and "blank id" in staged[3] and "expected 4 fields, got 2" in staged[3]
-    fetched = logs.line("ingest_api", rf"^api: fetched {NUMBER} pages \(.+\), staged {NUMBER} records, "
+    fetched = logs.line("ingest", rf"^api: fetched {NUMBER} pages \(.+\), staged {NUMBER} records, "
                                       rf"quarantined 0 {SECONDS}")
     assert number(fetched[1]) == -(-API_RECORDS // PAGE_SIZE)
     assert number(fetched[2]) == api["fetched"] == API_RECORDS

@@ -35,7 +35,8 @@ COUNTED = ("page_param", "offset_param")
 def page_records(stream: JSONStream, *, where: str, records_path: str = "", next_field: str = "",
                  found: dict | None = None) -> Iterator[Item]:
     """The records of a JSON page (a JSONStream with_text), one at a time, each with its own text: the array
-    itself, the one array an object wraps, or the array at records_path. The value at the dotted path next_field, before or after the records, goes to found["next"]."""
+    itself, the one array an object wraps, or the array at records_path. The value at the dotted path
+    next_field, before or after the records, goes to found["next"]."""
     found = {} if found is None else found
     first = stream.peek()
     if records_path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from sluice import queries
+from sluice import locks, queries
 from sluice.errors import LockTimeout
 
 FUNCTIONS = "functions.sql"
@@ -150,7 +150,7 @@ def _schema_transaction(conn, lock_timeout_seconds: float, script: Script) -> It
             # the timeout bounds the waits of the script's DDL too: an ALTER TABLE queued behind a long reader
             # would otherwise queue every later reader of that table behind itself
             conn.execute(queries.query("pipeline.sql", "set_lock_timeout"),
-                         {"timeout": f"{max(1, round(lock_timeout_seconds * 1000))}ms"})
+                         {"timeout": locks.timeout(lock_timeout_seconds)})
             conn.execute(queries.query("pipeline.sql", "lock_schema"))
             conn.execute(q("create_bookkeeping"))
             yield

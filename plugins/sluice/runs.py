@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 from psycopg.types.json import Jsonb
 
-from sluice import progress, queries, settings
+from sluice import locks, progress, queries, settings
 from sluice.failures import Failure
 from sluice.results import LANE, Checkpointed, Ingested, Normalized, Stored, Upserted
 
@@ -206,14 +206,10 @@ def _lock_work_tables(conn) -> bool:
     (a run working on its rows: they are then deleted row by row, and record_run never waits long)."""
     q = functools.partial(queries.query, "pipeline.sql")
     try:
-        with conn.transaction():
-            conn.execute(q("set_lock_timeout"), {"timeout": f"{int(WORK_LOCK_TIMEOUT_SECONDS * 1000)}ms"})
+        # the timeout is for this lock only: the rest of record_run waits for row locks as before
+        with conn.transaction(), locks.waiting_at_most(conn, WORK_LOCK_TIMEOUT_SECONDS):
             conn.execute(q("lock_work_tables"))
-            # the timeout was for this lock only: the rest of record_run waits for row locks as before
-            conn.execute(q("set_lock_timeout"), {"timeout": "0"})
     except psycopg.errors.LockNotAvailable:
         log.info("the work tables are in use by another transaction; this run's rows are deleted row by row")
         return False
-    finally:
-        conn.execute(q("set_lock_timeout"), {"timeout": "0"})
     return True

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import migrations, progress, queries, rules, settings
+from sluice import locks, migrations, progress, queries, rules, settings
 from sluice.errors import DeleteRefused, LockTimeout
 from sluice.failures import Failure
 from sluice.results import Checkpointed, Normalized, Stored, Upserted
@@ -49,15 +49,14 @@ def apply_schema(conn: psycopg.Connection, *,
 def source_transaction(conn: psycopg.Connection, source: str, lock_timeout_seconds: float) -> Iterator[None]:
     """A transaction holding the source's write lock; a clear error when another run keeps it too long."""
     with conn.transaction():
-        conn.execute(q("set_lock_timeout"), {"timeout": f"{int(lock_timeout_seconds * 1000)}ms"})
         try:
-            conn.execute(q("lock_source"), {"source": source})
+            with locks.waiting_at_most(conn, lock_timeout_seconds):
+                conn.execute(q("lock_source"), {"source": source})
         except psycopg.errors.LockNotAvailable as exc:
             raise LockTimeout(
                 f"{source}: another run holds the write lock of this source; waited {lock_timeout_seconds:g}s "
                 f"(SLUICE_LOCK_TIMEOUT)"
             ) from exc
-        conn.execute(q("set_lock_timeout"), {"timeout": "0"})
         # bulk joins and materialized candidate sets of a million rows stay in memory instead of spilling
         conn.execute(q("set_work_mem"), {"work_mem": WORK_MEM})
         yield

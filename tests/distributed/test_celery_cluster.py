@@ -2,7 +2,7 @@
 machines through S3, local staging cannot, and a worker killed mid-task is survived.
 
 The cluster (sluice_devtools.cluster) runs on loopback: Redis, moto's S3 server, the metadata DB on the
-tests' PostgreSQL, api-server, scheduler, dag-processor. Its policy pins ingest_api to queue q1 and every
+tests' PostgreSQL, api-server, scheduler, dag-processor. Its policy pins every ingest to queue q1 and every
 other task to q2; worker 1 (127.0.0.2) takes q1, worker 2 (127.0.0.3) q2.
 """
 
@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.distributed, pytest.mark.skipif(os.geteuid() != 0, rea
 
 DAG = "etl_pipeline"
 WORKER_1, WORKER_2 = "127.0.0.2", "127.0.0.3"
-QUEUES = {"ingest_api": "q1", "*": "q2"}
+QUEUES = {"ingest": "q1", "*": "q2"}
+# the seed catalog is api, then csv: each lane step's instance for the csv source
+CSV_LANE = 1
 # what a run leaves in the warehouse, per source, free of run ids and times
 FINGERPRINT = """
     select source, count(*), md5(string_agg(concat_ws('|', source_id, name, value, description, input_hash),
@@ -119,9 +121,8 @@ def test_tasks_run_on_their_pinned_workers_and_stage_through_s3(cluster, warehou
     instances = cluster.task_instances(DAG, run_id)
     assert state == "success", [(ti["task_id"], ti["state"]) for ti in instances]
     placed = {(ti["task_id"], ti["queue"], ti["hostname"]) for ti in instances}
-    assert {(task, queue, host) for task, queue, host in placed if task == "ingest_api"} == \
-        {("ingest_api", "q1", WORKER_1)}
-    assert {(queue, host) for task, queue, host in placed if task != "ingest_api"} == {("q2", WORKER_2)}
+    assert {(task, queue, host) for task, queue, host in placed if task == "ingest"} == {("ingest", "q1", WORKER_1)}
+    assert {(queue, host) for task, queue, host in placed if task != "ingest"} == {("q2", WORKER_2)}
     assert fingerprint(warehouse_url) == single_machine
     # record_run removed the run's staged objects
     assert staged_objects(cluster) == []
@@ -135,8 +136,11 @@ def test_local_staging_fails_store_raw_when_the_file_is_on_another_worker(cluste
             Worker("worker2", WORKER_2, ["q2"], private_staging=local, env=env))
     run_id, state = run(cluster, "local staging across workers (negative control)")
     assert state == "failed"
-    states = {ti["task_id"]: ti["state"] for ti in cluster.task_instances(DAG, run_id)}
-    assert states["ingest_api"] == states["ingest_csv"] == "success" and states["store_raw"] == "failed"
+    states = {}
+    for ti in cluster.task_instances(DAG, run_id):
+        states.setdefault(ti["task_id"], set()).add(ti["state"])
+    # every source's lane: ingested on worker 1, its store_raw on worker 2 cannot read the file
+    assert states["ingest"] == {"success"} and states["store_raw"] == {"failed"}
     with psycopg.connect(warehouse_url) as conn:
         error = conn.execute("select error_message from etl_runs where run_id = %s", (run_id,)).fetchone()[0]
     assert f"the staged file file://{local}/" in error
@@ -155,24 +159,25 @@ def test_a_killed_worker_s_task_is_retried_on_the_survivor(cluster, warehouse_ur
     asked_before = len(hits)
     started = time.monotonic()
     run_id = cluster.trigger(DAG)
-    reader = wait_for_running(cluster, run_id, "ingest_csv")
-    wait_for(lambda: len(hits) > asked_before, "ingest_csv to request the CSV")
+    reader = wait_for_running(cluster, run_id, "ingest", CSV_LANE)
+    wait_for(lambda: len(hits) > asked_before, "the csv source's ingest to request the CSV")
     victim = next(worker for worker in pool if worker.hostname == reader["hostname"])
     cluster.kill_worker(victim)
     state = cluster.wait_for_run(DAG, run_id)
     print(f"worker-kill run: {state} in {time.monotonic() - started:.1f}s from trigger")
     instances = cluster.task_instances(DAG, run_id)
     assert state == "success", [(ti["task_id"], ti["state"], ti["try_number"], ti["hostname"]) for ti in instances]
-    csv = [ti for ti in instances if ti["task_id"] == "ingest_csv"]
+    csv = [ti for ti in instances if ti["task_id"] == "ingest" and ti["map_index"] == CSV_LANE]
     assert csv[0]["try_number"] == 2 and csv[0]["hostname"] != victim.hostname
     assert fingerprint(warehouse_url) == single_machine
 
 
-def wait_for_running(cluster: Cluster, run_id: str, task_id: str, timeout: float = 120) -> dict:
+def wait_for_running(cluster: Cluster, run_id: str, task_id: str, map_index: int, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for ti in cluster.task_instances(DAG, run_id):
-            if ti["task_id"] == task_id and ti["state"] == "running" and ti["hostname"]:
+            if (ti["task_id"], ti["map_index"]) == (task_id, map_index) and ti["state"] == "running" \
+                    and ti["hostname"]:
                 return ti
         time.sleep(0.5)
     raise TimeoutError(f"{task_id} of {run_id} was not running within {timeout:.0f}s")
