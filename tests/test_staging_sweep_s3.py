@@ -6,6 +6,7 @@ import time
 import pytest
 
 from sluice import staging
+from tests.s3_support import moto_bucket
 
 HOUR = 3600
 RETENTION = 72 * HOUR
@@ -24,22 +25,10 @@ FOREIGN = {
 def s3():
     """(boto3 client, the bucket's root as an ObjectStoragePath) on moto's S3 server, on a free loopback port.
     The connection id is this module's own: Airflow caches a connection's filesystem for the process."""
-    import boto3
     from airflow.sdk import ObjectStoragePath
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("AIRFLOW_CONN_SWEEP_S3", '{"conn_type": "aws", "login": "testing", "password": "testing", '
-                           f'"extra": {{"endpoint_url": "{endpoint}", "region_name": "us-east-1"}}}}')
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+    with moto_bucket("sweep_s3", BUCKET) as client:
         yield client, ObjectStoragePath(f"s3://sweep_s3@{BUCKET}/")
-    server.stop()
 
 
 def keys(client) -> dict[str, bytes]:

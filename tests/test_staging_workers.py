@@ -9,6 +9,7 @@ import pytest
 from sluice import pipeline, settings
 from sluice.errors import StagedFileMissing
 from sluice.results import Ingested, from_xcom
+from tests.s3_support import moto_bucket
 
 
 def test_an_ingest_result_carries_its_writer_through_xcom():
@@ -22,7 +23,7 @@ def test_store_raw_of_a_local_file_another_worker_wrote_says_it_is_not_on_this_w
     missing = f"file://{tmp_path}/run/api.copy"
     result = Ingested(source="api", uri=missing, kind="api", staged_by="worker-a")
     with psycopg.connect(database_url) as conn, pytest.raises(StagedFileMissing) as failed:
-        pipeline.store_raw(conn, [result], run_id="r1", settings=settings.load(), worker="worker-b")
+        pipeline.store_raw(conn, result, run_id="r1", settings=settings.load(), worker="worker-b")
     message = str(failed.value)
     assert message.startswith(f"api: the staged file {missing} is not on this worker (worker-b); worker-a wrote it")
     assert "SLUICE_STAGING_URL" in message and "s3://" in message
@@ -32,21 +33,8 @@ def test_store_raw_of_a_local_file_another_worker_wrote_says_it_is_not_on_this_w
 def s3_staging():
     """moto's S3 server on loopback with a bucket, and an Airflow aws connection to it (one server for the
     module: Airflow caches a connection's filesystem, endpoint included, for the process)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("AIRFLOW_CONN_STAGE", '{"conn_type": "aws", "login": "testing", "password": "testing", '
-                           f'"extra": {{"endpoint_url": "{endpoint}", "region_name": "us-east-1"}}}}')
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.create_bucket(Bucket="staging")
+    with moto_bucket("stage", "staging") as client:
         yield client
-    server.stop()
 
 
 def test_s3_staging_writes_a_large_file_in_parts_and_reads_it_back(s3_staging):
@@ -71,6 +59,6 @@ def test_store_raw_of_a_missing_object_names_it_and_its_writer(s3_staging, datab
     uri = "s3://stage@staging/run/api.copy"
     result = Ingested(source="api", uri=uri, kind="api", staged_by="127.0.0.2")
     with psycopg.connect(database_url) as conn, pytest.raises(StagedFileMissing) as failed:
-        pipeline.store_raw(conn, [result], airflow_edge.open_staged, run_id="r1", settings=settings.load(),
+        pipeline.store_raw(conn, result, airflow_edge.open_staged, run_id="r1", settings=settings.load(),
                            worker="127.0.0.3")
     assert str(failed.value).startswith(f"api: the staged object {uri} cannot be read on 127.0.0.3; 127.0.0.2 wrote it")

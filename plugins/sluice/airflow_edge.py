@@ -26,11 +26,12 @@ LANE_STEPS = ("ingest", "store_raw", "normalize", "upsert", "checkpoint")
 FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
-def reports_failure(function: Callable) -> Callable:
+def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
     """Push the task's failure (sluice.failures.Failure: its message masked by the known values of the task's
     connections, and by patterns) as XCom 'failure' before re-raising: record_run records it and the read API
     serves its summary. An error that a retry cannot heal (an invalid catalog, a refused delete) fails the task
-    at once instead of waiting out its retries."""
+    at once instead of waiting out its retries. lane: the function is a lane step, its first argument the
+    source's catalog entry (the failure names the source, its connection's values are masked)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -40,7 +41,7 @@ def reports_failure(function: Callable) -> Callable:
         from sluice.failures import Failure
 
         context = get_current_context()
-        entry = args[0] if args and isinstance(args[0], dict) else None
+        entry = args[0] if lane else None
         try:
             return function(*args, **kwargs)
         except Exception as exc:
@@ -60,7 +61,7 @@ def reports_failure(function: Callable) -> Callable:
 def lane_step(function: Callable) -> Callable:
     """A step of a source's lane (one instance of a mapped task, its first argument the source's catalog
     entry): shown by its source's name in the UI (the DAG's map_index_template), its failure reported."""
-    reporting = reports_failure(function)
+    reporting = reports_failure(function, lane=True)
 
     @functools.wraps(function)
     def wrapper(entry: dict, *args, **kwargs):
