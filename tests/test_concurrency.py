@@ -234,7 +234,7 @@ def test_a_dag_run_meeting_another_runs_lock_fails_with_that_error_or_waits_when
         state, run = pipeline.run()
 
     assert state == "failed" and run["status"] == "failed"
-    assert ("store_raw: LockTimeout: csv: another run holds the write lock of this source; waited 1s "
+    assert ("store_raw[csv]: LockTimeout: csv: another run holds the write lock of this source; waited 1s "
             "(SLUICE_LOCK_TIMEOUT)") in run["error_message"]
     assert pipeline.value("select count(*) from normalized_data") == 0
     # no checkpoint moved (store_raw of the API committed, so its row exists, without an id)

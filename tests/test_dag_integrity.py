@@ -1,5 +1,6 @@
 """The DAG file: imports cleanly and fast, has the contract's ids, edges, params and defaults."""
 
+import copy
 import subprocess
 import sys
 
@@ -104,26 +105,23 @@ def test_the_catalog_param_defaults_to_the_seed_sources_and_each_lane_step_is_ma
     ({"name": "orders"}, "is not of type 'array'"),
 ])
 def test_the_trigger_form_refuses_a_malformed_catalog(dag, catalog, problem):
-    from airflow.sdk.definitions.param import ParamsDict
-
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = ParamsDict(dag.params)
+    params = copy.deepcopy(dag.params)  # the DAG's own Params are shared by every DAG object of the module
     with pytest.raises(ParamValidationError, match=problem):  # as the trigger form sets it
         params["sources"] = catalog
 
 
 def test_the_trigger_form_takes_a_catalog_of_any_kind_with_every_field(dag):
-    from airflow.sdk.definitions.param import ParamsDict
-
     from sluice import sources
 
     entry = sources.to_entry(sources.from_entry({"name": "orders", "kind": "api", "endpoint": "orders",
                                                  "pagination": {"type": "page_param", "param": "page",
                                                                 "page_size": 50}}))
-    params = ParamsDict(dag.params)
+    params = copy.deepcopy(dag.params)
     params["sources"] = [entry, {"name": "stock", "kind": "csv", "endpoint": "stock.csv", "delimiter": ";"}]
     assert params.validate()["sources"][0]["name"] == "orders"
+    assert dag.params.dump()["sources"] == []
 
 
 def test_upsert_declares_the_alias_its_asset_events_go_through_and_no_other_task_has_outlets(dag):

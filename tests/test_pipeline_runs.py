@@ -280,7 +280,7 @@ def test_a_run_that_stores_after_a_later_fetch_was_stored_rolls_nothing_back(pip
     monkeypatch.setenv("SLUICE_LOCK_TIMEOUT", "1")
     with holding_both_source_locks(pipeline.database_url):
         state, older = pipeline.run()
-    assert state == "failed" and "store_raw: LockTimeout" in older["error_message"]
+    assert state == "failed" and "store_raw[api]: LockTimeout" in older["error_message"]
     newer_sources(pipeline)
     state, newer = pipeline.run()
     assert state == "success" and newer_values(pipeline) == {"api": API_RECORDS, "csv": CSV_ROWS - 6}

@@ -71,8 +71,8 @@ def age(folder, hours: float) -> None:
 
 
 def leftover(root, name: str, hours_old: float):
-    folder = root / name
-    folder.mkdir(parents=True)
+    """A run folder (made and marked as a run makes it) left by an earlier run, `hours_old` hours ago."""
+    folder = staging.make_run_folder(root / staging.run_folder_name(name))
     (folder / "csv.copy").write_bytes(b"left by a killed run")
     age(folder, hours_old)
     return folder
@@ -88,6 +88,6 @@ def test_a_run_sweeps_what_older_runs_left_and_removes_its_own_files(pipeline, t
     assert state == "success" and run["status"] == "success"
     assert not any(folder.exists() for folder in old)
     assert all(folder.exists() for folder in recent)
-    assert sorted(os.listdir(staging_root)) == ["failed-yesterday"]
-    assert sorted(os.listdir(download_root)) == ["killed-yesterday"]
+    assert sorted(os.listdir(staging_root)) == [staging.run_folder_name("failed-yesterday")]
+    assert sorted(os.listdir(download_root)) == [staging.run_folder_name("killed-yesterday")]
     assert staging.run_folder_name(run["run_id"]) not in os.listdir(staging_root)

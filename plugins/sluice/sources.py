@@ -289,9 +289,9 @@ def _catalog_schema() -> dict:
     """The JSON Schema of the `sources` param, so Airflow's trigger form refuses a malformed catalog before a run
     starts (init_schema checks every rule again, with errors that name the source)."""
     pagination = {"type": "object", "additionalProperties": False,
-                  "properties": {"type": {"enum": list(PAGINATION_TYPES)}, "field": {"type": "string"},
-                                 "param": {"type": "string"}, "page_size": {"type": "integer"},
-                                 "size_param": {"type": "string"}}}
+                  "properties": {item.name: {"enum": list(PAGINATION_TYPES)} if item.name == "type"
+                                 else {"type": "integer" if item.type in (int, "int") else "string"}
+                                 for item in fields(Pagination)}}
     properties = {
         "name": {"type": "string", "pattern": f"^{NAME.pattern}$"},
         "kind": {"enum": sorted(KINDS)},

@@ -64,10 +64,10 @@ class StageCounts:
     bytes: int = 0
     skipped_blank_lines: int = 0
     # every staged id came after the one before it (StageWriter.ids_ascending): the batch has no duplicate
-    # ids, so store_raw need not look for them. False when unknown (a result of an earlier release)
+    # ids, so store_raw need not look for them. False when the reader does not say
     ids_ascending: bool = False
     # the read had every record the source holds, so the rows whose records it lacks are gone (delete_missing);
-    # False when it ended short of the source's own count. Results of an earlier release read True
+    # False when it ended short of the source's own count
     whole_read: bool = True
 
 
