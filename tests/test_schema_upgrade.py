@@ -102,7 +102,7 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
 
         rerun = load(conn, tmp_path, "v3-run", 50)
 
-        assert (rerun["inserted"], rerun["updated"], rerun["unchanged"]) == (0, 0, 0)
+        assert (rerun.inserted, rerun.updated, rerun.unchanged) == (0, 0, 0)
         assert conn.execute("select md5(string_agg(t::text, '|' order by id)) from normalized_data t"
                             ).fetchone() == checksum
 
