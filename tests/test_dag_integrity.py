@@ -98,7 +98,7 @@ def test_the_catalog_param_defaults_to_the_seed_sources_and_each_lane_step_is_ma
 
 
 @pytest.mark.parametrize("catalog, problem", [
-    ([{"name": "orders", "kind": "api", "endpoint": "orders", "colour": "red"}], "Additional properties"),
+    ([{"name": "orders", "kind": "api", "endpoint": "orders", "colour": "red"}], "'colour' is not one of"),
     ([{"name": "Orders", "kind": "api", "endpoint": "orders"}], "does not match"),
     ([{"name": "orders", "kind": "ftp", "endpoint": "orders"}], "is not one of"),
     ([{"name": "orders", "kind": "csv"}], "'endpoint' is a required property"),
