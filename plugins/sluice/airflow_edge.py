@@ -31,7 +31,7 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
     connections, and by patterns) as XCom 'failure' before re-raising: record_run records it and the read API
     serves its summary. An error that a retry cannot heal (an invalid catalog, a refused delete) fails the task
     at once instead of waiting out its retries. lane: the function is a lane step, its first argument the
-    source's catalog entry (the failure names the source, its connection's values are masked)."""
+    source's catalog entry (the instance is named by the source, whose connection's values are masked too)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -42,14 +42,16 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
 
         context = get_current_context()
         entry = args[0] if lane else None
+        if entry:
+            context[MAP_INDEX_KEY] = entry["name"]
+        # registered with the task log's masker before anything is logged, and kept for the failure's message
+        secrets = known_secrets([WAREHOUSE_CONN_ID, *([entry["conn_id"]] if entry else [])])
         try:
             return function(*args, **kwargs)
         except Exception as exc:
             from airflow.sdk.exceptions import AirflowFailException
 
-            conn_ids = [WAREHOUSE_CONN_ID, *([entry["conn_id"]] if entry else [])]
-            failure = Failure.of(exc, step=context["ti"].task_id, source=entry and entry["name"],
-                                 secrets=known_secrets(conn_ids))
+            failure = Failure.of(exc, step=context["ti"].task_id, source=entry and entry["name"], secrets=secrets)
             context["ti"].xcom_push(key="failure", value=failure.to_json())
             if isinstance(exc, (DeleteRefused, InvalidSource)):
                 raise AirflowFailException(failure.message) from exc
@@ -58,20 +60,9 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
     return wrapper
 
 
-def lane_step(function: Callable) -> Callable:
-    """A step of a source's lane (one instance of a mapped task, its first argument the source's catalog
-    entry): shown by its source's name in the UI (the DAG's map_index_template), its failure reported."""
-    reporting = reports_failure(function, lane=True)
-
-    @functools.wraps(function)
-    def wrapper(entry: dict, *args, **kwargs):
-        from airflow.sdk import get_current_context
-
-        get_current_context()[MAP_INDEX_KEY] = entry["name"]
-        known_secrets([entry["conn_id"]])  # registered with the task log's masker before anything is logged
-        return reporting(entry, *args, **kwargs)
-
-    return wrapper
+# a step of a source's lane (one instance of a mapped task, its first argument the source's catalog entry):
+# shown by its source's name in the UI (the DAG's map_index_template), its failure reported naming the source
+lane_step = functools.partial(reports_failure, lane=True)
 
 
 def known_secrets(conn_ids: list[str]):
@@ -183,13 +174,11 @@ def init_schema(params: dict) -> list[dict]:
 @lane_step
 def ingest(entry: dict, params: dict, run_id: str) -> dict:
     """Stream one source (a catalog entry, any kind) into staging; return a reference and counts (never rows)."""
-    from sluice import pipeline, sources
+    from sluice import pipeline, sources, staging
 
     config = settings.load()
     source = sources.from_entry(entry)
     session, url = http_source(source)
-    from sluice import staging
-
     target = staging.make_run_folder(staging_dir(run_id, config)) / f"{source.name}.copy"
     with warehouse() as conn:
         return pipeline.ingest(conn, source, session, url, str(target), open_staged, run_id=run_id, settings=config,
@@ -312,11 +301,10 @@ def remove_staged(run_id: str, outcome, config: settings.Settings) -> None:
     from sluice import staging
 
     folder = staging_dir(run_id, config)
-    if not folder.exists():  # record_run of this run ran before (cleared and run again)
-        pass
-    elif outcome.status == "success":
+    # gone when a record_run of this run ran before (cleared and run again)
+    if folder.exists() and outcome.status == "success":
         folder.rmdir(recursive=True)
-    else:
+    elif folder.exists():
         for name in outcome.done_sources():
             staged = folder / f"{name}.copy"
             if staged.exists():

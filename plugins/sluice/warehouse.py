@@ -84,9 +84,12 @@ def stored_already(conn, source: str, *, run_id: str, fetch_seq: int | None) -> 
     task): then its staged file need not be read, or even exist. store_raw asks again under the source's lock."""
     with conn.transaction():
         recorded = _recorded_result(conn, {"run_id": run_id, "source": source}, "store_raw")
-    if recorded is None or (fetch_seq is not None and recorded.get("fetch_seq") != fetch_seq):
-        return None
-    return Stored.from_xcom(recorded)
+    return Stored.from_xcom(recorded) if _of_fetch(recorded, fetch_seq) else None
+
+
+def _of_fetch(recorded: dict | None, fetch_seq: int | None) -> bool:
+    """Whether a recorded store_raw result stored this fetch (fetch_seq None: fetched now, any stored batch)."""
+    return recorded is not None and (fetch_seq is None or recorded.get("fetch_seq") == fetch_seq)
 
 
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
@@ -109,7 +112,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         recorded = _recorded_result(conn, keys, "store_raw")
-        if recorded is not None and (fetch_seq is None or recorded.get("fetch_seq") == fetch_seq):
+        if _of_fetch(recorded, fetch_seq):
             log.info("%s: this fetch was already stored in raw by an earlier try of this run; nothing to do", source)
             return Stored.from_xcom(recorded)
         if recorded is not None:
