@@ -272,7 +272,7 @@ MALFORMED = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", MALFORMED)
-def test_a_malformed_credential_of_the_connection_is_never_stored_or_served(pipeline, monkeypatch, form):
+def test_a_malformed_credential_of_the_connection_is_never_stored_or_served(pipeline, monkeypatch, capfd, form):
     headers, secrets = MALFORMED[form]
     monkeypatch.setenv("AIRFLOW_CONN_ETL_API", connection_uri(pipeline.sources.url, login="etl",
                                                               password="p@ss;word,&x)", headers=headers))
@@ -287,7 +287,10 @@ def test_a_malformed_credential_of_the_connection_is_never_stored_or_served(pipe
     # the csv source, on its own connection, loaded
     assert pipeline.value("select count(*) from normalized_data where source = 'csv'") > 0
     bodies = [served(pipeline.database_url, path) for path in ("/runs", "/stats", "/sources")]
-    for text in [*stored, *bodies]:
+    # the task logs, which dag.test writes to this process's output: the failure and its traceback included
+    logs = capfd.readouterr()
+    assert "InvalidHeader: Invalid leading whitespace" in logs.out + logs.err
+    for text in [*stored, *bodies, logs.out, logs.err]:
         leaked = [secret for secret in (*secrets, "p@ss;word", "ZXRsOnBAc3M7d29yZCwmeCk") if secret in (text or "")]
         assert not leaked, f"{leaked} in {text}"
     assert "InvalidHeader" in bodies[0] and "InvalidHeader" not in bodies[0].replace('"InvalidHeader"', "")

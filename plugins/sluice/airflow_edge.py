@@ -29,15 +29,16 @@ FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "remove
 def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
     """Push the task's failure (sluice.failures.Failure: its message masked by the known values of the task's
     connections, and by patterns) as XCom 'failure' before re-raising: record_run records it and the read API
-    serves its summary. An error that a retry cannot heal (an invalid catalog, a refused delete) fails the task
-    at once instead of waiting out its retries. lane: the function is a lane step, its first argument the
+    serves its summary; the exception goes on with that masked text (sluice.errors.TaskFailed), because the task
+    log renders an exception's text unmasked. An error that a retry cannot heal (an invalid catalog, a refused
+    delete) fails the task at once instead of waiting out its retries. lane: the function is a lane step, its first argument the
     source's catalog entry (the instance is named by the source, whose connection's values are masked too)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         from airflow.sdk import get_current_context
 
-        from sluice.errors import DeleteRefused, InvalidSource
+        from sluice.errors import DeleteRefused, InvalidSource, TaskFailed
         from sluice.failures import Failure
 
         context = get_current_context()
@@ -49,13 +50,15 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
         try:
             return function(*args, **kwargs)
         except Exception as exc:
-            from airflow.sdk.exceptions import AirflowFailException
+            from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
             failure = Failure.of(exc, step=context["ti"].task_id, source=entry and entry["name"], secrets=secrets)
             context["ti"].xcom_push(key="failure", value=failure.to_json())
-            if isinstance(exc, (DeleteRefused, InvalidSource)):
-                raise AirflowFailException(failure.message) from exc
-            raise
+            if isinstance(exc, AirflowException):  # Airflow's own control flow (its messages are Airflow's)
+                raise
+            # the task log renders the exception and its chain unmasked: only the masked text, same traceback
+            masked = (AirflowFailException if isinstance(exc, (DeleteRefused, InvalidSource)) else TaskFailed)
+            raise masked(failure.message).with_traceback(exc.__traceback__) from None
 
     return wrapper
 

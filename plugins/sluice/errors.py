@@ -30,3 +30,8 @@ class DeleteRefused(SluiceError):
 class StagedFileMissing(SluiceError):
     """A staged file is not where its ingest left it (local staging on another machine, an object deleted or
     unreadable): the message names the file, the worker that wrote it and the one reading."""
+
+
+class TaskFailed(SluiceError):
+    """A task's exception re-raised with its text masked (its class name first, the original's traceback): the
+    task log renders an exception's text unmasked, and a library's text may quote a credential."""
