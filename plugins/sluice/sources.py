@@ -39,6 +39,15 @@ _KIND_OPTIONS = {"csv": {"delimiter": ",", "encoding": "utf-8"}, "api": {"record
 # delete_missing by kind (another kind: false): a CSV is a whole file; an API endpoint is often a window (recent
 # items, a search)
 DELETE_MISSING = {"csv": True, "api": False}
+# the types a declared field may have (sluice.rules types its values; the typed views give them SQL types)
+FIELD_TYPES = ("text", "integer", "numeric", "boolean", "timestamp", "date", "json")
+# what a batch with fields no declaration names does (dlt's schema contracts): evolve records them and loads them
+# as json fields; freeze fails the source naming them; discard_undeclared (the default) loads the declared
+# fields and records the rest. The raw table keeps every record whole in each case.
+SCHEMA_CONTRACTS = ("evolve", "freeze", "discard_undeclared")
+# the columns every typed view has: a declared field may not take one of their names
+RESERVED_FIELDS = frozenset({"source", "source_id", "name", "value", "description", "attributes", "id",
+                             "created_at", "updated_at", "deleted_at", "first_seen_run_id", "last_changed_run_id"})
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,56 @@ _PAGINATION_DEFAULTS = {name: getattr(Pagination(), name)
 
 
 @dataclass(frozen=True)
+class Field:
+    """A declared field: its type (FIELD_TYPES) and the source field it comes from (a dotted path, as in a
+    mapping). required: a record without it is rejected; otherwise the field is null."""
+
+    type: str
+    path: str
+    required: bool = False
+
+    @classmethod
+    def of(cls, name: object, value: object, where: str) -> "Field":
+        """A field from a catalog entry's `fields`: `email: text` (read from the source field `email`) or
+        `signup: {type: timestamp, from: created.at, required: true}`."""
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise InvalidSource(f"{where}: field name {name!r} must match {NAME.pattern} (it is a column of the "
+                                "source's typed view)")
+        if name in RESERVED_FIELDS:
+            raise InvalidSource(f"{where}.{name}: the name is taken by a column every source has "
+                                f"({', '.join(sorted(RESERVED_FIELDS))}); declare it under another name with "
+                                f"`from: {name}`")
+        if isinstance(value, cls):
+            return value
+        spec = {"type": value} if isinstance(value, str) else value
+        if not isinstance(spec, Mapping):
+            raise InvalidSource(f"{where}.{name} must be a type ({', '.join(FIELD_TYPES)}) or an object with "
+                                f"type, from and required, got {value!r}")
+        unknown = sorted(set(spec) - {"type", "from", "required"})
+        if unknown:
+            raise InvalidSource(f"{where}.{name}: unknown option {', '.join(map(repr, unknown))}; "
+                                "known: type, from, required")
+        if spec.get("type") not in FIELD_TYPES:
+            raise InvalidSource(f"{where}.{name}: type {spec.get('type')!r} is not one of {', '.join(FIELD_TYPES)}")
+        path = spec.get("from", name)
+        if not isinstance(path, str) or not path.strip():
+            raise InvalidSource(f"{where}.{name}.from must be a non-empty field name, got {path!r}")
+        required = spec.get("required", False)
+        if not isinstance(required, bool):
+            raise InvalidSource(f"{where}.{name}.required must be true or false, got {required!r}")
+        return cls(spec["type"], path, required)
+
+    def to_entry(self) -> dict:
+        return {"type": self.type, "from": self.path, "required": self.required}
+
+
+def _fields(value: object, where: str) -> dict[str, Field]:
+    if not isinstance(value, Mapping):
+        raise InvalidSource(f"{where}: fields must be an object of field name -> type, got {value!r}")
+    return {name: Field.of(name, spec, f"{where}: fields") for name, spec in value.items()}
+
+
+@dataclass(frozen=True)
 class Source:
     name: str
     kind: str
@@ -110,6 +169,9 @@ class Source:
     # a whole read (no since_param, or a full refresh) soft-deletes the rows whose records it no longer has;
     # None: the kind's default (DELETE_MISSING)
     delete_missing: bool | None = None
+    # declared fields beyond the unified columns: name -> Field (a mapping of specs is read by Field.of), in order
+    fields: Mapping[str, Field] = field(default_factory=dict)
+    schema_contract: str = "discard_undeclared"  # see SCHEMA_CONTRACTS
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
@@ -124,6 +186,10 @@ class Source:
                                     f"string, got {value!r}")
         object.__setattr__(self, "mapping", mappings.validate(self.mapping, f"{where}: {self.mapping_field}"))
         self._check_options(where)
+        object.__setattr__(self, "fields", _fields(self.fields, where))
+        if self.schema_contract not in SCHEMA_CONTRACTS:
+            raise InvalidSource(f"{where}: schema_contract {self.schema_contract!r} is not one of "
+                                f"{', '.join(SCHEMA_CONTRACTS)}")
         if self.delete_missing is None:
             object.__setattr__(self, "delete_missing", DELETE_MISSING.get(self.kind, False))
         if not isinstance(self.delete_missing, bool):
@@ -265,6 +331,7 @@ def entry_fields() -> tuple[str, ...]:
 def to_entry(source: Source) -> dict:
     """The catalog entry of a source, complete (defaults filled in) and JSON-able: what XCom carries."""
     entry = asdict(source)
+    entry["fields"] = {name: spec.to_entry() for name, spec in source.fields.items()}
     return {name: entry[name] for name in entry_fields()}
 
 
