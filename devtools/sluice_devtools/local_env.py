@@ -5,6 +5,8 @@ import subprocess  # nosec B404 # developer tooling runs fixed argv lists, never
 import sys
 from pathlib import Path
 
+from sluice_devtools import embedded_pg
+
 # The checkout these tools drive: devtools/sluice_devtools/ is installed editable, so __file__ stays in it.
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".sluice"
@@ -21,6 +23,8 @@ def airflow_env(airflow_home: Path, *, warehouse_url: str, api_url: str | None, 
         "SLUICE_STAGING_URL": os.environ.get("SLUICE_STAGING_URL", f"file://{STATE / 'staging'}"),
         "AIRFLOW_CONN_ETL_POSTGRES": airflow_conn_uri(warehouse_url),
         "SLUICE_RETRY_DELAY": os.environ.get("SLUICE_RETRY_DELAY", "2"),
+        # set, so no library of Airflow's processes warns that it is not
+        "XDG_RUNTIME_DIR": embedded_pg.runtime_dir(),
     }
     if api_url:
         env["AIRFLOW_CONN_ETL_API"] = api_url
