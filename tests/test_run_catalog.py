@@ -3,10 +3,11 @@ server, its connection from the environment) through a real DAG run, then serves
 
 import json
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -28,14 +29,16 @@ sources:
 
 def lines_until(process: subprocess.Popen, marker: str, timeout: float) -> list[str]:
     """The process's output lines up to the first holding marker; fails with them when it exits or times out."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in iter(process.stdout.readline, "")] + [lines.put(None)],
+                     daemon=True).start()
     seen, deadline = [], time.monotonic() + timeout
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=1):
-            continue
-        line = process.stdout.readline()
-        if not line:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
             pytest.fail(f"make run exited {process.wait()} before {marker!r}:\n" + "".join(seen))
         seen.append(line)
         if marker in line:

@@ -41,11 +41,14 @@ def connections(found: list) -> list[str]:
     return lines
 
 
-def last_status(url: str) -> str:
+def last_run(url: str) -> tuple | None:
+    """(id, status) of the newest etl_runs row; None before the first run made the table."""
     import psycopg
 
     with psycopg.connect(url) as conn:
-        return conn.execute("select status from etl_runs order by id desc limit 1").fetchone()[0]
+        if conn.execute("select to_regclass('etl_runs')").fetchone()[0] is None:
+            return None
+        return conn.execute("select id, status from etl_runs order by id desc limit 1").fetchone()
 
 
 def main(argv: list[str]) -> int:
@@ -67,10 +70,16 @@ def main(argv: list[str]) -> int:
     print(f"catalog:   {path} ({', '.join(f'{s.name} ({s.kind})' for s in found)})\nwarehouse: {url}\n"
           "connections (from the environment):\n" + "\n".join(connections(found)))
     local_env.migrate(env, log)
+    before = last_run(url)
     print(f"running etl_pipeline with `airflow dags test` (log: {log}) ...", flush=True)
-    local_env.airflow(["dags", "test", "etl_pipeline"], env, log)
+    exit_code = local_env.airflow(["dags", "test", "etl_pipeline"], env, log, check=False)
+    run = last_run(url)
+    if run is None or run == before:  # Airflow stopped before the run was recorded (the DAG did not parse...)
+        print(f"airflow dags test exited {exit_code} without recording a run; see {log}:\n{local_env.tail(log)}",
+              file=sys.stderr)
+        return 1
     print(demo.summary(url))
-    if last_status(url) != "success":
+    if run[1] != "success":
         print(f"\nthe run failed: fix what its error says (above), then run `make run SOURCES={argv[0]}` again",
               file=sys.stderr)
         return 1

@@ -30,9 +30,10 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
     """Push the task's failure (sluice.failures.Failure: its message masked by the known values of the task's
     connections, and by patterns) as XCom 'failure' before re-raising: record_run records it and the read API
     serves its summary; the exception goes on with that masked text (sluice.errors.TaskFailed), because the task
-    log renders an exception's text unmasked. An error that a retry cannot heal (an invalid catalog, a refused
-    delete: sluice.errors.ConfigError) fails the task at once instead of waiting out its retries. lane: the function is a lane step, its first argument the
-    source's catalog entry (the instance is named by the source, whose connection's values are masked too)."""
+    log renders an exception's text unmasked. An error that a retry cannot heal (sluice.errors.ConfigError: an
+    invalid catalog, a missing connection, a refused delete...) fails the task at once instead of waiting out its
+    retries. lane: the function is a lane step, its first argument the source's catalog entry (the instance is
+    named by the source, whose connection's values are masked too)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -102,8 +103,8 @@ def warehouse() -> Iterator:
     try:
         conn = PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn()
     except AirflowNotFoundException:
-        raise MissingConnection(WAREHOUSE_CONN_ID, "the warehouse cannot be reached, so no source is loaded",
-                                "postgresql://user:password@host:5432/database") from None
+        raise MissingConnection.of(WAREHOUSE_CONN_ID, "the warehouse cannot be reached, so no source is loaded",
+                                   "postgresql://user:password@host:5432/database") from None
     try:
         yield conn
     finally:
@@ -123,8 +124,8 @@ def http_source(source):
     except AirflowNotFoundException:
         # no fallback host: a typo or an unset variable must fail, not read (and load) someone else's data
         # an HTTP connection's URI carries the scheme as its path: http://host/https reads https://host
-        raise MissingConnection(source.conn_id, f"source {source.name} cannot be read",
-                                "http://files.example.com/https", "for https://files.example.com") from None
+        raise MissingConnection.of(source.conn_id, f"source {source.name} cannot be read",
+                                   "http://files.example.com/https", "for https://files.example.com") from None
     return session, hook.url_from_endpoint(source.endpoint)
 
 

@@ -19,12 +19,14 @@ class ConfigError(SluiceError):
 class MissingConnection(ConfigError):
     """An Airflow connection a source or the warehouse needs is not defined."""
 
-    def __init__(self, conn_id: str, consequence: str, example_uri: str, meaning: str = ""):
-        variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+    @classmethod
+    def of(cls, conn_id: str, consequence: str, example_uri: str, meaning: str = "") -> "MissingConnection":
+        """The error for conn_id, with both ways to define it (a constructor of its own keeps the exception's args
+        its message, as pickling and copying expect)."""
         meaning = f" ({meaning})" if meaning else ""
-        super().__init__(f"connection {conn_id} is not defined: {consequence}. Define it with "
-                         f"`airflow connections add {conn_id} --conn-uri {example_uri}`{meaning} or the environment "
-                         f"variable {variable}={example_uri}")
+        return cls(f"connection {conn_id} is not defined: {consequence}. Define it with `airflow connections add "
+                   f"{conn_id} --conn-uri {example_uri}`{meaning} or the environment variable "
+                   f"AIRFLOW_CONN_{conn_id.upper()}={example_uri}")
 
 
 class SourceRefused(SourceError, ConfigError):
