@@ -1,11 +1,16 @@
-# Sluice: `make demo` runs the whole job offline; `make test` runs the test suite. Both install first.
+# Sluice: `make demo` runs the whole job offline; `make run SOURCES=catalog.yaml` runs your own sources once;
+# `make test` runs the test suite. Each installs first: the demo, run, up and serve only what they run (runtime).
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check
 
-.PHONY: install tools demo test test-distributed serve up down bench clean
+.PHONY: install runtime tools demo run test test-distributed serve up down bench clean
 
+# everything: the runtime, the test tools (requirements-dev.txt) and the system tools the tests use
 install: $(VENV)/.installed tools
+
+# what the demo, make run, make up and make serve run: Sluice, Airflow, gunicorn, the embedded PostgreSQL
+runtime: $(VENV)/.runtime
 
 # docker-compose only validates docker-compose.yaml here (tests/test_compose.py); no engine is needed.
 # redis-server is the Celery broker of make test-distributed, started on loopback by the test itself.
@@ -17,16 +22,25 @@ tools:
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null); } || \
 	  echo "warning: redis-server is missing and could not be installed (needs root); make test-distributed will fail"
 
-# The pinned set (with the build backend), then Sluice and its dev tools editable: every process imports
+# The pinned runtime set (with the build backend), then Sluice and its dev tools editable: every process imports
 # this checkout's code from the venv, no PYTHONPATH. No build isolation, so the build uses the pinned setuptools.
-$(VENV)/.installed: pyproject.toml devtools/pyproject.toml requirements.txt requirements-dev.txt constraints.txt
+$(VENV)/.runtime: pyproject.toml devtools/pyproject.toml requirements.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -r requirements.txt -r requirements-dev.txt setuptools -c constraints.txt
+	$(PIP) install -r requirements.txt setuptools -c constraints.txt
 	$(PIP) install --no-build-isolation -e . -e ./devtools -c constraints.txt
 	touch $@
 
-demo: install
+# the test tools on top, pinned by the same constraints
+$(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+demo: runtime
 	$(PY) -m sluice_devtools.demo
+
+# your own catalog once (README "Your own sources"): make run SOURCES=path/to/catalog.yaml
+run: runtime
+	$(PY) -m sluice_devtools.run_catalog $(abspath $(SOURCES))
 
 test: install
 	$(PY) -m pytest
@@ -36,7 +50,7 @@ test-distributed: install
 	$(PY) -m pytest -m distributed -s tests/distributed
 
 # gunicorn.conf.py holds every gunicorn setting (gthread workers, limits); SLUICE_WORKERS, SLUICE_THREADS tune it.
-serve: install
+serve: runtime
 	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse} \
 	  SLUICE_BIND=$${SLUICE_BIND:-127.0.0.1:$${SLUICE_API_PORT:-5000}} $(VENV)/bin/gunicorn --config gunicorn.conf.py
 
@@ -44,8 +58,9 @@ serve: install
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
-up: install
-	$(PY) -m sluice_devtools.stack up
+# SOURCES=path/to/catalog.yaml: the stack's DAG reads that catalog (SLUICE_SOURCES_FILE)
+up: runtime
+	$(if $(SOURCES),SLUICE_SOURCES_FILE=$(abspath $(SOURCES))) $(PY) -m sluice_devtools.stack up
 
 down:
 	$(PY) -m sluice_devtools.stack down

@@ -17,13 +17,16 @@ contains, refused beyond `SLUICE_MAX_DELETE_FRACTION` of the source's live rows)
 `api_endpoint`, `csv_endpoint`, `api_mapping` / `csv_mapping` (normalized column → source field),
 `api_since_param` (query parameter that asks the API for records from the checkpoint on, e.g. `id_gte`;
 empty reads the API whole) — these four describe the seed sources —, `full_refresh` (ignore checkpoints
-and re-normalize everything).
+and re-normalize everything), `accept_deletes` (`{"customers": 0.9}`: after a person checked a refused drop,
+this run may soft-delete up to that fraction of the source's live rows; recorded in `etl_runs`).
 
 **Assets**: each source's rows are the asset `sluice.normalized_data.<source>`; each source's `upsert` emits an
 event when its rows changed (its counts and the run id in the event's extra), through the alias
 `sluice.normalized_data`. Schedule a downstream DAG on a source's asset to run when it changes.
 
-**Failure**: an invalid catalog fails `init_schema`, before any source is read. When one source fails,
+**Failure**: an invalid catalog fails `init_schema`, before any source is read. A configuration error (a
+missing connection, a mapped column absent from a CSV's header, a 401/403/404, a refused delete) fails its task
+at once, without retries; network errors, 5xx, 429 and lock timeouts are retried. When one source fails,
 the others still load; once every lane has finished, the run is recorded as failed with the error, naming the
 source and its step. Clearing tasks of a finished run redoes them and records the run again.
 Only references and counts travel through XCom; rows are staged under `SLUICE_STAGING_URL`."""
@@ -78,6 +81,11 @@ LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
                                  description="Query parameter for incremental reads, e.g. id_gte; empty = read whole."),
         "full_refresh": Param(False, type="boolean",
                               description="Ignore checkpoints and re-normalize every record."),
+        "accept_deletes": Param({}, type="object",
+                                additionalProperties={"type": "number", "minimum": 0, "maximum": 1},
+                                description="After a person checked a refused drop: source → the fraction of its "
+                                            "live rows this run may soft-delete, e.g. {\"customers\": 0.9}; "
+                                            "recorded in the run."),
     },
 )
 def etl_pipeline():

@@ -345,10 +345,11 @@ returning last_processed_id;
 -- name: record_run
 insert into etl_runs (run_id, run_type, data_interval_start, data_interval_end, started_at, ended_at,
                       duration_seconds, records_processed, status, error_message, errors,
-                      fetched, inserted, updated, unchanged, superseded, rejected, source_counts)
+                      fetched, inserted, updated, unchanged, superseded, rejected, source_counts, accept_deletes)
 values (%(run_id)s, %(run_type)s, %(data_interval_start)s, %(data_interval_end)s, %(started_at)s, now(),
         extract(epoch from now() - %(started_at)s), %(records_processed)s, %(status)s, %(error_message)s, %(errors)s,
-        %(fetched)s, %(inserted)s, %(updated)s, %(unchanged)s, %(superseded)s, %(rejected)s, %(source_counts)s)
+        %(fetched)s, %(inserted)s, %(updated)s, %(unchanged)s, %(superseded)s, %(rejected)s, %(source_counts)s,
+        %(accept_deletes)s)
 on conflict (run_id) do update
     set run_type = excluded.run_type,
         data_interval_start = excluded.data_interval_start,
@@ -366,7 +367,8 @@ on conflict (run_id) do update
         unchanged = excluded.unchanged,
         superseded = excluded.superseded,
         rejected = excluded.rejected,
-        source_counts = excluded.source_counts
+        source_counts = excluded.source_counts,
+        accept_deletes = excluded.accept_deletes
 returning id;
 
 -- name: record_source_status

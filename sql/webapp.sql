@@ -72,7 +72,8 @@ select run_id, run_type, data_interval_start, data_interval_end, started_at, end
             -- a failure recorded before summaries existed (text only): one summary of nulls, never its text
             when status = 'failed' or error_message is not null then '[{}]'::jsonb
             else '[]'::jsonb end as errors,
-       fetched, inserted, updated, unchanged, superseded, rejected, source_counts
+       fetched, inserted, updated, unchanged, superseded, rejected, source_counts,
+       coalesce(accept_deletes, '{}'::jsonb) as accept_deletes
 from etl_runs
 order by started_at desc, id desc
 limit %(limit)s offset %(offset)s;

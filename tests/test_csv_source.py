@@ -185,7 +185,8 @@ def test_header_drift_still_loads(tmp_path, header, data_line):
 ])
 def test_missing_mapped_column_is_an_error_naming_it(tmp_path, header, missing):
     assert stage_error(tmp_path, header + b"\n1,a,1,d\n") == (
-        f"catalog.csv: the header lacks column(s) named in csv_mapping: {missing} (header: {header.decode()})")
+        f"catalog.csv: the header lacks column(s) named in csv_mapping: {missing} (header: {header.decode()}): no "
+        f"record of the file can be loaded. {csv_source.HEADER_FIX}")
 
 
 @pytest.mark.parametrize("content", [HEADER, HEADER + b"\r\n", HEADER + b"\n\n\n"])
@@ -493,7 +494,8 @@ def test_fetch_header_error_names_the_url(server, tmp_path):
     server.serve_bytes("catalog.csv", b"sku,title\n1,a\n")
     message = fetch_error(server, "catalog.csv", tmp_path)
     assert message == (f"csv: {server.url}/catalog.csv: the header lacks column(s) named in csv_mapping: "
-                       "id, name, value, description (header: sku,title)")
+                       f"id, name, value, description (header: sku,title): no record of the file can be loaded. "
+                       f"{csv_source.HEADER_FIX}")
 
 
 # Any text a CSV field can hold once decoded: undecodable bytes kept as surrogates, controls, quotes, backslashes.

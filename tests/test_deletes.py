@@ -26,7 +26,9 @@ ITEMS = [{"name": "items", "kind": "csv", "endpoint": "items.csv"}]
 POSTS = {"name": "posts", "kind": "api", "endpoint": "posts"}
 STOCK = {"name": "stock", "kind": "csv", "endpoint": "stock.csv"}
 GUARD_ERROR = ("items: the read would delete {n} of 10 live rows ({pct}%), more than SLUICE_MAX_DELETE_FRACTION "
-               "0.5; nothing was deleted")
+               "0.5; nothing was deleted and nothing of the source was loaded. If the source really shrank, trigger "
+               "a run with accept_deletes {{\"items\": {share}}} to accept it (airflow dags trigger etl_pipeline -c "
+               "'{{\"accept_deletes\": {{\"items\": {share}}}}}'), or raise its max_delete_fraction in the catalog")
 
 
 def items_csv(ids, *, bad: dict | None = None) -> bytes:
@@ -208,7 +210,7 @@ def test_the_guard_refuses_a_read_that_would_delete_too_much_and_the_other_sourc
 
     state, run = pipeline.run({"sources": catalog})
 
-    error = GUARD_ERROR.format(n=gone, pct=gone * 10)
+    error = GUARD_ERROR.format(n=gone, pct=gone * 10, share=f"{gone / 10:g}")
     assert state == "failed" and run["status"] == "failed"
     assert f"upsert[items]: DeleteRefused: {error}" in run["error_message"]
     assert live(pipeline, "items") == list(range(1, 11)) and deleted(pipeline, "items") == {}
@@ -226,6 +228,55 @@ def test_the_guard_refuses_a_read_that_would_delete_too_much_and_the_other_sourc
 
     assert state == "success" and run["source_counts"]["items"]["deleted"] == gone
     assert live(pipeline, "items") == served and first["status"] == "success"
+
+
+def test_a_source_s_own_max_delete_fraction_guards_it_and_accept_deletes_lets_one_run_take_the_drop(pipeline_run,
+                                                                                                    make_app):
+    pipeline = pipeline_run
+    catalog = [{**ITEMS[0], "max_delete_fraction": 0.2}, STOCK]
+    pipeline.run({"sources": catalog})
+    pipeline.sources.serve_bytes("items.csv", items_csv(range(1, 8)))  # 3 of 10 gone: more than its own 0.2
+    pipeline.sources.serve_bytes("stock.csv", items_csv(range(1, 4)))  # 2 of 5 gone: within the default 0.5
+
+    state, refused = pipeline.run({"sources": catalog})
+
+    assert state == "failed"
+    assert ("upsert[items]: DeleteRefused: items: the read would delete 3 of 10 live rows (30%), more than its "
+            "max_delete_fraction 0.2; nothing was deleted") in refused["error_message"]
+    assert 'trigger a run with accept_deletes {"items": 0.3} to accept it' in refused["error_message"]
+    assert live(pipeline, "items") == list(range(1, 11)) and live(pipeline, "stock") == [1, 2, 3]
+    assert refused["accept_deletes"] is None
+
+    # a person checked the export and accepts the drop for this one run, as the error says
+    state, accepted = pipeline.run({"sources": catalog, "accept_deletes": {"items": 0.3}})
+
+    assert state == "success", accepted["error_message"]
+    assert accepted["source_counts"]["items"]["deleted"] == 3 and live(pipeline, "items") == list(range(1, 8))
+    assert accepted["accept_deletes"] == {"items": 0.3}
+    runs_served = make_app(pipeline.database_url).test_client().get("/runs").json["data"]
+    assert [run["accept_deletes"] for run in runs_served[:2]] == [{"items": 0.3}, {}]
+
+    # the next run is guarded by the source's own fraction again
+    pipeline.sources.serve_bytes("items.csv", items_csv(range(1, 5)))
+    state, again = pipeline.run({"sources": catalog})
+    assert state == "failed" and "upsert[items]: DeleteRefused" in again["error_message"]
+
+
+@pytest.mark.parametrize("conf, error", [
+    ({"accept_deletes": {"itmes": 0.9}},
+     "init_schema: InvalidSource: accept_deletes names 'itmes', not a source of this run's catalog (items): "
+     "nothing would be accepted for it. Name the source as the catalog does"),
+    ({"sources": [{**ITEMS[0], "max_delete_fraction": 1.5}]},
+     "init_schema: InvalidSource: source 'items': max_delete_fraction must be a number from 0 to 1 (a fraction of "
+     "the source's live rows), got 1.5"),
+], ids=["accept_deletes-of-an-unknown-source", "max_delete_fraction-beyond-1"])
+def test_a_bad_delete_limit_fails_the_run_at_once_before_anything_is_read(pipeline_run, conf, error):
+    pipeline = pipeline_run
+
+    state, run = pipeline.run({"sources": ITEMS, **conf})
+
+    assert state == "failed" and run["error_message"] == error
+    assert pipeline.sources.requests == []
 
 
 def test_a_rejected_record_s_row_is_not_deleted(pipeline_run):

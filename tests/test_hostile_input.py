@@ -322,7 +322,8 @@ def test_a_missing_mapped_column_fails_the_file_naming_it_and_loads_nothing(serv
     with pytest.raises(SourceError) as failure:
         fetch(server, name, content_of(name), tmp_path)
     assert str(failure.value) == (f"csv: {server.url}/{name}: the header lacks column(s) named in csv_mapping: "
-                                  f"{missing} (header: {header})")
+                                  f"{missing} (header: {header}): no record of the file can be loaded. "
+                                  f"{csv_source.HEADER_FIX}")
     assert loaded_rows(warehouse_url, "csv") == {} and rejects(warehouse_url, "csv") == []
 
 

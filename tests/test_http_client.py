@@ -9,7 +9,7 @@ import requests
 
 from sluice import http_client
 from sluice_devtools.source_server import Fault, SourceServer
-from sluice.errors import SourceError
+from sluice.errors import ConfigError, SourceError, SourceRefused
 
 # Waits go to a recording fake sleep, so realistic backoff numbers cost no time.
 POLICY = http_client.RetryPolicy(attempts=4, timeout=5.0, backoff_base=1.0, backoff_max=30.0, retry_after_max=60.0)
@@ -109,8 +109,8 @@ def test_429_with_retry_after_at_the_limit_is_waited_for(server, session, sleep)
     assert sleep.waits == [60.0]
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_5xx_is_retried_with_growing_backoff_then_succeeds(server, session, sleep, status):
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
+def test_408_and_5xx_are_retried_with_growing_backoff_then_succeed(server, session, sleep, status):
     server.add_faults("items", Fault(status, body=b"oops"), Fault(status), Fault(status))
     assert get(session, f"{server.url}/items", sleep) == BODY
     assert hits(server) == 4
@@ -147,25 +147,37 @@ def test_repeated_429_also_ends_after_the_attempts(server, session, sleep):
     assert sleep.waits == [1.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("status, reason", [
-    (400, "Bad Request"),
-    (401, "Unauthorized"),
-    (403, "Forbidden"),
-    (404, "Not Found"),
-    (410, "Gone"),
-    (501, "Not Implemented"),
+@pytest.mark.parametrize("status, reason, fix", [
+    (400, "Bad Request", "check the source's endpoint, parameters and connection"),
+    (401, "Unauthorized", "check the login, password or headers of its Airflow connection"),
+    (403, "Forbidden", "check that the credentials of its Airflow connection may read this endpoint"),
+    (404, "Not Found", "check the source's endpoint and its connection's base URL"),
+    (410, "Gone", "check the source's endpoint and its connection's base URL"),
 ])
-def test_other_error_statuses_are_not_retried(server, session, sleep, status, reason):
+def test_an_answer_no_retry_can_change_is_a_config_error_naming_the_fix(server, session, sleep, status, reason,
+                                                                       fix):
     server.add_faults("items", Fault(status))
-    with pytest.raises(SourceError) as excinfo:
+    with pytest.raises(SourceRefused) as excinfo:
         get(session, f"{server.url}/items?page=2", sleep)
-    assert str(excinfo.value) == f"api: GET {server.url}/items?page=2 answered {status} {reason}; not retried"
+    assert str(excinfo.value) == (f"api: GET {server.url}/items?page=2 answered {status} {reason}: the source "
+                                  f"cannot be read, and a retry would get the same answer (not retried). To fix it, "
+                                  f"{fix}")
     assert hits(server) == 1
     assert sleep.waits == []
 
 
+def test_a_server_error_that_is_not_retried_here_is_left_to_the_task_s_retry(server, session, sleep):
+    server.add_faults("items", Fault(501))
+    with pytest.raises(SourceError) as excinfo:
+        get(session, f"{server.url}/items", sleep)
+    assert str(excinfo.value) == f"api: GET {server.url}/items answered 501 Not Implemented; not retried"
+    # not a configuration error: the task's retry asks again
+    assert not isinstance(excinfo.value, ConfigError)
+    assert hits(server) == 1
+
+
 def test_unknown_path_names_url_and_status(server, session, sleep):
-    with pytest.raises(SourceError, match=rf"^api: GET {server.url}/nope answered 404 Not Found; not retried$"):
+    with pytest.raises(SourceRefused, match=rf"^api: GET {server.url}/nope answered 404 Not Found: the source"):
         get(session, f"{server.url}/nope", sleep)
 
 

@@ -57,7 +57,10 @@ def test_without_the_etl_api_connection_the_api_fails_naming_it_and_the_csv_stil
     state, run = pipeline.run()
 
     assert state == "failed" and run["status"] == "failed"
-    assert "ingest[api]: SourceError: api: Airflow connection 'etl_api' is not defined" in run["error_message"]
+    assert ("ingest[api]: MissingConnection: connection etl_api is not defined: source api cannot be read. Define it "
+            "with `airflow connections add etl_api --conn-uri http://files.example.com/https` (for "
+            "https://files.example.com) or the environment variable AIRFLOW_CONN_ETL_API=http://files.example.com/https"
+            ) in run["error_message"]
     assert pipeline.value("select count(*) from raw_api_data") == 0
     counts = dict(pipeline.rows("select source, count(*) from normalized_data group by 1"))
     assert counts == {"csv": CSV_ROWS - 1}

@@ -294,6 +294,9 @@ class RunSchema(Body):
     superseded = fields.Integer(metadata={"description": "records a later fetch already stored; its run loads them"})
     rejected = fields.Integer()
     source_counts = _source_counts()
+    accept_deletes = fields.Dict(keys=fields.String(), values=fields.Float(), metadata={
+        "description": "the larger deletes a person accepted for this run (its accept_deletes param): source -> the "
+                       "fraction of its live rows the run might delete; {} when none"})
 
 
 class RunsPageSchema(Page):

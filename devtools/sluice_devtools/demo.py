@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from sluice_devtools import embedded_pg, local_env, serve_samples
 
@@ -20,16 +21,16 @@ LOG = local_env.STATE / "logs" / "demo.log"
 SOURCES_FILE = Path(__file__).with_name("demo_sources.yaml")
 
 
-def warehouse_url() -> str:
-    """DATABASE_URL when set, else a `sluice` database on the embedded server under .sluice/pg."""
+def warehouse_url(database: str = "sluice") -> str:
+    """DATABASE_URL when set, else the database `database` on the embedded server under .sluice/pg."""
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
     server = embedded_pg.start(local_env.STATE / "pg")
     with psycopg.connect(server, autocommit=True) as conn:
-        if not conn.execute("select 1 from pg_database where datname = 'sluice'").fetchone():
-            conn.execute("create database sluice")
+        if not conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone():
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
     info = psycopg.conninfo.conninfo_to_dict(server)
-    return psycopg.conninfo.make_conninfo(**{**info, "dbname": "sluice"})
+    return psycopg.conninfo.make_conninfo(**{**info, "dbname": database})
 
 
 def summary(url: str) -> str:
@@ -75,13 +76,13 @@ def gunicorn_argv() -> list[str]:
     return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(local_env.REPO / "gunicorn.conf.py")]
 
 
-def start_api(url: str) -> tuple[subprocess.Popen, str]:
-    """gunicorn serving webapp on a free loopback port; returns once it answers."""
-    port = free_port()
+def start_api(url: str, port: int | None = None, log: Path = LOG) -> tuple[subprocess.Popen, str]:
+    """gunicorn serving webapp on a loopback port (default: a free one); returns once it answers."""
+    port = port or free_port()
     process = subprocess.Popen(  # nosec B603 # our own gunicorn, fixed argv
         gunicorn_argv(),
         env={**os.environ, "DATABASE_URL": url, "SLUICE_BIND": f"127.0.0.1:{port}", "SLUICE_LOG_LEVEL": "WARNING"},
-        stdout=open(LOG, "ab"), stderr=subprocess.STDOUT)
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -91,7 +92,7 @@ def start_api(url: str) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.2)
     process.terminate()
-    raise RuntimeError(f"gunicorn did not answer on {base}; see {LOG}")
+    raise RuntimeError(f"gunicorn did not answer on {base}; see {log}")
 
 
 def show_api(base: str) -> None:

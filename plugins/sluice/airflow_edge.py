@@ -30,15 +30,16 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
     """Push the task's failure (sluice.failures.Failure: its message masked by the known values of the task's
     connections, and by patterns) as XCom 'failure' before re-raising: record_run records it and the read API
     serves its summary; the exception goes on with that masked text (sluice.errors.TaskFailed), because the task
-    log renders an exception's text unmasked. An error that a retry cannot heal (an invalid catalog, a refused
-    delete) fails the task at once instead of waiting out its retries. lane: the function is a lane step, its first argument the
-    source's catalog entry (the instance is named by the source, whose connection's values are masked too)."""
+    log renders an exception's text unmasked. An error that a retry cannot heal (sluice.errors.ConfigError: an
+    invalid catalog, a missing connection, a refused delete...) fails the task at once instead of waiting out its
+    retries. lane: the function is a lane step, its first argument the source's catalog entry (the instance is
+    named by the source, whose connection's values are masked too)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         from airflow.sdk import get_current_context
 
-        from sluice.errors import DeleteRefused, InvalidSource, TaskFailed
+        from sluice.errors import ConfigError, TaskFailed
         from sluice.failures import Failure
 
         context = get_current_context()
@@ -57,7 +58,7 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
             if isinstance(exc, AirflowException):  # Airflow's own control flow (its messages are Airflow's)
                 raise
             # the task log renders the exception and its chain unmasked: only the masked text, same traceback
-            masked = (AirflowFailException if isinstance(exc, (DeleteRefused, InvalidSource)) else TaskFailed)
+            masked = AirflowFailException if isinstance(exc, ConfigError) else TaskFailed
             raise masked(failure.message).with_traceback(exc.__traceback__) from None
 
     return wrapper
@@ -95,8 +96,15 @@ def known_secrets(conn_ids: list[str]):
 def warehouse() -> Iterator:
     """A psycopg 3 connection to the warehouse from connection etl_postgres, closed afterwards."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
-    conn = PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn()
+    from sluice.errors import MissingConnection
+
+    try:
+        conn = PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn()
+    except AirflowNotFoundException:
+        raise MissingConnection.of(WAREHOUSE_CONN_ID, "the warehouse cannot be reached, so no source is loaded",
+                                   "postgresql://user:password@host:5432/database") from None
     try:
         yield conn
     finally:
@@ -108,14 +116,16 @@ def http_source(source):
     from airflow.providers.http.hooks.http import HttpHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    from sluice.errors import SourceError
+    from sluice.errors import MissingConnection
 
     hook = HttpHook(method="GET", http_conn_id=source.conn_id)
     try:
         session = hook.get_conn()
     except AirflowNotFoundException:
         # no fallback host: a typo or an unset variable must fail, not read (and load) someone else's data
-        raise SourceError(f"{source.name}: Airflow connection {source.conn_id!r} is not defined") from None
+        # an HTTP connection's URI carries the scheme as its path: http://host/https reads https://host
+        raise MissingConnection.of(source.conn_id, f"source {source.name} cannot be read",
+                                   "http://files.example.com/https", "for https://files.example.com") from None
     return session, hook.url_from_endpoint(source.endpoint)
 
 
@@ -164,10 +174,11 @@ def sweep_staging(run_id: str, config: settings.Settings) -> None:
 def init_schema(params: dict) -> list[dict]:
     """Check the run's catalog of sources, then create or upgrade the warehouse. Returns the catalog's entries
     (complete, no rows), which the lanes map over, one per source."""
-    from sluice import pipeline, sources
+    from sluice import delete_guard, pipeline, sources
 
-    # an invalid catalog fails here, before any source is read
+    # an invalid catalog fails here, before any source is read; so does an accept_deletes naming no source of it
     found = sources.catalog(params)
+    delete_guard.accepted(params.get(delete_guard.PARAM), [source.name for source in found])
     log.info("catalog: %d sources: %s", len(found), ", ".join(f"{s.name} ({s.kind})" for s in found))
     with warehouse() as conn:
         pipeline.init_schema(conn, settings=settings.load())
@@ -211,13 +222,15 @@ def normalize(entry: dict, stored: dict, params: dict, run_id: str) -> dict:
 @lane_step
 def upsert(entry: dict, stored: dict, normalized: dict, params: dict, run_id: str) -> dict:
     """Upsert the source, then emit its asset event (through the task's outlet alias) when its rows changed."""
-    from sluice import assets, pipeline, sources
+    from sluice import assets, delete_guard, pipeline, sources
     from sluice.results import Normalized, Stored
 
+    # checked against the catalog by init_schema
+    accepted = delete_guard.accepted(params.get(delete_guard.PARAM)).get(entry["name"])
     with warehouse() as conn:
         upserted = pipeline.upsert(conn, sources.from_entry(entry), Stored.from_xcom(stored),
                                    Normalized.from_xcom(normalized), run_id=run_id, settings=settings.load(),
-                                   full_refresh=bool(params.get("full_refresh")))
+                                   full_refresh=bool(params.get("full_refresh")), accept_deletes=accepted)
         # where the connection really went (libpq's defaults applied), never its login or password
         location = assets.Warehouse(host=conn.info.host, port=conn.info.port, database=conn.info.dbname)
     emit(assets.events(upserted, location, run_id=run_id))
@@ -287,6 +300,7 @@ def record_run(context) -> dict:
         data_interval_end=dag_run.data_interval_end,
         failures=failures,
         kinds={entry["name"]: entry["kind"] for entry in catalog},
+        accept_deletes=recorded_acceptance(context["params"]),
     )
     config = settings.load()
     with warehouse() as conn:
@@ -295,6 +309,17 @@ def record_run(context) -> dict:
     if outcome.status == "failed":
         raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.error_lines()))
     return recorded.to_xcom()
+
+
+def recorded_acceptance(params) -> dict | None:
+    """The run's accept_deletes as its record keeps it; None when init_schema refused it (its failure says why)."""
+    from sluice import delete_guard
+    from sluice.errors import InvalidSource
+
+    try:
+        return delete_guard.accepted(params.get(delete_guard.PARAM))
+    except InvalidSource:
+        return None
 
 
 def remove_staged(run_id: str, outcome, config: settings.Settings) -> None:

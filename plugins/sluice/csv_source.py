@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import requests
 
 from sluice import http_client, progress, staging
-from sluice.errors import SourceError
+from sluice.errors import HeaderMismatch, InvalidSource, SourceError
 from sluice.redact import redact
 from sluice.staging import StageCounts, StageWriter, printable
 
@@ -34,6 +34,9 @@ GZIP_WBITS = 31  # zlib's window bits for the gzip format, header and trailer ch
 # Lines are parsed by csv a block of about this many characters at a time (see _records): a Python call per
 # line would cost a second a million lines
 BLOCK_CHARS = 1024 * 1024
+# what a header without the mapped columns usually means, and where to fix it
+HEADER_FIX = ("Map the source's columns by the names in its header (catalog field mapping, or csv_mapping), or set "
+              "its delimiter and encoding if the header was split wrongly")
 
 
 def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable,
@@ -122,9 +125,9 @@ def read_header(reader, field_map: dict, *, where: str) -> list[str]:
         raise SourceError(f"{where}: duplicate column name(s) in the header: {', '.join(duplicates)}")
     missing = [field for field in field_map.values() if field not in header]
     if missing:
-        raise SourceError(
+        raise HeaderMismatch(
             f"{where}: the header lacks column(s) named in csv_mapping: {', '.join(missing)} "
-            f"(header: {','.join(header)})"
+            f"(header: {','.join(header)}): no record of the file can be loaded. {HEADER_FIX}"
         )
     return header
 
@@ -416,8 +419,8 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     """The csv kind's entry point (sluice.sources.KINDS): the file downloaded into the run's local folder, then
     parsed. A CSV is read whole."""
     if request.since is not None:
-        raise SourceError(f"{source.name}: a csv source is read whole; since_param {source.since_param!r} "
-                          "cannot ask it for records from the checkpoint on")
+        raise InvalidSource(f"{source.name}: a csv source is read whole; since_param {source.since_param!r} "
+                            "cannot ask it for records from the checkpoint on. Remove since_param from its entry")
     staging.make_run_folder(request.workdir)  # marked: the staging sweep removes it if a kill leaves it
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),

@@ -10,6 +10,39 @@ class SourceError(SluiceError):
     """A source could not be read completely; the message names the source and what was wrong."""
 
 
+class ConfigError(SluiceError):
+    """What only a person can fix: the catalog, a connection, an option, a source's answer that will not change
+    (401, 403, 404), a decision to take (a large delete). No retry can heal it, so the task fails at once
+    instead of waiting out its retries. The message names the cause, then what it stops, then how to fix it."""
+
+
+class MissingConnection(ConfigError):
+    """An Airflow connection a source or the warehouse needs is not defined."""
+
+    @classmethod
+    def of(cls, conn_id: str, consequence: str, example_uri: str, meaning: str = "") -> "MissingConnection":
+        """The error for conn_id, with both ways to define it (a constructor of its own keeps the exception's args
+        its message, as pickling and copying expect)."""
+        meaning = f" ({meaning})" if meaning else ""
+        return cls(f"connection {conn_id} is not defined: {consequence}. Define it with `airflow connections add "
+                   f"{conn_id} --conn-uri {example_uri}`{meaning} or the environment variable "
+                   f"AIRFLOW_CONN_{conn_id.upper()}={example_uri}")
+
+
+class SourceRefused(SourceError, ConfigError):
+    """The source answered with a status that a retry will not change (4xx other than 408 and 429): a wrong
+    endpoint, missing or wrong credentials."""
+
+
+class HeaderMismatch(SourceError, ConfigError):
+    """A CSV's header lacks a column the source's mapping names: no row of it can load until the mapping (or the
+    delimiter, or the file) is fixed."""
+
+
+class InvalidSetting(ConfigError, ValueError):
+    """A SLUICE_* environment variable holds a value the setting cannot take: the message names both."""
+
+
 class MappingError(ValueError):
     """A mapping param is malformed or does not fit the source's fields."""
 
@@ -18,13 +51,14 @@ class LockTimeout(SluiceError):
     """Another run holds the write lock of a source for longer than SLUICE_LOCK_TIMEOUT."""
 
 
-class InvalidSource(ValueError):
+class InvalidSource(ConfigError, ValueError):
     """A source's description is malformed: the message names the source and the field."""
 
 
-class DeleteRefused(SluiceError):
-    """A read would soft-delete more of a source's live rows than SLUICE_MAX_DELETE_FRACTION allows: raised
-    inside the source's upsert transaction, so nothing of that source's upsert commits."""
+class DeleteRefused(ConfigError):
+    """A read would soft-delete more of a source's live rows than its max_delete_fraction allows: raised inside
+    the source's upsert transaction, so nothing of that source's upsert commits. A person decides: a run
+    triggered with accept_deletes for the source takes the drop."""
 
 
 class StagedFileMissing(SluiceError):

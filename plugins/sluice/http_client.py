@@ -16,12 +16,21 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from sluice.errors import SourceError
+from sluice.errors import ConfigError, SourceError, SourceRefused
 from sluice.redact import redact
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+# answers a later request may not get: 408 (the server gave up waiting) and the server errors. 429 waits for
+# its Retry-After. Any other 4xx is the configuration's (an endpoint, a credential): SourceRefused, at once.
+RETRYABLE_STATUSES = frozenset({408, 500, 502, 503, 504})
+# how to fix a refusal, by status
+_REFUSAL_FIXES = {
+    401: "check the login, password or headers of its Airflow connection",
+    403: "check that the credentials of its Airflow connection may read this endpoint",
+    404: "check the source's endpoint and its connection's base URL",
+    410: "check the source's endpoint and its connection's base URL",
+}
 CHUNK_BYTES = 1024 * 1024
 MAX_REDIRECTS = 10
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -66,7 +75,8 @@ class Origins:
     def of(cls, url: str, allowed: Iterable[tuple[str, int | None]] = ()) -> "Origins":
         home = origin_of(url)
         if home is None:
-            raise ValueError(f"the connection's URL {url!r} is not an http(s) URL with a host")
+            raise ConfigError(f"the connection's URL {url!r} is not an http(s) URL with a host: nothing can be "
+                              "fetched from it. Give the connection an http:// or https:// URL with a host")
         return cls(home, frozenset(allowed))
 
     def own(self, url: str) -> bool:
@@ -179,8 +189,13 @@ def _get_retried(
                 wait = retry_after if retry_after is not None else _backoff(attempt, policy)
             elif response.status_code in RETRYABLE_STATUSES:
                 wait = _backoff(attempt, policy)
-            else:
+            elif response.status_code >= 500:  # 501, 505...: not asked again here; the task's retry asks again
                 raise SourceError(f"{source}: GET {response.url} answered {reason}; not retried")
+            else:
+                fix = _REFUSAL_FIXES.get(response.status_code, "check the source's endpoint, parameters and "
+                                                                "connection")
+                raise SourceRefused(f"{source}: GET {response.url} answered {reason}: the source cannot be read, "
+                                    f"and a retry would get the same answer (not retried). To fix it, {fix}")
             last_problem = f"answered {reason}"
         if attempt < policy.attempts:
             # the problem can quote the URL, with its query, and headers: masked like the error it may become

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO, ContextManager
 
-from sluice import progress, runs, staging, warehouse
+from sluice import delete_guard, progress, runs, staging, warehouse
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
@@ -101,13 +101,16 @@ def normalize(conn, source: Source, stored: Stored, *, run_id: str, settings: Se
 
 
 def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_id: str, settings: Settings,
-           full_refresh: bool = False) -> Upserted:
+           full_refresh: bool = False, accept_deletes: float | None = None) -> Upserted:
     """Merge the source's normalized rows into normalized_data, writing only real changes, and soft-delete what
-    a whole read no longer contains: DeleteRefused, and nothing of the source commits, beyond the guard."""
+    a whole read no longer contains: DeleteRefused, and nothing of the source commits, beyond the guard (the
+    source's max_delete_fraction, else the settings', raised to accept_deletes: what a person accepted for this
+    run)."""
+    guard = delete_guard.limit(source.max_delete_fraction, settings.max_delete_fraction, accept_deletes)
     return warehouse.upsert(
         conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored,
         normalized=normalized, index_build_memory=settings.index_build_memory, kind=source.kind,
-        deletes_missing=source.deletes_missing(full_refresh), max_delete_fraction=settings.max_delete_fraction)
+        deletes_missing=source.deletes_missing(full_refresh), delete_limit=guard)
 
 
 def checkpoint(conn, stored: Stored, upserted: Upserted, *, run_id: str, settings: Settings,

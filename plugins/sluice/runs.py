@@ -85,6 +85,8 @@ class RunOutcome:
     failures: list[Failure] = field(default_factory=list)
     # each source's kind, from the catalog: a source that failed before its ingest succeeded has no other
     kinds: dict[str, str] = field(default_factory=dict)
+    # the larger deletes a person accepted for this run (DAG param accept_deletes): {source: fraction}
+    accept_deletes: dict[str, float] | None = None
 
     @classmethod
     def of(cls, results: Iterable, **run) -> "RunOutcome":
@@ -164,6 +166,7 @@ def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGI
             "error_message": "\n".join(outcome.error_lines()) or None,
             "errors": Jsonb(outcome.summaries()) if outcome.failures else None,
             "source_counts": Jsonb(per_source),
+            "accept_deletes": Jsonb(outcome.accept_deletes) if outcome.accept_deletes else None,
             **totals,
         }).fetchone()
     problems = outcome.error_lines()

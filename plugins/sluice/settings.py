@@ -5,6 +5,8 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sluice.errors import InvalidSetting
+
 DEFAULT_API_MAPPING = {"source_id": "id", "name": "title", "value": "userId", "description": "body"}
 DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "description": "description"}
 # maintenance_work_mem while a bulk load rebuilds indexes (PostgreSQL units: 512MB, 1GB)
@@ -22,7 +24,7 @@ def _number(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+        raise InvalidSetting(f"environment variable {name}={raw!r} is not a number") from None
 
 
 def _hosts(name: str) -> frozenset[tuple[str, int | None]]:
@@ -38,7 +40,7 @@ def _hosts(name: str) -> frozenset[tuple[str, int | None]]:
         except ValueError:
             port = -1
         if not parts.hostname or port == -1 or parts.netloc != entry or "@" in entry:
-            raise ValueError(f"environment variable {name}: {entry!r} is not a host or host:port")
+            raise InvalidSetting(f"environment variable {name}: {entry!r} is not a host or host:port")
         hosts.add((parts.hostname, port))
     return frozenset(hosts)
 
@@ -88,7 +90,7 @@ def load() -> Settings:
 def _fraction(name: str, default: float) -> float:
     value = _number(name, default)
     if not 0 <= value <= 1:  # also refuses nan
-        raise ValueError(f"environment variable {name}={value:g} must be between 0 and 1")
+        raise InvalidSetting(f"environment variable {name}={value:g} must be between 0 and 1")
     return value
 
 
@@ -96,5 +98,5 @@ def _at_least(name: str, default: float, *, minimum: float) -> float:
     # a retention of 0 would sweep the folder of a run still between its ingest and its store_raw
     value = _number(name, default)
     if value < minimum:
-        raise ValueError(f"environment variable {name}={value:g} must be at least {minimum:g}")
+        raise InvalidSetting(f"environment variable {name}={value:g} must be at least {minimum:g}")
     return value

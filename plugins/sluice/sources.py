@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 
+from sluice import delete_guard
 from sluice import mapping as mappings
 from sluice.errors import InvalidSource, MappingError
 from sluice.settings import DEFAULT_API_MAPPING, DEFAULT_CSV_MAPPING, Settings
@@ -172,6 +173,8 @@ class Source:
     # declared fields beyond the unified columns: name -> Field (a mapping of specs is read by Field.of), in order
     fields: Mapping[str, Field] = field(default_factory=dict)
     schema_contract: str = "discard_undeclared"  # see SCHEMA_CONTRACTS
+    # the most of its live rows one read may soft-delete (0..1); None: SLUICE_MAX_DELETE_FRACTION (delete_guard)
+    max_delete_fraction: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
@@ -194,6 +197,9 @@ class Source:
             object.__setattr__(self, "delete_missing", DELETE_MISSING.get(self.kind, False))
         if not isinstance(self.delete_missing, bool):
             raise InvalidSource(f"{where}: delete_missing must be true or false, got {self.delete_missing!r}")
+        if self.max_delete_fraction is not None:
+            object.__setattr__(self, "max_delete_fraction",
+                               delete_guard.fraction(self.max_delete_fraction, f"{where}: max_delete_fraction"))
 
     def deletes_missing(self, full_refresh: bool) -> bool:
         """Whether this read soft-deletes the rows whose records it lacks: only a whole read can tell."""

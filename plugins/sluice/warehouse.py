@@ -7,7 +7,6 @@ A per-source advisory lock is held for each write transaction, so overlapping ru
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -16,7 +15,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import locks, migrations, progress, queries, rules, settings
+from sluice import delete_guard, locks, migrations, progress, queries, rules, settings
+from sluice.delete_guard import DEFAULT_ORIGIN, DeleteLimit
 from sluice.errors import DeleteRefused, LockTimeout
 from sluice.failures import Failure
 from sluice.results import Checkpointed, Normalized, Stored, Upserted
@@ -281,11 +281,11 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
            normalized: Normalized | None = None, bulk_rows: int = BULK_ROWS,
            index_build_memory: str = settings.INDEX_BUILD_MEMORY,
            kind: str | None = None, deletes_missing: bool = False,
-           max_delete_fraction: float = settings.MAX_DELETE_FRACTION) -> Upserted:
+           delete_limit: DeleteLimit = DeleteLimit(settings.MAX_DELETE_FRACTION, DEFAULT_ORIGIN)) -> Upserted:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written. Then the
     rows whose records the read contains are undeleted and, when the read was whole (deletes_missing), the live
     rows whose records it lacks are soft-deleted (_sync_deletes): DeleteRefused, and nothing of the source
-    commits, when they are more than max_delete_fraction of its live rows.
+    commits, when they are more than delete_limit allows of its live rows.
 
     A load that inserts at least bulk_rows rows and at least doubles the table (a first load) is a bulk load
     (see _load_into). A retry of a source this run already upserted returns what it wrote then. stored and
@@ -316,7 +316,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
         deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
                                                     deletes_missing=deletes_missing, whole_read=stored.whole_read,
-                                                    live_before=live_before, max_fraction=max_delete_fraction)
+                                                    live_before=live_before, guard=delete_limit)
         (live_after,) = _count(conn, "live_rows", keys)
         result = Upserted(source=source, inserted=inserted, updated=updated, unchanged=current - inserted - updated,
                           superseded=incoming - current, processed=normalized.staged, deleted=deleted,
@@ -332,7 +332,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
 
 
 def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: bool, whole_read: bool,
-                  live_before: int, max_fraction: float) -> tuple[int, int, str]:
+                  live_before: int, guard: DeleteLimit) -> tuple[int, int, str]:
     """(deleted, undeleted, why deletes were skipped: empty when they were not) for the run's read of the source.
 
     Only the newest fetch stored for the source decides what is at the source: an older read would delete what
@@ -360,13 +360,10 @@ def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: b
         log.warning("%s: no deletes: %s", source, why)
         return 0, undeleted, why
     # one pass finds the missing rows; they are deleted in it only when the guard allows, so a refusal writes nothing
-    allowed = math.floor(max_fraction * live_before)
+    allowed = guard.allowed(live_before)
     missing, deleted = _count(conn, "soft_delete_missing", {**keys, "max_deletes": allowed})
     if missing > allowed:
-        raise DeleteRefused(
-            f"{source}: the read would delete {progress.count(missing)} of {progress.count(live_before)} live rows "
-            f"({missing / live_before:.0%}), more than SLUICE_MAX_DELETE_FRACTION {max_fraction:g}; nothing was "
-            "deleted")
+        raise DeleteRefused(delete_guard.refusal(source, missing, live_before, guard))
     return deleted, undeleted, ""
 
 
