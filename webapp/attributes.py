@@ -26,6 +26,7 @@ ORDERED = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "is")
 OPERATORS = {"text": (*ORDERED, "like", "ilike"), "integer": ORDERED, "numeric": ORDERED, "timestamp": ORDERED,
              "date": ORDERED, "boolean": ("eq", "neq", "is"), "json": ("is",)}
 MAX_IN_VALUES = 100
+MAX_EXPONENT = 1000
 PREFIX = "attributes."  # filters on a field named like one of /data's own parameters: attributes.page=eq.3
 INTEGER = re.compile(r"[+-]?[0-9]+")
 NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -96,7 +97,11 @@ def typed(kind: str, text: str, name: str):
     if kind in ("integer", "numeric"):
         if not (INTEGER if kind == "integer" else NUMBER).fullmatch(text):
             raise bad("an integer" if kind == "integer" else "a number")
-        return decimal.Decimal(text)
+        number = decimal.Decimal(text)
+        # an exponent numeric cannot hold (1e99999) would fail the query: refused, with room to spare
+        if abs(number.adjusted()) > MAX_EXPONENT:
+            raise bad(f"a number within 1e-{MAX_EXPONENT} to 1e{MAX_EXPONENT}")
+        return number
     if kind == "date":
         try:
             if not DATE.fullmatch(text):
@@ -146,7 +151,7 @@ def parse_filter(name: str, kind: str, text: str) -> Filter:
         return Filter(name, kind, "in", tuple(typed(kind, value, name) for value in _in_values(operand, name)))
     if operator in ("like", "ilike"):
         # PostgREST's * stands for %, which a URL would have to encode
-        return Filter(name, kind, operator, (operand.replace("*", "%"),))
+        return Filter(name, kind, operator, (typed(kind, operand, name).replace("*", "%"),))
     return Filter(name, kind, operator, (typed(kind, operand, name),))
 
 

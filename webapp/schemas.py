@@ -3,7 +3,6 @@
 import base64
 import binascii
 import datetime as dt
-import json
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_dump, validate, validates_schema
 
