@@ -16,13 +16,12 @@ from webapp import exact_json
 from webapp.schemas import comparable, updated_at_key
 
 SQL_FILE = "webapp.sql"
-TYPES = ("text", "integer", "numeric", "boolean", "timestamp", "date", "json")
 # How each type is compared in SQL: integers as numeric too, so a JSON number with any digits compares exactly.
 SQL_TYPES = {"text": "text", "integer": "numeric", "numeric": "numeric", "boolean": "boolean",
              "timestamp": "timestamptz", "date": "date"}
 COMPARISONS = {"neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 ORDERED = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "is")
-# The operators each type takes (README "Filters on declared fields" lists the same).
+# The operators each type takes (the README's "Declared fields" and the OpenAPI document list the same).
 OPERATORS = {"text": (*ORDERED, "like", "ilike"), "integer": ORDERED, "numeric": ORDERED, "timestamp": ORDERED,
              "date": ORDERED, "boolean": ("eq", "neq", "is"), "json": ("is",)}
 MAX_IN_VALUES = 100
@@ -279,9 +278,11 @@ def keyset(query: Query, after, params: dict) -> tuple[sql.Composable, sql.Compo
     return fragment(name).format(value=value, beyond=beyond, type=sql.SQL(SQL_TYPES[order.type])), order_sql
 
 
-def sort_key(attributes: dict, query: Query):
-    """The cursor's key of a served row: its stored JSON value of the order field, or None for the default."""
-    return attributes.get(query.order.field) if query.order else None
+def position(row: dict, query: Query, source: str | None) -> tuple:
+    """The cursor position after a served row: (key, id), and the fingerprint when an order or filters bind it."""
+    key = row["attributes"].get(query.order.field) if query.order else row["updated_at"]
+    fingerprint = query.fingerprint(source)
+    return (key, row["id"], fingerprint) if fingerprint else (key, row["id"])
 
 
 def cursor_key(query: Query, stored):

@@ -120,11 +120,7 @@ def list_records():
     has_more = len(rows) > page_size
     rows = rows[:page_size]
     last = rows[-1] if has_more else None
-    next_cursor = None
-    if last is not None:
-        key = attributes.sort_key(last["attributes"], declared) if declared.order else last["updated_at"]
-        fingerprint = declared.fingerprint(source)
-        next_cursor = (key, last["id"], fingerprint) if fingerprint else (key, last["id"])
+    next_cursor = attributes.position(last, declared, source) if last else None
     body = data_page_schema.dump({
         "data": [_item(row, declared, source) for row in rows], "total": _total(args["count"], filters, declared),
         "page": page, "page_size": page_size, "has_more": has_more, "next_cursor": next_cursor,
