@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import psycopg2
 import pytest
-from webapp_fixtures import (BASE_TIME, declare_fields, insert_checkpoint, insert_records, insert_rejects, insert_run,
-                             record)
+from webapp_fixtures import (BASE_TIME, closed_port_url, declare_fields, insert_checkpoint,  # noqa: F401
+                             insert_records, insert_rejects, insert_run, make_app, record)
 
 from sluice import queries
 from webapp import attributes, create_app, db, exact_json
@@ -329,6 +329,13 @@ def test_the_openapi_document_describes_each_sources_fields(client, url):
         assert fresh.json["components"]["schemas"]["Attributes_orders"]["properties"]["placed"]["format"] == "date"
     finally:
         declare_fields(url, "orders", {"total": "numeric", "status": "text"})
+
+
+def test_without_the_warehouse_the_document_still_lists_every_route(make_app):
+    client = make_app(closed_port_url()).test_client()
+    response = client.get("/openapi.json")
+    assert response.status_code == 200 and "/data" in response.json["paths"]
+    assert not [name for name in response.json["components"]["schemas"] if name.startswith("Attributes_")]
 
 
 def test_the_openapi_document_with_sources_validates(client):
