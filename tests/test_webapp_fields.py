@@ -12,6 +12,7 @@ import pytest
 from webapp_fixtures import (BASE_TIME, closed_port_url, declare_fields, insert_checkpoint,  # noqa: F401
                              insert_records, insert_rejects, insert_run, make_app, record)
 
+from bench import api_fields
 from sluice import queries
 from webapp import attributes, create_app, db, exact_json
 
@@ -441,3 +442,11 @@ def test_typed_values_and_canonical_containment():
     assert attributes.typed("timestamp", "2026-01-01", "signup") == datetime(2026, 1, 1, tzinfo=timezone.utc)
     assert attributes.typed("date", "2026-02-28", "birthday") == date(2026, 2, 28)
     assert exact_json.dumps({"mrr": Decimal(BIG)}) == f'{{"mrr": {BIG}}}'
+
+
+def test_the_fields_bench_times_and_explains_every_request(make_database):
+    lines = api_fields.run(make_database(), 3000, 1)
+    assert len(lines) == 1 + 2 * len(api_fields.REQUESTS)
+    for request, timing, explained in zip(api_fields.REQUESTS, lines[1::2], lines[2::2]):
+        assert timing.endswith(f"/data?source=customers&{request}") and " ms " in timing
+        assert "Execution Time" in explained
