@@ -3,9 +3,12 @@
 -- branches away and still picks the (source, updated_at, id) and pg_trgm indexes. Soft-deleted rows
 -- (deleted_at set) are left out unless include_deleted.
 -- The filters of data_page, data_count and data_estimate must stay identical (a test checks it).
+-- {attributes}, {after} and {order} are filled by webapp/attributes.py (psycopg2.sql) with the fragments named
+-- attribute_* and data_* below: filters on declared fields, the keyset position and the order. Values are
+-- always named parameters; only a whitelisted operator, direction or type name is composed in.
 
 -- name: data_page
-select id, source, source_id, name, value, description, created_at, updated_at, deleted_at
+select id, source, source_id, name, value, description, created_at, updated_at, deleted_at, attributes
 from normalized_data
 where (%(source)s::text is null or source = %(source)s)
   and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
@@ -13,10 +16,51 @@ where (%(source)s::text is null or source = %(source)s)
        or name ilike %(pattern)s escape '\'
        or description ilike %(pattern)s escape '\')
   and (%(include_deleted)s or deleted_at is null)
-  and (%(after_updated_at)s::timestamptz is null
-       or (updated_at, id) < (%(after_updated_at)s::timestamptz, %(after_id)s::bigint))
-order by updated_at desc, id desc
+  and {attributes}
+  and {after}
+order by {order}
 limit %(limit)s offset %(offset)s;
+
+-- name: data_no_attribute_filter
+true
+
+-- name: data_attribute_contains
+-- eq, in and is: containment, which the GIN index normalized_data_attributes_idx (jsonb_path_ops) answers; it
+-- holds only rows with attributes, and the document is never empty, so saying so changes no answer and lets
+-- the planner use that partial index
+(attributes @> {document}::jsonb and attributes <> '{{}}'::jsonb)
+
+-- name: data_attribute_value
+-- a declared field's typed value; JSON null and a missing key are both SQL null. The form an expression index
+-- must repeat to be used: (attributes ->> 'seats')::numeric
+(attributes ->> {field})::{type}
+
+-- name: data_attribute_compare
+{value} {operator} {parameter}::{type}
+
+-- name: data_attribute_like
+{value} {operator} {parameter}::text
+
+-- name: data_after_updated
+-- the default order's keyset: the rows after the cursor's (updated_at, id)
+(updated_at, id) < (%(after_updated_at)s::timestamptz, %(after_id)s::bigint)
+
+-- name: data_order_updated
+updated_at desc, id desc
+
+-- name: data_after_value
+-- the rows after (v, id) in `value <direction> nulls last, id <direction>` (beyond: > for asc, < for desc):
+-- further values, then v's further ids, then every null
+({value} {beyond} %(after_value)s::{type}
+ or ({value} = %(after_value)s::{type} and id {beyond} %(after_id)s::bigint)
+ or {value} is null)
+
+-- name: data_after_null
+-- after a null: only the nulls with further ids (nulls come last in either direction)
+({value} is null and id {beyond} %(after_id)s::bigint)
+
+-- name: data_order_value
+{value} {direction} nulls last, id {direction}
 
 -- name: data_count
 select count(*) as total
@@ -26,7 +70,8 @@ where (%(source)s::text is null or source = %(source)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
        or description ilike %(pattern)s escape '\')
-  and (%(include_deleted)s or deleted_at is null);
+  and (%(include_deleted)s or deleted_at is null)
+  and {attributes};
 
 -- name: data_count_all
 -- exact and cheap: the per-source counters the schema's triggers keep, less the deleted rows unless they are
@@ -48,10 +93,11 @@ where (%(source)s::text is null or source = %(source)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
        or description ilike %(pattern)s escape '\')
-  and (%(include_deleted)s or deleted_at is null);
+  and (%(include_deleted)s or deleted_at is null)
+  and {attributes};
 
 -- name: data_record
-select id, source, source_id, name, value, description, created_at, updated_at, deleted_at,
+select id, source, source_id, name, value, description, created_at, updated_at, deleted_at, attributes,
        first_seen_run_id, last_changed_run_id, deleted_run_id
 from normalized_data
 where source = %(source)s and source_id = %(source_id)s and (%(include_deleted)s or deleted_at is null);
@@ -100,12 +146,32 @@ select r.source, left(r.source_id, %(max_text)s) as source_id, r.stage, left(r.r
 from rejected_records r
 cross join lateral (select r.payload::text as text) as doc
 cross join lateral (select length(doc.text) as chars) as doc_size
-where r.run_id = %(run_id)s
+where r.run_id = %(run_id)s and (%(source)s::text is null or r.source = %(source)s)
 order by r.id
 limit %(limit)s offset %(offset)s;
 
 -- name: rejects_count
-select count(*) as total from rejected_records where run_id = %(run_id)s;
+select count(*) as total
+from rejected_records
+where run_id = %(run_id)s and (%(source)s::text is null or source = %(source)s);
+
+-- name: record_rejection
+-- why a record has no row: its latest rejection (rejected_records_record_idx), only when no row of it exists,
+-- live or deleted. Never its payload: /runs/<run_id>/rejects serves that, masked and bounded.
+select r.run_id, r.stage, left(r.reason, %(max_text)s) as reason, r.created_at as at
+from rejected_records r
+where r.source = %(source)s and r.source_id = %(source_id)s
+  and not exists (select 1 from normalized_data n where n.source = r.source and n.source_id = r.source_id)
+order by r.id desc
+limit 1;
+
+-- name: source_fields
+-- the fields each source declares, in catalog order: what /data serves, filters and sorts on, and the
+-- per-source schemas of /openapi.json; one source's, or every source's when source is null
+select source, field, type
+from source_fields
+where %(source)s::text is null or source = %(source)s
+order by source, position, field;
 
 -- name: stats_totals
 select coalesce(sum(records_processed), 0)::bigint as total_records_processed,

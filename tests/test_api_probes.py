@@ -34,9 +34,10 @@ ERROR_KEYS = {"code", "status", "message", "errors"}
 # The query parameters of each endpoint (a test checks this against /openapi.json, so new ones get probed).
 QUERY_PARAMETERS = {
     "/": [], "/openapi.json": [], "/health": [], "/stats": [], "/sources": [], "/data/api/item-1": ["include_deleted"],
-    "/data": ["page", "page_size", "source", "search", "updated_since", "cursor", "count", "include_deleted"],
+    "/data": ["page", "page_size", "source", "search", "updated_since", "cursor", "count", "include_deleted", "fields",
+              "order"],
     "/runs": ["page", "page_size"],
-    f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size"],
+    f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size", "source"],
 }
 TEXT_PROBES = [
     "'", "' OR '1'='1", "1; drop table normalized_data; --", "'); select pg_sleep(10); --", '"', "%", "_", "\\",
@@ -253,7 +254,7 @@ def test_a_forged_cursor_postgresql_cannot_compare_is_a_400(app, moment):
 def test_a_cursor_with_another_offset_pages_like_the_utc_one(app):
     client = app.test_client()
     cursor = client.get("/data?page_size=3").json["next_cursor"]
-    updated_at, row_id = data_query_schema.load({"cursor": cursor})["cursor"]
+    updated_at, row_id, _ = data_query_schema.load({"cursor": cursor})["cursor"]
     far_west = updated_at.astimezone(timezone(-timedelta(hours=15, minutes=59)))
     shifted = data_page_schema.dump({"next_cursor": (far_west, row_id)})["next_cursor"]
     assert shifted != cursor

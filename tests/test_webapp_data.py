@@ -63,7 +63,7 @@ def test_first_page_has_defaults_and_full_items(client, rows):
         "id": newest["id"], "source": newest["source"], "source_id": newest["source_id"], "name": newest["name"],
         "value": newest["value"], "description": newest["description"],
         "created_at": newest["created_at"].isoformat(), "updated_at": newest["updated_at"].isoformat(),
-        "deleted_at": None}
+        "deleted_at": None, "attributes": {}}
 
 
 @pytest.mark.parametrize("page, page_size, expected_slice, has_more", [
@@ -298,7 +298,7 @@ def test_one_record_with_lineage(make_app, database_url, source_id):
     assert response.json == {
         "id": row["id"], "source": "csv", "source_id": source_id, "name": "one", "value": 2.5, "description": None,
         "created_at": BASE_TIME.isoformat(), "updated_at": BASE_TIME.isoformat(),
-        "deleted_at": None, "first_seen_run_id": "run-a", "last_changed_run_id": "run-b", "deleted_run_id": None}
+        "deleted_at": None, "first_seen_run_id": "run-a", "last_changed_run_id": "run-b", "deleted_run_id": None, "attributes": {}}
     assert client.get(f"/data/api/{source_id}").status_code == 404  # same id, other source
 
 

@@ -91,7 +91,8 @@ def test_component_schemas_are_valid_json_schema(document):
 
 def test_query_parameters_match_the_schemas(document):
     names = {p["name"] for p in document["paths"]["/data"]["get"]["parameters"] if p["in"] == "query"}
-    assert names == {"page", "page_size", "source", "search", "updated_since", "cursor", "count", "include_deleted"}
+    assert names == {"page", "page_size", "source", "search", "updated_since", "cursor", "count", "include_deleted",
+                     "fields", "order"}
     page_size = next(p for p in document["paths"]["/data"]["get"]["parameters"] if p["name"] == "page_size")
     assert page_size["schema"] == {"type": "integer", "default": 10, "minimum": 1, "maximum": 100}
 

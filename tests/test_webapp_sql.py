@@ -1,6 +1,7 @@
 """The named queries of sql/webapp.sql: consistent filters, and search that can use the pg_trgm indexes."""
 
 import psycopg2
+from psycopg2 import sql
 import pytest
 
 from sluice import queries
@@ -28,7 +29,8 @@ def test_filters_can_use_their_index(database_url, filters, index):
     # psycopg2 (as the app) sends values inline, so the planner sees the folded conditions
     with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
         cursor.execute("set local enable_seqscan = off")
-        cursor.execute("explain " + queries.query("webapp.sql", "data_count"), filters)
+        count = sql.SQL(queries.query("webapp.sql", "data_count")).format(attributes=sql.SQL("true"))
+        cursor.execute(sql.SQL("explain ") + count, filters)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     conn.close()
     assert index in plan, plan

@@ -49,12 +49,13 @@ def missing_socket_url(tmp_path) -> str:
 
 
 def record(source="api", source_id=None, name=None, value=None, description=None, updated_at=BASE_TIME,
-           created_at=None, first_seen_run_id="run-1", last_changed_run_id=None) -> dict:
-    """A normalized_data row with defaults for what a test does not care about."""
+           created_at=None, first_seen_run_id="run-1", last_changed_run_id=None, attributes=None) -> dict:
+    """A normalized_data row with defaults for what a test does not care about. attributes: the JSON text of its
+    typed declared fields, as normalize writes them (text, so that numbers keep every digit)."""
     return {"source": source, "source_id": source_id or f"r{next(_record_numbers)}", "name": name,
             "value": value, "description": description, "created_at": created_at or updated_at,
             "updated_at": updated_at, "first_seen_run_id": first_seen_run_id,
-            "last_changed_run_id": last_changed_run_id or first_seen_run_id}
+            "last_changed_run_id": last_changed_run_id or first_seen_run_id, "attributes": attributes or "{}"}
 
 
 def insert_records(url: str, rows: list[dict]) -> list[dict]:
@@ -63,11 +64,20 @@ def insert_records(url: str, rows: list[dict]) -> list[dict]:
         for row in rows:
             (row["id"],) = conn.execute(
                 "insert into normalized_data (source, source_id, name, value, description, created_at,"
-                " updated_at, first_seen_run_id, last_changed_run_id, input_hash)"
+                " updated_at, first_seen_run_id, last_changed_run_id, input_hash, attributes)"
                 " values (%(source)s, %(source_id)s, %(name)s, %(value)s, %(description)s, %(created_at)s,"
-                " %(updated_at)s, %(first_seen_run_id)s, %(last_changed_run_id)s, 'fixture')"
-                " returning id", row).fetchone()
+                " %(updated_at)s, %(first_seen_run_id)s, %(last_changed_run_id)s, 'fixture',"
+                " %(attributes)s::jsonb) returning id", {"attributes": "{}", **row}).fetchone()
     return rows
+
+
+def declare_fields(url: str, source: str, fields: dict[str, str], run_id: str = "run-1") -> None:
+    """source_fields rows as normalize writes them: field -> type, in catalog order (replacing the source's)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("delete from source_fields where source = %s", (source,))
+        for position, (field, kind) in enumerate(fields.items()):
+            conn.execute("insert into source_fields (source, field, type, path, position, declared_run_id)"
+                         " values (%s, %s, %s, %s, %s, %s)", (source, field, kind, field, position, run_id))
 
 
 def catalog(count: int = 25) -> list[dict]:
@@ -125,13 +135,13 @@ def set_source_error(url: str, source: str, run_id: str, text: str | None, summa
 
 
 def insert_rejects(url: str, run_id: str, rows: list[dict]) -> None:
-    """rejected_records rows of one run: dicts with source, source_id, reason, payload."""
+    """rejected_records rows of one run: dicts with source, source_id, reason, payload (and stage: normalize)."""
     with psycopg.connect(url) as conn:
         for row in rows:
             conn.execute(
                 "insert into rejected_records (run_id, source, source_id, stage, reason, payload)"
-                " values (%s, %s, %s, 'normalize', %s, %s)",
-                (run_id, row["source"], row.get("source_id"), row["reason"],
+                " values (%s, %s, %s, %s, %s, %s)",
+                (run_id, row["source"], row.get("source_id"), row.get("stage", "normalize"), row["reason"],
                  Jsonb(row["payload"]) if row.get("payload") is not None else None))
 
 

@@ -5,7 +5,7 @@ from flask_cors import CORS
 from werkzeug.routing import PathConverter
 
 from webapp import config as settings
-from webapp import db, errors, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_stats
+from webapp import db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_stats
 
 
 class IdConverter(PathConverter):
@@ -18,6 +18,7 @@ class IdConverter(PathConverter):
 def create_app(config=None) -> Flask:
     """An app configured by defaults, then SLUICE_* environment variables, then `config`."""
     app = Flask(__name__, static_folder=None)  # JSON only: no /static route
+    app.json = exact_json.ExactJSONProvider(app)  # numeric attributes keep every digit
     # Ids may hold "//" or start with "/": route them as sent, not redirect to another id's URL.
     app.url_map.merge_slashes = False
     app.url_map.converters["id"] = IdConverter

@@ -7,9 +7,11 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 from flask import current_app, g
+from psycopg2 import sql
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from sluice import queries
+from webapp import exact_json
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,16 @@ class Warehouse:
     def checkout(self):
         """A connection from the pool; DatabaseUnavailable when none can be had."""
         try:
-            return self.pool().getconn()
+            conn = self.pool().getconn()
         except PoolError as error:
             raise DatabaseUnavailable(
                 f"all {self.max_connections} database connections are in use") from error
         except CONNECTION_ERRORS as error:
             log.warning("cannot connect to the warehouse: %s", str(error).strip())
             raise DatabaseUnavailable("database unreachable") from error
+        # jsonb numbers as Decimal: a float would drop digits of a numeric attribute (no query: the oid is known)
+        psycopg2.extras.register_default_jsonb(conn, loads=exact_json.loads)
+        return conn
 
     def give_back(self, conn, broken: bool) -> None:
         """Return a connection; a broken one is closed so the pool reconnects when the server is back."""
@@ -107,9 +112,12 @@ def _give_back_connection(_error=None) -> None:
         warehouse().give_back(conn, broken=False)
 
 
-def fetch_all(name: str, params: dict | None = None) -> list[dict]:
-    """Rows of the named query of sql/webapp.sql as dicts; database trouble becomes DatabaseUnavailable."""
+def fetch_all(name: str, params: dict | None = None, parts: dict | None = None) -> list[dict]:
+    """Rows of the named query of sql/webapp.sql as dicts; database trouble becomes DatabaseUnavailable.
+    parts fill the query's {slots} with psycopg2.sql fragments (webapp.attributes)."""
     statement = queries.query(SQL_FILE, name)
+    if parts is not None:
+        statement = sql.SQL(statement).format(**parts)
     store = warehouse()
     # A pooled connection whose server restarted fails on its first statement: retry that statement
     # on the next connection (at most the whole pool), so one restart costs clients no errors.
@@ -134,8 +142,8 @@ def fetch_all(name: str, params: dict | None = None) -> list[dict]:
     raise DatabaseUnavailable("database unreachable")
 
 
-def fetch_one(name: str, params: dict | None = None) -> dict | None:
-    rows = fetch_all(name, params)
+def fetch_one(name: str, params: dict | None = None, parts: dict | None = None) -> dict | None:
+    rows = fetch_all(name, params, parts)
     return rows[0] if rows else None
 
 

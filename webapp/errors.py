@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 
 
-def error_response(code: int, message: str, errors: dict | None = None):
+def error_response(code: int, message: str, errors: dict | None = None, extra: dict | None = None):
+    """The one error shape; extra: details an operation documents beside it (a rejected record's rejection)."""
     body = error_schema.dump({"code": code, "status": HTTPStatus(code).phrase, "message": message,
                               "errors": errors or {}})
+    body.update(extra or {})
     response = jsonify(body)
     response.status_code = code
     return response

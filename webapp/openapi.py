@@ -9,6 +9,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
 import sluice
+from webapp.attributes import OPERATORS
 from webapp.hooks import MAX_URL_BYTES
 from webapp.schemas import error_schema
 
@@ -26,6 +27,19 @@ headers over its limits (431) or malformed HTTP (400).
 To follow changes, poll `/data?updated_since=<watermark>` with the `watermark` of the previous answer
 (of its first page, when it took several): no committed change is missed, even one whose load was
 running during that answer; some rows may come again.
+
+**Declared fields.** A source may declare typed fields in its catalog entry; each record of `/data` carries them
+in `attributes` (the schema `Attributes_<source>` of this document lists each source's, built from the
+warehouse on each request). With `source=`: `fields=email,plan` serves only those; `order=seats.desc` (or
+`.asc`; nulls last, ties by id) orders by one, and `next_cursor` follows that order; and any other parameter
+filters on a declared field in PostgREST's syntax, `<field>=<operator>.<value>`: `plan=eq.pro`, `seats=gte.10`,
+`signup=lt.2026-01-01`, `plan=in.(free,pro)`, `plan=is.null`, `active=is.true`, `email=ilike.*@example.com`.
+Operators by type: text eq neq gt gte lt lte in is like ilike (`*` stands for `%`); integer, numeric,
+timestamp and date eq neq gt gte lt lte in is; boolean eq neq is (null, true, false); json is (null). Values
+are typed as the field is declared; several filters (the same field repeated too) must all hold; neq, gt...
+never match a null. A field named like one of /data's own parameters is filtered as `attributes.<field>`
+(which works for any field). An unknown field, operator or a value of the wrong type is a 400 naming it; so
+is a cursor passed with another order or other filters.
 
 A record its source no longer has is soft-deleted: `/data` and `/data/{{source}}/{{source_id}}` leave it out
 unless `include_deleted=true`, which shows it with `deleted_at` set. Its deletion moves `updated_at`, so a
@@ -130,3 +144,25 @@ def build(app) -> dict:
         operations = {method.lower(): _operation(rule.endpoint, doc) for method in public_methods(rule)}
         spec.path(path=openapi_path(rule), operations=operations)
     return spec.to_dict()
+
+
+# JSON Schema of each declared type, as /data serves it (null when the record lacks the field)
+ATTRIBUTE_SCHEMAS = {"text": {"type": ["string", "null"]}, "integer": {"type": ["integer", "null"]},
+                     "numeric": {"type": ["number", "null"]}, "boolean": {"type": ["boolean", "null"]},
+                     "timestamp": {"type": ["string", "null"], "format": "date-time"},
+                     "date": {"type": ["string", "null"], "format": "date"}, "json": {}}
+
+
+def with_sources(document: dict, declared: list[dict]) -> dict:
+    """The document plus one component schema per source, Attributes_<source>, of its declared fields."""
+    per_source: dict[str, dict] = {}
+    for row in declared:
+        properties = per_source.setdefault(row["source"], {})
+        properties[row["field"]] = {**ATTRIBUTE_SCHEMAS[row["type"]], "description": (
+            f"{row['type']}; filters: {', '.join(OPERATORS[row['type']])}")}
+    schemas = {f"Attributes_{source}": {
+        "type": "object", "properties": properties, "required": list(properties),
+        "description": f"The declared fields of source {source}: each item's attributes in /data?source={source}"}
+        for source, properties in per_source.items()}
+    components = document.get("components", {})
+    return {**document, "components": {**components, "schemas": {**components.get("schemas", {}), **schemas}}}

@@ -3,13 +3,16 @@
 
 from flask import Blueprint, request
 from marshmallow import ValidationError
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import NotFound
 
-from webapp import db
+from webapp import attributes, db
+from webapp.errors import error_response
 from webapp.openapi import documented
 from webapp.responses import conditional_json
-from webapp.schemas import (data_page_schema, data_query_schema, load_query, no_query_schema,
-                            record_detail_schema, record_path_schema, record_query_schema, sources_schema)
+from webapp.schemas import (MAX_REJECT_TEXT_CHARS, data_page_schema, data_query_schema, load_query,
+                            no_query_schema, record_detail_schema, record_not_found_schema, record_path_schema,
+                            record_query_schema, rejection_schema, sources_schema)
 
 blueprint = Blueprint("data", __name__)
 WATERMARK_HEADER = "Sluice-Watermark"
@@ -28,7 +31,7 @@ def _filters(args: dict) -> dict:
             "include_deleted": args["include_deleted"]}
 
 
-def _known(source: str | None) -> None:
+def check_known(source: str | None) -> None:
     """A 400 listing the known sources when source names none of them (read on each request: runs add sources)."""
     if source is None:
         return
@@ -38,44 +41,89 @@ def _known(source: str | None) -> None:
             f"Unknown source {source!r}; the known sources are: {', '.join(known) or 'none yet'}."]})
 
 
-def _total(mode: str, filters: dict) -> int | None:
+def declared_fields(source: str) -> dict[str, str]:
+    """The fields a source declares, field -> type, in catalog order."""
+    return {row["field"]: row["type"] for row in db.fetch_all("source_fields", {"source": source})}
+
+
+def _split_query(args) -> tuple[MultiDict, dict[str, list[str]]]:
+    """/data's own parameters, and the rest: filters on declared fields (a filter may repeat: they AND)."""
+    own = {field.data_key or name for name, field in data_query_schema.fields.items()}
+    parameters = MultiDict([(key, value) for key, value in args.items(multi=True) if key in own])
+    filters = {key: values for key, values in args.lists() if key not in own}
+    return parameters, filters
+
+
+def _total(mode: str, filters: dict, declared: attributes.Query) -> int | None:
     if mode == "none":
         return None
+    params = dict(filters)
+    parts = {"attributes": attributes.where(declared, params)}
     if mode == "estimated":
-        (plan,) = db.fetch_one("data_estimate", filters)["QUERY PLAN"]
+        (plan,) = db.fetch_one("data_estimate", params, parts)["QUERY PLAN"]
         return int(plan["Plan"]["Plan Rows"])
-    if filters["pattern"] is None and filters["updated_since"] is None:
+    if filters["pattern"] is None and filters["updated_since"] is None and not declared.filters:
         return db.fetch_one("data_count_all", filters)["total"]
-    return db.fetch_one("data_count", filters)["total"]
+    return db.fetch_one("data_count", params, parts)["total"]
+
+
+def _after(cursor, declared: attributes.Query, source: str | None) -> tuple | None:
+    """The keyset position of a cursor, checked against this request's order and filters."""
+    if cursor is None:
+        return None
+    key, row_id, fingerprint = cursor
+    if fingerprint != declared.fingerprint(source):
+        raise ValidationError({"cursor": [
+            "This cursor comes from a request with another order or other filters on declared fields; pass "
+            "next_cursor with the same source, order and filters, or start again without cursor."]})
+    if fingerprint is None:
+        return key, row_id  # the default order's: its updated_at was checked as the cursor was read
+    try:
+        return attributes.cursor_key(declared, key), row_id
+    except (ValueError, ValidationError) as error:
+        raise ValidationError({"cursor": [
+            "Not a valid cursor: pass next_cursor of a previous response unchanged."]}) from error
+
+
+def _item(row: dict, declared: attributes.Query, source: str | None) -> dict:
+    if source is not None:
+        row = {**row, "attributes": attributes.project(row["attributes"], declared)}
+    return row
 
 
 @blueprint.get("/data")
 @documented(query=data_query_schema, responses={200: data_page_schema}, errors=(400, 503), etag="weak",
             headers={WATERMARK_HEADER: "the watermark of this answer, as in the body; a 304 has it too"})
 def list_records():
-    """Normalized records, newest update first (updated_at desc, id desc)."""
-    args = load_query(data_query_schema, request.args)
-    _known(args.get("source"))
+    """Normalized records, newest update first (updated_at desc, id desc), or in the order of a declared field."""
+    parameters, field_filters = _split_query(request.args)
+    args = load_query(data_query_schema, parameters)
+    source = args.get("source")
+    check_known(source)
+    declared = attributes.parse(declared_fields(source) if source else {}, source, args.get("field_names"),
+                                args.get("order"), field_filters)
     filters = _filters(args)
+    after = _after(args.get("cursor"), declared, source)
     # before the rows: every change the rows below miss commits later, stamped at or after it
     watermark = db.fetch_one_before_snapshot("data_watermark")["watermark"]
     page_size = args["page_size"]
-    after = args.get("cursor")
     page = None if after else args["page"]
-    rows = db.fetch_all("data_page", {
+    params = {
         **filters,
-        "after_updated_at": after[0] if after else None,
-        "after_id": after[1] if after else None,
         # one row more than asked tells whether another page follows, without counting
         "limit": page_size + 1,
         "offset": (page - 1) * page_size if page else 0,
-    })
+    }
+    parts = {"attributes": attributes.where(declared, params)}
+    parts["after"], parts["order"] = attributes.keyset(declared, after, params)
+    rows = db.fetch_all("data_page", params, parts)
     has_more = len(rows) > page_size
     rows = rows[:page_size]
     last = rows[-1] if has_more else None
+    next_cursor = attributes.position(last, declared, source) if last else None
     body = data_page_schema.dump({
-        "data": rows, "total": _total(args["count"], filters), "page": page, "page_size": page_size,
-        "has_more": has_more, "next_cursor": (last["updated_at"], last["id"]) if last else None,
+        "data": [_item(row, declared, source) for row in rows], "total": _total(args["count"], filters, declared),
+        "page": page, "page_size": page_size, "has_more": has_more, "next_cursor": next_cursor,
         "watermark": watermark,
     })
     response = conditional_json(body, volatile=("watermark",))
@@ -84,16 +132,22 @@ def list_records():
 
 
 @blueprint.get("/data/<source>/<id:source_id>")
-@documented(path=record_path_schema, query=record_query_schema, responses={200: record_detail_schema},
-            errors=(400, 404, 503))
+@documented(path=record_path_schema, query=record_query_schema,
+            responses={200: record_detail_schema, 404: record_not_found_schema}, errors=(400, 503))
 def get_record(source, source_id):
     """One record with its lineage: the runs that first saw it, last changed it and deleted it."""
     key = record_path_schema.load({"source": source, "source_id": source_id})
     args = load_query(record_query_schema, request.args)
     row = db.fetch_one("data_record", {**key, **args})
     if row is None:
-        raise NotFound(f"no {key['source']} record with source_id {key['source_id']!r}")
-    return record_detail_schema.dump(row)
+        message = f"no {key['source']} record with source_id {key['source_id']!r}"
+        rejection = db.fetch_one("record_rejection", {**key, "max_text": MAX_REJECT_TEXT_CHARS})
+        if rejection is None:
+            raise NotFound(message)
+        return error_response(404, f"{message}: run {rejection['run_id']} rejected it at {rejection['stage']}",
+                              extra={"rejection": rejection_schema.dump(rejection)})
+    declared = attributes.Query(declared=declared_fields(key["source"]))
+    return record_detail_schema.dump({**row, "attributes": attributes.project(row["attributes"], declared)})
 
 
 def _source(row: dict) -> dict:

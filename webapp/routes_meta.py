@@ -1,13 +1,17 @@
 """/ and /openapi.json: what the service is and how to call it."""
 
+import logging
+
 from flask import Blueprint, current_app, request
 
 import sluice
-from webapp import openapi
+from webapp import db, openapi
 from webapp.openapi import documented
+from webapp.responses import conditional_json
 from webapp.schemas import index_schema, load_query, no_query_schema
 
 blueprint = Blueprint("meta", __name__)
+log = logging.getLogger(__name__)
 
 
 @blueprint.get("/")
@@ -22,11 +26,20 @@ def index():
 
 
 @blueprint.get("/openapi.json")
-@documented(responses={200: {"type": "object", "description": "an OpenAPI 3.1 document"}}, errors=(400,))
+@documented(responses={200: {"type": "object", "description": "an OpenAPI 3.1 document"}}, errors=(400,),
+            etag="strong")
 def openapi_document():
     """This API described as OpenAPI 3.1."""
     load_query(no_query_schema, request.args)
-    # the routes are fixed once the app is built, so one document serves every later request
+    # the routes are fixed once the app is built, so that part is built once; the sources' declared fields change
+    # with runs, so they are read on every request (one small query) and the ETag tells a client when they did
     if "sluice_openapi" not in current_app.extensions:
         current_app.extensions["sluice_openapi"] = openapi.build(current_app)
-    return current_app.extensions["sluice_openapi"]
+    document = current_app.extensions["sluice_openapi"]
+    try:
+        declared = db.fetch_all("source_fields", {"source": None})
+    except db.DatabaseUnavailable:
+        # the routes are still worth knowing while the warehouse is away: served without the per-source schemas
+        log.warning("/openapi.json without the sources' declared fields: the warehouse is unavailable")
+        return document
+    return conditional_json(openapi.with_sources(document, declared))

@@ -5,8 +5,9 @@ from werkzeug.exceptions import NotFound
 
 from webapp import db
 from webapp.openapi import documented
+from webapp.routes_data import check_known
 from webapp.schemas import (MAX_REJECT_PAYLOAD_CHARS, MAX_REJECT_TEXT_CHARS, load_query, page_query_schema,
-                            rejects_page_schema, run_path_schema, runs_page_schema)
+                            rejects_page_schema, rejects_query_schema, run_path_schema, runs_page_schema)
 
 blueprint = Blueprint("runs", __name__)
 
@@ -29,14 +30,15 @@ def list_runs():
 
 # `id`: Airflow run ids may hold any character; ':' and '+' need no encoding in a URL path.
 @blueprint.get("/runs/<id:run_id>/rejects")
-@documented(path=run_path_schema, query=page_query_schema, responses={200: rejects_page_schema},
+@documented(path=run_path_schema, query=rejects_query_schema, responses={200: rejects_page_schema},
             errors=(400, 404, 503))
 def list_rejects(run_id):
     """Records a run rejected, with its reason and raw payload as received (credentials masked, long ones cut)."""
     key = run_path_schema.load({"run_id": run_id})
-    args = load_query(page_query_schema, request.args)
+    args = load_query(rejects_query_schema, request.args)
+    check_known(args.get("source"))
     if not db.fetch_one("run_exists", key)["found"]:
         raise NotFound(f"no run with run_id {key['run_id']!r}")
     bounds = {"max_payload": MAX_REJECT_PAYLOAD_CHARS, "max_text": MAX_REJECT_TEXT_CHARS}
-    page = _page("rejects_page", "rejects_count", args, {**key, **bounds})
+    page = _page("rejects_page", "rejects_count", args, {**key, **bounds, "source": args.get("source")})
     return rejects_page_schema.dump(page)

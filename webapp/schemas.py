@@ -3,12 +3,12 @@
 import base64
 import binascii
 import datetime as dt
-import json
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_dump, validate, validates_schema
 
 from sluice.redact import MASK, mask_credential_fields, redact
 from sluice.sources import NAME
+from webapp import exact_json
 
 MAX_PAGE = 10_000  # deeper than this, OFFSET gets slow: clients follow next_cursor instead
 MAX_PAGE_SIZE = 100
@@ -70,7 +70,9 @@ def source_name(description: str = "a source's name (GET /sources lists them)", 
 
 
 class Cursor(fields.String):
-    """Opaque keyset position: base64url (unpadded) of the JSON [updated_at ISO 8601, id] of a row."""
+    """Opaque keyset position: base64url (unpadded) of the JSON [updated_at ISO 8601, id] of a row, or, when the
+    page was ordered by a declared field or filtered on one, [its value, id, fingerprint of that order and those
+    filters] (webapp.attributes checks the value's type and the fingerprint against the request)."""
 
     default_error_messages = {
         "invalid_cursor": "Not a valid cursor: pass next_cursor of a previous response unchanged.",
@@ -79,24 +81,40 @@ class Cursor(fields.String):
     def _serialize(self, value, attr, obj, **kwargs):
         if value is None:
             return None
-        updated_at, row_id = value
-        text = json.dumps([updated_at.isoformat(), row_id], separators=(",", ":"))
+        key, row_id, *fingerprint = value
+        if isinstance(key, dt.datetime):
+            key = key.isoformat()
+        text = exact_json.dumps([key, row_id, *fingerprint], separators=(",", ":"))
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
-    def _deserialize(self, value, attr, data, **kwargs) -> tuple[dt.datetime, int]:
+    def _deserialize(self, value, attr, data, **kwargs) -> tuple:
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            updated_at, row_id = json.loads(raw)
-            position = dt.datetime.fromisoformat(updated_at), row_id
+            position = exact_json.loads(raw)
         except (binascii.Error, ValueError, TypeError) as error:  # ValueError covers bad JSON and UTF-8
             raise self.make_error("invalid_cursor") from error
-        if position[0].tzinfo is None or type(row_id) is not int or not 0 < row_id < 2**63:
+        if not isinstance(position, list) or len(position) not in (2, 3):
             raise self.make_error("invalid_cursor")
+        key, row_id, *fingerprint = position
+        if type(row_id) is not int or not 0 < row_id < 2**63 or not all(isinstance(f, str) for f in fingerprint):
+            raise self.make_error("invalid_cursor")
+        if fingerprint:
+            return key, row_id, fingerprint[0]
         try:
-            return comparable(position[0]), row_id
+            return updated_at_key(key), row_id, None
         except ValueError as error:
             raise self.make_error("invalid_cursor") from error
+
+
+def updated_at_key(stored) -> dt.datetime:
+    """The updated_at of a cursor of the default order, as PostgreSQL can compare it; ValueError otherwise."""
+    if not isinstance(stored, str):
+        raise ValueError("not a timestamp")
+    moment = dt.datetime.fromisoformat(stored)
+    if moment.tzinfo is None:
+        raise ValueError("a naive timestamp")
+    return comparable(moment)
 
 
 MAX_SUMMARY_NAME_CHARS = 200  # a summary's source, step, error class and host are names, never prose
@@ -144,6 +162,14 @@ class DataQuerySchema(PageQuerySchema):
     cursor = Cursor(metadata={"description": "next_cursor of the previous page; excludes page"})
     count = fields.String(load_default="exact", validate=validate.OneOf(COUNT_MODES))
     include_deleted = include_deleted()
+    # data_key: an attribute named `fields` would hide marshmallow's fields module in this class body
+    field_names = fields.String(data_key="fields", validate=validate.Regexp(
+        r"^[^,]+(,[^,]+)*$", error="Must be field names separated by commas, e.g. fields=email,plan."), metadata={
+        "description": "with source: only these declared fields in each item's attributes (default: all of them)"})
+    order = fields.String(validate=validate.Regexp(r"^.+\.(asc|desc)$", error="Must be <field>.asc or "
+                                                   "<field>.desc."), metadata={
+        "description": "with source: order by this declared field (nulls last, then id in the same direction) "
+                       "instead of updated_at desc, id desc; next_cursor follows it"})
 
     @validates_schema(pass_original=True)
     def _cursor_or_page(self, data, original, **kwargs):
@@ -169,6 +195,12 @@ class RecordPathSchema(Schema):
     source_id = fields.String(required=True, validate=[validate.Length(min=1, max=1000), no_nul])
 
 
+class RejectsQuerySchema(PageQuerySchema):
+    """Query string of GET /runs/<run_id>/rejects."""
+
+    source = source_name("only this source's rejects; an unknown name is a 400 that lists the known ones")
+
+
 class RunPathSchema(Schema):
     run_id = fields.String(required=True, validate=[validate.Length(min=1, max=1000), no_nul], metadata={
         "description": "Airflow run id as is (':' and '+' are fine) or percent-encoded"})
@@ -187,6 +219,23 @@ class ErrorSchema(Body):
     message = fields.String()
     errors = fields.Dict(keys=fields.String(), values=fields.Raw(), metadata={
         "description": "field name → list of problems, for invalid parameters"})
+
+
+class RejectionSchema(Body):
+    run_id = fields.String(metadata={"description": "the run that rejected it last (GET /runs/{run_id}/rejects)"})
+    stage = fields.String(metadata={"description": "the step that rejected it: store_raw or normalize"})
+    reason = fields.String(metadata={"description": "why, its first 2,000 characters; never the payload"})
+    at = fields.DateTime()
+
+
+class RecordNotFoundSchema(ErrorSchema):
+    """The 404 of GET /data/<source>/<source_id>: with rejection when the record has no row because it was rejected."""
+
+    rejection = fields.Nested(RejectionSchema, metadata={
+        "description": "present only when the record was rejected and has no row: its latest rejection"})
+
+    def on_bind_field(self, field_name, field_obj):
+        field_obj.required = field_name != "rejection"
 
 
 class EndpointSchema(Body):
@@ -212,6 +261,11 @@ class RecordSchema(Body):
     updated_at = fields.DateTime()
     deleted_at = fields.DateTime(allow_none=True, metadata={
         "description": "when a read of its source no longer contained it (updated_at moved then too); null: live"})
+    attributes = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), metadata={
+        "description": "its source's declared fields, typed: text a string, integer and numeric a number with every "
+                       "digit, boolean, timestamp an ISO 8601 string in UTC, date YYYY-MM-DD, json any value; null "
+                       "when the record lacks it. With source: each declared field (or those of fields=); across "
+                       "sources: each record's own. The schema Attributes_<source> of this document lists them"})
 
 
 class RecordDetailSchema(RecordSchema):
@@ -404,11 +458,14 @@ class HealthSchema(Body):
 
 no_query_schema = NoQuerySchema()
 page_query_schema = PageQuerySchema()
+rejects_query_schema = RejectsQuerySchema()
 data_query_schema = DataQuerySchema()
 record_path_schema = RecordPathSchema()
 record_query_schema = RecordQuerySchema()
 run_path_schema = RunPathSchema()
 error_schema = ErrorSchema()
+record_not_found_schema = RecordNotFoundSchema()
+rejection_schema = RejectionSchema()
 index_schema = IndexSchema()
 record_detail_schema = RecordDetailSchema()
 data_page_schema = DataPageSchema()
