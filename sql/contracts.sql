@@ -1,0 +1,125 @@
+-- Named queries of schema contracts (sluice.contracts): the top-level fields of a batch and their JSON types, found
+-- in store_raw's transaction before the raw upsert, compared with what the catalog declares and with what earlier
+-- runs recorded (source_observed_fields), and recorded. Every value is a named parameter.
+
+-- name: create_batch_fields
+-- One row per field and JSON type of the batch. declared: the mapping or a declared field reads it. change: 'new'
+-- (no earlier run recorded the field), 'retyped' (see classify_batch_fields) or null. first_record: the first
+-- staged record carrying it, whose id and text example_batch_fields fetches when they are needed.
+create temporary table if not exists sluice_batch_fields (
+    field text collate "C" not null,
+    json_type text not null,
+    records bigint not null,
+    first_record bigint not null,
+    declared boolean,
+    change text,
+    from_type text,
+    earlier_types text[],
+    seen_before boolean,
+    record_id text,
+    example text,
+    example_length integer
+) on commit drop;
+
+-- name: delete_batch_fields
+truncate sluice_batch_fields;
+
+-- name: collect_batch_fields
+-- The one pass over the batch: each staged record's text parsed as json (not jsonb: json_each reads the text as a
+-- stream and builds no tree), its top-level keys and the types of their values; nulls carry no type. Only the
+-- records whose text differs from the stored one (new or changed): an unchanged record brings no field or type
+-- that its stored text did not bring when it was stored, and skipping it keeps a rerun from parsing every record.
+insert into sluice_batch_fields (field, json_type, records, first_record)
+select e.key, json_typeof(e.value), count(*), min(s.record_no)
+from staged_records s
+left join {raw_table} r on r.source = s.source and r.source_id = s.source_id
+cross join lateral json_each(s.data::json) e
+where s.run_id = %(run_id)s and s.source = %(source)s
+  and r.content_hash is distinct from s.content_hash
+  and json_typeof(e.value) <> 'null'
+group by 1, 2;
+
+-- name: recall_batch_fields
+-- declared: read by the mapping or a declared field (%(read)s: the top-level keys they read). earlier_types: the
+-- JSON types earlier runs recorded for the field (by its primary key). Earlier: recorded by another run, so a
+-- store_raw this run redoes (a new fetch after a clear) finds the same changes again.
+update sluice_batch_fields b
+set declared = b.field = any(%(read)s),
+    earlier_types = (select array_agg(o.json_type order by o.json_type) from source_observed_fields o
+                     where o.source = %(source)s and o.field = b.field and o.first_seen_run_id <> %(run_id)s);
+
+-- name: classify_batch_fields
+-- A field whose values its readers' types cannot all read (%(typed)s: key -> {types: "integer", reads: [JSON
+-- types]}) is 'retyped' from its declared type; otherwise an undeclared field whose JSON type earlier runs did not
+-- record for it is 'retyped' from the types they did; a field no earlier run recorded is 'new'. A declared field's
+-- type is its declaration's: a new JSON type that the declaration reads is recorded, not a change.
+update sluice_batch_fields b
+set seen_before = coalesce(b.json_type = any(b.earlier_types), false),
+    change = case
+        when unreadable.types is not null then 'retyped'
+        when b.earlier_types is null then 'new'
+        when not b.declared and not b.json_type = any(b.earlier_types) then 'retyped'
+    end,
+    from_type = case
+        when unreadable.types is not null then unreadable.types
+        when not b.declared and not b.json_type = any(b.earlier_types) then array_to_string(b.earlier_types, ', ')
+    end
+from (select b2.field, b2.json_type,
+             case when not (%(typed)s::jsonb -> b2.field -> 'reads') ? b2.json_type
+                  then %(typed)s::jsonb -> b2.field ->> 'types' end as types
+      from sluice_batch_fields b2) unreadable
+where unreadable.field = b.field and unreadable.json_type = b.json_type;
+
+-- name: example_batch_fields
+-- the id and text of the first record carrying each field and type that needs them: a pair no earlier run recorded
+-- (its example), or any pair when the batch breaks a frozen contract (the error names a record of each field).
+-- One scan of the run's staged records, only when some pair needs it.
+update sluice_batch_fields b
+set record_id = s.source_id, example = left(s.data, %(example_chars)s), example_length = length(s.data)
+from staged_records s
+where s.run_id = %(run_id)s and s.source = %(source)s and s.record_no = b.first_record
+  and (%(all)s or not b.seen_before);
+
+-- name: batch_fields_summary
+-- pairs needing an example; undeclared fields; retyped declared fields
+select count(*) filter (where not seen_before),
+       count(distinct field) filter (where not declared),
+       count(distinct field) filter (where declared and change = 'retyped')
+from sluice_batch_fields;
+
+-- name: contract_violations
+-- what a frozen source refuses: every undeclared field, and every declared field with a type its declaration
+-- cannot read; the first %(limit)s of them by name, for the error
+select field, json_type, declared, from_type, record_id
+from sluice_batch_fields
+where not declared or change = 'retyped'
+order by field, json_type
+limit %(limit)s;
+
+-- name: forget_run_fields
+-- a store_raw this run redoes records its batch again
+with changes as (
+    delete from source_field_changes where source = %(source)s and run_id = %(run_id)s
+)
+delete from source_observed_fields where source = %(source)s and first_seen_run_id = %(run_id)s;
+
+-- name: record_field_changes
+insert into source_field_changes (source, run_id, field, change, from_type, to_type, declared, record_id)
+select %(source)s, %(run_id)s, field, change, from_type, json_type, declared, record_id
+from sluice_batch_fields
+where change is not null;
+
+-- name: record_observed_fields
+insert into source_observed_fields as o (source, field, json_type, first_seen_run_id, last_seen_run_id, records,
+                                         example_source_id, example, example_length)
+select %(source)s, field, json_type, %(run_id)s, %(run_id)s, records, record_id, example, example_length
+from sluice_batch_fields
+on conflict (source, field, json_type) do update
+    set last_seen_run_id = excluded.last_seen_run_id, last_seen_at = now(), records = excluded.records;
+
+-- name: observed_field_names
+-- a source's recorded fields, each once, in the order they were first seen (so a field seen later never takes an
+-- earlier one's column name)
+select field from source_observed_fields where source = %(source)s
+group by field
+order by min(first_seen_at), field;
