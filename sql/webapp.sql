@@ -161,7 +161,7 @@ from source_fields where source = %(source)s order by position, field;
 -- name: source_observed_fields
 -- at most %(limit)s fields, in the order first seen; field names and ids cut at %(max_text)s characters
 select left(field, %(max_text)s) as field, json_type, first_seen_run_id, first_seen_at, last_seen_run_id,
-       last_seen_at, records, left(example_source_id, %(max_text)s) as example_record_id, example,
+       last_seen_at, left(example_source_id, %(max_text)s) as example_record_id, example,
        coalesce(example_length > length(example), false) as example_truncated, example_length
 from source_observed_fields where source = %(source)s
 order by first_seen_at, field, json_type

@@ -40,10 +40,9 @@ def store(url: str, run_id: str, records: list[dict], source: sources.Source):
 
 def observed(url: str) -> dict:
     with psycopg.connect(url) as conn:
-        return {(field, json_type): (first, last, records, example_id) for field, json_type, first, last, records,
-                example_id in conn.execute(
-                    "select field, json_type, first_seen_run_id, last_seen_run_id, records, example_source_id "
-                    "from source_observed_fields where source = 'customers'")}
+        return {(field, json_type): (first, last, example_id) for field, json_type, first, last, example_id in
+                conn.execute("select field, json_type, first_seen_run_id, last_seen_run_id, example_source_id "
+                             "from source_observed_fields where source = 'customers'")}
 
 
 def changes(url: str, run_id: str) -> set:
@@ -97,9 +96,9 @@ def test_the_first_batch_records_every_field_with_its_type_and_first_record(data
     store(database_url, "run-1", [customer(1, note=None), customer(2, tags=["a"], note=None)], source)
 
     assert observed(database_url) == {
-        ("id", "number"): ("run-1", "run-1", 2, "1"), ("email", "string"): ("run-1", "run-1", 2, "1"),
-        ("mrr", "number"): ("run-1", "run-1", 2, "1"), ("seats", "number"): ("run-1", "run-1", 2, "1"),
-        ("tags", "array"): ("run-1", "run-1", 1, "2")}  # note is only ever null: no type, not recorded
+        ("id", "number"): ("run-1", "run-1", "1"), ("email", "string"): ("run-1", "run-1", "1"),
+        ("mrr", "number"): ("run-1", "run-1", "1"), ("seats", "number"): ("run-1", "run-1", "1"),
+        ("tags", "array"): ("run-1", "run-1", "2")}  # note is only ever null: no type, not recorded
     assert changes(database_url, "run-1") == {
         ("id", "new", None, "number", True, "1"), ("email", "new", None, "string", True, "1"),
         ("mrr", "new", None, "number", True, "1"), ("seats", "new", None, "number", True, "1"),
@@ -130,9 +129,9 @@ def test_a_later_batch_records_new_and_retyped_fields_against_earlier_runs_and_t
     assert {key for key in seen if key[0] in ("seats", "active", "tags")} == {
         ("seats", "number"), ("seats", "string"), ("seats", "boolean"), ("active", "boolean"), ("active", "string"),
         ("tags", "array"), ("tags", "string")}
-    assert seen[("seats", "number")] == ("run-1", "run-2", 1, "1")
+    assert seen[("seats", "number")] == ("run-1", "run-2", "1")
     # only changed and new records were parsed: tags as an array was in none of them
-    assert seen[("tags", "array")] == ("run-1", "run-1", 1, "1")
+    assert seen[("tags", "array")] == ("run-1", "run-1", "1")
 
 
 def test_a_store_raw_the_run_redoes_finds_the_same_changes_again(database_url):
@@ -207,3 +206,27 @@ def test_evolve_loads_every_recorded_undeclared_field_as_json_named_as_a_column(
     with psycopg.connect(database_url) as conn:
         assert contracts.evolved_fields(conn, declared) == {"plan_name": Field("json", "planName"),
                                                             "name_2": Field("json", "name")}
+
+
+def test_a_csv_batch_shows_its_header_in_its_first_record_and_a_new_column_is_a_new_field(database_url):
+    items = sources.Source(name="items", kind="csv", conn_id="etl_csv", endpoint="items.csv",
+                           mapping={"source_id": "sku", "name": "label"}, schema_contract="freeze",
+                           fields={"qty": "integer"})
+
+    def store_csv(run_id: str, header: tuple, rows: int):
+        out = io.BytesIO()
+        writer = StageWriter(out, run_id, "items")
+        for number in range(1, rows + 1):
+            writer.record(number, str(number), {name: f"{name} {number}" for name in header}, where=f"line {number}")
+        out.seek(0)
+        with psycopg.connect(database_url) as conn:
+            return warehouse.store_raw(conn, "items", out, run_id=run_id, lock_timeout_seconds=5, kind="csv",
+                                       contract=items, fetch_seq=warehouse.next_fetch_seq(conn))
+
+    store_csv("run-1", ("sku", "label", "qty"), 3)
+    with pytest.raises(ContractViolation, match=r"'colour' \(undeclared, a string; record id '1'\)"):
+        store_csv("run-2", ("sku", "label", "qty", "colour"), 3)
+
+    with psycopg.connect(database_url) as conn:
+        assert set(conn.execute("select field, json_type, example_source_id from source_observed_fields")) == {
+            ("sku", "string", "1"), ("label", "string", "1"), ("qty", "string", "1")}

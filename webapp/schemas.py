@@ -411,9 +411,9 @@ class ObservedFieldSchema(Body):
     first_seen_run_id = fields.String()
     first_seen_at = fields.DateTime()
     last_seen_run_id = fields.String(metadata={
-        "description": "the last run whose new or changed records carried it with this type"})
+        "description": "the last run that stored a new or changed record carrying it with this type (a csv "
+                       "source: any record, as every one has its header's fields)"})
     last_seen_at = fields.DateTime()
-    records = fields.Integer(metadata={"description": "how many new or changed records of that run carried it"})
     example_record_id = fields.String(allow_none=True, metadata={"description": "the id of the example record"})
     example = CredentialMaskedPayload(allow_none=True, metadata={"description": (
         f"the text of the first record that carried it, as the source sent it: at most its first "

@@ -74,30 +74,32 @@ class Readers:
 
 @dataclass(frozen=True)
 class BatchFields:
-    """What one batch carried: pairs of field and JSON type that no earlier run recorded, undeclared fields, and
-    declared fields whose values their type cannot read."""
+    """What one batch carried: undeclared fields, and declared fields whose values their type cannot read."""
 
-    new_pairs: int = 0
     undeclared: int = 0
     retyped: int = 0
 
 
 def check_batch(conn, source: Source, *, run_id: str, raw_table: str) -> BatchFields:
-    """Find the top-level fields of the run's staged batch of `source` that are new or changed against the raw
-    table (only those can bring a field or type), classify them, and record them; under freeze raise
+    """Find the top-level fields of the run's staged batch of `source` in its records that are new or changed
+    against the raw table (only those can bring a field or type; a kind whose records all have the same fields,
+    UNIFORM_RECORDS in its module, in its first record), classify them, and record them; under freeze raise
     ContractViolation, naming them, before anything is recorded. Runs inside the caller's transaction."""
     keys = {"run_id": run_id, "source": source.name}
     readers = Readers.of(source)
     step = progress.Progress(log, source.name, "checking the batch's fields")
     conn.execute(q("create_batch_fields"))
     conn.execute(q("delete_batch_fields"))
-    conn.execute(sql.SQL(q("collect_batch_fields")).format(raw_table=sql.Identifier(raw_table)), keys)
+    if getattr(source.reader(), "UNIFORM_RECORDS", False):
+        conn.execute(q("collect_uniform_batch_fields"), {**keys, "example_chars": EXAMPLE_CHARS})
+    else:
+        conn.execute(sql.SQL(q("collect_batch_fields")).format(raw_table=sql.Identifier(raw_table)), keys)
     conn.execute(q("recall_batch_fields"), {**keys, "read": list(readers.read)})
     conn.execute(q("classify_batch_fields"), {**keys, "typed": Jsonb(readers.typed)})
-    new_pairs, undeclared, retyped = conn.execute(q("batch_fields_summary")).fetchone()
-    found = BatchFields(new_pairs, undeclared, retyped)
+    new_pairs, without_example, undeclared, retyped = conn.execute(q("batch_fields_summary")).fetchone()
+    found = BatchFields(undeclared, retyped)
     frozen_out = source.schema_contract == "freeze" and (undeclared or retyped)
-    if new_pairs or frozen_out:
+    if new_pairs or (frozen_out and without_example):
         conn.execute(q("example_batch_fields"), {**keys, "example_chars": EXAMPLE_CHARS, "all": bool(frozen_out)})
     if frozen_out:
         raise ContractViolation(_violation(source.name, found, conn.execute(

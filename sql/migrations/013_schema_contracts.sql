@@ -4,7 +4,9 @@
 -- field seen only as null is not recorded, as dlt creates no column for it): a field sent as a number by one
 -- record and as a string by another has two rows. example: the text of the first record that carried the field
 -- with that type (as staged: the record's own text), its first 4,096 characters; example_length: the whole
--- text's. A batch a frozen source refused records nothing here: it was not published.
+-- text's. last_seen_run_id: the last run that stored a new or changed record carrying it (a csv source: any
+-- record, every one has its header's fields). A batch a frozen source refused records nothing here: it was not
+-- published.
 create table if not exists source_observed_fields (
     source text collate "C" not null,
     field text collate "C" not null,
@@ -13,7 +15,6 @@ create table if not exists source_observed_fields (
     first_seen_at timestamptz not null default now(),
     last_seen_run_id text not null,
     last_seen_at timestamptz not null default now(),
-    records bigint not null,
     example_source_id text,
     example text,
     example_length integer,
