@@ -88,8 +88,7 @@ def check_batch(conn, source: Source, *, run_id: str, raw_table: str) -> BatchFi
     keys = {"run_id": run_id, "source": source.name}
     readers = Readers.of(source)
     step = progress.Progress(log, source.name, "checking the batch's fields")
-    conn.execute(q("create_batch_fields"))
-    conn.execute(q("delete_batch_fields"))
+    conn.execute(q("drop_batch_fields"))
     if getattr(source.reader(), "UNIFORM_RECORDS", False):
         conn.execute(q("collect_uniform_batch_fields"), {**keys, "example_chars": EXAMPLE_CHARS})
     else:
