@@ -95,8 +95,8 @@ from sluice_batch_fields;
 
 -- name: contract_violations
 -- what a frozen source refuses: every undeclared field, and every declared field with a type its declaration
--- cannot read; the first %(limit)s of them by name, for the error
-select field, json_type, declared, from_type, record_id
+-- cannot read; the first %(limit)s of them by name (each once, with its first such type), for the error
+select distinct on (field) field, json_type, declared, from_type, record_id
 from sluice_batch_fields
 where not declared or change = 'retyped'
 order by field, json_type

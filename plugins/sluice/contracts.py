@@ -83,7 +83,7 @@ class BatchFields:
 def check_batch(conn, source: Source, *, run_id: str, raw_table: str) -> BatchFields:
     """Find the top-level fields of the run's staged batch of `source` in its records that are new or changed
     against the raw table (only those can bring a field or type; a kind whose records all have the same fields,
-    UNIFORM_RECORDS in its module, in its first record), classify them, and record them; under freeze raise
+    UNIFORM_RECORDS in its module, in one record), classify them, and record them; under freeze raise
     ContractViolation, naming them, before anything is recorded. Runs inside the caller's transaction."""
     keys = {"run_id": run_id, "source": source.name}
     readers = Readers.of(source)
