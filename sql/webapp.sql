@@ -215,6 +215,39 @@ limit 1;
 -- read in a transaction of its own, before the one that reads the rows (see sql/functions.sql)
 select sluice_read_watermark() as watermark;
 
+-- name: source_fields_known
+-- a source the warehouse knows (loaded, declared or observed): GET /sources/<source>/fields of another is a 404
+select exists (select 1 from etl_checkpoint where source = %(source)s)
+       or exists (select 1 from source_fields where source = %(source)s)
+       or exists (select 1 from source_observed_fields where source = %(source)s) as found;
+
+-- name: source_declared_fields
+select field, type, path, required, declared_run_id, declared_at
+from source_fields where source = %(source)s order by position, field;
+
+-- name: source_observed_fields
+-- at most %(limit)s fields, in the order first seen; field names and ids cut at %(max_text)s characters
+select left(field, %(max_text)s) as field, json_type, first_seen_run_id, first_seen_at, last_seen_run_id,
+       last_seen_at, left(example_source_id, %(max_text)s) as example_record_id, example,
+       coalesce(example_length > length(example), false) as example_truncated, example_length
+from source_observed_fields where source = %(source)s
+order by first_seen_at, field, json_type
+limit %(limit)s;
+
+-- name: source_observed_count
+select count(*) as total from source_observed_fields where source = %(source)s;
+
+-- name: source_field_changes
+-- the newest %(limit)s changes (source_field_changes_recent_idx)
+select run_id, left(field, %(max_text)s) as field, change, from_type, to_type, declared,
+       left(record_id, %(max_text)s) as record_id, detected_at
+from source_field_changes where source = %(source)s
+order by detected_at desc, field, to_type
+limit %(limit)s;
+
+-- name: source_field_changes_count
+select count(*) as total from source_field_changes where source = %(source)s;
+
 -- name: known_sources
 -- every source the warehouse knows: each has its etl_checkpoint row from its first load on
 select source from etl_checkpoint order by source;

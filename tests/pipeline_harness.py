@@ -32,10 +32,11 @@ class Pipeline:
         fetch order). dag.test() cannot: it replaces the run, and the ingest results with it."""
         return self.clear(run_id, ["store_raw"])
 
-    def clear(self, run_id: str, tasks: list, *, downstream: bool = True):
+    def clear(self, run_id: str, tasks: list, *, downstream: bool = True, dag=None):
         """Clear tasks of a run as the Airflow UI does (its REST endpoint's code: a task id clears every instance,
         (task id, map index) one source's; downstream adds the relatives, in a mapped group those of the same
-        source), then run what is ready, as the scheduler would, until the run is finished."""
+        source), then run what is ready, as the scheduler would, until the run is finished. dag: the DAG as parsed
+        now (default: etl_pipeline), whose tasks run: a changed catalog file reaches a cleared init_schema."""
         from airflow.models.dagrun import DagRun
         from airflow.models.taskinstance import clear_task_instances, find_relevant_relatives
         from airflow.sdk.definitions.dag import _run_task
@@ -44,7 +45,7 @@ class Pipeline:
         from airflow.utils.state import DagRunState, TaskInstanceState
         from sqlalchemy import select
 
-        dag = airflow_env.load_dag()
+        dag = dag or airflow_env.load_dag()
         serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
         with create_session() as session:
             normal = {task for task in tasks if not isinstance(task, tuple)}

@@ -27,7 +27,8 @@ GENERATOR_VENV = REPO / ".sluice" / "venv-openapi-python-client"
 RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
 TAGS = {"/": "meta", "/openapi.json": "meta", "/health": "meta", "/data": "data",
         "/data/{source}/{source_id}": "data", "/runs": "runs", "/runs/{run_id}/rejects": "runs", "/stats": "runs",
-        "/sources": "data"}
+        "/sources": "data",
+        "/sources/{source}/fields": "data"}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from flask_cors import CORS
 from werkzeug.routing import PathConverter
 
 from webapp import config as settings
-from webapp import db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_stats
+from webapp import (db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_schema,
+                    routes_stats)
 
 
 class IdConverter(PathConverter):
@@ -35,6 +36,6 @@ def create_app(config=None) -> Flask:
         # No credentials ever: the API is public and read-only, so "*" is never paired with cookies.
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
              expose_headers=["ETag", "Retry-After", "Sluice-Watermark"], supports_credentials=False, max_age=600)
-    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs):
+    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema):
         app.register_blueprint(module.blueprint)
     return app

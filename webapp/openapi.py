@@ -48,7 +48,7 @@ that comes back with `deleted_at` null again."""
 ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 # Every operation's group, by the blueprint that serves it (generated clients put each group in a module).
-TAGS = {"data": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta"}
+TAGS = {"data": "data", "schema": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta"}
 TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded and the sources they come from",
                     "runs": "the pipeline's runs, rejects and totals",
                     "meta": "the service itself: index, document, health"}

@@ -7,7 +7,8 @@ import datetime as dt
 from marshmallow import Schema, ValidationError, fields, post_load, pre_dump, validate, validates_schema
 
 from sluice.redact import MASK, mask_credential_fields, redact
-from sluice.sources import NAME
+from sluice.contracts import EXAMPLE_CHARS
+from sluice.sources import FIELD_TYPES, NAME
 from webapp import exact_json
 
 MAX_PAGE = 10_000  # deeper than this, OFFSET gets slow: clients follow next_cursor instead
@@ -22,6 +23,9 @@ PAGE_RANGE = validate.Range(min=1, max=MAX_PAGE,
 HEALTH_STATUSES = ("ok", "degraded", "unavailable")
 SOURCE_PATTERN = f"^{NAME.pattern}$"  # a source's name, as the catalog of sources allows it
 RUN_STATUSES = ("success", "failed")
+JSON_TYPES = ("string", "number", "boolean", "object", "array")
+FIELD_CHANGES = ("new", "retyped")
+MAX_FIELDS_SHOWN = 1_000  # observed fields and changes in one /sources/<source>/fields answer
 
 
 # PostgreSQL refuses a UTC offset of 16 hours or more ("time zone displacement out of range").
@@ -442,6 +446,65 @@ class SourcesSchema(Body):
     data = fields.List(fields.Nested(SourceSchema), metadata={"description": "every source, by name"})
 
 
+class SourcePathSchema(Schema):
+    source = source_name(required=True)
+
+
+class DeclaredFieldSchema(Body):
+    field = fields.String(metadata={"description": "the field's name: a column of the source's typed view"})
+    type = fields.String(validate=validate.OneOf(FIELD_TYPES))
+    path = fields.String(metadata={"description": "the source field it is read from (a dotted path)"})
+    required = fields.Boolean()
+    declared_run_id = fields.String(metadata={"description": "the run that last normalized with this declaration"})
+    declared_at = fields.DateTime()
+
+
+class ObservedFieldSchema(Body):
+    field = fields.String(metadata={"description": (
+        f"a top-level field of the source's records, as they spell it (its first {MAX_REJECT_TEXT_CHARS:,} "
+        "characters); a field sent with several JSON types has one entry per type")})
+    json_type = fields.String(validate=validate.OneOf(JSON_TYPES), metadata={
+        "description": "the JSON type of its values (a null is no type: a field only ever null is not listed)"})
+    first_seen_run_id = fields.String()
+    first_seen_at = fields.DateTime()
+    last_seen_run_id = fields.String(metadata={
+        "description": "the last run that stored a new or changed record carrying it with this type (a csv "
+                       "source: any record, as every one has its header's fields)"})
+    last_seen_at = fields.DateTime()
+    example_record_id = fields.String(allow_none=True, metadata={"description": "the id of the example record"})
+    example = CredentialMaskedPayload(allow_none=True, metadata={"description": (
+        f"the text of the first record that carried it, as the source sent it: at most its first "
+        f"{EXAMPLE_CHARS:,} characters, the value of every key shaped like a credential {MASK!r}")})
+    example_truncated = fields.Boolean(metadata={"description": "example holds only the start of the record"})
+    example_length = fields.Integer(allow_none=True, metadata={"description": "characters of the whole record"})
+
+
+class FieldChangeSchema(Body):
+    run_id = fields.String()
+    field = fields.String()
+    change = fields.String(validate=validate.OneOf(FIELD_CHANGES), metadata={"description": (
+        "new: no earlier run's records carried the field; retyped: a declared (or mapped) field whose values its "
+        "type cannot read (from_type is the declared type), or an undeclared field with a JSON type earlier runs "
+        "did not record for it (from_type: the ones they did)")})
+    from_type = fields.String(allow_none=True)
+    to_type = fields.String(validate=validate.OneOf(JSON_TYPES))
+    declared = fields.Boolean(metadata={"description": "the source's mapping or a declared field reads it"})
+    record_id = fields.String(allow_none=True, metadata={"description": "the id of a record that carried it"})
+    detected_at = fields.DateTime()
+
+
+class SourceFieldsSchema(Body):
+    source = source_name()
+    declared = fields.List(fields.Nested(DeclaredFieldSchema), metadata={
+        "description": "the fields its catalog entry declares, as the last run that normalized it read them"})
+    observed = fields.List(fields.Nested(ObservedFieldSchema), metadata={
+        "description": f"the top-level fields its records carried, first seen first (at most {MAX_FIELDS_SHOWN:,})"})
+    observed_total = fields.Integer()
+    changes = fields.List(fields.Nested(FieldChangeSchema), metadata={
+        "description": f"what changed per run, newest first (at most {MAX_FIELDS_SHOWN:,})"})
+    changes_total = fields.Integer()
+
+
 class HealthRunSchema(Body):
     run_id = fields.String()
     started_at = fields.DateTime(allow_none=True)
@@ -473,6 +536,8 @@ runs_page_schema = RunsPageSchema()
 rejects_page_schema = RejectsPageSchema()
 stats_schema = StatsSchema()
 sources_schema = SourcesSchema()
+source_path_schema = SourcePathSchema()
+source_fields_schema = SourceFieldsSchema()
 health_schema = HealthSchema()
 
 

@@ -201,12 +201,13 @@ def ingest(entry: dict, params: dict, run_id: str) -> dict:
 
 @lane_step
 def store_raw(entry: dict, ingested: dict, run_id: str) -> dict:
-    from sluice import pipeline
+    from sluice import pipeline, sources
     from sluice.results import Ingested
 
     with warehouse() as conn:
         return pipeline.store_raw(conn, Ingested.from_xcom(ingested), open_staged, run_id=run_id,
-                                  settings=settings.load(), worker=worker_name()).to_xcom()
+                                  settings=settings.load(), worker=worker_name(),
+                                  source=sources.from_entry(entry)).to_xcom()
 
 
 @lane_step

@@ -27,6 +27,9 @@ from sluice.staging import StageCounts, StageWriter, printable
 log = logging.getLogger(__name__)
 
 SOURCE = "csv"
+# Every record this kind stages has the same fields, the header's, each a string: its first record shows a batch's
+# fields and their types (sluice.contracts)
+UNIFORM_RECORDS = True
 # A 200 KB description is a legitimate field; the csv module's default limit is 128 KB.
 csv.field_size_limit(64 * 1024 * 1024)
 GZIP_TYPES = ("application/gzip", "application/x-gzip")

@@ -10,13 +10,14 @@ Staged files are named by a URI and opened with an Opener: a local path or file:
 with open_local, an object store through the caller's own opener.
 """
 
+import dataclasses
 import logging
 import socket
 import time
 from collections.abc import Callable
 from typing import BinaryIO, ContextManager
 
-from sluice import delete_guard, progress, runs, staging, warehouse
+from sluice import contracts, delete_guard, progress, runs, staging, warehouse
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
@@ -62,10 +63,11 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
 
 
 def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_id: str, settings: Settings,
-              worker: str | None = None) -> Stored:
+              worker: str | None = None, source: Source | None = None) -> Stored:
     """Load the source's staged file into its raw table. A batch this run already stored (a cleared or retried
     task) is not read again, so its staged file may be gone; otherwise a file that cannot be opened here fails,
-    naming this worker (worker: default its fully qualified host name) and the one that wrote it."""
+    naming this worker (worker: default its fully qualified host name) and the one that wrote it. source: its
+    catalog entry, whose schema contract the batch is checked against first (sluice.contracts; None: unchecked)."""
     if (done := warehouse.stored_already(conn, ingested.source, run_id=run_id,
                                          fetch_seq=ingested.fetch_seq)) is not None:
         return done
@@ -73,7 +75,7 @@ def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_i
         return warehouse.store_raw(
             conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
             fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
-            ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read)
+            ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read, contract=source)
 
 
 def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextManager[BinaryIO]:
@@ -95,7 +97,14 @@ def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextMana
 
 def normalize(conn, source: Source, stored: Stored, *, run_id: str, settings: Settings,
               full_refresh: bool = False) -> Normalized:
-    """Validate and map the source's stored records that changed with the source's rules."""
+    """Validate and map the source's stored records that changed with the source's rules; under the evolve
+    schema contract, its undeclared fields recorded so far are loaded too, as json fields (sluice.contracts)."""
+    if source.schema_contract == "evolve":
+        evolved = contracts.evolved_fields(conn, source)
+        log.info("%s: schema_contract evolve loads %d undeclared fields as json%s", source.name, len(evolved),
+                 "".join(f"{', ' if index else ': '}{name} (from {spec.path!r})"
+                         for index, (name, spec) in enumerate(evolved.items())))
+        source = dataclasses.replace(source, fields={**source.fields, **evolved})
     return warehouse.normalize(conn, source.name, source.normalization, run_id=run_id, full_refresh=full_refresh,
                                lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored)
 

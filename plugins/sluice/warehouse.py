@@ -15,11 +15,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import delete_guard, locks, migrations, progress, queries, rules, settings
+from sluice import contracts, delete_guard, locks, migrations, progress, queries, rules, settings
 from sluice.delete_guard import DEFAULT_ORIGIN, DeleteLimit
 from sluice.errors import DeleteRefused, LockTimeout
 from sluice.failures import Failure
 from sluice.results import Checkpointed, Normalized, Stored, Upserted
+from sluice.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def _of_fetch(recorded: dict | None, fetch_seq: int | None) -> bool:
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
-              ids_ascending: bool = False, whole_read: bool = True) -> Stored:
+              ids_ascending: bool = False, whole_read: bool = True,
+              contract: Source | None = None) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -108,6 +110,9 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     staged every id after the one before (StageCounts.ids_ascending), so the batch has no duplicate to look for.
     whole_read: the read had every record the source holds (StageCounts.whole_read); the result carries it to
     upsert, which deletes nothing after a partial read.
+    contract: the source as its catalog entry declares it (sluice.sources.Source): the batch's fields are checked
+    against its declarations and recorded before the raw upsert (sluice.contracts), and a batch its frozen
+    schema_contract refuses fails here, writing nothing (None: not checked, for a caller loading by hand).
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -142,6 +147,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         superseded = _remove_superseded(conn, table, keys, fetch_seq)
         staged_rows, last_id = _count(conn, "staged_summary", keys)
         (existing,) = _count(conn, "raw_table_estimate", {"raw_table": table})
+        if contract is not None:
+            contracts.check_batch(conn, contract, run_id=run_id, raw_table=table)
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
         # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
         with _load_into(conn, table, grows=staged_rows >= existing,
