@@ -50,7 +50,10 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
         try:
             return function(*args, **kwargs)
         except Exception as exc:
-            from airflow.sdk.exceptions import AirflowException, AirflowFailException
+            from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+            if isinstance(exc, AirflowSkipException):  # a source not due: skipped, not failed
+                raise
 
             failure = Failure.of(exc, step=context["ti"].task_id, source=entry and entry["name"], secrets=secrets)
             context["ti"].xcom_push(key="failure", value=failure.to_json())
@@ -174,28 +177,48 @@ def init_schema(params: dict) -> list[dict]:
     return [sources.to_entry(source) for source in found]
 
 
+# the XCom in which a skipped ingest says why: record_run writes it to etl_runs.skipped
+SKIPPED_KEY = "skipped"
+
+
 @lane_step
-def ingest(entry: dict, params: dict, run_id: str) -> dict:
-    """Stream one source (a catalog entry, any kind) into staging; return a reference and counts (never rows)."""
+def ingest(entry: dict, params: dict, run_id: str, *, run_type=None, interval: tuple | None = None) -> dict:
+    """Stream one source (a catalog entry, any kind) into staging; return a reference and counts (never rows).
+    A source this run does not read (pipeline.skip_reason: not due) is skipped, and with it the rest of its lane;
+    interval: the run's data interval (start, end), None when it has none (a manual run without a logical date)."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowSkipException
+
     from sluice import pipeline, sources, staging
 
     config = settings.load()
     source = sources.from_entry(entry)
-    session, url = http_source(source)
-    target = staging.make_run_folder(staging_dir(run_id, config)) / f"{source.name}.copy"
+    full_refresh = bool(params.get("full_refresh"))
+    interval = interval if interval and None not in interval else None
     with warehouse() as conn:
+        reason = pipeline.skip_reason(conn, source, run_type=str(getattr(run_type, "value", run_type)),
+                                      interval=interval, full_refresh=full_refresh)
+        if reason is not None:
+            pipeline.record_skip(conn, source, run_id=run_id, reason=reason)
+            get_current_context()["ti"].xcom_push(key=SKIPPED_KEY, value=reason)
+            log.info("%s: skipped, %s", source.name, reason)
+            raise AirflowSkipException(f"{source.name}: {reason}")
+        session, url = http_source(source)
+        target = staging.make_run_folder(staging_dir(run_id, config)) / f"{source.name}.copy"
         return pipeline.ingest(conn, source, session, url, str(target), open_staged, run_id=run_id, settings=config,
-                               full_refresh=bool(params.get("full_refresh")), worker=worker_name()).to_xcom()
+                               full_refresh=full_refresh, worker=worker_name(), interval=interval).to_xcom()
 
 
 @lane_step
 def store_raw(entry: dict, ingested: dict, run_id: str) -> dict:
-    from sluice import pipeline
+    from sluice import pipeline, sources
     from sluice.results import Ingested
 
+    cursor = sources.from_entry(entry).cursor
     with warehouse() as conn:
         return pipeline.store_raw(conn, Ingested.from_xcom(ingested), open_staged, run_id=run_id,
-                                  settings=settings.load(), worker=worker_name()).to_xcom()
+                                  settings=settings.load(), worker=worker_name(),
+                                  cursor_field=cursor and cursor.field).to_xcom()
 
 
 @lane_step
@@ -238,13 +261,15 @@ def emit(events: list) -> None:
 
 
 @lane_step
-def checkpoint(entry: dict, stored: dict, upserted: dict, params: dict, run_id: str) -> dict:
+def checkpoint(entry: dict, stored: dict, upserted: dict, params: dict, run_id: str, read_until=None) -> dict:
+    """read_until: the run's data interval end (None without one), from which the source's `every` counts."""
     from sluice import pipeline
     from sluice.results import Stored, Upserted
 
     with warehouse() as conn:
         return pipeline.checkpoint(conn, Stored.from_xcom(stored), Upserted.from_xcom(upserted), run_id=run_id,
-                                   settings=settings.load(), full_refresh=bool(params.get("full_refresh"))).to_xcom()
+                                   settings=settings.load(), full_refresh=bool(params.get("full_refresh")),
+                                   read_until=read_until).to_xcom()
 
 
 def record_run(context) -> dict:
@@ -272,7 +297,11 @@ def record_run(context) -> dict:
     for step in LANE_STEPS:
         values = ti.xcom_pull(task_ids=step, map_indexes=indexes) if indexes else []
         found += [results.from_xcom(value) for value in values if value is not None]
+    skipped = {}
     for index, entry in enumerate(catalog):
+        if states.get(f"ingest_{index}") == "skipped":  # not due: its lane skipped after it, neither failed nor loaded
+            skipped[entry["name"]] = ti.xcom_pull(task_ids="ingest", key=SKIPPED_KEY, map_indexes=index) or "skipped"
+            continue
         for step in LANE_STEPS:
             state = states.get(f"{step}_{index}")
             if state != "success":
@@ -287,6 +316,7 @@ def record_run(context) -> dict:
         data_interval_end=dag_run.data_interval_end,
         failures=failures,
         kinds={entry["name"]: entry["kind"] for entry in catalog},
+        skipped=skipped,
     )
     config = settings.load()
     with warehouse() as conn:

@@ -85,6 +85,8 @@ class RunOutcome:
     failures: list[Failure] = field(default_factory=list)
     # each source's kind, from the catalog: a source that failed before its ingest succeeded has no other
     kinds: dict[str, str] = field(default_factory=dict)
+    # the sources the run skipped (not due), each with why: neither failed nor loaded
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, results: Iterable, **run) -> "RunOutcome":
@@ -164,10 +166,13 @@ def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGI
             "error_message": "\n".join(outcome.error_lines()) or None,
             "errors": Jsonb(outcome.summaries()) if outcome.failures else None,
             "source_counts": Jsonb(per_source),
+            "skipped": Jsonb(outcome.skipped),
             **totals,
         }).fetchone()
     problems = outcome.error_lines()
     failed = f" ({len(problems)} tasks or sources failed, see etl_runs.error_message)" if problems else ""
+    if outcome.skipped:
+        failed += f" (skipped {', '.join(outcome.skipped)}: see etl_runs.skipped)"
     log.info("run %s recorded as %s%s in etl_runs (id %d): %s", outcome.run_id, outcome.status, failed, row_id,
              ", ".join(f"{progress.count(totals[name])} {name}" for name in COUNTS))
     return row_id

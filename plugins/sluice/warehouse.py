@@ -95,7 +95,7 @@ def _of_fetch(recorded: dict | None, fetch_seq: int | None) -> bool:
 def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_seconds: float,
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
-              ids_ascending: bool = False, whole_read: bool = True) -> Stored:
+              ids_ascending: bool = False, whole_read: bool = True, cursor_field: str | None = None) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -107,7 +107,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     stored then; a new fetch of the run (its ingest cleared and run again) is stored. ids_ascending: the reader
     staged every id after the one before (StageCounts.ids_ascending), so the batch has no duplicate to look for.
     whole_read: the read had every record the source holds (StageCounts.whole_read); the result carries it to
-    upsert, which deletes nothing after a partial read.
+    upsert, which deletes nothing after a partial read. cursor_field: the source's time cursor field, whose
+    newest value among the stored records the result carries to the checkpoint.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -141,6 +142,10 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         table = raw_table(source, kind)
         superseded = _remove_superseded(conn, table, keys, fetch_seq)
         staged_rows, last_id = _count(conn, "staged_summary", keys)
+        last_cursor = None
+        if cursor_field:
+            found = conn.execute(q("staged_cursor"), {**keys, "field": cursor_field}).fetchone()
+            last_cursor = found and found[0]
         (existing,) = _count(conn, "raw_table_estimate", {"raw_table": table})
         # staged rows include unchanged ones: only when they could not all be already stored (at least twice
         # the table) are the new ones sure to at least double it. A rerun never rebuilds the indexes.
@@ -152,7 +157,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq, "wrote": inserted + updated > 0})
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
                         rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id,
-                        whole_read=whole_read)
+                        whole_read=whole_read, last_cursor=last_cursor)
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
@@ -398,12 +403,14 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool, index_build_memory:
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float,
-                       last_id: str | None = None, full_refresh: bool = False) -> Checkpointed:
+                       last_id: str | None = None, full_refresh: bool = False, last_cursor: str | None = None,
+                       read_until=None) -> Checkpointed:
     """Move the source's checkpoint forward to last_id, the highest id this run stored (Stored.last_id), never
     back (a full refresh sets it), and add the records this run processed to its total. Runs only after upsert
     committed. A retried or cleared task of a run that counted already adds only what changed (nothing, unless
     the run fetched again meanwhile), so no record is counted twice. last_id None: the one the run's store_raw
-    committed (a caller driving the steps by hand)."""
+    committed (a caller driving the steps by hand). last_cursor (Stored.last_cursor) and read_until (the run's
+    data interval end) move the source's time bounds, forward only, in the same transaction."""
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         if last_id is None:
@@ -417,6 +424,8 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
         before = conn.execute(q("select_checkpoint"), keys).fetchone()
         conn.execute(q("advance_checkpoint"), {**keys, "last_id": last_id, "processed": processed - counted,
                                                "full_refresh": full_refresh})
+        cursor, read_to = conn.execute(q("advance_time_bounds"), {**keys, "last_cursor": last_cursor,
+                                                                  "read_until": read_until}).fetchone()
         last_processed_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
         previous = before[0] if before is not None else None
         if previous == last_processed_id:
@@ -425,12 +434,14 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
             how = "set by the full refresh" if full_refresh else "advanced"
             moved = f"{how} to id {last_processed_id!r} (was {'unset' if previous is None else f'id {previous!r}'})"
         result = Checkpointed(source=source, last_processed_id=last_processed_id, total_processed=total,
-                              last_processed_at=last_at.isoformat() if last_at else None, processed=processed)
+                              last_processed_at=last_at.isoformat() if last_at else None, processed=processed,
+                              last_cursor=cursor, read_until=read_to.isoformat() if read_to else None)
         # with the id it was given, so a redo with another (the run fetched again) advances
         conn.execute(q("forget_step"), {**keys, "step": "checkpoint"})
         conn.execute(q("record_step"), {**keys, "step": result.STEP,
                                         "result": Jsonb({**result.to_xcom(), "last_id": last_id})})
-    log.info("%s: checkpoint %s; %s records processed in all", source, moved, progress.count(total or 0))
+    log.info("%s: checkpoint %s; %s records processed in all%s", source, moved, progress.count(total or 0),
+             f"; time cursor at {cursor!r}" if cursor is not None else "")
     return result
 
 
@@ -438,6 +449,19 @@ def read_checkpoint(conn, source: str) -> str | None:
     row = conn.execute(q("select_checkpoint"), {"source": source}).fetchone()
     conn.rollback()
     return row[0] if row else None
+
+
+def read_time_bounds(conn, source: str) -> tuple:
+    """(the cursor's newest value loaded, the end of the newest interval read) of a source; Nones when unknown."""
+    row = conn.execute(q("select_time_bounds"), {"source": source}).fetchone()
+    conn.rollback()
+    return tuple(row) if row else (None, None)
+
+
+def record_skip(conn, source: str, *, kind: str, run_id: str, reason: str) -> None:
+    """Record that run_id skipped the source and why (GET /sources shows the newest skip)."""
+    with conn.transaction():
+        conn.execute(q("record_skip"), {"source": source, "kind": kind, "run_id": run_id, "reason": reason})
 
 
 def record_source_status(conn, source: str, *, kind: str | None, run_id: str, failure: Failure | None) -> None:
