@@ -156,7 +156,7 @@ def test_a_source_due_every_other_day_is_skipped_on_the_off_day_and_says_so(pipe
 
     assert state == "success" and off["status"] == "success" and off["error_message"] is None
     reason = ("not due: read up to 2026-03-02 00:00 UTC, every 2d; due from the run whose interval ends "
-              "2026-03-03 00:00 UTC")
+              "2026-03-04 00:00 UTC")
     assert off["skipped"] == {"slow": reason}
     # posts, with no every, is read by every run; slow is neither fetched nor failed
     assert set(off["source_counts"]) == {"posts"}

@@ -292,16 +292,16 @@ def record_run(context) -> dict:
     if states.get("init_schema") != "success":
         failures.append(instance_failure(ti, "init_schema", None, states.get("init_schema"), None))
     catalog = ti.xcom_pull(task_ids="init_schema") or []
-    indexes = list(range(len(catalog)))
+    # a lane whose ingest skipped (not due) skipped after it: neither failed nor loaded, and without results
+    skipped = {entry["name"]: ti.xcom_pull(task_ids="ingest", key=SKIPPED_KEY, map_indexes=index) or "skipped"
+               for index, entry in enumerate(catalog) if states.get(f"ingest_{index}") == "skipped"}
+    indexes = [index for index, entry in enumerate(catalog) if entry["name"] not in skipped]
     found = []
     for step in LANE_STEPS:
         values = ti.xcom_pull(task_ids=step, map_indexes=indexes) if indexes else []
         found += [results.from_xcom(value) for value in values if value is not None]
-    skipped = {}
-    for index, entry in enumerate(catalog):
-        if states.get(f"ingest_{index}") == "skipped":  # not due: its lane skipped after it, neither failed nor loaded
-            skipped[entry["name"]] = ti.xcom_pull(task_ids="ingest", key=SKIPPED_KEY, map_indexes=index) or "skipped"
-            continue
+    for index in indexes:
+        entry = catalog[index]
         for step in LANE_STEPS:
             state = states.get(f"{step}_{index}")
             if state != "success":
