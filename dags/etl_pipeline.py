@@ -26,7 +26,8 @@ event when its rows changed (its counts and the run id in the event's extra), th
 
 **Schedule**: the finest `every` of the catalog file's sources (daily when none gives one); a scheduled run
 skips the sources not due (their lanes show as skipped; `etl_runs.skipped` and `/sources` say why). Backfill
-intervals run in parallel, up to `SLUICE_MAX_ACTIVE_RUNS`, each window source reading its own interval.
+intervals run in parallel (the backfill's `max_active_runs`, 10 by default), each window source reading its own
+interval.
 
 **Failure**: an invalid catalog fails `init_schema`, before any source is read. When one source fails,
 the others still load; once every lane has finished, the run is recorded as failed with the error, naming the
@@ -57,8 +58,10 @@ LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
     schedule=DeltaDataIntervalTimetable(timing.schedule(_catalog)),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    # backfill intervals run in parallel; the per-source write locks serialize their writes to each source
-    max_active_runs=_settings.max_active_runs,
+    # scheduled and manual runs one at a time (a source's `every` counts from the run before); Airflow 3 caps a
+    # backfill's parallel runs by its own max_active_runs (10 unless given), not this, and the per-source write
+    # locks serialize their writes to each source
+    max_active_runs=1,
     tags=["sluice", "etl", "postgres"],
     default_args={
         "owner": "sluice",

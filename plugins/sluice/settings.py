@@ -11,8 +11,6 @@ DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "des
 INDEX_BUILD_MEMORY = "512MB"
 # SLUICE_MAX_DELETE_FRACTION's default: a read may soft-delete at most half of a source's live rows
 MAX_DELETE_FRACTION = 0.5
-# SLUICE_MAX_ACTIVE_RUNS' default: runs of the DAG at once, so a backfill's intervals load in parallel
-MAX_ACTIVE_RUNS = 4
 # hours before a later run sweeps what a failed or killed run left: staged files, downloads, work rows
 STAGING_RETENTION_HOURS = 72
 
@@ -62,8 +60,6 @@ class Settings:
     max_parallel_sources: int
     # the most of a source's live rows one read may soft-delete (0..1); more is refused as a truncated read
     max_delete_fraction: float = MAX_DELETE_FRACTION
-    # runs of the DAG at once (backfill intervals in parallel): the per-source locks serialize their writes
-    max_active_runs: int = MAX_ACTIVE_RUNS
 
 
 def load() -> Settings:
@@ -86,7 +82,6 @@ def load() -> Settings:
         # ingest task instances (one per source) of one run running at once
         max_parallel_sources=int(_at_least("SLUICE_MAX_PARALLEL_SOURCES", 4, minimum=1)),
         max_delete_fraction=_fraction("SLUICE_MAX_DELETE_FRACTION", MAX_DELETE_FRACTION),
-        max_active_runs=int(_at_least("SLUICE_MAX_ACTIVE_RUNS", MAX_ACTIVE_RUNS, minimum=1)),
     )
 
 
