@@ -158,8 +158,22 @@ from staged_records where run_id = %(run_id)s and source = %(source)s;
 -- name: staged_cursor
 -- the newest value of the source's cursor field among the run's staged records left after quarantine, compared
 -- as times (sluice_cursor_time), spelled as staged; null when none is a time. Only a source with a cursor asks.
-select v from (select sluice_lookup(data::jsonb, %(field)s) #>> '{}' as v
-               from staged_records where run_id = %(run_id)s and source = %(source)s) s
+-- Values of one length, one character between date and time and one UTC offset order as text does as times
+-- (ISO 8601's fields are fixed-width; epoch seconds of one length too), so each such group's text maximum is its
+-- newest, and only those few are read as times: casting every value took 25 s at 1M rows here. A top-level
+-- field is read from the json text (cheaper than jsonb), once per record (offset 0: not once per use).
+select v from (
+    select max(v collate "C") as v
+    from (select case when strpos(%(field)s, '.') = 0 then data::json ->> %(field)s
+                      else sluice_lookup(data::jsonb, %(field)s) #>> '{}' end as v
+          from staged_records where run_id = %(run_id)s and source = %(source)s
+          offset 0) cursor_values
+    where v is not null
+    group by length(v), substr(v, 11, 1),
+             case when substr(v, length(v) - 5, 1) in ('+', '-') then right(v, 6)
+                  when substr(v, length(v) - 4, 1) in ('+', '-') then right(v, 5)
+                  when substr(v, length(v) - 2, 1) in ('+', '-') then right(v, 3) end
+) newest_of_each_group
 where sluice_cursor_time(v) is not null
 order by sluice_cursor_time(v) desc, v collate "C" desc
 limit 1;

@@ -151,3 +151,32 @@ def test_sql_and_python_read_a_cursor_value_as_the_same_time(database_url, value
 def test_the_checkpoint_s_cursor_only_moves_forward_compared_as_times(database_url, held, offered, kept):
     with psycopg.connect(database_url) as conn:
         assert conn.execute("select sluice_later_cursor(%s, %s)", (held, offered)).fetchone()[0] == kept
+
+
+@pytest.mark.parametrize("values, newest", [
+    # one spelling: the text maximum
+    (["2026-03-01T10:00:00Z", "2026-03-01T12:00:00Z", "2026-03-01T11:00:00Z"], "2026-03-01T12:00:00Z"),
+    # offsets: 13:00+02:00 is 11:00 UTC, earlier than 12:00Z; 12:30-01:00 is 13:30 UTC, the newest
+    (["2026-03-01T13:00:00+02:00", "2026-03-01T12:00:00Z", "2026-03-01T12:30:00-01:00"], "2026-03-01T12:30:00-01:00"),
+    # separators, fractions, dates and epoch seconds side by side; a value that is not a time never wins
+    (["2026-03-01 13:00:00", "2026-03-01T12:00:00.999Z", "2026-03-02", "zzzz", "1772409700"], "1772409700"),
+    (["2026-03-01T12:00:00Z", "2026-02-30T00:00:00Z", None], "2026-03-01T12:00:00Z"),
+    (["soon", None], None),
+])
+@pytest.mark.parametrize("field", ["updated_at", "meta.updated_at"])
+def test_a_batch_s_newest_cursor_value_is_found_as_a_time_whatever_its_spelling(database_url, values, newest, field):
+    import json
+
+    from sluice import queries
+
+    def record(number, value):
+        at = {} if value is None else ({"updated_at": value} if field == "updated_at" else {"meta": {"updated_at": value}})
+        return json.dumps({"id": number, **at})
+
+    with psycopg.connect(database_url) as conn:
+        for number, value in enumerate(values):
+            conn.execute("insert into staged_records (run_id, source, record_no, source_id, data) "
+                         "values ('r', 's', %s, %s, %s)", (number, str(number), record(number, value)))
+        found = conn.execute(queries.query("pipeline.sql", "staged_cursor"),
+                             {"run_id": "r", "source": "s", "field": field}).fetchone()
+    assert (found and found[0]) == newest
