@@ -180,3 +180,38 @@ def test_a_batch_s_newest_cursor_value_is_found_as_a_time_whatever_its_spelling(
         found = conn.execute(queries.query("pipeline.sql", "staged_cursor"),
                              {"run_id": "r", "source": "s", "field": field}).fetchone()
     assert (found and found[0]) == newest
+
+
+def test_the_dag_runs_at_the_finest_every_of_its_catalog_file_one_run_at_a_time(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests import airflow_env
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("sources:\n"
+                       "  - {name: plans, kind: csv, endpoint: plans.csv, every: 2d}\n"
+                       "  - {name: tickets, kind: api, endpoint: tickets, every: 6h}\n"
+                       "  - {name: posts, kind: api, endpoint: posts}\n")
+    code = ("import sys; sys.path[:0] = ['dags']; import etl_pipeline; dag = etl_pipeline.etl_pipeline();"
+            "print(type(dag.timetable).__name__, dag.timetable.delta, dag.max_active_runs)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=airflow_env.REPO, env={**os.environ, "SLUICE_SOURCES_FILE": str(catalog)})
+    assert result.stdout.strip().splitlines()[-1] == "DeltaDataIntervalTimetable 6:00:00 1"
+
+
+def test_a_run_checkpointing_after_a_newer_one_never_moves_the_cursor_or_read_until_back(database_url):
+    from sluice import warehouse
+
+    newer, older = datetime(2026, 3, 3, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
+    with psycopg.connect(database_url) as conn:
+        newest = warehouse.advance_checkpoint(conn, "tickets", run_id="run-2", processed=5, lock_timeout_seconds=5,
+                                              last_id="9", last_cursor="2026-03-02T23:00:00Z", read_until=newer)
+        # the older run (its read saw less) checkpoints last, as a cleared or slower run does
+        late = warehouse.advance_checkpoint(conn, "tickets", run_id="run-1", processed=3, lock_timeout_seconds=5,
+                                            last_id="6", last_cursor="2026-03-02T23:30:00+02:00", read_until=older)
+        assert warehouse.read_time_bounds(conn, "tickets") == ("2026-03-02T23:00:00Z", newer)
+    assert (newest.last_cursor, newest.read_until) == ("2026-03-02T23:00:00Z", newer.isoformat())
+    assert (late.last_cursor, late.read_until, late.last_processed_id) == (
+        "2026-03-02T23:00:00Z", newer.isoformat(), "9")
