@@ -69,16 +69,23 @@ class Pipeline:
     def run_scheduled(self, conf: dict | None, interval: tuple, dag=None):
         """One scheduled run of etl_pipeline over the data interval (start, end), as the scheduler creates it
         (dag.test() creates manual runs only); returns (Airflow run state, its etl_runs row)."""
+        from airflow.models.dagrun import DagRun
         from airflow.serialization.serialized_objects import DagSerialization
         from airflow.utils.session import create_session
         from airflow.utils.state import DagRunState
         from airflow.utils.types import DagRunTriggeredByType, DagRunType
+        from sqlalchemy import select
 
         dag = dag or airflow_env.load_dag()
         _sync_dags()
         serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
         start, end = interval
         with create_session() as session:
+            # as dag.test() does: an earlier run of this logical date (of this or another test) makes way
+            for earlier in session.scalars(select(DagRun).where(DagRun.dag_id == dag.dag_id,
+                                                                DagRun.logical_date == start)):
+                session.delete(earlier)
+            session.commit()
             dag_run = serialized.create_dagrun(
                 run_id=f"scheduled__{start.isoformat()}", logical_date=start, data_interval=(start, end),
                 run_after=end, conf=conf or {}, run_type=DagRunType.SCHEDULED, state=DagRunState.RUNNING,
