@@ -13,7 +13,8 @@ stop the good ones.
 
 **Params**: `sources` (the catalog: `[{name, kind, endpoint, conn_id, mapping, since_param, delete_missing},
 ...]`; `delete_missing`, default true for csv and false for api, soft-deletes the rows a whole read no longer
-contains, refused beyond `SLUICE_MAX_DELETE_FRACTION` of the source's live rows),
+contains, refused beyond `SLUICE_MAX_DELETE_FRACTION` of the source's live rows; `cursor`, `window` and `every`
+bound a source's reads by time: a time field after the newest value loaded, the run's data interval, a cadence),
 `api_endpoint`, `csv_endpoint`, `api_mapping` / `csv_mapping` (normalized column → source field),
 `api_since_param` (query parameter that asks the API for records from the checkpoint on, e.g. `id_gte`;
 empty reads the API whole) — these four describe the seed sources —, `full_refresh` (ignore checkpoints
@@ -23,6 +24,11 @@ this run may soft-delete up to that fraction of the source's live rows; recorded
 **Assets**: each source's rows are the asset `sluice.normalized_data.<source>`; each source's `upsert` emits an
 event when its rows changed (its counts and the run id in the event's extra), through the alias
 `sluice.normalized_data`. Schedule a downstream DAG on a source's asset to run when it changes.
+
+**Schedule**: the finest `every` of the catalog file's sources (daily when none gives one); a scheduled run
+skips the sources not due (their lanes show as skipped; `etl_runs.skipped` and `/sources` say why). Backfill
+intervals run in parallel (the backfill's `max_active_runs`, 10 by default), each window source reading its own
+interval.
 
 **Failure**: an invalid catalog fails `init_schema`, before any source is read. A configuration error (a
 missing connection, a mapped column absent from a CSV's header, a 401/403/404, a refused delete) fails its task
@@ -38,9 +44,10 @@ import pendulum
 from airflow.sdk import AssetAlias, DeltaDataIntervalTimetable, Param, dag, task, task_group
 
 from sluice import airflow_edge as edge
-from sluice import assets, settings, sources
+from sluice import assets, settings, sources, timing
 
 _settings = settings.load()
+_catalog = sources.load_file(os.environ["SLUICE_SOURCES_FILE"]) if os.environ.get("SLUICE_SOURCES_FILE") else []
 # a lane's step, one instance per source: shown by its source's name (airflow_edge.lane_step sets it); at most
 # SLUICE_MAX_PARALLEL_SOURCES instances of each step run at once
 LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
@@ -50,9 +57,13 @@ LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
 @dag(
     dag_id="etl_pipeline",
     doc_md=__doc__,
-    schedule=DeltaDataIntervalTimetable(timedelta(days=1)),
+    # the finest `every` of the catalog file's sources (daily when none asks): each run reads the sources due
+    schedule=DeltaDataIntervalTimetable(timing.schedule(_catalog)),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
+    # scheduled and manual runs one at a time (a source's `every` counts from the run before); Airflow 3 caps a
+    # backfill's parallel runs by its own max_active_runs (10 unless given), not this, and the per-source write
+    # locks serialize their writes to each source
     max_active_runs=1,
     tags=["sluice", "etl", "postgres"],
     default_args={
@@ -63,8 +74,7 @@ LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
         "max_retry_delay": timedelta(minutes=10),
     },
     params={
-        "sources": Param(sources.load_file(os.environ["SLUICE_SOURCES_FILE"])
-                         if os.environ.get("SLUICE_SOURCES_FILE") else [], **sources.CATALOG_SCHEMA,
+        "sources": Param(_catalog, **sources.CATALOG_SCHEMA,
                          description="The catalog: a list of sources ({name, kind, endpoint, conn_id, mapping, "
                                      "since_param, delete_missing}); empty = the two seed sources api and csv, as the params "
                                      "below describe them. Default: the file named by SLUICE_SOURCES_FILE."),
@@ -99,8 +109,9 @@ def etl_pipeline():
     @task_group(group_id="sources", prefix_group_id=False)
     def source_lane(entry):
         @task(**LANE)
-        def ingest(entry, params=None, run_id=None):
-            return edge.ingest(entry, params, run_id)
+        def ingest(entry, params=None, run_id=None, dag_run=None, data_interval_start=None, data_interval_end=None):
+            return edge.ingest(entry, params, run_id, run_type=dag_run.run_type,
+                               interval=(data_interval_start, data_interval_end))
 
         @task(**LANE)
         def store_raw(entry, ingested, run_id=None):
@@ -116,8 +127,8 @@ def etl_pipeline():
             return edge.upsert(entry, stored, normalized, params, run_id)
 
         @task(**LANE)
-        def checkpoint(entry, stored, upserted, params=None, run_id=None):
-            return edge.checkpoint(entry, stored, upserted, params, run_id)
+        def checkpoint(entry, stored, upserted, params=None, run_id=None, data_interval_end=None):
+            return edge.checkpoint(entry, stored, upserted, params, run_id, read_until=data_interval_end)
 
         stored = store_raw(entry, ingest(entry))
         return checkpoint(entry, stored, upsert(entry, stored, normalize(entry, stored)))

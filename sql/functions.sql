@@ -207,3 +207,33 @@ begin
 end
 $$;
 grant execute on function sluice_read_watermark() to public;
+
+-- A time cursor's value as a time (issue 23), null when it is not one: epoch seconds (a JSON number, or its
+-- digits in a CSV), or ISO 8601, a date or a date and time, UTC when it has no offset (whatever the session's
+-- TimeZone). sluice.timing.cursor_time is its Python twin. The patterns keep nearly every non-time from the
+-- cast; the handler catches the rest (month 13, 30 February), which a source's bad record must not fail on.
+create or replace function sluice_cursor_time(value text) returns timestamptz
+language plpgsql immutable parallel safe as $$
+begin
+    if value ~ '^\s*-?[0-9]{1,12}(\.[0-9]+)?\s*$' then
+        return to_timestamp(value::double precision);
+    elsif value !~ '^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?\s*(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)?\s*$' then
+        return null;
+    elsif value ~ '([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)\s*$' and value ~ '[T ]' then
+        return value::timestamptz;  -- its own offset: the session's TimeZone plays no part
+    end if;
+    return value::timestamp at time zone 'UTC';
+exception when datetime_field_overflow or invalid_datetime_format or numeric_value_out_of_range then
+    return null;
+end
+$$;
+
+-- The later of two cursor values compared as times, spelled as given; a value that is not a time never
+-- replaces one that is, and null is no value. The checkpoint's cursor only moves forward through it.
+create or replace function sluice_later_cursor(a text, b text) returns text
+language sql immutable parallel safe as $$
+    select case when b is null or sluice_cursor_time(b) is null then a
+                when a is null or sluice_cursor_time(a) is null then b
+                when sluice_cursor_time(b) > sluice_cursor_time(a) then b
+                else a end
+$$;

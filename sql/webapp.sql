@@ -118,7 +118,7 @@ select run_id, run_type, data_interval_start, data_interval_end, started_at, end
             -- a failure recorded before summaries existed (text only): one summary of nulls, never its text
             when status = 'failed' or error_message is not null then '[{}]'::jsonb
             else '[]'::jsonb end as errors,
-       fetched, inserted, updated, unchanged, superseded, rejected, source_counts,
+       fetched, inserted, updated, unchanged, superseded, rejected, source_counts, skipped,
        coalesce(accept_deletes, '{}'::jsonb) as accept_deletes
 from etl_runs
 order by started_at desc, id desc
@@ -256,6 +256,7 @@ select source from etl_checkpoint order by source;
 select c.source as name, c.kind, c.row_count - coalesce(d.deleted, 0) as row_count,
        coalesce(d.deleted, 0) as deleted_count, c.last_processed_id, c.last_processed_at,
        c.last_success_run_id, c.last_success_at, c.last_error_run_id, c.last_error_at,
+       c.last_cursor, c.read_until, c.last_skip_run_id, c.last_skip_at, c.last_skip_reason,
        -- a failure recorded before summaries existed (text only) has a summary of nulls; the text is never read
        case when c.last_error_summary is not null then c.last_error_summary
             when c.last_error_run_id is not null or c.last_error is not null then '{}'::jsonb end

@@ -39,10 +39,9 @@ class Pipeline:
         now (default: etl_pipeline), whose tasks run: a changed catalog file reaches a cleared init_schema."""
         from airflow.models.dagrun import DagRun
         from airflow.models.taskinstance import clear_task_instances, find_relevant_relatives
-        from airflow.sdk.definitions.dag import _run_task
         from airflow.serialization.serialized_objects import DagSerialization
         from airflow.utils.session import create_session
-        from airflow.utils.state import DagRunState, TaskInstanceState
+        from airflow.utils.state import DagRunState
         from sqlalchemy import select
 
         dag = dag or airflow_env.load_dag()
@@ -63,20 +62,40 @@ class Pipeline:
             dag_run.state = DagRunState.RUNNING
             session.commit()
             dag_run.dag = serialized
-            # dag.test()'s loop: schedule what is ready, run it here, until the run is finished
-            while dag_run.state == DagRunState.RUNNING:
-                session.expire_all()
-                ready, _ = dag_run.update_state(session=session)
-                for ti in ready:
-                    ti.try_number += 1
-                    ti.state = TaskInstanceState.SCHEDULED
-                session.commit()
-                for ti in ready:
-                    _run_task(ti=ti, task=dag.task_dict[ti.task_id])
-                if not ready:  # a retry whose delay has not passed yet
-                    time.sleep(0.2)
+            _drive(dag, dag_run, session)
             state = str(dag_run.state)
             self.last_cleared = sorted((ti.task_id, ti.map_index) for ti in cleared)
+        return state, self._finished(run_id)
+
+    def run_scheduled(self, conf: dict | None, interval: tuple, dag=None):
+        """One scheduled run of etl_pipeline over the data interval (start, end), as the scheduler creates it
+        (dag.test() creates manual runs only); returns (Airflow run state, its etl_runs row)."""
+        from airflow.models.dagrun import DagRun
+        from airflow.serialization.serialized_objects import DagSerialization
+        from airflow.utils.session import create_session
+        from airflow.utils.state import DagRunState
+        from airflow.utils.types import DagRunTriggeredByType, DagRunType
+        from sqlalchemy import select
+
+        dag = dag or airflow_env.load_dag()
+        _sync_dags()
+        serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        start, end = interval
+        with create_session() as session:
+            # as dag.test() does: an earlier run of this logical date (of this or another test) makes way
+            for earlier in session.scalars(select(DagRun).where(DagRun.dag_id == dag.dag_id,
+                                                                DagRun.logical_date == start)):
+                session.delete(earlier)
+            session.commit()
+            dag_run = serialized.create_dagrun(
+                run_id=f"scheduled__{start.isoformat()}", logical_date=start, data_interval=(start, end),
+                run_after=end, conf=conf or {}, run_type=DagRunType.SCHEDULED, state=DagRunState.RUNNING,
+                triggered_by=DagRunTriggeredByType.TEST, triggering_user_name="tests", start_date=end,
+                session=session)
+            session.commit()
+            dag_run.dag = serialized
+            _drive(dag, dag_run, session)
+            state, run_id = str(dag_run.state), dag_run.run_id
         return state, self._finished(run_id)
 
     def _finished(self, run_id: str) -> dict:
@@ -97,6 +116,40 @@ class Pipeline:
 
     def checksum(self) -> str:
         return self.value(CHECKSUM)
+
+
+def _sync_dags() -> None:
+    """Write the DAG files' DAGs to the metadata DB, as dag.test() does before it creates its run."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.utils.session import create_session
+
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        sync_bag_to_db(BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name),
+                       bundle.name, bundle.version)
+
+
+def _drive(dag, dag_run, session) -> None:
+    """dag.test()'s loop: schedule what is ready, run it here, until the run is finished."""
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    while dag_run.state == DagRunState.RUNNING:
+        session.expire_all()
+        ready, _ = dag_run.update_state(session=session)
+        for ti in ready:
+            ti.try_number += 1
+            ti.state = TaskInstanceState.SCHEDULED
+        session.commit()
+        for ti in ready:
+            _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+        if not ready:  # a retry whose delay has not passed yet
+            time.sleep(0.2)
 
 
 def assert_counts_add_up(run: dict) -> None:

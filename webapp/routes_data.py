@@ -153,17 +153,21 @@ def get_record(source, source_id):
 def _source(row: dict) -> dict:
     return {
         "name": row["name"], "kind": row["kind"], "row_count": row["row_count"], "deleted_count": row["deleted_count"],
-        "checkpoint": {"last_processed_id": row["last_processed_id"], "last_processed_at": row["last_processed_at"]},
+        "checkpoint": {"last_processed_id": row["last_processed_id"], "last_processed_at": row["last_processed_at"],
+                       "last_cursor": row["last_cursor"], "read_until": row["read_until"]},
         "last_success": {"run_id": row["last_success_run_id"], "at": row["last_success_at"]}
         if row["last_success_run_id"] is not None else None,
         "last_error": {"run_id": row["last_error_run_id"], "at": row["last_error_at"],
                        "error": row["last_error_summary"]} if row["last_error_summary"] is not None else None,
+        "last_skip": {"run_id": row["last_skip_run_id"], "at": row["last_skip_at"], "reason": row["last_skip_reason"]}
+        if row["last_skip_run_id"] is not None else None,
     }
 
 
 @blueprint.get("/sources")
 @documented(responses={200: sources_schema}, errors=(400, 503), etag="strong")
 def list_sources():
-    """Every source in the warehouse: kind, live and deleted rows, checkpoint, last successful load and last error."""
+    """Every source in the warehouse: kind, live and deleted rows, checkpoint, last successful load, last error and
+    last skip."""
     load_query(no_query_schema, request.args)
     return conditional_json(sources_schema.dump({"data": [_source(row) for row in db.fetch_all("sources")]}))

@@ -355,6 +355,8 @@ class RunSchema(Body):
     accept_deletes = fields.Dict(keys=fields.String(), values=fields.Float(), metadata={
         "description": "the larger deletes a person accepted for this run (its accept_deletes param): source -> the "
                        "fraction of its live rows the run might delete; {} when none"})
+    skipped = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "the sources the run skipped, each with why (not due); neither failed nor loaded"})
 
 
 class RunsPageSchema(Page):
@@ -417,6 +419,11 @@ class SourceCheckpointSchema(Body):
     last_processed_id = fields.String(allow_none=True, metadata={
         "description": "the highest id a run committed; an incremental read asks from it on"})
     last_processed_at = fields.DateTime(allow_none=True)
+    last_cursor = fields.String(allow_none=True, metadata={
+        "description": "a time-cursor source: the newest value of its cursor field loaded, as the source spelled it; "
+                       "the next read asks for the records after it, less the lookback"})
+    read_until = fields.DateTime(allow_none=True, metadata={
+        "description": "the end of the newest data interval in which it was read; its `every` counts from it"})
 
 
 class SourceLoadSchema(Body):
@@ -426,6 +433,10 @@ class SourceLoadSchema(Body):
 
 class SourceErrorSchema(SourceLoadSchema):
     error = fields.Nested(ErrorSummarySchema, metadata={"description": "why it failed, as errors in /runs"})
+
+
+class SourceSkipSchema(SourceLoadSchema):
+    reason = fields.String(metadata={"description": "why the run did not read it, e.g. not due until its every passed"})
 
 
 class SourceSchema(Body):
@@ -440,6 +451,8 @@ class SourceSchema(Body):
         "description": "the newest run that loaded it"})
     last_error = fields.Nested(SourceErrorSchema, allow_none=True, metadata={
         "description": "the newest run in which it failed, kept after later successes: compare the times"})
+    last_skip = fields.Nested(SourceSkipSchema, allow_none=True, metadata={
+        "description": "the newest run that skipped it (not due: see its every), kept after later reads"})
 
 
 class SourcesSchema(Body):

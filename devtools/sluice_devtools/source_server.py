@@ -13,6 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 
+_COMPARE = {">=": str.__ge__, ">": str.__gt__, "<": str.__lt__, "<=": str.__le__}
+
+
 @dataclass
 class Fault:
     status: int = 200
@@ -35,6 +38,9 @@ class Route:
     ignore_size: bool = False
     repeat_last_page: bool = False
     total_count: bool = True
+    # query parameter -> (record field, ">=" | ">" | "<" | "<="): the records whose field compares so with the
+    # parameter's value (as text: ISO times of one spelling compare as times), like a time cursor or window API
+    filters: dict = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     hits: list[float] = field(default_factory=list)
 
@@ -121,6 +127,9 @@ class SourceServer:
             if key.endswith("_gte"):
                 name, bound = key[:-4], float(values[0])
                 records = [r for r in records if isinstance(r.get(name), (int, float)) and r[name] >= bound]
+            elif key in route.filters:
+                name, op = route.filters[key]
+                records = [r for r in records if _COMPARE[op](str(r.get(name)), values[0])]
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if route.total_count:
             headers["X-Total-Count"] = str(len(records))

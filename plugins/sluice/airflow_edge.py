@@ -51,7 +51,10 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
         try:
             return function(*args, **kwargs)
         except Exception as exc:
-            from airflow.sdk.exceptions import AirflowException, AirflowFailException
+            from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+            if isinstance(exc, AirflowSkipException):  # a source not due: skipped, not failed
+                raise
 
             failure = Failure.of(exc, step=context["ti"].task_id, source=entry and entry["name"], secrets=secrets)
             context["ti"].xcom_push(key="failure", value=failure.to_json())
@@ -185,18 +188,36 @@ def init_schema(params: dict) -> list[dict]:
     return [sources.to_entry(source) for source in found]
 
 
+# the XCom in which a skipped ingest says why: record_run writes it to etl_runs.skipped
+SKIPPED_KEY = "skipped"
+
+
 @lane_step
-def ingest(entry: dict, params: dict, run_id: str) -> dict:
-    """Stream one source (a catalog entry, any kind) into staging; return a reference and counts (never rows)."""
+def ingest(entry: dict, params: dict, run_id: str, *, run_type=None, interval: tuple | None = None) -> dict:
+    """Stream one source (a catalog entry, any kind) into staging; return a reference and counts (never rows).
+    A source this run does not read (pipeline.skip_reason: not due) is skipped, and with it the rest of its lane;
+    interval: the run's data interval (start, end), None when it has none (a manual run without a logical date)."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowSkipException
+
     from sluice import pipeline, sources, staging
 
     config = settings.load()
     source = sources.from_entry(entry)
-    session, url = http_source(source)
-    target = staging.make_run_folder(staging_dir(run_id, config)) / f"{source.name}.copy"
+    full_refresh = bool(params.get("full_refresh"))
+    interval = interval if interval and None not in interval else None
     with warehouse() as conn:
+        reason = pipeline.skip_reason(conn, source, run_type=str(getattr(run_type, "value", run_type)),
+                                      interval=interval, full_refresh=full_refresh)
+        if reason is not None:
+            pipeline.record_skip(conn, source, run_id=run_id, reason=reason)
+            get_current_context()["ti"].xcom_push(key=SKIPPED_KEY, value=reason)
+            log.info("%s: skipped, %s", source.name, reason)
+            raise AirflowSkipException(f"{source.name}: {reason}")
+        session, url = http_source(source)
+        target = staging.make_run_folder(staging_dir(run_id, config)) / f"{source.name}.copy"
         return pipeline.ingest(conn, source, session, url, str(target), open_staged, run_id=run_id, settings=config,
-                               full_refresh=bool(params.get("full_refresh")), worker=worker_name()).to_xcom()
+                               full_refresh=full_refresh, worker=worker_name(), interval=interval).to_xcom()
 
 
 @lane_step
@@ -204,10 +225,11 @@ def store_raw(entry: dict, ingested: dict, run_id: str) -> dict:
     from sluice import pipeline, sources
     from sluice.results import Ingested
 
+    source = sources.from_entry(entry)
     with warehouse() as conn:
         return pipeline.store_raw(conn, Ingested.from_xcom(ingested), open_staged, run_id=run_id,
-                                  settings=settings.load(), worker=worker_name(),
-                                  source=sources.from_entry(entry)).to_xcom()
+                                  settings=settings.load(), worker=worker_name(), source=source,
+                                  cursor_field=source.cursor and source.cursor.field).to_xcom()
 
 
 @lane_step
@@ -252,13 +274,15 @@ def emit(events: list) -> None:
 
 
 @lane_step
-def checkpoint(entry: dict, stored: dict, upserted: dict, params: dict, run_id: str) -> dict:
+def checkpoint(entry: dict, stored: dict, upserted: dict, params: dict, run_id: str, read_until=None) -> dict:
+    """read_until: the run's data interval end (None without one), from which the source's `every` counts."""
     from sluice import pipeline
     from sluice.results import Stored, Upserted
 
     with warehouse() as conn:
         return pipeline.checkpoint(conn, Stored.from_xcom(stored), Upserted.from_xcom(upserted), run_id=run_id,
-                                   settings=settings.load(), full_refresh=bool(params.get("full_refresh"))).to_xcom()
+                                   settings=settings.load(), full_refresh=bool(params.get("full_refresh")),
+                                   read_until=read_until).to_xcom()
 
 
 def record_run(context) -> dict:
@@ -281,12 +305,16 @@ def record_run(context) -> dict:
     if states.get("init_schema") != "success":
         failures.append(instance_failure(ti, "init_schema", None, states.get("init_schema"), None))
     catalog = ti.xcom_pull(task_ids="init_schema") or []
-    indexes = list(range(len(catalog)))
+    # a lane whose ingest skipped (not due) skipped after it: neither failed nor loaded, and without results
+    skipped = {entry["name"]: ti.xcom_pull(task_ids="ingest", key=SKIPPED_KEY, map_indexes=index) or "skipped"
+               for index, entry in enumerate(catalog) if states.get(f"ingest_{index}") == "skipped"}
+    indexes = [index for index, entry in enumerate(catalog) if entry["name"] not in skipped]
     found = []
     for step in LANE_STEPS:
         values = ti.xcom_pull(task_ids=step, map_indexes=indexes) if indexes else []
         found += [results.from_xcom(value) for value in values if value is not None]
-    for index, entry in enumerate(catalog):
+    for index in indexes:
+        entry = catalog[index]
         for step in LANE_STEPS:
             state = states.get(f"{step}_{index}")
             if state != "success":
@@ -302,6 +330,7 @@ def record_run(context) -> dict:
         failures=failures,
         kinds={entry["name"]: entry["kind"] for entry in catalog},
         accept_deletes=recorded_acceptance(context["params"]),
+        skipped=skipped,
     )
     config = settings.load()
     with warehouse() as conn:

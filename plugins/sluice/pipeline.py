@@ -15,9 +15,12 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import BinaryIO, ContextManager
 
-from sluice import contracts, delete_guard, progress, runs, staging, warehouse
+import requests
+
+from sluice import contracts, delete_guard, progress, runs, staging, timing, warehouse
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
@@ -44,15 +47,23 @@ def init_schema(conn, *, settings: Settings) -> Changes:
 
 
 def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: Opener = open_local, *,
-           run_id: str, settings: Settings, full_refresh: bool = False, worker: str | None = None) -> Ingested:
+           run_id: str, settings: Settings, full_refresh: bool = False, worker: str | None = None,
+           interval: tuple[datetime, datetime] | None = None) -> Ingested:
     """Fetch one source and stage its records at staged_uri (created or replaced); never rows in the result.
 
     The source's kind module reads it (Source.reader); an incremental source (since_param) asks for the
-    records from its checkpoint on, unless full_refresh. worker names this machine in the result (default:
-    its fully qualified host name), so a store_raw elsewhere that cannot find the file says who wrote it."""
+    records from its checkpoint on, a time cursor for those after its newest value loaded less its lookback, a
+    window for the run's data interval (interval: [start, end)), unless full_refresh. worker names this machine
+    in the result (default: its fully qualified host name), so a store_raw elsewhere that cannot find the file
+    says who wrote it."""
     # taken before reading: store_raw never lets a batch replace what a later fetch stored
     fetch_seq = warehouse.next_fetch_seq(conn)
     since = warehouse.read_checkpoint(conn, source.name) if source.since_param and not full_refresh else None
+    bounds = {} if full_refresh else time_bounds(conn, source, interval)
+    if bounds:
+        log.info("%s: reading %s", source.name, ", ".join(f"{key}={value}" for key, value in bounds.items()))
+        # on the first request, as a since_param: next links carry their own query
+        url = requests.Request("GET", url, params=bounds).prepare().url
     request = FetchRequest(session=session, url=url, run_id=run_id, uri=staged_uri, settings=settings, since=since,
                            workdir=staging.download_dir(run_id))
     with open_file(staged_uri, "wb") as target:
@@ -62,8 +73,42 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
     return Ingested.of(counts, fetch_seq, source.kind, staged_by=worker or socket.getfqdn())
 
 
+def time_bounds(conn, source: Source, interval: tuple[datetime, datetime] | None) -> dict[str, str]:
+    """The query parameters that bound a read by time: its cursor's (the newest value loaded less the lookback;
+    none before the first load) and its window's (the run's data interval)."""
+    bounds = {}
+    if source.cursor is not None:
+        last_cursor, _ = warehouse.read_time_bounds(conn, source.name)
+        if last_cursor is not None:
+            bounds[source.cursor.param] = source.cursor.bound(last_cursor)
+    if source.window is not None:
+        if interval is None:  # skip_reason skips such a read before it starts
+            raise ValueError(f"{source.name}: a window source needs the run's data interval")
+        bounds.update(source.window.query(*interval))
+    return bounds
+
+
+def skip_reason(conn, source: Source, *, run_type: str | None, interval: tuple[datetime, datetime] | None,
+                full_refresh: bool = False) -> str | None:
+    """Why this run does not read the source (sluice.timing.not_due), or None when it does. A window source in
+    a run without a data interval (a manual run triggered without a logical date) is skipped, never read whole."""
+    if source.window is not None and interval is None and not full_refresh:
+        return ("no data interval to read: the run has none (a manual run without a logical date); trigger it "
+                "with a logical date, or with full_refresh to read the source whole")
+    if source.every_delta is None:
+        return None
+    _, read_until = warehouse.read_time_bounds(conn, source.name)
+    return timing.not_due(source.every_delta, read_until=read_until, interval_end=interval and interval[1],
+                          run_type=run_type)
+
+
+def record_skip(conn, source: Source, *, run_id: str, reason: str) -> None:
+    """Record that this run skipped the source and why (GET /sources, and etl_runs through record_run)."""
+    warehouse.record_skip(conn, source.name, kind=source.kind, run_id=run_id, reason=reason)
+
+
 def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_id: str, settings: Settings,
-              worker: str | None = None, source: Source | None = None) -> Stored:
+              worker: str | None = None, source: Source | None = None, cursor_field: str | None = None) -> Stored:
     """Load the source's staged file into its raw table. A batch this run already stored (a cleared or retried
     task) is not read again, so its staged file may be gone; otherwise a file that cannot be opened here fails,
     naming this worker (worker: default its fully qualified host name) and the one that wrote it. source: its
@@ -75,7 +120,8 @@ def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_i
         return warehouse.store_raw(
             conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
             fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
-            ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read, contract=source)
+            ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read, contract=source,
+            cursor_field=cursor_field)
 
 
 def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextManager[BinaryIO]:
@@ -123,12 +169,14 @@ def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_
 
 
 def checkpoint(conn, stored: Stored, upserted: Upserted, *, run_id: str, settings: Settings,
-               full_refresh: bool = False) -> Checkpointed:
-    """Advance the source's checkpoint to the highest id this run stored (stored.last_id), and count what it
-    processed once however often the step runs."""
+               full_refresh: bool = False, read_until: datetime | None = None) -> Checkpointed:
+    """Advance the source's checkpoint to the highest id this run stored (stored.last_id) and its time cursor to
+    the newest value stored, note that it was read up to read_until (the run's data interval end), and count
+    what it processed once however often the step runs."""
     return warehouse.advance_checkpoint(
         conn, upserted.source, run_id=run_id, last_id=stored.last_id, processed=upserted.processed,
-        lock_timeout_seconds=settings.lock_timeout_seconds, full_refresh=full_refresh)
+        lock_timeout_seconds=settings.lock_timeout_seconds, full_refresh=full_refresh,
+        last_cursor=stored.last_cursor, read_until=read_until)
 
 
 def record_run(conn, outcome: runs.RunOutcome, *, settings: Settings) -> Recorded:

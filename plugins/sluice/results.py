@@ -61,6 +61,8 @@ class Stored(StepResult):
     fetch_seq: int | None = None  # the stored batch's place in the fetch order (Ingested.fetch_seq)
     last_id: str | None = None  # the highest id stored, spelled as the source spelled it: the checkpoint's
     whole_read: bool = True  # the read had every record the source holds (Ingested.whole_read): it may delete
+    # the newest value of the source's cursor field stored, as the source spelled it (None: no cursor, or no time)
+    last_cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class Checkpointed(StepResult):
     total_processed: int = 0
     last_processed_at: str | None = None
     processed: int = 0  # what this run added to total_processed (a redo adds only the difference)
+    last_cursor: str | None = None  # the source's time cursor after the run (sluice.timing.Cursor)
+    read_until: str | None = None  # the end of the newest data interval it was read in (its `every` counts from it)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ class RunOutcome:
     kinds: dict[str, str] = field(default_factory=dict)
     # the larger deletes a person accepted for this run (DAG param accept_deletes): {source: fraction}
     accept_deletes: dict[str, float] | None = None
+    # the sources the run skipped (not due), each with why: neither failed nor loaded
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, results: Iterable, **run) -> "RunOutcome":
@@ -167,10 +169,13 @@ def record(conn, outcome: RunOutcome, *, retention_hours: float = settings.STAGI
             "errors": Jsonb(outcome.summaries()) if outcome.failures else None,
             "source_counts": Jsonb(per_source),
             "accept_deletes": Jsonb(outcome.accept_deletes) if outcome.accept_deletes else None,
+            "skipped": Jsonb(outcome.skipped),
             **totals,
         }).fetchone()
     problems = outcome.error_lines()
     failed = f" ({len(problems)} tasks or sources failed, see etl_runs.error_message)" if problems else ""
+    if outcome.skipped:
+        failed += f" (skipped {', '.join(outcome.skipped)}: see etl_runs.skipped)"
     log.info("run %s recorded as %s%s in etl_runs (id %d): %s", outcome.run_id, outcome.status, failed, row_id,
              ", ".join(f"{progress.count(totals[name])} {name}" for name in COUNTS))
     return row_id

@@ -24,6 +24,7 @@ from types import ModuleType
 
 from sluice import delete_guard
 from sluice import mapping as mappings
+from sluice import timing
 from sluice.errors import InvalidSource, MappingError
 from sluice.settings import DEFAULT_API_MAPPING, DEFAULT_CSV_MAPPING, Settings
 
@@ -175,6 +176,11 @@ class Source:
     schema_contract: str = "discard_undeclared"  # see SCHEMA_CONTRACTS
     # the most of its live rows one read may soft-delete (0..1); None: SLUICE_MAX_DELETE_FRACTION (delete_guard)
     max_delete_fraction: float | None = None
+    # reads bounded by time (sluice.timing): a time cursor beside the id checkpoint, the run's data interval,
+    # and a cadence: read only when due (empty: every run); mappings are read by Cursor.of and Window.of
+    cursor: timing.Cursor | None = None
+    window: timing.Window | None = None
+    every: str = ""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
@@ -200,10 +206,30 @@ class Source:
         if self.max_delete_fraction is not None:
             object.__setattr__(self, "max_delete_fraction",
                                delete_guard.fraction(self.max_delete_fraction, f"{where}: max_delete_fraction"))
+        self._check_time(where)
+
+    def _check_time(self, where: str) -> None:
+        if self.cursor is not None:
+            object.__setattr__(self, "cursor", timing.Cursor.of(self.cursor, f"{where}: cursor"))
+        if self.window is not None:
+            object.__setattr__(self, "window", timing.Window.of(self.window, f"{where}: window"))
+        if self.every and not timing.duration(self.every, f"{where}: every"):
+            raise InvalidSource(f"{where}: every must be longer than 0, got {self.every!r}")
+        if self.every and self.window is not None:
+            # a skipped run's interval would never be read: a window source reads every interval of the DAG
+            raise InvalidSource(f"{where}: every and window exclude each other: a window source reads each run's "
+                                "data interval, and the runs every skips would leave their intervals unread; "
+                                "drop every (the DAG's schedule follows the finest every of its catalog)")
+
+    @property
+    def every_delta(self):
+        """The source's cadence (a timedelta), None when it is read by every run."""
+        return timing.duration(self.every, "every") if self.every else None
 
     def deletes_missing(self, full_refresh: bool) -> bool:
         """Whether this read soft-deletes the rows whose records it lacks: only a whole read can tell."""
-        return self.delete_missing and (not self.since_param or full_refresh)
+        partial = self.since_param or self.cursor is not None or self.window is not None
+        return self.delete_missing and (not partial or full_refresh)
 
     def _check_options(self, where: str) -> None:
         object.__setattr__(self, "pagination", Pagination.of(self.pagination, f"{where}: pagination"))

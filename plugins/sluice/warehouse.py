@@ -97,7 +97,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
               ids_ascending: bool = False, whole_read: bool = True,
-              contract: Source | None = None) -> Stored:
+              contract: Source | None = None, cursor_field: str | None = None) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -113,6 +113,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     contract: the source as its catalog entry declares it (sluice.sources.Source): the batch's fields are checked
     against its declarations and recorded before the raw upsert (sluice.contracts), and a batch its frozen
     schema_contract refuses fails here, writing nothing (None: not checked, for a caller loading by hand).
+    cursor_field: the source's time cursor field, whose newest value among the stored records the result carries
+    to the checkpoint.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -146,6 +148,10 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         table = raw_table(source, kind)
         superseded = _remove_superseded(conn, table, keys, fetch_seq)
         staged_rows, last_id = _count(conn, "staged_summary", keys)
+        last_cursor = None
+        if cursor_field:
+            found = conn.execute(q("staged_cursor"), {**keys, "field": cursor_field}).fetchone()
+            last_cursor = found and found[0]
         (existing,) = _count(conn, "raw_table_estimate", {"raw_table": table})
         if contract is not None:
             contracts.check_batch(conn, contract, run_id=run_id, raw_table=table)
@@ -159,7 +165,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq, "wrote": inserted + updated > 0})
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
                         rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id,
-                        whole_read=whole_read)
+                        whole_read=whole_read, last_cursor=last_cursor)
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
@@ -402,12 +408,14 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool, index_build_memory:
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float,
-                       last_id: str | None = None, full_refresh: bool = False) -> Checkpointed:
+                       last_id: str | None = None, full_refresh: bool = False, last_cursor: str | None = None,
+                       read_until=None) -> Checkpointed:
     """Move the source's checkpoint forward to last_id, the highest id this run stored (Stored.last_id), never
     back (a full refresh sets it), and add the records this run processed to its total. Runs only after upsert
     committed. A retried or cleared task of a run that counted already adds only what changed (nothing, unless
     the run fetched again meanwhile), so no record is counted twice. last_id None: the one the run's store_raw
-    committed (a caller driving the steps by hand)."""
+    committed (a caller driving the steps by hand). last_cursor (Stored.last_cursor) and read_until (the run's
+    data interval end) move the source's time bounds, forward only, in the same transaction."""
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
         if last_id is None:
@@ -421,6 +429,8 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
         before = conn.execute(q("select_checkpoint"), keys).fetchone()
         conn.execute(q("advance_checkpoint"), {**keys, "last_id": last_id, "processed": processed - counted,
                                                "full_refresh": full_refresh})
+        cursor, read_to = conn.execute(q("advance_time_bounds"), {**keys, "last_cursor": last_cursor,
+                                                                  "read_until": read_until}).fetchone()
         last_processed_id, last_at, total, _, _ = conn.execute(q("select_checkpoint"), keys).fetchone()
         previous = before[0] if before is not None else None
         if previous == last_processed_id:
@@ -429,12 +439,14 @@ def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_t
             how = "set by the full refresh" if full_refresh else "advanced"
             moved = f"{how} to id {last_processed_id!r} (was {'unset' if previous is None else f'id {previous!r}'})"
         result = Checkpointed(source=source, last_processed_id=last_processed_id, total_processed=total,
-                              last_processed_at=last_at.isoformat() if last_at else None, processed=processed)
+                              last_processed_at=last_at.isoformat() if last_at else None, processed=processed,
+                              last_cursor=cursor, read_until=read_to.isoformat() if read_to else None)
         # with the id it was given, so a redo with another (the run fetched again) advances
         conn.execute(q("forget_step"), {**keys, "step": "checkpoint"})
         conn.execute(q("record_step"), {**keys, "step": result.STEP,
                                         "result": Jsonb({**result.to_xcom(), "last_id": last_id})})
-    log.info("%s: checkpoint %s; %s records processed in all", source, moved, progress.count(total or 0))
+    log.info("%s: checkpoint %s; %s records processed in all%s", source, moved, progress.count(total or 0),
+             f"; time cursor at {cursor!r}" if cursor is not None else "")
     return result
 
 
@@ -442,6 +454,19 @@ def read_checkpoint(conn, source: str) -> str | None:
     row = conn.execute(q("select_checkpoint"), {"source": source}).fetchone()
     conn.rollback()
     return row[0] if row else None
+
+
+def read_time_bounds(conn, source: str) -> tuple:
+    """(the cursor's newest value loaded, the end of the newest interval read) of a source; Nones when unknown."""
+    row = conn.execute(q("select_time_bounds"), {"source": source}).fetchone()
+    conn.rollback()
+    return tuple(row) if row else (None, None)
+
+
+def record_skip(conn, source: str, *, kind: str, run_id: str, reason: str) -> None:
+    """Record that run_id skipped the source and why (GET /sources shows the newest skip)."""
+    with conn.transaction():
+        conn.execute(q("record_skip"), {"source": source, "kind": kind, "run_id": run_id, "reason": reason})
 
 
 def record_source_status(conn, source: str, *, kind: str | None, run_id: str, failure: Failure | None) -> None:
