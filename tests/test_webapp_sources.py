@@ -91,7 +91,8 @@ def test_sources_lists_each_with_kind_rows_checkpoint_and_last_loads(client):
     assert [source["name"] for source in response.json["data"]] == sorted(ROWS)
     assert {name: (source["kind"], source["row_count"]) for name, source in sources.items()} == {
         "api": ("api", 2), "csv": ("csv", 1), "orders": ("api", 3), "comments": ("csv", 4)}
-    assert sources["orders"]["checkpoint"] == {"last_processed_id": None, "last_processed_at": None}
+    assert sources["orders"]["checkpoint"] == {"last_processed_id": None, "last_processed_at": None,
+                                                  "last_cursor": None, "read_until": None}
     assert sources["orders"]["last_success"]["run_id"] == "run-2" and sources["orders"]["last_error"] is None
     # csv was not part of run-2: its last load stays run-1's
     assert sources["csv"]["last_success"]["run_id"] == "run-1"
