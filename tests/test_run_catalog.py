@@ -116,3 +116,17 @@ def test_make_run_of_a_source_without_its_connection_fails_saying_how_to_define_
             "read. Define it with `airflow connections add etl_files") in result.stdout
     assert "the run failed" in result.stderr
 
+
+
+def test_make_up_with_a_catalog_with_a_typo_starts_nothing(tmp_path, monkeypatch, capsys):
+    from sluice_devtools import stack
+
+    catalog = tmp_path / "my_sources.yaml"
+    catalog.write_text(CATALOG.replace("endpoint:", "endpiont:"))
+    monkeypatch.setenv("SLUICE_SOURCES_FILE", str(catalog))
+    monkeypatch.setenv("SLUICE_STACK_HOME", str(tmp_path / "stack"))
+
+    assert stack.main(["up"]) == 2
+
+    assert f"{catalog}: source 'customers': unknown field 'endpiont'" in capsys.readouterr().err
+    assert not (tmp_path / "stack").exists()  # no process was started, no pid file written

@@ -13,6 +13,8 @@ DEFAULT_CSV_MAPPING = {"source_id": "id", "name": "name", "value": "value", "des
 INDEX_BUILD_MEMORY = "512MB"
 # SLUICE_MAX_DELETE_FRACTION's default: a read may soft-delete at most half of a source's live rows
 MAX_DELETE_FRACTION = 0.5
+# what a bad setting stops and how to fix it, after what is wrong with it
+UNSET_FIX = ": no task can run until it is fixed, or unset for its default (README, Environment)"
 # hours before a later run sweeps what a failed or killed run left: staged files, downloads, work rows
 STAGING_RETENTION_HOURS = 72
 
@@ -24,7 +26,7 @@ def _number(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise InvalidSetting(f"environment variable {name}={raw!r} is not a number") from None
+        raise InvalidSetting(f"environment variable {name}={raw!r} is not a number{UNSET_FIX}") from None
 
 
 def _hosts(name: str) -> frozenset[tuple[str, int | None]]:
@@ -40,7 +42,7 @@ def _hosts(name: str) -> frozenset[tuple[str, int | None]]:
         except ValueError:
             port = -1
         if not parts.hostname or port == -1 or parts.netloc != entry or "@" in entry:
-            raise InvalidSetting(f"environment variable {name}: {entry!r} is not a host or host:port")
+            raise InvalidSetting(f"environment variable {name}: {entry!r} is not a host or host:port{UNSET_FIX}")
         hosts.add((parts.hostname, port))
     return frozenset(hosts)
 
@@ -90,7 +92,7 @@ def load() -> Settings:
 def _fraction(name: str, default: float) -> float:
     value = _number(name, default)
     if not 0 <= value <= 1:  # also refuses nan
-        raise InvalidSetting(f"environment variable {name}={value:g} must be between 0 and 1")
+        raise InvalidSetting(f"environment variable {name}={value:g} must be between 0 and 1{UNSET_FIX}")
     return value
 
 
@@ -98,5 +100,5 @@ def _at_least(name: str, default: float, *, minimum: float) -> float:
     # a retention of 0 would sweep the folder of a run still between its ingest and its store_raw
     value = _number(name, default)
     if value < minimum:
-        raise InvalidSetting(f"environment variable {name}={value:g} must be at least {minimum:g}")
+        raise InvalidSetting(f"environment variable {name}={value:g} must be at least {minimum:g}{UNSET_FIX}")
     return value
