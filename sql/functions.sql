@@ -180,6 +180,82 @@ language sql immutable parallel safe as $$
            or sluice_fast_text_ok(t.description_kind, t.description, edge_space))
 $$;
 
+-- The fast path of a declared field (rules.FIELD_CLASSES defines the rules): the value as attributes keep it,
+-- jsonb null when it is missing (absent, null, ''), and SQL null when the fast path cannot decide: the record goes
+-- to the schema, which types it or writes the reason. No input can make these raise: a cast is reached only by
+-- text that is sure to fit it (no pg_input_is_valid, which PostgreSQL 15 lacks).
+create or replace function sluice_days_in_month(y integer, m integer) returns integer
+language sql immutable parallel safe as $$
+    select case when m = 2 then case when (y % 4 = 0 and y % 100 <> 0) or y % 400 = 0 then 29 else 28 end
+                when m in (4, 6, 9, 11) then 30 else 31 end
+$$;
+
+-- YYYY-MM-DD naming a real day, years 0001-9999 as Python's date
+create or replace function sluice_fast_date_ok(t text) returns boolean language sql immutable parallel safe as $$
+    select case when length(t) = 10 and t ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+                then substr(t, 1, 4) <> '0000' and substr(t, 6, 2) between '01' and '12' and substr(t, 9, 2) <> '00'
+                     and substr(t, 9, 2)::integer <= sluice_days_in_month(substr(t, 1, 4)::integer,
+                                                                          substr(t, 6, 2)::integer)
+                else false end
+$$;
+
+-- a UTC time as attributes keep it: the fraction only when not zero
+create or replace function sluice_utc_text(ts timestamp) returns jsonb language sql stable parallel safe as $$
+    select to_jsonb(to_char(ts, 'YYYY-MM-DD"T"HH24:MI:SS')
+                    || case when date_part('microseconds', ts)::bigint % 1000000 <> 0 then to_char(ts, '.US') else '' end
+                    || 'Z')
+$$;
+
+-- An ISO 8601 date-time in the common forms, as YYYY-MM-DDTHH:MM:SS[.ffffff]Z in UTC (rules.Timestamp): at most
+-- six fraction digits (no rounding), no leap second, offsets within ±14:59 (PostgreSQL reads up to ±15:59),
+-- years 1001-9998 (so UTC is four digits too). Stable, not immutable: text to timestamptz is, even with the offset
+-- given (one without is read as UTC, so TimeZone never matters).
+create or replace function sluice_fast_timestamp(t text) returns jsonb language sql stable parallel safe as $$
+    select case when length(t) between 16 and 32
+                     and t ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?$'
+                then case when substr(t, 1, 4) between '1001' and '9998' and substr(t, 6, 2) between '01' and '12'
+                               and substr(t, 9, 2) <> '00'
+                               and substr(t, 9, 2)::integer <= sluice_days_in_month(substr(t, 1, 4)::integer,
+                                                                                    substr(t, 6, 2)::integer)
+                               and substr(t, 12, 2) <= '23' and substr(t, 15, 2) <= '59'
+                               and (substr(t, 17, 1) <> ':' or substr(t, 18, 2) <= '59')
+                               and (right(t, 1) = 'Z' or substr(t, length(t) - 5, 1) not in ('+', '-')
+                                    or (substr(t, length(t) - 4, 2) <= '14' and right(t, 2) <= '59'))
+                          then sluice_utc_text((case when right(t, 1) = 'Z' or substr(t, length(t) - 5, 1) in ('+', '-')
+                                                     then t else t || 'Z' end)::timestamptz at time zone 'UTC')
+                     end
+           end
+$$;
+
+-- v: the looked-up value (sluice_lookup), kind its jsonb_typeof, t its text (#>> '{}'); type: sources.FIELD_TYPES
+create or replace function sluice_fast_attribute(v jsonb, kind text, t text, type text, edge_space text)
+returns jsonb language sql stable parallel safe as $$
+    select case
+        when kind is null or kind = 'null' or (kind = 'string' and t = '') then 'null'::jsonb
+        when type = 'text' then case when sluice_fast_text_ok(kind, t, edge_space) then to_jsonb(t) end
+        -- at most 18 digits: within 64 bits whatever they are
+        when type = 'integer' then case
+            when kind = 'number' then case when length(t) <= 18 and t ~ '^-?[0-9]+$' then v end
+            when kind = 'string' then case when length(t) <= 18 and t ~ '^[+-]?[0-9]+$' then to_jsonb(t::bigint) end
+        end
+        -- a jsonb number is a numeric already; a string of one as numeric reads it (every digit, its scale)
+        when type = 'numeric' then case
+            when kind = 'number' then v
+            when kind = 'string' then case when length(t) <= 40 and t ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$'
+                                           then to_jsonb(t::numeric) end
+        end
+        when type = 'boolean' then case
+            when kind = 'boolean' then v
+            when kind = 'string' and t in ('true', 'false', 'TRUE', 'FALSE', 'True', 'False')
+                then to_jsonb(lower(t) = 'true')
+        end
+        when type = 'timestamp' then case when kind = 'string' then sluice_fast_timestamp(t) end
+        when type = 'date' then case when kind = 'string' and sluice_fast_date_ok(t) then v end
+        -- as sent; a string with edge whitespace may be blank (missing), which the schema tells
+        when type = 'json' then case when kind <> 'string' or sluice_edge_ok(ascii(t), edge_space) then v end
+    end
+$$;
+
 -- The watermark of the read API's /data: a time at or before the updated_at of every change not yet committed.
 -- Writers stamp updated_at = now(), the start of their transaction, so a change that commits later carries a
 -- time no older than the oldest transaction open now, or (begun later) no older than the clock now. The API

@@ -14,7 +14,7 @@ from sluice.failures import Failure
 from sluice.results import LANE, Checkpointed, Ingested, Normalized, Stored, Upserted
 
 # per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected (the records), and
-# live_after = live_before + inserted - deleted + undeleted (its live rows)
+# live_after = live_before + inserted + renormalized_inserted - deleted + undeleted (its live rows)
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ class Lane:
             "deletes_skipped": upserted.deletes_skipped or None,
             "live_before": upserted.live_before,
             "live_after": upserted.live_after,
+            # stored records the run did not fetch, normalized again after a changed declaration
+            "renormalized": normalized.renormalized,
+            "renormalized_inserted": upserted.renormalized_inserted,
+            "renormalized_updated": upserted.renormalized_updated,
+            "renormalized_rejected": normalized.renormalized_rejected,
             "loaded": self.loaded,
         }
 

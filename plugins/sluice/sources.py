@@ -220,10 +220,10 @@ class Source:
 
     @functools.cached_property
     def normalization(self):
-        """The normalization rules of this source's mapping (sluice.rules.Normalization)."""
+        """The normalization rules of this source's mapping and declared fields (sluice.rules.Normalization)."""
         from sluice import rules
 
-        return rules.Normalization(self.mapping)
+        return rules.Normalization(self.mapping, self.fields)
 
     def reader(self) -> ModuleType:
         """The module that reads this source's kind (see the module docstring)."""
