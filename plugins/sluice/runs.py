@@ -50,7 +50,7 @@ class Lane:
         stored = self.stored or Stored(self.source)
         normalized = self.normalized or Normalized(self.source)
         upserted = self.upserted or Upserted(self.source)
-        return {
+        counts = {
             "fetched": self.ingested.fetched if self.ingested else 0,
             "inserted": upserted.inserted,
             "updated": upserted.updated,
@@ -64,13 +64,14 @@ class Lane:
             "deletes_skipped": upserted.deletes_skipped or None,
             "live_before": upserted.live_before,
             "live_after": upserted.live_after,
-            # stored records the run did not fetch, normalized again after a changed declaration
-            "renormalized": normalized.renormalized,
-            "renormalized_inserted": upserted.renormalized_inserted,
-            "renormalized_updated": upserted.renormalized_updated,
-            "renormalized_rejected": normalized.renormalized_rejected,
             "loaded": self.loaded,
         }
+        if normalized.renormalized or normalized.renormalized_rejected:
+            # only after a changed declaration: stored records the run did not fetch, normalized again
+            counts.update(renormalized=normalized.renormalized, renormalized_inserted=upserted.renormalized_inserted,
+                          renormalized_updated=upserted.renormalized_updated,
+                          renormalized_rejected=normalized.renormalized_rejected)
+        return counts
 
 
 _LANE_FIELDS = {kind: name for kind, name in zip(LANE, ("ingested", "stored", "normalized", "upserted",

@@ -284,7 +284,7 @@ def _fast_attributes(count: int) -> sql.Composable:
     """normalize_fast's {attributes} for a source with `count` declared fields, numbered as
     rules.Normalization.fast_path_params numbers them."""
     if not count:
-        return sql.SQL(q("no_attributes"))
+        return sql.SQL(q("no_attributes")).format()
 
     def each(fragment: str, joiner: str) -> sql.Composed:
         return sql.SQL(joiner).join(
