@@ -3,7 +3,7 @@
 -- view's constants are filled in with psycopg.sql (DDL takes no parameters); every other value is a parameter.
 
 -- name: stored_key
-select input_key from source_declarations where source = %(source)s;
+select input_key, declared_run_id from source_declarations where source = %(source)s;
 
 -- name: record_key
 insert into source_declarations as d (source, input_key, declared_run_id) values (%(source)s, %(input_key)s, %(run_id)s)

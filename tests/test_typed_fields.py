@@ -140,3 +140,27 @@ def pipeline_connection(pipeline):
     import psycopg
 
     return psycopg.connect(pipeline.database_url, autocommit=True)
+
+
+def test_rows_renormalized_from_raw_are_not_part_of_the_read_for_deletes(pipeline):
+    header = "id,email,seats\n"
+    pipeline.sources.serve_bytes("customers.csv", (header + "1,a@x,1\n2,b@x,2\n3,c@x,3\n4,d@x,4\n5,e@x,\n").encode())
+    plain = {**CUSTOMERS, "fields": {"email": "text"}}
+    state, first = pipeline.run({"sources": [plain]})
+    assert state == "success", first["error_message"]
+
+    # record 5 leaves the file as seats becomes required, which its stored record lacks
+    pipeline.sources.serve_bytes("customers.csv", (header + "1,a@x,1\n2,b@x,2\n3,c@x,3\n4,d@x,4\n").encode())
+    state, second = pipeline.run({"sources": [{**plain, "fields": {"email": "text",
+                                                                     "seats": {"type": "integer", "required": True}}}]})
+
+    assert state == "success", second["error_message"]
+    counts = second["source_counts"]["customers"]
+    assert (counts["fetched"], counts["updated"], counts["deleted"]) == (4, 4, 1)
+    assert (counts["renormalized"], counts["renormalized_rejected"]) == (0, 1)
+    assert pipeline.rows("select source_id, stage, reason from rejected_records where run_id = %s",
+                         (second["run_id"],)) == [("5", "normalize", "seats: missing")]
+    # its reject does not make it part of the read: the record left the file, so its row is soft-deleted
+    assert pipeline.rows("select source_id from normalized_data where deleted_at is not null") == [("5",)]
+    assert pipeline.rows("select source_id, seats from sources.customers order by 1") == [
+        ("1", 1), ("2", 2), ("3", 3), ("4", 4)]

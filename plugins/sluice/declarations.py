@@ -45,8 +45,9 @@ def declare(conn, source: str, fields: Mapping, input_key: str, *, run_id: str) 
         # a source normalized before declarations were kept: re-normalize what no longer matches, once
         renormalize = conn.execute(q("source_has_rows"), keys).fetchone()[0]
     else:
-        renormalize = stored_key[0] != input_key
-    if stored_key is None or renormalize:
+        # the run that changed the key redoes its normalize (store_raw cleared): its rows from raw are redone too
+        renormalize = stored_key[0] != input_key or stored_key[1] == run_id
+    if stored_key is None or stored_key[0] != input_key:
         conn.execute(q("record_key"), {**keys, "input_key": input_key, "run_id": run_id})
     wanted = [(name, spec.type, spec.path, spec.required) for name, spec in fields.items()]
     stored = [tuple(row) for row in conn.execute(q("stored_fields"), keys).fetchall()]

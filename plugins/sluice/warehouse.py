@@ -354,7 +354,7 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                         bulk=new_rows >= bulk_rows and new_rows >= existing, index_build_memory=index_build_memory):
             merge = "upsert_normalized" if has_rows else "insert_normalized_new"
             query = sql.SQL(q(merge)).format(raw_table=sql.Identifier(raw_table(source, kind)))
-            inserted, updated, current, again_inserted, again_updated, _ = conn.execute(
+            inserted, updated, current, again_inserted, again_updated = conn.execute(
                 query, {**keys, "raw_written_since": raw_written_since}).fetchone()
         deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
                                                     deletes_missing=deletes_missing, whole_read=stored.whole_read,
