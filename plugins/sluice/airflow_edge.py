@@ -38,7 +38,7 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
     def wrapper(*args, **kwargs):
         from airflow.sdk import get_current_context
 
-        from sluice.errors import DeleteRefused, InvalidSource, TaskFailed
+        from sluice.errors import DeleteRefused, InvalidSource, TaskFailed, ViewInUse
         from sluice.failures import Failure
 
         context = get_current_context()
@@ -57,7 +57,9 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
             if isinstance(exc, AirflowException):  # Airflow's own control flow (its messages are Airflow's)
                 raise
             # the task log renders the exception and its chain unmasked: only the masked text, same traceback
-            masked = (AirflowFailException if isinstance(exc, (DeleteRefused, InvalidSource)) else TaskFailed)
+            # a typed view others depend on waits for a person too (sluice.declarations)
+            masked = (AirflowFailException if isinstance(exc, (DeleteRefused, InvalidSource, ViewInUse))
+                      else TaskFailed)
             raise masked(failure.message).with_traceback(exc.__traceback__) from None
 
     return wrapper
