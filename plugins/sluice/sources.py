@@ -147,6 +147,18 @@ class Field:
 
 
 def _fields(value: object, where: str) -> dict[str, Field]:
+    """Declared fields from an object of name -> spec, or a list of specs with their names: a JSON store such as
+    PostgreSQL's jsonb (Airflow's XCom and run conf there) keeps the order of a list, not an object's keys."""
+    if isinstance(value, list):
+        named = {}
+        for item in value:
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+                raise InvalidSource(f"{where}: fields must be an object of field name -> type, or a list of objects "
+                                    f"with a name and a type, got {item!r} in the list")
+            if item["name"] in named:
+                raise InvalidSource(f"{where}: fields: {item['name']!r} is declared twice")
+            named[item["name"]] = {key: spec for key, spec in item.items() if key != "name"}
+        value = named
     if not isinstance(value, Mapping):
         raise InvalidSource(f"{where}: fields must be an object of field name -> type, got {value!r}")
     return {name: Field.of(name, spec, f"{where}: fields") for name, spec in value.items()}
@@ -331,7 +343,8 @@ def entry_fields() -> tuple[str, ...]:
 def to_entry(source: Source) -> dict:
     """The catalog entry of a source, complete (defaults filled in) and JSON-able: what XCom carries."""
     entry = asdict(source)
-    entry["fields"] = {name: spec.to_entry() for name, spec in source.fields.items()}
+    # a list: the entry travels through XCom, which may be jsonb, and the fields' order is the typed view's
+    entry["fields"] = [{"name": name, **spec.to_entry()} for name, spec in source.fields.items()]
     return {name: entry[name] for name in entry_fields()}
 
 
