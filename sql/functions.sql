@@ -206,23 +206,45 @@ create or replace function sluice_utc_text(ts timestamp) returns jsonb language 
                     || 'Z')
 $$;
 
+-- the rest of a time sluice_fast_timestamp (below) reads, whose date, hours and minutes it checked: body, the seconds and fraction as written
+-- (':SS[.f]' or nothing); zone, the offset as written ('', 'Z' or '±HH:MM')
+create or replace function sluice_fast_time(t text, body text, zone text) returns jsonb
+language sql stable parallel safe as $$
+    select case when translate(body, '0123456789', '9999999999')
+                     in ('', ':99', ':99.9', ':99.99', ':99.999', ':99.9999', ':99.99999', ':99.999999')
+                     and (body = '' or substr(body, 2, 2) <= '59')
+                then case when zone in ('', 'Z', '+00:00', '-00:00')
+                               then to_jsonb(left(t, 10) || 'T' || substr(t, 12, 5) || ':'
+                                             || coalesce(nullif(substr(body, 2, 2), ''), '00')
+                                             || case when rtrim(substr(body, 5), '0') <> ''
+                                                     then '.' || rpad(substr(body, 5), 6, '0') else '' end
+                                             || 'Z')
+                          when translate(zone, '0123456789', '9999999999') in ('+99:99', '-99:99')
+                               and substr(zone, 2, 2) <= '14' and right(zone, 2) <= '59'
+                               then sluice_utc_text((left(t, 16) || body || zone)::timestamptz at time zone 'UTC')
+                     end
+           end
+$$;
+
 -- An ISO 8601 date-time in the common forms, as YYYY-MM-DDTHH:MM:SS[.ffffff]Z in UTC (rules.Timestamp): at most
 -- six fraction digits (no rounding), no leap second, offsets within ±14:59 (PostgreSQL reads up to ±15:59),
--- years 1001-9998 (so UTC is four digits too). Stable, not immutable: text to timestamptz is, even with the offset
--- given (one without is read as UTC, so TimeZone never matters).
+-- years 1001-9998 (so UTC is four digits too). Shapes are checked with translate() (digits to 9), not a regular
+-- expression, which cost twice as much as everything else here; a time in UTC (Z, no offset, ±00:00) is written
+-- out by string operations, any other offset goes through timestamptz. Stable, not immutable: text to timestamptz
+-- is, even with the offset given (one without is read as UTC, so TimeZone never matters).
 create or replace function sluice_fast_timestamp(t text) returns jsonb language sql stable parallel safe as $$
     select case when length(t) between 16 and 32
-                     and t ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?$'
+                     and translate(left(t, 16), '0123456789', '9999999999') in ('9999-99-99T99:99', '9999-99-99 99:99')
                 then case when substr(t, 1, 4) between '1001' and '9998' and substr(t, 6, 2) between '01' and '12'
                                and substr(t, 9, 2) <> '00'
                                and substr(t, 9, 2)::integer <= sluice_days_in_month(substr(t, 1, 4)::integer,
                                                                                     substr(t, 6, 2)::integer)
                                and substr(t, 12, 2) <= '23' and substr(t, 15, 2) <= '59'
-                               and (substr(t, 17, 1) <> ':' or substr(t, 18, 2) <= '59')
-                               and (right(t, 1) = 'Z' or substr(t, length(t) - 5, 1) not in ('+', '-')
-                                    or (substr(t, length(t) - 4, 2) <= '14' and right(t, 2) <= '59'))
-                          then sluice_utc_text((case when right(t, 1) = 'Z' or substr(t, length(t) - 5, 1) in ('+', '-')
-                                                     then t else t || 'Z' end)::timestamptz at time zone 'UTC')
+                          then case when right(t, 1) = 'Z'
+                                        then sluice_fast_time(t, substr(t, 17, length(t) - 17), 'Z')
+                                    when length(t) >= 22 and substr(t, length(t) - 5, 1) in ('+', '-')
+                                        then sluice_fast_time(t, substr(t, 17, length(t) - 22), right(t, 6))
+                                    else sluice_fast_time(t, substr(t, 17), '') end
                      end
            end
 $$;
@@ -234,14 +256,23 @@ returns jsonb language sql stable parallel safe as $$
         when kind is null or kind = 'null' or (kind = 'string' and t = '') then 'null'::jsonb
         when type = 'text' then case when sluice_fast_text_ok(kind, t, edge_space) then to_jsonb(t) end
         -- at most 18 digits: within 64 bits whatever they are
+        -- digits with an optional sign first, checked by translate() (cheaper than a regular expression)
         when type = 'integer' then case
-            when kind = 'number' then case when length(t) <= 18 and t ~ '^-?[0-9]+$' then v end
-            when kind = 'string' then case when length(t) <= 18 and t ~ '^[+-]?[0-9]+$' then to_jsonb(t::bigint) end
+            when kind = 'number' then case when length(t) <= 18 and strpos(t, '.') = 0 then v end
+            when kind = 'string' then case when length(t) <= 18 and translate(substr(t, 2), '0123456789', '') = ''
+                                                and (left(t, 1) between '0' and '9'
+                                                     or (left(t, 1) in ('+', '-') and length(t) > 1))
+                                           then to_jsonb(t::bigint) end
         end
-        -- a jsonb number is a numeric already; a string of one as numeric reads it (every digit, its scale)
+        -- a jsonb number is a numeric already; a string of one (digits, at most one point, a sign first) as
+        -- numeric reads it (every digit, its scale)
         when type = 'numeric' then case
             when kind = 'number' then v
-            when kind = 'string' then case when length(t) <= 40 and t ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$'
+            when kind = 'string' then case when length(t) <= 40
+                                                and translate(t, '0123456789', '') in ('', '.', '+', '-', '+.', '-.')
+                                                and length(translate(t, '0123456789', '')) < length(t)
+                                                and (left(translate(t, '0123456789', ''), 1) not in ('+', '-')
+                                                     or left(t, 1) = left(translate(t, '0123456789', ''), 1))
                                            then to_jsonb(t::numeric) end
         end
         when type = 'boolean' then case
