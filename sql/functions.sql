@@ -240,7 +240,12 @@ create or replace function sluice_fast_timestamp(t text) returns jsonb language 
                                and substr(t, 9, 2)::integer <= sluice_days_in_month(substr(t, 1, 4)::integer,
                                                                                     substr(t, 6, 2)::integer)
                                and substr(t, 12, 2) <= '23' and substr(t, 15, 2) <= '59'
-                          then case when right(t, 1) = 'Z'
+                          then case when length(t) = 20 and substr(t, 11, 1) = 'T' and right(t, 1) = 'Z'
+                                             and translate(substr(t, 17, 3), '0123456789', '9999999999') = ':99'
+                                             and substr(t, 18, 2) <= '59'
+                                        -- already as attributes keep it (the common case): no string to build
+                                        then to_jsonb(t)
+                                    when right(t, 1) = 'Z'
                                         then sluice_fast_time(t, substr(t, 17, length(t) - 17), 'Z')
                                     when length(t) >= 22 and substr(t, length(t) - 5, 1) in ('+', '-')
                                         then sluice_fast_time(t, substr(t, 17, length(t) - 22), right(t, 6))
