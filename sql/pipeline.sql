@@ -299,7 +299,7 @@ with current as materialized (
     -- rows re-normalized from raw that had no row (rejected before): the statement's snapshot predates the insert
     select count(*) as n
     from current c
-    where c.from_raw
+    where %(renormalized)s and c.from_raw
       and not exists (select 1 from normalized_data n where n.source = c.source and n.source_id = c.source_id)
 )
 select (select count(*) from inserted) - r.n,
@@ -332,7 +332,8 @@ with inserted as (
     -- the rows re-normalized from raw among them (a first load after a changed declaration)
     select count(*) as n
     from normalized_stage ns
-    where ns.run_id = %(run_id)s and ns.source = %(source)s and ns.from_raw
+    -- renormalized false (nearly always): folded away, no second scan of the stage
+    where %(renormalized)s and ns.run_id = %(run_id)s and ns.source = %(source)s and ns.from_raw
       and (not %(raw_written_since)s
            or (ns.source_id, ns.raw_hash) in (select r.source_id, r.content_hash from {raw_table} r
                                               where r.source = %(source)s))

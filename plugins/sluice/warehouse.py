@@ -355,7 +355,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
             merge = "upsert_normalized" if has_rows else "insert_normalized_new"
             query = sql.SQL(q(merge)).format(raw_table=sql.Identifier(raw_table(source, kind)))
             inserted, updated, current, again_inserted, again_updated = conn.execute(
-                query, {**keys, "raw_written_since": raw_written_since}).fetchone()
+                query, {**keys, "raw_written_since": raw_written_since,
+                        "renormalized": normalized.renormalized > 0}).fetchone()
         deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
                                                     deletes_missing=deletes_missing, whole_read=stored.whole_read,
                                                     live_before=live_before, max_fraction=max_delete_fraction)
