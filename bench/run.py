@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench import api_load, baselines, benchenv, database, inputs, plot, report, targets, whole_dag
+from bench import api_load, attributes, baselines, benchenv, database, inputs, plot, report, targets, whole_dag
 from bench.child import REPO, Children, StepFailed
 from bench.pipeline import LOAD_STAGES, STAGES, PassResult, Source, run_pass, served_files
 from sluice_devtools.source_server import SourceServer
@@ -52,6 +52,7 @@ class BenchResults:
     wall_seconds: float = 0.0
     flushed: bool = True  # a CHECKPOINT before each timed step
     whole_dag: list = field(default_factory=list)  # whole_dag.ServerResult per server
+    attributes: list = field(default_factory=list)  # attributes.AttributesResult
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--whole-dag-rounds", type=int, default=3,
         help="rounds of the first load, unchanged rerun and 1%% changed per server, each on a fresh warehouse; "
              "the targets take the median of the rounds (default 3)")
+    add("--no-attributes", action="store_true", help="skip the declared fields' comparison")
+    add("--attributes-only", action="store_true",
+        help="only the declared fields' comparison: the whole DAG over --attributes-rows CSV rows with five "
+             "declared fields against none, on the embedded server")
+    add("--attributes-rows", type=int, default=1_000_000, help="CSV rows of that comparison (default 1,000,000)")
+    add("--attributes-rounds", type=int, default=2, help="rounds of that comparison; the ratio is of medians")
     add("--no-pg15", action="store_true",
         help="whole DAG on the embedded server only: no BENCH_DATABASE_URL server, no Debian PostgreSQL 15 cluster")
     return parser.parse_args(argv)
@@ -148,6 +155,17 @@ def run_whole_dag(args, results: BenchResults, children: Children, stamp: str, c
         finally:
             server.close(keep_databases=args.keep_databases)
     return python
+
+
+def run_attributes(args, results: BenchResults, children: Children, stamp: str) -> None:
+    """The declared fields' cost (bench.attributes) on the embedded server."""
+    server = database.Server(args.work_dir / "pg", from_env=False)
+    try:
+        results.attributes.append(attributes.run_server(
+            server, "embedded", log_dir=children.log_dir, work_dir=args.work_dir, stamp=stamp,
+            rows=args.attributes_rows, rounds=max(1, args.attributes_rounds), echo=echo))
+    finally:
+        server.close(keep_databases=args.keep_databases)
 
 
 def run_pipeline(args, results: BenchResults, server, children: Children, stamp: str, csv_input, api_input):
@@ -299,12 +317,14 @@ def main(argv: list[str] | None = None) -> int:
                            flushed=not args.no_checkpoint)
     children = Children(args.work_dir / "logs" / stamp, echo=echo)
     echo(f"inputs: {args.rows:,} CSV rows, {args.api_rows:,} API records (in {args.work_dir / 'inputs'})")
-    csv_input = inputs.write_csvs(args.work_dir / "inputs", args.rows)
+    csv_input = None if args.attributes_only else inputs.write_csvs(args.work_dir / "inputs", args.rows)
     api_input = inputs.api_records(args.api_rows)
     bench_python = None
-    if not args.no_whole_dag:
+    if not args.no_whole_dag and not args.attributes_only:
         bench_python = run_whole_dag(args, results, children, stamp, csv_input)
-    if not args.whole_dag_only:
+    if not args.no_attributes:
+        run_attributes(args, results, children, stamp)
+    if not args.whole_dag_only and not args.attributes_only:
         bench_python = run_stages(args, results, children, stamp, csv_input, api_input)
     results.wall_seconds = time.monotonic() - wall
     judged = targets.evaluate(results)
@@ -315,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         how = draw_plot(results, bench_python, children.log_dir / "plot.json", stem.with_suffix(".png"))
         plot_name = stem.with_suffix(".png").name
     text = report.render(results, judged, plot_name, how)
+    for result in results.attributes:
+        text += "\n" + "\n".join(attributes.section(result)) + "\n"
     stem.with_suffix(".md").write_text(text, encoding="utf-8")
     print("\n" + text, flush=True)
     echo(f"written: {stem.with_suffix('.md')}" + (f" and {plot_name} ({how} plot)" if plot_name else "")

@@ -183,31 +183,34 @@ delete from normalized_stage where run_id = %(run_id)s and source = %(source)s;
 
 -- name: create_slow_candidates
 create temporary table if not exists sluice_slow_candidates (
-    source_id text collate "C", data jsonb, input_hash text, raw_hash text
+    source_id text collate "C", data jsonb, input_hash text, raw_hash text, from_raw boolean
 ) on commit drop;
 
 -- name: normalize_fast
--- Candidates are the staged records whose input (payload hash + mapping + rules) differs from what
--- produced their current row; materialized first so each is parsed once and unchanged records never are.
--- The set-based fast path's rows go straight to normalized_stage, the records it cannot decide to
--- sluice_slow_candidates for the marshmallow schema. Returns the fast path's count.
+-- Candidates (<candidates>: staged_candidates, or raw_candidates after a changed declaration) are records whose
+-- input (payload hash + mapping + declared fields + rules) differs from what produced their current row;
+-- materialized first so each is parsed once and unchanged records never are. The set-based fast path's rows go
+-- straight to normalized_stage with their attributes (<attributes>: fast_attributes, or no_attributes for a source
+-- without declared fields), the records it cannot decide to sluice_slow_candidates for the marshmallow schema.
+-- Returns the fast path's count.
 with candidates as materialized (
-    select s.source_id, s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
-    from staged_records s
-    left join normalized_data n on n.source = s.source and n.source_id = s.source_id
-    where s.run_id = %(run_id)s and s.source = %(source)s
-      and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
+    {candidates}
 ), fast as (
-    insert into normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash)
-    select %(run_id)s, %(source)s, f.source_id, f.name, f.value, f.description, c.input_hash, c.content_hash
+    insert into normalized_stage (run_id, source, source_id, name, value, description, attributes, input_hash,
+                                  raw_hash, from_raw)
+    select %(run_id)s, %(source)s, f.source_id, f.name, f.value, f.description, a.attributes, c.input_hash,
+           c.content_hash, %(from_raw)s
     from candidates c
     cross join lateral sluice_fast_path(c.data, %(source_id_field)s, %(name_field)s, %(value_field)s,
                                         %(description_field)s, %(edge_space)s) f
+    cross join lateral {attributes} a
+    -- null: a declared field the fast path cannot decide
+    where a.attributes is not null
     -- the fast path accepts only ids without edge whitespace, so its id is the staged (stripped) id
     returning source_id
 ), slow as (
-    insert into sluice_slow_candidates (source_id, data, input_hash, raw_hash)
-    select c.source_id, c.data, c.input_hash, c.content_hash
+    insert into sluice_slow_candidates (source_id, data, input_hash, raw_hash, from_raw)
+    select c.source_id, c.data, c.input_hash, c.content_hash, %(from_raw)s
     from candidates c
     -- a hashed subplan of the fast ids (tens of MB), never a hash of the candidates' payloads
     where c.source_id not in (select f.source_id from fast f)
@@ -215,13 +218,63 @@ with candidates as materialized (
 )
 select count(*) from fast;
 
+-- name: staged_candidates
+-- the run's staged records whose input changed (or all, on a full refresh)
+select s.source_id, s.data::jsonb as data, s.content_hash, md5(s.content_hash || %(input_key)s) as input_hash
+from staged_records s
+left join normalized_data n on n.source = s.source and n.source_id = s.source_id
+where s.run_id = %(run_id)s and s.source = %(source)s
+  and (%(full_refresh)s or n.input_hash is distinct from md5(s.content_hash || %(input_key)s))
+
+-- name: raw_candidates
+-- after a changed declaration: the source's stored raw records this run did not fetch whose row (or reject) came
+-- from another input, so an incremental source is re-normalized whole without refetching. <raw_table> is the
+-- source's; every one is the newest payload stored, so the fetch order holds.
+select r.source_id, r.data::jsonb as data, r.content_hash, md5(r.content_hash || %(input_key)s) as input_hash
+from {raw_table} r
+left join normalized_data n on n.source = r.source and n.source_id = r.source_id
+where r.source = %(source)s
+  and n.input_hash is distinct from md5(r.content_hash || %(input_key)s)
+  and not exists (select from staged_records s
+                  where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = r.source_id)
+
+-- name: no_attributes
+(select '{{}}'::jsonb as attributes)
+
+-- name: fast_attributes
+-- the declared fields of the fast path: each looked up, read (kind, text) and typed once, in subqueries that
+-- offset 0 keeps apart, so every step is one evaluation per record; <lookups>, <readings>, <typed>, <decided>
+-- and <pairs> hold one fast_attribute_* fragment per field, numbered as rules.Normalization numbers them. A record
+-- is decided when every field is, and every required one is present (a missing required field is the schema's
+-- reject).
+(select case when {decided} then jsonb_build_object({pairs}) end as attributes
+ from (select {typed}
+       from (select {readings} from (select {lookups} offset 0) l offset 0) k
+       offset 0) t)
+
+-- name: fast_attribute_lookup
+sluice_lookup(c.data, {path}) as {value}
+
+-- name: fast_attribute_reading
+l.{value}, jsonb_typeof(l.{value}) as {kind}, l.{value} #>> '{{}}' as {text}
+
+-- name: fast_attribute_typed
+sluice_fast_attribute(k.{value}, k.{kind}, k.{text}, {type}, %(edge_space)s) as {value}
+
+-- name: fast_attribute_decided
+(t.{value} is not null and (not {required} or t.{value} <> 'null'::jsonb))
+
+-- name: fast_attribute_pair
+{name}::text, t.{value}
+
 -- name: select_slow_candidates
 -- data as text, which rules.Normalization reads with its numbers as Decimal: jsonb keeps every digit, psycopg's
 -- json loader would make floats of them
-select source_id, data::text, input_hash, raw_hash from sluice_slow_candidates;
+select source_id, data::text, input_hash, raw_hash, from_raw from sluice_slow_candidates;
 
 -- name: copy_normalized_stage
-copy normalized_stage (run_id, source, source_id, name, value, description, input_hash, raw_hash) from stdin;
+copy normalized_stage (run_id, source, source_id, name, value, description, attributes, input_hash, raw_hash,
+                       from_raw) from stdin;
 
 -- name: copy_rejects
 copy rejected_records (run_id, source, source_id, stage, reason, payload) from stdin;
@@ -229,9 +282,12 @@ copy rejected_records (run_id, source, source_id, stage, reason, payload) from s
 -- name: upsert_normalized
 -- Only rows whose raw payload is still the stored one are written: when another run has stored raw
 -- payloads since this one did, it may have replaced some. Existing rows are updated where something
--- differs, new ones inserted; joins instead of ON CONFLICT, under the source's advisory lock (see upsert_raw).
+-- differs (attributes included), new ones inserted; joins instead of ON CONFLICT, under the source's advisory lock
+-- (see upsert_raw). Counts: (inserted, updated, rows after that filter) of the run's fetched records, then
+-- (inserted, updated) of the rows re-normalized from raw (from_raw).
 with current as materialized (
-    select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.input_hash, ns.run_id
+    select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.attributes, ns.input_hash, ns.run_id,
+           ns.from_raw
     from normalized_stage ns
     where ns.run_id = %(run_id)s and ns.source = %(source)s
       and (not %(raw_written_since)s
@@ -242,27 +298,39 @@ with current as materialized (
     set name = c.name,
         value = c.value,
         description = c.description,
+        attributes = c.attributes,
         input_hash = c.input_hash,
-        updated_at = case when (n.name, n.value, n.description) is distinct from (c.name, c.value, c.description)
+        updated_at = case when (n.name, n.value, n.description, n.attributes)
+                               is distinct from (c.name, c.value, c.description, c.attributes)
                           then now() else n.updated_at end,
-        last_changed_run_id = case when (n.name, n.value, n.description)
-                                        is distinct from (c.name, c.value, c.description)
+        last_changed_run_id = case when (n.name, n.value, n.description, n.attributes)
+                                        is distinct from (c.name, c.value, c.description, c.attributes)
                                    then c.run_id else n.last_changed_run_id end
     from current c
     where n.source = c.source and n.source_id = c.source_id
-      and (n.name, n.value, n.description, n.input_hash) is distinct from (c.name, c.value, c.description, c.input_hash)
-    returning n.updated_at = now() as changed
+      and (n.name, n.value, n.description, n.attributes, n.input_hash)
+          is distinct from (c.name, c.value, c.description, c.attributes, c.input_hash)
+    returning n.updated_at = now() as changed, c.from_raw
 ), inserted as (
     insert into normalized_data
-        (source, source_id, name, value, description, first_seen_run_id, last_changed_run_id, input_hash)
-    select c.source, c.source_id, c.name, c.value, c.description, c.run_id, c.run_id, c.input_hash
+        (source, source_id, name, value, description, attributes, first_seen_run_id, last_changed_run_id, input_hash)
+    select c.source, c.source_id, c.name, c.value, c.description, c.attributes, c.run_id, c.run_id, c.input_hash
     from current c
     where not exists (select 1 from normalized_data n where n.source = c.source and n.source_id = c.source_id)
     returning 1
+), new_from_raw as (
+    -- rows re-normalized from raw that had no row (rejected before): the statement's snapshot predates the insert
+    select count(*) as n
+    from current c
+    where %(renormalized)s and c.from_raw
+      and not exists (select 1 from normalized_data n where n.source = c.source and n.source_id = c.source_id)
 )
-select (select count(*) from inserted),
-       (select count(*) filter (where changed) from updated),
-       (select count(*) from current);
+select (select count(*) from inserted) - r.n,
+       (select count(*) filter (where changed and not from_raw) from updated),
+       (select count(*) filter (where not from_raw) from current),
+       r.n,
+       (select count(*) filter (where changed and from_raw) from updated)
+from new_from_raw r;
 
 -- name: source_has_rows
 select exists (select 1 from normalized_data where source = %(source)s);
@@ -270,19 +338,31 @@ select exists (select 1 from normalized_data where source = %(source)s);
 -- name: insert_normalized_new
 -- upsert_normalized for a source without a row in normalized_data (its first load): every row is new, so each is
 -- inserted without joining rows the source does not have (1M rows: 1.3 s against 1.8-2.7 s). Same filter on
--- replaced raw payloads, same result: (inserted, updated, rows after that filter).
+-- replaced raw payloads, same result: (inserted, updated, rows after that filter) of fetched records, then
+-- (inserted, updated) of rows re-normalized from raw.
 with inserted as (
     insert into normalized_data
-        (source, source_id, name, value, description, first_seen_run_id, last_changed_run_id, input_hash)
-    select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.run_id, ns.run_id, ns.input_hash
+        (source, source_id, name, value, description, attributes, first_seen_run_id, last_changed_run_id, input_hash)
+    select ns.source, ns.source_id, ns.name, ns.value, ns.description, ns.attributes, ns.run_id, ns.run_id,
+           ns.input_hash
     from normalized_stage ns
     where ns.run_id = %(run_id)s and ns.source = %(source)s
       and (not %(raw_written_since)s
            or (ns.source_id, ns.raw_hash) in (select r.source_id, r.content_hash from {raw_table} r
                                               where r.source = %(source)s))
     returning 1
+), from_raw as (
+    -- the rows re-normalized from raw among them (a first load after a changed declaration)
+    select count(*) as n
+    from normalized_stage ns
+    -- renormalized false (nearly always): folded away, no second scan of the stage
+    where %(renormalized)s and ns.run_id = %(run_id)s and ns.source = %(source)s and ns.from_raw
+      and (not %(raw_written_since)s
+           or (ns.source_id, ns.raw_hash) in (select r.source_id, r.content_hash from {raw_table} r
+                                              where r.source = %(source)s))
 )
-select count(*), 0, count(*) from inserted;
+select (select count(*) from inserted) - f.n, 0, (select count(*) from inserted) - f.n, f.n, 0
+from from_raw f;
 
 -- name: live_rows
 -- the source's live rows: its rows (kept by a trigger) less its deleted ones, which the partial index
@@ -310,7 +390,8 @@ with missing as materialized (
       and not exists (select 1 from staged_records s
                       where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = n.source_id)
       and not exists (select 1 from rejected_records r
-                      where r.run_id = %(run_id)s and r.source = %(source)s and r.source_id = n.source_id)
+                      where r.run_id = %(run_id)s and r.source = %(source)s and r.stage = 'store_raw'
+                        and r.source_id = n.source_id)
 ), deleted as (
     update normalized_data n
     set deleted_at = now(), deleted_run_id = %(run_id)s, updated_at = now()
@@ -333,7 +414,7 @@ where n.source = %(source)s and n.deleted_at is not null
                       where s.run_id = %(run_id)s and s.source = %(source)s
                       union all
                       select r.source_id from rejected_records r
-                      where r.run_id = %(run_id)s and r.source = %(source)s);
+                      where r.run_id = %(run_id)s and r.source = %(source)s and r.stage = 'store_raw');
 
 -- name: bulk_load_size
 -- rows this run brings for the source, rows the table holds now (kept by a trigger, no count(*)), and how

@@ -159,7 +159,8 @@ def assert_counts_add_up(run: dict) -> None:
     for source, counts in run["source_counts"].items():
         if counts["loaded"]:
             assert counts["fetched"] == sum(counts[name] for name in OUTCOMES), f"{source} counts: {counts}"
-            assert counts["live_after"] == (counts["live_before"] + counts["inserted"] - counts["deleted"]
+            assert counts["live_after"] == (counts["live_before"] + counts["inserted"]
+                                            + counts.get("renormalized_inserted", 0) - counts["deleted"]
                                             + counts["undeleted"]), f"{source} rows: {counts}"
     for name in ("fetched", *OUTCOMES):
         assert run[name] == sum(counts[name] for counts in run["source_counts"].values()), \

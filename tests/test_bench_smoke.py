@@ -21,7 +21,7 @@ PASSES = ("first load", "unchanged rerun", "1% changed")
 @pytest.mark.slow
 def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
     command = [sys.executable, "-m", "bench", "--rows", "1000", "--api-rows", "200", "--memory-check-rows", "500",
-               "--small-rows", "200", "--no-dlt", "--no-wrk", "--no-checkpoint", "--no-whole-dag",
+               "--small-rows", "200", "--no-dlt", "--no-wrk", "--no-checkpoint", "--no-whole-dag", "--no-attributes",
                "--results-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work")]
     env = {**os.environ, "BENCH_DATABASE_URL": server_url}
     started = time.monotonic()
@@ -60,7 +60,7 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     # the embedded server's data lives under .sluice/ as the other tests' servers do: pytest's temporary
     # folders are pruned by concurrent pytest runs, which would pull the data directory from under the server
     work_dir = REPO / ".sluice" / f"bench-smoke-{os.getpid()}"
-    command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15",
+    command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15", "--no-attributes",
                "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2", "--results-dir", str(tmp_path / "results"),
                "--work-dir", str(work_dir)]
     env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
@@ -95,6 +95,29 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     assert "SKIP  whole DAG first load ≤ 1× dlt pyarrow merge + Sluice's indexes (aim 0.67×) [embedded]" in out
     assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 4
     assert [path.suffix for path in (tmp_path / "results").iterdir()] == [".md"]
+
+
+@pytest.mark.slow
+def test_bench_compares_the_whole_dag_with_and_without_declared_fields(tmp_path):
+    """--attributes-only on 2,000 rows: one round of each variant, both loading every row, and the ratio."""
+    work_dir = REPO / ".sluice" / f"bench-attributes-{os.getpid()}"
+    command = [sys.executable, "-m", "bench", "--attributes-only", "--attributes-rows", "2000",
+               "--attributes-rounds", "1", "--no-dlt", "--results-dir", str(tmp_path / "results"),
+               "--work-dir", str(work_dir)]
+    env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    assert "## Declared fields: the whole DAG over 2,000 CSV rows, five fields against none [embedded]" in out
+    for variant in ("no fields", "five fields"):
+        assert re.search(rf"^\| {variant} \| 1 \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \| 2,000 \| success \|$",
+                         out, re.M), out
+    assert re.search(r"^(PASS|MISS)  declared fields cost at most 15% more time: five fields \d+\.\d\d s vs none "
+                     r"\d+\.\d\d s \(medians of 1 rounds\) = \d\.\d{3}× \[embedded\]$", out, re.M), out
 
 
 @pytest.mark.skipif(not database.DEBIAN_PG15.exists(), reason="no Debian PostgreSQL 15 binaries")

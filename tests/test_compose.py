@@ -478,6 +478,21 @@ def test_the_read_only_role_reads_every_table_and_writes_none(reader_role):
                 conn.execute(statement)
 
 
+def test_the_read_only_role_reads_the_typed_views_made_after_it(reader_role):
+    url, reader_url = reader_role
+    with psycopg.connect(url) as owner:  # what normalize does for a source, after the init script ran
+        owner.execute("create view sources.customers as select source_id from normalized_data")
+        owner.execute("create schema later_views; create view later_views.v as select 1 as x")
+    with psycopg.connect(reader_url, autocommit=True) as conn:
+        assert conn.execute("select count(*) from sources.customers").fetchone() == (0,)
+        assert conn.execute("select x from later_views.v").fetchone() == (1,)
+        conn.execute("set default_transaction_read_only = off")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("create view sources.intruder as select 1")
+    with psycopg.connect(url, autocommit=True) as owner:
+        owner.execute("drop schema later_views cascade")
+
+
 def test_the_read_only_role_defaults_to_read_only_transactions(reader_role):
     _, reader_url = reader_role
     with psycopg.connect(reader_url, autocommit=True) as conn:

@@ -241,7 +241,7 @@ def test_the_normalization_rules_of_a_mapping_are_one_object():
     mapping = {"source_id": "id", "name": "title", "value": "userId"}
     normalization = rules.Normalization(mapping)
 
-    assert normalization.normalize({"id": 3, "title": " t ", "userId": "2"}) == (("3", "t", 2.0, None), None)
+    assert normalization.normalize({"id": 3, "title": " t ", "userId": "2"}) == (("3", "t", 2.0, None, {}), None)
     assert normalization.normalize({"id": 3, "userId": 1}) == (None, "name (field 'title'): missing")
     assert normalization.input_key == rules.input_key(mapping)
     assert normalization.input_key != rules.Normalization({**mapping, "value": "id"}).input_key

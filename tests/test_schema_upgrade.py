@@ -72,8 +72,9 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
         assert warehouse.apply_schema(conn) == migrations.Changes()  # and again: nothing left to apply
 
         # 12 source and source_id columns, and the source of each raw table (named sources)
-        # etl_run_work's too, source_fields' (011), source_observed_fields' and source_field_changes' (013)
-        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 18
+        # etl_run_work's too, source_fields' (011), source_declarations' (012), source_observed_fields' and
+        # source_field_changes' (013)
+        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 19
         # the rows of the release before named sources belong to the seed sources named after their kinds
         assert conn.execute("select source, source_id from raw_csv_data").fetchall() == [("csv", "1")]
         assert conn.execute("select source_id, name from normalized_data").fetchall() == [("1", "old")]
@@ -87,7 +88,9 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
                          " values ('r', 'orders', 's', 'x')")
         functions = {name for (name,) in conn.execute(
             "select proname from pg_proc where proname like 'sluice_fast%'")}
-        assert functions == {"sluice_fast_path", "sluice_fast_text_ok"}
+        # the first fast path's functions are gone; the declared fields' (functions.sql) are there
+        assert functions == {"sluice_fast_path", "sluice_fast_text_ok", "sluice_fast_attribute", "sluice_fast_timestamp",
+                             "sluice_fast_date_ok"}
         assert conn.execute("select to_regclass('normalized_stage_run_idx')").fetchone() == (None,)
         assert applied(conn) == MIGRATIONS
         conn.commit()

@@ -43,3 +43,14 @@ def test_the_schema_contract_defaults_to_discard_undeclared_and_takes_only_known
     assert sources.from_entry(entry()).schema_contract == "discard_undeclared"
     with pytest.raises(InvalidSource, match="schema_contract 'strict' is not one of evolve, freeze"):
         sources.from_entry(entry(schema_contract="strict"))
+
+
+def test_fields_may_be_a_list_which_keeps_its_order_through_any_json_store():
+    listed = sources.from_entry(entry(fields=[{"name": "seats", "type": "integer"},
+                                              {"name": "email", "type": "text", "from": "contact.email"}]))
+    assert list(listed.fields) == ["seats", "email"]
+    assert listed.fields["email"] == sources.Field("text", "contact.email")
+    # the entry XCom carries lists them, so a jsonb XCom store cannot reorder the typed view's columns
+    assert [item["name"] for item in sources.to_entry(listed)["fields"]] == ["seats", "email"]
+    with pytest.raises(InvalidSource, match="'seats' is declared twice"):
+        sources.from_entry(entry(fields=[{"name": "seats", "type": "integer"}, {"name": "seats", "type": "text"}]))

@@ -22,6 +22,13 @@ grant usage on schema public to :"reader";
 grant select on all tables in schema public to :"reader";
 -- The pipeline creates its tables on its first run (sql/migrations/), as POSTGRES_USER: readable too.
 alter default privileges for role :"owner" in schema public grant select on tables to :"reader";
+-- Each source's typed view (schema sources, made by migration 012; normalize creates and replaces the views):
+-- readable too, the schema and views made after this script ran included.
+select format('grant usage on schema sources to %I', :'reader') where to_regnamespace('sources') is not null \gexec
+select format('grant select on all tables in schema sources to %I', :'reader')
+where to_regnamespace('sources') is not null \gexec
+alter default privileges for role :"owner" grant usage on schemas to :"reader";
+alter default privileges for role :"owner" grant select on tables to :"reader";
 -- Nobody but the owner creates objects in the warehouse: PostgreSQL 15+ already keeps PUBLIC from creating
 -- in schema public, and PUBLIC may create temporary tables in any database unless revoked here.
 revoke create on schema public from public;

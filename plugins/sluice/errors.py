@@ -69,3 +69,8 @@ class StagedFileMissing(SluiceError):
 class TaskFailed(SluiceError):
     """A task's exception re-raised with its text masked (its class name first, the original's traceback): the
     task log renders an exception's text unmasked, and a library's text may quote a credential."""
+
+
+class ViewInUse(ConfigError):
+    """A source's typed view must be replaced (its declared fields changed) but other objects depend on it: the
+    message names them and how to proceed. Retrying does not help until a person acts."""

@@ -152,7 +152,7 @@ def normalize(conn, source: Source, stored: Stored, *, run_id: str, settings: Se
                          for index, (name, spec) in enumerate(evolved.items())))
         source = dataclasses.replace(source, fields={**source.fields, **evolved})
     return warehouse.normalize(conn, source.name, source.normalization, run_id=run_id, full_refresh=full_refresh,
-                               lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored)
+                               lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored, kind=source.kind)
 
 
 def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_id: str, settings: Settings,

@@ -74,6 +74,10 @@ class Normalized(StepResult):
     fast_path: int = 0
     rejected: int = 0
     skipped_unchanged: int = 0
+    # stored raw records the run did not fetch, normalized again because the source's declaration changed: valid
+    # ones (staged for upsert) and rejected ones (quarantined); not counted above, which are the fetched records'
+    renormalized: int = 0
+    renormalized_rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ class Upserted(StepResult):
     # the source's live rows before and after: live_after = live_before + inserted - deleted + undeleted
     live_before: int = 0
     live_after: int = 0
+    # rows re-normalized from raw (Normalized.renormalized) that were inserted or changed: live_after counts the
+    # inserted ones too
+    renormalized_inserted: int = 0
+    renormalized_updated: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """The normalization rules: one marshmallow schema decides what a valid normalized record is.
 
-Normalization(mapping) is what the pipeline uses: the rules for one mapping, as the SQL fast path's parameters,
-the input key and the schema's validation of a record.
+Normalization(mapping, fields) is what the pipeline uses: the rules for one mapping and a source's declared fields
+(sources.Field), as the SQL fast path's parameters, the input key and the schema's validation of a record.
 """
 
+import datetime
 import decimal
+import functools
 import hashlib
 import json
 import math
@@ -105,66 +107,314 @@ class Number(fields.Field):
         return number
 
 
+class _Typed(fields.Field):
+    """A declared field's value: absent, null or a string empty after trimming is missing (JSON null in
+    attributes, a reject when the field is required); anything else is typed by _typed or refused."""
+
+    default_error_messages = {"required": "missing", "null": "missing"}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                if self.required:
+                    raise self.make_error("required")
+                return None
+            return self._typed_text(value, text)
+        return self._typed(value)
+
+    def _typed_text(self, value: str, text: str):
+        raise self.make_error("type", kind="a string")
+
+    def _typed(self, value):
+        raise self.make_error("type", kind=mapping.kind(value))
+
+
+# PostgreSQL's 64-bit integer, the typed view's bigint
+_INT64 = (-(2**63), 2**63 - 1)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+# numeric's limits in PostgreSQL: digits before and after the point (a longer one fails the whole COPY)
+NUMERIC_INTEGER_DIGITS, NUMERIC_FRACTION_DIGITS = 131072, 16383
+
+
+class Integer(_Typed):
+    """A JSON integer or a string of one (ASCII digits, an optional sign, trimmed), within 64 bits: the typed view
+    types it bigint. 1.0, 1e3 and '1,000' are refused: they are not integers as written."""
+
+    default_error_messages = {"type": "is {kind}, expected an integer", "invalid": "{value} is not an integer",
+                              "range": "{value} is out of the 64-bit integer range"}
+
+    def _typed_text(self, value, text):
+        if not _INTEGER.fullmatch(text):
+            raise self.make_error("invalid", value=_shown(value))
+        if len(text.lstrip("+-").lstrip("0")) > 19:  # beyond 64 bits, and no 5,000-digit int() for it
+            raise self.make_error("range", value=_shown(value))
+        return self._typed(int(text), value)
+
+    def _typed(self, value, original=None):
+        if isinstance(value, decimal.Decimal) and value.is_finite() and value.as_tuple().exponent == 0:
+            raise self.make_error("range", value=_shown(value))  # an integer of over 4,000 digits (read_json)
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, (float, decimal.Decimal)):
+                raise self.make_error("invalid", value=_shown(value))
+            raise self.make_error("type", kind=mapping.kind(value))
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise self.make_error("range", value=_shown(value if original is None else original))
+        return value
+
+
+class Numeric(_Typed):
+    """A JSON number or a plain decimal string (trimmed; '1,234', 'NaN' and '1_000' refused), kept exactly as a
+    Decimal: every digit, the scale as written (1.50 stays 1.50), as PostgreSQL's numeric keeps it."""
+
+    default_error_messages = {"type": "is {kind}, expected a number", "invalid": "{value} is not a number",
+                              "finite": "{value} is not a finite number",
+                              "range": "{value} is beyond PostgreSQL numeric's range"}
+
+    def _typed_text(self, value, text):
+        if not _DECIMAL.fullmatch(text):
+            if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                raise self.make_error("finite", value=_shown(value))
+            raise self.make_error("invalid", value=_shown(value))
+        return self._checked(decimal.Decimal(text), value)
+
+    def _typed(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal)):
+            raise self.make_error("type", kind=mapping.kind(value))
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise self.make_error("finite", value=_shown(value))
+            value = decimal.Decimal(repr(value))  # the shortest text of the float, as JSON writes it
+        return self._checked(decimal.Decimal(value), value)
+
+    def _checked(self, number: decimal.Decimal, original) -> decimal.Decimal:
+        if not number.is_finite():
+            raise self.make_error("finite", value=_shown(original))
+        exponent = number.as_tuple().exponent
+        if number.adjusted() >= NUMERIC_INTEGER_DIGITS or -exponent > NUMERIC_FRACTION_DIGITS:
+            raise self.make_error("range", value=_shown(original))
+        return number
+
+
+class Boolean(_Typed):
+    """JSON true/false, or the strings true/false in any case (trimmed). 1/0, yes/no, t/f are refused: a column
+    of 0s and 1s is as likely a count as a flag, and yes/no depend on the language; declare such a field integer or
+    text and read it as you mean it."""
+
+    default_error_messages = {"type": "is {kind}, expected true or false",
+                              "invalid": "{value} is not true or false"}
+
+    def _typed_text(self, value, text):
+        if text.isascii() and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise self.make_error("invalid", value=_shown(value))
+
+    def _typed(self, value):
+        if isinstance(value, bool):
+            return value
+        raise self.make_error("type", kind=mapping.kind(value))
+
+
+_TIMESTAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]+))?)?"
+                        r"(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))?")
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+
+
+class Timestamp(_Typed):
+    """An ISO 8601 date-time string: YYYY-MM-DD, 'T' or a space, HH:MM[:SS[.fraction]], then 'Z' or ±HH:MM. A
+    time without an offset is read as UTC. Kept as YYYY-MM-DDTHH:MM:SS[.ffffff]Z in UTC, the fraction (rounded
+    half to even to microseconds, PostgreSQL's precision) only when it is not zero. A leap second (:60) is refused:
+    neither Python nor this form can keep it."""
+
+    default_error_messages = {"type": "is {kind}, expected an ISO 8601 date-time",
+                              "invalid": "{value} is not an ISO 8601 date-time (YYYY-MM-DDTHH:MM:SS, 'Z' or "
+                                         "±HH:MM)",
+                              "date": "{value} is not a valid date-time",
+                              "leap": "{value} is a leap second, which is not kept",
+                              "range": "{value} is out of range in UTC"}
+
+    def _typed_text(self, value, text):
+        match = _TIMESTAMP.fullmatch(text)
+        if not match:
+            raise self.make_error("invalid", value=_shown(value))
+        year, month, day, hour, minute, second, fraction, _, sign, offset_hours, offset_minutes = match.groups()
+        if second == "60":
+            raise self.make_error("leap", value=_shown(value))
+        try:
+            offset = datetime.timedelta(hours=int(offset_hours or 0), minutes=int(offset_minutes or 0))
+            if int(offset_minutes or 0) > 59 or offset >= datetime.timedelta(days=1):
+                raise ValueError("offset")
+            zone = datetime.timezone(-offset if sign == "-" else offset)
+            moment = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0),
+                                       tzinfo=zone)
+        except ValueError:
+            raise self.make_error("date", value=_shown(value)) from None
+        try:
+            if fraction:
+                micro = (decimal.Decimal(f"0.{fraction}") * 1_000_000).to_integral_value(decimal.ROUND_HALF_EVEN)
+                moment += datetime.timedelta(microseconds=int(micro))
+            utc = moment.astimezone(datetime.timezone.utc)
+        except OverflowError:
+            raise self.make_error("range", value=_shown(value)) from None
+        return format_timestamp(utc)
+
+
+def format_timestamp(moment: datetime.datetime) -> str:
+    """A UTC time as attributes keep it (strftime's %Y would drop a leading zero of years before 1000)."""
+    text = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
+            f"{moment.second:02d}")
+    return f"{text}.{moment.microsecond:06d}Z" if moment.microsecond else f"{text}Z"
+
+
+class Date(_Typed):
+    """A YYYY-MM-DD string naming a real day (2026-02-30 is refused); kept as written."""
+
+    default_error_messages = {"type": "is {kind}, expected a date", "invalid": "{value} is not a date (YYYY-MM-DD)",
+                              "date": "{value} is not a valid date"}
+
+    def _typed_text(self, value, text):
+        match = _DATE.fullmatch(text)
+        if not match:
+            raise self.make_error("invalid", value=_shown(value))
+        try:
+            datetime.date(*map(int, match.groups()))
+        except ValueError:
+            raise self.make_error("date", value=_shown(value)) from None
+        return text
+
+
+class Json(_Typed):
+    """Any value as the source sent it (a string untrimmed); only a missing one (absent, null, blank) is null."""
+
+    def _typed_text(self, value, text):
+        return value
+
+    def _typed(self, value):
+        return value
+
+
+# a declared field's type -> the marshmallow field that reads it (sources.FIELD_TYPES)
+FIELD_CLASSES = {"text": Text, "integer": Integer, "numeric": Numeric, "boolean": Boolean,
+                 "timestamp": Timestamp, "date": Date, "json": Json}
+
+
 class NormalizedRecordSchema(Schema):
+    """The unified columns when the mapping maps them all (Normalization builds one per mapping and fields)."""
+
     source_id = Text(required=True)
     name = Text(required=True)
     value = Number(required=True)
     description = Text(load_default=None, allow_none=True)
 
 
-SCHEMA = NormalizedRecordSchema()
 COLUMN_ORDER = {name: index for index, name in enumerate(mapping.COLUMNS)}
 
 
-def mapped_fields(data: Mapping, field_map: Mapping[str, str]) -> dict:
-    """The normalized columns of one raw record, as the mapping reads them; absent fields are left out."""
-    out = {}
-    for column, field in field_map.items():
-        value = mapping.lookup(data, field)
-        if not mapping.is_missing(value):
-            out[column] = value
-    return out
+def _column(column: str, mapped: bool) -> fields.Field:
+    """A unified column's field: required when mapped (source_id always is), null when not; description optional."""
+    kind = Number if column == "value" else Text
+    if mapped and column != "description":
+        return kind(required=True)
+    return kind(load_default=None, allow_none=True)
+
+
+def _declared(spec) -> fields.Field:
+    kind = FIELD_CLASSES[spec.type]
+    return kind(required=True) if spec.required else kind(load_default=None, allow_none=True)
 
 
 def normalize_record(data: Mapping, field_map: Mapping[str, str]) -> tuple[dict | None, str | None]:
-    """(normalized row, None) for a valid record, or (None, reason) naming each bad field."""
-    try:
-        return SCHEMA.load(mapped_fields(data, field_map)), None
-    except ValidationError as exc:
-        return None, reason(exc.messages, field_map)
+    """(normalized columns, None) for a valid record, or (None, reason) naming each bad field: the rules of a
+    mapping without declared fields."""
+    normalization = _plain(tuple(field_map.items()))
+    row, problem = normalization.normalize(data)
+    return (None, problem) if row is None else (dict(zip(mapping.COLUMNS, row)), None)
 
 
-def reason(messages: Mapping, field_map: Mapping[str, str]) -> str:
+@functools.lru_cache(maxsize=64)
+def _plain(items: tuple) -> "Normalization":
+    return Normalization(dict(items))
+
+
+def reason(messages: Mapping, labels: Mapping[str, str], order: Mapping[str, int] = COLUMN_ORDER) -> str:
+    """The reject reason: each bad field, as `column (field 'path')` when its source field is named otherwise."""
     parts = []
-    for column in sorted(messages, key=lambda c: COLUMN_ORDER.get(c, 99)):
-        field = field_map.get(column, column)
+    for column in sorted(messages, key=lambda c: order.get(c, 99)):
+        field = labels.get(column, column)
         label = column if field == column else f"{column} (field {field!r})"
         parts.append(f"{label}: {'; '.join(messages[column])}")
     return "; ".join(parts)
 
 
-def input_key(field_map: Mapping[str, str]) -> str:
-    """Fingerprint of the mapping and the rules: part of each row's input hash."""
-    text = json.dumps({"mapping": field_map, "rules": RULES_VERSION}, sort_keys=True)
+def input_key(field_map: Mapping[str, str], declared: Mapping | None = None) -> str:
+    """Fingerprint of the mapping, the declared fields and the rules: part of each row's input hash, so a changed
+    declaration re-normalizes the source. A source without fields keeps the key it had before fields existed."""
+    key = {"mapping": field_map, "rules": RULES_VERSION}
+    if declared:
+        # the order matters too: it is the typed view's
+        key["fields"] = [[name, spec.type, spec.path, spec.required] for name, spec in declared.items()]
+    text = json.dumps(key, sort_keys=True)
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
-class Normalization:
-    """The rules applied with one (validated) mapping: what normalize needs, computed once per source."""
+def dumps(value) -> str:
+    """JSON text with Decimals written as the numbers they are, every digit (json.dumps cannot)."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # finite (Numeric refuses the rest); 1E+5 and 0E-7 are JSON numbers too
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(key)}: {dumps(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(dumps, value)) + "]"
+    return json.dumps(value)
 
-    def __init__(self, field_map: Mapping[str, str]):
+
+class Normalization:
+    """The rules applied with one (validated) mapping and a source's declared fields (name -> sources.Field):
+    what normalize needs, computed once per source."""
+
+    def __init__(self, field_map: Mapping[str, str], declared: Mapping | None = None):
         self.field_map = dict(field_map)
-        self.input_key = input_key(self.field_map)
-        # the parameters of sql/pipeline.sql's normalize_fast: the field feeding each column, and what a trim removes
+        self.fields = dict(declared or {})
+        columns = {column: _column(column, column in self.field_map) for column in mapping.COLUMNS}
+        typed = {name: _declared(spec) for name, spec in self.fields.items()}
+        # attributes named by position, each reading its name (data_key): a field called `load` or `fields`
+        # must not shadow the Schema's own attributes
+        self._names = [*columns, *typed]
+        self.schema = Schema.from_dict({f"field_{index}": field for index, field in
+                                        enumerate(self._set_keys({**columns, **typed}))})()
+        self._paths = {**self.field_map, **{name: spec.path for name, spec in self.fields.items()}}
+        self._order = {name: index for index, name in enumerate([*mapping.COLUMNS, *self.fields])}
+        self.input_key = input_key(self.field_map, self.fields)
+        # the parameters of sql/pipeline.sql's normalize_fast: the field feeding each column, what a trim removes,
+        # and each declared field's name, source field, type and whether it is required (fast_attributes)
         self.fast_path_params = {
             "edge_space": SPACE_CHARACTERS,
             **{f"{column}_field": self.field_map.get(column) for column in mapping.COLUMNS},
+            **{f"attribute_{key}_{index}": value for index, (name, spec) in enumerate(self.fields.items())
+               for key, value in (("name", name), ("path", spec.path), ("type", spec.type),
+                                  ("required", spec.required))},
         }
 
     def normalize(self, data: Mapping) -> tuple[tuple | None, str | None]:
-        """(the normalized columns in mapping.COLUMNS order, None) for a valid record, or (None, reason)."""
-        row, problem = normalize_record(data, self.field_map)
-        return (None, problem) if row is None else (tuple(row[column] for column in mapping.COLUMNS), None)
+        """(the normalized columns in mapping.COLUMNS order and the attributes dict, None) for a valid record, or
+        (None, reason)."""
+        values = {}
+        for name, path in self._paths.items():
+            value = mapping.lookup(data, path)
+            if not mapping.is_missing(value):
+                values[name] = value
+        try:
+            loaded = self.schema.load(values)
+        except ValidationError as exc:
+            return None, reason(exc.messages, self._paths, self._order)
+        row = {name: loaded[f"field_{index}"] for index, name in enumerate(self._names)}
+        return (*(row[column] for column in mapping.COLUMNS), {name: row[name] for name in self.fields}), None
+
+    @staticmethod
+    def _set_keys(named: dict) -> list:
+        for name, field in named.items():
+            field.data_key = name
+        return list(named.values())
 
     def normalize_json(self, text: str) -> tuple[tuple | None, str | None]:
         """normalize() of a record's JSON text, its numbers read without losing a digit (read_json)."""

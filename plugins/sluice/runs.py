@@ -14,7 +14,7 @@ from sluice.failures import Failure
 from sluice.results import LANE, Checkpointed, Ingested, Normalized, Stored, Upserted
 
 # per source that loaded: fetched = inserted + updated + unchanged + superseded + rejected (the records), and
-# live_after = live_before + inserted - deleted + undeleted (its live rows)
+# live_after = live_before + inserted + renormalized_inserted - deleted + undeleted (its live rows)
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Lane:
         stored = self.stored or Stored(self.source)
         normalized = self.normalized or Normalized(self.source)
         upserted = self.upserted or Upserted(self.source)
-        return {
+        counts = {
             "fetched": self.ingested.fetched if self.ingested else 0,
             "inserted": upserted.inserted,
             "updated": upserted.updated,
@@ -66,6 +66,12 @@ class Lane:
             "live_after": upserted.live_after,
             "loaded": self.loaded,
         }
+        if normalized.renormalized or normalized.renormalized_rejected:
+            # only after a changed declaration: stored records the run did not fetch, normalized again
+            counts.update(renormalized=normalized.renormalized, renormalized_inserted=upserted.renormalized_inserted,
+                          renormalized_updated=upserted.renormalized_updated,
+                          renormalized_rejected=normalized.renormalized_rejected)
+        return counts
 
 
 _LANE_FIELDS = {kind: name for kind, name in zip(LANE, ("ingested", "stored", "normalized", "upserted",

@@ -149,6 +149,18 @@ class Field:
 
 
 def _fields(value: object, where: str) -> dict[str, Field]:
+    """Declared fields from an object of name -> spec, or a list of specs with their names: a JSON store such as
+    PostgreSQL's jsonb (Airflow's XCom and run conf there) keeps the order of a list, not an object's keys."""
+    if isinstance(value, list):
+        named = {}
+        for item in value:
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+                raise InvalidSource(f"{where}: fields must be an object of field name -> type, or a list of objects "
+                                    f"with a name and a type, got {item!r} in the list")
+            if item["name"] in named:
+                raise InvalidSource(f"{where}: fields: {item['name']!r} is declared twice")
+            named[item["name"]] = {key: spec for key, spec in item.items() if key != "name"}
+        value = named
     if not isinstance(value, Mapping):
         raise InvalidSource(f"{where}: fields must be an object of field name -> type, got {value!r}")
     return {name: Field.of(name, spec, f"{where}: fields") for name, spec in value.items()}
@@ -252,10 +264,10 @@ class Source:
 
     @functools.cached_property
     def normalization(self):
-        """The normalization rules of this source's mapping (sluice.rules.Normalization)."""
+        """The normalization rules of this source's mapping and declared fields (sluice.rules.Normalization)."""
         from sluice import rules
 
-        return rules.Normalization(self.mapping)
+        return rules.Normalization(self.mapping, self.fields)
 
     def reader(self) -> ModuleType:
         """The module that reads this source's kind (see the module docstring)."""
@@ -363,7 +375,8 @@ def entry_fields() -> tuple[str, ...]:
 def to_entry(source: Source) -> dict:
     """The catalog entry of a source, complete (defaults filled in) and JSON-able: what XCom carries."""
     entry = asdict(source)
-    entry["fields"] = {name: spec.to_entry() for name, spec in source.fields.items()}
+    # a list: the entry travels through XCom, which may be jsonb, and the fields' order is the typed view's
+    entry["fields"] = [{"name": name, **spec.to_entry()} for name, spec in source.fields.items()]
     return {name: entry[name] for name in entry_fields()}
 
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import contracts, delete_guard, locks, migrations, progress, queries, rules, settings
+from sluice import contracts, declarations, delete_guard, locks, migrations, progress, queries, rules, settings
 from sluice.delete_guard import DEFAULT_ORIGIN, DeleteLimit
 from sluice.errors import DeleteRefused, LockTimeout
 from sluice.failures import Failure
@@ -219,16 +219,19 @@ def _record_result(conn, keys: dict, result) -> None:
 
 
 def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: str, full_refresh: bool,
-              lock_timeout_seconds: float, stored: Stored | None = None) -> Normalized:
+              lock_timeout_seconds: float, stored: Stored | None = None, kind: str | None = None) -> Normalized:
     """Validate the run's changed records; good ones to normalized_stage, bad ones quarantined with a reason.
 
     The set-based fast path takes the records it can decide in SQL; every other record goes through the
     marshmallow schema, which alone writes reject reasons. stored: what store_raw wrote (its count is checked).
+    The source's declaration is recorded first (sluice.declarations: its fields, its typed view): when its input
+    key changed since the source was last normalized, the stored raw records the run did not fetch whose rows came
+    from another input are normalized again too (from the raw table of its kind), marked from_raw.
     A source this run already normalized from the same stored batch (a cleared or retried task) returns what it
     committed then; a new store_raw of the run forgets it.
     """
     keys = {"run_id": run_id, "source": source}
-    valid = rejected = 0
+    counts = {False: [0, 0], True: [0, 0]}  # from_raw -> [valid, rejected] by the schema
     first_rejects: list[str] = []
     with source_transaction(conn, source, lock_timeout_seconds):
         if (recorded := _recorded_result(conn, keys, "normalize")) is not None:
@@ -242,9 +245,18 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
         conn.execute(q("forget_step"), {**keys, "step": "upsert"})
         (staged_rows,) = _count(conn, "count_staged", keys)
         _check_work(source, run_id, "staged_records", staged_rows, stored and stored.stored, "store_raw")
-        params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh}
+        declared = declarations.declare(conn, source, normalization.fields, normalization.input_key, run_id=run_id)
+        params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh,
+                  **normalization.fast_path_params}
         conn.execute(q("create_slow_candidates"))
-        (fast,) = _count(conn, "normalize_fast", {**params, **normalization.fast_path_params})
+        attributes = _fast_attributes(len(normalization.fields))
+        (fast,) = conn.execute(_normalize_fast(sql.SQL(q("staged_candidates")), attributes),
+                               {**params, "from_raw": False}).fetchone()
+        renormalized_fast = 0
+        if declared.renormalize:
+            candidates = sql.SQL(q("raw_candidates")).format(raw_table=sql.Identifier(raw_table(source, kind)))
+            (renormalized_fast,) = conn.execute(_normalize_fast(candidates, attributes),
+                                                {**params, "from_raw": True}).fetchone()
         conn.execute(q("analyze_normalized_stage"))
         validating = progress.Progress(log, source, "validating the records the fast path left",
                                        measure=lambda n: f"{progress.count(n)} records")
@@ -252,28 +264,57 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
             candidates.execute(q("select_slow_candidates"))
             while batch := candidates.fetchmany(FETCH_BATCH):
                 good, bad = [], []
-                for source_id, data, input_hash, raw_hash in batch:
+                for source_id, data, input_hash, raw_hash, from_raw in batch:
                     row, reason = normalization.normalize_json(data)  # data: the record's jsonb as text
                     if row is None:
                         bad.append((run_id, source, source_id, "normalize", reason, data))
                         if len(first_rejects) < progress.REASONS_SHOWN:
                             first_rejects.append(f"id {source_id}: {reason}")
                     else:
-                        good.append((run_id, source, *row, input_hash, raw_hash))
+                        good.append((run_id, source, *row[:-1], rules.dumps(row[-1]), input_hash, raw_hash,
+                                     from_raw))
+                    counts[from_raw][row is None] += 1
                 _copy_rows(conn, "copy_normalized_stage", good)
                 _copy_rows(conn, "copy_rejects", bad)
-                valid += len(good)
-                rejected += len(bad)
-                validating.update(valid + rejected, f"{progress.count(rejected)} rejected")
+                done = sum(map(sum, counts.values()))
+                validating.update(done, f"{progress.count(counts[False][1] + counts[True][1])} rejected")
+        (valid, rejected), (renormalized, renormalized_rejected) = counts[False], counts[True]
         skipped = staged_rows - fast - valid - rejected
         result = Normalized(source=source, staged=staged_rows, valid=fast + valid, fast_path=fast, rejected=rejected,
-                            skipped_unchanged=skipped)
+                            skipped_unchanged=skipped, renormalized=renormalized_fast + renormalized,
+                            renormalized_rejected=renormalized_rejected)
         _record_result(conn, keys, result)
     c = progress.count
+    again = (f"; its declaration changed: {c(result.renormalized)} stored records it did not fetch normalized "
+             f"again, {c(renormalized_rejected)} of them rejected" if declared.renormalize else "")
     step.finish(f"normalized {c(staged_rows)} staged records: {c(fast + valid)} valid ({c(fast)} by the SQL "
-                f"fast path), rejected {progress.reasons(rejected, first_rejects)}, {c(skipped)} skipped as "
-                "unchanged since they were last normalized")
+                f"fast path), rejected {progress.reasons(rejected + renormalized_rejected, first_rejects)}, "
+                f"{c(skipped)} skipped as unchanged since they were last normalized{again}")
     return result
+
+
+def _fast_attributes(count: int) -> sql.Composable:
+    """normalize_fast's {attributes} for a source with `count` declared fields, numbered as
+    rules.Normalization.fast_path_params numbers them."""
+    if not count:
+        return sql.SQL(q("no_attributes")).format()
+
+    def each(fragment: str, joiner: str) -> sql.Composed:
+        return sql.SQL(joiner).join(
+            sql.SQL(q(fragment)).format(
+                path=sql.Placeholder(f"attribute_path_{i}"), type=sql.Placeholder(f"attribute_type_{i}"),
+                name=sql.Placeholder(f"attribute_name_{i}"), required=sql.Placeholder(f"attribute_required_{i}"),
+                value=sql.Identifier(f"v{i}"), kind=sql.Identifier(f"k{i}"), text=sql.Identifier(f"t{i}"))
+            for i in range(count))
+
+    return sql.SQL(q("fast_attributes")).format(
+        lookups=each("fast_attribute_lookup", ", "), readings=each("fast_attribute_reading", ", "),
+        typed=each("fast_attribute_typed", ", "), decided=each("fast_attribute_decided", " and "),
+        pairs=each("fast_attribute_pair", ", "))
+
+
+def _normalize_fast(candidates: sql.Composable, attributes: sql.Composable) -> sql.Composed:
+    return sql.SQL(q("normalize_fast")).format(candidates=candidates, attributes=attributes)
 
 
 def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
@@ -316,7 +357,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
         (live_before,) = _count(conn, "live_rows", keys)
         # normalize analyzed normalized_stage after writing it: the plans here see its size
         incoming, existing, new_rows = _count(conn, "bulk_load_size", keys)
-        _check_work(source, run_id, "normalized_stage", incoming, normalized.valid, "normalize")
+        _check_work(source, run_id, "normalized_stage", incoming, normalized.valid + normalized.renormalized,
+                    "normalize")
         (raw_written_since,) = _count(conn, "raw_written_since", keys)
         (has_rows,) = _count(conn, "source_has_rows", keys)
         # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
@@ -325,21 +367,24 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                         bulk=new_rows >= bulk_rows and new_rows >= existing, index_build_memory=index_build_memory):
             merge = "upsert_normalized" if has_rows else "insert_normalized_new"
             query = sql.SQL(q(merge)).format(raw_table=sql.Identifier(raw_table(source, kind)))
-            inserted, updated, current = conn.execute(
-                query, {**keys, "raw_written_since": raw_written_since}).fetchone()
+            inserted, updated, current, again_inserted, again_updated = conn.execute(
+                query, {**keys, "raw_written_since": raw_written_since,
+                        "renormalized": normalized.renormalized > 0}).fetchone()
         deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
                                                     deletes_missing=deletes_missing, whole_read=stored.whole_read,
                                                     live_before=live_before, guard=delete_limit)
         (live_after,) = _count(conn, "live_rows", keys)
         result = Upserted(source=source, inserted=inserted, updated=updated, unchanged=current - inserted - updated,
-                          superseded=incoming - current, processed=normalized.staged, deleted=deleted,
-                          undeleted=undeleted, deletes_skipped=skipped, live_before=live_before,
-                          live_after=live_after)
+                          superseded=incoming - normalized.renormalized - current, processed=normalized.staged,
+                          deleted=deleted, undeleted=undeleted, deletes_skipped=skipped, live_before=live_before,
+                          live_after=live_after, renormalized_inserted=again_inserted,
+                          renormalized_updated=again_updated)
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"upserted {c(incoming)} normalized rows into normalized_data: {c(inserted)} inserted, "
                 f"{c(updated)} updated, {c(result.unchanged)} unchanged, {c(result.superseded)} superseded "
-                f"by a later fetch; {c(deleted)} soft-deleted, {c(undeleted)} undeleted; live rows "
+                f"by a later fetch; {c(again_inserted)} inserted and {c(again_updated)} updated of the rows "
+                f"normalized again from raw; {c(deleted)} soft-deleted, {c(undeleted)} undeleted; live rows "
                 f"{c(live_before)} → {c(live_after)}")
     return result
 
