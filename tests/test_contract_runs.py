@@ -89,6 +89,10 @@ def test_a_new_field_is_recorded_kept_in_raw_and_loaded_only_under_evolve(pipeli
         assert evolved[-1] == "customers: schema_contract evolve loads 1 undeclared fields as json: rating (from 'rating')"
     else:
         assert evolved == []
+    # evolve loads the new field into attributes, typed json; discard_undeclared leaves it in raw only
+    ratings = pipeline.rows("select source_id, attributes->'rating' from normalized_data where source = 'customers' "
+                            "and attributes->'rating' <> 'null'::jsonb order by source_id")
+    assert ratings == ([("3", 4.5), ("6", 3)] if contract == "evolve" else [])
 
 
 def test_freeze_fails_the_source_at_store_raw_naming_the_new_field_and_writes_nothing(pipeline, make_app, tmp_path):  # noqa: F811
