@@ -4,12 +4,14 @@ declaration re-normalizing rows the run did not fetch, and a view others depend 
 
 import datetime
 import decimal
+import json
 import logging
 
 import pytest
 
 from sluice_devtools.source_server import SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at
+from webapp_fixtures import make_app  # noqa: F401  # a fixture
 
 CUSTOMERS_CSV = """id,email,signup,seats,mrr,active,tags
 1,ann@example.org,2026-01-01T10:00:00+05:30,12,12345678901234567890.12,true,"[""a"", ""b""]"
@@ -38,7 +40,7 @@ def account(n: int) -> dict:
     return {"id": n, "title": f"account {n}", "userId": n % 7, "plan": "pro" if n % 2 else "free", "seats": str(n)}
 
 
-def test_a_csv_without_numbers_loads_its_typed_fields_into_attributes_and_the_typed_view(pipeline):
+def test_a_csv_without_numbers_loads_its_typed_fields_into_attributes_and_the_typed_view(pipeline, make_app):  # noqa: F811
     state, run = pipeline.run({"sources": [CUSTOMERS]})
 
     assert state == "success", run["error_message"]
@@ -72,6 +74,21 @@ def test_a_csv_without_numbers_loads_its_typed_fields_into_attributes_and_the_ty
         ("email", "text", "email", True, 0, run["run_id"]), ("signup", "timestamp", "signup", False, 1, run["run_id"]),
         ("seats", "integer", "seats", False, 2, run["run_id"]), ("mrr", "numeric", "mrr", False, 3, run["run_id"]),
         ("active", "boolean", "active", False, 4, run["run_id"]), ("tags", "json", "tags", False, 5, run["run_id"])]
+
+    # the read API serves the typed values, filters and sorts on them, and says why record 3 is missing
+    client = make_app(pipeline.database_url).test_client()
+    answer = client.get("/data?source=customers&fields=email,seats,mrr,signup&order=signup.desc")
+    page = json.loads(answer.data, parse_float=decimal.Decimal)["data"]  # every digit, as served
+    assert [(item["source_id"], item["attributes"]) for item in page] == [
+        ("2", {"email": "bob@example.org", "seats": 3, "mrr": decimal.Decimal("0.10"), "signup": "2026-02-01T08:30:00Z"}),
+        ("1", {"email": "ann@example.org", "seats": 12, "mrr": decimal.Decimal("12345678901234567890.12"),
+               "signup": "2026-01-01T04:30:00Z"}),
+        ("5", {"email": "cy@example.org", "seats": None, "mrr": None, "signup": None})]
+    assert b'"mrr":12345678901234567890.12' in client.get("/data?source=customers&seats=gte.10&fields=mrr").data
+    assert [item["source_id"] for item in client.get("/data?source=customers&seats=gte.10").json["data"]] == ["1"]
+    missing = client.get("/data/customers/3")
+    assert missing.status_code == 404 and missing.json["rejection"]["run_id"] == run["run_id"]
+    assert missing.json["rejection"]["reason"].startswith("signup: '2026-02-30T00:00:00Z' is not a valid date-time")
 
     # unchanged: nothing written, the view and its declaration stay
     state, again = pipeline.run({"sources": [CUSTOMERS]})
