@@ -15,7 +15,8 @@ def test_a_source_that_changed_rows_emits_its_counts_and_the_run_id():
     assert [event.name for event in found] == ["sluice.normalized_data.items", "sluice.normalized_data.orders"]
     assert found[1].extra == {"source": "orders", "inserted": 3, "updated": 0, "unchanged": 5, "superseded": 0,
                               "processed": 8, "deleted": 0, "undeleted": 0, "deletes_skipped": "",
-                              "live_before": 0, "live_after": 0, "run_id": "manual__1"}
+                              "live_before": 0, "live_after": 0, "renormalized_inserted": 0,
+                              "renormalized_updated": 0, "run_id": "manual__1"}
     assert found[0].extra["updated"] == 2 and found[0].extra["run_id"] == "manual__1"
     assert found[1].uri == "postgres://db.example:5433/sluice/public/normalized_data?source=orders"
 
@@ -27,6 +28,9 @@ def test_a_source_that_did_not_change_emits_nothing():
 
 def test_changed_means_rows_inserted_updated_deleted_or_undeleted():
     assert assets.changed(Upserted("a", inserted=1))
+    # rows a changed declaration re-normalized from raw, without a fetch
+    assert assets.changed(Upserted("a", renormalized_inserted=1))
+    assert assets.changed(Upserted("a", renormalized_updated=1))
     assert assets.changed(Upserted("a", updated=1))
     assert assets.changed(Upserted("a", deleted=1, unchanged=4))
     assert assets.changed(Upserted("a", undeleted=1, unchanged=4))
