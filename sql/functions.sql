@@ -233,18 +233,26 @@ $$;
 -- out by string operations, any other offset goes through timestamptz. Stable, not immutable: text to timestamptz
 -- is, even with the offset given (one without is read as UTC, so TimeZone never matters).
 create or replace function sluice_fast_timestamp(t text) returns jsonb language sql stable parallel safe as $$
-    select case when length(t) between 16 and 32
+    -- already as attributes keep it (the common case): one shape test of the whole value, then byte-wise ("C")
+    -- range checks of its parts, a day past 28 only checked against its month
+    select case when length(t) = 20 and translate(t, '0123456789', '9999999999') = '9999-99-99T99:99:99Z'
+                     and left(t, 4) collate "C" between '1001' and '9998'
+                     and substr(t, 6, 2) collate "C" between '01' and '12'
+                     and substr(t, 9, 2) collate "C" <> '00'
+                     and (substr(t, 9, 2) collate "C" <= '28'
+                          or substr(t, 9, 2)::integer <= sluice_days_in_month(left(t, 4)::integer,
+                                                                              substr(t, 6, 2)::integer))
+                     and substr(t, 12, 2) collate "C" <= '23' and substr(t, 15, 2) collate "C" <= '59'
+                     and substr(t, 18, 2) collate "C" <= '59'
+                then to_jsonb(t)
+                when length(t) between 16 and 32
                      and translate(left(t, 16), '0123456789', '9999999999') in ('9999-99-99T99:99', '9999-99-99 99:99')
                 then case when substr(t, 1, 4) between '1001' and '9998' and substr(t, 6, 2) between '01' and '12'
                                and substr(t, 9, 2) <> '00'
                                and substr(t, 9, 2)::integer <= sluice_days_in_month(substr(t, 1, 4)::integer,
                                                                                     substr(t, 6, 2)::integer)
                                and substr(t, 12, 2) <= '23' and substr(t, 15, 2) <= '59'
-                          then case when length(t) = 20 and substr(t, 11, 1) = 'T' and right(t, 1) = 'Z'
-                                             and translate(substr(t, 17, 3), '0123456789', '9999999999') = ':99'
-                                             and substr(t, 18, 2) <= '59'
-                                        -- already as attributes keep it (the common case): no string to build
-                                        then to_jsonb(t)
+                          then case
                                     when right(t, 1) = 'Z'
                                         then sluice_fast_time(t, substr(t, 17, length(t) - 17), 'Z')
                                     when length(t) >= 22 and substr(t, length(t) - 5, 1) in ('+', '-')
@@ -273,11 +281,12 @@ returns jsonb language sql stable parallel safe as $$
         -- numeric reads it (every digit, its scale)
         when type = 'numeric' then case
             when kind = 'number' then v
+            -- one translate() (each costs about a microsecond): beside the digits at most a sign, then a point;
+            -- a digit somewhere (t is not only those); the sign, if any, first
             when kind = 'string' then case when length(t) <= 40
                                                 and translate(t, '0123456789', '') in ('', '.', '+', '-', '+.', '-.')
-                                                and length(translate(t, '0123456789', '')) < length(t)
-                                                and (left(translate(t, '0123456789', ''), 1) not in ('+', '-')
-                                                     or left(t, 1) = left(translate(t, '0123456789', ''), 1))
+                                                and t not in ('.', '+', '-', '+.', '-.')
+                                                and strpos(t, '+') <= 1 and strpos(t, '-') <= 1
                                            then to_jsonb(t::numeric) end
         end
         when type = 'boolean' then case

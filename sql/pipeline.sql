@@ -203,9 +203,8 @@ with candidates as materialized (
     from candidates c
     cross join lateral sluice_fast_path(c.data, %(source_id_field)s, %(name_field)s, %(value_field)s,
                                         %(description_field)s, %(edge_space)s) f
+    -- no row: a declared field the fast path cannot decide
     cross join lateral {attributes} a
-    -- null: a declared field the fast path cannot decide
-    where a.attributes is not null
     -- the fast path accepts only ids without edge whitespace, so its id is the staged (stripped) id
     returning source_id
 ), slow as (
@@ -246,11 +245,13 @@ where r.source = %(source)s
 -- offset 0 keeps apart, so every step is one evaluation per record; <lookups>, <readings>, <typed>, <decided>
 -- and <pairs> hold one fast_attribute_* fragment per field, numbered as rules.Normalization numbers them. A record
 -- is decided when every field is, and every required one is present (a missing required field is the schema's
--- reject).
-(select case when {decided} then jsonb_build_object({pairs}) end as attributes
+-- reject); an undecided one has no row here, so the object is built once, only for a decided record (a filter on
+-- the built object would build it twice).
+(select jsonb_build_object({pairs}) as attributes
  from (select {typed}
        from (select {readings} from (select {lookups} offset 0) l offset 0) k
-       offset 0) t)
+       offset 0) t
+ where {decided})
 
 -- name: fast_attribute_lookup
 sluice_lookup(c.data, {path}) as {value}
