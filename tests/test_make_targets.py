@@ -14,7 +14,7 @@ from sluice_devtools import embedded_pg, local_env
 
 def planned(target: str, *args: str) -> str:
     """The commands `make <target>` would run on a fresh clone (every prerequisite out of date), not run."""
-    return subprocess.run(["make", "-n", "-B", target, *args], cwd=local_env.REPO, capture_output=True, text=True,
+    return subprocess.run(["make", "--no-print-directory", "-n", "-B", target, *args], cwd=local_env.REPO, capture_output=True, text=True,
                           check=True).stdout
 
 

@@ -88,8 +88,10 @@ def main(argv: list[str]) -> int:
     first = found[0].name
     print(f"\nthe read API (gunicorn) serves {url.split('?')[0]} on {base} until Ctrl-C:\n"
           f"  curl '{base}/data?source={first}&page_size=5'\n  curl {base}/sources\n  curl {base}/runs", flush=True)
-    # a `kill` stops it as Ctrl-C does: the API with it
+    # a `kill` stops it as Ctrl-C does: the API with it. SIGINT too, explicitly: a process started in the
+    # background of a script inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         api.wait()
     except KeyboardInterrupt:

@@ -381,10 +381,12 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                           renormalized_updated=again_updated)
         _record_result(conn, keys, result)
     c = progress.count
+    # rows re-normalized from raw (a changed declaration) are named only in the runs that have them
+    again = (f"; {c(again_inserted)} inserted and {c(again_updated)} updated of the rows normalized again from raw"
+             if normalized.renormalized else "")
     step.finish(f"upserted {c(incoming)} normalized rows into normalized_data: {c(inserted)} inserted, "
                 f"{c(updated)} updated, {c(result.unchanged)} unchanged, {c(result.superseded)} superseded "
-                f"by a later fetch; {c(again_inserted)} inserted and {c(again_updated)} updated of the rows "
-                f"normalized again from raw; {c(deleted)} soft-deleted, {c(undeleted)} undeleted; live rows "
+                f"by a later fetch{again}; {c(deleted)} soft-deleted, {c(undeleted)} undeleted; live rows "
                 f"{c(live_before)} → {c(live_after)}")
     return result
 
