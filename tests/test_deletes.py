@@ -435,8 +435,8 @@ def test_a_refused_source_fails_the_run_by_name_and_the_others_count():
 def test_a_refused_read_writes_no_row_version_so_normalized_data_does_not_grow(steps):
     steps.run("run-0", range(1, 2001))
     # the main forks of the table and its indexes: autovacuum may add visibility-map and free-space forks any time
-    pages = ("select sum(pg_relation_size(oid, 'main')) from pg_class where oid = 'normalized_data'::regclass "
-             "or oid in (select indexrelid from pg_index where indrelid = 'normalized_data'::regclass)")
+    # (the table's own pages: dead row versions land there; its indexes may be rebuilt to another size by a bulk load)
+    pages = "select pg_relation_size('normalized_data', 'main')"
     with psycopg.connect(steps.url, autocommit=True) as conn:
         # no vacuum between the two sizes: a concurrent one could move pages (and it did under a full suite's load)
         conn.execute("alter table normalized_data set (autovacuum_enabled = off, toast.autovacuum_enabled = off)")
