@@ -6,7 +6,7 @@ from werkzeug.routing import PathConverter
 
 from webapp import config as settings
 from webapp import (db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_schema,
-                    routes_stats)
+                    routes_stats, scopes)
 
 
 class IdConverter(PathConverter):
@@ -32,6 +32,7 @@ def create_app(config=None) -> Flask:
     db.init_app(app)
     errors.register(app)
     hooks.register(app)
+    app.before_request(scopes.open_access)  # until authentication (issue 24) decides each request's scope
     if app.config["CORS_ORIGINS"]:
         # No credentials ever: the API is public and read-only, so "*" is never paired with cookies.
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
