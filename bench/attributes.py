@@ -125,4 +125,27 @@ def section(result: AttributesResult) -> list[str]:
                      f"{result.median(VARIANTS[1]):.2f} s vs none {result.median(VARIANTS[0]):.2f} s (medians of "
                      f"{len(result.runs[VARIANTS[0]])} rounds) = {ratio:.3f}× [{result.label}]")
     lines.extend(f"- note: {note}" for note in result.notes)
+    return lines + statement_differences(result)
+
+
+def statement_differences(result: AttributesResult, shown: int = 8) -> list[str]:
+    """Where the fields' extra time goes: each (task, statement)'s mean seconds per variant over the rounds
+    (bench.dag_profile), the largest differences first."""
+    means: dict[str, dict[tuple[str, str], float]] = {}
+    for variant in VARIANTS:
+        runs = [run for run in result.runs[variant] if run.statements]
+        totals: dict[tuple[str, str], float] = {}
+        for run in runs:
+            for task, statement, seconds in run.statements:
+                totals[(task, statement)] = totals.get((task, statement), 0.0) + seconds / len(runs)
+        means[variant] = totals
+    plain, typed = (means[variant] for variant in VARIANTS)
+    keys = sorted(set(plain) | set(typed), key=lambda key: -abs(typed.get(key, 0.0) - plain.get(key, 0.0)))[:shown]
+    if not keys:
+        return []
+    lines = ["", f"Where the difference goes (mean seconds per run, the {shown} largest differences):", "",
+             f"| task | statement | {VARIANTS[0]} | {VARIANTS[1]} | difference |", "|---|---|---|---|---|"]
+    for task, statement in keys:
+        a, b = plain.get((task, statement), 0.0), typed.get((task, statement), 0.0)
+        lines.append(f"| {task} | `{statement}` | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
     return lines
