@@ -42,8 +42,9 @@ demo: runtime
 run: runtime
 	$(PY) -m sluice_devtools.run_catalog $(abspath $(SOURCES))
 
+# one pytest worker per core (pytest-xdist); a file's tests share a worker, its module fixtures and servers
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 # Two Celery workers, Redis, an S3 server and Airflow on loopback (tests/distributed/; minutes, needs root)
 test-distributed: install

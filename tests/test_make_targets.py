@@ -31,7 +31,8 @@ def test_make_test_installs_the_test_tools_and_the_system_packages_the_tests_use
     assert "install -r requirements.txt setuptools -c constraints.txt" in commands
     assert "install -r requirements-dev.txt -c constraints.txt" in commands
     assert "apt-get install" in commands and "docker-compose" in commands and "redis-server" in commands
-    assert commands.rstrip().endswith("-m pytest")
+    # one worker per core, a file's tests on one worker (they share its module fixtures)
+    assert commands.rstrip().endswith("-m pytest -n auto --dist loadfile")
 
 
 def test_make_run_and_up_hand_the_catalog_over_by_its_absolute_path():
