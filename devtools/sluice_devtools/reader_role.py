@@ -4,10 +4,13 @@ Superusers and the tables' owner bypass row-level security, so the API must log 
 warehouse to enforce each request's scope. The scope key is installed alongside (sluice.scope_key).
 """
 
+import os
+import secrets
+
 import psycopg
 from psycopg import sql
 
-from sluice import queries, scope_key
+from sluice import queries, scope_key, warehouse
 
 ROLE = "sluice_reader"
 
@@ -31,3 +34,14 @@ def ensure(owner_url: str, password: str, key_hex: str, role: str = ROLE) -> str
         conn.execute(q("grant_typed_views", role=sql.Identifier(role)))
         scope_key.install(conn, key_hex)
     return psycopg.conninfo.make_conninfo(owner_url, user=role, password=password)
+
+
+def api_environment(owner_url: str) -> dict[str, str]:
+    """What a local API process needs to read the warehouse at owner_url as the reader role: its DATABASE_URL and
+    SLUICE_SCOPE_KEY (from the environment, or new ones). Migrates the warehouse first (nothing when current), so an
+    API started before the first run (make up) finds the policies and the key in place."""
+    key = os.environ.get("SLUICE_SCOPE_KEY") or scope_key.generate()
+    password = os.environ.get("SLUICE_READER_PASSWORD") or secrets.token_urlsafe(24)
+    with psycopg.connect(owner_url) as conn:
+        warehouse.apply_schema(conn)
+    return {"DATABASE_URL": ensure(owner_url, password, key), "SLUICE_SCOPE_KEY": key}
