@@ -2,13 +2,26 @@
 `make demo` (sluice_devtools/demo.py) and docker-compose.yaml all start `gunicorn -c gunicorn.conf.py`.
 
 Environment: SLUICE_BIND (default 127.0.0.1:5000; comma-separated for several), SLUICE_WORKERS (processes,
-default 2), SLUICE_THREADS (threads per process, default 8). The app reads its own SLUICE_* settings.
+default 2), SLUICE_THREADS (threads per process, default 8), SLUICE_TLS_CERT and SLUICE_TLS_KEY (PEM files: both
+to serve HTTPS, with HSTS; or neither), SLUICE_FORWARDED_ALLOW_IPS (below). The app reads its own SLUICE_* settings.
 """
 
 import os
 
 wsgi_app = "webapp.wsgi:app"
 bind = os.environ.get("SLUICE_BIND", "127.0.0.1:5000").split(",")
+
+# TLS served by gunicorn itself (Python's defaults: TLS 1.2 or later). Responses over it carry HSTS (webapp/hooks.py).
+_tls = {"SLUICE_TLS_CERT": os.environ.get("SLUICE_TLS_CERT"), "SLUICE_TLS_KEY": os.environ.get("SLUICE_TLS_KEY")}
+if any(_tls.values()) and not all(_tls.values()):
+    raise RuntimeError(f"set both SLUICE_TLS_CERT and SLUICE_TLS_KEY (PEM files) to serve HTTPS, or neither; only "
+                       f"{' '.join(name for name, value in _tls.items() if value)} is set")
+if all(_tls.values()):
+    certfile, keyfile = _tls["SLUICE_TLS_CERT"], _tls["SLUICE_TLS_KEY"]
+# A TLS-terminating proxy in front: the addresses (or CIDR networks) it connects from, whose X-Forwarded-Proto
+# (and -For) gunicorn believes, so the app knows the client spoke HTTPS (and sends HSTS). Anything else that can
+# reach the port could claim it: list only the proxy. Default: this host only.
+forwarded_allow_ips = os.environ.get("SLUICE_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 # Threads, not sync workers: a sync worker is held by one client that sends half a request and stalls, so
 # as many slow clients as workers stop the API. A gthread worker parks idle keep-alive connections in its

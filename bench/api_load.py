@@ -65,6 +65,54 @@ def ensure_wrk(echo=print) -> str | None:
     return shutil.which("wrk")
 
 
+@dataclass
+class RlsComparison:
+    """One request under load served twice in a run: as the owner (row-level security bypassed) and as the
+    read-only role (the policies evaluated, as deployed)."""
+
+    label: str
+    path: str
+    off: dict  # requests_per_second, p50_ms, p99_ms, failures: as the owner
+    on: dict  # the same as the reader role
+
+    def ratio(self, key: str) -> float | None:
+        if not self.off.get(key) or self.on.get(key) is None:
+            return None
+        return self.on[key] / self.off[key]
+
+
+def reader_access(db: str) -> str:
+    """The reader role's URL for db, with the scope key installed and in this process's environment, which every
+    app and gunicorn the bench starts reads (the owner's app needs the key too: it signs its scope the same way)."""
+    from sluice_devtools import reader_role
+
+    environment = reader_role.api_environment(db)
+    os.environ["SLUICE_SCOPE_KEY"] = environment["SLUICE_SCOPE_KEY"]
+    return environment["DATABASE_URL"]
+
+
+def compare_rls(db: str, reader_db: str, endpoints: list[tuple[str, str]], options: "LoadOptions", log_path: Path,
+                echo=print) -> list[RlsComparison]:
+    """wrk on each endpoint as the owner, then as the reader, back to back per endpoint (same run, same rows)."""
+    comparisons = []
+    for label, path in endpoints:
+        measured = {}
+        for mode, url in (("off", db), ("on", reader_db)):
+            with gunicorn(url, workers=options.workers, log_path=log_path) as base:
+                status, _ = get(base + path)
+                if status >= 400:
+                    raise RuntimeError(f"GET {path} as {mode} answered {status}; see {log_path}")
+                measured[mode] = run_wrk(options.wrk, base + path, seconds=options.seconds, threads=options.threads,
+                                         connections=options.connections)
+        comparison = RlsComparison(label, path, measured["off"], measured["on"])
+        echo(f"  RLS {label:<30} off {comparison.off['requests_per_second']:7.0f} req/s p99 "
+             f"{comparison.off['p99_ms']:6.1f} ms | on {comparison.on['requests_per_second']:7.0f} req/s p99 "
+             f"{comparison.on['p99_ms']:6.1f} ms | p99 ×{comparison.ratio('p99_ms'):.2f}, "
+             f"req/s ×{comparison.ratio('requests_per_second'):.2f}")
+        comparisons.append(comparison)
+    return comparisons
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

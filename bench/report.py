@@ -118,6 +118,14 @@ def api_table(endpoints) -> list[str]:
                    "Postgres alone ms", "EXPLAIN ANALYZE ms", "web layer ms", "queries"], rows)
 
 
+def rls_table(comparisons) -> list[str]:
+    rows = [[f"`{c.path}`", c.label, _n(c.off.get("requests_per_second")), _n(c.on.get("requests_per_second")),
+             _n(c.ratio("requests_per_second"), 2), _n(c.off.get("p99_ms"), 1), _n(c.on.get("p99_ms"), 1),
+             _n(c.ratio("p99_ms"), 2), c.off.get("failures", 0) + c.on.get("failures", 0)] for c in comparisons]
+    return _table(["request", "what", "req/s RLS off", "req/s RLS on", "on ÷ off", "p99 ms off", "p99 ms on",
+                   "on ÷ off", "failed"], rows)
+
+
 def whole_dag_section(server) -> list[str]:
     """One server's DAG runs: wall, pipeline time, each task's duration, rows written, peak RSS; then dlt."""
     rows = []
@@ -229,6 +237,10 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
                   "web layer = serial median − Postgres alone. wrk keeps its connections busy: the mean latency "
                   "is connections ÷ req/s (Little's law), so latency targets are measured with few connections.",
                   ""]
+    if results.api_rls:
+        lines += ["### Row-level security on vs off (same run, same rows)", "", *rls_table(results.api_rls),
+                  "off: gunicorn logged in as the tables' owner, which bypasses the policies; on: as the read-only "
+                  "role, as deployed (migration 018). Each request signs and sets its scope either way.", ""]
     if plot_name:
         lines += [f"![stage times]({plot_name})", ""]
         if plot_kind == "plain":

@@ -46,6 +46,7 @@ class BenchResults:
     baselines: list = field(default_factory=list)
     api: list = field(default_factory=list)
     api_small: list = field(default_factory=list)
+    api_rls: list = field(default_factory=list)  # api_load.RlsComparison: /data as the owner and as the reader
     api_workers: int = 2
     wrk_spec: str = ""
     notes: list[str] = field(default_factory=list)
@@ -238,6 +239,7 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("vacuum (analyze) normalized_data")  # what autovacuum does soon after a big load
         (rows,) = conn.execute("select count(*) from normalized_data").fetchone()
+    reader_db = api_load.reader_access(db)
     page = max(2, min(DEEP_PAGE, rows // DATA_PAGE_SIZE))
     cursor = api_load.cursor_at_page(db, page, DATA_PAGE_SIZE)
     endpoints = [
@@ -250,6 +252,9 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
     ]
     echo(f"read API on {rows:,} rows")
     results.api = api_load.measure(db, endpoints, rows, options, children.log_dir / "gunicorn.log", echo=echo)
+    if wrk:  # what row-level security costs: the same requests as the web app's role and as the owner
+        results.api_rls = api_load.compare_rls(db, reader_db, endpoints[:1] + endpoints[3:4], options,
+                                               children.log_dir / "gunicorn-rls.log", echo=echo)
     if args.small_rows:
         small_csv = inputs.write_csvs(args.work_dir / "inputs", args.small_rows, with_variants=False)
         small_db = new_database(server, children, f"bench_{stamp}_small")

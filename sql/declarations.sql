@@ -41,8 +41,9 @@ drop view if exists {view};
 
 -- name: create_view
 -- live rows only; each declared field as its SQL type (<columns>: one typed_column or json_column each; a json
--- field's missing value, JSON null in attributes, is SQL null here as every other type's)
-create view {view} as
+-- field's missing value, JSON null in attributes, is SQL null here as every other type's). security_invoker: the
+-- view reads normalized_data as its caller, so row-level security applies to readers (migration 018)
+create view {view} with (security_invoker = true) as
 select source_id, name, value, description, {columns} updated_at, last_changed_run_id
 from normalized_data
 where source = {source} and deleted_at is null;

@@ -8,6 +8,10 @@ select pg_advisory_xact_lock(hashtextextended('sluice:schema', 0));
 -- name: set_lock_timeout
 select set_config('lock_timeout', %(timeout)s, true);
 
+-- name: install_scope_key
+-- the key that signs the read API's scopes (sluice.scope_key; migration 018): only the owner may call this
+select sluice_private.install_scope_key(%(key)s);
+
 -- name: set_work_mem
 select set_config('work_mem', %(work_mem)s, true);
 

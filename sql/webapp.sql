@@ -7,6 +7,11 @@
 -- attribute_* and data_* below: filters on declared fields, the keyset position and the order. Values are
 -- always named parameters; only a whitelisted operator, direction or type name is composed in.
 
+-- name: enter_scope
+-- the first statement of every transaction, in the same round trip as the route's (webapp.db): the request's
+-- signed scope, which row-level security reads (migration 018); a token that does not verify is an error
+select sluice_enter_scope(%(scope_token)s);
+
 -- name: data_page
 select id, source, source_id, name, value, description, created_at, updated_at, deleted_at, attributes
 from normalized_data

@@ -8,11 +8,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sluice import warehouse
+from sluice import scope_key, warehouse
 from sluice_devtools import embedded_pg
 from sluice_devtools.source_server import SourceServer
 
 REPO = Path(__file__).resolve().parents[1]
+# The key the tests' warehouses and apps sign request scopes with (row-level security, migration 018): in the
+# environment, so every app the tests make, in this process or in a gunicorn they start, reads it as deployed
+SCOPE_KEY = os.environ.setdefault("SLUICE_SCOPE_KEY", "7e57" * 16)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +50,7 @@ def make_database(server_url):
         if not bare:
             with psycopg.connect(url) as conn:
                 warehouse.apply_schema(conn)
+                scope_key.install(conn, SCOPE_KEY)
         return url
 
     yield make

@@ -31,7 +31,7 @@ SERVICES = {"postgres", *AIRFLOW_SERVICES, "webapp"}
 CELERY_SERVICES = {"redis", "airflow-worker"}  # the `celery` profile; `flower` has a profile of its own
 READER_INIT = REPO / "docker" / "postgres-init" / "02-sluice-reader.sh"
 # What .env must set: compose refuses to start without each. Values only a test would pick.
-SECRETS = {"POSTGRES_PASSWORD": "pg-test-pw", "SLUICE_READER_PASSWORD": "reader-test-pw",
+SECRETS = {"POSTGRES_PASSWORD": "pg-test-pw", "SLUICE_READER_PASSWORD": "reader-test-pw", "SLUICE_SCOPE_KEY": "5c" * 32,
            "AIRFLOW_JWT_SECRET": "jwt-test-secret-0123456789-0123456789", "AIRFLOW_ADMIN_PASSWORD": "admin-test-pw"}
 # The two lines of .env that switch to the CeleryExecutor (README, Scaling out), and where staging then goes.
 CELERY = {"COMPOSE_PROFILES": "celery", "AIRFLOW_EXECUTOR": "CeleryExecutor"}

@@ -1,6 +1,7 @@
 """Fixtures of the web API tests: app factories, SQL loaders for warehouse rows, and a pausable TCP proxy."""
 
 import itertools
+import os
 import selectors
 import socket
 import threading
@@ -10,19 +11,39 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from sluice_devtools import reader_role
 from webapp import create_app, db
 
 BASE_TIME = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 _record_numbers = itertools.count(1)
 
 
+# The API logs in as a read-only role, as deployed: the tables' owner and superusers bypass row-level security.
+READER_ROLE = "sluice_test_reader"
+READER_PASSWORD = "reader-test-pw"
+
+
+def as_reader(url: str) -> str:
+    """A superuser's (the owner's) URL of a migrated warehouse becomes the reader role's, granted that database and
+    with the scope key installed; any other URL (another role, nothing listening) is kept as it is."""
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            superuser = conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()[0]
+    except psycopg.OperationalError:
+        return url  # the test is about a database that cannot be reached
+    if not superuser:
+        return url
+    return reader_role.ensure(url, READER_PASSWORD, os.environ["SLUICE_SCOPE_KEY"], role=READER_ROLE)
+
+
 @pytest.fixture
 def make_app():
-    """Factory: an app on a database URL (plus config); its pool is closed after the test."""
+    """Factory: an app on a database URL (plus config), logged in as the reader role; its pool is closed after
+    the test."""
     apps = []
 
     def make(url: str, **config):
-        app = create_app({"DATABASE_URL": url, "TESTING": True, **config})
+        app = create_app({"DATABASE_URL": as_reader(url), "TESTING": True, **config})
         apps.append(app)
         return app
 

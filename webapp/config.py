@@ -3,6 +3,8 @@
 import os
 import re
 
+from sluice import scope_key
+
 # Each key is also read from the environment with the SLUICE_ prefix (SLUICE_POOL_MAX=30).
 DEFAULTS = {
     "POOL_MIN": 5,  # connections kept open while idle
@@ -18,7 +20,7 @@ _ORIGIN = re.compile(r"^https?://[^/\s*?\\^$()\[\]]+$")
 
 def defaults() -> dict:
     """DEFAULTS plus DATABASE_URL from the environment, read now rather than at import."""
-    return {**DEFAULTS, "DATABASE_URL": os.environ.get("DATABASE_URL")}
+    return {**DEFAULTS, "DATABASE_URL": os.environ.get("DATABASE_URL"), "SCOPE_KEY": None}
 
 
 def _integer(config, key: str, minimum: int) -> int:
@@ -45,6 +47,12 @@ def check(config) -> None:
     """Normalize the settings in place (types, lists); ValueError naming the setting when one is wrong."""
     if not config.get("DATABASE_URL"):
         raise ValueError("DATABASE_URL (or SLUICE_DATABASE_URL) is not set: the API needs the warehouse URL")
+    key = config.get("SCOPE_KEY")
+    if key is not None and not isinstance(key, (str, bytes)):
+        # from_prefixed_env read a key of digits alone as a JSON number: take the text as it was set
+        key = os.environ.get("SLUICE_SCOPE_KEY")
+    # the key that signs each request's scope for row-level security (webapp.scope_token)
+    config["SCOPE_KEY"] = key if isinstance(key, bytes) else scope_key.parse(key)
     config["POOL_MIN"] = _integer(config, "POOL_MIN", 0)
     config["POOL_MAX"] = _integer(config, "POOL_MAX", max(1, config["POOL_MIN"]))
     config["STATEMENT_TIMEOUT_MS"] = _integer(config, "STATEMENT_TIMEOUT_MS", 1)

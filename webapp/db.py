@@ -1,17 +1,19 @@
-"""The warehouse connection pool: created lazily, one read-only connection per request on flask.g."""
+"""The warehouse connection pool: created lazily, one read-only connection per request on flask.g, each transaction
+begun with the request's scope (scopes.current()), which the warehouse's row-level security enforces."""
 
 import logging
 import threading
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 import psycopg2.extras
 from flask import current_app, g
 from psycopg2 import sql
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from sluice import queries
-from webapp import exact_json
+from webapp import exact_json, scope_token, scopes
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Warehouse:
         self.max_connections = config["POOL_MAX"]
         self.statement_timeout_ms = config["STATEMENT_TIMEOUT_MS"]
         self.connect_timeout_seconds = config["CONNECT_TIMEOUT_SECONDS"]
+        self.scope_key = config["SCOPE_KEY"]
         self._pool = None
         self._lock = threading.Lock()
 
@@ -115,23 +118,27 @@ def _give_back_connection(_error=None) -> None:
 def fetch_all(name: str, params: dict | None = None, parts: dict | None = None) -> list[dict]:
     """Rows of the named query of sql/webapp.sql as dicts; database trouble becomes DatabaseUnavailable.
     parts fill the query's {slots} with psycopg2.sql fragments (webapp.attributes)."""
-    statement = queries.query(SQL_FILE, name)
-    if parts is not None:
-        statement = sql.SQL(statement).format(**parts)
     store = warehouse()
     # A pooled connection whose server restarted fails on its first statement: retry that statement
     # on the next connection (at most the whole pool), so one restart costs clients no errors.
     for attempt in range(store.max_connections + 1):
         conn = get_db()
         first_statement = g.db_statements == 0
+        statement, values = _scoped(conn, store, queries.query(SQL_FILE, name), params or {})
+        if parts is not None:
+            statement = sql.SQL(statement).format(**parts)
         try:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
-                cursor.execute(statement, params or {})
+                cursor.execute(statement, values)
                 g.db_statements += 1
                 return cursor.fetchall()
         except psycopg2.errors.QueryCanceled as error:
             raise DatabaseUnavailable(
                 f"the query took longer than the {store.statement_timeout_ms} ms statement timeout") from error
+        except psycopg2.errors.InsufficientPrivilege as error:
+            # a scope the warehouse refuses (its message says why, never the token) or a table the role may not read
+            log.error("warehouse query %s refused: %s", name, str(error).strip())
+            raise DatabaseUnavailable("the warehouse refused this API's access; its log says why") from error
         except CONNECTION_ERRORS as error:
             _discard_connection()
             if first_statement and conn.closed:
@@ -140,6 +147,15 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None) 
             log.warning("warehouse query %s failed: %s", name, str(error).strip())
             raise DatabaseUnavailable("database unreachable") from error
     raise DatabaseUnavailable("database unreachable")
+
+
+def _scoped(conn, store: Warehouse, statement: str, params: dict) -> tuple[str, dict]:
+    """The statement, preceded by the request's scope when it begins a transaction: one round trip for both
+    (psycopg2 sends them as one query string; the result is the route's statement's)."""
+    if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        return statement, params
+    token = scope_token.make(scopes.current(), conn.get_backend_pid(), store.scope_key)
+    return f"{queries.query(SQL_FILE, 'enter_scope')}\n{statement}", {**params, "scope_token": token}
 
 
 def fetch_one(name: str, params: dict | None = None, parts: dict | None = None) -> dict | None:
@@ -151,7 +167,8 @@ def fetch_one_before_snapshot(name: str, params: dict | None = None) -> dict | N
     """fetch_one in a transaction of its own, ended at once: the request's next statement begins a new one.
 
     A repeatable read transaction reads from the snapshot of its first statement, so only this way are the
-    request's rows read from a snapshot taken after this query ran (the /data watermark needs that).
+    request's rows read from a snapshot taken after this query ran (the /data watermark needs that). Each of the
+    two transactions begins with the request's scope (_scoped).
     """
     row = fetch_one(name, params)
     try:

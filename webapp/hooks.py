@@ -1,4 +1,4 @@
-"""Per-request hooks: one access log line per request and the security headers of every response."""
+"""Per-request hooks: one access log line per request and the security headers of every response (HSTS over HTTPS)."""
 
 import json
 import logging
@@ -48,8 +48,15 @@ def _refuse_large_bodies() -> None:
                 "(SLUICE_MAX_CONTENT_LENGTH); this API reads none") from None
 
 
+# Over HTTPS only (RFC 6797: a browser ignores it over HTTP): two years, this host only (not its subdomains,
+# which this API does not own).
+STRICT_TRANSPORT_SECURITY = "max-age=63072000"
+
+
 def _finish(response):
     response.headers.update(SECURITY_HEADERS)
+    if request.is_secure:  # gunicorn serving TLS, or a trusted proxy's X-Forwarded-Proto (gunicorn.conf.py)
+        response.headers["Strict-Transport-Security"] = STRICT_TRANSPORT_SECURITY
     # Health, errors and lists change all the time; /data and /stats opt into revalidation with an ETag.
     response.headers.setdefault("Cache-Control", "no-store")
     started = g.get("request_started")

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from sluice_devtools import embedded_pg, local_env, serve_samples
+from sluice_devtools import embedded_pg, local_env, reader_role, serve_samples
 
 LOG = local_env.STATE / "logs" / "demo.log"
 # the demo's catalog of sources: the posts and comments of the sample API, and the sample CSV
@@ -77,11 +77,13 @@ def gunicorn_argv() -> list[str]:
 
 
 def start_api(url: str, port: int | None = None, log: Path = LOG) -> tuple[subprocess.Popen, str]:
-    """gunicorn serving webapp on a loopback port (default: a free one); returns once it answers."""
+    """gunicorn serving webapp on a loopback port (default: a free one), logged in as the read-only role (row-level
+    security applies to it, not to url's owner); returns once it answers."""
     port = port or free_port()
     process = subprocess.Popen(  # nosec B603 # our own gunicorn, fixed argv
         gunicorn_argv(),
-        env={**os.environ, "DATABASE_URL": url, "SLUICE_BIND": f"127.0.0.1:{port}", "SLUICE_LOG_LEVEL": "WARNING"},
+        env={**os.environ, **reader_role.api_environment(url), "SLUICE_BIND": f"127.0.0.1:{port}",
+             "SLUICE_LOG_LEVEL": "WARNING"},
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

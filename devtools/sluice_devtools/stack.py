@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from sluice_devtools import demo, embedded_pg, local_env
+from sluice_devtools import demo, embedded_pg, local_env, reader_role
 
 LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 
@@ -140,7 +140,7 @@ def up(config: StackConfig) -> dict:
     config.airflow_home.mkdir(parents=True, exist_ok=True)
     _spawn(config, "airflow", [str(bin_dir / "airflow"), "standalone"], env)
     _spawn(config, "webapp", demo.gunicorn_argv(),
-           {"DATABASE_URL": warehouse, "SLUICE_BIND": f"127.0.0.1:{config.api_port}"})
+           {**reader_role.api_environment(warehouse), "SLUICE_BIND": f"127.0.0.1:{config.api_port}"})
     _wait_http(f"{samples}/posts", "samples", config, 20)
     _wait_http(f"{config.api_url}/", "webapp", config, 30)
     _wait_http(f"{config.ui_url}/api/v2/version", "airflow", config, 180, accept=(200, 401, 403))

@@ -13,9 +13,13 @@ psql --no-psqlrc -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTG
 -- Created, or its password reset: psql variables are not expanded inside a DO block, hence \gexec.
 select format('create role %I login', :'reader')
 where not exists (select from pg_roles where rolname = :'reader') \gexec
-alter role :"reader" with login nosuperuser nocreatedb nocreaterole noinherit password :'password';
+-- nobypassrls: row-level security (migration 018) keeps each request to its scope's sources; that holds only for
+-- a role that neither owns the tables nor is a superuser.
+alter role :"reader" with login nosuperuser nocreatedb nocreaterole noinherit nobypassrls password :'password';
 -- Belt and braces: even a grant made by mistake later cannot make its transactions write.
 alter role :"reader" set default_transaction_read_only = on;
+-- Its sessions do not show their query text to one another: a request's scope token passes there.
+alter role :"reader" set track_activities = off;
 
 grant connect on database :"db" to :"reader";
 grant usage on schema public to :"reader";

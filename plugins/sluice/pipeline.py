@@ -20,7 +20,7 @@ from typing import BinaryIO, ContextManager
 
 import requests
 
-from sluice import contracts, delete_guard, progress, runs, staging, timing, warehouse
+from sluice import contracts, delete_guard, progress, runs, scope_key, staging, timing, warehouse
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
@@ -39,9 +39,13 @@ def open_local(uri: str, mode: str) -> ContextManager[BinaryIO]:
 
 
 def init_schema(conn, *, settings: Settings) -> Changes:
-    """Create or upgrade the warehouse's tables and functions; what it applied (nothing on a current warehouse)."""
+    """Create or upgrade the warehouse's tables and functions, and install the read API's scope key when one is set
+    (SLUICE_SCOPE_KEY); what it applied (nothing on a current warehouse)."""
     started = time.monotonic()
     changes = warehouse.apply_schema(conn, lock_timeout_seconds=settings.lock_timeout_seconds)
+    if settings.scope_key:  # the read API signs its scopes with it; where it runs elsewhere, it is installed there
+        with conn.transaction():
+            scope_key.install(conn, settings.scope_key)
     log.info("init_schema: %s (%s)", changes, progress.duration(time.monotonic() - started))
     return changes
 

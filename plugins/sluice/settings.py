@@ -2,7 +2,7 @@
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sluice.errors import InvalidSetting
@@ -64,6 +64,8 @@ class Settings:
     max_parallel_sources: int
     # the most of a source's live rows one read may soft-delete (0..1); more is refused as a truncated read
     max_delete_fraction: float = MAX_DELETE_FRACTION
+    # the read API's scope key (hex), installed by init_schema for row-level security; never shown
+    scope_key: str | None = field(default=None, repr=False)
 
 
 def load() -> Settings:
@@ -86,6 +88,7 @@ def load() -> Settings:
         # ingest task instances (one per source) of one run running at once
         max_parallel_sources=int(_at_least("SLUICE_MAX_PARALLEL_SOURCES", 4, minimum=1)),
         max_delete_fraction=_fraction("SLUICE_MAX_DELETE_FRACTION", MAX_DELETE_FRACTION),
+        scope_key=os.environ.get("SLUICE_SCOPE_KEY") or None,
     )
 
 
