@@ -191,3 +191,18 @@ def test_routes_that_filter_nothing_by_scope_serve_only_the_scope_s_sources(make
         from webapp import db
         with pytest.raises(RuntimeError, match="no scope"):
             db.fetch_all("known_sources")
+
+
+@pytest.mark.parametrize("predicate, index", [
+    ("name ilike '%%needle%%'", "normalized_data_name_trgm"),
+    ("attributes @> '{\"plan\": \"needle\"}' and attributes <> '{}'", "normalized_data_attributes_idx"),
+])
+def test_a_reader_s_search_and_attribute_filter_use_their_indexes_under_the_policies(warehouse_urls, predicate, index):
+    # migration 019: ilike and @> are leakproof, so the planner may use them as index conditions before the
+    # policy (without it a reader's search read every row of the table)
+    scope = Scope("key:posts", frozenset({"posts"}), operations=False)
+    with psycopg.connect(warehouse_urls[1]) as conn:
+        conn.execute("select sluice_enter_scope(%s)", [scope_token.make(scope, conn.info.backend_pid, KEY)])
+        conn.execute("set local enable_seqscan = off")
+        plan = str(conn.execute(f"explain (format json) select id from normalized_data where {predicate}").fetchone())
+        assert index in plan
