@@ -52,7 +52,8 @@ test-distributed: install
 
 # gunicorn.conf.py holds every gunicorn setting (gthread workers, limits); SLUICE_WORKERS, SLUICE_THREADS tune it.
 serve: runtime
-	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse} \
+	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse (the reader role)} \
+	  SLUICE_SCOPE_KEY=$${SLUICE_SCOPE_KEY:?set SLUICE_SCOPE_KEY to the key installed in the warehouse (README, Who may read what)} \
 	  SLUICE_BIND=$${SLUICE_BIND:-127.0.0.1:$${SLUICE_API_PORT:-5000}} $(VENV)/bin/gunicorn --config gunicorn.conf.py
 
 # The million-row benchmark (not part of make test): make bench BENCH_ARGS="--rows 100000"
