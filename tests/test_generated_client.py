@@ -33,7 +33,7 @@ TAGS = {"/": "meta", "/openapi.json": "meta", "/health": "meta", "/data": "data"
 
 @pytest.fixture(scope="module")
 def document(make_database):
-    app = create_app({"DATABASE_URL": make_database(), "POOL_MIN": 0})
+    app = create_app({"AUTH": "none", "DATABASE_URL": make_database(), "POOL_MIN": 0})
     yield app.test_client().get("/openapi.json").json
     db.warehouse(app).close()
 
