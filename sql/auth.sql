@@ -15,9 +15,9 @@ select sluice_touch_api_key(%(key_hash)s);
 commit;
 
 -- name: api_key_create
--- the CLI, as the owner
+-- the CLI, as the owner; lifetime null: it never expires
 insert into api_keys (name, key_hash, sources, operations, expires_at, created_by)
-values (%(name)s, %(key_hash)s, %(sources)s, %(operations)s, %(expires_at)s, %(created_by)s)
+values (%(name)s, %(key_hash)s, %(sources)s, %(operations)s, now() + %(lifetime)s::interval, %(created_by)s)
 returning name, created_at, expires_at;
 
 -- name: api_keys_list

@@ -38,10 +38,11 @@ def _owner_connection() -> psycopg.Connection:
     """The owner's connection (SLUICE_ADMIN_DATABASE_URL, else DATABASE_URL), the schema brought up to date."""
     url = current_app.config["ADMIN_DATABASE_URL"] or current_app.config["DATABASE_URL"]
     try:
-        conn = psycopg.connect(url, row_factory=psycopg.rows.dict_row)
+        conn = psycopg.connect(url)
     except psycopg.OperationalError as error:
         raise click.ClickException(f"cannot connect to the warehouse (SLUICE_ADMIN_DATABASE_URL): {error}") from None
-    warehouse.apply_schema(conn)
+    warehouse.apply_schema(conn)  # reads its rows as tuples
+    conn.row_factory = psycopg.rows.dict_row
     return conn
 
 
@@ -53,14 +54,14 @@ def _audit_to_stderr() -> None:
     audit.audit_log.setLevel(logging.INFO)
 
 
-def _expiry(value: str | None) -> datetime | None:
+def _lifetime(value: str | None) -> timedelta | None:
     if value is None:
         return None
     match = _DURATION.match(value)
     if not match or int(match[1]) == 0:
         raise click.BadParameter("a duration such as 90d (days) or 12h (hours)", param_hint="--expires")
     amount = int(match[1])
-    return datetime.now(timezone.utc) + (timedelta(days=amount) if match[2] == "d" else timedelta(hours=amount))
+    return timedelta(days=amount) if match[2] == "d" else timedelta(hours=amount)
 
 
 def _sources(value: str) -> list[str] | None:
@@ -82,13 +83,13 @@ def create(name: str, sources: str, operations: bool, expires: str | None) -> No
     if not _NAME.match(name):
         raise click.BadParameter("letters, digits, _ . - (at most 63, starting with a letter or digit)",
                                  param_hint="--name")
-    allowed, expires_at = _sources(sources), _expiry(expires)
+    allowed, lifetime = _sources(sources), _lifetime(expires)
     key, operator = api_keys.new_key(), _operator()
     with _owner_connection() as conn:
         try:
             row = conn.execute(_query("api_key_create"), {
                 "name": name, "key_hash": api_keys.key_hash(key), "sources": allowed, "operations": operations,
-                "expires_at": expires_at, "created_by": operator}).fetchone()
+                "lifetime": lifetime, "created_by": operator}).fetchone()
         except psycopg.errors.UniqueViolation:
             raise click.ClickException(f"a key named {name!r} exists (revoked ones keep their name): "
                                        "choose another name") from None
