@@ -99,3 +99,10 @@ def init_app(app) -> None:
         app.extensions["sluice_oidc"] = oidc.Verifier(app.config)
     app.before_request(authenticate)
     app.after_request(audit.request_served)
+    app.after_request(_vary)
+
+
+def _vary(response):
+    # registered before CORS's hook, so it runs after it and joins its Vary: Origin into one header
+    response.vary.add("Authorization")  # a shared cache must not serve one credential's answer to another
+    return response

@@ -94,7 +94,13 @@ class KeySet:
         with self._lock:
             age = None if self._fetched_at is None else time.monotonic() - self._fetched_at
             if age is None or age >= self.max_age or (kid not in self._keys and age >= self.min_refresh):
-                self._fetch()
+                try:
+                    self._fetch()
+                except IssuerUnavailable as error:
+                    if kid not in self._keys:
+                        raise
+                    # an issuer down for a moment must not stop tokens of keys we already hold
+                    log.warning("JWKS refresh failed, keeping the keys fetched %.0f s ago: %s", age, error)
             return self._keys.get(kid)
 
 
