@@ -153,13 +153,13 @@ def captured_queries(db: str, path: str) -> list[tuple[str, dict]]:
     from webapp import create_app
     from webapp import db as webapp_db
 
-    app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2})
+    app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2, "AUTH": "none"})
     seen: list[tuple[str, dict]] = []
     original = webapp_db.fetch_all
 
-    def recording(name, params=None):
+    def recording(name, params=None, *args, **kwargs):  # parts, sql_file: as fetch_one passes them
         seen.append((name, dict(params or {})))
-        return original(name, params)
+        return original(name, params, *args, **kwargs)
 
     webapp_db.fetch_all = recording
     try:
@@ -254,7 +254,7 @@ def cursor_at_page(db: str, page: int, page_size: int) -> str:
     from webapp import create_app
     from webapp import db as webapp_db
 
-    app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2})
+    app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2, "AUTH": "none"})
     try:
         with app.test_client() as client:
             response = client.get(f"/data?page={page - 1}&page_size={page_size}&count=none")

@@ -133,3 +133,10 @@ def _resigned(issuer, kid: str) -> str:  # noqa: F811
     token = issuer.token(other, AUDIENCE)
     del issuer.keys[other]
     return token.replace(*_header_kid(other, kid))
+
+
+def test_the_document_declares_the_issuer(oidc_app, issuer):  # noqa: F811
+    schemes = oidc_app.test_client().get("/openapi.json").json["components"]["securitySchemes"]
+    assert schemes["oidc"] == {"type": "openIdConnect",
+                               "openIdConnectUrl": issuer.url + "/.well-known/openid-configuration"}
+    assert (schemes["bearerToken"]["scheme"], schemes["bearerToken"]["bearerFormat"]) == ("bearer", "JWT")
