@@ -35,7 +35,8 @@ def api(make_app, warehouse):
         yield make_app(reader_url, AUTH="keys", ADMIN_DATABASE_URL=warehouse)
 
 
-def test_keys_are_the_default():
+def test_keys_are_the_default(monkeypatch):
+    monkeypatch.delenv("SLUICE_AUTH", raising=False)
     app = create_app({"DATABASE_URL": "postgresql:///x"})
     assert app.config["AUTH"] == "keys"
     assert app.test_client().get("/data").status_code == 401

@@ -38,7 +38,7 @@ def _scope_of(token: str) -> scopes.Scope:
         try:
             return api_keys.authenticate(token, current_app.extensions["sluice_keys"])
         except api_keys.KeyRefused as refusal:
-            digest = api_keys.key_hash(token) if api_keys.KEY_FORM.match(token) else None
+            digest = api_keys.key_hash(token) if api_keys.KEY_FORM.fullmatch(token) else None
             raise _refused(refusal.reason, str(refusal), key_id=digest and api_keys.key_id(digest),
                            name=refusal.name) from None
     try:
