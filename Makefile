@@ -51,6 +51,7 @@ test-distributed: install
 	$(PY) -m pytest -m distributed -s tests/distributed
 
 # gunicorn.conf.py holds every gunicorn setting (gthread workers, limits); SLUICE_WORKERS, SLUICE_THREADS tune it.
+# It asks for API keys (SLUICE_AUTH=keys, the default): .venv/bin/flask --app webapp keys create --name NAME --sources '*'
 serve: runtime
 	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse (the reader role)} \
 	  SLUICE_SCOPE_KEY=$${SLUICE_SCOPE_KEY:?set SLUICE_SCOPE_KEY to the key installed in the warehouse (README, Who may read what)} \

@@ -57,7 +57,7 @@ def test_gunicorn_serves_https_with_hsts_when_a_certificate_and_key_are_set(tmp_
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=trusting, timeout=2) as response:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/openapi.json", context=trusting, timeout=2) as response:
                     assert response.status == 200
                     assert response.headers["Strict-Transport-Security"] == hooks.STRICT_TRANSPORT_SECURITY
                     break

@@ -38,12 +38,13 @@ def as_reader(url: str) -> str:
 
 @pytest.fixture
 def make_app():
-    """Factory: an app on a database URL (plus config), logged in as the reader role; its pool is closed after
-    the test."""
+    """Factory: an app on a database URL (plus config), logged in as the reader role (its key commands as the
+    URL's owner); its pool is closed after the test."""
     apps = []
 
     def make(url: str, **config):
-        app = create_app({"DATABASE_URL": as_reader(url), "TESTING": True, **config})
+        app = create_app({"AUTH": "none", "DATABASE_URL": as_reader(url), "ADMIN_DATABASE_URL": url, "TESTING": True,
+                          **config})
         apps.append(app)
         return app
 

@@ -5,8 +5,9 @@ from flask_cors import CORS
 from werkzeug.routing import PathConverter
 
 from webapp import config as settings
-from webapp import (db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_schema,
-                    routes_stats, scopes)
+from webapp import (auth, db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs,
+                    routes_schema, routes_stats)
+from webapp.keys_cli import keys_cli
 
 
 class IdConverter(PathConverter):
@@ -32,11 +33,13 @@ def create_app(config=None) -> Flask:
     db.init_app(app)
     errors.register(app)
     hooks.register(app)
-    app.before_request(scopes.open_access)  # until authentication (issue 24) decides each request's scope
+    auth.init_app(app)  # after the hooks: a URL or body over its limit is refused before any credential is read
     if app.config["CORS_ORIGINS"]:
-        # No credentials ever: the API is public and read-only, so "*" is never paired with cookies.
+        # No cookies ever: a caller sends its key or token in Authorization, so "*" is never paired with cookies.
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
-             expose_headers=["ETag", "Retry-After", "Sluice-Watermark"], supports_credentials=False, max_age=600)
+             expose_headers=["ETag", "Retry-After", "Sluice-Watermark", "WWW-Authenticate"],
+             supports_credentials=False, max_age=600)
     for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema):
         app.register_blueprint(module.blueprint)
+    app.cli.add_command(keys_cli)
     return app
