@@ -5,8 +5,8 @@ from flask_cors import CORS
 from werkzeug.routing import PathConverter
 
 from webapp import config as settings
-from webapp import (db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs, routes_schema,
-                    routes_stats, scopes)
+from webapp import (db, errors, exact_json, hooks, proxies, rate_limits, routes_data, routes_health, routes_meta,
+                    routes_runs, routes_schema, routes_stats, scopes)
 
 
 class IdConverter(PathConverter):
@@ -32,11 +32,15 @@ def create_app(config=None) -> Flask:
     db.init_app(app)
     errors.register(app)
     hooks.register(app)
+    proxies.init_app(app)
+    rate_limits.guard_credentials(app)  # before authentication: a blocked address's credentials go unchecked
     app.before_request(scopes.open_access)  # until authentication (issue 24) decides each request's scope
+    rate_limits.limit_requests(app)  # after authentication: the budget is the principal's
     if app.config["CORS_ORIGINS"]:
         # No credentials ever: the API is public and read-only, so "*" is never paired with cookies.
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
-             expose_headers=["ETag", "Retry-After", "Sluice-Watermark"], supports_credentials=False, max_age=600)
+             expose_headers=["ETag", "Retry-After", "Sluice-Watermark", *rate_limits.HEADERS],
+             supports_credentials=False, max_age=600)
     for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema):
         app.register_blueprint(module.blueprint)
     return app
