@@ -2,7 +2,8 @@
 `make demo` (sluice_devtools/demo.py) and docker-compose.yaml all start `gunicorn -c gunicorn.conf.py`.
 
 Environment: SLUICE_BIND (default 127.0.0.1:5000; comma-separated for several), SLUICE_WORKERS (processes,
-default 2), SLUICE_THREADS (threads per process, default 8). The app reads its own SLUICE_* settings.
+default 2), SLUICE_THREADS (threads per process, default 8), SLUICE_FORWARDED_ALLOW_IPS (the proxies in front).
+The app reads its own SLUICE_* settings.
 """
 
 import os
@@ -27,6 +28,11 @@ keepalive = 5  # seconds an idle connection is kept
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+
+# The proxies in front, trusted for X-Forwarded-Proto here and, by the app (webapp/proxies.py), for
+# X-Forwarded-For: one list for both. Unset: gunicorn's default for the scheme, and the app believes no one.
+if os.environ.get("SLUICE_FORWARDED_ALLOW_IPS"):
+    forwarded_allow_ips = os.environ["SLUICE_FORWARDED_ALLOW_IPS"]
 
 accesslog = "-"  # one line per request on stdout (the app logs its own JSON lines too)
 # No control socket (gunicornc): nothing uses it, and every gunicorn of a user would share its default path.

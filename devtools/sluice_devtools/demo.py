@@ -76,12 +76,17 @@ def gunicorn_argv() -> list[str]:
     return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(local_env.REPO / "gunicorn.conf.py")]
 
 
+DEMO_RATE_LIMITS = {"SLUICE_RATELIMIT_DEFAULT": "6000 per minute", "SLUICE_RATELIMIT_ANONYMOUS": "6000 per minute"}
+
+
 def start_api(url: str, port: int | None = None, log: Path = LOG) -> tuple[subprocess.Popen, str]:
     """gunicorn serving webapp on a loopback port (default: a free one); returns once it answers."""
     port = port or free_port()
     process = subprocess.Popen(  # nosec B603 # our own gunicorn, fixed argv
         gunicorn_argv(),
-        env={**os.environ, "DATABASE_URL": url, "SLUICE_BIND": f"127.0.0.1:{port}", "SLUICE_LOG_LEVEL": "WARNING"},
+        # rate limits on, with budgets show_api's 600 quick requests fit in (the environment may set others)
+        env={**DEMO_RATE_LIMITS, **os.environ, "DATABASE_URL": url, "SLUICE_BIND": f"127.0.0.1:{port}",
+             "SLUICE_LOG_LEVEL": "WARNING"},
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
