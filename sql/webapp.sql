@@ -6,11 +6,14 @@
 -- {attributes}, {after} and {order} are filled by webapp/attributes.py (psycopg2.sql) with the fragments named
 -- attribute_* and data_* below: filters on declared fields, the keyset position and the order. Values are
 -- always named parameters; only a whitelisted operator, direction or type name is composed in.
+-- %(sources)s: the sources the request's credential may read (webapp/scopes.py), null for every source; a query
+-- over several sources filters by it (row-level security enforces the same for the API's role).
 
 -- name: data_page
 select id, source, source_id, name, value, description, created_at, updated_at, deleted_at, attributes
 from normalized_data
 where (%(source)s::text is null or source = %(source)s)
+  and (%(sources)s::text[] is null or source = any(%(sources)s))
   and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
@@ -66,6 +69,7 @@ updated_at desc, id desc
 select count(*) as total
 from normalized_data
 where (%(source)s::text is null or source = %(source)s)
+  and (%(sources)s::text[] is null or source = any(%(sources)s))
   and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
@@ -77,10 +81,13 @@ where (%(source)s::text is null or source = %(source)s)
 -- exact and cheap: the per-source counters the schema's triggers keep, less the deleted rows unless they are
 -- asked for (counted from the partial index normalized_data_deleted_idx, never a live row)
 select (select coalesce(sum(row_count), 0)::bigint from etl_checkpoint
-        where %(source)s::text is null or source = %(source)s)
+        where (%(source)s::text is null or source = %(source)s)
+          and (%(sources)s::text[] is null or source = any(%(sources)s)))
        - case when %(include_deleted)s then 0
               else (select count(*) from normalized_data
-                    where (%(source)s::text is null or source = %(source)s) and deleted_at is not null) end
+                    where (%(source)s::text is null or source = %(source)s)
+                      and (%(sources)s::text[] is null or source = any(%(sources)s))
+                      and deleted_at is not null) end
        as total;
 
 -- name: data_estimate
@@ -89,6 +96,7 @@ explain (format json)
 select 1
 from normalized_data
 where (%(source)s::text is null or source = %(source)s)
+  and (%(sources)s::text[] is null or source = any(%(sources)s))
   and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
   and (%(pattern)s::text is null
        or name ilike %(pattern)s escape '\'
@@ -147,13 +155,15 @@ from rejected_records r
 cross join lateral (select r.payload::text as text) as doc
 cross join lateral (select length(doc.text) as chars) as doc_size
 where r.run_id = %(run_id)s and (%(source)s::text is null or r.source = %(source)s)
+  and (%(sources)s::text[] is null or r.source = any(%(sources)s))
 order by r.id
 limit %(limit)s offset %(offset)s;
 
 -- name: rejects_count
 select count(*) as total
 from rejected_records
-where run_id = %(run_id)s and (%(source)s::text is null or source = %(source)s);
+where run_id = %(run_id)s and (%(source)s::text is null or source = %(source)s)
+  and (%(sources)s::text[] is null or source = any(%(sources)s));
 
 -- name: record_rejection
 -- why a record has no row: its latest rejection (rejected_records_record_idx), only when no row of it exists,
@@ -170,11 +180,17 @@ limit 1;
 -- per-source schemas of /openapi.json; one source's, or every source's when source is null
 select source, field, type
 from source_fields
-where %(source)s::text is null or source = %(source)s
+where (%(source)s::text is null or source = %(source)s)
+  and (%(sources)s::text[] is null or source = any(%(sources)s))
 order by source, position, field;
 
 -- name: stats_totals
-select coalesce(sum(records_processed), 0)::bigint as total_records_processed,
+-- records processed: every run's, or for a credential limited to some sources the records fetched from those
+select coalesce(sum(case when %(sources)s::text[] is null then records_processed
+                         else (select coalesce(sum((counts.value ->> 'fetched')::bigint), 0)
+                               from jsonb_each(etl_runs.source_counts) as counts
+                               where jsonb_typeof(counts.value) = 'object'
+                                 and counts.key = any(%(sources)s)) end), 0)::bigint as total_records_processed,
        coalesce(sum(duration_seconds), 0)::double precision as total_duration_seconds,
        count(*) as run_count
 from etl_runs;
@@ -196,13 +212,15 @@ limit 1;
 select c.source, c.row_count - coalesce(d.deleted, 0) as row_count, coalesce(d.deleted, 0) as deleted
 from etl_checkpoint c
 left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
-    on d.source = c.source;
+    on d.source = c.source
+where %(sources)s::text[] is null or c.source = any(%(sources)s);
 
 -- name: stats_rejects_per_source
 -- from the runs' own counts, so no count(*) over the ever-growing rejected_records
 select counts.key as source, sum((counts.value ->> 'rejected')::bigint) as rejected
 from etl_runs, jsonb_each(etl_runs.source_counts) as counts
 where jsonb_typeof(counts.value) = 'object'
+  and (%(sources)s::text[] is null or counts.key = any(%(sources)s))
 group by counts.key;
 
 -- name: stats_last_run
@@ -250,7 +268,9 @@ select count(*) as total from source_field_changes where source = %(source)s;
 
 -- name: known_sources
 -- every source the warehouse knows: each has its etl_checkpoint row from its first load on
-select source from etl_checkpoint order by source;
+select source from etl_checkpoint
+where %(sources)s::text[] is null or source = any(%(sources)s)
+order by source;
 
 -- name: sources
 select c.source as name, c.kind, c.row_count - coalesce(d.deleted, 0) as row_count,
@@ -264,4 +284,5 @@ select c.source as name, c.kind, c.row_count - coalesce(d.deleted, 0) as row_cou
 from etl_checkpoint c
 left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
     on d.source = c.source
+where %(sources)s::text[] is null or c.source = any(%(sources)s)
 order by c.source;

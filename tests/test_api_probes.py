@@ -72,7 +72,7 @@ def database(make_database):
 
 @pytest.fixture(scope="module")
 def app(database):
-    app = create_app({"DATABASE_URL": database[0], "POOL_MIN": 1})
+    app = create_app({"AUTH": "none", "DATABASE_URL": database[0], "POOL_MIN": 1})
     yield app
     db.warehouse(app).close()
 

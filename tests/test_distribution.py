@@ -68,7 +68,8 @@ def wait_until_serving(base: str, server: subprocess.Popen, timeout: float = 60.
 
 @contextlib.contextmanager
 def serving(argv: list[str], port: int, cwd: Path, database_url: str):
-    server = subprocess.Popen(argv, cwd=cwd, env=user_env(DATABASE_URL=database_url, SLUICE_POOL_MIN="1"),
+    env = user_env(DATABASE_URL=database_url, SLUICE_POOL_MIN="1", SLUICE_AUTH="none")
+    server = subprocess.Popen(argv, cwd=cwd, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until_serving(f"http://127.0.0.1:{port}", server)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from auth_fixtures import create_key
 from test_security import serve_with_gunicorn
 from webapp_fixtures import catalog, insert_checkpoint, insert_records, insert_run, newest_first, record
 
@@ -33,7 +34,7 @@ TAGS = {"/": "meta", "/openapi.json": "meta", "/health": "meta", "/data": "data"
 
 @pytest.fixture(scope="module")
 def document(make_database):
-    app = create_app({"DATABASE_URL": make_database(), "POOL_MIN": 0})
+    app = create_app({"AUTH": "none", "DATABASE_URL": make_database(), "POOL_MIN": 0})
     yield app.test_client().get("/openapi.json").json
     db.warehouse(app).close()
 
@@ -97,10 +98,16 @@ def warehouse(make_database):
 
 @pytest.fixture(scope="module")
 def client(warehouse, tmp_path_factory):
-    with serve_with_gunicorn(warehouse[0]) as port:
+    """The generated client authenticating with an API key, against gunicorn with SLUICE_AUTH=keys."""
+    admin = create_app({"AUTH": "keys", "DATABASE_URL": warehouse[0], "POOL_MIN": 0})
+    key = create_key(admin, "generated-client", "*", "--operations")
+    with serve_with_gunicorn(warehouse[0], SLUICE_AUTH="keys") as port:
         base = f"http://127.0.0.1:{port}"
         package = generate_client(f"{base}/openapi.json", tmp_path_factory.mktemp("generated"))
-        with package.Client(base_url=base, raise_on_unexpected_status=True) as client:
+        with package.Client(base_url=base, raise_on_unexpected_status=True) as anonymous:
+            refused = api("runs.show_stats").sync(client=anonymous)  # a documented 401: the Error model
+            assert (type(refused).__name__, refused.code) == ("Error", 401), refused
+        with package.AuthenticatedClient(base_url=base, token=key, raise_on_unexpected_status=True) as client:
             yield client
 
 

@@ -15,7 +15,8 @@ import time
 import pytest
 import redis
 
-from webapp import create_app, db
+from auth_fixtures import bearer, create_key, reader_role
+from webapp import create_app
 from webapp_fixtures import catalog, free_port, insert_records, make_app  # noqa: F401  # a fixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +69,7 @@ def limit_keys(client: redis.Redis) -> list[str]:
 
 
 def test_each_address_has_a_budget_for_every_route_and_a_429_that_says_when(make_app, database):
-    client = make_app(database, RATELIMIT_ANONYMOUS="3 per minute").test_client()
+    client = make_app(database, AUTH="none", RATELIMIT_ANONYMOUS="3 per minute").test_client()
     # every route draws on one budget, an unknown path too (flask-limiter alone would not count a 404's path)
     answers = [get(client, path, "192.0.2.1") for path in ("/data", "/stats", "/no/such/path")]
     assert [answer.status_code for answer in answers] == [200, 200, 404]
@@ -93,7 +94,8 @@ def test_each_address_has_a_budget_for_every_route_and_a_429_that_says_when(make
 
 
 def test_health_has_its_own_bucket_so_clients_cannot_starve_probes(make_app, database):
-    client = make_app(database, RATELIMIT_ANONYMOUS="2 per minute", RATELIMIT_HEALTH="3 per minute").test_client()
+    client = make_app(database, AUTH="none", RATELIMIT_ANONYMOUS="2 per minute",
+                      RATELIMIT_HEALTH="3 per minute").test_client()
     assert [get(client, "/stats", "192.0.2.9").status_code for _ in range(3)] == [200, 200, 429]
     probes = [get(client, "/health", "192.0.2.9") for _ in range(4)]  # the probe's address is spent: still served
     assert [probe.status_code for probe in probes[:3]] == [503] * 3  # no run yet: answered, not limited
@@ -106,12 +108,13 @@ def test_health_has_its_own_bucket_so_clients_cannot_starve_probes(make_app, dat
 
 def test_x_forwarded_for_is_believed_only_from_the_listed_proxies(make_app, database):
     # by default a spoofed header changes nothing: every request below counts against the peer
-    client = make_app(database, RATELIMIT_ANONYMOUS="2 per minute").test_client()
+    client = make_app(database, AUTH="none", RATELIMIT_ANONYMOUS="2 per minute").test_client()
     spoofed = [get(client, "/", "192.0.2.1", **{"X-Forwarded-For": f"198.51.100.{n}"}).status_code
                for n in range(3)]
     assert spoofed == [200, 200, 429]
 
-    client = make_app(database, RATELIMIT_ANONYMOUS="2 per minute", FORWARDED_ALLOW_IPS="10.0.0.0/8").test_client()
+    client = make_app(database, AUTH="none", RATELIMIT_ANONYMOUS="2 per minute",
+                      FORWARDED_ALLOW_IPS="10.0.0.0/8").test_client()
     # from the proxy: the last entry (the one the proxy appended) is the client; what the client sent before it
     # is its own claim and changes nothing
     via_proxy = [get(client, "/", "10.1.2.3", **{"X-Forwarded-For": f"198.51.100.{n}, 203.0.113.7"}).status_code
@@ -121,6 +124,38 @@ def test_x_forwarded_for_is_believed_only_from_the_listed_proxies(make_app, data
     # a peer that is not a listed proxy cannot borrow a client's budget, nor get a fresh one
     assert get(client, "/", "192.0.2.1", **{"X-Forwarded-For": "203.0.113.9"}).headers["RateLimit-Remaining"] == "1"
     assert get(client, "/", "192.0.2.1", **{"X-Forwarded-For": "203.0.113.10"}).headers["RateLimit-Remaining"] == "0"
+
+
+def test_each_key_has_its_budget_and_bad_credentials_lock_an_address_out_before_any_is_checked(
+        make_app, database, caplog):
+    with reader_role(database) as reader_url:
+        app = make_app(reader_url, AUTH="keys", ADMIN_DATABASE_URL=database, RATELIMIT_DEFAULT="3 per minute",
+                       RATELIMIT_ANONYMOUS="100 per minute", RATELIMIT_BAD_CREDENTIALS="2 per minute")
+        alpha, beta = create_key(app, "alpha", "*"), create_key(app, "beta", "*")
+        client = app.test_client()
+        # a key's budget follows the key, from whatever address it comes
+        answers = [get(client, "/stats", f"192.0.2.{n}", **bearer(alpha)) for n in range(4)]
+        assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+        assert answers[3].get_json()["message"] == "too many requests from key:alpha: the limit is 3 per 1 minute"
+        assert get(client, "/stats", "192.0.2.0", **bearer(beta)).headers["RateLimit-Remaining"] == "2"
+
+        # missing credentials are not guesses: they do not count
+        assert [get(client, "/stats", "198.51.100.1").status_code for _ in range(3)] == [401] * 3
+        wrong = bearer("sluice_" + "A" * 43)
+        caplog.set_level(logging.INFO, logger="sluice.audit")
+        refused = [get(client, "/stats", "198.51.100.1", **wrong) for _ in range(2)]
+        assert [answer.status_code for answer in refused] == [401, 401]
+        assert [answer.headers["RateLimit-Remaining"] for answer in refused] == ["1", "0"]
+        checked = len([record for record in caplog.records if record.name == "sluice.audit"])
+        # the address is locked out: even a good key is refused, and a bad one is not even looked up
+        locked = [get(client, "/stats", "198.51.100.1", **credential) for credential in (bearer(beta), wrong)]
+        assert [answer.status_code for answer in locked] == [429, 429]
+        assert locked[0].get_json()["message"].startswith("too many refused credentials from this address (2 per 1")
+        assert 1 <= int(locked[0].headers["Retry-After"]) <= 60
+        assert len([record for record in caplog.records if record.name == "sluice.audit"]) == checked
+        # what needs no credential still answers there; other addresses are not affected
+        assert get(client, "/openapi.json", "198.51.100.1").status_code == 200
+        assert get(client, "/stats", "198.51.100.2", **bearer(beta)).status_code == 200
 
 
 @pytest.mark.parametrize("setting, value, message", [
@@ -136,7 +171,7 @@ def test_a_wrong_setting_stops_the_app_at_start_naming_it(setting, value, messag
 
 
 def test_limits_switched_off_send_no_headers_and_no_429(make_app, database):
-    client = make_app(database, RATELIMIT_ENABLED=False, RATELIMIT_ANONYMOUS="1 per minute").test_client()
+    client = make_app(database, AUTH="none", RATELIMIT_ENABLED=False, RATELIMIT_ANONYMOUS="1 per minute").test_client()
     answers = [get(client, "/", "192.0.2.1") for _ in range(3)]
     assert [answer.status_code for answer in answers] == [200] * 3
     assert not any(name in answer.headers for answer in answers for name in RATE_HEADERS)
@@ -145,7 +180,8 @@ def test_limits_switched_off_send_no_headers_and_no_429(make_app, database):
 def test_without_redis_each_worker_counts_in_memory_says_so_once_and_shares_again_when_it_is_back(
         make_app, database, caplog):
     port = free_port()
-    app = make_app(database, RATELIMIT_ANONYMOUS="3 per minute", RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0")
+    app = make_app(database, AUTH="none", RATELIMIT_ANONYMOUS="3 per minute",
+                   RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0")
     client = app.test_client()
     caplog.set_level(logging.WARNING, logger="webapp.rate_limits")
     with redis_server(port) as store:
@@ -227,7 +263,7 @@ def test_two_gunicorn_workers_share_one_budget_through_redis(database, tmp_path)
     redis_port = free_port()
     with redis_server(redis_port) as store, gunicorn_workers(
             database, tmp_path, SLUICE_RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{redis_port}/0",
-            SLUICE_RATELIMIT_ANONYMOUS="20 per minute") as port:
+            SLUICE_AUTH="none", SLUICE_RATELIMIT_ANONYMOUS="20 per minute") as port:
         statuses = []
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent, so both workers take requests
             for _wave in range(5):  # the kernel may hand one worker a whole wave: another, until both answered

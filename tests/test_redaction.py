@@ -148,7 +148,7 @@ def test_secrets_of_a_connection_read_its_extra_as_json_text_and_union_them():
 
 
 def served(url: str, path: str) -> str:
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     try:
         response = app.test_client().get(path)
         assert response.status_code == 200
@@ -196,7 +196,7 @@ def test_error_text_stored_by_an_earlier_release_is_never_served(database_url, p
 
 def test_health_serves_no_error_text(database_url):
     insert_run(database_url, "scheduled__old", status="failed", error_message=INVALID_HEADER)
-    app = create_app({"DATABASE_URL": database_url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": database_url})
     try:
         body = app.test_client().get("/health").get_data(as_text=True)
     finally:

@@ -26,7 +26,7 @@ def serve_with_gunicorn(database_url: str, **env):
         # the one configuration (gunicorn.conf.py: limits, worker class), one small worker for a test
         [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
          "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4", "webapp.wsgi:app"],
-        cwd=REPO, env={**os.environ, "DATABASE_URL": database_url, "SLUICE_POOL_MIN": "1", **env},
+        cwd=REPO, env={**os.environ, "DATABASE_URL": database_url, "SLUICE_POOL_MIN": "1", "SLUICE_AUTH": "none", **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -63,7 +63,7 @@ def database(make_database):
 
 @pytest.fixture(scope="module")
 def app(database):
-    app = create_app({"DATABASE_URL": database, "POOL_MIN": 1})
+    app = create_app({"AUTH": "none", "DATABASE_URL": database, "POOL_MIN": 1})
     yield app
     db.warehouse(app).close()
 
@@ -113,7 +113,7 @@ def test_not_modified_and_outage_answers_are_hardened(app):
     response = client.get("/stats", headers={"If-None-Match": etag})
     assert response.status_code == 304
     assert_hardened(response.headers, response.get_data(), "304")
-    offline = create_app({"DATABASE_URL": closed_port_url()})
+    offline = create_app({"AUTH": "none", "DATABASE_URL": closed_port_url()})
     for path in ("/data", "/health"):
         response = offline.test_client().get(path)
         assert response.status_code == 503
@@ -162,7 +162,7 @@ CORS = "https://good.example, https://other.example"
     ("*", "https://any.example", True),
 ])
 def test_cors_answers_only_configured_origins_and_never_with_credentials(database, origins, origin, allowed):
-    app = create_app({"DATABASE_URL": database, "CORS_ORIGINS": origins})
+    app = create_app({"AUTH": "none", "DATABASE_URL": database, "CORS_ORIGINS": origins})
     client = app.test_client()
     try:
         for response in (

@@ -15,7 +15,7 @@ LEAKS = ("Traceback", 'File "', "secret detail", "RuntimeError")
 @pytest.fixture
 def offline_app():
     """An app whose database is down: enough for everything that does not read the warehouse."""
-    app = create_app({"DATABASE_URL": closed_port_url()})
+    app = create_app({"AUTH": "none", "DATABASE_URL": closed_port_url()})
     yield app
     db.warehouse(app).close()
 
@@ -28,7 +28,7 @@ def clean_environment(monkeypatch):
 
 
 def test_defaults():
-    config = create_app({"DATABASE_URL": "postgresql:///x"}).config
+    config = create_app({"AUTH": "none", "DATABASE_URL": "postgresql:///x"}).config
     assert {key: config[key] for key in ("POOL_MIN", "POOL_MAX", "STATEMENT_TIMEOUT_MS", "CONNECT_TIMEOUT_SECONDS",
                                          "CORS_ORIGINS", "MAX_STALENESS_HOURS", "MAX_CONTENT_LENGTH")} == {
         "POOL_MIN": 5, "POOL_MAX": 20, "STATEMENT_TIMEOUT_MS": 5000, "CONNECT_TIMEOUT_SECONDS": 2,
@@ -45,7 +45,7 @@ def test_environment_then_config_argument(monkeypatch):
     config = create_app().config
     assert (config["DATABASE_URL"], config["POOL_MIN"], config["POOL_MAX"], config["CORS_ORIGINS"]) == (
         "postgresql:///prefixed", 2, 7, ["https://a.example", "https://b.example"])
-    config = create_app({"DATABASE_URL": "postgresql:///argument", "POOL_MAX": "9"}).config
+    config = create_app({"AUTH": "none", "DATABASE_URL": "postgresql:///argument", "POOL_MAX": "9"}).config
     assert (config["DATABASE_URL"], config["POOL_MAX"]) == ("postgresql:///argument", 9)
 
 
@@ -62,7 +62,7 @@ def test_environment_then_config_argument(monkeypatch):
 ])
 def test_bad_settings_fail_at_startup(config, named):
     with pytest.raises(ValueError, match=named):
-        create_app({"DATABASE_URL": "postgresql:///x", **config} if named != "DATABASE_URL" else config)
+        create_app({"AUTH": "none", "DATABASE_URL": "postgresql:///x", **config} if named != "DATABASE_URL" else config)
 
 
 def test_index_lists_every_endpoint(offline_app):
@@ -98,7 +98,7 @@ def test_errors_are_json(offline_app, method, path, code, status):
 
 
 def test_unexpected_errors_are_a_json_500_without_details(caplog):
-    app = create_app({"DATABASE_URL": closed_port_url()})
+    app = create_app({"AUTH": "none", "DATABASE_URL": closed_port_url()})
 
     def explode():
         raise RuntimeError("secret detail")

@@ -18,7 +18,7 @@ def rows(make_database):
 
 @pytest.fixture(scope="module")
 def client(rows):
-    app = create_app({"DATABASE_URL": rows[0], "TESTING": True})
+    app = create_app({"AUTH": "none", "DATABASE_URL": rows[0], "TESTING": True})
     yield app.test_client()
     db.warehouse(app).close()
 
@@ -102,7 +102,7 @@ def test_cursor_and_page_walks_visit_every_row_once_in_order(client, query, page
 def test_cursor_walk_is_stable_when_newer_rows_arrive(database_url):
     url = database_url
     rows = insert_records(url, catalog(9))
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     try:
         client = app.test_client()
         first = client.get("/data?page_size=4").json
@@ -167,7 +167,7 @@ SEARCH_ROWS = [
 def search_client(make_database):
     url = make_database()
     insert_records(url, [dict(row) for row in SEARCH_ROWS])
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     yield app.test_client()
     db.warehouse(app).close()
 
@@ -202,7 +202,7 @@ def test_search_works_without_pg_trgm(database_url):
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("drop extension if exists pg_trgm cascade")
     insert_records(database_url, [dict(row) for row in SEARCH_ROWS])
-    app = create_app({"DATABASE_URL": database_url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": database_url})
     try:
         client = app.test_client()
         for search, expected in SEARCH_CASES:
@@ -266,7 +266,7 @@ def test_cursor_survives_the_default_page_size_and_other_filters(client, rows):
 
 def test_etag_and_not_modified(database_url):
     insert_records(database_url, catalog(3))
-    app = create_app({"DATABASE_URL": database_url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": database_url})
     try:
         client = app.test_client()
         first = client.get("/data")

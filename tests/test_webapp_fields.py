@@ -61,7 +61,7 @@ def url(make_database):
 
 @pytest.fixture(scope="module")
 def app(url):
-    app = create_app({"DATABASE_URL": url, "TESTING": True})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url, "TESTING": True})
     yield app
     db.warehouse(app).close()
 

@@ -18,7 +18,7 @@ def app(make_database):
     insert_records(url, catalog(3))
     insert_run(url, "scheduled__2024-05-01T00:00:00+00:00", source_counts={"api": {"fetched": 3, "inserted": 3}})
     insert_rejects(url, "scheduled__2024-05-01T00:00:00+00:00", [{"source": "api", "reason": "bad", "payload": {}}])
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     yield app
     db.warehouse(app).close()
 
@@ -142,7 +142,7 @@ def test_sources_is_documented(document):
 
 
 def test_an_undocumented_route_fails_the_build():
-    app = create_app({"DATABASE_URL": closed_port_url()})
+    app = create_app({"AUTH": "none", "DATABASE_URL": closed_port_url()})
     app.add_url_rule("/secret", view_func=lambda: "")
     with pytest.raises(LookupError, match="/secret"):
         openapi.build(app)
@@ -150,7 +150,7 @@ def test_an_undocumented_route_fails_the_build():
 
 @pytest.mark.parametrize("url", ["/health", "/data", "/stats", "/sources"])
 def test_outage_answers_match_their_documented_schema(document, url):
-    app = create_app({"DATABASE_URL": closed_port_url()})
+    app = create_app({"AUTH": "none", "DATABASE_URL": closed_port_url()})
     response = app.test_client().get(url)
     assert response.status_code == 503
     responses = document["paths"][url]["get"]["responses"]

@@ -33,7 +33,7 @@ def client(make_database):
         for number in range(25)])
     insert_rejects(url, "run-3", [{"source": "api", "source_id": None, "reason": "no id", "payload": None}])
     insert_rejects(url, "manual__in-progress", [{"source": "api", "source_id": "a1", "reason": "bad", "payload": [1]}])
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     yield app.test_client()
     db.warehouse(app).close()
 
@@ -121,7 +121,7 @@ def test_a_run_shows_the_records_a_later_fetch_superseded(make_database):
     url = make_database()
     with psycopg.connect(url) as conn:
         runs.record(conn, outcome)
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
 
     run = app.test_client().get("/runs").json["data"][0]
     db.warehouse(app).close()
@@ -146,7 +146,7 @@ def huge_client(make_database):
         {"source": "csv", "source_id": "over", "reason": "one more", "payload": "z" * (MAX_REJECT_PAYLOAD_CHARS - 1)},
         {"source": "csv", "source_id": "i" * 50_000, "reason": "r" * 50_000, "payload": None},
     ])
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     yield app.test_client()
     db.warehouse(app).close()
 
@@ -202,7 +202,7 @@ def secret_rejects(make_database):
         {"source": "api", "source_id": "s3", "reason": "too big",
          "payload": {"note": "n" * (MAX_REJECT_PAYLOAD_CHARS - 30), "secret": "cut-pw" + "x" * 100}},
     ])
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     yield app.test_client()
     db.warehouse(app).close()
 
@@ -234,7 +234,7 @@ def test_runs_serve_the_stored_failure_summaries_never_the_text(make_database):
     insert_run(url, "manual__summarised", status="failed", error_message="in header value: 'Basic ZXRsOmh1bnRlcjI='",
                errors=[summary, {"source": "csv", "step": "upsert", "error_class": "SourceError", "http_status": 503,
                                  "host": None, "message": "a field nobody serves: hunter2"}])
-    app = create_app({"DATABASE_URL": url})
+    app = create_app({"AUTH": "none", "DATABASE_URL": url})
     body = app.test_client().get("/runs").get_data(as_text=True)
     db.warehouse(app).close()
     assert "ZXRsOmh1bnRlcjI" not in body and "hunter2" not in body

@@ -28,7 +28,7 @@ def get(url: str):
 def test_gunicorn_serves_the_app(database_url):
     insert_records(database_url, catalog(3))
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "SLUICE_POOL_MIN": "1"}
+    env = {**os.environ, "DATABASE_URL": database_url, "SLUICE_POOL_MIN": "1", "SLUICE_AUTH": "none"}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
          "--workers", "1", "--threads", "4", "webapp.wsgi:app"],

@@ -22,7 +22,7 @@ def make_app():
     apps = []
 
     def make(url: str, **config):
-        app = create_app({"DATABASE_URL": url, "TESTING": True, **config})
+        app = create_app({"AUTH": "none", "DATABASE_URL": url, "TESTING": True, **config})
         apps.append(app)
         return app
 

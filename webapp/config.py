@@ -24,9 +24,22 @@ DEFAULTS = {
     "RATELIMIT_STORAGE_URI": "memory://",  # counters of one process; redis://host:6379/1 shared by every worker
     # peers whose X-Forwarded-For is believed (addresses or networks, comma-separated; "*" any); empty: none
     "FORWARDED_ALLOW_IPS": "",
+    # Who may read (webapp/auth.py): "keys" (API keys, the default wherever the API is deployed), "oidc" (JWTs of
+    # an OpenID Connect issuer) or "none" (everyone reads everything: local demos and tests only)
+    "AUTH": "keys",
+    "ADMIN_DATABASE_URL": "",  # the owner's connection, for `flask --app webapp keys` only; never the API's
+    "OIDC_ISSUER": "",  # https://issuer.example.com: its /.well-known/openid-configuration names the JWKS
+    "OIDC_AUDIENCE": "",  # the aud a token must carry: this API's identifier at the issuer
+    "OIDC_SCOPE_CLAIM": "scope",  # the claim holding sluice:read:<source>, sluice:read:*, sluice:operations
+    "OIDC_LEEWAY_SECONDS": 30,  # clock skew allowed on exp, nbf and iat
+    "OIDC_JWKS_MIN_REFRESH_SECONDS": 60,  # an unknown kid refetches the JWKS at most this often
+    "OIDC_JWKS_MAX_AGE_SECONDS": 3600,  # the JWKS is fetched again after this long, so removed keys go
 }
 RATE_LIMITS = ("RATELIMIT_DEFAULT", "RATELIMIT_ANONYMOUS", "RATELIMIT_HEALTH", "RATELIMIT_BAD_CREDENTIALS")
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
+AUTH_MODES = ("keys", "oidc", "none")
+# A token from a plain-http issuer could be forged by anyone on the path to its JWKS: loopback only (tests).
+_LOOPBACK_ISSUER = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)")
 _ORIGIN = re.compile(r"^https?://[^/\s*?\\^$()\[\]]+$")
 
 
@@ -111,3 +124,23 @@ def check(config) -> None:
         config[key] = _rate_limit(config, key)
     config["RATELIMIT_STORAGE_URI"] = _storage_uri(config["RATELIMIT_STORAGE_URI"])
     config["FORWARDED_ALLOW_IPS"] = _proxies(config["FORWARDED_ALLOW_IPS"])
+    _check_auth(config)
+
+
+def _check_auth(config) -> None:
+    mode = str(config["AUTH"]).strip().lower()
+    if mode not in AUTH_MODES:
+        raise ValueError(f"SLUICE_AUTH={config['AUTH']!r} must be one of {', '.join(AUTH_MODES)}")
+    config["AUTH"] = mode
+    config["OIDC_LEEWAY_SECONDS"] = _integer(config, "OIDC_LEEWAY_SECONDS", 0)
+    config["OIDC_JWKS_MIN_REFRESH_SECONDS"] = _integer(config, "OIDC_JWKS_MIN_REFRESH_SECONDS", 0)
+    config["OIDC_JWKS_MAX_AGE_SECONDS"] = _integer(config, "OIDC_JWKS_MAX_AGE_SECONDS", 1)
+    if mode != "oidc":
+        return
+    issuer = str(config["OIDC_ISSUER"] or "")  # as tokens spell it in iss: a trailing slash counts
+    if not (issuer.startswith("https://") or _LOOPBACK_ISSUER.match(issuer)):
+        raise ValueError(f"SLUICE_AUTH=oidc needs SLUICE_OIDC_ISSUER, an https:// URL (got {issuer!r})")
+    if not config["OIDC_AUDIENCE"]:
+        raise ValueError("SLUICE_AUTH=oidc needs SLUICE_OIDC_AUDIENCE, the aud its tokens carry")
+    if not config["OIDC_SCOPE_CLAIM"]:
+        raise ValueError("SLUICE_OIDC_SCOPE_CLAIM is empty: name the claim that holds the sluice:... scopes")

@@ -112,10 +112,11 @@ def _give_back_connection(_error=None) -> None:
         warehouse().give_back(conn, broken=False)
 
 
-def fetch_all(name: str, params: dict | None = None, parts: dict | None = None) -> list[dict]:
-    """Rows of the named query of sql/webapp.sql as dicts; database trouble becomes DatabaseUnavailable.
-    parts fill the query's {slots} with psycopg2.sql fragments (webapp.attributes)."""
-    statement = queries.query(SQL_FILE, name)
+def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
+              sql_file: str = SQL_FILE) -> list[dict]:
+    """Rows of the named query of sql/webapp.sql (or sql_file) as dicts; database trouble becomes
+    DatabaseUnavailable. parts fill the query's {slots} with psycopg2.sql fragments (webapp.attributes)."""
+    statement = queries.query(sql_file, name)
     if parts is not None:
         statement = sql.SQL(statement).format(**parts)
     store = warehouse()
@@ -142,9 +143,40 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None) 
     raise DatabaseUnavailable("database unreachable")
 
 
-def fetch_one(name: str, params: dict | None = None, parts: dict | None = None) -> dict | None:
-    rows = fetch_all(name, params, parts)
+def fetch_one(name: str, params: dict | None = None, parts: dict | None = None,
+              sql_file: str = SQL_FILE) -> dict | None:
+    rows = fetch_all(name, params, parts, sql_file)
     return rows[0] if rows else None
+
+
+def end_transaction() -> None:
+    """Roll back the request's transaction, if any: its next statement begins a new one (a new snapshot, and
+    the scope the request has by then)."""
+    conn = g.get("db")
+    if conn is None:
+        return
+    try:
+        conn.rollback()
+    except CONNECTION_ERRORS as error:
+        _discard_connection()
+        raise DatabaseUnavailable("database unreachable") from error
+
+
+def execute_own_transactions(sql_file: str, name: str, params: dict) -> None:
+    """Run a named script that begins and ends its own transactions (a read-write one, for instance) in
+    autocommit mode on the request's connection, between two of the request's read-only transactions."""
+    end_transaction()
+    conn = get_db()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(queries.query(sql_file, name), params)
+    except CONNECTION_ERRORS as error:
+        _discard_connection()
+        raise DatabaseUnavailable("database unreachable") from error
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
 
 
 def fetch_one_before_snapshot(name: str, params: dict | None = None) -> dict | None:

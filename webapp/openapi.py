@@ -45,6 +45,26 @@ A record its source no longer has is soft-deleted: `/data` and `/data/{{source}}
 unless `include_deleted=true`, which shows it with `deleted_at` set. Its deletion moves `updated_at`, so a
 client polling `updated_since` with `include_deleted=true` sees each deletion as such a tombstone, and a record
 that comes back with `deleted_at` null again."""
+AUTH_DESCRIPTIONS = {
+    "keys": """
+
+**Authentication.** Every operation but `/health` and `/openapi.json` needs an API key, sent as
+`Authorization: Bearer sluice_...`: without one, or with one that is unknown, revoked or expired, the answer is a
+401 with `WWW-Authenticate`. A key reads the sources it was created for (or every one) and, with the operations
+scope, `/runs`, the rejects and the sources' errors: a request outside its scope is a 403, and a record of another
+source is a 404, as one that does not exist. `/data`, `/stats`, `/sources` and this document show only the
+sources the key may read. `/health` without a key says only its status.""",
+    "oidc": """
+
+**Authentication.** Every operation but `/health` and `/openapi.json` needs a JWT of the configured OpenID
+Connect issuer, sent as `Authorization: Bearer <token>`; its scope claim grants `sluice:read:<source>`,
+`sluice:read:*` and `sluice:operations`. No token, or an invalid or expired one, is a 401 with
+`WWW-Authenticate`; a request outside the token's scopes is a 403, and a record of another source a 404.
+`/health` without a token says only its status.""",
+    "none": """
+
+**Authentication.** This deployment runs open (SLUICE_AUTH=none): every caller reads everything.""",
+}
 ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 # Every operation's group, by the blueprint that serves it (generated clients put each group in a module).
@@ -53,6 +73,9 @@ TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded and the sources the
                     "runs": "the pipeline's runs, rejects and totals",
                     "meta": "the service itself: index, document, health"}
 ALWAYS_ERRORS = (414,)  # any URL may be too long
+AUTH_ERRORS = {401: "Unauthorized: no credential, or one that is unknown, revoked, expired or malformed",
+               403: "Forbidden: the credential's scope does not cover this (another source's record is a 404)",
+               429: "Too Many Requests: over the rate limit (or too many bad credentials from one address)"}
 
 
 @dataclass(frozen=True)
@@ -64,14 +87,16 @@ class Operation:
     etag: str | None = None  # a key of ETAGS
     headers: dict[str, str] = field(default_factory=dict)  # name: description, of headers of every answer
     summary: str = ""
+    open_access: bool = False  # answers without credentials too (webapp.auth reads this)
 
 
-def documented(*, responses, query=None, path=None, errors=(), etag=None, headers=None):
-    """Attach the schemas of a view to it, for the OpenAPI document and the index of endpoints."""
+def documented(*, responses, query=None, path=None, errors=(), etag=None, headers=None, open_access=False):
+    """Attach the schemas of a view to it, for the OpenAPI document, the index of endpoints and authentication.
+    A response may be a tuple of schemas: the answer has one of their shapes."""
     def attach(view):
         summary = (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else ""
         view.openapi = Operation(responses=responses, query=query, path=path, errors=tuple(errors),
-                                 etag=etag, headers=dict(headers or {}), summary=summary)
+                                 etag=etag, headers=dict(headers or {}), summary=summary, open_access=open_access)
         return view
     return attach
 
@@ -100,7 +125,25 @@ def _header(description: str) -> dict:
     return {"description": description, "schema": {"type": "string"}}
 
 
-def _operation(endpoint: str, doc: Operation) -> dict:
+def _content(schema) -> dict | Schema:
+    return {"anyOf": list(schema)} if isinstance(schema, tuple) else schema
+
+
+def _security(auth_mode: str) -> tuple[dict, list[dict]]:
+    """The security schemes of SLUICE_AUTH's mode, and the requirement of a protected operation."""
+    if auth_mode == "keys":
+        return {"apiKey": {"type": "http", "scheme": "bearer", "description": (
+            "an API key (sluice_...) sent as Authorization: Bearer <key>; created with "
+            "`flask --app webapp keys create` (README, Authentication)")}}, [{"apiKey": []}]
+    if auth_mode == "oidc":
+        return {"bearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": (
+                    "a JWT of the configured OpenID Connect issuer, sent as Authorization: Bearer <token>; its "
+                    "scope claim grants sluice:read:<source>, sluice:read:* and sluice:operations")},
+                "oidc": {"type": "openIdConnect", "openIdConnectUrl": ""}}, [{"bearerToken": []}, {"oidc": []}]
+    return {}, []
+
+
+def _operation(endpoint: str, doc: Operation, auth_mode: str) -> dict:
     parameters = []
     if doc.path is not None:
         parameters.append({"in": "path", "schema": doc.path})
@@ -108,7 +151,7 @@ def _operation(endpoint: str, doc: Operation) -> dict:
         parameters.append({"in": "query", "schema": doc.query})
     responses = {}
     for code, schema in doc.responses.items():
-        responses[str(code)] = _json(schema, HTTPStatus(code).phrase)
+        responses[str(code)] = _json(_content(schema), HTTPStatus(code).phrase)
     headers = {name: _header(description) for name, description in doc.headers.items()}
     if doc.etag:
         parameters.append({"in": "header", "name": "If-None-Match", "required": False,
@@ -118,13 +161,28 @@ def _operation(endpoint: str, doc: Operation) -> dict:
                             "headers": headers}
     if headers:
         responses["200"]["headers"] = headers
-    for code in sorted({*doc.errors, *ALWAYS_ERRORS}):
-        responses[str(code)] = _json(error_schema, HTTPStatus(code).phrase)
+    _, requirement = _security(auth_mode)
+    errors = {*doc.errors, *ALWAYS_ERRORS}
+    if requirement:
+        # a wrong credential is a 401 even where none is needed; only a protected operation refuses a scope
+        errors |= {401} if doc.open_access else {401, 403}
+    for code in sorted(errors):
+        responses[str(code)] = _json(error_schema, AUTH_ERRORS.get(code, HTTPStatus(code).phrase))
+    for code in (401, 403):
+        if str(code) in responses:
+            responses[str(code)]["headers"] = {"WWW-Authenticate": _header(
+                "Bearer, with error=invalid_token and why (401) or error=insufficient_scope (403)")}
+    responses["429"] = {**_json(error_schema, AUTH_ERRORS[429]),
+                        "headers": {"Retry-After": _header("seconds to wait before the next request")}}
     responses["default"] = _json(error_schema, "any other error, in the same shape")
+    operation = {"operationId": endpoint.rsplit(".", 1)[-1], "summary": doc.summary, "tags": [tag_of(endpoint)],
+                 "parameters": parameters, "responses": responses}
+    if requirement:
+        # an open operation takes a credential too (/health shows its details to one): none, or any scheme
+        operation["security"] = [{}, *requirement] if doc.open_access else requirement
     # the view's name (list_records): generated clients name their functions after it (test_webapp_openapi checks
     # that no two are equal)
-    return {"operationId": endpoint.rsplit(".", 1)[-1], "summary": doc.summary, "tags": [tag_of(endpoint)],
-            "parameters": parameters, "responses": responses}
+    return operation
 
 
 def tag_of(endpoint: str) -> str:
@@ -136,12 +194,19 @@ def tag_of(endpoint: str) -> str:
 
 def build(app) -> dict:
     """The document for every route of the app; LookupError for a route without @documented."""
+    mode = app.config["AUTH"]
     spec = APISpec(title="Sluice read API", version=sluice.__version__, openapi_version=OPENAPI_VERSION,
-                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION},
+                   plugins=[MarshmallowPlugin()], info={"description": DESCRIPTION + AUTH_DESCRIPTIONS[mode]},
                    tags=[{"name": name, "description": text} for name, text in TAG_DESCRIPTIONS.items()])
+    schemes, _ = _security(mode)
+    for name, scheme in schemes.items():
+        if scheme["type"] == "openIdConnect":
+            scheme = {**scheme, "openIdConnectUrl": app.config["OIDC_ISSUER"].rstrip("/")
+                      + "/.well-known/openid-configuration"}
+        spec.components.security_scheme(name, scheme)
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
         doc = operation_of(app, rule)
-        operations = {method.lower(): _operation(rule.endpoint, doc) for method in public_methods(rule)}
+        operations = {method.lower(): _operation(rule.endpoint, doc, mode) for method in public_methods(rule)}
         spec.path(path=openapi_path(rule), operations=operations)
     return spec.to_dict()
 

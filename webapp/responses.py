@@ -4,16 +4,25 @@ import hashlib
 
 from flask import jsonify, request
 
+from webapp import scopes
+
+
+def _etag(scope: scopes.Scope, body: bytes) -> str:
+    # the scope is hashed in: two scopes never share an ETag (nor a cached answer), even over equal bodies
+    return hashlib.sha256(scope.fingerprint().encode() + b"\n" + body).hexdigest()
+
 
 def conditional_json(body: dict, volatile: tuple[str, ...] = ()):
     """`volatile` fields, new on every request (the /data watermark), are left out of the ETag, so it still
     matches while the rest is the same; such an ETag is weak: equal ones mean equal bodies but for those."""
     response = jsonify(body)
+    scope = scopes.current()
     if volatile:
         stable = jsonify({key: value for key, value in body.items() if key not in volatile}).get_data()
-        response.set_etag(hashlib.sha256(stable).hexdigest(), weak=True)
+        response.set_etag(_etag(scope, stable), weak=True)
     else:
         # strong: equal hashes mean byte-identical bodies (the JSON encoder sorts keys, so it is stable)
-        response.set_etag(hashlib.sha256(response.get_data()).hexdigest())
+        response.set_etag(_etag(scope, response.get_data()))
     response.headers["Cache-Control"] = "no-cache"  # cache, but ask again each time
+    response.vary.add("Authorization")  # a shared cache must not serve one credential's answer to another
     return response.make_conditional(request)

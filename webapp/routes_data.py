@@ -6,7 +6,7 @@ from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import NotFound
 
-from webapp import attributes, db
+from webapp import attributes, audit, auth, db, scopes
 from webapp.errors import error_response
 from webapp.openapi import documented
 from webapp.responses import conditional_json
@@ -28,14 +28,15 @@ def _filters(args: dict) -> dict:
     search = args.get("search")
     return {"source": args.get("source"), "updated_since": args.get("updated_since"),
             "pattern": like_pattern(search) if search is not None else None,
-            "include_deleted": args["include_deleted"]}
+            "include_deleted": args["include_deleted"], "sources": scopes.current().source_list()}
 
 
 def check_known(source: str | None) -> None:
-    """A 400 listing the known sources when source names none of them (read on each request: runs add sources)."""
+    """A 400 listing the known sources when source names none of them (read on each request: runs add sources).
+    Known: to this request's credential; a source it may not read is unknown, so its existence is not revealed."""
     if source is None:
         return
-    known = [row["source"] for row in db.fetch_all("known_sources")]
+    known = [row["source"] for row in db.fetch_all("known_sources", {"sources": scopes.current().source_list()})]
     if source not in known:
         raise ValidationError({"source": [
             f"Unknown source {source!r}; the known sources are: {', '.join(known) or 'none yet'}."]})
@@ -43,7 +44,8 @@ def check_known(source: str | None) -> None:
 
 def declared_fields(source: str) -> dict[str, str]:
     """The fields a source declares, field -> type, in catalog order."""
-    return {row["field"]: row["type"] for row in db.fetch_all("source_fields", {"source": source})}
+    params = {"source": source, "sources": scopes.current().source_list()}
+    return {row["field"]: row["type"] for row in db.fetch_all("source_fields", params)}
 
 
 def _split_query(args) -> tuple[MultiDict, dict[str, list[str]]]:
@@ -96,6 +98,7 @@ def _item(row: dict, declared: attributes.Query, source: str | None) -> dict:
             headers={WATERMARK_HEADER: "the watermark of this answer, as in the body; a 304 has it too"})
 def list_records():
     """Normalized records, newest update first (updated_at desc, id desc), or in the order of a declared field."""
+    auth.require_sources()
     parameters, field_filters = _split_query(request.args)
     args = load_query(data_query_schema, parameters)
     source = args.get("source")
@@ -126,6 +129,7 @@ def list_records():
         "page": page, "page_size": page_size, "has_more": has_more, "next_cursor": next_cursor,
         "watermark": watermark,
     })
+    audit.records({row["source"] for row in rows}, len(rows))
     response = conditional_json(body, volatile=("watermark",))
     response.headers[WATERMARK_HEADER] = body["watermark"]
     return response
@@ -136,21 +140,25 @@ def list_records():
             responses={200: record_detail_schema, 404: record_not_found_schema}, errors=(400, 503))
 def get_record(source, source_id):
     """One record with its lineage: the runs that first saw it, last changed it and deleted it."""
+    auth.require_sources()
     key = record_path_schema.load({"source": source, "source_id": source_id})
     args = load_query(record_query_schema, request.args)
+    message = f"no {key['source']} record with source_id {key['source_id']!r}"
+    if not scopes.current().allows(key["source"]):
+        raise NotFound(message)  # the answer for a record that does not exist: another source's is not revealed
     row = db.fetch_one("data_record", {**key, **args})
     if row is None:
-        message = f"no {key['source']} record with source_id {key['source_id']!r}"
         rejection = db.fetch_one("record_rejection", {**key, "max_text": MAX_REJECT_TEXT_CHARS})
         if rejection is None:
             raise NotFound(message)
         return error_response(404, f"{message}: run {rejection['run_id']} rejected it at {rejection['stage']}",
                               extra={"rejection": rejection_schema.dump(rejection)})
     declared = attributes.Query(declared=declared_fields(key["source"]))
+    audit.records([key["source"]], 1)
     return record_detail_schema.dump({**row, "attributes": attributes.project(row["attributes"], declared)})
 
 
-def _source(row: dict) -> dict:
+def _source(row: dict, operations: bool) -> dict:
     return {
         "name": row["name"], "kind": row["kind"], "row_count": row["row_count"], "deleted_count": row["deleted_count"],
         "checkpoint": {"last_processed_id": row["last_processed_id"], "last_processed_at": row["last_processed_at"],
@@ -158,7 +166,8 @@ def _source(row: dict) -> dict:
         "last_success": {"run_id": row["last_success_run_id"], "at": row["last_success_at"]}
         if row["last_success_run_id"] is not None else None,
         "last_error": {"run_id": row["last_error_run_id"], "at": row["last_error_at"],
-                       "error": row["last_error_summary"]} if row["last_error_summary"] is not None else None,
+                       "error": row["last_error_summary"]}
+        if row["last_error_summary"] is not None and operations else None,
         "last_skip": {"run_id": row["last_skip_run_id"], "at": row["last_skip_at"], "reason": row["last_skip_reason"]}
         if row["last_skip_run_id"] is not None else None,
     }
@@ -169,5 +178,9 @@ def _source(row: dict) -> dict:
 def list_sources():
     """Every source in the warehouse: kind, live and deleted rows, checkpoint, last successful load, last error and
     last skip."""
+    auth.require_sources()
     load_query(no_query_schema, request.args)
-    return conditional_json(sources_schema.dump({"data": [_source(row) for row in db.fetch_all("sources")]}))
+    scope = scopes.current()
+    rows = db.fetch_all("sources", {"sources": scope.source_list()})
+    audit.records([row["name"] for row in rows], len(rows))
+    return conditional_json(sources_schema.dump({"data": [_source(row, scope.operations) for row in rows]}))

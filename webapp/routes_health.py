@@ -2,9 +2,9 @@
 
 from flask import Blueprint, current_app, request
 
-from webapp import db
+from webapp import db, scopes
 from webapp.openapi import documented
-from webapp.schemas import health_schema, load_query, no_query_schema
+from webapp.schemas import health_schema, health_summary_schema, load_query, no_query_schema
 
 blueprint = Blueprint("health", __name__)
 
@@ -25,9 +25,11 @@ def _verdict(run: dict | None, max_hours: float) -> tuple[str, str | None]:
 
 
 @blueprint.get("/health")
-@documented(responses={200: health_schema, 503: health_schema}, errors=(400,))
+@documented(responses={200: (health_schema, health_summary_schema), 503: (health_schema, health_summary_schema)},
+            errors=(400,), open_access=True)
 def check_health():
-    """Database reachable and the newest ETL run successful and fresh; 503 with the reason otherwise."""
+    """Database reachable and the newest ETL run successful and fresh; 503 with the reason otherwise (to a caller
+    without credentials, when the API asks for them: the status alone)."""
     load_query(no_query_schema, request.args)
     run = None
     try:
@@ -38,6 +40,9 @@ def check_health():
     else:
         status, reason = _verdict(run, current_app.config["MAX_STALENESS_HOURS"])
         connected = True
+    code = 200 if status == "ok" else 503
+    if scopes.current() is scopes.ANONYMOUS:
+        return health_summary_schema.dump({"status": status}), code
     body = health_schema.dump({"status": status, "db_connected": connected, "last_etl_run": run,
                                "etl_status": run["status"] if run else None, "reason": reason})
-    return body, 200 if status == "ok" else 503
+    return body, code

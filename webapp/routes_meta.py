@@ -5,7 +5,7 @@ import logging
 from flask import Blueprint, current_app, request
 
 import sluice
-from webapp import db, openapi
+from webapp import db, openapi, scopes
 from webapp.openapi import documented
 from webapp.responses import conditional_json
 from webapp.schemas import index_schema, load_query, no_query_schema
@@ -27,7 +27,7 @@ def index():
 
 @blueprint.get("/openapi.json")
 @documented(responses={200: {"type": "object", "description": "an OpenAPI 3.1 document"}}, errors=(400,),
-            etag="strong")
+            etag="strong", open_access=True)
 def openapi_document():
     """This API described as OpenAPI 3.1."""
     load_query(no_query_schema, request.args)
@@ -37,7 +37,8 @@ def openapi_document():
         current_app.extensions["sluice_openapi"] = openapi.build(current_app)
     document = current_app.extensions["sluice_openapi"]
     try:
-        declared = db.fetch_all("source_fields", {"source": None})
+        # only the sources this request's credential may read (none without one): names of the others stay hidden
+        declared = db.fetch_all("source_fields", {"source": None, "sources": scopes.current().source_list()})
     except db.DatabaseUnavailable:
         # the routes are still worth knowing while the warehouse is away: served without the per-source schemas
         log.warning("/openapi.json without the sources' declared fields: the warehouse is unavailable")

@@ -4,7 +4,7 @@ types and an example record) and what changed per run, as store_raw recorded the
 from flask import Blueprint, request
 from werkzeug.exceptions import NotFound
 
-from webapp import db
+from webapp import audit, auth, db, scopes
 from webapp.openapi import documented
 from webapp.schemas import (MAX_FIELDS_SHOWN, MAX_REJECT_TEXT_CHARS, load_query, no_query_schema,
                             source_fields_schema, source_path_schema)
@@ -17,11 +17,14 @@ blueprint = Blueprint("schema", __name__)
             errors=(400, 404, 503))
 def show_fields(source):
     """A source's declared fields, the fields its records carried, and what changed per run."""
+    auth.require_sources()
     key = source_path_schema.load({"source": source})
     load_query(no_query_schema, request.args)
-    if not db.fetch_one("source_fields_known", key)["found"]:
+    # a source the credential may not read is answered as one that does not exist
+    if not scopes.current().allows(key["source"]) or not db.fetch_one("source_fields_known", key)["found"]:
         raise NotFound(f"no source named {key['source']!r} was loaded, declared or observed")
     bounds = {**key, "limit": MAX_FIELDS_SHOWN, "max_text": MAX_REJECT_TEXT_CHARS}
+    audit.records([key["source"]], 1)
     return source_fields_schema.dump({
         "source": key["source"],
         "declared": db.fetch_all("source_declared_fields", key),

@@ -532,6 +532,12 @@ class HealthSchema(Body):
     reason = fields.String(allow_none=True, metadata={"description": "why the service is not ok"})
 
 
+class HealthSummarySchema(Body):
+    """/health to a caller without credentials (SLUICE_AUTH keys or oidc): whether the service is ok, no details."""
+
+    status = fields.String(validate=validate.OneOf(HEALTH_STATUSES))
+
+
 no_query_schema = NoQuerySchema()
 page_query_schema = PageQuerySchema()
 rejects_query_schema = RejectsQuerySchema()
@@ -552,6 +558,7 @@ sources_schema = SourcesSchema()
 source_path_schema = SourcePathSchema()
 source_fields_schema = SourceFieldsSchema()
 health_schema = HealthSchema()
+health_summary_schema = HealthSummarySchema()
 
 
 def load_query(schema: Schema, args) -> dict:

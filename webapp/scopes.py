@@ -5,6 +5,7 @@ hands it to PostgreSQL, whose row-level security enforces it a second time. A re
 without one is refused (fail closed): a path that skipped authentication must not read everything.
 """
 
+import json
 from dataclasses import dataclass
 
 from flask import g
@@ -19,8 +20,22 @@ class Scope:
     def allows(self, source: str) -> bool:
         return self.sources is None or source in self.sources
 
+    def source_list(self) -> list[str] | None:
+        """The sources as a SQL text[] parameter: None for every source."""
+        return None if self.sources is None else sorted(self.sources)
+
+    def only_allowed(self, per_source: dict) -> dict:
+        """A mapping keyed by source name, without the sources this scope may not read."""
+        return {source: value for source, value in per_source.items() if self.allows(source)}
+
+    def fingerprint(self) -> str:
+        """What this scope may read, as text: mixed into ETags so that two scopes never share one."""
+        return json.dumps({"sources": self.source_list(), "operations": self.operations})
+
 
 EVERYTHING = Scope(principal=None, sources=None, operations=True)
+# A request without credentials, on the routes that stay open (/health, /openapi.json): it may read nothing.
+ANONYMOUS = Scope(principal=None, sources=frozenset(), operations=False)
 
 
 def current() -> Scope:
