@@ -50,6 +50,7 @@ test-distributed: install
 	$(PY) -m pytest -m distributed -s tests/distributed
 
 # gunicorn.conf.py holds every gunicorn setting (gthread workers, limits); SLUICE_WORKERS, SLUICE_THREADS tune it.
+# It asks for API keys (SLUICE_AUTH=keys, the default): .venv/bin/flask --app webapp keys create --name NAME --sources '*'
 serve: runtime
 	DATABASE_URL=$${DATABASE_URL:?set DATABASE_URL to the warehouse} \
 	  SLUICE_BIND=$${SLUICE_BIND:-127.0.0.1:$${SLUICE_API_PORT:-5000}} $(VENV)/bin/gunicorn --config gunicorn.conf.py

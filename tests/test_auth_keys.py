@@ -3,14 +3,21 @@ owner's connection, stored only as a hash, checked by the API over its read-only
 refused within a second, and every refusal is a 401 in the one error shape with WWW-Authenticate."""
 
 import hashlib
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 from auth_fixtures import bearer, create_key, reader_role, run_keys
-from webapp_fixtures import catalog, insert_checkpoint, insert_records, make_app  # noqa: F401 (a fixture)
+from test_security import request
+from webapp_fixtures import catalog, free_port, insert_checkpoint, insert_records, make_app  # noqa: F401 (a fixture)
 
-from webapp import create_app, db
+from webapp import api_keys, create_app, db
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -28,7 +35,8 @@ def api(make_app, warehouse):
         yield make_app(reader_url, AUTH="keys", ADMIN_DATABASE_URL=warehouse)
 
 
-def test_keys_are_the_default():
+def test_keys_are_the_default(monkeypatch):
+    monkeypatch.delenv("SLUICE_AUTH", raising=False)
     app = create_app({"DATABASE_URL": "postgresql:///x"})
     assert app.config["AUTH"] == "keys"
     assert app.test_client().get("/data").status_code == 401
@@ -149,3 +157,58 @@ def test_the_api_connection_stays_read_only_after_recording_a_use(api):
                 assert cursor.fetchone()[0] == "on"
         finally:
             db.warehouse(api).give_back(conn, broken=False)
+
+
+def test_the_document_declares_the_key_scheme_and_the_refusals(api):
+    document = api.test_client().get("/openapi.json").json
+    assert document["components"]["securitySchemes"] == {"apiKey": {
+        "type": "http", "scheme": "bearer", "description": document["components"]["securitySchemes"]["apiKey"][
+            "description"]}}
+    for path, item in document["paths"].items():
+        operation = item["get"]
+        open_route = path in ("/health", "/openapi.json")
+        assert operation["security"] == ([{}, {"apiKey": []}] if open_route else [{"apiKey": []}]), path
+        expected = {"401", "429"} if open_route else {"401", "403", "429"}
+        assert expected <= set(operation["responses"]), path
+        assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], path
+        assert "Retry-After" in operation["responses"]["429"]["headers"], path
+    health = document["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert health == {"anyOf": [{"$ref": "#/components/schemas/Health"},
+                                {"$ref": "#/components/schemas/HealthSummary"}]}
+    assert "**Authentication.**" in document["info"]["description"]
+
+
+@pytest.mark.slow
+def test_a_revoked_key_is_refused_within_a_second_by_every_gunicorn_worker(make_app, warehouse):
+    """Two workers, each with its own cache: requests on fresh connections reach both; from one second after the
+    revocation committed, none is served."""
+    with reader_role(warehouse) as reader_url:
+        admin = make_app(reader_url, AUTH="keys", ADMIN_DATABASE_URL=warehouse)
+        key = create_key(admin, "busy", "*")
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+             "--workers", "2", "--threads", "2"], cwd=REPO,
+            env={**os.environ, "DATABASE_URL": reader_url, "SLUICE_POOL_MIN": "0", "SLUICE_AUTH": "keys"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            statuses = []
+            deadline = time.monotonic() + 30
+            while not statuses or statuses[-1][1] != 200:
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not serve the key"
+                try:
+                    statuses.append((time.monotonic(), request(port, "GET", "/sources", None, bearer(key))[0]))
+                except ConnectionError:
+                    time.sleep(0.1)
+            for _ in range(40):  # both workers read and cache the key
+                assert request(port, "GET", "/sources", None, bearer(key))[0] == 200
+            assert run_keys(admin, "revoke", "busy").exit_code == 0
+            revoked_at = time.monotonic()
+            after = []
+            while time.monotonic() - revoked_at < 2.5:
+                after.append((time.monotonic() - revoked_at, request(port, "GET", "/sources", None, bearer(key))[0]))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    late = [status for elapsed, status in after if elapsed > api_keys.CACHE_SECONDS]
+    assert late and set(late) == {401}, after

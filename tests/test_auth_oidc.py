@@ -133,3 +133,23 @@ def _resigned(issuer, kid: str) -> str:  # noqa: F811
     token = issuer.token(other, AUDIENCE)
     del issuer.keys[other]
     return token.replace(*_header_kid(other, kid))
+
+
+def test_the_document_declares_the_issuer(oidc_app, issuer):  # noqa: F811
+    schemes = oidc_app.test_client().get("/openapi.json").json["components"]["securitySchemes"]
+    assert schemes["oidc"] == {"type": "openIdConnect",
+                               "openIdConnectUrl": issuer.url + "/.well-known/openid-configuration"}
+    assert (schemes["bearerToken"]["scheme"], schemes["bearerToken"]["bearerFormat"]) == ("bearer", "JWT")
+
+
+@pytest.mark.parametrize("claim, sources, operations", [
+    ("sluice:read:api sluice:operations", frozenset({"api"}), True),
+    (["sluice:read:*", "other:scope"], None, False),
+    ({"sluice:read:*": True, "sluice:operations": True}, frozenset(), False),  # neither a string nor a list
+    ("sluice:read: sluice:readapi sluice:operationsx", frozenset(), False),
+    (None, frozenset(), False),
+])
+def test_scope_syntax(claim, sources, operations):
+    from webapp.oidc import scope_of
+    scope = scope_of({"scope": claim}, "scope", "alice")
+    assert (scope.principal, scope.sources, scope.operations) == ("oidc:alice", sources, operations)

@@ -400,6 +400,13 @@ def test_webapp_connects_as_the_read_only_role(config):
     assert url["user"] != postgres["POSTGRES_USER"]
 
 
+def test_webapp_asks_for_api_keys_and_has_no_owner_connection(config):
+    environment = service(config, "webapp")["environment"]
+    assert environment["SLUICE_AUTH"] == "keys"
+    # key management passes the owner's URL for one command (docker compose exec -e); the API never holds it
+    assert "SLUICE_ADMIN_DATABASE_URL" not in environment
+
+
 def test_webapp_tolerates_503_health(config):
     svc = service(config, "webapp")
     probe = svc["healthcheck"]["test"]

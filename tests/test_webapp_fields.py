@@ -419,7 +419,8 @@ def large(make_database):
 def test_equality_filters_use_the_gin_index(large, filters):
     declared = attributes.parse({"plan": "text", "seats": "integer", "active": "boolean"}, "customers", None, None,
                                 filters)
-    params = {"source": "customers", "updated_since": None, "pattern": None, "include_deleted": False}
+    params = {"source": "customers", "updated_since": None, "pattern": None, "include_deleted": False,
+              "sources": None}
     count = psycopg2.sql.SQL(queries.query("webapp.sql", "data_count")).format(
         attributes=attributes.where(declared, params))
     assert "normalized_data_attributes_idx" in plan(large, count, params)

@@ -7,7 +7,7 @@ import pytest
 from sluice import queries
 from webapp.routes_data import like_pattern
 
-NO_FILTER = {"source": None, "updated_since": None, "pattern": None, "include_deleted": False}
+NO_FILTER = {"source": None, "updated_since": None, "pattern": None, "include_deleted": False, "sources": None}
 
 
 def where_clause(name: str) -> str:
@@ -24,6 +24,9 @@ def test_count_and_estimate_filter_exactly_like_the_page():
     ({**NO_FILTER, "pattern": like_pattern("organic")}, "normalized_data_name_trgm"),
     ({**NO_FILTER, "pattern": like_pattern("organic")}, "normalized_data_description_trgm"),
     ({**NO_FILTER, "source": "api"}, "normalized_data_source_updated_idx"),
+    # a credential's sources (webapp.scopes): the same index, for one source or several
+    ({**NO_FILTER, "sources": ["api"]}, "normalized_data_source_updated_idx"),
+    ({**NO_FILTER, "sources": ["api", "csv"]}, "normalized_data_source_updated_idx"),
 ])
 def test_filters_can_use_their_index(database_url, filters, index):
     # psycopg2 (as the app) sends values inline, so the planner sees the folded conditions

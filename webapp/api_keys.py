@@ -111,7 +111,7 @@ def _read(digest: bytes) -> StoredKey | None:
 
 def authenticate(key: str, cache: KeyCache) -> Scope:
     """The scope of a presented key; KeyRefused when it gives no access."""
-    if not KEY_FORM.match(key):
+    if not KEY_FORM.fullmatch(key):
         raise KeyRefused("malformed_key", "the bearer token is not a Sluice API key (sluice_ and 43 characters)")
     digest = key_hash(key)
     found, stored = cache.get(digest)

@@ -38,7 +38,7 @@ def _scope_of(token: str) -> scopes.Scope:
         try:
             return api_keys.authenticate(token, current_app.extensions["sluice_keys"])
         except api_keys.KeyRefused as refusal:
-            digest = api_keys.key_hash(token) if api_keys.KEY_FORM.match(token) else None
+            digest = api_keys.key_hash(token) if api_keys.KEY_FORM.fullmatch(token) else None
             raise _refused(refusal.reason, str(refusal), key_id=digest and api_keys.key_id(digest),
                            name=refusal.name) from None
     try:
@@ -99,3 +99,10 @@ def init_app(app) -> None:
         app.extensions["sluice_oidc"] = oidc.Verifier(app.config)
     app.before_request(authenticate)
     app.after_request(audit.request_served)
+    app.after_request(_vary)
+
+
+def _vary(response):
+    # registered before CORS's hook, so it runs after it and joins its Vary: Origin into one header
+    response.vary.add("Authorization")  # a shared cache must not serve one credential's answer to another
+    return response

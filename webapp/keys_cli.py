@@ -57,7 +57,7 @@ def _audit_to_stderr() -> None:
 def _lifetime(value: str | None) -> timedelta | None:
     if value is None:
         return None
-    match = _DURATION.match(value)
+    match = _DURATION.fullmatch(value)
     if not match or int(match[1]) == 0:
         raise click.BadParameter("a duration such as 90d (days) or 12h (hours)", param_hint="--expires")
     amount = int(match[1])
@@ -80,7 +80,7 @@ def _sources(value: str) -> list[str] | None:
 @click.option("--expires", help="it stops working after this long: 90d, 12h (default: never)")
 def create(name: str, sources: str, operations: bool, expires: str | None) -> None:
     """Create a key and print it, once: only its hash is kept."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise click.BadParameter("letters, digits, _ . - (at most 63, starting with a letter or digit)",
                                  param_hint="--name")
     allowed, lifetime = _sources(sources), _lifetime(expires)

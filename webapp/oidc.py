@@ -77,8 +77,10 @@ class KeySet:
             raise IssuerUnavailable(f"the discovery document names issuer {discovery.get('issuer')!r}, "
                                     f"not SLUICE_OIDC_ISSUER={self.issuer!r}")
         jwks_uri = discovery.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
-            raise IssuerUnavailable("the discovery document has no jwks_uri")
+        # https, as the issuer's own URL must be (plain http only for a loopback issuer: tests)
+        schemes = ("https://", "http://") if self.issuer.startswith("http://") else ("https://",)
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(schemes):
+            raise IssuerUnavailable(f"the discovery document has no {' or '.join(schemes)} jwks_uri")
         keys = {}
         for entry in _get_json(jwks_uri).get("keys") or []:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or "kid" not in entry:
@@ -94,13 +96,21 @@ class KeySet:
         with self._lock:
             age = None if self._fetched_at is None else time.monotonic() - self._fetched_at
             if age is None or age >= self.max_age or (kid not in self._keys and age >= self.min_refresh):
-                self._fetch()
+                try:
+                    self._fetch()
+                except IssuerUnavailable as error:
+                    if kid not in self._keys:
+                        raise
+                    # an issuer down for a moment must not stop tokens of keys we already hold
+                    log.warning("JWKS refresh failed, keeping the keys fetched %.0f s ago: %s", age, error)
             return self._keys.get(kid)
 
 
 def scope_of(claims: dict, claim: str, subject: str) -> Scope:
-    values = claims.get(claim) or []
-    values = values.split() if isinstance(values, str) else [value for value in values if isinstance(value, str)]
+    values = claims.get(claim)
+    # a space-separated string (OAuth's scope) or a list of strings; any other shape grants nothing
+    values = (values.split() if isinstance(values, str) else
+              [value for value in values if isinstance(value, str)] if isinstance(values, list) else [])
     sources = {value[len(READ_PREFIX):] for value in values if value.startswith(READ_PREFIX)}
     sources.discard("")
     return Scope(principal=f"oidc:{subject}", sources=None if "*" in sources else frozenset(sources),

@@ -24,5 +24,4 @@ def conditional_json(body: dict, volatile: tuple[str, ...] = ()):
         # strong: equal hashes mean byte-identical bodies (the JSON encoder sorts keys, so it is stable)
         response.set_etag(_etag(scope, response.get_data()))
     response.headers["Cache-Control"] = "no-cache"  # cache, but ask again each time
-    response.vary.add("Authorization")  # a shared cache must not serve one credential's answer to another
     return response.make_conditional(request)

@@ -147,6 +147,8 @@ def get_record(source, source_id):
     if not scopes.current().allows(key["source"]):
         raise NotFound(message)  # the answer for a record that does not exist: another source's is not revealed
     row = db.fetch_one("data_record", {**key, **args})
+    if row is None and not scopes.current().operations:
+        raise NotFound(message)  # why a record was rejected is operations data, as the rejects are
     if row is None:
         rejection = db.fetch_one("record_rejection", {**key, "max_text": MAX_REJECT_TEXT_CHARS})
         if rejection is None:

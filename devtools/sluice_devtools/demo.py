@@ -76,17 +76,22 @@ def gunicorn_argv() -> list[str]:
     return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(local_env.REPO / "gunicorn.conf.py")]
 
 
+# Budgets show_api's latency loop (600 requests in seconds) fits in; the rate limits stay on.
 DEMO_RATE_LIMITS = {"SLUICE_RATELIMIT_DEFAULT": "6000 per minute", "SLUICE_RATELIMIT_ANONYMOUS": "6000 per minute"}
+# The local tools (make demo, make run, make up) serve the API open, on 127.0.0.1 only; make serve, Compose and the
+# image keep the default, API keys (README, Authentication).
+LOCAL_AUTH = {"SLUICE_AUTH": "none"}
+OPEN_NOTICE = ("the API runs open here (SLUICE_AUTH=none, loopback only); deployments ask for API keys: "
+               "flask --app webapp keys create --name NAME --sources '*' (README, Authentication)")
 
 
 def start_api(url: str, port: int | None = None, log: Path = LOG) -> tuple[subprocess.Popen, str]:
-    """gunicorn serving webapp on a loopback port (default: a free one); returns once it answers."""
+    """gunicorn serving webapp open (LOCAL_AUTH) on a loopback port (default: a free one); returns once it answers."""
     port = port or free_port()
     process = subprocess.Popen(  # nosec B603 # our own gunicorn, fixed argv
         gunicorn_argv(),
-        # rate limits on, with budgets show_api's 600 quick requests fit in (the environment may set others)
         env={**DEMO_RATE_LIMITS, **os.environ, "DATABASE_URL": url, "SLUICE_BIND": f"127.0.0.1:{port}",
-             "SLUICE_LOG_LEVEL": "WARNING"},
+             "SLUICE_LOG_LEVEL": "WARNING", **LOCAL_AUTH},
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -133,7 +138,7 @@ def main() -> int:
     print(summary(url))
     api, base = start_api(url)
     try:
-        print(f"\nFlask API (gunicorn) on {base}:")
+        print(f"\nFlask API (gunicorn) on {base}; {OPEN_NOTICE}:")
         show_api(base)
     finally:
         api.terminate()

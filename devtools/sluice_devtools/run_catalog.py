@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
     api, base = demo.start_api(url, port=port, log=log)
     first = found[0].name
     print(f"\nthe read API (gunicorn) serves {url.split('?')[0]} on {base} until Ctrl-C:\n"
-          f"  curl '{base}/data?source={first}&page_size=5'\n  curl {base}/sources\n  curl {base}/runs", flush=True)
+          f"  curl '{base}/data?source={first}&page_size=5'\n  curl {base}/sources\n  curl {base}/runs\n"
+          f"({demo.OPEN_NOTICE})", flush=True)
     # a `kill` stops it as Ctrl-C does: the API with it. SIGINT too, explicitly: a process started in the
     # background of a script inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     signal.signal(signal.SIGTERM, signal.default_int_handler)

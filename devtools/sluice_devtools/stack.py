@@ -140,7 +140,7 @@ def up(config: StackConfig) -> dict:
     config.airflow_home.mkdir(parents=True, exist_ok=True)
     _spawn(config, "airflow", [str(bin_dir / "airflow"), "standalone"], env)
     _spawn(config, "webapp", demo.gunicorn_argv(),
-           {"DATABASE_URL": warehouse, "SLUICE_BIND": f"127.0.0.1:{config.api_port}"})
+           {"DATABASE_URL": warehouse, "SLUICE_BIND": f"127.0.0.1:{config.api_port}", **demo.LOCAL_AUTH})
     _wait_http(f"{samples}/posts", "samples", config, 20)
     _wait_http(f"{config.api_url}/", "webapp", config, 30)
     _wait_http(f"{config.ui_url}/api/v2/version", "airflow", config, 180, accept=(200, 401, 403))
@@ -218,7 +218,7 @@ def main(argv: list[str]) -> int:
         info = up(config)
         print(f"Sluice is up in {info['seconds']:.0f}s\n"
               f"  Airflow UI: {config.ui_url}  (login admin / {admin_password(config)})\n"
-              f"  Flask API:  {config.api_url}/data  (/health, /stats, /openapi.json)\n"
+              f"  Flask API:  {config.api_url}/data  (/health, /stats, /openapi.json; {demo.OPEN_NOTICE})\n"
               f"  warehouse:  {info['warehouse']}\n"
               f"  logs:       {config.home / 'logs'}\n"
               f"Trigger etl_pipeline in the UI, then: curl {config.api_url}/data\n"
