@@ -3,7 +3,8 @@
 
 Environment: SLUICE_BIND (default 127.0.0.1:5000; comma-separated for several), SLUICE_WORKERS (processes,
 default 2), SLUICE_THREADS (threads per process, default 8), SLUICE_TLS_CERT and SLUICE_TLS_KEY (PEM files: both
-to serve HTTPS, with HSTS; or neither), SLUICE_FORWARDED_ALLOW_IPS (below). The app reads its own SLUICE_* settings.
+to serve HTTPS, with HSTS; or neither), SLUICE_FORWARDED_ALLOW_IPS (the proxies in front, below). The app reads its
+own SLUICE_* settings.
 """
 
 import os
@@ -19,8 +20,9 @@ if any(_tls.values()) and not all(_tls.values()):
 if all(_tls.values()):
     certfile, keyfile = _tls["SLUICE_TLS_CERT"], _tls["SLUICE_TLS_KEY"]
 # A TLS-terminating proxy in front: the addresses (or CIDR networks) it connects from, whose X-Forwarded-Proto
-# (and -For) gunicorn believes, so the app knows the client spoke HTTPS (and sends HSTS). Anything else that can
-# reach the port could claim it: list only the proxy. Default: this host only.
+# gunicorn believes, so the app knows the client spoke HTTPS (and sends HSTS); the app believes their
+# X-Forwarded-For for the client's address (webapp/proxies.py: rate limits, audit) only when the list is set.
+# Anything else that can reach the port could claim either: list only the proxy. Default: this host only.
 forwarded_allow_ips = os.environ.get("SLUICE_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 # Threads, not sync workers: a sync worker is held by one client that sends half a request and stalls, so

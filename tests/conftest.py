@@ -17,6 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 # environment, so every app the tests make, in this process or in a gunicorn they start, reads it as deployed
 SCOPE_KEY = os.environ.setdefault("SLUICE_SCOPE_KEY", "7e57" * 16)
 
+# Every app and gunicorn a test starts runs through the rate limiter, with budgets no other test reaches:
+# tests/test_rate_limits.py sets its own.
+for _limit in ("DEFAULT", "ANONYMOUS", "HEALTH", "BAD_CREDENTIALS"):
+    os.environ.setdefault(f"SLUICE_RATELIMIT_{_limit}", "1000000 per minute")
+
 
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory):

@@ -26,8 +26,8 @@ ENV_EXAMPLE = REPO / ".env.example"
 
 AIRFLOW_LONG_RUNNING = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 AIRFLOW_SERVICES = ("airflow-init", *AIRFLOW_LONG_RUNNING)
-LONG_RUNNING = ("postgres", *AIRFLOW_LONG_RUNNING, "webapp")
-SERVICES = {"postgres", *AIRFLOW_SERVICES, "webapp"}
+LONG_RUNNING = ("postgres", *AIRFLOW_LONG_RUNNING, "webapp", "ratelimit-redis")
+SERVICES = {"postgres", *AIRFLOW_SERVICES, "webapp", "ratelimit-redis"}
 CELERY_SERVICES = {"redis", "airflow-worker"}  # the `celery` profile; `flower` has a profile of its own
 READER_INIT = REPO / "docker" / "postgres-init" / "02-sluice-reader.sh"
 # What .env must set: compose refuses to start without each. Values only a test would pick.
@@ -412,6 +412,16 @@ def test_webapp_tolerates_503_health(config):
     probe = svc["healthcheck"]["test"]
     assert "http://localhost:5000/health" in probe
     assert "--fail" not in probe and "-f" not in probe, "/health is 503 before the first run"
+
+
+def test_webapp_counts_its_rate_limits_in_a_redis_of_its_own(config):
+    # every worker (and replica) one budget; the redis keeps nothing on disk and is reached from the stack only
+    webapp, store = service(config, "webapp"), service(config, "ratelimit-redis")
+    assert webapp["environment"]["SLUICE_RATELIMIT_STORAGE_URI"] == "redis://ratelimit-redis:6379/0"
+    assert webapp["environment"]["SLUICE_RATELIMIT_DEFAULT"] == "600 per minute"
+    assert webapp["depends_on"]["ratelimit-redis"] == {"condition": "service_started"}  # the API fails open
+    assert "ports" not in store and not store.get("profiles")
+    assert store["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
 
 
 def test_every_compose_variable_is_in_env_example():

@@ -29,7 +29,7 @@ class Gunicorn:
         self.base = f"http://127.0.0.1:{self.port}"
         self.output = ""
         self._env = {**os.environ, "DATABASE_URL": database_url, "SLUICE_BIND": f"127.0.0.1:{self.port}",
-                     "SLUICE_WORKERS": str(WORKERS), "SLUICE_POOL_MIN": "1"}
+                     "SLUICE_WORKERS": str(WORKERS), "SLUICE_POOL_MIN": "1", "SLUICE_AUTH": "none"}
         self._argv, self._cwd = [*demo.gunicorn_argv(), *extra], cwd
 
     def __enter__(self) -> "Gunicorn":

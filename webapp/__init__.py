@@ -5,8 +5,8 @@ from flask_cors import CORS
 from werkzeug.routing import PathConverter
 
 from webapp import config as settings
-from webapp import (auth, db, errors, exact_json, hooks, routes_data, routes_health, routes_meta, routes_runs,
-                    routes_schema, routes_stats)
+from webapp import (auth, db, errors, exact_json, hooks, proxies, rate_limits, routes_data, routes_health,
+                    routes_meta, routes_runs, routes_schema, routes_stats)
 from webapp.keys_cli import keys_cli
 
 
@@ -33,11 +33,14 @@ def create_app(config=None) -> Flask:
     db.init_app(app)
     errors.register(app)
     hooks.register(app)
+    proxies.init_app(app)
+    rate_limits.guard_credentials(app)  # before authentication: a blocked address's credentials go unchecked
     auth.init_app(app)  # after the hooks: a URL or body over its limit is refused before any credential is read
+    rate_limits.limit_requests(app)  # after authentication: the budget is the principal's
     if app.config["CORS_ORIGINS"]:
         # No cookies ever: a caller sends its key or token in Authorization, so "*" is never paired with cookies.
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
-             expose_headers=["ETag", "Retry-After", "Sluice-Watermark", "WWW-Authenticate"],
+             expose_headers=["ETag", "Retry-After", "Sluice-Watermark", "WWW-Authenticate", *rate_limits.HEADERS],
              supports_credentials=False, max_age=600)
     for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema):
         app.register_blueprint(module.blueprint)

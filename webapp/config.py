@@ -1,7 +1,10 @@
 """Settings of the read API: defaults, and a check that fails at startup instead of on some request."""
 
+import ipaddress
 import os
 import re
+
+from limits import parse_many
 
 from sluice import scope_key
 
@@ -14,6 +17,15 @@ DEFAULTS = {
     "CORS_ORIGINS": "",  # comma-separated exact origins; empty sends no CORS headers; "*" allows any
     "MAX_STALENESS_HOURS": 26,  # a daily pipeline plus slack before /health says stale
     "MAX_CONTENT_LENGTH": 64 * 1024,  # the API takes no bodies; refuse big ones early
+    # Rate limits (webapp/rate_limits.py), each "<n> per <second|minute|hour|day>", several joined by ";"
+    "RATELIMIT_ENABLED": True,
+    "RATELIMIT_DEFAULT": "600 per minute",  # per principal (an API key, an OIDC subject), all routes together
+    "RATELIMIT_ANONYMOUS": "120 per minute",  # per client address, for requests without a principal
+    "RATELIMIT_HEALTH": "120 per minute",  # /health, per client address, apart from the API's budget
+    "RATELIMIT_BAD_CREDENTIALS": "10 per minute",  # 401s per client address before its credentials are refused
+    "RATELIMIT_STORAGE_URI": "memory://",  # counters of one process; redis://host:6379/1 shared by every worker
+    # peers whose X-Forwarded-For is believed (addresses or networks, comma-separated; "*" any); empty: none
+    "FORWARDED_ALLOW_IPS": "",
     # Who may read (webapp/auth.py): "keys" (API keys, the default wherever the API is deployed), "oidc" (JWTs of
     # an OpenID Connect issuer) or "none" (everyone reads everything: local demos and tests only)
     "AUTH": "keys",
@@ -25,6 +37,8 @@ DEFAULTS = {
     "OIDC_JWKS_MIN_REFRESH_SECONDS": 60,  # an unknown kid refetches the JWKS at most this often
     "OIDC_JWKS_MAX_AGE_SECONDS": 3600,  # the JWKS is fetched again after this long, so removed keys go
 }
+RATE_LIMITS = ("RATELIMIT_DEFAULT", "RATELIMIT_ANONYMOUS", "RATELIMIT_HEALTH", "RATELIMIT_BAD_CREDENTIALS")
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 AUTH_MODES = ("keys", "oidc", "none")
 # A token from a plain-http issuer could be forged by anyone on the path to its JWKS: loopback only (tests).
 _LOOPBACK_ISSUER = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)")
@@ -56,6 +70,39 @@ def _origins(value) -> list[str]:
     return origins
 
 
+def _rate_limit(config, key: str) -> str:
+    value = config[key]
+    try:
+        if not isinstance(value, str) or not all(item.amount >= 1 for item in parse_many(value)):
+            raise ValueError  # "0 per minute" parses, and would refuse every request
+    except ValueError:
+        raise ValueError(f"SLUICE_{key}={value!r} is not a rate limit like '600 per minute' "
+                         "(several joined by ';')") from None
+    return value
+
+
+def _storage_uri(value) -> str:
+    scheme = str(value).partition("://")[0]
+    if scheme not in STORAGE_SCHEMES or "://" not in str(value):
+        raise ValueError(f"SLUICE_RATELIMIT_STORAGE_URI: {scheme!r} is not one of "
+                         f"{', '.join(f'{name}://' for name in STORAGE_SCHEMES)}")
+    return value
+
+
+def _proxies(value) -> tuple:
+    """Addresses and networks as ip_network objects, or ("*",) for any peer; the syntax of gunicorn's list."""
+    entries = [item.strip() for item in value.split(",")] if isinstance(value, str) else list(value or [])
+    networks = []
+    for entry in filter(None, entries):
+        if entry == "*":
+            return ("*",)
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"SLUICE_FORWARDED_ALLOW_IPS: {entry!r} is not an address or a network") from None
+    return tuple(networks)
+
+
 def check(config) -> None:
     """Normalize the settings in place (types, lists); ValueError naming the setting when one is wrong."""
     if not config.get("DATABASE_URL"):
@@ -79,6 +126,12 @@ def check(config) -> None:
     if not hours > 0:
         raise ValueError(f"SLUICE_MAX_STALENESS_HOURS={hours!r} must be more than 0")
     config["MAX_STALENESS_HOURS"] = hours
+    if not isinstance(config["RATELIMIT_ENABLED"], bool):
+        raise ValueError(f"SLUICE_RATELIMIT_ENABLED={config['RATELIMIT_ENABLED']!r} must be true or false")
+    for key in RATE_LIMITS:
+        config[key] = _rate_limit(config, key)
+    config["RATELIMIT_STORAGE_URI"] = _storage_uri(config["RATELIMIT_STORAGE_URI"])
+    config["FORWARDED_ALLOW_IPS"] = _proxies(config["FORWARDED_ALLOW_IPS"])
     _check_auth(config)
 
 

@@ -76,6 +76,8 @@ def gunicorn_argv() -> list[str]:
     return [str(Path(sys.executable).with_name("gunicorn")), "--config", str(local_env.REPO / "gunicorn.conf.py")]
 
 
+# Budgets show_api's latency loop (600 requests in seconds) fits in; the rate limits stay on.
+DEMO_RATE_LIMITS = {"SLUICE_RATELIMIT_DEFAULT": "6000 per minute", "SLUICE_RATELIMIT_ANONYMOUS": "6000 per minute"}
 # The local tools (make demo, make run, make up) serve the API open, on 127.0.0.1 only; make serve, Compose and the
 # image keep the default, API keys (README, Authentication).
 LOCAL_AUTH = {"SLUICE_AUTH": "none"}
@@ -89,7 +91,7 @@ def start_api(url: str, port: int | None = None, log: Path = LOG) -> tuple[subpr
     port = port or free_port()
     process = subprocess.Popen(  # nosec B603 # our own gunicorn, fixed argv
         gunicorn_argv(),
-        env={**os.environ, **reader_role.api_environment(url), "SLUICE_BIND": f"127.0.0.1:{port}",
+        env={**DEMO_RATE_LIMITS, **os.environ, **reader_role.api_environment(url), "SLUICE_BIND": f"127.0.0.1:{port}",
              "SLUICE_LOG_LEVEL": "WARNING", **LOCAL_AUTH},
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
