@@ -63,9 +63,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get(url: str) -> tuple[int, bytes]:
+def get(url: str, key: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # nosec B310 # loopback http URL we built
+        with urllib.request.urlopen(request, timeout=10) as response:  # nosec B310 # loopback http URL we built
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -78,27 +79,35 @@ def gunicorn_argv() -> list[str]:
 
 # Budgets show_api's latency loop (600 requests in seconds) fits in; the rate limits stay on.
 DEMO_RATE_LIMITS = {"SLUICE_RATELIMIT_DEFAULT": "6000 per minute", "SLUICE_RATELIMIT_ANONYMOUS": "6000 per minute"}
-# The local tools (make demo, make run, make up) serve the API open, on 127.0.0.1 only; make serve, Compose and the
+# make run and make up serve the API open, on 127.0.0.1 only; make serve, Compose and the
 # image keep the default, API keys (README, Authentication).
 LOCAL_AUTH = {"SLUICE_AUTH": "none"}
+# make demo shows them: its API asks for keys, which it makes as a user does
+DEMO_AUTH = {"SLUICE_AUTH": "keys"}
 OPEN_NOTICE = ("the API runs open here (SLUICE_AUTH=none, loopback only); deployments ask for API keys: "
                "flask --app webapp keys create --name NAME --sources '*' (README, Authentication)")
 
 
-def start_api(url: str, port: int | None = None, log: Path = LOG) -> tuple[subprocess.Popen, str]:
-    """gunicorn serving webapp open (LOCAL_AUTH) on a loopback port (default: a free one), logged in as the read-only
-    role (row-level security applies to it, not to url's owner); returns once it answers."""
-    port = port or free_port()
-    process = subprocess.Popen(  # nosec B603 # our own gunicorn, fixed argv
-        gunicorn_argv(),
-        env={**DEMO_RATE_LIMITS, **os.environ, **reader_role.api_environment(url), "SLUICE_BIND": f"127.0.0.1:{port}",
-             "SLUICE_LOG_LEVEL": "WARNING", **LOCAL_AUTH},
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+def api_env(url: str, port: int, auth: dict) -> dict[str, str]:
+    """The environment of a local API on url's warehouse: the read-only role (row-level security applies to it, not
+    to url's owner) for the API, url itself for its key commands (SLUICE_ADMIN_DATABASE_URL)."""
+    return {**DEMO_RATE_LIMITS, **os.environ, **reader_role.api_environment(url), "SLUICE_ADMIN_DATABASE_URL": url,
+            "SLUICE_BIND": f"127.0.0.1:{port}", "SLUICE_LOG_LEVEL": "WARNING", **auth}
+
+
+def start_api(url: str, port: int | None = None, log: Path = LOG,
+              env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """gunicorn serving webapp on a loopback port (default: a free one) with env (default: api_env, open);
+    returns once it answers."""
+    env = env or api_env(url, port or free_port(), LOCAL_AUTH)
+    port = int(env["SLUICE_BIND"].rsplit(":", 1)[1])
+    process = subprocess.Popen(gunicorn_argv(), env=env,  # nosec B603 # our own gunicorn, fixed argv
+                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            get(base + "/")
+            get(base + "/openapi.json")  # open whatever the mode
             return process, base
         except OSError:
             time.sleep(0.2)
@@ -106,10 +115,22 @@ def start_api(url: str, port: int | None = None, log: Path = LOG) -> tuple[subpr
     raise RuntimeError(f"gunicorn did not answer on {base}; see {log}")
 
 
-def show_api(base: str) -> None:
+def create_key(env: dict, name: str, *options: str) -> str:
+    """A new API key made as a user makes one, with `flask --app webapp keys create` (printed once, on stdout), in
+    the API's environment (api_env: the owner's connection is its SLUICE_ADMIN_DATABASE_URL)."""
+    command = [str(Path(sys.executable).with_name("flask")), "--app", "webapp", "keys", "create", "--name", name,
+               *options]
+    done = subprocess.run(command, env=env, cwd=local_env.REPO,  # nosec B603 # fixed argv
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"flask --app webapp keys create failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def show_api(base: str, key: str) -> None:
     for path in ("/health", "/data?page_size=3", "/data?source=csv&search=z%C3%BCrich&page_size=2&count=exact",
                  "/data?source=comments&page_size=1", "/stats", "/sources"):
-        status, body = get(base + path)
+        status, body = get(base + path, key)
         text = json.dumps(json.loads(body), ensure_ascii=False, indent=1)
         lines = text.splitlines()
         print(f"\nGET {path} -> {status}\n" + "\n".join(lines[:40]) + ("\n ..." if len(lines) > 40 else ""))
@@ -117,11 +138,22 @@ def show_api(base: str) -> None:
         timings = []
         for _ in range(300):
             started = time.perf_counter()
-            get(base + path)
+            get(base + path, key)
             timings.append((time.perf_counter() - started) * 1000)
         timings.sort()
-        print(f"latency GET {path} over 300 sequential requests: median {statistics.median(timings):.1f} ms,"
-              f" p99 {timings[296]:.1f} ms")
+        print(f"latency GET {path} over 300 sequential requests (with the key): median "
+              f"{statistics.median(timings):.1f} ms, p99 {timings[296]:.1f} ms")
+
+
+def show_scopes(env: dict, base: str) -> None:
+    """What a key of one source sees, and what no key gets."""
+    reader = create_key(env, f"demo-csv-{time.strftime('%Y%m%d%H%M%S')}", "--sources", "csv", "--expires", "1h")
+    status, body = get(base + "/stats", reader)
+    print(f"\na key for the csv source alone (--sources csv): GET /stats -> {status}, rows per source "
+          f"{json.loads(body).get('rows_per_source')}; GET /data?source=posts -> {get(base + '/data?source=posts', reader)[0]};"
+          f" GET /runs -> {get(base + '/runs', reader)[0]} (operations data needs --operations)")
+    status, body = get(base + "/data")
+    print(f"no key: GET /data -> {status} {json.loads(body)['message']}")
 
 
 def main() -> int:
@@ -137,10 +169,17 @@ def main() -> int:
         print(f"running etl_pipeline with `airflow dags test` (log: {LOG.relative_to(local_env.REPO)}) ...")
         local_env.airflow(["dags", "test", "etl_pipeline"], env, LOG)
     print(summary(url))
-    api, base = start_api(url)
+    env = api_env(url, free_port(), DEMO_AUTH)  # once: each call may install a new scope key
+    api, base = start_api(url, env=env)
     try:
-        print(f"\nFlask API (gunicorn) on {base}; {OPEN_NOTICE}:")
-        show_api(base)
+        name = f"demo-{time.strftime('%Y%m%d%H%M%S')}"
+        key = create_key(env, name, "--sources", "*", "--operations", "--expires", "1h")
+        print(f"\nFlask API (gunicorn) on {base}, with API keys (SLUICE_AUTH=keys) over the read-only role; a key for "
+              f"every source, made with `flask --app webapp keys create --name {name} --sources '*' --operations "
+              f"--expires 1h`; every request below sends it, as this curl does while the demo's API runs:\n"
+              f"  curl -H 'Authorization: Bearer {key}' '{base}/data?page_size=3'")
+        show_api(base, key)
+        show_scopes(env, base)
     finally:
         api.terminate()
         api.wait(timeout=30)
