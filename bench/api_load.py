@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extras
+import psycopg2.sql
 
 from bench.child import REPO, child_env
 
@@ -65,20 +66,23 @@ def ensure_wrk(echo=print) -> str | None:
     return shutil.which("wrk")
 
 
+# (label, authentication, row-level security): the first is the baseline of the others' ratios
+ACCESS_MODES = (("no auth, no RLS", False, False), ("no auth, RLS", False, True), ("API key, no RLS", True, False),
+                ("API key, RLS", True, True))
+
+
 @dataclass
-class RlsComparison:
-    """One request under load served twice in a run: as the owner (row-level security bypassed) and as the
-    read-only role (the policies evaluated, as deployed)."""
+class AccessComparison:
+    """One request under load served four ways in a run: without and with an API key (SLUICE_AUTH none or keys),
+    as the owner (row-level security bypassed) and as the read-only role (the policies evaluated, as deployed)."""
 
     label: str
     path: str
-    off: dict  # requests_per_second, p50_ms, p99_ms, failures: as the owner
-    on: dict  # the same as the reader role
+    measured: dict  # ACCESS_MODES label -> requests_per_second, p50_ms, p99_ms, failures
 
-    def ratio(self, key: str) -> float | None:
-        if not self.off.get(key) or self.on.get(key) is None:
-            return None
-        return self.on[key] / self.off[key]
+    def ratio(self, mode: str, key: str) -> float | None:
+        base, value = self.measured.get(ACCESS_MODES[0][0], {}).get(key), self.measured.get(mode, {}).get(key)
+        return value / base if base and value is not None else None
 
 
 def reader_access(db: str) -> str:
@@ -91,24 +95,37 @@ def reader_access(db: str) -> str:
     return environment["DATABASE_URL"]
 
 
-def compare_rls(db: str, reader_db: str, endpoints: list[tuple[str, str]], options: "LoadOptions", log_path: Path,
-                echo=print) -> list[RlsComparison]:
-    """wrk on each endpoint as the owner, then as the reader, back to back per endpoint (same run, same rows)."""
+def create_key(db: str) -> str:
+    """An API key for every source, made as users make one (`flask --app webapp keys create`, as db's owner)."""
+    command = [str(Path(sys.executable).parent / "flask"), "--app", "webapp", "keys", "create", "--name",
+               f"bench-{time.time_ns()}", "--sources", "*", "--expires", "1d"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False,
+                          env=child_env({"DATABASE_URL": db, "SLUICE_ADMIN_DATABASE_URL": db}))
+    if done.returncode != 0:
+        raise RuntimeError(f"flask --app webapp keys create failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def compare_access(db: str, reader_db: str, endpoints: list[tuple[str, str]], options: "LoadOptions",
+                   log_path: Path, echo=print) -> list[AccessComparison]:
+    """wrk on each endpoint in each of ACCESS_MODES, back to back per endpoint (same run, same rows)."""
+    key = create_key(db)
     comparisons = []
     for label, path in endpoints:
         measured = {}
-        for mode, url in (("off", db), ("on", reader_db)):
-            with gunicorn(url, workers=options.workers, log_path=log_path) as base:
-                status, _ = get(base + path)
+        for mode, authenticated, rls in ACCESS_MODES:
+            headers = {"Authorization": f"Bearer {key}"} if authenticated else {}
+            with gunicorn(reader_db if rls else db, workers=options.workers, log_path=log_path,
+                          auth="keys" if authenticated else "none") as base:
+                status, _ = get(base + path, headers)
                 if status >= 400:
-                    raise RuntimeError(f"GET {path} as {mode} answered {status}; see {log_path}")
+                    raise RuntimeError(f"GET {path} ({mode}) answered {status}; see {log_path}")
                 measured[mode] = run_wrk(options.wrk, base + path, seconds=options.seconds, threads=options.threads,
-                                         connections=options.connections)
-        comparison = RlsComparison(label, path, measured["off"], measured["on"])
-        echo(f"  RLS {label:<30} off {comparison.off['requests_per_second']:7.0f} req/s p99 "
-             f"{comparison.off['p99_ms']:6.1f} ms | on {comparison.on['requests_per_second']:7.0f} req/s p99 "
-             f"{comparison.on['p99_ms']:6.1f} ms | p99 ×{comparison.ratio('p99_ms'):.2f}, "
-             f"req/s ×{comparison.ratio('requests_per_second'):.2f}")
+                                         connections=options.connections, headers=headers)
+        comparison = AccessComparison(label, path, measured)
+        echo(f"  access {label:<24} " + " | ".join(
+            f"{mode}: {result['requests_per_second']:.0f} req/s p99 {result['p99_ms']:.1f} ms"
+            for mode, result in measured.items()))
         comparisons.append(comparison)
     return comparisons
 
@@ -120,15 +137,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(db: str, *, workers: int, log_path: Path):
-    """`make serve`'s command against db on a free loopback port; yields the base URL."""
+def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none"):
+    """`make serve`'s command against db on a free loopback port, with SLUICE_AUTH=auth; yields the base URL."""
     port = _free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "webapp.wsgi:app"]
-    # open (SLUICE_AUTH=none): the queries' latency, as before authentication (issue 24) existed; rate limits on,
-    # as deployed (their cost is in every request), with a budget wrk cannot spend
-    env = child_env({"DATABASE_URL": db, "SLUICE_LOG_LEVEL": "WARNING", "SLUICE_AUTH": "none",
-                     "SLUICE_RATELIMIT_ANONYMOUS": "1000000000 per hour"})
+    # open by default (SLUICE_AUTH=none): the queries' latency, as before authentication (issue 24) existed; rate
+    # limits on, as deployed (their cost is in every request), with budgets wrk cannot spend
+    env = child_env({"DATABASE_URL": db, "SLUICE_LOG_LEVEL": "WARNING", "SLUICE_AUTH": auth,
+                     "SLUICE_RATELIMIT_ANONYMOUS": "1000000000 per hour",
+                     "SLUICE_RATELIMIT_DEFAULT": "1000000000 per hour"})
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -157,9 +175,9 @@ def _wait_until_up(base: str, process, log_path: Path, timeout: float = 30.0) ->
     raise RuntimeError(f"gunicorn did not answer /health within {timeout:.0f}s; see {log_path}")
 
 
-def get(url: str) -> tuple[int, bytes]:
+def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:  # 503 from /health is an answer too
         return error.code, error.read()
@@ -174,8 +192,9 @@ def serial_median_ms(url: str, count: int) -> float:
     return statistics.median(times)
 
 
-def run_wrk(wrk: str, url: str, *, seconds: int, threads: int, connections: int) -> dict:
-    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", url]
+def run_wrk(wrk: str, url: str, *, seconds: int, threads: int, connections: int, headers: dict | None = None) -> dict:
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+               *(argument for name, value in (headers or {}).items() for argument in ("-H", f"{name}: {value}")), url]
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
     return parse_wrk(output)
 
@@ -198,18 +217,18 @@ def parse_wrk(output: str) -> dict:
 
 # --- Postgres alone ----------------------------------------------------------------------------------
 
-def captured_queries(db: str, path: str) -> list[tuple[str, dict]]:
-    """The (named query, parameters) one request to path runs, taken from the app itself."""
+def captured_queries(db: str, path: str) -> list[tuple[str, dict, dict | None, str]]:
+    """The (named query, parameters, {slot} fragments, SQL file) one request to path runs, taken from the app."""
     from webapp import create_app
     from webapp import db as webapp_db
 
     app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2, "AUTH": "none"})
-    seen: list[tuple[str, dict]] = []
+    seen: list[tuple[str, dict, dict | None, str]] = []
     original = webapp_db.fetch_all
 
-    def recording(name, params=None, *args, **kwargs):  # parts, sql_file: as fetch_one passes them
-        seen.append((name, dict(params or {})))
-        return original(name, params, *args, **kwargs)
+    def recording(name, params=None, parts=None, sql_file=webapp_db.SQL_FILE):  # as fetch_one passes them
+        seen.append((name, dict(params or {}), parts, sql_file))
+        return original(name, params, parts, sql_file)
 
     webapp_db.fetch_all = recording
     try:
@@ -221,7 +240,7 @@ def captured_queries(db: str, path: str) -> list[tuple[str, dict]]:
     return seen
 
 
-def postgres_costs(db: str, queries: list[tuple[str, dict]], repeats: int) -> tuple[float, float]:
+def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str]], repeats: int) -> tuple[float, float]:
     """(run directly, EXPLAIN ANALYZE) milliseconds of the queries summed, each the median over repeats.
 
     Run directly: the client's clock around each query on one connection in the app's session setup, so
@@ -238,8 +257,10 @@ def postgres_costs(db: str, queries: list[tuple[str, dict]], repeats: int) -> tu
         with conn.cursor() as cursor:
             for _ in range(repeats):
                 direct_ms = explain_ms = 0.0
-                for name, params in queries:
-                    statement = named.query("webapp.sql", name)
+                for name, params, parts, sql_file in queries:
+                    statement = named.query(sql_file, name)
+                    if parts is not None:  # the query as the app composed it: its {slots} filled the same way
+                        statement = psycopg2.sql.SQL(statement).format(**parts).as_string(conn)
                     start = time.perf_counter()
                     cursor.execute(statement, params)
                     cursor.fetchall()
@@ -294,7 +315,7 @@ def measure(db: str, endpoints: list[tuple[str, str]], rows: int, options: LoadO
             results.append(result)
     for result in results:
         captured = captured_queries(db, result.path)
-        result.queries = [name for name, _ in captured]
+        result.queries = [name for name, *_ in captured]
         result.postgres_ms, result.explain_ms = postgres_costs(db, captured, options.explain_repeats)
     return results
 

@@ -118,12 +118,15 @@ def api_table(endpoints) -> list[str]:
                    "Postgres alone ms", "EXPLAIN ANALYZE ms", "web layer ms", "queries"], rows)
 
 
-def rls_table(comparisons) -> list[str]:
-    rows = [[f"`{c.path}`", c.label, _n(c.off.get("requests_per_second")), _n(c.on.get("requests_per_second")),
-             _n(c.ratio("requests_per_second"), 2), _n(c.off.get("p99_ms"), 1), _n(c.on.get("p99_ms"), 1),
-             _n(c.ratio("p99_ms"), 2), c.off.get("failures", 0) + c.on.get("failures", 0)] for c in comparisons]
-    return _table(["request", "what", "req/s RLS off", "req/s RLS on", "on ÷ off", "p99 ms off", "p99 ms on",
-                   "on ÷ off", "failed"], rows)
+def access_table(comparisons) -> list[str]:
+    rows = []
+    for c in comparisons:
+        for mode, result in c.measured.items():
+            rows.append([f"`{c.path}`", c.label, mode, _n(result.get("requests_per_second")),
+                         _n(c.ratio(mode, "requests_per_second"), 2), _n(result.get("p99_ms"), 1),
+                         _n(c.ratio(mode, "p99_ms"), 2), result.get("failures", 0)])
+    return _table(["request", "what", "access", "req/s", "÷ no auth, no RLS", "p99 ms", "÷ no auth, no RLS",
+                   "failed"], rows)
 
 
 def whole_dag_section(server) -> list[str]:
@@ -237,10 +240,13 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
                   "web layer = serial median − Postgres alone. wrk keeps its connections busy: the mean latency "
                   "is connections ÷ req/s (Little's law), so latency targets are measured with few connections.",
                   ""]
-    if results.api_rls:
-        lines += ["### Row-level security on vs off (same run, same rows)", "", *rls_table(results.api_rls),
-                  "off: gunicorn logged in as the tables' owner, which bypasses the policies; on: as the read-only "
-                  "role, as deployed (migration 018). Each request signs and sets its scope either way.", ""]
+    if results.api_access:
+        lines += ["### Authentication and row-level security on vs off (same run, same rows)", "",
+                  *access_table(results.api_access),
+                  "no auth: SLUICE_AUTH=none; API key: SLUICE_AUTH=keys, every request with a key for every source "
+                  "(its lookup cached 1 s per worker, as deployed). no RLS: gunicorn logged in as the tables' owner, "
+                  "which bypasses the policies; RLS: as the read-only role, as deployed (migration 018). Each "
+                  "request signs and sets its scope either way; rate limits are on in all four.", ""]
     if plot_name:
         lines += [f"![stage times]({plot_name})", ""]
         if plot_kind == "plain":

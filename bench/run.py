@@ -46,7 +46,7 @@ class BenchResults:
     baselines: list = field(default_factory=list)
     api: list = field(default_factory=list)
     api_small: list = field(default_factory=list)
-    api_rls: list = field(default_factory=list)  # api_load.RlsComparison: /data as the owner and as the reader
+    api_access: list = field(default_factory=list)  # api_load.AccessComparison: /data without and with auth and RLS
     api_workers: int = 2
     wrk_spec: str = ""
     notes: list[str] = field(default_factory=list)
@@ -252,9 +252,9 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
     ]
     echo(f"read API on {rows:,} rows")
     results.api = api_load.measure(db, endpoints, rows, options, children.log_dir / "gunicorn.log", echo=echo)
-    if wrk:  # what row-level security costs: the same requests as the web app's role and as the owner
-        results.api_rls = api_load.compare_rls(db, reader_db, endpoints[:1] + endpoints[3:4], options,
-                                               children.log_dir / "gunicorn-rls.log", echo=echo)
+    if wrk:  # what authentication and row-level security cost: the same requests with and without each
+        results.api_access = api_load.compare_access(db, reader_db, endpoints[:1] + endpoints[3:4], options,
+                                                     children.log_dir / "gunicorn-access.log", echo=echo)
     if args.small_rows:
         small_csv = inputs.write_csvs(args.work_dir / "inputs", args.small_rows, with_variants=False)
         small_db = new_database(server, children, f"bench_{stamp}_small")
