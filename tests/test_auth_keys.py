@@ -18,6 +18,9 @@ from webapp_fixtures import catalog, free_port, insert_checkpoint, insert_record
 from webapp import api_keys, create_app, db
 
 REPO = Path(__file__).resolve().parents[1]
+# every route that needs a credential, and a path no route has (which must not tell the two apart)
+PROTECTED = ("/data", "/data/api/item-1", "/stats", "/sources", "/sources/api/fields", "/runs", "/runs/x/rejects", "/",
+             "/no-such-path")
 
 
 @pytest.fixture
@@ -103,14 +106,29 @@ def test_an_expired_key_is_refused(api, warehouse):
 ])
 def test_every_bad_credential_is_a_401_in_the_error_shape(api, header, message):
     client = api.test_client()
-    for path in ("/data", "/data/api/item-1", "/stats", "/sources", "/sources/api/fields", "/runs",
-                 "/runs/x/rejects", "/", "/no-such-path"):
+    for path in PROTECTED:
         answer = client.get(path, headers={"Authorization": header} if header else {})
         assert answer.status_code == 401, path
         assert answer.json == {"code": 401, "status": "Unauthorized", "message": message, "errors": {}}, path
         assert answer.headers["WWW-Authenticate"].startswith("Bearer realm=sluice"), path
         if header and " " in header:
             assert header.split()[-1] not in answer.get_data(as_text=True)
+
+
+def test_an_expired_and_a_revoked_key_are_refused_on_every_route(api, warehouse):
+    expired, revoked = create_key(api, "expired", "*", "--operations", "--expires", "1h"), create_key(
+        api, "revoked", "*", "--operations")
+    client = api.test_client()
+    assert [client.get("/runs", headers=bearer(key)).status_code for key in (expired, revoked)] == [200, 200]
+    with psycopg.connect(warehouse) as conn:
+        conn.execute("update api_keys set expires_at = now() where name = 'expired'")
+    assert run_keys(api, "revoke", "revoked").exit_code == 0
+    time.sleep(1.05)  # past the cache's second
+    for key, message in ((expired, "this API key has expired"), (revoked, "this API key was revoked")):
+        for path in PROTECTED:
+            answer = client.get(path, headers=bearer(key))
+            assert (answer.status_code, answer.json["message"]) == (401, message), path
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer realm=sluice"), path
 
 
 def test_the_open_routes_answer_without_a_key_and_refuse_a_bad_one(api):
