@@ -146,7 +146,7 @@ def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none"):
     # limits on, as deployed (their cost is in every request), with budgets wrk cannot spend
     env = child_env({"DATABASE_URL": db, "SLUICE_LOG_LEVEL": "WARNING", "SLUICE_AUTH": auth,
                      "SLUICE_RATELIMIT_ANONYMOUS": "1000000000 per hour",
-                     "SLUICE_RATELIMIT_DEFAULT": "1000000000 per hour"})
+                     "SLUICE_RATELIMIT_DEFAULT": "1000000000 per hour", "SLUICE_RATELIMIT_HEALTH": "1000000000 per hour"})
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
