@@ -291,3 +291,33 @@ left join (select source, count(*) as deleted from normalized_data where deleted
     on d.source = c.source
 where %(sources)s::text[] is null or c.source = any(%(sources)s)
 order by c.source;
+
+-- name: metrics_sources
+-- per source, for /metrics at scrape time: its etl_checkpoint row (live rows as /sources counts them: the kept
+-- row_count less the deleted rows, counted on their partial index, never a live row) and its counts in the newest
+-- run that fetched it (one walk of etl_runs_started_idx per source, stopping at the first run that has it).
+-- Its latest run failed when its newest error is newer than its newest success; last_error_class says why (the
+-- summary's class name, never the error's text).
+select c.source, c.row_count - coalesce(d.deleted, 0) as live_rows,
+       extract(epoch from c.last_success_at)::double precision as last_success_at,
+       coalesce(c.last_error_at > c.last_success_at, c.last_error_at is not null) as failed,
+       c.last_error_summary ->> 'error_class' as last_error_class,
+       r.counts
+from etl_checkpoint c
+left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
+    on d.source = c.source
+left join lateral (select runs.source_counts -> c.source as counts
+                   from etl_runs runs
+                   where jsonb_typeof(runs.source_counts -> c.source) = 'object'
+                   order by runs.started_at desc, runs.id desc
+                   limit 1) r on true
+where %(sources)s::text[] is null or c.source = any(%(sources)s)
+order by c.source;
+
+-- name: metrics_last_run
+-- the newest finished run, in the order of /runs
+select duration_seconds, status = 'success' as success
+from etl_runs
+where ended_at is not null
+order by started_at desc, id desc
+limit 1;

@@ -5,8 +5,8 @@ from flask_cors import CORS
 from werkzeug.routing import PathConverter
 
 from webapp import config as settings
-from webapp import (auth, db, errors, exact_json, hooks, proxies, rate_limits, routes_data, routes_health,
-                    routes_meta, routes_runs, routes_schema, routes_stats)
+from webapp import (auth, db, errors, exact_json, hooks, metrics, proxies, rate_limits, routes_data, routes_health,
+                    routes_meta, routes_metrics, routes_runs, routes_schema, routes_stats)
 from webapp.keys_cli import keys_cli
 
 
@@ -30,6 +30,7 @@ def create_app(config=None) -> Flask:
         app.config.from_mapping(config)
     settings.check(app.config)
 
+    metrics.init_app(app)  # first: its clock starts before, and its count runs after, every other hook
     db.init_app(app)
     errors.register(app)
     hooks.register(app)
@@ -42,7 +43,7 @@ def create_app(config=None) -> Flask:
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
              expose_headers=["ETag", "Retry-After", "Sluice-Watermark", "WWW-Authenticate", *rate_limits.HEADERS],
              supports_credentials=False, max_age=600)
-    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema):
+    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema, routes_metrics):
         app.register_blueprint(module.blueprint)
     app.cli.add_command(keys_cli)
     return app

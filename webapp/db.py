@@ -13,7 +13,7 @@ from psycopg2 import sql
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from sluice import queries
-from webapp import exact_json, scope_token, scopes
+from webapp import exact_json, metrics, scope_token, scopes
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,16 @@ class DatabaseUnavailable(Exception):
     """The warehouse cannot answer now (down, unreachable, too slow or out of connections): a 503."""
 
 
+def _failure(kind: str, message: str) -> DatabaseUnavailable:
+    """The 503 to raise, counted in sluice_db_errors_total by kind (metrics.DB_ERROR_KINDS)."""
+    metrics.of().db_errors.labels(kind).inc()
+    return DatabaseUnavailable(message)
+
+
 class Warehouse:
     """A ThreadedConnectionPool made on first use, so the app starts while the database is down."""
 
-    def __init__(self, config):
+    def __init__(self, config, pool_connections=None):
         self.dsn = config["DATABASE_URL"]
         self.min_connections = config["POOL_MIN"]
         self.max_connections = config["POOL_MAX"]
@@ -38,6 +44,7 @@ class Warehouse:
         self.scope_key = config["SCOPE_KEY"]
         self._pool = None
         self._lock = threading.Lock()
+        self.pool_connections = pool_connections  # the sluice_db_pool_connections gauge, kept at each change
 
     def _connect_options(self) -> dict:
         # Set at connection start so no request pays a round trip for them: every transaction is
@@ -61,11 +68,11 @@ class Warehouse:
         try:
             conn = self.pool().getconn()
         except PoolError as error:
-            raise DatabaseUnavailable(
-                f"all {self.max_connections} database connections are in use") from error
+            raise _failure("unavailable", f"all {self.max_connections} database connections are in use") from error
         except CONNECTION_ERRORS as error:
             log.warning("cannot connect to the warehouse: %s", str(error).strip())
-            raise DatabaseUnavailable("database unreachable") from error
+            raise _failure("unavailable", "database unreachable") from error
+        self._count_connections()
         # jsonb numbers as Decimal: a float would drop digits of a numeric attribute (no query: the oid is known)
         psycopg2.extras.register_default_jsonb(conn, loads=exact_json.loads)
         return conn
@@ -78,6 +85,15 @@ class Warehouse:
             except CONNECTION_ERRORS:
                 broken = True
         self.pool().putconn(conn, close=broken or bool(conn.closed))
+        self._count_connections()
+
+    def _count_connections(self) -> None:
+        if self.pool_connections is None:
+            return
+        pool = self.pool()
+        # psycopg2's pool has no public count: _used holds the lent connections, _pool the idle ones
+        self.pool_connections.labels("in_use").set(len(pool._used))
+        self.pool_connections.labels("idle").set(len(pool._pool))
 
     def close(self) -> None:
         with self._lock:
@@ -87,7 +103,7 @@ class Warehouse:
 
 
 def init_app(app) -> None:
-    app.extensions["sluice_warehouse"] = Warehouse(app.config)
+    app.extensions["sluice_warehouse"] = Warehouse(app.config, metrics.of(app).pool_connections)
     app.teardown_appcontext(_give_back_connection)
 
 
@@ -134,20 +150,20 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
                 g.db_statements += 1
                 return cursor.fetchall()
         except psycopg2.errors.QueryCanceled as error:
-            raise DatabaseUnavailable(
-                f"the query took longer than the {store.statement_timeout_ms} ms statement timeout") from error
+            raise _failure("timeout", f"the query took longer than the {store.statement_timeout_ms} ms statement "
+                                      "timeout") from error
         except psycopg2.errors.InsufficientPrivilege as error:
             # a scope the warehouse refuses (its message says why, never the token) or a table the role may not read
             log.error("warehouse query %s refused: %s", name, str(error).strip())
-            raise DatabaseUnavailable("the warehouse refused this API's access; its log says why") from error
+            raise _failure("refused", "the warehouse refused this API's access; its log says why") from error
         except CONNECTION_ERRORS as error:
             _discard_connection()
             if first_statement and conn.closed:
                 log.info("discarded a dead pooled connection (attempt %d): %s", attempt + 1, str(error).strip())
                 continue
             log.warning("warehouse query %s failed: %s", name, str(error).strip())
-            raise DatabaseUnavailable("database unreachable") from error
-    raise DatabaseUnavailable("database unreachable")
+            raise _failure("unavailable", "database unreachable") from error
+    raise _failure("unavailable", "database unreachable")
 
 
 def _scoped(conn, store: Warehouse, statement: str, params: dict) -> tuple[str, dict]:
@@ -175,7 +191,7 @@ def end_transaction() -> None:
         conn.rollback()
     except CONNECTION_ERRORS as error:
         _discard_connection()
-        raise DatabaseUnavailable("database unreachable") from error
+        raise _failure("unavailable", "database unreachable") from error
 
 
 def execute_own_transactions(sql_file: str, name: str, params: dict) -> None:
@@ -189,7 +205,7 @@ def execute_own_transactions(sql_file: str, name: str, params: dict) -> None:
             cursor.execute(queries.query(sql_file, name), params)
     except CONNECTION_ERRORS as error:
         _discard_connection()
-        raise DatabaseUnavailable("database unreachable") from error
+        raise _failure("unavailable", "database unreachable") from error
     finally:
         if not conn.closed:
             conn.autocommit = False
@@ -207,5 +223,5 @@ def fetch_one_before_snapshot(name: str, params: dict | None = None) -> dict | N
         g.db.rollback()
     except CONNECTION_ERRORS as error:
         _discard_connection()
-        raise DatabaseUnavailable("database unreachable") from error
+        raise _failure("unavailable", "database unreachable") from error
     return row

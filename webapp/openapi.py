@@ -68,10 +68,11 @@ Connect issuer, sent as `Authorization: Bearer <token>`; its scope claim grants 
 ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 # Every operation's group, by the blueprint that serves it (generated clients put each group in a module).
-TAGS = {"data": "data", "schema": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta"}
+TAGS = {"data": "data", "schema": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta",
+        "metrics": "meta"}
 TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded and the sources they come from",
                     "runs": "the pipeline's runs, rejects and totals",
-                    "meta": "the service itself: index, document, health"}
+                    "meta": "the service itself: index, document, health, metrics"}
 ALWAYS_ERRORS = (414,)  # any URL may be too long
 AUTH_ERRORS = {401: "Unauthorized: no credential, or one that is unknown, revoked, expired or malformed",
                403: "Forbidden: the credential's scope does not cover this (another source's record is a 404)",
@@ -88,15 +89,18 @@ class Operation:
     headers: dict[str, str] = field(default_factory=dict)  # name: description, of headers of every answer
     summary: str = ""
     open_access: bool = False  # answers without credentials too (webapp.auth reads this)
+    media_type: str = "application/json"  # of its successful answers (errors are always JSON)
 
 
-def documented(*, responses, query=None, path=None, errors=(), etag=None, headers=None, open_access=False):
+def documented(*, responses, query=None, path=None, errors=(), etag=None, headers=None, open_access=False,
+               media_type="application/json"):
     """Attach the schemas of a view to it, for the OpenAPI document, the index of endpoints and authentication.
     A response may be a tuple of schemas: the answer has one of their shapes."""
     def attach(view):
         summary = (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else ""
         view.openapi = Operation(responses=responses, query=query, path=path, errors=tuple(errors),
-                                 etag=etag, headers=dict(headers or {}), summary=summary, open_access=open_access)
+                                 etag=etag, headers=dict(headers or {}), summary=summary, open_access=open_access,
+                                 media_type=media_type)
         return view
     return attach
 
@@ -117,8 +121,8 @@ def operation_of(app, rule) -> Operation:
     return doc
 
 
-def _json(schema, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(schema, description: str, media_type: str = "application/json") -> dict:
+    return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
 def _header(description: str) -> dict:
@@ -151,7 +155,7 @@ def _operation(endpoint: str, doc: Operation, auth_mode: str) -> dict:
         parameters.append({"in": "query", "schema": doc.query})
     responses = {}
     for code, schema in doc.responses.items():
-        responses[str(code)] = _json(_content(schema), HTTPStatus(code).phrase)
+        responses[str(code)] = _json(_content(schema), HTTPStatus(code).phrase, doc.media_type)
     headers = {name: _header(description) for name, description in doc.headers.items()}
     if doc.etag:
         parameters.append({"in": "header", "name": "If-None-Match", "required": False,
