@@ -3,11 +3,25 @@
 
 Environment: SLUICE_BIND (default 127.0.0.1:5000; comma-separated for several), SLUICE_WORKERS (processes,
 default 2), SLUICE_THREADS (threads per process, default 8), SLUICE_TLS_CERT and SLUICE_TLS_KEY (PEM files: both
-to serve HTTPS, with HSTS; or neither), SLUICE_FORWARDED_ALLOW_IPS (the proxies in front, below). The app reads its
-own SLUICE_* settings.
+to serve HTTPS, with HSTS; or neither), SLUICE_FORWARDED_ALLOW_IPS (the proxies in front, below),
+PROMETHEUS_MULTIPROC_DIR (below). The app reads its own SLUICE_* settings.
 """
 
+import glob
 import os
+import shutil
+import tempfile
+
+# /metrics counts every worker's requests (prometheus_client's multiprocess mode): each worker writes its values to
+# files in PROMETHEUS_MULTIPROC_DIR and a scrape sums them. Set before prometheus_client is imported anywhere (it
+# picks its mode at import) and before the workers fork. Unset: a private folder, removed when gunicorn exits. Set:
+# a folder for this gunicorn alone, emptied of the last run's files at start (their counts would be added again).
+_metrics_dir_given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+if _metrics_dir_given:
+    for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(_stale)
+else:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sluice-metrics-")
 
 wsgi_app = "webapp.wsgi:app"
 bind = os.environ.get("SLUICE_BIND", "127.0.0.1:5000").split(",")
@@ -46,3 +60,18 @@ limit_request_field_size = 8190
 accesslog = "-"  # one line per request on stdout (the app logs its own JSON lines too)
 # No control socket (gunicornc): nothing uses it, and every gunicorn of a user would share its default path.
 control_socket_disable = True
+
+
+def child_exit(server, worker):
+    """A worker that exited no longer counts in the pool gauges (its counters stay: they are totals)."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server):
+    server.log.info("metrics of every worker in %s", os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_exit(server):
+    if not _metrics_dir_given:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"])
