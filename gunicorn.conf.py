@@ -18,6 +18,7 @@ import tempfile
 # a folder for this gunicorn alone, emptied of the last run's files at start (their counts would be added again).
 _metrics_dir_given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 if _metrics_dir_given:
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(_stale)
 else:

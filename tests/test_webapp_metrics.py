@@ -58,6 +58,9 @@ def test_requests_are_counted_per_route_and_status_and_metrics_need_the_operatio
     send("/runs", reader, 403, "/runs")
     send("/no/such/path", reader, 404, "unmatched")  # never the path: a scanner cannot grow the label set
     send("/metrics", {}, 401, "/metrics")
+    for made_up in ("BREW", "BREW2", "X" * 20):  # nor a made-up method
+        assert client.open("/data", method=made_up, headers=reader).status_code == 405
+    sent[("unmatched", "other", "405")] += 3
     send("/metrics", reader, 403, "/metrics")  # a key without the operations scope
 
     response = client.get("/metrics", headers=scraper)

@@ -13,6 +13,9 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 DB_ERROR_KINDS = ("unavailable", "timeout", "refused")
 POOL_STATES = ("in_use", "idle")
 UNMATCHED = "unmatched"  # the route of a request no URL rule matched (404, 405): never the path itself
+# HTTP methods by name; any other token a client sends (gunicorn passes them on, the app answers 405) is "other", so
+# made-up methods cannot grow the label set either
+METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 
 class ApiMetrics:
@@ -58,11 +61,12 @@ def _record(response):
     # request.url_rule is set by routing before any hook runs, so a refused request (401, 403, 429) still has its
     # route; only a URL no rule matches is "unmatched", so a scanner's paths cannot grow the label set
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+    method = request.method if request.method in METHODS else "other"
     metrics = of()
-    metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+    metrics.requests.labels(route, method, str(response.status_code)).inc()
     started = g.get("metrics_started")
     if started is not None:
-        metrics.duration.labels(route, request.method).observe(time.perf_counter() - started)
+        metrics.duration.labels(route, method).observe(time.perf_counter() - started)
     return response
 
 
