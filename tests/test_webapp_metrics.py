@@ -39,7 +39,7 @@ def requests_by_route(text: str) -> dict[tuple, float]:
 
 def test_requests_are_counted_per_route_and_status_and_metrics_need_the_operations_scope(make_app, database_url):
     insert_records(database_url, catalog(3))
-    app = make_app(database_url, AUTH="keys")
+    app = make_app(database_url, AUTH="keys", RATELIMIT_HEALTH="2 per minute")
     reader = bearer(create_key(app, "reader", "*"))
     scraper = bearer(create_key(app, "prometheus", "*", "--operations"))
     client = app.test_client()
@@ -58,6 +58,9 @@ def test_requests_are_counted_per_route_and_status_and_metrics_need_the_operatio
     send("/runs", reader, 403, "/runs")
     send("/no/such/path", reader, 404, "unmatched")  # never the path: a scanner cannot grow the label set
     send("/metrics", {}, 401, "/metrics")
+    send("/health", {}, 503, "/health")  # no run yet
+    send("/health", {}, 503, "/health")
+    send("/health", {}, 429, "/health")  # over its budget
     for made_up in ("BREW", "BREW2", "X" * 20):  # nor a made-up method
         assert client.open("/data", method=made_up, headers=reader).status_code == 405
     sent[("unmatched", "other", "405")] += 3
