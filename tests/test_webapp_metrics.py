@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import pytest
 from auth_fixtures import bearer, create_key
@@ -33,8 +34,9 @@ def samples(text: str, name: str) -> dict[tuple, float]:
 
 
 def requests_by_route(text: str) -> dict[tuple, float]:
+    counted = samples(text, "sluice_http_requests_total")
     return {(labels["route"], labels["method"], labels["status"]): value
-            for labels, value in ((dict(key), value) for key, value in samples(text, "sluice_http_requests_total").items())}
+            for labels, value in ((dict(key), value) for key, value in counted.items())}
 
 
 def test_requests_are_counted_per_route_and_status_and_metrics_need_the_operations_scope(make_app, database_url):
@@ -135,7 +137,6 @@ def test_pipeline_gauges_equal_sources_and_runs_after_real_runs(pipeline_run, ma
 
 
 def _epoch(at: str) -> float:
-    from datetime import datetime
     return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
 
 
