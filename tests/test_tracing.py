@@ -5,17 +5,25 @@ when no endpoint is set."""
 import gzip
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from auth_fixtures import bearer, create_key
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
                                                                       ExportTraceServiceResponse)
-from webapp_fixtures import catalog, insert_records, make_app  # noqa: F401 (make_app is a fixture)
+from webapp_fixtures import catalog, free_port, insert_records, make_app  # noqa: F401 (make_app is a fixture)
 
 from webapp import tracing
 
+REPO = Path(__file__).resolve().parents[1]
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
 QUERY_SECRET = "s3cr3t-in-a-query-string"
@@ -151,3 +159,36 @@ def test_without_an_endpoint_nothing_is_traced_and_no_exporter_thread_starts(
     assert tracing.provider(app) is None and exporter_threads() == threads_before
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "webapp.access"]
     assert "trace_id" not in line and "span_id" not in line  # a caller's traceparent is not taken up
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_export_their_spans_and_flush_them_on_shutdown(database_url, receiver):
+    insert_records(database_url, catalog(3))
+    port = free_port()
+    # A batch delay longer than the test: whatever arrives was flushed by the workers' shutdown.
+    env = {**os.environ, "DATABASE_URL": database_url, "SLUICE_POOL_MIN": "1", "SLUICE_AUTH": "none",
+           "SLUICE_BIND": f"127.0.0.1:{port}", "SLUICE_WORKERS": "2", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+           "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data", timeout=5) as response:
+                    assert response.status == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        for _ in range(5):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data?page_size=1", timeout=5) as response:
+                assert response.status == 200
+        assert receiver.bodies == []  # nothing yet: the batch waits
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    logged = {json.loads(line[line.index("{"):])["trace_id"] for line in output.splitlines()
+              if "webapp.access" in line}
+    servers = [span for _, span in receiver.spans() if span.kind == span.SPAN_KIND_SERVER]
+    assert len(logged) == 6 and {span.trace_id.hex() for span in servers} == logged
