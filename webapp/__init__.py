@@ -6,7 +6,7 @@ from werkzeug.routing import PathConverter
 
 from webapp import config as settings
 from webapp import (auth, db, errors, exact_json, hooks, metrics, proxies, rate_limits, routes_data, routes_health,
-                    routes_meta, routes_metrics, routes_runs, routes_schema, routes_stats)
+                    routes_meta, routes_metrics, routes_runs, routes_schema, routes_stats, tracing)
 from webapp.keys_cli import keys_cli
 
 
@@ -33,6 +33,7 @@ def create_app(config=None) -> Flask:
     metrics.init_app(app)  # first: its clock starts before, and its count runs after, every other hook
     db.init_app(app)
     errors.register(app)
+    tracing.init_app(app)  # first of the request hooks: a request another hook refuses is traced too
     hooks.register(app)
     proxies.init_app(app)
     rate_limits.guard_credentials(app)  # before authentication: a blocked address's credentials go unchecked

@@ -10,11 +10,14 @@ from datetime import datetime, timezone
 
 from flask import g, request
 
+from webapp import tracing
+
 audit_log = logging.getLogger("sluice.audit")
 
 
 def _emit(event: str, **fields) -> None:
-    line = {"event": event, "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}
+    line = {"event": event, "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields,
+            **tracing.log_ids()}
     audit_log.info(json.dumps(line, sort_keys=True, default=str))
 
 

@@ -13,7 +13,7 @@ from psycopg2 import sql
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from sluice import queries
-from webapp import exact_json, metrics, scope_token, scopes
+from webapp import exact_json, metrics, scope_token, scopes, tracing
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
         if parts is not None:
             statement = sql.SQL(statement).format(**parts)
         try:
-            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+            with (conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor,
+                  tracing.database_span(name, statement, conn)):
                 cursor.execute(statement, values)
                 g.db_statements += 1
                 return cursor.fetchall()
@@ -201,8 +202,9 @@ def execute_own_transactions(sql_file: str, name: str, params: dict) -> None:
     conn = get_db()
     conn.autocommit = True
     try:
-        with conn.cursor() as cursor:
-            cursor.execute(queries.query(sql_file, name), params)
+        statement = queries.query(sql_file, name)
+        with conn.cursor() as cursor, tracing.database_span(name, statement, conn):
+            cursor.execute(statement, params)
     except CONNECTION_ERRORS as error:
         _discard_connection()
         raise _failure("unavailable", "database unreachable") from error

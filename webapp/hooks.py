@@ -1,4 +1,5 @@
-"""Per-request hooks: one access log line per request and the security headers of every response (HSTS over HTTPS)."""
+"""Per-request hooks: one access log line per request (with its trace and span ids when traced) and the security
+headers of every response (HSTS over HTTPS)."""
 
 import json
 import logging
@@ -6,6 +7,8 @@ import time
 
 from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge, RequestURITooLarge
+
+from webapp import tracing
 
 access_log = logging.getLogger("webapp.access")
 
@@ -62,7 +65,7 @@ def _finish(response):
     started = g.get("request_started")
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else None
     fields = {"method": request.method, "path": request.path, "status": response.status_code,
-              "duration_ms": duration_ms}
+              "duration_ms": duration_ms, **tracing.log_ids()}
     # JSON, so a path with spaces or quotes cannot break the line apart for log parsers
     access_log.info(json.dumps(fields), extra=fields)
     return response
