@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sluice import alerts
+from sluice import alerts, settings
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import Fault
 from sluice.failures import Failure
@@ -154,3 +154,11 @@ def test_alerts_of_a_run_name_refused_deletes_apart_from_failures():
                              "(SLUICE_MAX_STALENESS_HOURS)"
     assert alerts.run_url("http://h:8080/", "etl_pipeline", "manual__2026-12-07T10:00:00+00:00") == \
         "http://h:8080/dags/etl_pipeline/runs/manual__2026-12-07T10%3A00%3A00%2B00%3A00"
+
+
+@pytest.mark.parametrize("name", ["SLUICE_ALERT_TIMEOUT", "SLUICE_MAX_STALENESS_HOURS"])
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_an_alert_setting_that_is_not_a_positive_number_is_refused_naming_it(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        settings.load()
