@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
+import requests
 
 from sluice import alerts, settings
 from sluice_devtools import sample_data
@@ -24,8 +25,8 @@ BASE_URL = "https://airflow.example.com/ui"
 class Receiver:
     """A webhook receiver: records each POST's JSON body; answers `status` after `delay` seconds."""
 
-    def __init__(self, status: int = 200, delay: float = 0):
-        self.bodies, self.status, self.delay = [], status, delay
+    def __init__(self, status: int = 200, delay: float = 0, endless: bool = False):
+        self.bodies, self.status, self.delay, self.endless = [], status, delay, endless
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,8 +34,12 @@ class Receiver:
                 receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 time.sleep(receiver.delay)
                 self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(10**9 if receiver.endless else 0))
                 self.end_headers()
+                while receiver.endless:  # a byte every 0.1 s: no read timeout ever fires
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
 
             def log_message(self, *args):
                 pass
@@ -162,3 +167,17 @@ def test_an_alert_setting_that_is_not_a_positive_number_is_refused_naming_it(mon
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):
         settings.load()
+
+
+def test_a_receiver_that_answers_forever_does_not_hold_the_sender():
+    receiver = Receiver(endless=True)
+    sender = threading.Thread(target=alerts.send, args=(requests.Session(), receiver.url, {"text": "x"}),
+                              kwargs={"timeout": 0.5}, daemon=True)
+    try:
+        sender.start()
+        sender.join(timeout=3)
+        assert not sender.is_alive(), "send is still reading an answer that never ends"
+    finally:
+        receiver.endless = False
+        receiver.stop()
+    assert receiver.bodies == [{"text": "x"}]

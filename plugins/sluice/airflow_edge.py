@@ -355,6 +355,7 @@ def notify(found: list, *, dag_id: str, run_id: str, timeout: float) -> None:
     from airflow.configuration import conf
     from airflow.providers.http.hooks.http import HttpHook
     from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.sdk.log import mask_secret
 
     from sluice import alerts
 
@@ -369,8 +370,10 @@ def notify(found: list, *, dag_id: str, run_id: str, timeout: float) -> None:
     known_secrets([ALERTS_CONN_ID])  # masked in the task log from here on
     url = alerts.run_url(conf.get("api", "base_url", fallback=None) or "http://localhost:8080", dag_id, run_id)
     body = alerts.message(found, dag_id=dag_id, run_id=run_id, url=url)
+    target = hook.url_from_endpoint(None)
+    mask_secret(target)  # a webhook's path is often its key: masked wherever the task log would show it
     try:
-        alerts.send(session, hook.url_from_endpoint(None), body, timeout=timeout)
+        alerts.send(session, target, body, timeout=timeout)
     except requests.RequestException as exc:
         status = getattr(exc.response, "status_code", None)
         log.warning("%d alerts NOT sent to connection %s (%s); the run's outcome is unchanged", len(found),

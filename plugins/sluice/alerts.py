@@ -55,8 +55,9 @@ def message(found: list[Alert], *, dag_id: str, run_id: str, url: str) -> dict:
 
 def send(session, url: str, body: dict, *, timeout: float) -> None:
     """POST the message; raises requests.RequestException when the receiver is down, slow (timeout: seconds to
-    connect, and between bytes of the answer) or answers anything but 2xx. No redirects: a webhook that moved is
+    connect, and between bytes of its answer's head) or answers anything but 2xx. The answer's body is never
+    read: a receiver that streams one forever cannot hold the run. No redirects: a webhook that moved is
     reconfigured, not followed to another host."""
-    response = session.post(url, json=body, timeout=timeout, allow_redirects=False)
-    if not 200 <= response.status_code < 300:
-        raise requests.HTTPError(f"answered {response.status_code}", response=response)
+    with session.post(url, json=body, timeout=timeout, allow_redirects=False, stream=True) as response:
+        if not 200 <= response.status_code < 300:
+            raise requests.HTTPError(f"answered {response.status_code}", response=response)
