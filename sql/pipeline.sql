@@ -591,3 +591,10 @@ insert into etl_step_results (run_id, source, step, result) values (%(run_id)s, 
 
 -- name: forget_step
 delete from etl_step_results where run_id = %(run_id)s and source = %(source)s and step = %(step)s;
+
+-- name: stale_sources
+-- the run's sources whose newest successful load is older than the limit; one never loaded is not stale (its
+-- failure, if any, is the alert). One indexed row per source: etl_checkpoint is keyed by source.
+select source, last_success_at from etl_checkpoint
+where source = any(%(sources)s) and last_success_at < now() - make_interval(secs => %(limit_seconds)s)
+order by source;

@@ -11,9 +11,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+import requests
+
 from sluice import settings
 
 WAREHOUSE_CONN_ID = "etl_postgres"
+# the webhook that alerts reach a person through (an HTTP connection); not defined: no alerts
+ALERTS_CONN_ID = "etl_alerts"
 # the context entry an ingest instance sets to its source's name: the DAG's map_index_template shows it
 MAP_INDEX_KEY = "sluice_source"
 
@@ -291,7 +295,7 @@ def record_run(context) -> dict:
     A source's lane that did not finish names its first step that did not succeed."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from sluice import pipeline, results, runs
+    from sluice import alerts, pipeline, results, runs
 
     ti, dag_run = context["ti"], context["dag_run"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id],
@@ -335,10 +339,48 @@ def record_run(context) -> dict:
     config = settings.load()
     with warehouse() as conn:
         recorded = pipeline.record_run(conn, outcome, settings=config)
+        stale = pipeline.stale_sources(conn, [entry["name"] for entry in catalog], limit_hours=config.max_staleness_hours)
     remove_staged(ti.run_id, outcome, config)
+    notify(alerts.of_run(failures, stale, staleness_hours=config.max_staleness_hours),
+           dag_id=ti.dag_id, run_id=ti.run_id, timeout=config.alert_timeout)
     if outcome.status == "failed":
         raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.error_lines()))
     return recorded.to_xcom()
+
+
+def notify(found: list, *, dag_id: str, run_id: str, timeout: float) -> None:
+    """Send the run's alerts (sluice.alerts) to the webhook of connection etl_alerts, if it is defined. A webhook
+    that is down, slow or answers an error never changes the run's outcome: the task log says it was not sent,
+    naming the error's class or status only (its text may quote the webhook's URL, whose path is often its key)."""
+    from airflow.configuration import conf
+    from airflow.providers.http.hooks.http import HttpHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.sdk.log import mask_secret
+
+    from sluice import alerts
+
+    if not found:
+        return
+    hook = HttpHook(method="POST", http_conn_id=ALERTS_CONN_ID)
+    try:
+        session = hook.get_conn()
+    except AirflowNotFoundException:
+        log.info("%d alerts, not sent: connection %s is not defined", len(found), ALERTS_CONN_ID)
+        return
+    known_secrets([ALERTS_CONN_ID])  # masked in the task log from here on
+    url = alerts.run_url(conf.get("api", "base_url", fallback=None) or "http://localhost:8080", dag_id, run_id)
+    body = alerts.message(found, dag_id=dag_id, run_id=run_id, url=url)
+    target = hook.url_from_endpoint(None)
+    mask_secret(target)  # a webhook's path is often its key: masked wherever the task log would show it
+    try:
+        alerts.send(session, target, body, timeout=timeout)
+    except requests.RequestException as exc:
+        status = getattr(exc.response, "status_code", None)
+        log.warning("%d alerts NOT sent to connection %s (%s); the run's outcome is unchanged", len(found),
+                    ALERTS_CONN_ID, f"answered {status}" if status else type(exc).__name__)
+        return
+    log.info("%d alerts sent to connection %s: %s", len(found), ALERTS_CONN_ID,
+             "; ".join(alert.line() for alert in found))
 
 
 def recorded_acceptance(params) -> dict | None:

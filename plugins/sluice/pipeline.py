@@ -20,7 +20,7 @@ from typing import BinaryIO, ContextManager
 
 import requests
 
-from sluice import contracts, delete_guard, progress, runs, scope_key, staging, timing, warehouse
+from sluice import contracts, delete_guard, progress, queries, runs, scope_key, staging, timing, warehouse
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
@@ -192,3 +192,9 @@ def record_run(conn, outcome: runs.RunOutcome, *, settings: Settings) -> Recorde
         for name, (kind, failure) in outcome.source_statuses().items():
             warehouse.record_source_status(conn, name, kind=kind, run_id=outcome.run_id, failure=failure)
     return Recorded(etl_run_id=row_id, status=outcome.status, sources=outcome.source_counts())
+
+
+def stale_sources(conn, sources: list[str], *, limit_hours: float) -> list[tuple[str, datetime]]:
+    """(source, last successful load) of the given sources whose last success is older than limit_hours."""
+    return conn.execute(queries.query("pipeline.sql", "stale_sources"),
+                        {"sources": sources, "limit_seconds": limit_hours * 3600}).fetchall()

@@ -17,6 +17,9 @@ MAX_DELETE_FRACTION = 0.5
 UNSET_FIX = ": no task can run until it is fixed, or unset for its default (README, Environment)"
 # hours before a later run sweeps what a failed or killed run left: staged files, downloads, work rows
 STAGING_RETENTION_HOURS = 72
+# a daily pipeline plus slack (the read API's /health default, webapp/config.py)
+MAX_STALENESS_HOURS = 26
+ALERT_TIMEOUT = 10
 
 
 def _number(name: str, default: float) -> float:
@@ -64,6 +67,10 @@ class Settings:
     max_parallel_sources: int
     # the most of a source's live rows one read may soft-delete (0..1); more is refused as a truncated read
     max_delete_fraction: float = MAX_DELETE_FRACTION
+    # a source whose newest successful load is older than this is stale (an alert); the read API's /health uses it too
+    max_staleness_hours: float = MAX_STALENESS_HOURS
+    # seconds an alert's webhook may take to connect, and between bytes of its answer
+    alert_timeout: float = ALERT_TIMEOUT
     # the read API's scope key (hex), installed by init_schema for row-level security; never shown
     scope_key: str | None = field(default=None, repr=False)
 
@@ -89,6 +96,8 @@ def load() -> Settings:
         max_parallel_sources=int(_at_least("SLUICE_MAX_PARALLEL_SOURCES", 4, minimum=1)),
         max_delete_fraction=_fraction("SLUICE_MAX_DELETE_FRACTION", MAX_DELETE_FRACTION),
         scope_key=os.environ.get("SLUICE_SCOPE_KEY") or None,
+        max_staleness_hours=_positive("SLUICE_MAX_STALENESS_HOURS", MAX_STALENESS_HOURS),
+        alert_timeout=_positive("SLUICE_ALERT_TIMEOUT", ALERT_TIMEOUT),
     )
 
 
@@ -104,4 +113,11 @@ def _at_least(name: str, default: float, *, minimum: float) -> float:
     value = _number(name, default)
     if value < minimum:
         raise InvalidSetting(f"environment variable {name}={value:g} must be at least {minimum:g}{UNSET_FIX}")
+    return value
+
+
+def _positive(name: str, default: float) -> float:
+    value = _number(name, default)
+    if not value > 0:  # also refuses nan
+        raise InvalidSetting(f"environment variable {name}={value:g} must be more than 0{UNSET_FIX}")
     return value
