@@ -135,6 +135,13 @@ def test_pipeline_gauges_equal_sources_and_runs_after_real_runs(pipeline_run, ma
     assert samples(text, "sluice_last_run_success") == {(): 0}
     assert samples(text, "sluice_last_run_duration_seconds") == {(): pytest.approx(runs[0]["duration_seconds"])}
 
+    # every series an alert rule queries is one this scrape exports (a renamed metric would silence its alert)
+    families = list(text_string_to_metric_families(text))  # a histogram's name and its _bucket series both count
+    exported = {family.name for family in families} | {sample.name for family in families for sample in family.samples}
+    with open(os.path.join(REPO, "ops", "prometheus", "rules.yml"), encoding="utf-8") as rules:
+        queried = set(re.findall(r"\bsluice_[a-z_]+", rules.read()))
+    assert queried and queried <= exported, sorted(queried - exported)
+
 
 def _epoch(at: str) -> float:
     return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
