@@ -37,7 +37,7 @@ QUERY_PARAMETERS = {
     "/data": ["page", "page_size", "source", "search", "updated_since", "cursor", "count", "include_deleted", "fields",
               "order"],
     "/runs": ["page", "page_size"], "/sources/api/fields": [],
-    f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size", "source"],
+    f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size", "source"], "/metrics": [],
 }
 TEXT_PROBES = [
     "'", "' OR '1'='1", "1; drop table normalized_data; --", "'); select pg_sleep(10); --", '"', "%", "_", "\\",
@@ -163,7 +163,8 @@ def test_the_probed_parameters_are_every_documented_one(document):
         openapi_path: probed[concrete] for concrete, openapi_path in [
             ("/", "/"), ("/openapi.json", "/openapi.json"), ("/health", "/health"), ("/stats", "/stats"),
             ("/sources", "/sources"), ("/data", "/data"), ("/data/api/item-1", "/data/{source}/{source_id}"), ("/runs", "/runs"),
-            ("/sources/api/fields", "/sources/{source}/fields"), (f"/runs/{quote(RUN_ID)}/rejects", "/runs/{run_id}/rejects")]}
+            ("/sources/api/fields", "/sources/{source}/fields"), (f"/runs/{quote(RUN_ID)}/rejects", "/runs/{run_id}/rejects"),
+            ("/metrics", "/metrics")]}
 
 
 @pytest.mark.parametrize("path, name", [(path, name) for path, names in QUERY_PARAMETERS.items()
