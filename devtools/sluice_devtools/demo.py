@@ -156,6 +156,16 @@ def show_scopes(env: dict, base: str) -> None:
     print(f"no key: GET /data -> {status} {json.loads(body)['message']}")
 
 
+def show_metrics(base: str, key: str) -> None:
+    """Where Prometheus scrapes (README, Operations: metrics), and a few of the series it finds there."""
+    status, body = get(base + "/metrics", key)
+    wanted = ('sluice_http_requests_total{method="GET",route="/data",status="200"}', "sluice_source_live_rows{",
+              "sluice_source_last_run_failed{")
+    lines = [line for line in body.decode().splitlines() if line.startswith(wanted)]
+    print(f"\nmetrics for Prometheus: GET {base}/metrics (a key with --operations) -> {status}, for example:\n  "
+          + "\n  ".join(lines))
+
+
 def main() -> int:
     started = time.monotonic()
     url = warehouse_url()
@@ -180,6 +190,7 @@ def main() -> int:
               f"  curl -H 'Authorization: Bearer {key}' '{base}/data?page_size=3'")
         show_api(base, key)
         show_scopes(env, base)
+        show_metrics(base, key)
     finally:
         api.terminate()
         api.wait(timeout=30)
