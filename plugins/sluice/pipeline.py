@@ -20,7 +20,7 @@ from typing import BinaryIO, ContextManager
 
 import requests
 
-from sluice import contracts, delete_guard, progress, queries, runs, scope_key, staging, timing, warehouse
+from sluice import contracts, delete_guard, progress, quality, queries, runs, scope_key, staging, timing, warehouse
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
@@ -169,7 +169,7 @@ def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_
     return warehouse.upsert(
         conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored,
         normalized=normalized, index_build_memory=settings.index_build_memory, kind=source.kind,
-        deletes_missing=source.deletes_missing(full_refresh), delete_limit=guard)
+        deletes_missing=source.deletes_missing(full_refresh), delete_limit=guard, gate=quality.Gate(source))
 
 
 def checkpoint(conn, stored: Stored, upserted: Upserted, *, run_id: str, settings: Settings,
