@@ -30,7 +30,7 @@ class Verdict:
     def detail(self) -> str:
         if self.anomalous is None:
             return "too little history"
-        return f"expected {self.low:.4g}..{self.high:.4g} (median {self.median:.4g})"
+        return f"median {self.median:.4g} of the recent runs"
 
 
 def detect(history: list[float], value: float, *, floor: float, count: bool = False,

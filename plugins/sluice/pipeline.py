@@ -172,6 +172,40 @@ def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_
         deletes_missing=source.deletes_missing(full_refresh), delete_limit=guard, gate=quality.Gate(source))
 
 
+def release(conn, source_name: str, run_id: str, *, released_by: str, settings: Settings) -> Upserted:
+    """Publish exactly the batch the quality gate held back in run_id, after a person looked at it: its staged rows
+    are upserted as that run's upsert would have (checks judged and recorded again, with who released it and when),
+    its checkpoint advances, and /sources shows the source loaded. Refused (ReleaseRefused) unless the batch is
+    still held: published, released, superseded by a later run's fetch, or never held."""
+    from sluice import sources
+    from sluice.errors import ReleaseRefused
+
+    if not released_by.strip():
+        raise ReleaseRefused("a release names who looked at the batch (--by)")
+    with conn.transaction():
+        found = conn.execute(queries.query("quality.sql", "held_batch"),
+                             {"run_id": run_id, "source": source_name}).fetchone()
+    if found is None:
+        raise ReleaseRefused(f"{source_name}: run {run_id} has no batch of this source that the quality gate judged")
+    status, entry, superseded_by, by, at = found
+    if status != "held":
+        why = {"superseded": f"run {superseded_by}'s fetch superseded it", "published": "it was published",
+               "released": f"{by} released it at {at}"}[status]
+        raise ReleaseRefused(f"{source_name}: the batch of run {run_id} is not held: {why}")
+    source = sources.from_entry(entry)
+    upserted = warehouse.upsert(
+        conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
+        index_build_memory=settings.index_build_memory, kind=source.kind, deletes_missing=source.deletes_missing(False),
+        delete_limit=delete_guard.limit(source.max_delete_fraction, settings.max_delete_fraction),
+        gate=quality.Gate(source, released_by=released_by))
+    warehouse.advance_checkpoint(conn, source.name, run_id=run_id, processed=upserted.processed,
+                                 lock_timeout_seconds=settings.lock_timeout_seconds)
+    with conn.transaction():
+        warehouse.record_source_status(conn, source.name, kind=source.kind, run_id=run_id, failure=None)
+    log.info("%s: %s released the held batch of run %s", source.name, released_by, run_id)
+    return upserted
+
+
 def checkpoint(conn, stored: Stored, upserted: Upserted, *, run_id: str, settings: Settings,
                full_refresh: bool = False, read_until: datetime | None = None) -> Checkpointed:
     """Advance the source's checkpoint to the highest id this run stored (stored.last_id) and its time cursor to

@@ -85,7 +85,7 @@ class Report:
                            f"{', ' + r.detail if r.detail else ''})" for r in self.blocking)
         return (f"{self.source}: the quality gate held the batch back: {failed}. Nothing of the batch reached "
                 f"normalized_data and the checkpoint stays. See GET /runs/{run_id}/quality. To publish exactly this "
-                f"batch after looking at it: sluice-release {self.source} '{run_id}' --by <your name>; otherwise "
+                f"batch after looking at it: python -m sluice.release {self.source} '{run_id}' --by <your name>; otherwise "
                 "the next run's fetch supersedes it")
 
 
