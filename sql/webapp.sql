@@ -285,12 +285,37 @@ select c.source as name, c.kind, c.row_count - coalesce(d.deleted, 0) as row_cou
        -- a failure recorded before summaries existed (text only) has a summary of nulls; the text is never read
        case when c.last_error_summary is not null then c.last_error_summary
             when c.last_error_run_id is not null or c.last_error is not null then '{}'::jsonb end
-           as last_error_summary
+           as last_error_summary,
+       q.run_id as quality_run_id, q.status as quality_status, q.score as quality_score,
+       q.recorded_at as quality_at, q.released_by, q.released_at, q.failing
 from etl_checkpoint c
 left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
     on d.source = c.source
+-- the newest batch the quality gate judged (quality_runs_source_idx), with the checks it failed
+left join lateral (
+    select qr.run_id, qr.status, qr.score, qr.recorded_at, qr.released_by, qr.released_at,
+           (select coalesce(jsonb_agg(jsonb_build_object('check', r.check_name, 'severity', r.severity,
+                                                         'measured', r.measured, 'threshold', r.threshold)
+                                      order by r.check_name), '[]'::jsonb)
+            from quality_results r
+            where r.run_id = qr.run_id and r.source = qr.source and r.verdict = 'fail') as failing
+    from quality_runs qr where qr.source = c.source
+    order by qr.recorded_at desc limit 1) q on true
 where %(sources)s::text[] is null or c.source = any(%(sources)s)
 order by c.source;
+
+-- name: run_quality
+-- every source's batch of the run that the quality gate judged, within the caller's sources
+select source, status, score, recorded_at, released_by, released_at, superseded_by
+from quality_runs
+where run_id = %(run_id)s and (%(sources)s::text[] is null or source = any(%(sources)s))
+order by source;
+
+-- name: run_quality_results
+select source, check_name, kind, severity, measured, threshold, verdict, detail
+from quality_results
+where run_id = %(run_id)s and (%(sources)s::text[] is null or source = any(%(sources)s))
+order by source, kind, check_name;
 
 -- name: metrics_sources
 -- per source, for /metrics at scrape time: its etl_checkpoint row (live rows as /sources counts them: the kept

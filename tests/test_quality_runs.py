@@ -10,6 +10,7 @@ from sluice.errors import ReleaseRefused
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at
+from tests.test_asset_events import all_asset_events
 from tests.webapp_fixtures import make_app  # noqa: F401 (a fixture)
 
 CATALOG = [{"name": "posts", "kind": "api", "endpoint": "posts", "anomalies": {"severity": "error"},
@@ -69,6 +70,20 @@ def test_a_steady_source_then_30_percent_of_its_rows_is_held_and_released_delibe
         (items,) = conn.execute("select count(*) from normalized_data where source = 'items'").fetchone()
     assert items == 21  # the other source loaded
     assert quality(database_url, held_run, "posts")["anomaly:row_count"] == ("error", 30, "fail")
+    # the API says why: /sources shows the held batch and its failing checks, the run's quality every check
+    client = make_app(database_url).test_client()
+    shown = {source["name"]: source["quality"] for source in client.get("/sources").json["data"]}
+    assert (shown["posts"]["run_id"], shown["posts"]["status"]) == (held_run, "held")
+    assert "anomaly:row_count" in {check["check"] for check in shown["posts"]["failing"]}
+    assert (shown["items"]["status"], [check["check"] for check in shown["items"]["failing"]]) == (
+        "published", ["row_count"])
+    batches = {batch["source"]: batch for batch in client.get(f"/runs/{held_run}/quality").json["data"]}
+    checks = {check["check"]: check for check in batches["posts"]["checks"]}
+    assert (checks["anomaly:row_count"]["measured"], checks["anomaly:row_count"]["verdict"]) == (30, "fail")
+    assert checks["row_count"]["verdict"] == "pass" and batches["posts"]["score"] < 100
+    # the asset event of the source that loaded carries its score
+    (event,) = [extra for name, _, _, extra in all_asset_events(held_run) if name.endswith(".items")]
+    assert event["quality_score"] == batches["items"]["score"]
 
     with psycopg.connect(database_url) as conn:
         published = pipeline.release(conn, "posts", held_run, released_by="alice", settings=settings.load())

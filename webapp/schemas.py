@@ -439,6 +439,29 @@ class SourceSkipSchema(SourceLoadSchema):
     reason = fields.String(metadata={"description": "why the run did not read it, e.g. not due until its every passed"})
 
 
+QUALITY_STATUSES = ("published", "held", "released", "superseded")
+QUALITY_STATUS_TEXT = ("published; held (nothing of it reached /data); released (a person published the held "
+                       "batch); superseded (a later run's fetch replaced the held batch)")
+
+
+class FailingCheckSchema(Body):
+    check = fields.String(metadata={"description": "the check's name: row_count, null_rate:description, "
+                                                   "anomaly:row_count..."})
+    severity = fields.String(validate=validate.OneOf(("warn", "error")))
+    measured = fields.Float(allow_none=True)
+    threshold = fields.String()
+
+
+class SourceQualitySchema(Body):
+    run_id = fields.String(metadata={"description": "the newest run whose batch of the source the gate judged"})
+    status = fields.String(validate=validate.OneOf(QUALITY_STATUSES), metadata={"description": QUALITY_STATUS_TEXT})
+    score = fields.Integer(metadata={"description": "0-100 (README, Data quality)"})
+    at = fields.DateTime()
+    released_by = fields.String(allow_none=True)
+    released_at = fields.DateTime(allow_none=True)
+    failing = fields.List(fields.Nested(FailingCheckSchema), metadata={"description": "the checks it failed"})
+
+
 class SourceSchema(Body):
     name = source_name()
     kind = fields.String(allow_none=True, metadata={
@@ -453,6 +476,36 @@ class SourceSchema(Body):
         "description": "the newest run in which it failed, kept after later successes: compare the times"})
     last_skip = fields.Nested(SourceSkipSchema, allow_none=True, metadata={
         "description": "the newest run that skipped it (not due: see its every), kept after later reads"})
+    quality = fields.Nested(SourceQualitySchema, allow_none=True, metadata={
+        "description": "its newest batch's quality: score, what became of it, failing checks (null before any)"})
+
+
+class QualityCheckSchema(Body):
+    check = fields.String()
+    kind = fields.String(validate=validate.OneOf(("check", "anomaly")), metadata={
+        "description": "check: declared in the catalog; anomaly: a measure against the source's recent runs"})
+    severity = fields.String(validate=validate.OneOf(("warn", "error")))
+    measured = fields.Float(allow_none=True)
+    threshold = fields.String()
+    verdict = fields.String(validate=validate.OneOf(("pass", "fail", "no_history")))
+    detail = fields.String()
+
+
+class SourceRunQualitySchema(Body):
+    source = source_name()
+    status = fields.String(validate=validate.OneOf(QUALITY_STATUSES), metadata={"description": QUALITY_STATUS_TEXT})
+    score = fields.Integer()
+    at = fields.DateTime()
+    released_by = fields.String(allow_none=True)
+    released_at = fields.DateTime(allow_none=True)
+    superseded_by = fields.String(allow_none=True, metadata={"description": "the run whose fetch replaced it"})
+    checks = fields.List(fields.Nested(QualityCheckSchema))
+
+
+class RunQualitySchema(Body):
+    run_id = fields.String()
+    data = fields.List(fields.Nested(SourceRunQualitySchema), metadata={
+        "description": "each source of the run whose batch the quality gate judged, by name"})
 
 
 class SourcesSchema(Body):
@@ -555,6 +608,7 @@ runs_page_schema = RunsPageSchema()
 rejects_page_schema = RejectsPageSchema()
 stats_schema = StatsSchema()
 sources_schema = SourcesSchema()
+run_quality_schema = RunQualitySchema()
 source_path_schema = SourcePathSchema()
 source_fields_schema = SourceFieldsSchema()
 health_schema = HealthSchema()

@@ -228,6 +228,12 @@ def record_run(conn, outcome: runs.RunOutcome, *, settings: Settings) -> Recorde
     return Recorded(etl_run_id=row_id, status=outcome.status, sources=outcome.source_counts())
 
 
+def quality_warnings(conn, run_id: str) -> list[tuple]:
+    """The run's failed warn checks: (source, check, measured, threshold, detail), for its alerts."""
+    with conn.transaction():
+        return conn.execute(queries.query("quality.sql", "run_warnings"), {"run_id": run_id}).fetchall()
+
+
 def stale_sources(conn, sources: list[str], *, limit_hours: float) -> list[tuple[str, datetime]]:
     """(source, last successful load) of the given sources whose last success is older than limit_hours."""
     return conn.execute(queries.query("pipeline.sql", "stale_sources"),
