@@ -12,8 +12,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from marshmallow import ValidationError
-
 from sluice import timing
 from sluice.errors import InvalidSource
 
@@ -237,6 +235,8 @@ class Anomalies:
 def validators(check: Check, field_type: str) -> list:
     """The marshmallow validators of a row-level check on a field of field_type (not_null is the field being
     required, sluice.rules): each failure's message names the check, which becomes the reject's reason."""
+    from marshmallow import ValidationError  # not at import: the DAG file imports this module through sources
+
     def fail(detail: str):
         raise ValidationError(f"fails check {check.name} ({check.threshold()}): {detail}")
 
