@@ -204,7 +204,8 @@ class Gate:
                                               "detail": result.detail})
         conn.execute(q("record_quality_run"), {
             **keys, "status": report.status, "score": report.score, "measures": Jsonb(report.measures),
-            "source_entry": Jsonb(sources.to_entry(self.source)) if report.held else None,
+            # without its endpoint: an endpoint may carry a query-string key, and a release reads nothing
+            "source_entry": Jsonb({**sources.to_entry(self.source), "endpoint": ""}) if report.held else None,
             "released_by": self.released_by})
         superseded = [row[0] for row in conn.execute(q("supersede_holds"), keys).fetchall()]
         if superseded:
