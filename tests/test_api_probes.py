@@ -38,6 +38,7 @@ QUERY_PARAMETERS = {
               "order"],
     "/runs": ["page", "page_size"], "/sources/api/fields": [],
     f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size", "source"], "/metrics": [],
+    f"/runs/{quote(RUN_ID)}/quality": [],
 }
 TEXT_PROBES = [
     "'", "' OR '1'='1", "1; drop table normalized_data; --", "'); select pg_sleep(10); --", '"', "%", "_", "\\",
@@ -164,7 +165,7 @@ def test_the_probed_parameters_are_every_documented_one(document):
             ("/", "/"), ("/openapi.json", "/openapi.json"), ("/health", "/health"), ("/stats", "/stats"),
             ("/sources", "/sources"), ("/data", "/data"), ("/data/api/item-1", "/data/{source}/{source_id}"), ("/runs", "/runs"),
             ("/sources/api/fields", "/sources/{source}/fields"), (f"/runs/{quote(RUN_ID)}/rejects", "/runs/{run_id}/rejects"),
-            ("/metrics", "/metrics")]}
+            ("/metrics", "/metrics"), (f"/runs/{quote(RUN_ID)}/quality", "/runs/{run_id}/quality")]}
 
 
 @pytest.mark.parametrize("path, name", [(path, name) for path, names in QUERY_PARAMETERS.items()
