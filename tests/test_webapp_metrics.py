@@ -12,6 +12,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+import promql_names
 import pytest
 from auth_fixtures import bearer, create_key
 from prometheus_client.parser import text_string_to_metric_families
@@ -135,12 +136,17 @@ def test_pipeline_gauges_equal_sources_and_runs_after_real_runs(pipeline_run, ma
     assert samples(text, "sluice_last_run_success") == {(): 0}
     assert samples(text, "sluice_last_run_duration_seconds") == {(): pytest.approx(runs[0]["duration_seconds"])}
 
-    # every series an alert rule queries is one this scrape exports (a renamed metric would silence its alert)
+    # every Sluice series an alert rule or a dashboard panel queries is one the API exports, once it has served
+    # requests (a renamed metric would silence its alert or blank its panel); Airflow's: test_airflow_telemetry
     families = list(text_string_to_metric_families(text))  # a histogram's name and its _bucket series both count
     exported = {family.name for family in families} | {sample.name for family in families for sample in family.samples}
-    with open(os.path.join(REPO, "ops", "prometheus", "rules.yml"), encoding="utf-8") as rules:
-        queried = set(re.findall(r"\bsluice_[a-z_]+", rules.read()))
-    assert queried and queried <= exported, sorted(queried - exported)
+    for name, expressions in promql_names.every_expression().items():
+        queried = {metric for metric in promql_names.queried(expressions) if metric.startswith("sluice_")}
+        assert queried and not promql_names.unexported(queried, exported), (name, promql_names.unexported(queried, exported))
+    renamed = (promql_names.DASHBOARDS / "api-traffic.json").read_text().replace(
+        "sluice_db_pool_connections", "sluice_db_pool_connection")
+    assert promql_names.unexported(promql_names.queried(promql_names.dashboard_expressions(renamed)), exported) == [
+        "sluice_db_pool_connection"]
 
 
 def _epoch(at: str) -> float:
