@@ -15,11 +15,13 @@ from datetime import datetime
 import promql_names
 import pytest
 from auth_fixtures import bearer, create_key
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_deletes import items_csv, pipeline_run  # noqa: F401
 from webapp_fixtures import catalog, closed_port_url, free_port, insert_records, make_app  # noqa: F401
 
 from sluice_devtools import demo, sample_data
+from webapp import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,6 +85,23 @@ def test_requests_are_counted_per_route_and_status_and_metrics_need_the_operatio
     assert "reader" not in text and "prometheus" not in text  # no principal, key or path in any label
     again = client.get("/metrics", headers=scraper).get_data(as_text=True)
     assert requests_by_route(again)[("/metrics", "GET", "200")] == 1
+
+
+def test_metrics_switched_off_count_nothing_and_serve_no_metrics(make_app, database_url):
+    # SLUICE_METRICS_ENABLED=false: the bench's baseline for what counting costs, and a deployment without Prometheus
+    insert_records(database_url, catalog(3))
+    app = make_app(database_url, METRICS_ENABLED=False)
+    client = app.test_client()
+    assert client.get("/data").status_code == 200
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 404 and response.is_json
+    text = generate_latest(metrics.of(app).registry).decode()
+    assert requests_by_route(text) == {}
+    assert set(samples(text, "sluice_db_pool_connections").values()) == {0}  # the pool's checkouts not kept either
+    with pytest.raises(ValueError, match="SLUICE_METRICS_ENABLED='yes' must be true or false"):
+        make_app(database_url, METRICS_ENABLED="yes")
 
 
 def test_a_warehouse_that_cannot_be_reached_is_counted_and_metrics_still_answer(make_app):
