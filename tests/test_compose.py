@@ -298,8 +298,11 @@ def test_prometheus_grafana_collector_and_jaeger_point_at_each_other(observe_con
     # the key the one-shot writes is in the volume Prometheus mounts, at the path it reads
     key_path = Path(api["authorization"]["credentials_file"])
     assert prometheus[str(key_path.parent)] == "prometheus-credentials"
-    assert mount_targets(service(observe_config, "prometheus-key"))[str(key_path.parent)] == "prometheus-credentials"
-    assert str(key_path) in "\n".join(service(observe_config, "prometheus-key")["command"])
+    key_service = service(observe_config, "prometheus-key")
+    (written,) = [target for target, source in mount_targets(key_service).items() if source == "prometheus-credentials"]
+    assert f"> {written}/{key_path.name}.new" in "\n".join(key_service["command"])
+    assert f"mkdir -p {written} && chmod 0775 {written}" in (REPO / "Dockerfile").read_text()  # writable as its uid
+    assert key_service["user"] == service(observe_config, "webapp")["user"]  # not root
 
     collector_mounts = mount_targets(service(observe_config, "otel-collector"))
     collector_file = Path(collector_mounts["/etc/otelcol-contrib/config.yaml"])
