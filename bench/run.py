@@ -47,6 +47,7 @@ class BenchResults:
     api: list = field(default_factory=list)
     api_small: list = field(default_factory=list)
     api_access: list = field(default_factory=list)  # api_load.AccessComparison: /data without and with auth and RLS
+    api_observability: list = field(default_factory=list)  # api_load.ObservabilityComparison: metrics, tracing
     api_workers: int = 2
     wrk_spec: str = ""
     notes: list[str] = field(default_factory=list)
@@ -255,6 +256,9 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
     if wrk:  # what authentication and row-level security cost: the same requests with and without each
         results.api_access = api_load.compare_access(db, reader_db, endpoints[:1] + endpoints[3:4], options,
                                                      children.log_dir / "gunicorn-access.log", echo=echo)
+        # what metrics and tracing cost: /data's first page with both off, metrics on, both on
+        results.api_observability = api_load.compare_observability(
+            db, endpoints[:1], options, children.log_dir / "gunicorn-observability.log", echo=echo)
     if args.small_rows:
         small_csv = inputs.write_csvs(args.work_dir / "inputs", args.small_rows, with_variants=False)
         small_db = new_database(server, children, f"bench_{stamp}_small")

@@ -44,7 +44,9 @@ def create_app(config=None) -> Flask:
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
              expose_headers=["ETag", "Retry-After", "Sluice-Watermark", "WWW-Authenticate", *rate_limits.HEADERS],
              supports_credentials=False, max_age=600)
-    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema, routes_metrics):
+    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema):
         app.register_blueprint(module.blueprint)
+    if app.config["METRICS_ENABLED"]:
+        app.register_blueprint(routes_metrics.blueprint)
     app.cli.add_command(keys_cli)
     return app

@@ -18,6 +18,8 @@ DEFAULTS = {
     "MAX_STALENESS_HOURS": 26,  # a daily pipeline plus slack before /health says stale
     "MAX_CONTENT_LENGTH": 64 * 1024,  # the API takes no bodies; refuse big ones early
     # Rate limits (webapp/rate_limits.py), each "<n> per <second|minute|hour|day>", several joined by ";"
+    # /metrics and the per-request counting; false: neither (the bench's baseline for what metrics cost)
+    "METRICS_ENABLED": True,
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_DEFAULT": "600 per minute",  # per principal (an API key, an OIDC subject), all routes together
     "RATELIMIT_ANONYMOUS": "120 per minute",  # per client address, for requests without a principal
@@ -126,8 +128,9 @@ def check(config) -> None:
     if not hours > 0:
         raise ValueError(f"SLUICE_MAX_STALENESS_HOURS={hours!r} must be more than 0")
     config["MAX_STALENESS_HOURS"] = hours
-    if not isinstance(config["RATELIMIT_ENABLED"], bool):
-        raise ValueError(f"SLUICE_RATELIMIT_ENABLED={config['RATELIMIT_ENABLED']!r} must be true or false")
+    for switch in ("METRICS_ENABLED", "RATELIMIT_ENABLED"):
+        if not isinstance(config[switch], bool):
+            raise ValueError(f"SLUICE_{switch}={config[switch]!r} must be true or false")
     for key in RATE_LIMITS:
         config[key] = _rate_limit(config, key)
     config["RATELIMIT_STORAGE_URI"] = _storage_uri(config["RATELIMIT_STORAGE_URI"])

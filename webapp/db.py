@@ -103,7 +103,7 @@ class Warehouse:
 
 
 def init_app(app) -> None:
-    app.extensions["sluice_warehouse"] = Warehouse(app.config, metrics.of(app).pool_connections)
+    app.extensions["sluice_warehouse"] = Warehouse(app.config, metrics.pool_gauge(app))
     app.teardown_appcontext(_give_back_connection)
 
 
