@@ -183,3 +183,74 @@ def test_scopes_audit_rate_limit_and_slots(warehouse, make_app, caplog):
     assert client.get("/export/customers", headers=bearer(key), buffered=True).status_code == 200
     limited = client.get("/export/customers", headers=bearer(key), buffered=True)  # the sixth export request this hour, refused ones included
     assert limited.status_code == 429 and "too many exports from key:exporter" in limited.json["message"]
+
+
+def active_copies(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("select count(*) from pg_stat_activity where state = 'active' and query like '%%copy (%%'"
+                            " and pid <> pg_backend_pid()").fetchone()[0]
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.slow
+def test_dropped_client_cancels_the_query_while_other_requests_answer(make_database):
+    url = make_database()
+    with psycopg.connect(url) as conn:  # enough rows that the export is still streaming when the client leaves
+        conn.execute("insert into normalized_data (source, source_id, name, description, created_at, updated_at,"
+                     " first_seen_run_id, last_changed_run_id, input_hash)"
+                     " select 'big', 'b' || n, 'name ' || n, repeat('x', 200), now(), now(), 'run-1', 'run-1', 'h'"
+                     " from generate_series(1, 200000) n")
+    insert_checkpoint(url, "big", 200000)
+    port = free_port()
+    # the owner's connection, so that pg_stat_activity shows the query's text (the reader role's sessions hide it)
+    env = {**os.environ, "DATABASE_URL": url, "SLUICE_AUTH": "none", "SLUICE_BIND": f"127.0.0.1:{port}",
+           "SLUICE_WORKERS": "1", "SLUICE_THREADS": "4", "SLUICE_POOL_MIN": "1", "SLUICE_EXPORT_CONCURRENCY": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status_of(f"{base}/health")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        export = socket.create_connection(("127.0.0.1", port))
+        export.sendall(b"GET /export/big?format=ndjson HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while len(received) < 8192:
+            received += export.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in received
+        assert active_copies(url) == 1  # the export's query runs, held back by its reader
+        started = time.monotonic()
+        assert status_of(f"{base}/data?page_size=1") == 200  # other requests are answered meanwhile
+        assert status_of(f"{base}/health") == 503  # (no run yet: it answers, and says so)
+        assert status_of(f"{base}/export/big") == 503  # the one export slot is taken
+        assert time.monotonic() - started < 2
+
+        export.close()
+        closed = time.monotonic()
+        while active_copies(url) and time.monotonic() - closed < 2:
+            time.sleep(0.05)
+        assert active_copies(url) == 0, "the export's query outlived its client by 2 s"
+        freed_after = time.monotonic() - closed
+        # the slot is free again: a whole export streams to the end
+        with urllib.request.urlopen(f"{base}/export/big?fields=source_id", timeout=60) as response:
+            assert sum(1 for _ in response) == 200001  # the header and every row
+    finally:
+        server.terminate()
+        try:
+            output, _ = server.communicate(timeout=40)
+        except subprocess.TimeoutExpired as e:
+            server.kill(); print(server.communicate()[0]); raise
+    print(f"the query ended {freed_after * 1000:.0f} ms after the client left")
+    assert "Traceback" not in output, output
