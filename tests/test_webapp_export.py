@@ -52,6 +52,12 @@ def warehouse(make_database):
     declare_fields(url, "customers", FIELDS)
     insert_checkpoint(url, "customers", 40)
     insert_checkpoint(url, "other", 3)
+    # more declared fields than one SQL function call takes (100 arguments: 50 fields)
+    wide = {f"f{number}": "integer" for number in range(60)}
+    insert_records(url, [record(source="wide", source_id=f"w{n}", attributes=json.dumps(
+        {name: n * 100 + position for position, name in enumerate(wide) if position % (n + 2)})) for n in range(3)])
+    declare_fields(url, "wide", wide)
+    insert_checkpoint(url, "wide", 3)
     with psycopg.connect(url) as conn:  # two soft-deleted rows
         conn.execute("update normalized_data set deleted_at = %s where source_id in ('c3', 'c4')", (BASE_TIME,))
     return url, rows
@@ -124,6 +130,14 @@ def test_csv_and_ndjson_equal_data_paged(client, warehouse, query):
         assert cells == wanted
     # an empty text is "" and a null an empty field: CSV keeps them apart
     assert b',"",' in response.get_data() and b",," in response.get_data()
+
+
+def test_sixty_declared_fields(client):
+    records, _ = ndjson(client.get("/export/wide?format=ndjson", buffered=True))
+    data = exact(client.get("/data?source=wide").get_data())["data"]
+    assert records == sorted(data, key=lambda item: item["id"]) and len(records[0]["attributes"]) == 60
+    header = client.get("/export/wide", buffered=True).get_data(as_text=True).splitlines()[0]
+    assert header.endswith(",f58,f59") and header.count(",") == 8 + 60
 
 
 def test_resume_fields_and_watermark(client, warehouse):

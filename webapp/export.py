@@ -54,29 +54,31 @@ def _field(position: int, name: str, params: dict) -> sql.Placeholder:
     return sql.Placeholder(key)
 
 
-def _csv_columns(selection: Selection, params: dict) -> sql.Composable:
+def _columns(selection: Selection, output: str, params: dict) -> sql.Composable:
+    """csv: each column and declared field as a column (a field as its text; json as JSON text). ndjson: the
+    columns and one jsonb column, attributes, of the declared fields as /data serves them."""
     columns = [sql.SQL("{} as {}").format(_column(name), sql.Identifier(name)) for name in selection.columns]
-    for position, (name, kind) in enumerate(selection.fields.items()):
-        template = "export_attribute_json" if kind == "json" else "export_attribute_text"
-        columns.append(sql.SQL("{} as {}").format(
-            fragment(template).format(field=_field(position, name, params)), sql.Identifier(name)))
+    fields = [(_field(position, name, params), kind) for position, (name, kind) in enumerate(selection.fields.items())]
+    if output == "csv":
+        for (placeholder, kind), name in zip(fields, selection.fields):
+            template = "export_attribute_json" if kind == "json" else "export_attribute_text"
+            columns.append(sql.SQL("{} as {}").format(fragment(template).format(field=placeholder),
+                                                      sql.Identifier(name)))
+    elif selection.attributes:
+        pairs = [sql.SQL("{}, {}").format(placeholder, fragment("export_attribute_json").format(field=placeholder))
+                 for placeholder, _ in fields]
+        chunks = [fragment("export_json_attributes").format(pairs=sql.SQL(", ").join(pairs[start:start + MAX_PAIRS]))
+                  for start in range(0, max(len(pairs), 1), MAX_PAIRS)]
+        if len(chunks) > 1:
+            chunks = [sql.SQL("{}::jsonb").format(chunk) for chunk in chunks]
+        columns.append(sql.SQL("{} as attributes").format(sql.SQL(" || ").join(chunks)))
     return sql.SQL(", ").join(columns)
-
-
-def _json_line(selection: Selection, params: dict) -> sql.Composable:
-    pairs = [sql.SQL("{}, {}").format(sql.Literal(name), _column(name)) for name in selection.columns]
-    if selection.attributes:
-        fields = [sql.SQL("{key}, {value}").format(key=placeholder, value=fragment("export_attribute_json").format(
-                      field=placeholder))
-                  for placeholder in (_field(position, name, params) for position, name in enumerate(selection.fields))]
-        chunks = [fragment("export_json_attributes").format(pairs=sql.SQL(", ").join(fields[start:start + MAX_PAIRS]))
-                  for start in range(0, max(len(fields), 1), MAX_PAIRS)]
-        pairs.append(sql.SQL("{}, {}").format(sql.Literal("attributes"), sql.SQL(" || ").join(chunks)))
-    return fragment("export_json_line").format(pairs=sql.SQL(", ").join(pairs))
 
 
 def statement(output: str, selection: Selection, params: dict) -> sql.Composable:
     """The COPY of one export in `output` (csv or ndjson); adds the declared fields' names to params."""
-    columns = _csv_columns(selection, params) if output == "csv" else _json_line(selection, params)
-    rows = sql.SQL(queries.query(SQL_FILE, "export_rows")).format(columns=columns)
+    # fragments: their comment lines left out, as they are composed inside another statement
+    rows = fragment("export_rows").format(columns=_columns(selection, output, params))
+    if output == "ndjson":
+        rows = fragment("export_json_lines").format(rows=rows)
     return sql.SQL(queries.query(SQL_FILE, f"export_{output}")).format(rows=rows)
