@@ -15,9 +15,11 @@ import http.client
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +41,10 @@ PLAIN = ("select id, source, source_id, name, value, description, created_at, up
 class ExportResult:
     source: str
     rows: int
-    psql_seconds: dict[str, float] = field(default_factory=dict)  # "plain", "csv", "ndjson": \copy into /dev/null
-    http_seconds: dict[str, float] = field(default_factory=dict)  # "csv", "ndjson": first byte asked to last read
+    rounds: int
+    # medians of the rounds: "plain", "csv", "ndjson" by psql \copy into /dev/null; "csv", "ndjson" over HTTP
+    psql_seconds: dict[str, float] = field(default_factory=dict)
+    http_seconds: dict[str, float] = field(default_factory=dict)  # asked to the last byte read
     http_bytes: dict[str, int] = field(default_factory=dict)
     idle_rss_mb: float = 0.0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
@@ -49,8 +53,8 @@ class ExportResult:
         return self.http_seconds[output] / self.psql_seconds[baseline]
 
     def lines(self) -> list[str]:
-        lines = [f"GET /export/{self.source}: {self.rows:,} rows; time to the last byte, psql \\copy into /dev/null "
-                 f"on the same server in the same run"]
+        lines = [f"GET /export/{self.source}: {self.rows:,} rows; time to the last byte, median of {self.rounds} "
+                 f"rounds, each: psql \\copy into /dev/null on the same server, then the API"]
         for output in ("csv", "ndjson"):
             lines.append(
                 f"  {output:<6} {self.http_seconds[output]:6.2f} s ({self.http_bytes[output] / 2**20:,.0f} MiB, "
@@ -124,19 +128,18 @@ def stream(base: str, path: str) -> tuple[float, int]:
     return seconds, size
 
 
-def measure(db: str, source: str, log_path: Path, echo=print) -> ExportResult:
-    """psql's two baselines, then each format through one gunicorn worker, its RSS sampled all along."""
+def measure(db: str, source: str, log_path: Path, rounds: int = 3, echo=print) -> ExportResult:
+    """Rounds of psql's baselines then each format through one gunicorn worker (its RSS sampled all along);
+    medians, so that other work on the machine moves one round, not the ratio."""
     with psycopg.connect(db) as conn:
         (rows,) = conn.execute("select count(*) from normalized_data where source = %s and deleted_at is null",
                                (source,)).fetchone()
-    result = ExportResult(source, rows)
+    result = ExportResult(source, rows, rounds)
     psql = psql_binary()
     plain = PLAIN.format(source=psycopg.sql.Literal(source).as_string(None))
     commands = {"plain": f"\\copy ({plain}) to stdout with (format csv, header true)",
                 **{output: export_copy(db, source, output) for output in ("csv", "ndjson")}}
-    for name, command in commands.items():
-        result.psql_seconds[name] = psql_seconds(psql, db, command)
-        echo(f"  psql \\copy {name}: {result.psql_seconds[name]:.2f} s")
+    psql_times, http_times, peaks = defaultdict(list), defaultdict(list), defaultdict(list)
     # the API as deployed: the read-only role under row-level security (psql reads as the owner, unrestricted)
     reader_db = api_load.reader_access(db)
     with api_load.gunicorn(reader_db, workers=1, log_path=log_path, with_process=True) as (base, process):
@@ -144,25 +147,32 @@ def measure(db: str, source: str, log_path: Path, echo=print) -> ExportResult:
         stream(base, f"/export/{source}?after=9223372036854775806")  # warm: imports, pool, the route's code
         time.sleep(0.5)
         result.idle_rss_mb = rss_mb(worker)
-        for output in ("csv", "ndjson"):
-            samples, done = [], threading.Event()
+        for round_number in range(1, rounds + 1):
+            for name, command in commands.items():
+                psql_times[name].append(psql_seconds(psql, db, command))
+            for output in ("csv", "ndjson"):
+                samples, done = [], threading.Event()
 
-            def sample():
-                while not done.is_set():
-                    samples.append(rss_mb(worker))
-                    time.sleep(RSS_SAMPLE_SECONDS)
+                def sample():
+                    while not done.is_set():
+                        samples.append(rss_mb(worker))
+                        time.sleep(RSS_SAMPLE_SECONDS)
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            try:
-                result.http_seconds[output], result.http_bytes[output] = stream(
-                    base, f"/export/{source}?format={output}")
-            finally:
-                done.set()
-                sampler.join()
-            result.peak_rss_mb[output] = max(samples)
-            echo(f"  GET /export ({output}): {result.http_seconds[output]:.2f} s, worker RSS peak "
-                 f"{result.peak_rss_mb[output]:.0f} MB (idle {result.idle_rss_mb:.0f} MB)")
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                try:
+                    seconds, result.http_bytes[output] = stream(base, f"/export/{source}?format={output}")
+                finally:
+                    done.set()
+                    sampler.join()
+                http_times[output].append(seconds)
+                peaks[output].append(max(samples))
+            echo(f"  export round {round_number}: psql " + ", ".join(
+                f"{name} {times[-1]:.2f} s" for name, times in psql_times.items()) + "; GET /export " + ", ".join(
+                f"{output} {times[-1]:.2f} s" for output, times in http_times.items()))
+    result.psql_seconds = {name: statistics.median(times) for name, times in psql_times.items()}
+    result.http_seconds = {name: statistics.median(times) for name, times in http_times.items()}
+    result.peak_rss_mb = {name: max(values) for name, values in peaks.items()}
     return result
 
 
@@ -190,6 +200,7 @@ def fill(url: str, rows: int, source: str = "customers") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(__file__).resolve().parent / "work"
     server = Server(work / "pg")
@@ -199,7 +210,7 @@ def main() -> None:
         fill(url, args.rows)
         print(f"filled {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
         (work / "logs").mkdir(parents=True, exist_ok=True)
-        print("\n".join(measure(url, "customers", work / "logs" / "gunicorn-export.log").lines()))
+        print("\n".join(measure(url, "customers", work / "logs" / "gunicorn-export.log", args.rounds).lines()))
     finally:
         server.close(keep_databases=False)
 
