@@ -325,9 +325,12 @@ limit 1;
 -- name: export_begin
 -- GET /export/<source> (webapp/routes_export.py): one source's rows in id order, streamed by COPY, in a
 -- transaction of its own begun by this statement (after enter_scope, in the same round trip): the snapshot is
--- taken here, and the statement timeout of a whole export replaces the request's. The rows' columns are composed
--- by webapp/export.py from the export_* fragments: whitelisted columns, each declared field's name a parameter
-select set_config('statement_timeout', %(statement_timeout)s, true) as statement_timeout;
+-- taken here, and the statement timeout of a whole export replaces the request's; a lock it waits for (a bulk
+-- load's) is waited for as long as a request's statement, so a blocked export is a quick 503, not a held slot.
+-- The rows' columns are composed by webapp/export.py from the export_* fragments: whitelisted columns, each
+-- declared field's name a parameter
+select set_config('statement_timeout', %(statement_timeout)s, true) as statement_timeout,
+       set_config('lock_timeout', %(lock_timeout)s, true) as lock_timeout;
 
 -- name: export_rows
 select {columns}

@@ -268,3 +268,16 @@ def test_dropped_client_cancels_the_query_while_other_requests_answer(make_datab
             server.kill(); print(server.communicate()[0]); raise
     print(f"the query ended {freed_after * 1000:.0f} ms after the client left")
     assert "Traceback" not in output, output
+
+
+def test_an_export_blocked_by_a_load_is_a_quick_503_and_frees_its_slot(warehouse, make_app):
+    client = make_app(warehouse[0], STATEMENT_TIMEOUT_MS=300, EXPORT_CONCURRENCY=1).test_client()
+    with psycopg.connect(warehouse[0]) as blocker:
+        blocker.execute("lock table normalized_data in access exclusive mode")  # as a bulk load holds it
+        started = time.monotonic()
+        response = client.get("/export/customers", buffered=True)
+        assert time.monotonic() - started < 1.5
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert response.json["message"] == "the query waited longer than 300 ms for a lock (a load is writing)"
+        blocker.rollback()
+    assert len(client.get("/export/customers", buffered=True).get_data().splitlines()) > 38  # the slot is free

@@ -164,6 +164,8 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
 
 def statement_failure(error: Exception, name: str, timeout_ms: int) -> DatabaseUnavailable:
     """The 503 of a statement the server cancelled (its timeout) or refused, or whose connection broke."""
+    if isinstance(error, psycopg2.errors.LockNotAvailable):  # lock_timeout (an export waiting on a bulk load)
+        return _failure("timeout", f"the query waited longer than {timeout_ms} ms for a lock (a load is writing)")
     if isinstance(error, psycopg2.errors.QueryCanceled):
         return _failure("timeout", f"the query took longer than the {timeout_ms} ms statement timeout")
     if isinstance(error, psycopg2.errors.InsufficientPrivilege):

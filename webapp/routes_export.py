@@ -8,6 +8,7 @@ import threading
 import time
 
 from flask import Blueprint, Response, current_app, request
+from psycopg2.errors import LockNotAvailable
 from werkzeug.exceptions import NotFound, ServiceUnavailable
 
 from webapp import audit, auth, db, export, scopes
@@ -71,7 +72,8 @@ def export_source(source):
         # before the snapshot, as /data: every change the export misses commits later, stamped at or after it
         watermark = db.fetch_one_before_snapshot("data_watermark")["watermark"].isoformat()
         config = current_app.config
-        db.fetch_one("export_begin", {"statement_timeout": str(config["EXPORT_STATEMENT_TIMEOUT_MS"])})
+        db.fetch_one("export_begin", {"statement_timeout": str(config["EXPORT_STATEMENT_TIMEOUT_MS"]),
+                                      "lock_timeout": str(config["STATEMENT_TIMEOUT_MS"])})
         params = {"source": name, "updated_since": args.get("updated_since"),
                   "include_deleted": args["include_deleted"], "after": args.get("after")}
         statement = export.statement(output, selection, params)
@@ -87,7 +89,7 @@ def _stream(conn, slots, statement: str, params: dict, source: str, output: str,
     a 503 in the error shape. Whatever ends it, closing it gives back the connection and the slot."""
     store, principal = db.warehouse(), scopes.current().principal
     client, started, sent = request.remote_addr, time.perf_counter(), [0]
-    timeout_ms = current_app.config["EXPORT_STATEMENT_TIMEOUT_MS"]
+    config = current_app.config
     with conn.cursor() as cursor:
         # the driver's own interpolation (execute does the same), so that COPY, which takes no parameters, can run
         copy = cursor.mogrify(statement, params)
@@ -109,6 +111,8 @@ def _stream(conn, slots, statement: str, params: dict, source: str, output: str,
         first = next(stream, b"")
     except Exception as error:
         finish()
+        timeout_ms = config["STATEMENT_TIMEOUT_MS" if isinstance(error, LockNotAvailable) else
+                            "EXPORT_STATEMENT_TIMEOUT_MS"]
         raise db.statement_failure(error, f"export_{output}", timeout_ms) from error
 
     def body():
