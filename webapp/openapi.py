@@ -41,6 +41,12 @@ never match a null. A field named like one of /data's own parameters is filtered
 (which works for any field). An unknown field, operator or a value of the wrong type is a 400 naming it; so
 is a cursor passed with another order or other filters.
 
+`/export/{{source}}` streams every row of one source from one snapshot, in id order, as CSV (default) or NDJSON
+(`format=ndjson` or `Accept: application/x-ndjson`; its last line is `{{"_watermark": …}}`), with the snapshot's
+watermark in the `Sluice-Watermark` header: export, then poll `/data?updated_since=<watermark>`. `after=<id>`
+resumes one cut short (a body without its last chunk). At most a few run at once per worker: beyond, a 503 with
+`Retry-After`.
+
 A record its source no longer has is soft-deleted: `/data` and `/data/{{source}}/{{source_id}}` leave it out
 unless `include_deleted=true`, which shows it with `deleted_at` set. Its deletion moves `updated_at`, so a
 client polling `updated_since` with `include_deleted=true` sees each deletion as such a tombstone, and a record
