@@ -77,23 +77,24 @@ def export_source(source):
         params = {"source": name, "updated_since": args.get("updated_since"),
                   "include_deleted": args["include_deleted"], "after": args.get("after")}
         statement = export.statement(output, selection, params)
-        conn = db.detach()
+        conn = db.get_db()
+        with conn.cursor() as cursor:
+            # the driver's own interpolation (execute does the same): COPY takes no parameters
+            copy = cursor.mogrify(statement.as_string(conn), params)
+        stream = CopyStream(conn, copy)
     except BaseException:
         slots.release()
         raise
-    return _stream(conn, slots, statement.as_string(conn), params, name, output, watermark)
+    # from here the response owns the connection and the slot: whatever ends it gives both back
+    return _stream(stream, db.detach(), slots, name, output, watermark)
 
 
-def _stream(conn, slots, statement: str, params: dict, source: str, output: str, watermark: str) -> Response:
+def _stream(stream: CopyStream, conn, slots, source: str, output: str, watermark: str) -> Response:
     """The response streaming the COPY; its first block is read here, so a statement that fails at once answers
     a 503 in the error shape. Whatever ends it, closing it gives back the connection and the slot."""
     store, principal = db.warehouse(), scopes.current().principal
     client, started, sent = request.remote_addr, time.perf_counter(), [0]
     config = current_app.config
-    with conn.cursor() as cursor:
-        # the driver's own interpolation (execute does the same), so that COPY, which takes no parameters, can run
-        copy = cursor.mogrify(statement, params)
-    stream = CopyStream(conn, copy)
 
     def finish():
         complete = False
