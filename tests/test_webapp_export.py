@@ -154,6 +154,8 @@ def test_resume_fields_and_watermark(client, warehouse):
     lines, _ = ndjson(client.get("/export/customers?format=ndjson&fields=source_id", buffered=True))
     assert lines[0] == {"id": everything[0]["id"], "source_id": everything[0]["source_id"]}
 
+    head = client.head("/export/customers?format=ndjson")  # what a GET answers, without running the export
+    assert (head.status_code, head.mimetype, head.get_data()) == (200, "application/x-ndjson", b"")
     bad = client.get("/export/customers?fields=source_id,password", buffered=True)
     assert bad.status_code == 400 and "'password' is neither a column" in bad.json["errors"]["fields"][0]
     assert client.get("/export/customers?format=xml", buffered=True).status_code == 400
