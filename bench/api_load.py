@@ -189,9 +189,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none", env: dict | None = None):
+def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none", env: dict | None = None,
+             with_process: bool = False):
     """`make serve`'s command against db on a free loopback port, with SLUICE_AUTH=auth and `env` on top of the
-    bench's environment; yields the base URL."""
+    bench's environment; yields the base URL (and the gunicorn process, with_process: the export bench reads its
+    worker's memory)."""
     port = _free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "webapp.wsgi:app"]
@@ -206,7 +208,7 @@ def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none", env: 
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_until_up(base, process, log_path)
-            yield base
+            yield (base, process) if with_process else base
         finally:
             process.terminate()
             try:

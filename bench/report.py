@@ -251,6 +251,12 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
                   "web layer = serial median − Postgres alone. wrk keeps its connections busy: the mean latency "
                   "is connections ÷ req/s (Little's law), so latency targets are measured with few connections.",
                   ""]
+    if results.api_export is not None:
+        lines += ["### Export: GET /export against psql \\copy (same server, same run)", "",
+                  *results.api_export.lines(), "",
+                  "The targets (issue 27): at most 2x psql \\copy, the worker's RSS within 50 MB of idle. The API "
+                  "serves as the read-only role under row-level security, one gunicorn worker; psql reads as the "
+                  "owner.", ""]
     if results.api_access:
         lines += ["### Authentication and row-level security on vs off (same run, same rows)", "",
                   *access_table(results.api_access),

@@ -346,3 +346,59 @@ from etl_runs
 where ended_at is not null
 order by started_at desc, id desc
 limit 1;
+
+-- name: export_begin
+-- GET /export/<source> (webapp/routes_export.py): one source's rows in id order, streamed by COPY, in a
+-- transaction of its own begun by this statement (after enter_scope, in the same round trip): the snapshot is
+-- taken here, and the statement timeout of a whole export replaces the request's; a lock it waits for (a bulk
+-- load's) is waited for as long as a request's statement, so a blocked export is a quick 503, not a held slot.
+-- The rows' columns are composed by webapp/export.py from the export_* fragments: whitelisted columns, each
+-- declared field's name a parameter
+select set_config('statement_timeout', %(statement_timeout)s, true) as statement_timeout,
+       set_config('lock_timeout', %(lock_timeout)s, true) as lock_timeout;
+
+-- name: export_rows
+select {columns}
+from normalized_data
+where source = %(source)s
+  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
+  and (%(include_deleted)s or deleted_at is null)
+  and (%(after)s::bigint is null or id > %(after)s)
+-- after: the last id a consumer received, to resume an export cut short
+order by id
+
+-- name: export_csv
+-- COPY's CSV: a null is an empty field, an empty text a quoted "" (so they stay apart); quotes, commas and
+-- newlines inside a field are quoted as RFC 4180 says
+copy ({rows}) to stdout with (format csv, header true)
+
+-- name: export_ndjson
+-- one JSON document per line, as written: CSV with a quote and a delimiter that JSON text never holds raw (the
+-- JSON writer escapes every control character as \u00XX, newlines too), so COPY quotes and escapes nothing
+copy ({rows}) to stdout with (format csv, quote e'\x01', delimiter e'\x02')
+
+-- name: export_time
+-- a timestamptz spelled as /data spells it (Python's isoformat in UTC): microseconds only when not zero
+to_char({column} at time zone 'UTC',
+        case when mod(date_part('microseconds', {column})::bigint, 1000000) = 0
+             then 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"' else 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"' end)
+
+-- name: export_attribute_text
+-- a declared field in a CSV column: a JSON scalar as its text (a string unquoted, a number with every digit)
+attributes ->> {field}
+
+-- name: export_attribute_json
+-- a json field in a CSV column, or any declared field in an NDJSON line: its JSON value
+attributes -> {field}
+
+-- name: export_json_lines
+-- NDJSON: each row as one JSON object, its keys the columns' names (row_to_json: about twice as fast here as
+-- json_build_object over the same columns); the rows' order is the subquery's, which the outer order by keeps
+-- without sorting again
+select row_to_json(line)::text from ({rows}) as line order by line.id
+
+-- name: export_json_attributes
+-- the declared fields of an NDJSON line (a field a record lacks is null, as in /data): json, whose text
+-- row_to_json copies (about 15% faster than jsonb here, which it would print again); a function takes at most 100
+-- arguments, so a source with more than 50 fields joins several objects as jsonb with ||
+json_build_object({pairs})

@@ -18,6 +18,7 @@ MAX_PAGE_SIZE = 100
 MAX_REJECT_PAYLOAD_CHARS = 16_384
 MAX_REJECT_TEXT_CHARS = 2_000  # source_id and reason
 COUNT_MODES = ("exact", "estimated", "none")
+EXPORT_FORMATS = ("csv", "ndjson")
 PAGE_RANGE = validate.Range(min=1, max=MAX_PAGE,
                             error=f"Must be between 1 and {MAX_PAGE}; follow next_cursor to read further.")
 HEALTH_STATUSES = ("ok", "degraded", "unavailable")
@@ -142,6 +143,14 @@ def include_deleted() -> fields.Boolean:
         "updated_since passes true to see deletions as these tombstones")})
 
 
+def updated_since() -> ComparableDateTime:
+    return ComparableDateTime(default_timezone=dt.timezone.utc, metadata={
+        "pattern": COMPARABLE_PATTERN,
+        "description": "ISO 8601; rows with updated_at at or after it (naive means UTC); the UTC offset "
+                       "within ±15:59, the date between 0001-01-01 and 9999-12-31 in UTC"}, error_messages={
+        "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})
+
+
 class PageQuerySchema(Schema):
     """Query string of the paginated lists."""
 
@@ -158,11 +167,7 @@ class DataQuerySchema(PageQuerySchema):
     source = source_name("only this source's records; an unknown name is a 400 that lists the known ones")
     search = fields.String(validate=[validate.Length(min=1, max=200), no_nul], metadata={
         "description": "case-insensitive substring of name or description; % _ and \\ match themselves"})
-    updated_since = ComparableDateTime(default_timezone=dt.timezone.utc, metadata={
-        "pattern": COMPARABLE_PATTERN,
-        "description": "ISO 8601; rows with updated_at at or after it (naive means UTC); the UTC offset "
-                       "within ±15:59, the date between 0001-01-01 and 9999-12-31 in UTC"}, error_messages={
-        "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})
+    updated_since = updated_since()
     cursor = Cursor(metadata={"description": "next_cursor of the previous page; excludes page"})
     count = fields.String(load_default="exact", validate=validate.OneOf(COUNT_MODES))
     include_deleted = include_deleted()
@@ -197,6 +202,21 @@ class RecordQuerySchema(Schema):
 class RecordPathSchema(Schema):
     source = source_name(required=True)
     source_id = fields.String(required=True, validate=[validate.Length(min=1, max=1000), no_nul])
+
+
+class ExportQuerySchema(Schema):
+    """Query string of GET /export/<source>."""
+
+    output = fields.String(data_key="format", validate=validate.OneOf(EXPORT_FORMATS), metadata={
+        "description": "csv (the default) or ndjson; without it, Accept: application/x-ndjson asks for ndjson"})
+    updated_since = updated_since()
+    include_deleted = include_deleted()
+    field_names = fields.String(data_key="fields", validate=validate.Regexp(
+        r"^[^,]+(,[^,]+)*$", error="Must be names separated by commas, e.g. fields=source_id,email."), metadata={
+        "description": "only these columns (id, source, source_id, name, value, description, created_at, "
+                       "updated_at, deleted_at) and declared fields, in this order; id always comes first"})
+    after = fields.Integer(validate=validate.Range(min=0, max=2**63 - 1), metadata={
+        "description": "only the rows whose id is greater: the id of the last row received, to resume"})
 
 
 class RejectsQuerySchema(PageQuerySchema):
@@ -595,6 +615,7 @@ no_query_schema = NoQuerySchema()
 page_query_schema = PageQuerySchema()
 rejects_query_schema = RejectsQuerySchema()
 data_query_schema = DataQuerySchema()
+export_query_schema = ExportQuerySchema()
 record_path_schema = RecordPathSchema()
 record_query_schema = RecordQuerySchema()
 run_path_schema = RunPathSchema()
