@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check
 
-.PHONY: install runtime tools demo run test test-distributed serve up down bench clean
+.PHONY: install runtime tools demo run test test-distributed serve up down bench backup restore clean
 
 # everything: the runtime, the test tools (requirements-dev.txt) and the system tools the tests use
 install: $(VENV)/.installed tools
@@ -71,6 +71,14 @@ up: runtime
 
 down:
 	$(PY) -m sluice_devtools.stack down
+
+# The warehouse (DATABASE_URL, else the embedded one) to a pg_dump -Fc file, and back into an empty database
+# (README, Backup and restore): make backup [BACKUP=file.dump]; make restore BACKUP=file.dump
+backup: runtime
+	$(PY) -m sluice_devtools.backup backup $(or $(BACKUP),backups/sluice-$$(date -u +%Y%m%dT%H%M%SZ).dump)
+
+restore: runtime
+	$(PY) -m sluice_devtools.backup restore $(or $(BACKUP),$(error set BACKUP=path/to/file.dump))
 
 clean: down
 	-$(PY) -m sluice_devtools.embedded_pg stop .sluice/pg
