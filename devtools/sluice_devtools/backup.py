@@ -102,6 +102,7 @@ def restore(path: str | Path, url: str, *, roles: tuple[str, ...] = (reader_role
         for role in roles:
             if not conn.execute(q("role_exists"), {"role": role}).fetchone()[0]:
                 conn.execute(q("create_role_without_login", role=sql.Identifier(role)))
+                reader_role.settings(conn, role)
                 log.info("restore: made role %s without login: set its password (make up, or "
                          "sluice_devtools.reader_role.ensure) before the API logs in as it", role)
     conninfo, env = _libpq(url)
