@@ -15,6 +15,7 @@ runtime: $(VENV)/.runtime
 # docker-compose only validates docker-compose.yaml here (tests/test_compose.py); no engine is needed.
 # redis-server is the Celery broker of make test-distributed, started on loopback by the test itself.
 # prometheus brings promtool, which checks and unit-tests ops/prometheus/rules.yml (tests/test_alert_rules.py).
+# postgresql: a server built with SSL (the embedded one is not), which tests/test_postgres_tls.py starts on loopback.
 tools:
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null); } || \
@@ -25,6 +26,9 @@ tools:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null); } || \
 	  echo "warning: promtool is missing and could not be installed (needs root); tests/test_alert_rules.py will fail"
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null); } || \
+	  echo "warning: Debian's postgresql is missing and could not be installed (needs root); tests/test_postgres_tls.py will fail"
 
 # The pinned runtime set (with the build backend), then Sluice and its dev tools editable: every process imports
 # this checkout's code from the venv, no PYTHONPATH. No build isolation, so the build uses the pinned setuptools.
