@@ -1,6 +1,7 @@
 """Backup and restore of the warehouse (sluice_devtools.backup, make backup / make restore): whole DAG runs against
 real PostgreSQL and loopback sources, a backup restored into a FRESH server, and the run after it."""
 
+import shutil
 import subprocess
 import threading
 import time
@@ -70,6 +71,7 @@ def fresh_server():
         conn.execute("create database restored")
     yield psycopg.conninfo.make_conninfo(url, dbname="restored")
     embedded_pg.stop(data_dir)
+    shutil.rmtree(data_dir)
 
 
 @pytest.fixture

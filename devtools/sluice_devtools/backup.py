@@ -133,7 +133,9 @@ def main(argv: list[str]) -> int:
     if args.action == "backup":
         print(backup(url, args.file))
     else:
-        restore(args.file, url, key_hex=os.environ.get("SLUICE_SCOPE_KEY") or None)
+        # Compose names its reader role SLUICE_READER_USER
+        restore(args.file, url, roles=(os.environ.get("SLUICE_READER_USER") or reader_role.ROLE,),
+                key_hex=os.environ.get("SLUICE_SCOPE_KEY") or None)
     return 0
 
 
