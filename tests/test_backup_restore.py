@@ -1,8 +1,10 @@
 """Backup and restore of the warehouse (sluice_devtools.backup, make backup / make restore): whole DAG runs against
 real PostgreSQL and loopback sources, a backup restored into a FRESH server, and the run after it."""
 
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,6 +96,7 @@ def test_a_backup_between_two_runs_restores_every_table_and_the_next_run_loads_o
     db.warehouse(admin).close()
 
     dump = backup.backup(database_url, tmp_path / "between.dump")
+    assert dump.stat().st_mode & 0o777 == 0o600  # every row of the warehouse: its owner's only
     at_backup = table_digests(database_url)
 
     change_sources(sources)
@@ -212,3 +215,26 @@ def test_a_backup_taken_while_a_run_writes_restores_what_had_committed(monkeypat
     assert restored.rows(DATA_COLUMNS) == original.rows(DATA_COLUMNS)
     assert restored.rows("select source, last_processed_id, total_processed from etl_checkpoint order by 1") == \
         original.rows("select source, last_processed_id, total_processed from etl_checkpoint order by 1")
+
+
+def test_make_backup_and_restore_round_trip_and_a_restore_never_touches_a_database_in_use(make_database, tmp_path):
+    source, target = make_database(), make_database(bare=True)
+    with psycopg.connect(source) as conn:
+        conn.execute("insert into etl_runs (run_id, status) values ('kept', 'success')")
+    dump = tmp_path / "cli.dump"
+
+    def cli(action: str, url: str) -> subprocess.CompletedProcess:
+        # what make backup / make restore run, pointed at a warehouse by DATABASE_URL
+        return subprocess.run([sys.executable, "-m", "sluice_devtools.backup", action, str(dump)], capture_output=True,
+                              text=True, env={**os.environ, "DATABASE_URL": url}, timeout=120)
+
+    assert cli("backup", source).returncode == 0
+    restored = cli("restore", target)
+    assert restored.returncode == 0, restored.stderr
+    with psycopg.connect(target) as conn:
+        assert conn.execute("select run_id from etl_runs").fetchall() == [("kept",)]
+        assert conn.execute(backup.q("scope_key_installed")).fetchone()[0]  # SLUICE_SCOPE_KEY, from the environment
+    before = table_digests(source)
+    refused = cli("restore", source)
+    assert refused.returncode != 0 and "is not empty: a backup is restored into an empty database only" in refused.stderr
+    assert table_digests(source) == before

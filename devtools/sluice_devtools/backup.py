@@ -68,21 +68,25 @@ def _libpq(url: str) -> tuple[str, dict]:
     return psycopg.conninfo.make_conninfo(**info), env
 
 
-def _run(argv: list[str], env: dict) -> None:
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)  # nosec B603 # fixed argv, no shell
+def _run(argv: list[str], env: dict, stdout=subprocess.DEVNULL) -> None:
+    result = subprocess.run(argv, env=env, stdout=stdout, stderr=subprocess.PIPE,  # nosec B603 # fixed argv
+                            text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{Path(argv[0]).name} exited {result.returncode}: {result.stderr.strip()}")
 
 
 def backup(url: str, path: str | Path) -> Path:
-    """Dump the warehouse at url to path (pg_dump custom format, compressed), without the scope key's rows."""
+    """Dump the warehouse at url to path (pg_dump custom format, compressed), without the scope key's rows. The
+    file holds every row of the warehouse: it is made readable by its owner only (0600), before a byte is in it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     conninfo, env = _libpq(url)
     started = time.monotonic()
-    argv = [pg_tool("pg_dump"), "--format=custom", f"--file={path}", f"--dbname={conninfo}"]
+    argv = [pg_tool("pg_dump"), "--format=custom", f"--dbname={conninfo}"]
     argv += [f"--exclude-table-data={table}" for table in SECRET_TABLE_DATA]
-    _run(argv, env)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        os.fchmod(out.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+        _run(argv, env, stdout=out)
     log.info("backup: %s (%d bytes) in %.1fs", path, path.stat().st_size, time.monotonic() - started)
     return path
 
