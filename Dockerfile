@@ -20,6 +20,10 @@ COPY --chown=airflow:0 sql/ /opt/airflow/sql/
 COPY --chown=airflow:0 webapp/ /opt/airflow/webapp/
 COPY --chown=airflow:0 gunicorn.conf.py /opt/airflow/gunicorn.conf.py
 
+# Where the observe profile's prometheus-key service writes Prometheus's API key: a fresh named volume mounted
+# here starts with this folder's owner and mode, so the service writes it as the airflow uid (any uid of group 0).
+RUN mkdir -p /opt/airflow/credentials && chmod 0775 /opt/airflow/credentials
+
 # Sluice installed editable from /opt/airflow, as `make install` does: Airflow's tasks and the web app import
 # `sluice` and `webapp` from these folders (or the mounts over them), with no PYTHONPATH.
 RUN pip install --no-cache-dir --no-build-isolation -e /opt/airflow -c /opt/airflow/sluice-deps/constraints.txt

@@ -85,6 +85,58 @@ class AccessComparison:
         return value / base if base and value is not None else None
 
 
+# (label, metrics on, traces exported): the first is the baseline of the others' ratios
+OBSERVABILITY_MODES = (("off", False, False), ("metrics", True, False), ("metrics + tracing", True, True))
+
+
+@dataclass
+class ObservabilityComparison:
+    """One request under load with metrics and tracing off (SLUICE_METRICS_ENABLED=false, no OTLP endpoint), with
+    metrics on (as deployed), and with traces exported too (OTLP/HTTP to a receiver on loopback)."""
+
+    label: str
+    path: str
+    measured: dict  # OBSERVABILITY_MODES label -> requests_per_second, p50_ms, p99_ms, failures, spans
+
+    def ratio(self, mode: str, key: str) -> float | None:
+        base = self.measured.get(OBSERVABILITY_MODES[0][0], {}).get(key)
+        value = self.measured.get(mode, {}).get(key)
+        return value / base if base and value is not None else None
+
+
+def compare_observability(db: str, endpoints: list[tuple[str, str]], options: "LoadOptions", log_path: Path,
+                          echo=print) -> list[ObservabilityComparison]:
+    """wrk on each endpoint in each of OBSERVABILITY_MODES, back to back per endpoint (same run, same rows); open
+    access as the owner, so only what is switched differs."""
+    from bench import otlp_sink
+
+    comparisons = []
+    with otlp_sink.running() as sink:
+        for label, path in endpoints:
+            measured = {}
+            for mode, metrics_on, traced in OBSERVABILITY_MODES:
+                env = {"SLUICE_METRICS_ENABLED": "true" if metrics_on else "false",
+                       "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url if traced else "",
+                       "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ""}
+                spans_before = sink.spans()
+                with gunicorn(db, workers=options.workers, log_path=log_path, env=env) as base:
+                    status, _ = get(base + path)
+                    if status >= 400:
+                        raise RuntimeError(f"GET {path} ({mode}) answered {status}; see {log_path}")
+                    measured[mode] = run_wrk(options.wrk, base + path, seconds=options.seconds,
+                                             threads=options.threads, connections=options.connections)
+                # counted once gunicorn has stopped: each worker flushes its last batch on the way out
+                measured[mode]["spans"] = sink.spans() - spans_before
+                if traced and not measured[mode]["spans"]:
+                    raise RuntimeError(f"tracing on, but the OTLP receiver got no span; see {log_path}")
+            comparison = ObservabilityComparison(label, path, measured)
+            echo(f"  observability {label:<17} " + " | ".join(
+                f"{mode}: {result['requests_per_second']:.0f} req/s p99 {result['p99_ms']:.1f} ms"
+                for mode, result in measured.items()))
+            comparisons.append(comparison)
+    return comparisons
+
+
 def reader_access(db: str) -> str:
     """The reader role's URL for db, with the scope key installed and in this process's environment, which every
     app and gunicorn the bench starts reads (the owner's app needs the key too: it signs its scope the same way)."""
@@ -137,8 +189,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none"):
-    """`make serve`'s command against db on a free loopback port, with SLUICE_AUTH=auth; yields the base URL."""
+def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none", env: dict | None = None,
+             with_process: bool = False):
+    """`make serve`'s command against db on a free loopback port, with SLUICE_AUTH=auth and `env` on top of the
+    bench's environment; yields the base URL (and the gunicorn process, with_process: the export bench reads its
+    worker's memory)."""
     port = _free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "webapp.wsgi:app"]
@@ -146,13 +201,14 @@ def gunicorn(db: str, *, workers: int, log_path: Path, auth: str = "none"):
     # limits on, as deployed (their cost is in every request), with budgets wrk cannot spend
     env = child_env({"DATABASE_URL": db, "SLUICE_LOG_LEVEL": "WARNING", "SLUICE_AUTH": auth,
                      "SLUICE_RATELIMIT_ANONYMOUS": "1000000000 per hour",
-                     "SLUICE_RATELIMIT_DEFAULT": "1000000000 per hour", "SLUICE_RATELIMIT_HEALTH": "1000000000 per hour"})
+                     "SLUICE_RATELIMIT_DEFAULT": "1000000000 per hour", "SLUICE_RATELIMIT_HEALTH": "1000000000 per hour",
+                     **(env or {})})
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_until_up(base, process, log_path)
-            yield base
+            yield (base, process) if with_process else base
         finally:
             process.terminate()
             try:

@@ -129,6 +129,17 @@ def access_table(comparisons) -> list[str]:
                    "failed"], rows)
 
 
+def observability_table(comparisons) -> list[str]:
+    rows = []
+    for c in comparisons:
+        for mode, result in c.measured.items():
+            rows.append([f"`{c.path}`", c.label, mode, _n(result.get("requests_per_second")),
+                         _n(c.ratio(mode, "requests_per_second"), 2), _n(result.get("p99_ms"), 1),
+                         _n(c.ratio(mode, "p99_ms"), 2), result.get("failures", 0), _n(result.get("spans"))])
+    return _table(["request", "what", "observability", "req/s", "÷ off", "p99 ms", "÷ off", "failed",
+                   "spans received"], rows)
+
+
 def whole_dag_section(server) -> list[str]:
     """One server's DAG runs: wall, pipeline time, each task's duration, rows written, peak RSS; then dlt."""
     rows = []
@@ -240,6 +251,12 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
                   "web layer = serial median − Postgres alone. wrk keeps its connections busy: the mean latency "
                   "is connections ÷ req/s (Little's law), so latency targets are measured with few connections.",
                   ""]
+    if results.api_export is not None:
+        lines += ["### Export: GET /export against psql \\copy (same server, same run)", "",
+                  *results.api_export.lines(), "",
+                  "The targets (issue 27): at most 2x psql \\copy, the worker's RSS within 50 MB of idle. The API "
+                  "serves as the read-only role under row-level security, one gunicorn worker; psql reads as the "
+                  "owner.", ""]
     if results.api_access:
         lines += ["### Authentication and row-level security on vs off (same run, same rows)", "",
                   *access_table(results.api_access),
@@ -247,6 +264,14 @@ def render(results, targets, plot_name: str | None, plot_kind: str = "matplotlib
                   "(its lookup cached 1 s per worker, as deployed). no RLS: gunicorn logged in as the tables' owner, "
                   "which bypasses the policies; RLS: as the read-only role, as deployed (migration 018). Each "
                   "request signs and sets its scope either way; rate limits are on in all four.", ""]
+    if results.api_observability:
+        lines += ["### Metrics and tracing on vs off (same run, same rows)", "",
+                  *observability_table(results.api_observability),
+                  "off: SLUICE_METRICS_ENABLED=false and no OTLP endpoint; metrics: as deployed (every request counted "
+                  "and timed in prometheus_client's multiprocess files, the pool's gauge kept); metrics + tracing: "
+                  "also a server span per request and a client span per statement, exported in batches over "
+                  "OTLP/HTTP to a receiver on loopback (spans received: counted after gunicorn stopped). Open "
+                  "access as the owner in all three.", ""]
     if plot_name:
         lines += [f"![stage times]({plot_name})", ""]
         if plot_kind == "plain":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench import api_load, attributes, baselines, benchenv, database, inputs, plot, report, targets, whole_dag
+from bench import api_export, api_load, attributes, baselines, benchenv, database, inputs, plot, report, targets, whole_dag
 from bench.child import REPO, Children, StepFailed
 from bench.pipeline import LOAD_STAGES, STAGES, PassResult, Source, run_pass, served_files
 from sluice_devtools.source_server import SourceServer
@@ -47,6 +47,8 @@ class BenchResults:
     api: list = field(default_factory=list)
     api_small: list = field(default_factory=list)
     api_access: list = field(default_factory=list)  # api_load.AccessComparison: /data without and with auth and RLS
+    api_observability: list = field(default_factory=list)  # api_load.ObservabilityComparison: metrics, tracing
+    api_export: object = None  # api_export.ExportResult: /export against psql \copy, worker RSS
     api_workers: int = 2
     wrk_spec: str = ""
     notes: list[str] = field(default_factory=list)
@@ -75,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="requests in flight (default 8). By Little's law the mean latency is connections ÷ req/s: the "
              "p99 < 25 ms at ≥ 1,000 req/s target leaves room for at most 25, and 32 cannot meet it on any server")
     add("--api-workers", type=int, default=2, help="gunicorn workers (as `make serve`)")
+    add("--no-export", action="store_true", help="skip GET /export against psql \\copy (bench/api_export.py)")
+    add("--export-rounds", type=int, default=3, help="rounds of the export comparison; it reports medians")
     add("--small-rows", type=int, default=10_000, help="table size for the /stats and /health comparison")
     add("--search", default="12345", help="the /data?search= term")
     add("--results-dir", type=Path, default=REPO / "bench" / "results")
@@ -255,6 +259,13 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
     if wrk:  # what authentication and row-level security cost: the same requests with and without each
         results.api_access = api_load.compare_access(db, reader_db, endpoints[:1] + endpoints[3:4], options,
                                                      children.log_dir / "gunicorn-access.log", echo=echo)
+        # what metrics and tracing cost: /data's first page with both off, metrics on, both on
+        results.api_observability = api_load.compare_observability(
+            db, endpoints[:1], options, children.log_dir / "gunicorn-observability.log", echo=echo)
+    if not args.no_export:
+        echo(f"GET /export/csv on {rows:,} rows against psql \\copy")
+        results.api_export = api_export.measure(db, "csv", children.log_dir / "gunicorn-export.log",
+                                                rounds=args.export_rounds, echo=echo)
     if args.small_rows:
         small_csv = inputs.write_csvs(args.work_dir / "inputs", args.small_rows, with_variants=False)
         small_db = new_database(server, children, f"bench_{stamp}_small")

@@ -358,3 +358,9 @@ language sql immutable parallel safe as $$
                 when sluice_cursor_time(b) > sluice_cursor_time(a) then b
                 else a end
 $$;
+
+-- A value the quality checks count as null (sluice.quality): absent, JSON null, or a string empty after trimming,
+-- as the rules read a missing field (mapping.is_missing, rules.Text)
+create or replace function sluice_quality_missing(v jsonb) returns boolean language sql immutable parallel safe as $$
+    select v is null or v = 'null'::jsonb or (jsonb_typeof(v) = 'string' and btrim(v #>> '{}') = '')
+$$;

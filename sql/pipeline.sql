@@ -209,6 +209,8 @@ with candidates as materialized (
                                         %(description_field)s, %(edge_space)s) f
     -- no row: a declared field the fast path cannot decide
     cross join lateral {attributes} a
+    -- off for a source with row-level checks (rules.Normalization.fast_path): they are the schema's rules
+    where %(fast_path)s
     -- the fast path accepts only ids without edge whitespace, so its id is the staged (stripped) id
     returning source_id
 ), slow as (

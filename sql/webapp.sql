@@ -285,12 +285,37 @@ select c.source as name, c.kind, c.row_count - coalesce(d.deleted, 0) as row_cou
        -- a failure recorded before summaries existed (text only) has a summary of nulls; the text is never read
        case when c.last_error_summary is not null then c.last_error_summary
             when c.last_error_run_id is not null or c.last_error is not null then '{}'::jsonb end
-           as last_error_summary
+           as last_error_summary,
+       q.run_id as quality_run_id, q.status as quality_status, q.score as quality_score,
+       q.recorded_at as quality_at, q.released_by, q.released_at, q.failing
 from etl_checkpoint c
 left join (select source, count(*) as deleted from normalized_data where deleted_at is not null group by source) d
     on d.source = c.source
+-- the newest batch the quality gate judged (quality_runs_source_idx), with the checks it failed
+left join lateral (
+    select qr.run_id, qr.status, qr.score, qr.recorded_at, qr.released_by, qr.released_at,
+           (select coalesce(jsonb_agg(jsonb_build_object('check', r.check_name, 'severity', r.severity,
+                                                         'measured', r.measured, 'threshold', r.threshold)
+                                      order by r.check_name), '[]'::jsonb)
+            from quality_results r
+            where r.run_id = qr.run_id and r.source = qr.source and r.verdict = 'fail') as failing
+    from quality_runs qr where qr.source = c.source
+    order by qr.recorded_at desc limit 1) q on true
 where %(sources)s::text[] is null or c.source = any(%(sources)s)
 order by c.source;
+
+-- name: run_quality
+-- every source's batch of the run that the quality gate judged, within the caller's sources
+select source, status, score, recorded_at, released_by, released_at, superseded_by
+from quality_runs
+where run_id = %(run_id)s and (%(sources)s::text[] is null or source = any(%(sources)s))
+order by source;
+
+-- name: run_quality_results
+select source, check_name, kind, severity, measured, threshold, verdict, detail
+from quality_results
+where run_id = %(run_id)s and (%(sources)s::text[] is null or source = any(%(sources)s))
+order by source, kind, check_name;
 
 -- name: metrics_sources
 -- per source, for /metrics at scrape time: its etl_checkpoint row (live rows as /sources counts them: the kept
@@ -321,3 +346,59 @@ from etl_runs
 where ended_at is not null
 order by started_at desc, id desc
 limit 1;
+
+-- name: export_begin
+-- GET /export/<source> (webapp/routes_export.py): one source's rows in id order, streamed by COPY, in a
+-- transaction of its own begun by this statement (after enter_scope, in the same round trip): the snapshot is
+-- taken here, and the statement timeout of a whole export replaces the request's; a lock it waits for (a bulk
+-- load's) is waited for as long as a request's statement, so a blocked export is a quick 503, not a held slot.
+-- The rows' columns are composed by webapp/export.py from the export_* fragments: whitelisted columns, each
+-- declared field's name a parameter
+select set_config('statement_timeout', %(statement_timeout)s, true) as statement_timeout,
+       set_config('lock_timeout', %(lock_timeout)s, true) as lock_timeout;
+
+-- name: export_rows
+select {columns}
+from normalized_data
+where source = %(source)s
+  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
+  and (%(include_deleted)s or deleted_at is null)
+  and (%(after)s::bigint is null or id > %(after)s)
+-- after: the last id a consumer received, to resume an export cut short
+order by id
+
+-- name: export_csv
+-- COPY's CSV: a null is an empty field, an empty text a quoted "" (so they stay apart); quotes, commas and
+-- newlines inside a field are quoted as RFC 4180 says
+copy ({rows}) to stdout with (format csv, header true)
+
+-- name: export_ndjson
+-- one JSON document per line, as written: CSV with a quote and a delimiter that JSON text never holds raw (the
+-- JSON writer escapes every control character as \u00XX, newlines too), so COPY quotes and escapes nothing
+copy ({rows}) to stdout with (format csv, quote e'\x01', delimiter e'\x02')
+
+-- name: export_time
+-- a timestamptz spelled as /data spells it (Python's isoformat in UTC): microseconds only when not zero
+to_char({column} at time zone 'UTC',
+        case when mod(date_part('microseconds', {column})::bigint, 1000000) = 0
+             then 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"' else 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"' end)
+
+-- name: export_attribute_text
+-- a declared field in a CSV column: a JSON scalar as its text (a string unquoted, a number with every digit)
+attributes ->> {field}
+
+-- name: export_attribute_json
+-- a json field in a CSV column, or any declared field in an NDJSON line: its JSON value
+attributes -> {field}
+
+-- name: export_json_lines
+-- NDJSON: each row as one JSON object, its keys the columns' names (row_to_json: about twice as fast here as
+-- json_build_object over the same columns); the rows' order is the subquery's, which the outer order by keeps
+-- without sorting again
+select row_to_json(line)::text from ({rows}) as line order by line.id
+
+-- name: export_json_attributes
+-- the declared fields of an NDJSON line (a field a record lacks is null, as in /data): json, whose text
+-- row_to_json copies (about 15% faster than jsonb here, which it would print again); a function takes at most 100
+-- arguments, so a source with more than 50 fields joins several objects as jsonb with ||
+json_build_object({pairs})

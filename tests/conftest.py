@@ -19,7 +19,7 @@ SCOPE_KEY = os.environ.setdefault("SLUICE_SCOPE_KEY", "7e57" * 16)
 
 # Every app and gunicorn a test starts runs through the rate limiter, with budgets no other test reaches:
 # tests/test_rate_limits.py sets its own.
-for _limit in ("DEFAULT", "ANONYMOUS", "HEALTH", "BAD_CREDENTIALS"):
+for _limit in ("DEFAULT", "ANONYMOUS", "HEALTH", "BAD_CREDENTIALS", "EXPORT"):
     os.environ.setdefault(f"SLUICE_RATELIMIT_{_limit}", "1000000 per minute")
 
 

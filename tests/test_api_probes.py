@@ -9,7 +9,9 @@ Last, a database too slow to answer: every endpoint that reads it gives a quick 
 """
 
 import base64
+import csv
 import http.client
+import io
 import json
 import socket
 import threading
@@ -38,6 +40,8 @@ QUERY_PARAMETERS = {
               "order"],
     "/runs": ["page", "page_size"], "/sources/api/fields": [],
     f"/runs/{quote(RUN_ID)}/rejects": ["page", "page_size", "source"], "/metrics": [],
+    f"/runs/{quote(RUN_ID)}/quality": [],
+    "/export/api": ["format", "updated_since", "include_deleted", "fields", "after"],
 }
 TEXT_PROBES = [
     "'", "' OR '1'='1", "1; drop table normalized_data; --", "'); select pg_sleep(10); --", '"', "%", "_", "\\",
@@ -97,6 +101,8 @@ def problems_with(app, document, rows, url: str, response, name: str, statuses) 
         found.append(f"status {response.status_code}")
     if any(leak in body_text for leak in LEAKS):
         found.append("leaks internals")
+    if response.status_code == 200 and response.mimetype in ("text/csv", "application/x-ndjson"):
+        return found + export_problems(response)
     if response.content_type != "application/json":
         return found + [f"content type {response.content_type}"]
     body = response.json
@@ -107,6 +113,18 @@ def problems_with(app, document, rows, url: str, response, name: str, statuses) 
             found.append(f"400 does not name {name!r}: {body_text[:200]}")
         return found
     return schema_problems(app, document, url, body) + wrong_answer(app, rows, url, body)
+
+
+def export_problems(response) -> list[str]:
+    """An export of the api source parses as its format and holds the api source's rows only."""
+    text = response.get_data(as_text=True)
+    if response.mimetype == "text/csv":
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    else:
+        *rows, last = [json.loads(line) for line in text.splitlines()]
+        if set(last) != {"_watermark"}:
+            return [f"the last NDJSON line is not the watermark: {last}"]
+    return [f"exported another source's row: {row}" for row in rows if row.get("source", "api") != "api"]
 
 
 def schema_problems(app, document, url: str, body) -> list[str]:
@@ -150,7 +168,8 @@ def probe(app, document, database):
 
     def probe(urls, name: str, statuses=(200, 400)) -> list[str]:
         return [f"{url[:120]}: {problem}" for url in urls
-                for problem in problems_with(app, document, database[1], url, client.get(url), name, statuses)]
+                for problem in problems_with(app, document, database[1], url, client.get(url, buffered=True), name,
+                                             statuses)]
 
     return probe
 
@@ -164,7 +183,8 @@ def test_the_probed_parameters_are_every_documented_one(document):
             ("/", "/"), ("/openapi.json", "/openapi.json"), ("/health", "/health"), ("/stats", "/stats"),
             ("/sources", "/sources"), ("/data", "/data"), ("/data/api/item-1", "/data/{source}/{source_id}"), ("/runs", "/runs"),
             ("/sources/api/fields", "/sources/{source}/fields"), (f"/runs/{quote(RUN_ID)}/rejects", "/runs/{run_id}/rejects"),
-            ("/metrics", "/metrics")]}
+            ("/metrics", "/metrics"), (f"/runs/{quote(RUN_ID)}/quality", "/runs/{run_id}/quality"),
+            ("/export/api", "/export/{source}")]}
 
 
 @pytest.mark.parametrize("path, name", [(path, name) for path, names in QUERY_PARAMETERS.items()
@@ -207,7 +227,8 @@ def test_an_id_with_a_line_break_reaches_the_query_checks(app):
 
 
 VALID_VALUES = {"page": "1", "page_size": "10", "source": "api", "search": "item", "count": "exact",
-                "updated_since": "2024-01-01T00:00:00Z", "include_deleted": "true", "q": "1"}
+                "updated_since": "2024-01-01T00:00:00Z", "include_deleted": "true", "q": "1", "format": "csv",
+                "after": "1"}
 
 
 @pytest.mark.parametrize("path, name", [(path, name) for path, names in QUERY_PARAMETERS.items()

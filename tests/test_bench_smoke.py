@@ -37,6 +37,8 @@ def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
     for baseline in ("COPY into a plain table", "psycopg2 executemany", "PostgresHook.insert_rows"):
         assert f"| {baseline}" in out
     assert "| `/data?page_size=10` |" in out and "| `/health` |" in out
+    assert "### Export: GET /export against psql \\copy" in out
+    assert re.search(r"^  csv +[\d.]+ s .* = [\d.]+x psql \\copy of its own select", out, re.M), out
     # every target gets a verdict line; the exact-count ones do not depend on speed
     assert "PASS  1% changed writes exactly those rows" in out
     assert "SKIP  CSV store_raw→normalize→upsert faster than dlt pyarrow merge: not measured" in out

@@ -6,6 +6,7 @@ its output. `make install` provides the docker-compose binary. The init script t
 read-only role runs for real against the test PostgreSQL.
 """
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,11 @@ AIRFLOW_SERVICES = ("airflow-init", *AIRFLOW_LONG_RUNNING)
 LONG_RUNNING = ("postgres", *AIRFLOW_LONG_RUNNING, "webapp", "ratelimit-redis")
 SERVICES = {"postgres", *AIRFLOW_SERVICES, "webapp", "ratelimit-redis"}
 CELERY_SERVICES = {"redis", "airflow-worker"}  # the `celery` profile; `flower` has a profile of its own
+OBSERVE_SERVICES = {"prometheus-key", "otel-collector", "jaeger", "prometheus", "grafana"}  # the `observe` profile
+OBSERVE_UIS = {"prometheus", "grafana", "jaeger"}  # what it publishes
+# The two lines of .env that switch on the dashboards and Airflow's telemetry (README, Operations: dashboards).
+OBSERVE = {"COMPOSE_PROFILES": "observe", "SLUICE_OBSERVE": "true",
+           "SLUICE_API_OTLP_ENDPOINT": "http://otel-collector:4318"}
 READER_INIT = REPO / "docker" / "postgres-init" / "02-sluice-reader.sh"
 # What .env must set: compose refuses to start without each. Values only a test would pick.
 SECRETS = {"POSTGRES_PASSWORD": "pg-test-pw", "SLUICE_READER_PASSWORD": "reader-test-pw", "SLUICE_SCOPE_KEY": "5c" * 32,
@@ -162,7 +168,7 @@ def test_ports_are_published_on_loopback_unless_told_otherwise(tmp_path, address
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     published = {name: svc.get("ports", []) for name, svc in config["services"].items()}
-    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver", "webapp", "flower"}
+    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver", "webapp", "flower", *OBSERVE_UIS}
     expected = address or "127.0.0.1"
     for name, ports in published.items():
         for port in ports:
@@ -178,6 +184,8 @@ def test_expected_services_exist(config):
     (set(), set()),
     ({"celery"}, CELERY_SERVICES),
     ({"celery", "flower"}, {*CELERY_SERVICES, "flower"}),
+    ({"observe"}, OBSERVE_SERVICES),
+    ({"observe", "celery"}, OBSERVE_SERVICES | CELERY_SERVICES),
 ])
 def test_each_profile_adds_its_services_and_everything_they_wait_for(config, profiles, added):
     # `up` refuses a service that waits for one its profiles leave out
@@ -241,6 +249,102 @@ def test_the_worker_waits_for_redis_the_api_server_and_init(celery_config):
     }
 
 
+@pytest.fixture(scope="module")
+def observe_config(tmp_path_factory) -> dict:
+    """The resolved compose file as README's Operations: dashboards sets it up: the profile and its switch."""
+    env_file = write_env(tmp_path_factory.mktemp("compose") / "observe.env", {**SECRETS, **OBSERVE})
+    result = docker_compose("--profile", "observe", "config", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+COLLECTOR = "http://otel-collector:4318"
+
+
+def test_the_observe_switch_sends_airflow_and_the_api_telemetry_to_the_collector(config, observe_config):
+    for name in AIRFLOW_SERVICES:
+        on, off = service(observe_config, name)["environment"], service(config, name)["environment"]
+        assert on["AIRFLOW__METRICS__OTEL_ON"] == on["AIRFLOW__TRACES__OTEL_ON"] == "true", name
+        assert off["AIRFLOW__METRICS__OTEL_ON"] == off["AIRFLOW__TRACES__OTEL_ON"] == "false", name
+        assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR and on["OTEL_TRACES_EXPORTER"] == "otlp_proto_http"
+        assert on["AIRFLOW__METRICS__LEGACY_NAMES_ON"] == "false"  # dag and task ids as labels, not in names
+    assert service(observe_config, "webapp")["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR
+    assert service(config, "webapp")["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""  # no traces by default
+
+
+def test_the_observe_profile_pins_its_images_and_mounts_what_the_repository_holds(observe_config):
+    for name in OBSERVE_SERVICES:
+        svc = service(observe_config, name)
+        image = svc["image"]
+        assert re.search(r":v?\d+\.\d+", image) and not image.endswith(":latest"), f"{name}: {image} is not pinned"
+        for target, source in mount_targets(svc).items():
+            if source.startswith("/"):  # a bind mount: the file or folder must be committed
+                assert Path(source).exists() and Path(source).is_relative_to(REPO), f"{name}: {source}"
+    for name in OBSERVE_SERVICES - {"prometheus-key", "otel-collector"}:  # one-shot; distroless (no probe binary)
+        svc = service(observe_config, name)
+        assert svc["healthcheck"]["test"] and svc["restart"] == "always", name
+    assert service(observe_config, "prometheus")["depends_on"]["prometheus-key"] == {
+        "condition": "service_completed_successfully"}
+
+
+def test_prometheus_grafana_collector_and_jaeger_point_at_each_other(observe_config):
+    prometheus = mount_targets(service(observe_config, "prometheus"))
+    assert Path(prometheus["/etc/prometheus"]) == REPO / "ops" / "prometheus"
+    scrape = yaml.safe_load((REPO / "ops" / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["rule_files"] == ["rules.yml"]
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    api = jobs["sluice-api"]
+    assert api["static_configs"][0]["targets"] == ["webapp:5000"] and api["metrics_path"] == "/metrics"
+    # the key the one-shot writes is in the volume Prometheus mounts, at the path it reads
+    key_path = Path(api["authorization"]["credentials_file"])
+    assert prometheus[str(key_path.parent)] == "prometheus-credentials"
+    key_service = service(observe_config, "prometheus-key")
+    (written,) = [target for target, source in mount_targets(key_service).items() if source == "prometheus-credentials"]
+    assert f"> {written}/{key_path.name}.new" in "\n".join(key_service["command"])
+    assert f"mkdir -p {written} && chmod 0775 {written}" in (REPO / "Dockerfile").read_text()  # writable as its uid
+    assert key_service["user"] == service(observe_config, "webapp")["user"]  # not root
+
+    collector_mounts = mount_targets(service(observe_config, "otel-collector"))
+    collector_file = Path(collector_mounts["/etc/otelcol-contrib/config.yaml"])
+    collector = yaml.safe_load(collector_file.read_text())
+    exported = collector["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+    assert jobs["airflow"]["static_configs"][0]["targets"] == [f"otel-collector:{exported}"]
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":" + COLLECTOR.rsplit(":", 1)[1])
+    pipelines = collector["service"]["pipelines"]
+    assert pipelines["metrics"]["exporters"] == ["prometheus"]
+    assert pipelines["traces"]["exporters"] == ["otlp/jaeger"]
+    assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+
+    grafana = mount_targets(service(observe_config, "grafana"))
+    provisioning = Path(grafana["/etc/grafana/provisioning"])
+    sources = yaml.safe_load((provisioning / "datasources" / "datasources.yaml").read_text())["datasources"]
+    assert {source["url"] for source in sources} == {"http://prometheus:9090", "http://jaeger:16686"}
+    provider = yaml.safe_load((provisioning / "dashboards" / "dashboards.yaml").read_text())["providers"][0]
+    dashboards = Path(grafana[provider["options"]["path"]])
+    assert sorted(path.name for path in dashboards.glob("*.json")) == ["api-traffic.json", "pipeline-health.json"]
+    uids = {source["uid"] for source in sources}
+    for path in dashboards.glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            assert panel["datasource"]["uid"] in uids and panel["targets"], f"{path.name}: {panel['title']}"
+
+
+def test_the_committed_prometheus_config_passes_promtool(tmp_path):
+    """`promtool check config` in full: the scrape jobs, the rule file it loads, and the key file it reads (which
+    exists only in the running stack: here a stand-in at the same place in a copy)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: make tools installs Debian's prometheus package (as root)"
+    text = (REPO / "ops" / "prometheus" / "prometheus.yml").read_text()
+    key_path = "/run/sluice-credentials/prometheus.key"
+    assert text.count(key_path) == 1
+    (tmp_path / "prometheus.key").write_text("stand-in\n")
+    (tmp_path / "prometheus.yml").write_text(text.replace(key_path, str(tmp_path / "prometheus.key")))
+    shutil.copy(REPO / "ops" / "prometheus" / "rules.yml", tmp_path)
+    checked = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 6 rules found" in checked.stdout + checked.stderr
+
+
 def test_every_password_in_a_url_comes_from_env(celery_config):
     # the .env of celery_config holds the only passwords: any other one would be written in the compose file
     from_env = {*SECRETS.values(), urllib.parse.urlsplit(S3_STAGING["AIRFLOW_CONN_SLUICE_STAGING"]).password}
@@ -269,6 +373,10 @@ def guard(config: dict) -> subprocess.CompletedProcess:
     ({**CELERY, "COMPOSE_PROFILES": "flower,celery"}, None),
     ({"AIRFLOW_EXECUTOR": "CeleryExecutor"}, "AIRFLOW_EXECUTOR=CeleryExecutor needs COMPOSE_PROFILES=celery"),
     ({"COMPOSE_PROFILES": "celery"}, "COMPOSE_PROFILES=celery needs AIRFLOW_EXECUTOR=CeleryExecutor"),
+    (OBSERVE, None),
+    ({**OBSERVE, **CELERY, "COMPOSE_PROFILES": "celery,observe"}, None),
+    ({"SLUICE_OBSERVE": "true"}, "SLUICE_OBSERVE=true needs COMPOSE_PROFILES=observe"),
+    ({"COMPOSE_PROFILES": "observe"}, "COMPOSE_PROFILES=observe needs SLUICE_OBSERVE=true"),
 ])
 def test_airflow_init_stops_when_the_executor_and_the_profile_disagree(tmp_path, variables, error):
     result = docker_compose("config", env_file=write_env(tmp_path / ".env", {**SECRETS, **variables}))

@@ -2,7 +2,6 @@
 request with child database spans, its ids in the access and audit lines, no secret in any span; nothing at all
 when no endpoint is set."""
 
-import gzip
 import json
 import logging
 import os
@@ -12,13 +11,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from auth_fixtures import bearer, create_key
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
-                                                                      ExportTraceServiceResponse)
+from otlp_receiver import attributes, receiver  # noqa: F401 (receiver is a fixture)
 from webapp_fixtures import catalog, free_port, insert_records, make_app  # noqa: F401 (make_app is a fixture)
 
 from webapp import tracing
@@ -27,64 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
 QUERY_SECRET = "s3cr3t-in-a-query-string"
-
-
-class OtlpReceiver(ThreadingHTTPServer):
-    """An OTLP/HTTP trace endpoint: POST /v1/traces with a protobuf ExportTraceServiceRequest, kept as sent."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _OtlpHandler)
-        self.bodies: list[bytes] = []
-        self.paths: list[str] = []
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def spans(self) -> list[tuple[dict, object]]:
-        """(resource attributes, span) of every span received."""
-        found = []
-        for body in self.bodies:
-            export = ExportTraceServiceRequest.FromString(body)
-            for resource_spans in export.resource_spans:
-                resource = attributes(resource_spans.resource)
-                found.extend((resource, span) for scope in resource_spans.scope_spans for span in scope.spans)
-        return found
-
-
-class _OtlpHandler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        with self.server.lock:
-            self.server.paths.append(self.path)
-            self.server.bodies.append(body)
-        reply = ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass  # the test reads what was received, not the receiver's own log
-
-
-def attributes(item) -> dict:
-    """An OTLP span's or resource's attributes as a plain dict."""
-    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in item.attributes}
-
-
-@pytest.fixture
-def receiver():
-    server = OtlpReceiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def exporter_threads() -> list[str]:

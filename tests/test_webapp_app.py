@@ -72,7 +72,7 @@ def test_index_lists_every_endpoint(offline_app):
     assert (body["service"], body["version"]) == ("sluice", sluice.__version__)
     assert {endpoint["path"] for endpoint in body["endpoints"]} == {
         "/", "/openapi.json", "/health", "/data", "/data/{source}/{source_id}", "/stats", "/runs",
-        "/runs/{run_id}/rejects", "/sources", "/sources/{source}/fields", "/metrics"}
+        "/runs/{run_id}/rejects", "/sources", "/sources/{source}/fields", "/metrics", "/export/{source}"}
     assert all(endpoint["methods"] == ["GET"] and endpoint["summary"] for endpoint in body["endpoints"])
 
 

@@ -12,13 +12,16 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+import promql_names
 import pytest
 from auth_fixtures import bearer, create_key
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_deletes import items_csv, pipeline_run  # noqa: F401
 from webapp_fixtures import catalog, closed_port_url, free_port, insert_records, make_app  # noqa: F401
 
 from sluice_devtools import demo, sample_data
+from webapp import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,6 +87,23 @@ def test_requests_are_counted_per_route_and_status_and_metrics_need_the_operatio
     assert requests_by_route(again)[("/metrics", "GET", "200")] == 1
 
 
+def test_metrics_switched_off_count_nothing_and_serve_no_metrics(make_app, database_url):
+    # SLUICE_METRICS_ENABLED=false: the bench's baseline for what counting costs, and a deployment without Prometheus
+    insert_records(database_url, catalog(3))
+    app = make_app(database_url, METRICS_ENABLED=False)
+    client = app.test_client()
+    assert client.get("/data").status_code == 200
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 404 and response.is_json
+    text = generate_latest(metrics.of(app).registry).decode()
+    assert requests_by_route(text) == {}
+    assert set(samples(text, "sluice_db_pool_connections").values()) == {0}  # the pool's checkouts not kept either
+    with pytest.raises(ValueError, match="SLUICE_METRICS_ENABLED='yes' must be true or false"):
+        make_app(database_url, METRICS_ENABLED="yes")
+
+
 def test_a_warehouse_that_cannot_be_reached_is_counted_and_metrics_still_answer(make_app):
     client = make_app(closed_port_url()).test_client()
     assert client.get("/data").status_code == 503
@@ -135,12 +155,17 @@ def test_pipeline_gauges_equal_sources_and_runs_after_real_runs(pipeline_run, ma
     assert samples(text, "sluice_last_run_success") == {(): 0}
     assert samples(text, "sluice_last_run_duration_seconds") == {(): pytest.approx(runs[0]["duration_seconds"])}
 
-    # every series an alert rule queries is one this scrape exports (a renamed metric would silence its alert)
+    # every Sluice series an alert rule or a dashboard panel queries is one the API exports, once it has served
+    # requests (a renamed metric would silence its alert or blank its panel); Airflow's: test_airflow_telemetry
     families = list(text_string_to_metric_families(text))  # a histogram's name and its _bucket series both count
     exported = {family.name for family in families} | {sample.name for family in families for sample in family.samples}
-    with open(os.path.join(REPO, "ops", "prometheus", "rules.yml"), encoding="utf-8") as rules:
-        queried = set(re.findall(r"\bsluice_[a-z_]+", rules.read()))
-    assert queried and queried <= exported, sorted(queried - exported)
+    for name, expressions in promql_names.every_expression().items():
+        queried = {metric for metric in promql_names.queried(expressions) if metric.startswith("sluice_")}
+        assert queried and not promql_names.unexported(queried, exported), (name, promql_names.unexported(queried, exported))
+    renamed = (promql_names.DASHBOARDS / "api-traffic.json").read_text().replace(
+        "sluice_db_pool_connections", "sluice_db_pool_connection")
+    assert promql_names.unexported(promql_names.queried(promql_names.dashboard_expressions(renamed)), exported) == [
+        "sluice_db_pool_connection"]
 
 
 def _epoch(at: str) -> float:

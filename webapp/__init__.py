@@ -5,8 +5,8 @@ from flask_cors import CORS
 from werkzeug.routing import PathConverter
 
 from webapp import config as settings
-from webapp import (auth, db, errors, exact_json, hooks, metrics, proxies, rate_limits, routes_data, routes_health,
-                    routes_meta, routes_metrics, routes_runs, routes_schema, routes_stats, tracing)
+from webapp import (auth, db, errors, exact_json, hooks, metrics, proxies, rate_limits, routes_data, routes_export,
+                    routes_health, routes_meta, routes_metrics, routes_runs, routes_schema, routes_stats, tracing)
 from webapp.keys_cli import keys_cli
 
 
@@ -32,6 +32,7 @@ def create_app(config=None) -> Flask:
 
     metrics.init_app(app)  # first: its clock starts before, and its count runs after, every other hook
     db.init_app(app)
+    routes_export.init_app(app)
     errors.register(app)
     tracing.init_app(app)  # first of the request hooks: a request another hook refuses is traced too
     hooks.register(app)
@@ -44,7 +45,9 @@ def create_app(config=None) -> Flask:
         CORS(app, origins=app.config["CORS_ORIGINS"], methods=["GET", "HEAD", "OPTIONS"],
              expose_headers=["ETag", "Retry-After", "Sluice-Watermark", "WWW-Authenticate", *rate_limits.HEADERS],
              supports_credentials=False, max_age=600)
-    for module in (routes_meta, routes_health, routes_data, routes_stats, routes_runs, routes_schema, routes_metrics):
+    for module in (routes_meta, routes_health, routes_data, routes_export, routes_stats, routes_runs, routes_schema):
         app.register_blueprint(module.blueprint)
+    if app.config["METRICS_ENABLED"]:
+        app.register_blueprint(routes_metrics.blueprint)
     app.cli.add_command(keys_cli)
     return app

@@ -39,6 +39,16 @@ def key_revoked(name: str, by: str) -> None:
     _emit("key_revoked", key_name=name, by=by)
 
 
+def export_finished(principal: str | None, source: str, output: str, rows: int | None, sent_bytes: int,
+                    complete: bool, client: str | None, duration_ms: float) -> None:
+    """An export's end, after its last byte (its request line was written when it began): rows is None when it
+    was cut short (the client went away, or the warehouse failed)."""
+    if principal is None:
+        return
+    _emit("export", principal=principal, source=source, format=output, rows=rows, bytes=sent_bytes,
+          complete=complete, client=client, duration_ms=duration_ms)
+
+
 def request_served(response):
     """after_request: one line per request an authenticated principal made."""
     scope = g.get("scope")

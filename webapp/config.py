@@ -17,12 +17,20 @@ DEFAULTS = {
     "CORS_ORIGINS": "",  # comma-separated exact origins; empty sends no CORS headers; "*" allows any
     "MAX_STALENESS_HOURS": 26,  # a daily pipeline plus slack before /health says stale
     "MAX_CONTENT_LENGTH": 64 * 1024,  # the API takes no bodies; refuse big ones early
+    # GET /export: exports streaming at once in one process (gunicorn worker); one more is a 503 with Retry-After.
+    # Each holds a request thread, a copy thread, a connection and about a core (its backend and the copy): two
+    # of a worker's 8 threads, so the other requests keep 6 (README, Export)
+    "EXPORT_CONCURRENCY": 2,
+    "EXPORT_STATEMENT_TIMEOUT_MS": 3_600_000,  # one export's COPY, a slow reader's time included
     # Rate limits (webapp/rate_limits.py), each "<n> per <second|minute|hour|day>", several joined by ";"
+    # /metrics and the per-request counting; false: neither (the bench's baseline for what metrics cost)
+    "METRICS_ENABLED": True,
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_DEFAULT": "600 per minute",  # per principal (an API key, an OIDC subject), all routes together
     "RATELIMIT_ANONYMOUS": "120 per minute",  # per client address, for requests without a principal
     "RATELIMIT_HEALTH": "120 per minute",  # /health, per client address, apart from the API's budget
     "RATELIMIT_BAD_CREDENTIALS": "10 per minute",  # 401s per client address before its credentials are refused
+    "RATELIMIT_EXPORT": "60 per hour",  # GET /export per principal (address without one), beside the budget above
     "RATELIMIT_STORAGE_URI": "memory://",  # counters of one process; redis://host:6379/1 shared by every worker
     # peers whose X-Forwarded-For is believed (addresses or networks, comma-separated; "*" any); empty: none
     "FORWARDED_ALLOW_IPS": "",
@@ -37,7 +45,8 @@ DEFAULTS = {
     "OIDC_JWKS_MIN_REFRESH_SECONDS": 60,  # an unknown kid refetches the JWKS at most this often
     "OIDC_JWKS_MAX_AGE_SECONDS": 3600,  # the JWKS is fetched again after this long, so removed keys go
 }
-RATE_LIMITS = ("RATELIMIT_DEFAULT", "RATELIMIT_ANONYMOUS", "RATELIMIT_HEALTH", "RATELIMIT_BAD_CREDENTIALS")
+RATE_LIMITS = ("RATELIMIT_DEFAULT", "RATELIMIT_ANONYMOUS", "RATELIMIT_HEALTH", "RATELIMIT_BAD_CREDENTIALS",
+               "RATELIMIT_EXPORT")
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 AUTH_MODES = ("keys", "oidc", "none")
 # A token from a plain-http issuer could be forged by anyone on the path to its JWKS: loopback only (tests).
@@ -116,6 +125,8 @@ def check(config) -> None:
     config["POOL_MIN"] = _integer(config, "POOL_MIN", 0)
     config["POOL_MAX"] = _integer(config, "POOL_MAX", max(1, config["POOL_MIN"]))
     config["STATEMENT_TIMEOUT_MS"] = _integer(config, "STATEMENT_TIMEOUT_MS", 1)
+    config["EXPORT_CONCURRENCY"] = _integer(config, "EXPORT_CONCURRENCY", 0)
+    config["EXPORT_STATEMENT_TIMEOUT_MS"] = _integer(config, "EXPORT_STATEMENT_TIMEOUT_MS", 1)
     config["CONNECT_TIMEOUT_SECONDS"] = _integer(config, "CONNECT_TIMEOUT_SECONDS", 2)  # libpq reads 1 as 2, 0 as never
     config["MAX_CONTENT_LENGTH"] = _integer(config, "MAX_CONTENT_LENGTH", 0)
     config["CORS_ORIGINS"] = _origins(config["CORS_ORIGINS"])
@@ -126,8 +137,9 @@ def check(config) -> None:
     if not hours > 0:
         raise ValueError(f"SLUICE_MAX_STALENESS_HOURS={hours!r} must be more than 0")
     config["MAX_STALENESS_HOURS"] = hours
-    if not isinstance(config["RATELIMIT_ENABLED"], bool):
-        raise ValueError(f"SLUICE_RATELIMIT_ENABLED={config['RATELIMIT_ENABLED']!r} must be true or false")
+    for switch in ("METRICS_ENABLED", "RATELIMIT_ENABLED"):
+        if not isinstance(config[switch], bool):
+            raise ValueError(f"SLUICE_{switch}={config[switch]!r} must be true or false")
     for key in RATE_LIMITS:
         config[key] = _rate_limit(config, key)
     config["RATELIMIT_STORAGE_URI"] = _storage_uri(config["RATELIMIT_STORAGE_URI"])

@@ -103,7 +103,7 @@ class Warehouse:
 
 
 def init_app(app) -> None:
-    app.extensions["sluice_warehouse"] = Warehouse(app.config, metrics.of(app).pool_connections)
+    app.extensions["sluice_warehouse"] = Warehouse(app.config, metrics.pool_gauge(app))
     app.teardown_appcontext(_give_back_connection)
 
 
@@ -150,13 +150,8 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
                 cursor.execute(statement, values)
                 g.db_statements += 1
                 return cursor.fetchall()
-        except psycopg2.errors.QueryCanceled as error:
-            raise _failure("timeout", f"the query took longer than the {store.statement_timeout_ms} ms statement "
-                                      "timeout") from error
-        except psycopg2.errors.InsufficientPrivilege as error:
-            # a scope the warehouse refuses (its message says why, never the token) or a table the role may not read
-            log.error("warehouse query %s refused: %s", name, str(error).strip())
-            raise _failure("refused", "the warehouse refused this API's access; its log says why") from error
+        except (psycopg2.errors.QueryCanceled, psycopg2.errors.InsufficientPrivilege) as error:
+            raise statement_failure(error, name, store.statement_timeout_ms) from error
         except CONNECTION_ERRORS as error:
             _discard_connection()
             if first_statement and conn.closed:
@@ -165,6 +160,28 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
             log.warning("warehouse query %s failed: %s", name, str(error).strip())
             raise _failure("unavailable", "database unreachable") from error
     raise _failure("unavailable", "database unreachable")
+
+
+def statement_failure(error: Exception, name: str, timeout_ms: int) -> DatabaseUnavailable:
+    """The 503 of a statement the server cancelled (its timeout) or refused, or whose connection broke."""
+    if isinstance(error, psycopg2.errors.LockNotAvailable):  # lock_timeout (an export waiting on a bulk load)
+        return _failure("timeout", f"the query waited longer than {timeout_ms} ms for a lock (a load is writing)")
+    if isinstance(error, psycopg2.errors.QueryCanceled):
+        return _failure("timeout", f"the query took longer than the {timeout_ms} ms statement timeout")
+    if isinstance(error, psycopg2.errors.InsufficientPrivilege):
+        # a scope the warehouse refuses (its message says why, never the token) or a table the role may not read
+        log.error("warehouse query %s refused: %s", name, str(error).strip())
+        return _failure("refused", "the warehouse refused this API's access; its log says why")
+    log.warning("warehouse query %s failed: %s", name, str(error).strip())
+    return _failure("unavailable", "database unreachable")
+
+
+def detach():
+    """The request's connection, handed over: the request's teardown no longer returns it to the pool. For a
+    response that streams after its request ended; the taker gives it back (warehouse().give_back)."""
+    conn = get_db()
+    g.pop("db")
+    return conn
 
 
 def _scoped(conn, store: Warehouse, statement: str, params: dict) -> tuple[str, dict]:

@@ -71,7 +71,15 @@ def _record(response):
 
 
 def init_app(app) -> None:
-    """Before every other hook: its clock starts first, and its after_request runs last, on the final status."""
+    """Before every other hook: its clock starts first, and its after_request runs last, on the final status.
+    SLUICE_METRICS_ENABLED=false installs no hook (the metrics stay, uncounted but for database errors)."""
     app.extensions["sluice_metrics"] = ApiMetrics()
+    if not app.config["METRICS_ENABLED"]:
+        return
     app.before_request(_start_clock)
     app.after_request(_record)
+
+
+def pool_gauge(app):
+    """The pool's gauge for the warehouse to keep, None when metrics are off (no write at each checkout)."""
+    return of(app).pool_connections if app.config["METRICS_ENABLED"] else None

@@ -41,6 +41,12 @@ never match a null. A field named like one of /data's own parameters is filtered
 (which works for any field). An unknown field, operator or a value of the wrong type is a 400 naming it; so
 is a cursor passed with another order or other filters.
 
+`/export/{{source}}` streams every row of one source from one snapshot, in id order, as CSV (default) or NDJSON
+(`format=ndjson` or `Accept: application/x-ndjson`; its last line is `{{"_watermark": …}}`), with the snapshot's
+watermark in the `Sluice-Watermark` header: export, then poll `/data?updated_since=<watermark>`. `after=<id>`
+resumes one cut short (a body without its last chunk). At most a few run at once per worker: beyond, a 503 with
+`Retry-After`.
+
 A record its source no longer has is soft-deleted: `/data` and `/data/{{source}}/{{source_id}}` leave it out
 unless `include_deleted=true`, which shows it with `deleted_at` set. Its deletion moves `updated_at`, so a
 client polling `updated_since` with `include_deleted=true` sees each deletion as such a tombstone, and a record
@@ -68,7 +74,7 @@ Connect issuer, sent as `Authorization: Bearer <token>`; its scope claim grants 
 ETAGS = {"strong": "strong hash of the body",
          "weak": "weak: a hash of the body without its watermark, so it matches while the records are the same"}
 # Every operation's group, by the blueprint that serves it (generated clients put each group in a module).
-TAGS = {"data": "data", "schema": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta",
+TAGS = {"data": "data", "export": "data", "schema": "data", "runs": "runs", "stats": "runs", "meta": "meta", "health": "meta",
         "metrics": "meta"}
 TAG_DESCRIPTIONS = {"data": "the records the pipeline loaded and the sources they come from",
                     "runs": "the pipeline's runs, rejects and totals",
@@ -89,7 +95,7 @@ class Operation:
     headers: dict[str, str] = field(default_factory=dict)  # name: description, of headers of every answer
     summary: str = ""
     open_access: bool = False  # answers without credentials too (webapp.auth reads this)
-    media_type: str = "application/json"  # of its successful answers (errors are always JSON)
+    media_type: str | tuple[str, ...] = "application/json"  # of its successful answers (errors are always JSON)
 
 
 def documented(*, responses, query=None, path=None, errors=(), etag=None, headers=None, open_access=False,
@@ -121,8 +127,10 @@ def operation_of(app, rule) -> Operation:
     return doc
 
 
-def _json(schema, description: str, media_type: str = "application/json") -> dict:
-    return {"description": description, "content": {media_type: {"schema": schema}}}
+def _json(schema, description: str, media_type: str | tuple[str, ...] = "application/json") -> dict:
+    """A response of one media type, or of each of several (the client chooses: /export's format)."""
+    types = media_type if isinstance(media_type, tuple) else (media_type,)
+    return {"description": description, "content": {name: {"schema": schema} for name in types}}
 
 
 def _header(description: str) -> dict:

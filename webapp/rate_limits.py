@@ -26,6 +26,7 @@ from webapp.errors import error_response
 log = logging.getLogger(__name__)
 
 HEALTH_ENDPOINT = "health.check_health"
+EXPORT_ENDPOINT = "export.export_source"
 DEGRADED_LOG_INTERVAL_SECONDS = 60
 # A Redis that hangs costs a request this much at most before the worker counts in memory instead.
 STORAGE_TIMEOUT_SECONDS = 0.5
@@ -66,6 +67,10 @@ def _is_health() -> bool:
     return request.endpoint == HEALTH_ENDPOINT
 
 
+def _is_export() -> bool:
+    return request.endpoint == EXPORT_ENDPOINT
+
+
 def _presents_credential() -> bool:
     return "Authorization" in request.headers
 
@@ -79,6 +84,7 @@ MESSAGES = {
     "health": "too many /health requests from this address: the limit is {limit}",
     "bad-credentials": "too many refused credentials from this address ({limit}): none is checked until the "
                        "window ends",
+    "export": "too many exports from {who}: the limit is {limit}",
 }
 
 
@@ -117,7 +123,7 @@ def guard_credentials(app) -> None:
 
 
 def limit_requests(app) -> None:
-    """The budget of each principal or address, and /health's: call after authentication is registered."""
+    """The budget of each principal or address, /health's and /export's: call after authentication is registered."""
     if not app.config["RATELIMIT_ENABLED"]:
         return
     budget = Limit(_budget, key_function=_requester, shared=True, scope="api", exempt_when=_is_health)
@@ -125,7 +131,10 @@ def limit_requests(app) -> None:
     # flood of it is still bounded (each answer queries the warehouse)
     health = Limit(lambda: current_app.config["RATELIMIT_HEALTH"], key_function=client_address, shared=True,
                    scope="health", exempt_when=lambda: not _is_health())
-    app.extensions["sluice_rate_limits"]["budget"] = _limiter(app, budget, health)
+    # an export reads a whole source: a budget of its own, counted beside the principal's
+    export = Limit(lambda: current_app.config["RATELIMIT_EXPORT"], key_function=_requester, shared=True,
+                   scope="export", exempt_when=lambda: not _is_export())
+    app.extensions["sluice_rate_limits"]["budget"] = _limiter(app, budget, health, export)
 
 
 def _reported_limit():

@@ -172,14 +172,18 @@ def _source(row: dict, operations: bool) -> dict:
         if row["last_error_summary"] is not None and operations else None,
         "last_skip": {"run_id": row["last_skip_run_id"], "at": row["last_skip_at"], "reason": row["last_skip_reason"]}
         if row["last_skip_run_id"] is not None else None,
+        "quality": {"run_id": row["quality_run_id"], "status": row["quality_status"], "score": row["quality_score"],
+                    "at": row["quality_at"], "released_by": row["released_by"], "released_at": row["released_at"],
+                    "failing": row["failing"]}
+        if row["quality_run_id"] is not None else None,
     }
 
 
 @blueprint.get("/sources")
 @documented(responses={200: sources_schema}, errors=(400, 503), etag="strong")
 def list_sources():
-    """Every source in the warehouse: kind, live and deleted rows, checkpoint, last successful load, last error and
-    last skip."""
+    """Every source in the warehouse: kind, live and deleted rows, checkpoint, last successful load, last error,
+    last skip and its newest batch's quality (score, held or published, failing checks)."""
     auth.require_sources()
     load_query(no_query_schema, request.args)
     scope = scopes.current()

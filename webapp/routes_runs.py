@@ -6,8 +6,9 @@ from werkzeug.exceptions import NotFound
 from webapp import audit, auth, db, scopes
 from webapp.openapi import documented
 from webapp.routes_data import check_known
-from webapp.schemas import (MAX_REJECT_PAYLOAD_CHARS, MAX_REJECT_TEXT_CHARS, load_query, page_query_schema,
-                            rejects_page_schema, rejects_query_schema, run_path_schema, runs_page_schema)
+from webapp.schemas import (MAX_REJECT_PAYLOAD_CHARS, MAX_REJECT_TEXT_CHARS, load_query, no_query_schema,
+                            page_query_schema, rejects_page_schema, rejects_query_schema, run_path_schema,
+                            run_quality_schema, runs_page_schema)
 
 blueprint = Blueprint("runs", __name__)
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected")
@@ -73,3 +74,23 @@ def list_rejects(run_id):
                  {**key, **bounds, "source": args.get("source"), "sources": sources})
     audit.records({row["source"] for row in page["data"]}, len(page["data"]))
     return rejects_page_schema.dump(page)
+
+
+@blueprint.get("/runs/<id:run_id>/quality")
+@documented(path=run_path_schema, responses={200: run_quality_schema}, errors=(400, 404, 503))
+def run_quality(run_id):
+    """Every quality check of the run, per source: measured value, threshold, severity, verdict, the batch's score
+    and what became of it (published, held, released by whom and when, superseded)."""
+    auth.require_operations()
+    key = run_path_schema.load({"run_id": run_id})
+    load_query(no_query_schema, request.args)
+    params = {**key, "sources": scopes.current().source_list()}
+    batches = db.fetch_all("run_quality", params)
+    if not batches and not db.fetch_one("run_exists", key)["found"]:
+        raise NotFound(f"no run with run_id {key['run_id']!r}")
+    checks = {}
+    for row in db.fetch_all("run_quality_results", params):
+        checks.setdefault(row.pop("source"), []).append({**row, "check": row.pop("check_name")})
+    data = [{**batch, "at": batch.pop("recorded_at"), "checks": checks.get(batch["source"], [])} for batch in batches]
+    audit.records({batch["source"] for batch in batches}, len(data))
+    return run_quality_schema.dump({"run_id": key["run_id"], "data": data})

@@ -18,6 +18,7 @@ MAX_PAGE_SIZE = 100
 MAX_REJECT_PAYLOAD_CHARS = 16_384
 MAX_REJECT_TEXT_CHARS = 2_000  # source_id and reason
 COUNT_MODES = ("exact", "estimated", "none")
+EXPORT_FORMATS = ("csv", "ndjson")
 PAGE_RANGE = validate.Range(min=1, max=MAX_PAGE,
                             error=f"Must be between 1 and {MAX_PAGE}; follow next_cursor to read further.")
 HEALTH_STATUSES = ("ok", "degraded", "unavailable")
@@ -142,6 +143,14 @@ def include_deleted() -> fields.Boolean:
         "updated_since passes true to see deletions as these tombstones")})
 
 
+def updated_since() -> ComparableDateTime:
+    return ComparableDateTime(default_timezone=dt.timezone.utc, metadata={
+        "pattern": COMPARABLE_PATTERN,
+        "description": "ISO 8601; rows with updated_at at or after it (naive means UTC); the UTC offset "
+                       "within ±15:59, the date between 0001-01-01 and 9999-12-31 in UTC"}, error_messages={
+        "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})
+
+
 class PageQuerySchema(Schema):
     """Query string of the paginated lists."""
 
@@ -158,11 +167,7 @@ class DataQuerySchema(PageQuerySchema):
     source = source_name("only this source's records; an unknown name is a 400 that lists the known ones")
     search = fields.String(validate=[validate.Length(min=1, max=200), no_nul], metadata={
         "description": "case-insensitive substring of name or description; % _ and \\ match themselves"})
-    updated_since = ComparableDateTime(default_timezone=dt.timezone.utc, metadata={
-        "pattern": COMPARABLE_PATTERN,
-        "description": "ISO 8601; rows with updated_at at or after it (naive means UTC); the UTC offset "
-                       "within ±15:59, the date between 0001-01-01 and 9999-12-31 in UTC"}, error_messages={
-        "invalid": "Not a valid ISO 8601 datetime, e.g. 2024-05-01T12:00:00Z (write + as %2B in a URL)."})
+    updated_since = updated_since()
     cursor = Cursor(metadata={"description": "next_cursor of the previous page; excludes page"})
     count = fields.String(load_default="exact", validate=validate.OneOf(COUNT_MODES))
     include_deleted = include_deleted()
@@ -197,6 +202,21 @@ class RecordQuerySchema(Schema):
 class RecordPathSchema(Schema):
     source = source_name(required=True)
     source_id = fields.String(required=True, validate=[validate.Length(min=1, max=1000), no_nul])
+
+
+class ExportQuerySchema(Schema):
+    """Query string of GET /export/<source>."""
+
+    output = fields.String(data_key="format", validate=validate.OneOf(EXPORT_FORMATS), metadata={
+        "description": "csv (the default) or ndjson; without it, Accept: application/x-ndjson asks for ndjson"})
+    updated_since = updated_since()
+    include_deleted = include_deleted()
+    field_names = fields.String(data_key="fields", validate=validate.Regexp(
+        r"^[^,]+(,[^,]+)*$", error="Must be names separated by commas, e.g. fields=source_id,email."), metadata={
+        "description": "only these columns (id, source, source_id, name, value, description, created_at, "
+                       "updated_at, deleted_at) and declared fields, in this order; id always comes first"})
+    after = fields.Integer(validate=validate.Range(min=0, max=2**63 - 1), metadata={
+        "description": "only the rows whose id is greater: the id of the last row received, to resume"})
 
 
 class RejectsQuerySchema(PageQuerySchema):
@@ -439,6 +459,29 @@ class SourceSkipSchema(SourceLoadSchema):
     reason = fields.String(metadata={"description": "why the run did not read it, e.g. not due until its every passed"})
 
 
+QUALITY_STATUSES = ("published", "held", "released", "superseded")
+QUALITY_STATUS_TEXT = ("published; held (nothing of it reached /data); released (a person published the held "
+                       "batch); superseded (a later run's fetch replaced the held batch)")
+
+
+class FailingCheckSchema(Body):
+    check = fields.String(metadata={"description": "the check's name: row_count, null_rate:description, "
+                                                   "anomaly:row_count..."})
+    severity = fields.String(validate=validate.OneOf(("warn", "error")))
+    measured = fields.Float(allow_none=True)
+    threshold = fields.String()
+
+
+class SourceQualitySchema(Body):
+    run_id = fields.String(metadata={"description": "the newest run whose batch of the source the gate judged"})
+    status = fields.String(validate=validate.OneOf(QUALITY_STATUSES), metadata={"description": QUALITY_STATUS_TEXT})
+    score = fields.Integer(metadata={"description": "0-100 (README, Data quality)"})
+    at = fields.DateTime()
+    released_by = fields.String(allow_none=True)
+    released_at = fields.DateTime(allow_none=True)
+    failing = fields.List(fields.Nested(FailingCheckSchema), metadata={"description": "the checks it failed"})
+
+
 class SourceSchema(Body):
     name = source_name()
     kind = fields.String(allow_none=True, metadata={
@@ -453,6 +496,36 @@ class SourceSchema(Body):
         "description": "the newest run in which it failed, kept after later successes: compare the times"})
     last_skip = fields.Nested(SourceSkipSchema, allow_none=True, metadata={
         "description": "the newest run that skipped it (not due: see its every), kept after later reads"})
+    quality = fields.Nested(SourceQualitySchema, allow_none=True, metadata={
+        "description": "its newest batch's quality: score, what became of it, failing checks (null before any)"})
+
+
+class QualityCheckSchema(Body):
+    check = fields.String()
+    kind = fields.String(validate=validate.OneOf(("check", "anomaly")), metadata={
+        "description": "check: declared in the catalog; anomaly: a measure against the source's recent runs"})
+    severity = fields.String(validate=validate.OneOf(("warn", "error")))
+    measured = fields.Float(allow_none=True)
+    threshold = fields.String()
+    verdict = fields.String(validate=validate.OneOf(("pass", "fail", "no_history")))
+    detail = fields.String()
+
+
+class SourceRunQualitySchema(Body):
+    source = source_name()
+    status = fields.String(validate=validate.OneOf(QUALITY_STATUSES), metadata={"description": QUALITY_STATUS_TEXT})
+    score = fields.Integer()
+    at = fields.DateTime()
+    released_by = fields.String(allow_none=True)
+    released_at = fields.DateTime(allow_none=True)
+    superseded_by = fields.String(allow_none=True, metadata={"description": "the run whose fetch replaced it"})
+    checks = fields.List(fields.Nested(QualityCheckSchema))
+
+
+class RunQualitySchema(Body):
+    run_id = fields.String()
+    data = fields.List(fields.Nested(SourceRunQualitySchema), metadata={
+        "description": "each source of the run whose batch the quality gate judged, by name"})
 
 
 class SourcesSchema(Body):
@@ -542,6 +615,7 @@ no_query_schema = NoQuerySchema()
 page_query_schema = PageQuerySchema()
 rejects_query_schema = RejectsQuerySchema()
 data_query_schema = DataQuerySchema()
+export_query_schema = ExportQuerySchema()
 record_path_schema = RecordPathSchema()
 record_query_schema = RecordQuerySchema()
 run_path_schema = RunPathSchema()
@@ -555,6 +629,7 @@ runs_page_schema = RunsPageSchema()
 rejects_page_schema = RejectsPageSchema()
 stats_schema = StatsSchema()
 sources_schema = SourcesSchema()
+run_quality_schema = RunQualitySchema()
 source_path_schema = SourcePathSchema()
 source_fields_schema = SourceFieldsSchema()
 health_schema = HealthSchema()

@@ -354,8 +354,9 @@ def record_run(context) -> dict:
     with warehouse() as conn:
         recorded = pipeline.record_run(conn, outcome, settings=config)
         stale = pipeline.stale_sources(conn, [entry["name"] for entry in catalog], limit_hours=config.max_staleness_hours)
+        warnings = pipeline.quality_warnings(conn, ti.run_id)
     remove_staged(ti.run_id, outcome, config)
-    notify(alerts.of_run(failures, stale, staleness_hours=config.max_staleness_hours),
+    notify(alerts.of_run(failures, stale, staleness_hours=config.max_staleness_hours) + alerts.of_quality(warnings),
            dag_id=ti.dag_id, run_id=ti.run_id, timeout=config.alert_timeout)
     if outcome.status == "failed":
         raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.error_lines()))

@@ -15,11 +15,13 @@ from sluice.failures import Failure
 
 # error classes that mean a read was refused because it would delete too many rows (sluice.errors.DeleteRefused)
 DELETES_REFUSED = "DeleteRefused"
+# an error class -> its alert's kind (any other failure: failed)
+KINDS = {DELETES_REFUSED: "deletes_refused", "QualityHeld": "quality_held"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Alert:
-    kind: str  # failed | deletes_refused | stale
+    kind: str  # failed | deletes_refused | quality_held | quality_warning | stale
     source: str | None
     step: str | None
     error: str | None  # masked (Failure.message), or why the source is stale
@@ -32,13 +34,21 @@ class Alert:
 def of_run(failures: list[Failure], stale: list[tuple[str, datetime]], *, staleness_hours: float) -> list[Alert]:
     """One alert per failed source or step (a refused delete is its own kind), one per stale source: its last
     success older than staleness_hours."""
-    found = [Alert("deletes_refused" if failure.error_class == DELETES_REFUSED else "failed",
-                   failure.source, failure.step, failure.message) for failure in failures]
+    found = [Alert(KINDS.get(failure.error_class, "failed"), failure.source, failure.step, failure.message)
+             for failure in failures]
     found += [Alert("stale", source, None,
                     f"no successful load since {last_success.isoformat(timespec='seconds')}, "
                     f"more than {staleness_hours:g} hours (SLUICE_MAX_STALENESS_HOURS)")
               for source, last_success in stale]
     return found
+
+
+def of_quality(warnings: list[tuple]) -> list[Alert]:
+    """One alert per failed warn check of the run (source, check, measured, threshold, detail): its batch loaded."""
+    return [Alert("quality_warning", source, "upsert",
+                  f"{check} measured {'-' if measured is None else f'{measured:.6g}'} (threshold {threshold}"
+                  f"{', ' + detail if detail else ''}); the batch loaded")
+            for source, check, measured, threshold, detail in warnings]
 
 
 def run_url(base_url: str, dag_id: str, run_id: str) -> str:

@@ -61,6 +61,16 @@ class DeleteRefused(ConfigError):
     triggered with accept_deletes for the source takes the drop."""
 
 
+class QualityHeld(ConfigError):
+    """The quality gate held a source's batch back (an error check or an error anomaly failed): nothing of it
+    reached normalized_data and its checkpoint stays. A person looks at it, then releases it (sluice-release) or
+    lets the next run's fetch supersede it."""
+
+
+class ReleaseRefused(ConfigError):
+    """A release names a batch that is not held (published, already released, superseded, or unknown)."""
+
+
 class StagedFileMissing(SluiceError):
     """A staged file is not where its ingest left it (local staging on another machine, an object deleted or
     unreadable): the message names the file, the worker that wrote it and the one reading."""

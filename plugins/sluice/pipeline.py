@@ -20,7 +20,7 @@ from typing import BinaryIO, ContextManager
 
 import requests
 
-from sluice import contracts, delete_guard, progress, queries, runs, scope_key, staging, timing, warehouse
+from sluice import contracts, delete_guard, progress, quality, queries, runs, scope_key, staging, timing, warehouse
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
@@ -171,12 +171,48 @@ def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_
     """Merge the source's normalized rows into normalized_data, writing only real changes, and soft-delete what
     a whole read no longer contains: DeleteRefused, and nothing of the source commits, beyond the guard (the
     source's max_delete_fraction, else the settings', raised to accept_deletes: what a person accepted for this
-    run). A replay (sluice.replay) read no id, so it deletes nothing."""
+    run). A replay (sluice.replay) read no id, so it deletes nothing, and brought no batch from the source for the
+    quality gate to judge (its counts would read as a source gone empty in the anomaly history)."""
     guard = delete_guard.limit(source.max_delete_fraction, settings.max_delete_fraction, accept_deletes)
     return warehouse.upsert(
         conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored,
         normalized=normalized, index_build_memory=settings.index_build_memory, kind=source.kind,
-        deletes_missing=source.deletes_missing(full_refresh) and not replay, delete_limit=guard)
+        deletes_missing=source.deletes_missing(full_refresh) and not replay, delete_limit=guard,
+        gate=None if replay else quality.Gate(source))
+
+
+def release(conn, source_name: str, run_id: str, *, released_by: str, settings: Settings) -> Upserted:
+    """Publish exactly the batch the quality gate held back in run_id, after a person looked at it: its staged rows
+    are upserted as that run's upsert would have (checks judged and recorded again, with who released it and when),
+    its checkpoint advances, and /sources shows the source loaded. Refused (ReleaseRefused) unless the batch is
+    still held: published, released, superseded by a later run's fetch, or never held."""
+    from sluice import sources
+    from sluice.errors import ReleaseRefused
+
+    if not released_by.strip():
+        raise ReleaseRefused("a release names who looked at the batch (--by)")
+    with conn.transaction():
+        found = conn.execute(queries.query("quality.sql", "held_batch"),
+                             {"run_id": run_id, "source": source_name}).fetchone()
+    if found is None:
+        raise ReleaseRefused(f"{source_name}: run {run_id} has no batch of this source that the quality gate judged")
+    status, entry, superseded_by, by, at = found
+    if status != "held":
+        why = {"superseded": f"run {superseded_by}'s fetch superseded it", "published": "it was published",
+               "released": f"{by} released it at {at}"}[status]
+        raise ReleaseRefused(f"{source_name}: the batch of run {run_id} is not held: {why}")
+    source = sources.from_entry(entry)
+    upserted = warehouse.upsert(
+        conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
+        index_build_memory=settings.index_build_memory, kind=source.kind, deletes_missing=source.deletes_missing(False),
+        delete_limit=delete_guard.limit(source.max_delete_fraction, settings.max_delete_fraction),
+        gate=quality.Gate(source, released_by=released_by))
+    warehouse.advance_checkpoint(conn, source.name, run_id=run_id, processed=upserted.processed,
+                                 lock_timeout_seconds=settings.lock_timeout_seconds)
+    with conn.transaction():
+        warehouse.record_source_status(conn, source.name, kind=source.kind, run_id=run_id, failure=None)
+    log.info("%s: %s released the held batch of run %s", source.name, released_by, run_id)
+    return upserted
 
 
 def checkpoint(conn, stored: Stored, upserted: Upserted, *, run_id: str, settings: Settings,
@@ -199,6 +235,12 @@ def record_run(conn, outcome: runs.RunOutcome, *, settings: Settings) -> Recorde
         for name, (kind, failure) in outcome.source_statuses().items():
             warehouse.record_source_status(conn, name, kind=kind, run_id=outcome.run_id, failure=failure)
     return Recorded(etl_run_id=row_id, status=outcome.status, sources=outcome.source_counts())
+
+
+def quality_warnings(conn, run_id: str) -> list[tuple]:
+    """The run's failed warn checks: (source, check, measured, threshold, detail), for its alerts."""
+    with conn.transaction():
+        return conn.execute(queries.query("quality.sql", "run_warnings"), {"run_id": run_id}).fetchall()
 
 
 def stale_sources(conn, sources: list[str], *, limit_hours: float) -> list[tuple[str, datetime]]:

@@ -101,6 +101,8 @@ class Upserted(StepResult):
     # inserted ones too
     renormalized_inserted: int = 0
     renormalized_updated: int = 0
+    # the batch's quality score, 0-100 (sluice.quality; None: no gate judged it)
+    quality_score: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from marshmallow import Schema, ValidationError, fields
 
-from sluice import mapping
+from sluice import checks, mapping
 
 # Bump when the rules change, so every record is normalized again by the next run.
 # 2: dotted paths index lists (tags.0); records the fast path read otherwise are redone
@@ -323,6 +323,17 @@ def _declared(spec) -> fields.Field:
     return kind(required=True) if spec.required else kind(load_default=None, allow_none=True)
 
 
+def _apply_checks(field: fields.Field, found: list, field_type: str) -> None:
+    """Add a field's row-level checks to it: not_null makes it required (its message naming the check), the others
+    validate its loaded value (sluice.checks.validators)."""
+    for check in found:
+        if check.check == "not_null":
+            field.required, field.allow_none = True, False
+            message = f"missing (fails check {check.name})"
+            field.error_messages = {**field.error_messages, "required": message, "null": message}
+        field.validators = [*field.validators, *checks.validators(check, field_type)]
+
+
 def normalize_record(data: Mapping, field_map: Mapping[str, str]) -> tuple[dict | None, str | None]:
     """(normalized columns, None) for a valid record, or (None, reason) naming each bad field: the rules of a
     mapping without declared fields."""
@@ -346,13 +357,16 @@ def reason(messages: Mapping, labels: Mapping[str, str], order: Mapping[str, int
     return "; ".join(parts)
 
 
-def input_key(field_map: Mapping[str, str], declared: Mapping | None = None) -> str:
-    """Fingerprint of the mapping, the declared fields and the rules: part of each row's input hash, so a changed
-    declaration re-normalizes the source. A source without fields keeps the key it had before fields existed."""
+def input_key(field_map: Mapping[str, str], declared: Mapping | None = None, row_checks=()) -> str:
+    """Fingerprint of the mapping, the declared fields, the row-level checks and the rules: part of each row's input
+    hash, so a changed declaration or check re-normalizes the source. A source without fields or checks keeps the
+    key it had before they existed."""
     key = {"mapping": field_map, "rules": RULES_VERSION}
     if declared:
         # the order matters too: it is the typed view's
         key["fields"] = [[name, spec.type, spec.path, spec.required] for name, spec in declared.items()]
+    if row_checks:
+        key["checks"] = sorted((check.to_entry() for check in row_checks), key=lambda entry: json.dumps(entry))
     text = json.dumps(key, sort_keys=True)
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
@@ -372,11 +386,17 @@ class Normalization:
     """The rules applied with one (validated) mapping and a source's declared fields (name -> sources.Field):
     what normalize needs, computed once per source."""
 
-    def __init__(self, field_map: Mapping[str, str], declared: Mapping | None = None):
+    def __init__(self, field_map: Mapping[str, str], declared: Mapping | None = None, row_checks=()):
         self.field_map = dict(field_map)
         self.fields = dict(declared or {})
+        # the source's row-level checks (sluice.checks): rules of their fields, so a failing record is rejected
+        # with the check as its reason
+        self.row_checks = tuple(row_checks)
         columns = {column: _column(column, column in self.field_map) for column in mapping.COLUMNS}
         typed = {name: _declared(spec) for name, spec in self.fields.items()}
+        for name, field in {**columns, **typed}.items():
+            _apply_checks(field, [check for check in self.row_checks if check.field == name],
+                          checks.COLUMN_TYPES.get(name) or self.fields[name].type)
         # attributes named by position, each reading its name (data_key): a field called `load` or `fields`
         # must not shadow the Schema's own attributes
         self._names = [*columns, *typed]
@@ -384,7 +404,9 @@ class Normalization:
                                         enumerate(self._set_keys({**columns, **typed}))})()
         self._paths = {**self.field_map, **{name: spec.path for name, spec in self.fields.items()}}
         self._order = {name: index for index, name in enumerate([*mapping.COLUMNS, *self.fields])}
-        self.input_key = input_key(self.field_map, self.fields)
+        self.input_key = input_key(self.field_map, self.fields, self.row_checks)
+        # the SQL fast path decides the types, not the checks: with row-level checks every record takes the schema
+        self.fast_path = not self.row_checks
         # the parameters of sql/pipeline.sql's normalize_fast: the field feeding each column, what a trim removes,
         # and each declared field's name, source field, type and whether it is required (fast_attributes)
         self.fast_path_params = {

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 
+from sluice import checks as quality_checks
 from sluice import delete_guard
 from sluice import mapping as mappings
 from sluice import timing
@@ -193,6 +194,10 @@ class Source:
     cursor: timing.Cursor | None = None
     window: timing.Window | None = None
     every: str = ""
+    # data quality (sluice.checks): declared checks (a list of mappings is read by checks.parse) and the anomaly
+    # detection against the source's history (on by default; false turns it off)
+    checks: tuple = ()
+    anomalies: quality_checks.Anomalies = quality_checks.Anomalies()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
@@ -219,6 +224,14 @@ class Source:
             object.__setattr__(self, "max_delete_fraction",
                                delete_guard.fraction(self.max_delete_fraction, f"{where}: max_delete_fraction"))
         self._check_time(where)
+        object.__setattr__(self, "checks", quality_checks.parse(self.checks, where, self.field_types))
+        object.__setattr__(self, "anomalies", quality_checks.Anomalies.of(self.anomalies, where))
+
+    @property
+    def field_types(self) -> dict[str, str]:
+        """Each mapped column and declared field -> its type: the fields a check may name."""
+        return {**{column: quality_checks.COLUMN_TYPES[column] for column in self.mapping},
+                **{name: spec.type for name, spec in self.fields.items()}}
 
     def _check_time(self, where: str) -> None:
         if self.cursor is not None:
@@ -267,7 +280,7 @@ class Source:
         """The normalization rules of this source's mapping and declared fields (sluice.rules.Normalization)."""
         from sluice import rules
 
-        return rules.Normalization(self.mapping, self.fields)
+        return rules.Normalization(self.mapping, self.fields, [check for check in self.checks if check.row_level])
 
     def reader(self) -> ModuleType:
         """The module that reads this source's kind (see the module docstring)."""
@@ -377,6 +390,8 @@ def to_entry(source: Source) -> dict:
     entry = asdict(source)
     # a list: the entry travels through XCom, which may be jsonb, and the fields' order is the typed view's
     entry["fields"] = [{"name": name, **spec.to_entry()} for name, spec in source.fields.items()]
+    entry["checks"] = [check.to_entry() for check in source.checks]
+    entry["anomalies"] = source.anomalies.to_entry()
     return {name: entry[name] for name in entry_fields()}
 
 

@@ -15,9 +15,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import contracts, declarations, delete_guard, locks, migrations, progress, queries, rules, settings
+from sluice import (contracts, declarations, delete_guard, locks, migrations, progress, quality, queries, rules,
+                    settings)
 from sluice.delete_guard import DEFAULT_ORIGIN, DeleteLimit
-from sluice.errors import DeleteRefused, LockTimeout
+from sluice.errors import DeleteRefused, LockTimeout, QualityHeld
 from sluice.failures import Failure
 from sluice.results import Checkpointed, Normalized, Stored, Upserted
 from sluice.sources import Source
@@ -265,7 +266,7 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
         _check_work(source, run_id, "staged_records", staged_rows, stored and stored.stored, "store_raw")
         declared = declarations.declare(conn, source, normalization.fields, normalization.input_key, run_id=run_id)
         params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh, "replay": replay,
-                  **normalization.fast_path_params}
+                  "fast_path": normalization.fast_path, **normalization.fast_path_params}
         conn.execute(q("create_slow_candidates"))
         attributes = _fast_attributes(len(normalization.fields))
         (fast,) = conn.execute(_normalize_fast(sql.SQL(q("staged_candidates")), attributes),
@@ -354,7 +355,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
            normalized: Normalized | None = None, bulk_rows: int = BULK_ROWS,
            index_build_memory: str = settings.INDEX_BUILD_MEMORY,
            kind: str | None = None, deletes_missing: bool = False,
-           delete_limit: DeleteLimit = DeleteLimit(settings.MAX_DELETE_FRACTION, DEFAULT_ORIGIN)) -> Upserted:
+           delete_limit: DeleteLimit = DeleteLimit(settings.MAX_DELETE_FRACTION, DEFAULT_ORIGIN),
+           gate: "quality.Gate | None" = None) -> Upserted:
     """Merge the run's normalized_stage rows into normalized_data; only real changes are written. Then the
     rows whose records the read contains are undeleted and, when the read was whole (deletes_missing), the live
     rows whose records it lacks are soft-deleted (_sync_deletes): DeleteRefused, and nothing of the source
@@ -364,6 +366,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
     (see _load_into). A retry of a source this run already upserted returns what it wrote then. stored and
     normalized: the lane's earlier results (the batch's place in the fetch order; the rows normalize wrote), as
     the DAG hands them on; a caller driving the steps by hand may leave them to what the run committed.
+    gate: the source's quality gate (sluice.quality): it measures the batch before the merge and judges it after
+    the merge and the deletes, which a held batch rolls back; its results commit either way, then QualityHeld.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -380,25 +384,43 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                     "normalize")
         (raw_written_since,) = _count(conn, "raw_written_since", keys)
         (has_rows,) = _count(conn, "source_has_rows", keys)
-        # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
-        # brings every row and inserts none, and must not rebuild the indexes under an exclusive lock
-        with _load_into(conn, "normalized_data", grows=incoming >= existing,
-                        bulk=new_rows >= bulk_rows and new_rows >= existing, index_build_memory=index_build_memory):
-            merge = "upsert_normalized" if has_rows else "insert_normalized_new"
-            query = sql.SQL(q(merge)).format(raw_table=sql.Identifier(raw_table(source, kind)))
-            inserted, updated, current, again_inserted, again_updated = conn.execute(
-                query, {**keys, "raw_written_since": raw_written_since,
-                        "renormalized": normalized.renormalized > 0}).fetchone()
-        deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
-                                                    deletes_missing=deletes_missing, whole_read=stored.whole_read,
-                                                    live_before=live_before, guard=delete_limit)
+        batch = gate.measure(conn, keys) if gate else {}
+        report = None
+        with conn.transaction() as publish:  # a savepoint: a held batch rolls back what it would publish
+            # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
+            # brings every row and inserts none, and must not rebuild the indexes under an exclusive lock
+            with _load_into(conn, "normalized_data", grows=incoming >= existing,
+                            bulk=new_rows >= bulk_rows and new_rows >= existing,
+                            index_build_memory=index_build_memory):
+                merge = "upsert_normalized" if has_rows else "insert_normalized_new"
+                query = sql.SQL(q(merge)).format(raw_table=sql.Identifier(raw_table(source, kind)))
+                inserted, updated, current, again_inserted, again_updated = conn.execute(
+                    query, {**keys, "raw_written_since": raw_written_since,
+                            "renormalized": normalized.renormalized > 0}).fetchone()
+            deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
+                                                        deletes_missing=deletes_missing, whole_read=stored.whole_read,
+                                                        live_before=live_before, guard=delete_limit)
+            if gate:
+                report = gate.judge(conn, keys, batch, stored=stored, normalized=normalized, updated=updated,
+                                    deleted=deleted, live_before=live_before)
+                if report.held:
+                    raise psycopg.Rollback(publish)
+        if report is not None:
+            gate.record(conn, keys, report)
+        if report is not None and report.held:
+            held = QualityHeld(report.held_message(run_id))
+        else:
+            held = None
         (live_after,) = _count(conn, "live_rows", keys)
         result = Upserted(source=source, inserted=inserted, updated=updated, unchanged=current - inserted - updated,
                           superseded=incoming - normalized.renormalized - current, processed=normalized.staged,
                           deleted=deleted, undeleted=undeleted, deletes_skipped=skipped, live_before=live_before,
                           live_after=live_after, renormalized_inserted=again_inserted,
-                          renormalized_updated=again_updated)
-        _record_result(conn, keys, result)
+                          renormalized_updated=again_updated, quality_score=report and report.score)
+        if held is None:
+            _record_result(conn, keys, result)
+    if held is not None:
+        raise held
     c = progress.count
     # rows re-normalized from raw (a changed declaration) are named only in the runs that have them
     again = (f"; {c(again_inserted)} inserted and {c(again_updated)} updated of the rows normalized again from raw"

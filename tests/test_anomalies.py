@@ -1,0 +1,36 @@
+"""The anomaly detector on the series the issue names, in plain Python: a flat history does not flag a one-row
+change, a volatile one still flags a drop to zero, a 30% drop is flagged, a slow trend is not, and no verdict
+comes before five runs of history."""
+
+import pytest
+
+from sluice import anomalies
+
+FLAT = [100] * 14
+VOLATILE = [100, 40, 160, 70, 130, 55, 150, 90, 120, 45, 170, 60, 140, 80]
+TREND = [100 + 2 * run for run in range(14)]  # 2% more rows each run
+
+
+@pytest.mark.parametrize("history, value, count, floor, anomalous", [
+    (FLAT, 101, True, anomalies.COUNT_FLOOR, False),  # one row more of a flat count
+    (FLAT, 99, True, anomalies.COUNT_FLOOR, False),
+    (FLAT, 70, True, anomalies.COUNT_FLOOR, True),  # a 30% drop
+    (FLAT, 130, True, anomalies.COUNT_FLOOR, True),  # and a 30% rise
+    ([10] * 14, 7, True, anomalies.COUNT_FLOOR, True),  # a 30% drop of a small source (3 rows > the floor)
+    (VOLATILE, 0, True, anomalies.COUNT_FLOOR, True),  # a drop to zero a wide band would hide
+    (VOLATILE, 35, True, anomalies.COUNT_FLOOR, False),  # a low value within the volatile history's spread
+    (VOLATILE, 400, True, anomalies.COUNT_FLOOR, True),
+    (TREND, 128, True, anomalies.COUNT_FLOOR, False),  # the trend's next step
+    (TREND, 70, True, anomalies.COUNT_FLOOR, True),
+    ([0.0] * 14, 0.01, False, anomalies.share_floor(100), False),  # one null of 100 in a column never null
+    ([0.0] * 14, 0.6, False, anomalies.share_floor(100), True),  # a column that turns mostly empty
+    ([0.05] * 14, 0.05, False, anomalies.share_floor(100), False),
+    ([0.0] * 14, 0.2, False, anomalies.share_floor(10), False),  # two rows of ten: within two rows' worth
+])
+def test_verdicts(history, value, count, floor, anomalous):
+    assert anomalies.detect(history, value, count=count, floor=floor).anomalous is anomalous
+
+
+def test_no_verdict_before_five_runs_of_history():
+    assert anomalies.detect([100] * 4, 0, count=True, floor=2).anomalous is None
+    assert anomalies.detect([100] * 5, 0, count=True, floor=2).anomalous is True
