@@ -95,9 +95,15 @@ def test_replay_rebuilds_damaged_rows_from_raw_without_a_request_as_they_were(pi
     assert pipeline.rows(DATA) == before
 
 
+# error checks the quality gate holds a batch for: a replay's batch (no row fetched) must not be judged by them
+GATED = [{"name": "api", "kind": "api", "endpoint": "posts", "checks": [{"check": "row_count", "min": 1}]},
+         {"name": "csv", "kind": "csv", "endpoint": "items.csv", "checks": [{"check": "row_count", "min": 1}],
+          "anomalies": {"severity": "error"}}]
+
+
 @pytest.mark.slow
-def test_a_replay_waits_for_a_run_holding_the_source(pipeline, monkeypatch):
-    assert pipeline.run()[0] == "success"
+def test_a_replay_waits_for_a_run_holding_the_source_and_is_not_held_by_the_quality_gate(pipeline, monkeypatch):
+    assert pipeline.run({"sources": GATED})[0] == "success"
     monkeypatch.setenv("SLUICE_LOCK_TIMEOUT", "60")
     released = {}
     locked = threading.Event()
@@ -113,9 +119,11 @@ def test_a_replay_waits_for_a_run_holding_the_source(pipeline, monkeypatch):
     holder = threading.Thread(target=hold_csv, daemon=True)
     holder.start()
     assert locked.wait(10)
-    state, replayed = pipeline.run({"replay": ["csv"]})
+    state, replayed = pipeline.run({"sources": GATED, "replay": ["csv"]})
     holder.join(10)
-    assert state == "success"
+    assert state == "success", replayed["error_message"]
+    assert pipeline.rows("select count(*) from quality_results where run_id = %s and source = 'csv'",
+                         (replayed["run_id"],))[0][0] == 0
     # the step after the one that waited began once the lock was released
     (normalized_at,) = pipeline.rows("select created_at from etl_step_results where run_id = %s and source = 'csv' "
                                      "and step = 'normalize'", (replayed["run_id"],))[0]
