@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --quiet --disable-pip-version-check
 
-.PHONY: install runtime tools demo run test test-distributed serve up down bench clean
+.PHONY: install runtime tools demo run test test-distributed serve up down bench backup restore clean
 
 # everything: the runtime, the test tools (requirements-dev.txt) and the system tools the tests use
 install: $(VENV)/.installed tools
@@ -15,6 +15,7 @@ runtime: $(VENV)/.runtime
 # docker-compose only validates docker-compose.yaml here (tests/test_compose.py); no engine is needed.
 # redis-server is the Celery broker of make test-distributed, started on loopback by the test itself.
 # prometheus brings promtool, which checks and unit-tests ops/prometheus/rules.yml (tests/test_alert_rules.py).
+# postgresql: a server built with SSL (the embedded one is not), which tests/test_postgres_tls.py starts on loopback.
 tools:
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null); } || \
@@ -25,6 +26,9 @@ tools:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null); } || \
 	  echo "warning: promtool is missing and could not be installed (needs root); tests/test_alert_rules.py will fail"
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null); } || \
+	  echo "warning: Debian's postgresql is missing and could not be installed (needs root); tests/test_postgres_tls.py will fail"
 
 # The pinned runtime set (with the build backend), then Sluice and its dev tools editable: every process imports
 # this checkout's code from the venv, no PYTHONPATH. No build isolation, so the build uses the pinned setuptools.
@@ -71,6 +75,14 @@ up: runtime
 
 down:
 	$(PY) -m sluice_devtools.stack down
+
+# The warehouse (DATABASE_URL, else the embedded one) to a pg_dump -Fc file, and back into an empty database
+# (README, Backup and restore): make backup [BACKUP=file.dump]; make restore BACKUP=file.dump
+backup: runtime
+	$(PY) -m sluice_devtools.backup backup $(or $(BACKUP),backups/sluice-$$(date -u +%Y%m%dT%H%M%SZ).dump)
+
+restore: runtime
+	$(PY) -m sluice_devtools.backup restore $(or $(BACKUP),$(error set BACKUP=path/to/file.dump))
 
 clean: down
 	-$(PY) -m sluice_devtools.embedded_pg stop .sluice/pg

@@ -19,7 +19,9 @@ bound a source's reads by time: a time field after the newest value loaded, the 
 `api_since_param` (query parameter that asks the API for records from the checkpoint on, e.g. `id_gte`;
 empty reads the API whole) — these four describe the seed sources —, `full_refresh` (ignore checkpoints
 and re-normalize everything), `accept_deletes` (`{"customers": 0.9}`: after a person checked a refused drop,
-this run may soft-delete up to that fraction of the source's live rows; recorded in `etl_runs`).
+this run may soft-delete up to that fraction of the source's live rows; recorded in `etl_runs`), `replay`
+(`["customers"]`, or true for all: rebuild those sources' rows from their raw tables with today's mapping and
+rules, fetching nothing; README, Replay from raw).
 
 **Assets**: each source's rows are the asset `sluice.normalized_data.<source>`; each source's `upsert` emits an
 event when its rows changed (its counts and the run id in the event's extra), through the alias
@@ -91,6 +93,11 @@ LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
                                  description="Query parameter for incremental reads, e.g. id_gte; empty = read whole."),
         "full_refresh": Param(False, type="boolean",
                               description="Ignore checkpoints and re-normalize every record."),
+        "replay": Param(False, type=["boolean", "array"], items={"type": "string"},
+                        description="Rebuild these sources' rows (a list of names; true: every source) from their "
+                                    "raw tables with today's mapping and rules, fetching nothing: after a mapping "
+                                    "or rules fix, or damage to normalized_data. Rows that come out the same keep "
+                                    "their lineage; deletes stay; the checkpoint does not move."),
         "accept_deletes": Param({}, type="object",
                                 additionalProperties={"type": "number", "minimum": 0, "maximum": 1},
                                 description="After a person checked a refused drop: source → the fraction of its "

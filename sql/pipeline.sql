@@ -233,13 +233,14 @@ where s.run_id = %(run_id)s and s.source = %(source)s
 
 -- name: raw_candidates
 -- after a changed declaration: the source's stored raw records this run did not fetch whose row (or reject) came
--- from another input, so an incremental source is re-normalized whole without refetching. <raw_table> is the
--- source's; every one is the newest payload stored, so the fetch order holds.
+-- from another input, so an incremental source is re-normalized whole without refetching; on a replay (sluice.replay)
+-- every one, since a damaged row may keep its input's hash. <raw_table> is the source's; every one is the newest
+-- payload stored, so the fetch order holds.
 select r.source_id, r.data::jsonb as data, r.content_hash, md5(r.content_hash || %(input_key)s) as input_hash
 from {raw_table} r
 left join normalized_data n on n.source = r.source and n.source_id = r.source_id
 where r.source = %(source)s
-  and n.input_hash is distinct from md5(r.content_hash || %(input_key)s)
+  and (%(replay)s or n.input_hash is distinct from md5(r.content_hash || %(input_key)s))
   and not exists (select from staged_records s
                   where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = r.source_id)
 

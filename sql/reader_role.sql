@@ -15,6 +15,9 @@ create role {role} login;
 -- nobypassrls: the point of the role. track_activities off: other sessions of the role cannot read its query
 -- text, where a request's scope token passes (migration 018's threat model)
 alter role {role} with login nosuperuser nocreatedb nocreaterole noinherit nobypassrls password {password};
+
+-- name: role_settings
+-- also what a restore gives the role it makes (sluice_devtools.backup): pg_dump keeps no role or its settings
 alter role {role} set default_transaction_read_only = on;
 alter role {role} set track_activities = off;
 

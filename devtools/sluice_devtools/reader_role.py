@@ -29,11 +29,17 @@ def ensure(owner_url: str, password: str, key_hex: str, role: str = ROLE) -> str
             except psycopg.errors.DuplicateObject:
                 pass  # another process made it between the check and now: reset it below like any existing one
         conn.execute(q("configure_role", role=sql.Identifier(role), password=sql.Literal(password)))
+        settings(conn, role)
         database = sql.Identifier(conn.info.dbname)
         conn.execute(q("grant_database", role=sql.Identifier(role), database=database))
         conn.execute(q("grant_typed_views", role=sql.Identifier(role)))
         scope_key.install(conn, key_hex)
     return psycopg.conninfo.make_conninfo(owner_url, user=role, password=password)
+
+
+def settings(conn, role: str = ROLE) -> None:
+    """The role's own settings: its sessions are read-only and cannot read one another's query text."""
+    conn.execute(q("role_settings", role=sql.Identifier(role)))
 
 
 def api_environment(owner_url: str) -> dict[str, str]:

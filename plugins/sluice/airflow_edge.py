@@ -181,11 +181,13 @@ def sweep_staging(run_id: str, config: settings.Settings) -> None:
 def init_schema(params: dict) -> list[dict]:
     """Check the run's catalog of sources, then create or upgrade the warehouse. Returns the catalog's entries
     (complete, no rows), which the lanes map over, one per source."""
-    from sluice import delete_guard, pipeline, sources
+    from sluice import delete_guard, pipeline, replay, sources
 
-    # an invalid catalog fails here, before any source is read; so does an accept_deletes naming no source of it
+    # an invalid catalog fails here, before any source is read; so does an accept_deletes or a replay naming no
+    # source of it
     found = sources.catalog(params)
     delete_guard.accepted(params.get(delete_guard.PARAM), [source.name for source in found])
+    replay.selected(params, [source.name for source in found])
     log.info("catalog: %d sources: %s", len(found), ", ".join(f"{s.name} ({s.kind})" for s in found))
     with warehouse() as conn:
         pipeline.init_schema(conn, settings=settings.load())
@@ -204,10 +206,13 @@ def ingest(entry: dict, params: dict, run_id: str, *, run_type=None, interval: t
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from sluice import pipeline, sources, staging
+    from sluice import pipeline, replay, sources, staging
 
     config = settings.load()
     source = sources.from_entry(entry)
+    if replay.replays(params, source.name):  # rebuilt from raw: no connection, no request, whether due or not
+        log.info("%s: replayed from raw: nothing is fetched", source.name)
+        return replay.ingested(source).to_xcom()
     full_refresh = bool(params.get("full_refresh"))
     interval = interval if interval and None not in interval else None
     with warehouse() as conn:
@@ -230,26 +235,30 @@ def store_raw(entry: dict, ingested: dict, run_id: str) -> dict:
     from sluice.results import Ingested
 
     source = sources.from_entry(entry)
+    batch = Ingested.from_xcom(ingested)
     with warehouse() as conn:
-        return pipeline.store_raw(conn, Ingested.from_xcom(ingested), open_staged, run_id=run_id,
+        if batch.replay:
+            return pipeline.store_replay(conn, source, run_id=run_id, settings=settings.load()).to_xcom()
+        return pipeline.store_raw(conn, batch, open_staged, run_id=run_id,
                                   settings=settings.load(), worker=worker_name(), source=source,
                                   cursor_field=source.cursor and source.cursor.field).to_xcom()
 
 
 @lane_step
 def normalize(entry: dict, stored: dict, params: dict, run_id: str) -> dict:
-    from sluice import pipeline, sources
+    from sluice import pipeline, replay, sources
     from sluice.results import Stored
 
     with warehouse() as conn:
         return pipeline.normalize(conn, sources.from_entry(entry), Stored.from_xcom(stored), run_id=run_id,
-                                  settings=settings.load(), full_refresh=bool(params.get("full_refresh"))).to_xcom()
+                                  settings=settings.load(), full_refresh=bool(params.get("full_refresh")),
+                                  replay=replay.replays(params, entry["name"])).to_xcom()
 
 
 @lane_step
 def upsert(entry: dict, stored: dict, normalized: dict, params: dict, run_id: str) -> dict:
     """Upsert the source, then emit its asset event (through the task's outlet alias) when its rows changed."""
-    from sluice import assets, delete_guard, pipeline, sources
+    from sluice import assets, delete_guard, pipeline, replay, sources
     from sluice.results import Normalized, Stored
 
     # checked against the catalog by init_schema
@@ -257,7 +266,8 @@ def upsert(entry: dict, stored: dict, normalized: dict, params: dict, run_id: st
     with warehouse() as conn:
         upserted = pipeline.upsert(conn, sources.from_entry(entry), Stored.from_xcom(stored),
                                    Normalized.from_xcom(normalized), run_id=run_id, settings=settings.load(),
-                                   full_refresh=bool(params.get("full_refresh")), accept_deletes=accepted)
+                                   full_refresh=bool(params.get("full_refresh")), accept_deletes=accepted,
+                                   replay=replay.replays(params, entry["name"]))
         # where the connection really went (libpq's defaults applied), never its login or password
         location = assets.Warehouse(host=conn.info.host, port=conn.info.port, database=conn.info.dbname)
     emit(assets.events(upserted, location, run_id=run_id))
@@ -279,9 +289,13 @@ def emit(events: list) -> None:
 
 @lane_step
 def checkpoint(entry: dict, stored: dict, upserted: dict, params: dict, run_id: str, read_until=None) -> dict:
-    """read_until: the run's data interval end (None without one), from which the source's `every` counts."""
-    from sluice import pipeline
+    """read_until: the run's data interval end (None without one), from which the source's `every` counts; a
+    replay read nothing, so its source's next read stays due."""
+    from sluice import pipeline, replay
     from sluice.results import Stored, Upserted
+
+    if replay.replays(params, entry["name"]):
+        read_until = None
 
     with warehouse() as conn:
         return pipeline.checkpoint(conn, Stored.from_xcom(stored), Upserted.from_xcom(upserted), run_id=run_id,

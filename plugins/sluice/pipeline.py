@@ -128,6 +128,11 @@ def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_i
             cursor_field=cursor_field)
 
 
+def store_replay(conn, source: Source, *, run_id: str, settings: Settings) -> Stored:
+    """store_raw of a source this run replays from raw (sluice.replay): nothing is read or stored."""
+    return warehouse.store_replay(conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds)
+
+
 def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextManager[BinaryIO]:
     """Open a source's staged file for reading, or fail naming it and both workers: a local file written on
     another machine is not here (local staging needs one machine), an object store's may be gone."""
@@ -146,9 +151,10 @@ def open_staged(open_file: Opener, result: Ingested, worker: str) -> ContextMana
 
 
 def normalize(conn, source: Source, stored: Stored, *, run_id: str, settings: Settings,
-              full_refresh: bool = False) -> Normalized:
+              full_refresh: bool = False, replay: bool = False) -> Normalized:
     """Validate and map the source's stored records that changed with the source's rules; under the evolve
-    schema contract, its undeclared fields recorded so far are loaded too, as json fields (sluice.contracts)."""
+    schema contract, its undeclared fields recorded so far are loaded too, as json fields (sluice.contracts).
+    replay: every record stored in the source's raw table instead (sluice.replay)."""
     if source.schema_contract == "evolve":
         evolved = contracts.evolved_fields(conn, source)
         log.info("%s: schema_contract evolve loads %d undeclared fields as json%s", source.name, len(evolved),
@@ -156,20 +162,23 @@ def normalize(conn, source: Source, stored: Stored, *, run_id: str, settings: Se
                          for index, (name, spec) in enumerate(evolved.items())))
         source = dataclasses.replace(source, fields={**source.fields, **evolved})
     return warehouse.normalize(conn, source.name, source.normalization, run_id=run_id, full_refresh=full_refresh,
-                               lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored, kind=source.kind)
+                               lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored, kind=source.kind,
+                               replay=replay)
 
 
 def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_id: str, settings: Settings,
-           full_refresh: bool = False, accept_deletes: float | None = None) -> Upserted:
+           full_refresh: bool = False, accept_deletes: float | None = None, replay: bool = False) -> Upserted:
     """Merge the source's normalized rows into normalized_data, writing only real changes, and soft-delete what
     a whole read no longer contains: DeleteRefused, and nothing of the source commits, beyond the guard (the
     source's max_delete_fraction, else the settings', raised to accept_deletes: what a person accepted for this
-    run)."""
+    run). A replay (sluice.replay) read no id, so it deletes nothing, and brought no batch from the source for the
+    quality gate to judge (its counts would read as a source gone empty in the anomaly history)."""
     guard = delete_guard.limit(source.max_delete_fraction, settings.max_delete_fraction, accept_deletes)
     return warehouse.upsert(
         conn, source.name, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored,
         normalized=normalized, index_build_memory=settings.index_build_memory, kind=source.kind,
-        deletes_missing=source.deletes_missing(full_refresh), delete_limit=guard, gate=quality.Gate(source))
+        deletes_missing=source.deletes_missing(full_refresh) and not replay, delete_limit=guard,
+        gate=None if replay else quality.Gate(source))
 
 
 def release(conn, source_name: str, run_id: str, *, released_by: str, settings: Settings) -> Upserted:

@@ -39,6 +39,8 @@ class Ingested(StageCounts, StepResult):
     kind: str = ""
     # the worker (host name) that wrote the staged file: store_raw's error names it when the file is not found
     staged_by: str | None = None
+    # a replay (sluice.replay): nothing was fetched or staged, store_raw stores nothing
+    replay: bool = False
 
     @classmethod
     def of(cls, counts: StageCounts, fetch_seq: int, kind: str, staged_by: str | None = None) -> "Ingested":

@@ -176,6 +176,22 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     return result
 
 
+def store_replay(conn, source: str, *, run_id: str, lock_timeout_seconds: float) -> Stored:
+    """store_raw of a replayed source (sluice.replay): no raw row is written. Its batch claims the newest fetch and
+    the checkpoint's id, so upsert takes it as the source's newest read and the checkpoint does not move; its work
+    rows are registered, so record_run removes what normalize stages."""
+    keys = {"run_id": run_id, "source": source}
+    with source_transaction(conn, source, lock_timeout_seconds):
+        position = conn.execute(queries.query("replay.sql", "replay_position"), keys).fetchone()
+        fetch_seq, last_id = position or (None, None)
+        conn.execute(q("register_work"), keys)
+        result = Stored(source=source, fetch_seq=fetch_seq, last_id=last_id, whole_read=False)
+        conn.execute(q("forget_step"), {**keys, "step": result.STEP})
+        _record_result(conn, keys, result)
+    log.info("%s: replayed from raw: nothing fetched, nothing stored; every stored record is normalized again", source)
+    return result
+
+
 def _bytes_left(file: BinaryIO) -> int | None:
     """The bytes from the file's position to its end, for the progress of a COPY; None when it cannot tell."""
     # a stream that cannot seek (or says so by raising) only makes the progress lines lack a total
@@ -220,7 +236,8 @@ def _record_result(conn, keys: dict, result) -> None:
 
 
 def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: str, full_refresh: bool,
-              lock_timeout_seconds: float, stored: Stored | None = None, kind: str | None = None) -> Normalized:
+              lock_timeout_seconds: float, stored: Stored | None = None, kind: str | None = None,
+              replay: bool = False) -> Normalized:
     """Validate the run's changed records; good ones to normalized_stage, bad ones quarantined with a reason.
 
     The set-based fast path takes the records it can decide in SQL; every other record goes through the
@@ -229,7 +246,8 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
     key changed since the source was last normalized, the stored raw records the run did not fetch whose rows came
     from another input are normalized again too (from the raw table of its kind), marked from_raw.
     A source this run already normalized from the same stored batch (a cleared or retried task) returns what it
-    committed then; a new store_raw of the run forgets it.
+    committed then; a new store_raw of the run forgets it. replay: every stored raw record is normalized again
+    (sluice.replay), whatever its row holds.
     """
     keys = {"run_id": run_id, "source": source}
     counts = {False: [0, 0], True: [0, 0]}  # from_raw -> [valid, rejected] by the schema
@@ -247,14 +265,14 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
         (staged_rows,) = _count(conn, "count_staged", keys)
         _check_work(source, run_id, "staged_records", staged_rows, stored and stored.stored, "store_raw")
         declared = declarations.declare(conn, source, normalization.fields, normalization.input_key, run_id=run_id)
-        params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh,
+        params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh, "replay": replay,
                   "fast_path": normalization.fast_path, **normalization.fast_path_params}
         conn.execute(q("create_slow_candidates"))
         attributes = _fast_attributes(len(normalization.fields))
         (fast,) = conn.execute(_normalize_fast(sql.SQL(q("staged_candidates")), attributes),
                                {**params, "from_raw": False}).fetchone()
         renormalized_fast = 0
-        if declared.renormalize:
+        if declared.renormalize or replay:
             candidates = sql.SQL(q("raw_candidates")).format(raw_table=sql.Identifier(raw_table(source, kind)))
             (renormalized_fast,) = conn.execute(_normalize_fast(candidates, attributes),
                                                 {**params, "from_raw": True}).fetchone()
@@ -286,8 +304,9 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
                             renormalized_rejected=renormalized_rejected)
         _record_result(conn, keys, result)
     c = progress.count
-    again = (f"; its declaration changed: {c(result.renormalized)} stored records it did not fetch normalized "
-             f"again, {c(renormalized_rejected)} of them rejected" if declared.renormalize else "")
+    why = "replayed from raw" if replay else "its declaration changed"
+    again = (f"; {why}: {c(result.renormalized)} stored records it did not fetch normalized "
+             f"again, {c(renormalized_rejected)} of them rejected" if declared.renormalize or replay else "")
     step.finish(f"normalized {c(staged_rows)} staged records: {c(fast + valid)} valid ({c(fast)} by the SQL "
                 f"fast path), rejected {progress.reasons(rejected + renormalized_rejected, first_rejects)}, "
                 f"{c(skipped)} skipped as unchanged since they were last normalized{again}")
