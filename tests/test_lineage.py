@@ -44,27 +44,37 @@ def pipeline(monkeypatch, database_url, tmp_path):
     sources.stop()
 
 
-def switch_on(monkeypatch, path) -> None:
-    """OpenLineage on, to the provider's file transport. The provider's plugin registers its listener when the
-    plugins load, once a process: if that happened here before the transport was set, register it now."""
+@pytest.fixture
+def events_file(monkeypatch, tmp_path):
+    """OpenLineage on, to the provider's file transport (one event a line). The provider's plugin registers its
+    listener when the plugins load, once a process, only if a transport is set then: registered here when it is
+    not, and every listener added during the test removed after it (later tests of this process run with it off)."""
+    from airflow.listeners.listener import get_listener_manager
+    from airflow.providers.openlineage.plugins.listener import OpenLineageListener
+
+    path = tmp_path / "lineage.ndjson"
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(
         {"type": "file", "log_file_path": str(path), "append": True}))
-    from airflow.listeners.listener import get_listener_manager
-    from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
-
-    manager, listener = get_listener_manager(), get_openlineage_listener()
-    if listener not in manager.pm.get_plugins():
-        manager.add_listener(listener)
+    manager = get_listener_manager()
+    before = set(map(id, manager.pm.get_plugins()))
+    if not any(isinstance(plugin, OpenLineageListener) for plugin in manager.pm.get_plugins()):
+        manager.add_listener(OpenLineageListener())
+    yield path
+    for plugin in list(manager.pm.get_plugins()):
+        if isinstance(plugin, OpenLineageListener) and id(plugin) not in before:
+            manager.pm.unregister(plugin)
 
 
 def task_events(path) -> dict:
-    """{(task id, source, event type): the event} of the lane steps (the job name is <dag>.<task>)."""
+    """{(task id, source, event type): the event}, each sent once (a task's job name is <dag>.<task>)."""
     found = {}
     for line in path.read_text().splitlines():
         event = json.loads(line)
         task = event["job"]["name"].removeprefix("etl_pipeline.")
         index = event["run"]["facets"].get("airflow", {}).get("taskInstance", {}).get("map_index")
-        found[(task, CATALOG[index]["name"] if index is not None and index >= 0 else None, event["eventType"])] = event
+        key = (task, CATALOG[index]["name"] if index is not None and index >= 0 else None, event["eventType"])
+        assert key not in found, f"{key} sent twice"
+        found[key] = event
     return found
 
 
@@ -74,9 +84,7 @@ def by_name(datasets: list) -> dict:
 
 @pytest.mark.slow
 def test_a_run_emits_each_lanes_datasets_row_counts_schemas_and_a_masked_fail_for_the_failing_source(
-        pipeline, monkeypatch, tmp_path):
-    events_file = tmp_path / "lineage.ndjson"
-    switch_on(monkeypatch, events_file)
+        pipeline, events_file):
     state, run = pipeline.run({"sources": CATALOG})
 
     assert state == "failed" and run["error_message"].startswith("ingest[api]: ")
