@@ -46,23 +46,25 @@ def pipeline(monkeypatch, database_url, tmp_path):
 
 @pytest.fixture
 def events_file(monkeypatch, tmp_path):
-    """OpenLineage on, to the provider's file transport (one event a line). The provider's plugin registers its
-    listener when the plugins load, once a process, only if a transport is set then: registered here when it is
-    not, and every listener added during the test removed after it (later tests of this process run with it off)."""
-    from airflow.listeners.listener import get_listener_manager
+    """OpenLineage on, to the provider's file transport (one event a line). The provider's plugin gives Airflow
+    its listener only if a transport is set when the plugin is imported, and Airflow's two listener managers
+    (DAG runs: airflow.listeners; tasks: the Task SDK's) take the plugins' listeners once a process: in a process
+    that ran Airflow before, the listener is added to each here, and removed after the test."""
+    from airflow.listeners.listener import get_listener_manager as dag_run_listeners
     from airflow.providers.openlineage.plugins.listener import OpenLineageListener
+    from airflow.sdk.listener import get_listener_manager as task_listeners
 
     path = tmp_path / "lineage.ndjson"
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(
         {"type": "file", "log_file_path": str(path), "append": True}))
-    manager = get_listener_manager()
-    before = set(map(id, manager.pm.get_plugins()))
-    if not any(isinstance(plugin, OpenLineageListener) for plugin in manager.pm.get_plugins()):
-        manager.add_listener(OpenLineageListener())
+    listener, added = OpenLineageListener(), []
+    for manager in (dag_run_listeners(), task_listeners()):
+        if not any(isinstance(plugin, OpenLineageListener) for plugin in manager.pm.get_plugins()):
+            manager.add_listener(listener)
+            added.append(manager)
     yield path
-    for plugin in list(manager.pm.get_plugins()):
-        if isinstance(plugin, OpenLineageListener) and id(plugin) not in before:
-            manager.pm.unregister(plugin)
+    for manager in added:
+        manager.pm.unregister(listener)
 
 
 def task_events(path) -> dict:

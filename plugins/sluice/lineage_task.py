@@ -14,10 +14,16 @@ inputs and outputs with the rows it wrote; FAIL the datasets the step had reache
 errorMessage facet the task's exception: the masked Failure message (airflow_edge.reports_failure).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 
-from sluice.lineage import Column, Dataset, StepLineage
+# the DAG file imports this module: what only the running task needs is imported there, not at parse time
+if TYPE_CHECKING:
+    from sluice.lineage import Column, Dataset, StepLineage
 
 
 class LaneStepOperator(DecoratedOperator, PythonOperator):
