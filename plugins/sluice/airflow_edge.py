@@ -50,6 +50,8 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
         entry = args[0] if lane else None
         if entry:
             context[MAP_INDEX_KEY] = entry["name"]
+            # what this try reports to OpenLineage (report_lineage), never what an earlier try of the instance did
+            context["task"].sluice_lineage = None
         # registered with the task log's masker before anything is logged, and kept for the failure's message
         secrets = known_secrets([WAREHOUSE_CONN_ID, *([entry["conn_id"]] if entry else [])])
         try:
@@ -306,7 +308,8 @@ def report_lineage(step: Callable) -> None:
     try:
         found = step()
     except Exception as exc:  # lineage is an observer: it never fails the step it describes; the log says so
-        log.warning("OpenLineage: this step's datasets are not reported (%s: %s)", type(exc).__name__, exc)
+        # the class only: the text may quote a URL whose credentials are no connection's known secret
+        log.warning("OpenLineage: this step's datasets are not reported (%s)", type(exc).__name__)
         return
     get_current_context()["task"].sluice_lineage = found
 
