@@ -47,6 +47,7 @@ from airflow.sdk import AssetAlias, DeltaDataIntervalTimetable, Param, dag, task
 
 from sluice import airflow_edge as edge
 from sluice import assets, settings, sources, timing
+from sluice.lineage_task import lane_task
 
 _settings = settings.load()
 _catalog = sources.load_file(os.environ["SLUICE_SOURCES_FILE"]) if os.environ.get("SLUICE_SOURCES_FILE") else []
@@ -113,27 +114,28 @@ def etl_pipeline():
 
     # One lane per source of the catalog, any kind: each step an instance of a mapped task, shown by its source's
     # name, so one source's failure, retry or clear never touches another's. Task ids are the steps' own names.
+    # @lane_task is @task whose operator reports the step's datasets to OpenLineage (sluice.lineage_task).
     @task_group(group_id="sources", prefix_group_id=False)
     def source_lane(entry):
-        @task(**LANE)
+        @lane_task(**LANE)
         def ingest(entry, params=None, run_id=None, dag_run=None, data_interval_start=None, data_interval_end=None):
             return edge.ingest(entry, params, run_id, run_type=dag_run.run_type,
                                interval=(data_interval_start, data_interval_end))
 
-        @task(**LANE)
+        @lane_task(**LANE)
         def store_raw(entry, ingested, run_id=None):
             return edge.store_raw(entry, ingested, run_id)
 
-        @task(**LANE)
+        @lane_task(**LANE)
         def normalize(entry, stored, params=None, run_id=None):
             return edge.normalize(entry, stored, params, run_id)
 
         # the sources are known at run time only: upsert adds its source's asset event to this alias
-        @task(**LANE, outlets=[AssetAlias(assets.ALIAS)])
+        @lane_task(**LANE, outlets=[AssetAlias(assets.ALIAS)])
         def upsert(entry, stored, normalized, params=None, run_id=None):
             return edge.upsert(entry, stored, normalized, params, run_id)
 
-        @task(**LANE)
+        @lane_task(**LANE)
         def checkpoint(entry, stored, upserted, params=None, run_id=None, data_interval_end=None):
             return edge.checkpoint(entry, stored, upserted, params, run_id, read_until=data_interval_end)
 

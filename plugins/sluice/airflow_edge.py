@@ -50,6 +50,8 @@ def reports_failure(function: Callable, *, lane: bool = False) -> Callable:
         entry = args[0] if lane else None
         if entry:
             context[MAP_INDEX_KEY] = entry["name"]
+            # what this try reports to OpenLineage (report_lineage), never what an earlier try of the instance did
+            context["task"].sluice_lineage = None
         # registered with the task log's masker before anything is logged, and kept for the failure's message
         secrets = known_secrets([WAREHOUSE_CONN_ID, *([entry["conn_id"]] if entry else [])])
         try:
@@ -206,7 +208,7 @@ def ingest(entry: dict, params: dict, run_id: str, *, run_type=None, interval: t
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from sluice import pipeline, replay, sources, staging
+    from sluice import lineage, pipeline, replay, sources, staging
 
     config = settings.load()
     source = sources.from_entry(entry)
@@ -224,6 +226,7 @@ def ingest(entry: dict, params: dict, run_id: str, *, run_type=None, interval: t
             log.info("%s: skipped, %s", source.name, reason)
             raise AirflowSkipException(f"{source.name}: {reason}")
         session, url = http_source(source)
+        report_lineage(lambda: lineage.StepLineage(inputs=(lineage.of_url(url),)))
         target = staging.make_run_folder(staging_dir(run_id, config)) / f"{source.name}.copy"
         return pipeline.ingest(conn, source, session, url, str(target), open_staged, run_id=run_id, settings=config,
                                full_refresh=full_refresh, worker=worker_name(), interval=interval).to_xcom()
@@ -231,26 +234,38 @@ def ingest(entry: dict, params: dict, run_id: str, *, run_type=None, interval: t
 
 @lane_step
 def store_raw(entry: dict, ingested: dict, run_id: str) -> dict:
-    from sluice import pipeline, sources
+    from sluice import lineage, pipeline, sources, warehouse as tables
     from sluice.results import Ingested
 
     source = sources.from_entry(entry)
     batch = Ingested.from_xcom(ingested)
+    raw = tables.raw_table(source.name, batch.kind)
+
+    def read_and_written(rows=None):
+        return lineage.StepLineage(inputs=(lineage.of_url(http_source(source)[1]),),
+                                   outputs=(lineage.warehouse_table(conn, raw, rows=rows),))
+
     with warehouse() as conn:
-        if batch.replay:
+        if batch.replay:  # nothing is read from the source: the raw table is the input, already stored
             return pipeline.store_replay(conn, source, run_id=run_id, settings=settings.load()).to_xcom()
-        return pipeline.store_raw(conn, batch, open_staged, run_id=run_id,
-                                  settings=settings.load(), worker=worker_name(), source=source,
-                                  cursor_field=source.cursor and source.cursor.field).to_xcom()
+        report_lineage(read_and_written)
+        stored = pipeline.store_raw(conn, batch, open_staged, run_id=run_id, settings=settings.load(),
+                                    worker=worker_name(), source=source,
+                                    cursor_field=source.cursor and source.cursor.field)
+        report_lineage(lambda: read_and_written(stored.written))
+    return stored.to_xcom()
 
 
 @lane_step
 def normalize(entry: dict, stored: dict, params: dict, run_id: str) -> dict:
-    from sluice import pipeline, replay, sources
+    from sluice import lineage, pipeline, replay, sources, warehouse as tables
     from sluice.results import Stored
 
+    source = sources.from_entry(entry)
     with warehouse() as conn:
-        return pipeline.normalize(conn, sources.from_entry(entry), Stored.from_xcom(stored), run_id=run_id,
+        report_lineage(lambda: lineage.StepLineage(
+            inputs=(lineage.warehouse_table(conn, tables.raw_table(source.name, source.kind)),)))
+        return pipeline.normalize(conn, source, Stored.from_xcom(stored), run_id=run_id,
                                   settings=settings.load(), full_refresh=bool(params.get("full_refresh")),
                                   replay=replay.replays(params, entry["name"])).to_xcom()
 
@@ -258,20 +273,54 @@ def normalize(entry: dict, stored: dict, params: dict, run_id: str) -> dict:
 @lane_step
 def upsert(entry: dict, stored: dict, normalized: dict, params: dict, run_id: str) -> dict:
     """Upsert the source, then emit its asset event (through the task's outlet alias) when its rows changed."""
-    from sluice import assets, delete_guard, pipeline, replay, sources
+    from sluice import assets, delete_guard, lineage, pipeline, replay, sources, warehouse as tables
     from sluice.results import Normalized, Stored
 
     # checked against the catalog by init_schema
     accepted = delete_guard.accepted(params.get(delete_guard.PARAM)).get(entry["name"])
+    source = sources.from_entry(entry)
+
+    def read_and_written(rows=None):
+        return lineage.StepLineage(
+            inputs=(lineage.warehouse_table(conn, tables.raw_table(source.name, source.kind)),),
+            outputs=(lineage.warehouse_table(conn, lineage.NORMALIZED_TABLE, rows=rows, declared=source.fields),))
+
     with warehouse() as conn:
-        upserted = pipeline.upsert(conn, sources.from_entry(entry), Stored.from_xcom(stored),
+        report_lineage(read_and_written)
+        upserted = pipeline.upsert(conn, source, Stored.from_xcom(stored),
                                    Normalized.from_xcom(normalized), run_id=run_id, settings=settings.load(),
                                    full_refresh=bool(params.get("full_refresh")), accept_deletes=accepted,
                                    replay=replay.replays(params, entry["name"]))
+        report_lineage(lambda: read_and_written(upserted.written))
         # where the connection really went (libpq's defaults applied), never its login or password
         location = assets.Warehouse(host=conn.info.host, port=conn.info.port, database=conn.info.dbname)
     emit(assets.events(upserted, location, run_id=run_id))
     return upserted.to_xcom()
+
+
+def lineage_enabled() -> bool:
+    """Whether OpenLineage sends events: the provider is off until a transport is configured
+    (AIRFLOW__OPENLINEAGE__TRANSPORT, OPENLINEAGE_URL, a config file...)."""
+    from airflow.providers.openlineage import conf
+
+    return not conf.is_disabled()
+
+
+def report_lineage(step: Callable) -> None:
+    """Hand the running lane step's datasets (step(): a sluice.lineage.StepLineage) to its operator
+    (sluice.lineage_task), which the OpenLineage provider asks for them when the task finishes or fails. With
+    OpenLineage off, step is not called: no connection looked up, no query run."""
+    from airflow.sdk import get_current_context
+
+    if not lineage_enabled():
+        return
+    try:
+        found = step()
+    except Exception as exc:  # lineage is an observer: it never fails the step it describes; the log says so
+        # the class only: the text may quote a URL whose credentials are no connection's known secret
+        log.warning("OpenLineage: this step's datasets are not reported (%s)", type(exc).__name__)
+        return
+    get_current_context()["task"].sluice_lineage = found
 
 
 def emit(events: list) -> None:

@@ -52,8 +52,7 @@ def uri(warehouse: Warehouse, source: str) -> str:
 def changed(result: Upserted) -> bool:
     """Whether the upsert changed the source's rows in normalized_data (a soft delete or undelete is a change, and
     so are rows a changed declaration re-normalized from raw)."""
-    return (result.inserted + result.updated + result.deleted + result.undeleted
-            + result.renormalized_inserted + result.renormalized_updated) > 0
+    return result.written > 0
 
 
 def events(upserted: Upserted, warehouse: Warehouse, *, run_id: str) -> list[Event]:

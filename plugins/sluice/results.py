@@ -66,6 +66,11 @@ class Stored(StepResult):
     # the newest value of the source's cursor field stored, as the source spelled it (None: no cursor, or no time)
     last_cursor: str | None = None
 
+    @property
+    def written(self) -> int:
+        """Rows of the raw table this step wrote (a record stored unchanged writes nothing)."""
+        return self.raw_inserted + self.raw_updated
+
 
 @dataclass(frozen=True)
 class Normalized(StepResult):
@@ -103,6 +108,13 @@ class Upserted(StepResult):
     renormalized_updated: int = 0
     # the batch's quality score, 0-100 (sluice.quality; None: no gate judged it)
     quality_score: int | None = None
+
+    @property
+    def written(self) -> int:
+        """The source's rows of normalized_data this step wrote: inserted, updated, soft-deleted, undeleted and
+        re-normalized from raw (an unchanged record writes nothing)."""
+        return (self.inserted + self.updated + self.deleted + self.undeleted
+                + self.renormalized_inserted + self.renormalized_updated)
 
 
 @dataclass(frozen=True)
