@@ -16,7 +16,7 @@ def test_a_source_that_changed_rows_emits_its_counts_and_the_run_id():
     assert found[1].extra == {"source": "orders", "inserted": 3, "updated": 0, "unchanged": 5, "superseded": 0,
                               "processed": 8, "deleted": 0, "undeleted": 0, "deletes_skipped": "",
                               "live_before": 0, "live_after": 0, "renormalized_inserted": 0,
-                              "renormalized_updated": 0, "run_id": "manual__1"}
+                              "renormalized_updated": 0, "quality_score": None, "run_id": "manual__1"}
     assert found[0].extra["updated"] == 2 and found[0].extra["run_id"] == "manual__1"
     assert found[1].uri == "postgres://db.example:5433/sluice/public/normalized_data?source=orders"
 

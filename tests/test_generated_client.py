@@ -29,7 +29,8 @@ RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
 TAGS = {"/": "meta", "/openapi.json": "meta", "/health": "meta", "/data": "data",
         "/data/{source}/{source_id}": "data", "/runs": "runs", "/runs/{run_id}/rejects": "runs", "/stats": "runs",
         "/sources": "data",
-        "/sources/{source}/fields": "data", "/metrics": "meta"}
+        "/sources/{source}/fields": "data", "/metrics": "meta", "/export/{source}": "data",
+        "/runs/{run_id}/quality": "runs"}
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def test_the_first_release_schema_upgrades_in_place(make_database, tmp_path):
         # 12 source and source_id columns, and the source of each raw table (named sources)
         # etl_run_work's too, source_fields' (011), source_declarations' (012), source_observed_fields' and
         # source_field_changes' (013)
-        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 19
+        assert set(collations(conn).values()) == {"C"} and len(collations(conn)) == 21
         # the rows of the release before named sources belong to the seed sources named after their kinds
         assert conn.execute("select source, source_id from raw_csv_data").fetchall() == [("csv", "1")]
         assert conn.execute("select source_id, name from normalized_data").fetchall() == [("1", "old")]

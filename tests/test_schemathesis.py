@@ -28,7 +28,7 @@ from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 from webapp import create_app, db
 
 RUN_ID = "scheduled__2024-05-01T00:00:00+00:00"
-OPERATIONS = 11  # every route of the app (test_webapp_openapi checks that the document lists each one)
+OPERATIONS = 13  # every route of the app (test_webapp_openapi checks that the document lists each one)
 CONFIG = SchemathesisConfig.from_dict({
     "generation": {"max-examples": 30, "deterministic": True, "database": "none"},
     "checks": {"negative_data_rejection": {"expected-statuses": ["400", "414"]}},
