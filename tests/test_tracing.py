@@ -61,9 +61,10 @@ def test_a_data_request_is_traced_into_the_database_and_logged_with_its_trace_id
     assert (data.trace_id.hex(), data.parent_span_id.hex()) == (CLIENT_TRACE_ID, CLIENT_SPAN_ID)
 
     queries = [span for span in spans if span.parent_span_id == data.span_id]
-    # the key's lookup (unless cached), then /data's one round trip: no other statement
+    # the key's lookup and its last use (unless cached), then /data's one round trip: no other statement
     assert [attributes(query)["db.operation.name"] for query in queries][-1:] == ["data_answer"]
-    assert {attributes(query)["db.operation.name"] for query in queries} <= {"api_key_by_hash", "data_answer"}
+    assert {attributes(query)["db.operation.name"] for query in queries} <= {
+        "api_key_by_hash", "api_key_touch", "data_answer"}
     for query in queries:
         assert query.kind == query.SPAN_KIND_CLIENT and query.trace_id == data.trace_id
         assert attributes(query)["db.system"] == "postgresql"
