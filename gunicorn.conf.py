@@ -44,6 +44,8 @@ forwarded_allow_ips = os.environ.get("SLUICE_FORWARDED_ALLOW_IPS", "127.0.0.1,::
 # as many slow clients as workers stop the API. A gthread worker parks idle keep-alive connections in its
 # poller and gives one thread per request in progress; a stalled client costs one thread out of
 # workers x threads. Keep threads <= SLUICE_POOL_MAX (10): each request holds one warehouse connection.
+# 2 x 8 on 2 cores: more processes than cores cost CPU per request and served no more (bench/README.md,
+# issue 28's sizing table).
 # gthread, answering what gunicorn itself refuses (a URL over limit_request_line...) in the JSON error shape
 worker_class = "webapp.gunicorn_worker.JsonErrorThreadWorker"
 workers = int(os.environ.get("SLUICE_WORKERS", "2"))

@@ -273,18 +273,19 @@ def parse_wrk(output: str) -> dict:
 
 # --- Postgres alone ----------------------------------------------------------------------------------
 
-def captured_queries(db: str, path: str) -> list[tuple[str, dict, dict | None, str]]:
-    """The (named query, parameters, {slot} fragments, SQL file) one request to path runs, taken from the app."""
+def captured_queries(db: str, path: str) -> list[tuple[str, dict, dict | None, str, str | None]]:
+    """The (named query, parameters, {slot} fragments, SQL file, begin prelude) one request to path runs, taken
+    from the app."""
     from webapp import create_app
     from webapp import db as webapp_db
 
     app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2, "AUTH": "none"})
-    seen: list[tuple[str, dict, dict | None, str]] = []
+    seen: list[tuple[str, dict, dict | None, str, str | None]] = []
     original = webapp_db.fetch_all
 
-    def recording(name, params=None, parts=None, sql_file=webapp_db.SQL_FILE):  # as fetch_one passes them
-        seen.append((name, dict(params or {}), parts, sql_file))
-        return original(name, params, parts, sql_file)
+    def recording(name, params=None, parts=None, sql_file=webapp_db.SQL_FILE, *, begin=None):  # as callers pass them
+        seen.append((name, dict(params or {}), parts, sql_file, begin))
+        return original(name, params, parts, sql_file, begin=begin)
 
     webapp_db.fetch_all = recording
     try:
@@ -305,6 +306,9 @@ def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str]], r
     A statement that is itself an EXPLAIN (data_estimate) is timed directly in both.
     """
     from sluice import queries as named
+    from sluice import scope_key
+    from webapp import db as webapp_db
+    from webapp import scope_token, scopes
 
     options = r"-c default_transaction_read_only=on -c default_transaction_isolation=repeatable\ read -c TimeZone=UTC"
     conn = psycopg2.connect(db, options=options)
@@ -313,12 +317,18 @@ def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str]], r
         with conn.cursor() as cursor:
             for _ in range(repeats):
                 direct_ms = explain_ms = 0.0
-                for name, params, parts, sql_file in queries:
+                for name, params, parts, sql_file, begin in queries:
                     statement = named.query(sql_file, name)
                     if parts is not None:  # the query as the app composed it: its {slots} filled the same way
                         statement = psycopg2.sql.SQL(statement).format(**parts).as_string(conn)
+                    conn.autocommit = begin is not None  # between statements: each path below rolls back
+                    if begin is not None:  # its prelude too, in the same round trip, as the app sends it
+                        token = scope_token.make(scopes.EVERYTHING, conn.get_backend_pid(),
+                                                 scope_key.parse(os.environ["SLUICE_SCOPE_KEY"]))
+                        params = {**params, "scope_token": token}
+                        prelude = named.query(webapp_db.SQL_FILE, begin)
                     start = time.perf_counter()
-                    cursor.execute(statement, params)
+                    cursor.execute(f"{prelude}\n{statement}" if begin is not None else statement, params)
                     cursor.fetchall()
                     elapsed = (time.perf_counter() - start) * 1000
                     conn.rollback()
@@ -326,6 +336,9 @@ def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str]], r
                     if statement.lstrip().lower().startswith("explain"):
                         explain_ms += elapsed
                         continue
+                    if begin is not None:  # EXPLAIN takes one statement: the prelude in a transaction before it
+                        conn.autocommit = False
+                        cursor.execute(prelude, params)
                     cursor.execute("explain (analyze, timing off, format json) " + statement, params)
                     (plan,) = cursor.fetchone()[0]
                     conn.rollback()

@@ -14,8 +14,30 @@
 -- signed scope, which row-level security reads (migration 018); a token that does not verify is an error
 select sluice_enter_scope(%(scope_token)s);
 
+-- name: data_begin
+-- /data's round trip begins here (webapp.db.fetch_all_after_watermark, autocommit: one implicit transaction for
+-- the whole query string). Read committed, so the statement after this one takes its snapshot after the watermark
+-- is read (sql/functions.sql); the request's scope as enter_scope sets it
+set transaction isolation level read committed;
+select sluice_enter_scope(%(scope_token)s), set_config('sluice.watermark', sluice_read_watermark()::text, true);
+
+-- name: data_answer
+-- /data in one statement, so in one snapshot: the page (slot page: data_page), its total (slot total: data_count,
+-- data_count_all or null) and the watermark data_begin read. Always one row at least: an empty page is one row
+-- whose page columns are null. The page's order is its ordinal's
+select w.watermark, t.total, p.*
+from (select current_setting('sluice.watermark')::timestamptz as watermark) w
+cross join (select {total} as total) t
+left join ({page}) p on true
+order by p.ordinal;
+
+-- name: data_total_none
+null::bigint
+
 -- name: data_page
-select id, source, source_id, name, value, description, created_at, updated_at, deleted_at, attributes
+select id, source, source_id, name, value, description, created_at, updated_at, deleted_at, attributes,
+       -- the position in the page, which data_answer orders by (the same sort as the order by below, not another)
+       row_number() over (order by {order}) as ordinal
 from normalized_data
 where (%(source)s::text is null or source = %(source)s)
   and (%(sources)s::text[] is null or source = any(%(sources)s))

@@ -61,15 +61,20 @@ def test_a_data_request_is_traced_into_the_database_and_logged_with_its_trace_id
     assert (data.trace_id.hex(), data.parent_span_id.hex()) == (CLIENT_TRACE_ID, CLIENT_SPAN_ID)
 
     queries = [span for span in spans if span.parent_span_id == data.span_id]
-    assert len(queries) >= 2  # the watermark, the page (and its total)
+    # the key's lookup and its last use (unless cached), then /data's one round trip: no other statement
+    assert [attributes(query)["db.operation.name"] for query in queries][-1:] == ["data_answer"]
+    assert {attributes(query)["db.operation.name"] for query in queries} <= {
+        "api_key_by_hash", "api_key_touch", "data_answer"}
     for query in queries:
         assert query.kind == query.SPAN_KIND_CLIENT and query.trace_id == data.trace_id
         assert attributes(query)["db.system"] == "postgresql"
         assert query.start_time_unix_nano >= data.start_time_unix_nano
         assert query.end_time_unix_nano <= data.end_time_unix_nano
-    page = next(query for query in queries if attributes(query)["db.operation.name"] == "data_page")
+    # the watermark, the page and its total in one statement
+    (page,) = [query for query in queries if attributes(query)["db.operation.name"] == "data_answer"]
     statement = attributes(page)["db.statement"]
-    assert "from normalized_data" in statement and "%(scope_token)s" in statement  # placeholders, no values
+    assert "sluice_read_watermark()" in statement and "from normalized_data" in statement
+    assert "%(scope_token)s" in statement  # placeholders, no values
 
     # the refused request is traced too, under its route, without its query string
     (bad,) = [span for span in servers if span is not data]

@@ -132,18 +132,23 @@ def _give_back_connection(_error=None) -> None:
 
 
 def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
-              sql_file: str = SQL_FILE) -> list[dict]:
+              sql_file: str = SQL_FILE, *, begin: str | None = None) -> list[dict]:
     """Rows of the named query of sql/webapp.sql (or sql_file) as dicts; database trouble becomes
-    DatabaseUnavailable. parts fill the query's {slots} with psycopg2.sql fragments (webapp.attributes)."""
+    DatabaseUnavailable. parts fill the query's {slots} with psycopg2.sql fragments (webapp.attributes).
+    begin: a named prelude of webapp.sql that takes scope_token and begins a transaction of the query's own, sent
+    with it in autocommit mode (no BEGIN, no ROLLBACK: one round trip); None: the query joins the request's
+    transaction, begun with enter_scope."""
     store = warehouse()
     # A pooled connection whose server restarted fails on its first statement: retry that statement
     # on the next connection (at most the whole pool), so one restart costs clients no errors.
     for attempt in range(store.max_connections + 1):
         conn = get_db()
         first_statement = g.db_statements == 0
-        statement, values = _scoped(conn, store, queries.query(sql_file, name), params or {})
+        statement, values = _scoped(conn, store, queries.query(sql_file, name), params or {}, begin)
         if parts is not None:
             statement = sql.SQL(statement).format(**parts)
+        if begin is not None:
+            conn.autocommit = True  # the prelude begins the transaction; it ends with the query string
         try:
             with (conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor,
                   tracing.database_span(name, statement, conn)):
@@ -159,7 +164,18 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
                 continue
             log.warning("warehouse query %s failed: %s", name, str(error).strip())
             raise _failure("unavailable", "database unreachable") from error
+        finally:
+            if begin is not None and not conn.closed:
+                conn.autocommit = False
     raise _failure("unavailable", "database unreachable")
+
+
+def fetch_all_after_watermark(name: str, params: dict, parts: dict) -> list[dict]:
+    """fetch_all in one round trip and a read-committed transaction of its own (data_begin): the request's scope,
+    then the watermark (which the query reads as current_setting('sluice.watermark')), then the query, whose
+    snapshot is taken after the watermark was read. Ends the request's open transaction first, if any."""
+    end_transaction()
+    return fetch_all(name, params, parts, begin="data_begin")
 
 
 def statement_failure(error: Exception, name: str, timeout_ms: int) -> DatabaseUnavailable:
@@ -184,13 +200,14 @@ def detach():
     return conn
 
 
-def _scoped(conn, store: Warehouse, statement: str, params: dict) -> tuple[str, dict]:
-    """The statement, preceded by the request's scope when it begins a transaction: one round trip for both
-    (psycopg2 sends them as one query string; the result is the route's statement's)."""
-    if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+def _scoped(conn, store: Warehouse, statement: str, params: dict, begin: str | None) -> tuple[str, dict]:
+    """The statement, preceded by the request's scope when it begins a transaction (by begin's prelude when
+    given): one round trip for both (psycopg2 sends them as one query string; the result is the route's
+    statement's)."""
+    if begin is None and conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
         return statement, params
     token = scope_token.make(scopes.current(), conn.get_backend_pid(), store.scope_key)
-    return f"{queries.query(SQL_FILE, 'enter_scope')}\n{statement}", {**params, "scope_token": token}
+    return f"{queries.query(SQL_FILE, begin or 'enter_scope')}\n{statement}", {**params, "scope_token": token}
 
 
 def fetch_one(name: str, params: dict | None = None, parts: dict | None = None,

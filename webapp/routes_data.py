@@ -3,6 +3,7 @@
 
 from flask import Blueprint, request
 from marshmallow import ValidationError
+from psycopg2 import sql
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import NotFound
 
@@ -56,17 +57,20 @@ def _split_query(args) -> tuple[MultiDict, dict[str, list[str]]]:
     return parameters, filters
 
 
-def _total(mode: str, filters: dict, declared: attributes.Query) -> int | None:
-    if mode == "none":
-        return None
-    params = dict(filters)
-    parts = {"attributes": attributes.where(declared, params)}
-    if mode == "estimated":
-        (plan,) = db.fetch_one("data_estimate", params, parts)["QUERY PLAN"]
-        return int(plan["Plan"]["Plan Rows"])
+def _total(mode: str, filters: dict, declared: attributes.Query, where: sql.Composable) -> sql.Composable:
+    """The {total} of data_answer: an exact count in the page's statement (so in its snapshot), or null (none, or
+    estimated: an EXPLAIN, which no statement can nest; _estimate runs it after)."""
+    if mode != "exact":
+        return attributes.fragment("data_total_none")
     if filters["pattern"] is None and filters["updated_since"] is None and not declared.filters:
-        return db.fetch_one("data_count_all", filters)["total"]
-    return db.fetch_one("data_count", params, parts)["total"]
+        return sql.SQL("({})").format(attributes.fragment("data_count_all"))
+    return sql.SQL("({})").format(attributes.fragment("data_count").format(attributes=where))
+
+
+def _estimate(params: dict, where: sql.Composable) -> int:
+    """The planner's row estimate for the page's filters: no scan, so it stays cheap on any table size."""
+    (plan,) = db.fetch_one("data_estimate", params, {"attributes": where})["QUERY PLAN"]
+    return int(plan["Plan"]["Plan Rows"])
 
 
 def _after(cursor, declared: attributes.Query, source: str | None) -> tuple | None:
@@ -107,8 +111,6 @@ def list_records():
                                 args.get("order"), field_filters)
     filters = _filters(args)
     after = _after(args.get("cursor"), declared, source)
-    # before the rows: every change the rows below miss commits later, stamped at or after it
-    watermark = db.fetch_one_before_snapshot("data_watermark")["watermark"]
     page_size = args["page_size"]
     page = None if after else args["page"]
     params = {
@@ -119,13 +121,20 @@ def list_records():
     }
     parts = {"attributes": attributes.where(declared, params)}
     parts["after"], parts["order"] = attributes.keyset(declared, after, params)
-    rows = db.fetch_all("data_page", params, parts)
+    page_query = attributes.fragment("data_page").format(**parts)
+    total = _total(args["count"], filters, declared, parts["attributes"])
+    # one round trip: the watermark first (every change the rows miss commits later, stamped at or after it),
+    # then the page and its total in one snapshot taken after it
+    answer = db.fetch_all_after_watermark("data_answer", params, {"page": page_query, "total": total})
+    watermark = answer[0]["watermark"]
+    rows = [row for row in answer if row["ordinal"] is not None]
     has_more = len(rows) > page_size
     rows = rows[:page_size]
     last = rows[-1] if has_more else None
     next_cursor = attributes.position(last, declared, source) if last else None
     body = data_page_schema.dump({
-        "data": [_item(row, declared, source) for row in rows], "total": _total(args["count"], filters, declared),
+        "data": [_item(row, declared, source) for row in rows],
+        "total": _estimate(params, parts["attributes"]) if args["count"] == "estimated" else answer[0]["total"],
         "page": page, "page_size": page_size, "has_more": has_more, "next_cursor": next_cursor,
         "watermark": watermark,
     })

@@ -292,6 +292,33 @@ class RecordSchema(Body):
                        "sources: each record's own. The schema Attributes_<source> of this document lists them"})
 
 
+def record_item(row) -> dict:
+    """RecordSchema's dump of a row that has every field (a data_page row), written out: walking marshmallow's
+    fields costs more per row than the query itself (issue 28). tests/test_webapp_schemas.py holds the two equal."""
+    return {
+        "id": int(row["id"]), "source": str(row["source"]), "source_id": str(row["source_id"]),
+        "name": _text(row["name"]), "value": None if row["value"] is None else float(row["value"]),
+        "description": _text(row["description"]), "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "deleted_at": None if row["deleted_at"] is None else row["deleted_at"].isoformat(),
+        "attributes": {str(key): value for key, value in row["attributes"].items()},
+    }
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
+
+
+class Records(fields.List):
+    """A list of RecordSchema items (so documented), dumped by record_item."""
+
+    def __init__(self, **kwargs):
+        super().__init__(fields.Nested(RecordSchema), **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else [record_item(row) for row in value]
+
+
 class RecordDetailSchema(RecordSchema):
     first_seen_run_id = fields.String()
     last_changed_run_id = fields.String()
@@ -307,7 +334,7 @@ class Page(Body):
 
 
 class DataPageSchema(Page):
-    data = fields.List(fields.Nested(RecordSchema))
+    data = Records()
     next_cursor = Cursor(allow_none=True, metadata={"description": "pass as cursor for the next page"})
     watermark = fields.DateTime(metadata={"description": (
         "ISO 8601. Every change committed after this answer was read has updated_at at or after it, even one "
