@@ -234,7 +234,9 @@ where s.run_id = %(run_id)s and s.source = %(source)s
 -- name: raw_candidates
 -- after a changed declaration: the source's stored raw records this run did not fetch whose row (or reject) came
 -- from another input, so an incremental source is re-normalized whole without refetching. <raw_table> is the
--- source's; every one is the newest payload stored, so the fetch order holds.
+-- source's; every one is the newest payload stored, so the fetch order holds. A payload a held batch stored (the
+-- quality gate held it back, or a later fetch superseded it) was never published: only its release or a later
+-- fetch of the record publishes it, so its row keeps what it had until then.
 select r.source_id, r.data::jsonb as data, r.content_hash, md5(r.content_hash || %(input_key)s) as input_hash
 from {raw_table} r
 left join normalized_data n on n.source = r.source and n.source_id = r.source_id
@@ -242,6 +244,8 @@ where r.source = %(source)s
   and n.input_hash is distinct from md5(r.content_hash || %(input_key)s)
   and not exists (select from staged_records s
                   where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = r.source_id)
+  and not exists (select from quality_runs h
+                  where h.run_id = r.run_id and h.source = r.source and h.status in ('held', 'superseded'))
 
 -- name: no_attributes
 (select '{{}}'::jsonb as attributes)

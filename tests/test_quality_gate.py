@@ -15,6 +15,8 @@ from tests.test_pipeline import run_lane
 CHECKS = [{"check": "row_count", "min": 50}, {"check": "null_rate", "field": "description", "max": 0.1,
                                                "severity": "warn"},
           {"check": "changed_rate", "max": 0.5}]
+POSTS_ROWS = ("select source_id, name, value, description from normalized_data where source = 'posts' "
+              "order by source_id::integer")
 
 
 def lane(url, server, tmp_path, source, run_id, config):
@@ -61,3 +63,37 @@ def test_a_held_batch_writes_nothing_and_a_later_batch_supersedes_it(database_ur
             pipeline.release(conn, "posts", "run-held", released_by="alice", settings=config)
         with pytest.raises(ReleaseRefused, match="it was published"):
             pipeline.release(conn, "posts", "run-later", released_by="alice", settings=config)
+
+
+def test_a_changed_declaration_does_not_publish_what_a_held_fetch_stored_in_raw(database_url, tmp_path):
+    """A held fetch's payloads are in the raw table (store_raw commits before the gate): a later run whose changed
+    declaration re-normalizes the stored records it did not fetch must leave those rows as they were published."""
+    config = settings.load()
+    entry = {"name": "posts", "kind": "api", "endpoint": "posts", "checks": [{"check": "row_count", "min": 50}],
+             "anomalies": False}
+    (source,) = sources.catalog({"sources": [entry]})
+    (redeclared,) = sources.catalog({"sources": [{**entry, "fields": {"user": {"from": "userId",
+                                                                                "type": "integer"}}}]})
+    posts = sample_data.posts(100)
+    with SourceServer() as server, psycopg.connect(database_url) as conn:
+        pipeline.init_schema(conn, settings=config)
+        server.serve_json("posts", posts[:60], page_size=25)
+        lane(database_url, server, tmp_path, source, "run-published", config)
+        published = conn.execute(POSTS_ROWS).fetchall()
+        # 40 records changed and one new one: too few rows, held; their payloads reach the raw table all the same
+        server.serve_json("posts", [{**post, "title": f"held {post['id']}"} for post in posts[:40]]
+                          + [{**posts[99], "title": "held 100"}], page_size=25)
+        with pytest.raises(QualityHeld):
+            lane(database_url, server, tmp_path, source, "run-held", config)
+        # the next fetch lacks the held records, and the declaration changed: stored records are normalized again
+        server.serve_json("posts", posts[40:99], page_size=25)
+        _, normalized, upserted, _ = lane(database_url, server, tmp_path, redeclared, "run-redeclared", config)
+        after = conn.execute(POSTS_ROWS).fetchall()
+        users = dict(conn.execute("select source_id, attributes->>'user' from normalized_data "
+                                  "where source = 'posts'").fetchall())
+    assert normalized.renormalized == 0 and upserted.inserted == 39
+    assert not [row for row in after if row[1].startswith("held")], "a held payload was published"
+    assert [row for row in after if int(row[0]) <= 60] == published
+    assert "100" not in users  # the record only the held fetch had is not published
+    # the rows the redeclared run fetched carry the new field; the held records' rows keep what was published
+    assert users["41"] == str(posts[40]["userId"]) and users["1"] is None
