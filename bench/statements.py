@@ -14,7 +14,7 @@ from psycopg import sql
 
 from sluice import queries, warehouse
 
-SQL_FILES = ("pipeline.sql", "schema.sql")
+SQL_FILES = ("pipeline.sql", "schema.sql", "quality.sql")
 
 
 def _known_statements() -> dict[str, str]:

@@ -21,6 +21,7 @@ PASSES = ("first load", "unchanged rerun", "1% changed")
 def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
     command = [sys.executable, "-m", "bench", "--rows", "1000", "--api-rows", "200", "--memory-check-rows", "500",
                "--small-rows", "200", "--no-dlt", "--no-wrk", "--no-checkpoint", "--no-whole-dag", "--no-attributes",
+               "--no-quality",
                "--results-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work")]
     env = {**os.environ, "BENCH_DATABASE_URL": server_url}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -57,7 +58,7 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     # folders are pruned by concurrent pytest runs, which would pull the data directory from under the server
     work_dir = REPO / ".sluice" / f"bench-smoke-{os.getpid()}"
     command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15", "--no-attributes",
-               "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2", "--results-dir", str(tmp_path / "results"),
+               "--no-quality", "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2", "--results-dir", str(tmp_path / "results"),
                "--work-dir", str(work_dir)]
     env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
     try:
