@@ -7,10 +7,11 @@ import pytest
 import requests
 
 from sluice import pipeline, settings, sources
-from sluice.errors import QualityHeld, ReleaseRefused
+from sluice.errors import DeleteRefused, QualityHeld, ReleaseRefused
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
 from tests.test_pipeline import run_lane
+from tests.webapp_fixtures import make_app  # noqa: F401 (a fixture)
 
 CHECKS = [{"check": "row_count", "min": 50}, {"check": "null_rate", "field": "description", "max": 0.1,
                                                "severity": "warn"},
@@ -97,3 +98,40 @@ def test_a_changed_declaration_does_not_publish_what_a_held_fetch_stored_in_raw(
     assert "100" not in users  # the record only the held fetch had is not published
     # the rows the redeclared run fetched carry the new field; the held records' rows keep what was published
     assert users["41"] == str(posts[40]["userId"]) and users["1"] is None
+
+
+def test_the_delete_guard_s_judgement_is_recorded_with_the_quality_results(database_url, tmp_path,
+                                                                           make_app):  # noqa: F811
+    """A whole read's deletes are the check `deletes` (share of live rows, the guard's limit, verdict): passed when
+    the guard lets the read delete, failed and the batch `refused` when it does not (DeleteRefused, as ever, and
+    nothing of the batch published); a release of a refused batch is refused."""
+    config = settings.load()
+    (source,) = sources.catalog({"sources": [{"name": "posts", "kind": "api", "endpoint": "posts",
+                                              "delete_missing": True, "anomalies": False}]})
+    posts = sample_data.posts(60)
+    with SourceServer() as server, psycopg.connect(database_url) as conn:
+        pipeline.init_schema(conn, settings=config)
+        server.serve_json("posts", posts, page_size=25)
+        lane(database_url, server, tmp_path, source, "run-first", config)
+        server.serve_json("posts", posts[:59], page_size=25)
+        lane(database_url, server, tmp_path, source, "run-one-gone", config)
+        server.serve_json("posts", posts[:20], page_size=25)
+        with pytest.raises(DeleteRefused, match="posts: the read would delete 39 of 59 live rows"):
+            lane(database_url, server, tmp_path, source, "run-refused", config)
+        (live,) = conn.execute("select count(*) from normalized_data where source = 'posts' and deleted_at is null"
+                               ).fetchone()
+        with pytest.raises(ReleaseRefused, match="the delete guard refused it"):
+            pipeline.release(conn, "posts", "run-refused", released_by="alice", settings=config)
+    assert live == 59
+    assert "deletes" not in results(database_url, "run-first")  # nothing live before: the guard did not judge
+    assert results(database_url, "run-one-gone")["deletes"] == (pytest.approx(1 / 60), "pass")
+
+    client = make_app(database_url).test_client()
+    (batch,) = client.get("/runs/run-refused/quality").json["data"]
+    checks = {check["check"]: check for check in batch["checks"]}
+    assert batch["status"] == "refused" and batch["score"] < 100
+    assert (checks["deletes"]["measured"], checks["deletes"]["threshold"], checks["deletes"]["verdict"]) == (
+        pytest.approx(39 / 59), "<= 0.5 (SLUICE_MAX_DELETE_FRACTION)", "fail")
+    (shown,) = [item["quality"] for item in client.get("/sources").json["data"] if item["name"] == "posts"]
+    assert (shown["run_id"], shown["status"]) == ("run-refused", "refused")
+    assert [check["check"] for check in shown["failing"]] == ["deletes"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import anomalies, queries, timing
+from sluice import anomalies, delete_guard, queries, timing
 from sluice.checks import Check
 from sluice.results import Normalized, Stored
 from sluice.sources import Source
@@ -64,11 +64,19 @@ class Report:
         return [result for result in self.results if result.failed and result.holds and result.severity == "error"]
 
     @property
+    def refused(self) -> bool:
+        """The delete guard refused the batch: its own way of holding it (no release publishes it, a run with
+        accept_deletes takes the drop), recorded here so the results show it."""
+        return any(result.name == delete_guard.CHECK for result in self.blocking)
+
+    @property
     def held(self) -> bool:
-        return bool(self.blocking) and self.released_by is None
+        return bool(self.blocking) and self.released_by is None and not self.refused
 
     @property
     def status(self) -> str:
+        if self.refused:
+            return "refused"
         return "held" if self.held else "released" if self.released_by else "published"
 
     def table(self) -> str:
@@ -131,8 +139,9 @@ class Gate:
         return {"records": row[0], **{name: value for (name, _, _), value in zip(wanted, row[1:])}}
 
     def judge(self, conn, keys: dict, batch: dict, *, stored: Stored, normalized: Normalized, updated: int,
-              deleted: int, live_before: int) -> Report:
-        """Every check and anomaly of the batch: batch (measure()'s), the lane's counts and the merge's."""
+              deleted: int, live_before: int, deletes: delete_guard.Measured | None = None) -> Report:
+        """Every check and anomaly of the batch: batch (measure()'s), the lane's counts and the merge's, and the
+        delete guard's judgement of a whole read (deletes; None: it did not judge), as the check `deletes`."""
         rows = stored.stored + stored.rejected
         rejected = stored.rejected + normalized.rejected
         records = batch.get("records", 0)
@@ -143,6 +152,11 @@ class Gate:
                     **{f"null_rate:{name[6:]}": (value / records if records else 0.0)
                        for name, value in batch.items() if name.startswith("nulls:")}}
         results = [self._checked(conn, keys, check, measures, batch) for check in self.source.checks]
+        if deletes is not None:
+            results.append(Result(delete_guard.CHECK, "check", "error", deletes.share, deletes.threshold(),
+                                  "fail" if deletes.refused else "pass",
+                                  f"{deletes.missing} of {deletes.live_rows} live rows missing from the read",
+                                  holds=True))
         if self.source.anomalies.enabled:
             results += self._anomalies(conn, keys, measures)
         passed = [result for result in results if result.verdict in ("pass", "fail")]
