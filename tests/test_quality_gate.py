@@ -57,6 +57,10 @@ def test_a_held_batch_writes_nothing_and_a_later_batch_supersedes_it(database_ur
         assert later["null_rate:description"] == (pytest.approx(10 / 60), "fail")
         assert later["row_count"] == (60, "pass") and later["changed_rate"] == (0, "pass")
         assert later["anomaly:row_count"] == (60, "no_history")
+        # a rerun whose records normalize skips as unchanged measures them by their published rows: the same rate
+        posts[10]["body"] = None
+        lane(database_url, server, tmp_path, source, "run-again", config)
+        assert results(database_url, "run-again")["null_rate:description"] == (pytest.approx(11 / 60), "fail")
         status, by = conn.execute("select status, superseded_by from quality_runs where run_id = 'run-held'"
                                   ).fetchone()
         assert (status, by) == ("superseded", "run-later")

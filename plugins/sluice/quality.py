@@ -115,12 +115,26 @@ class Gate:
         return [check for check in self.source.checks if not check.row_level]
 
     def measure(self, conn, keys: dict) -> dict:
-        """The batch's own measures, in one pass over its staged records (before the upsert): the records, and
-        per field its null count, plus duplicates and the newest time where a check asks."""
+        """The batch's own measures (before the upsert): the records and per field its null count from what
+        normalize wrote (_nulls), plus duplicates and the newest time where a check asks, in one pass over its
+        staged records (_parsed)."""
+        nulls = self.source.anomalies.enabled or any(check.check == "null_rate" for check in self._batch_checks)
+        # the null counts' records, when measured, are the batch's: each null rate is a share of them
+        return {**self._parsed(conn, keys), **(self._nulls(conn, keys) if nulls else {})}
+
+    def _nulls(self, conn, keys: dict) -> dict:
+        """The batch's records and each field's null count, from normalize's rows (quality.sql batch_nulls)."""
+        fragments = [sql.SQL(q("null_column")).format(column=sql.Identifier(name)) if name in self.source.mapping
+                     else sql.SQL(q("null_attribute")).format(name=sql.Literal(name)) for name in self.paths]
+        statement = sql.SQL(q("batch_nulls")).format(measures=sql.SQL("").join(
+            sql.SQL(", ") + fragment for fragment in fragments))
+        row = conn.execute(statement, keys).fetchone()
+        return {"records": row[0], **{f"nulls:{name}": value for name, value in zip(self.paths, row[1:])}}
+
+    def _parsed(self, conn, keys: dict) -> dict:
+        """Duplicates and the newest time where a check asks, in one pass over the staged payloads."""
         wanted = []  # (measure name, fragment, field index)
         names = list(self.paths)
-        if self.source.anomalies.enabled or any(check.check == "null_rate" for check in self._batch_checks):
-            wanted += [(f"nulls:{name}", "measure_nulls", index) for index, name in enumerate(names)]
         for check in self._batch_checks:
             if check.check == "unique":
                 wanted.append((f"duplicates:{check.field}", "measure_duplicates", names.index(check.field)))
