@@ -6,8 +6,8 @@ import psycopg
 import pytest
 import requests
 
-from sluice import pipeline, settings, sources
-from sluice.errors import DeleteRefused, QualityHeld, ReleaseRefused
+from sluice import pipeline, release, settings, sources
+from sluice.errors import DeleteRefused, InvalidSource, QualityHeld, ReleaseRefused
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
 from tests.test_pipeline import run_lane
@@ -139,3 +139,15 @@ def test_the_delete_guard_s_judgement_is_recorded_with_the_quality_results(datab
     (shown,) = [item["quality"] for item in client.get("/sources").json["data"] if item["name"] == "posts"]
     assert (shown["run_id"], shown["status"]) == ("run-refused", "refused")
     assert [check["check"] for check in shown["failing"]] == ["deletes"]
+
+
+@pytest.mark.parametrize("value, found", [
+    ({}, None), (None, None), ({"source": "posts", "run_id": "manual__1"}, ("posts", "manual__1")),
+    ({"source": "posts"}, InvalidSource), ({"source": "posts", "run_id": " "}, InvalidSource),
+    ("posts:manual__1", InvalidSource), ({"source": "posts", "run_id": "r", "by": "me"}, InvalidSource)])
+def test_the_release_param_names_one_held_batch_or_fails_init_schema(value, found):
+    if found is InvalidSource:
+        with pytest.raises(InvalidSource, match=r'release must be an object like \{"source": "posts", "run_id"'):
+            release.asked(value)
+    else:
+        assert release.asked(value) == found
