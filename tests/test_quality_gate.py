@@ -72,7 +72,8 @@ def test_a_held_batch_writes_nothing_and_a_later_batch_supersedes_it(database_ur
 
 def test_a_changed_declaration_does_not_publish_what_a_held_fetch_stored_in_raw(database_url, tmp_path):
     """A held fetch's payloads are in the raw table (store_raw commits before the gate): a later run whose changed
-    declaration re-normalizes the stored records it did not fetch must leave those rows as they were published."""
+    declaration re-normalizes the stored records it did not fetch must leave those rows as they were published,
+    but re-normalize a payload a later fetch brought again (and so published), though it wrote no raw row."""
     config = settings.load()
     entry = {"name": "posts", "kind": "api", "endpoint": "posts", "checks": [{"check": "row_count", "min": 50}],
              "anomalies": False}
@@ -90,18 +91,21 @@ def test_a_changed_declaration_does_not_publish_what_a_held_fetch_stored_in_raw(
                           + [{**posts[99], "title": "held 100"}], page_size=25)
         with pytest.raises(QualityHeld):
             lane(database_url, server, tmp_path, source, "run-held", config)
+        # a later fetch brings record 1 exactly as the held one had it (its raw payload unchanged): it publishes it
+        server.serve_json("posts", [{**posts[0], "title": "held 1"}, *posts[40:99]], page_size=25)
+        lane(database_url, server, tmp_path, source, "run-fetched-again", config)
         # the next fetch lacks the held records, and the declaration changed: stored records are normalized again
         server.serve_json("posts", posts[40:99], page_size=25)
         _, normalized, upserted, _ = lane(database_url, server, tmp_path, redeclared, "run-redeclared", config)
         after = conn.execute(POSTS_ROWS).fetchall()
         users = dict(conn.execute("select source_id, attributes->>'user' from normalized_data "
                                   "where source = 'posts'").fetchall())
-    assert normalized.renormalized == 0 and upserted.inserted == 39
-    assert not [row for row in after if row[1].startswith("held")], "a held payload was published"
-    assert [row for row in after if int(row[0]) <= 60] == published
+    assert (normalized.renormalized, upserted.renormalized_updated) == (1, 1)  # record 1 alone
+    assert [row[1] for row in after if row[1].startswith("held")] == ["held 1"], "a held payload was published"
+    assert [row for row in after if 1 < int(row[0]) <= 60] == published[1:]
     assert "100" not in users  # the record only the held fetch had is not published
-    # the rows the redeclared run fetched carry the new field; the held records' rows keep what was published
-    assert users["41"] == str(posts[40]["userId"]) and users["1"] is None
+    # re-normalized rows carry the new field; the held records' rows keep what was published
+    assert users["41"] == str(posts[40]["userId"]) and users["1"] == str(posts[0]["userId"]) and users["2"] is None
 
 
 def test_the_delete_guard_s_judgement_is_recorded_with_the_quality_results(database_url, tmp_path,
