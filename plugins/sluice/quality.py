@@ -25,6 +25,8 @@ WEIGHTS = {"error": 3, "warn": 1}
 # the measures the anomaly detector compares with the source's history, besides each field's null rate
 COUNT_MEASURES = ("row_count",)
 SHARE_MEASURES = ("reject_rate", "changed_share", "deleted_share")
+# the mapped columns of normalized_stage and normalized_data that hold numbers (the others hold text)
+NUMBER_COLUMNS = ("value",)
 
 
 def q(name: str) -> str:
@@ -124,7 +126,8 @@ class Gate:
 
     def _nulls(self, conn, keys: dict) -> dict:
         """The batch's records and each field's null count, from normalize's rows (quality.sql batch_nulls)."""
-        fragments = [sql.SQL(q("null_column")).format(column=sql.Identifier(name)) if name in self.source.mapping
+        fragments = [sql.SQL(q("null_number" if name in NUMBER_COLUMNS else "null_text")).format(
+                         column=sql.Identifier(name)) if name in self.source.mapping
                      else sql.SQL(q("null_attribute")).format(name=sql.Literal(name)) for name in self.paths]
         statement = sql.SQL(q("batch_nulls")).format(measures=sql.SQL("").join(
             sql.SQL(", ") + fragment for fragment in fragments))
