@@ -58,8 +58,8 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     # folders are pruned by concurrent pytest runs, which would pull the data directory from under the server
     work_dir = REPO / ".sluice" / f"bench-smoke-{os.getpid()}"
     command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15", "--no-attributes",
-               "--no-quality", "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2", "--results-dir", str(tmp_path / "results"),
-               "--work-dir", str(work_dir)]
+               "--no-quality", "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2",
+               "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
     env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
