@@ -21,7 +21,8 @@ from pathlib import Path
 
 import psycopg
 
-from bench import api_export, api_load, attributes, baselines, benchenv, database, inputs, plot, report, targets, whole_dag
+from bench import (api_export, api_load, attributes, baselines, benchenv, database, inputs, plot, quality_gate, report,
+                   targets, whole_dag)
 from bench.child import REPO, Children, StepFailed
 from bench.pipeline import LOAD_STAGES, STAGES, PassResult, Source, run_pass, served_files
 from sluice_devtools.source_server import SourceServer
@@ -56,6 +57,7 @@ class BenchResults:
     flushed: bool = True  # a CHECKPOINT before each timed step
     whole_dag: list = field(default_factory=list)  # whole_dag.ServerResult per server
     attributes: list = field(default_factory=list)  # attributes.AttributesResult
+    quality: list = field(default_factory=list)  # quality_gate.QualityGateResult
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,6 +104,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              "declared fields against none, on the embedded server")
     add("--attributes-rows", type=int, default=1_000_000, help="CSV rows of that comparison (default 1,000,000)")
     add("--attributes-rounds", type=int, default=2, help="rounds of that comparison; the ratio is of medians")
+    add("--no-quality", action="store_true", help="skip the quality gate's comparison")
+    add("--quality-only", action="store_true",
+        help="only the quality gate's comparison: the whole DAG over --quality-rows CSV rows with the default gate "
+             "against anomalies: false, first load and unchanged rerun, on the embedded server")
+    add("--quality-rows", type=int, default=1_000_000, help="CSV rows of that comparison (default 1,000,000)")
+    add("--quality-rounds", type=int, default=2, help="rounds of that comparison; the ratios are of medians")
     add("--no-pg15", action="store_true",
         help="whole DAG on the embedded server only: no BENCH_DATABASE_URL server, no Debian PostgreSQL 15 cluster")
     return parser.parse_args(argv)
@@ -169,6 +177,17 @@ def run_attributes(args, results: BenchResults, children: Children, stamp: str) 
         results.attributes.append(attributes.run_server(
             server, "embedded", log_dir=children.log_dir, work_dir=args.work_dir, stamp=stamp,
             rows=args.attributes_rows, rounds=max(1, args.attributes_rounds), echo=echo))
+    finally:
+        server.close(keep_databases=args.keep_databases)
+
+
+def run_quality(args, results: BenchResults, children: Children, stamp: str) -> None:
+    """The quality gate's cost (bench.quality_gate) on the embedded server."""
+    server = database.Server(args.work_dir / "pg", from_env=False)
+    try:
+        results.quality.append(quality_gate.run_server(
+            server, "embedded", log_dir=children.log_dir, work_dir=args.work_dir, stamp=stamp,
+            rows=args.quality_rows, rounds=max(1, args.quality_rounds), echo=echo))
     finally:
         server.close(keep_databases=args.keep_databases)
 
@@ -333,14 +352,17 @@ def main(argv: list[str] | None = None) -> int:
                            flushed=not args.no_checkpoint)
     children = Children(args.work_dir / "logs" / stamp, echo=echo)
     echo(f"inputs: {args.rows:,} CSV rows, {args.api_rows:,} API records (in {args.work_dir / 'inputs'})")
-    csv_input = None if args.attributes_only else inputs.write_csvs(args.work_dir / "inputs", args.rows)
+    one_comparison = args.attributes_only or args.quality_only
+    csv_input = None if one_comparison else inputs.write_csvs(args.work_dir / "inputs", args.rows)
     api_input = inputs.api_records(args.api_rows)
     bench_python = None
-    if not args.no_whole_dag and not args.attributes_only:
+    if not args.no_whole_dag and not one_comparison:
         bench_python = run_whole_dag(args, results, children, stamp, csv_input)
-    if not args.no_attributes:
+    if not args.no_attributes and not args.quality_only:
         run_attributes(args, results, children, stamp)
-    if not args.whole_dag_only and not args.attributes_only:
+    if not args.no_quality and not args.attributes_only:
+        run_quality(args, results, children, stamp)
+    if not args.whole_dag_only and not one_comparison:
         bench_python = run_stages(args, results, children, stamp, csv_input, api_input)
     results.wall_seconds = time.monotonic() - wall
     judged = targets.evaluate(results)
@@ -353,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report.render(results, judged, plot_name, how)
     for result in results.attributes:
         text += "\n" + "\n".join(attributes.section(result)) + "\n"
+    for result in results.quality:
+        text += "\n" + "\n".join(quality_gate.section(result)) + "\n"
     stem.with_suffix(".md").write_text(text, encoding="utf-8")
     print("\n" + text, flush=True)
     echo(f"written: {stem.with_suffix('.md')}" + (f" and {plot_name} ({how} plot)" if plot_name else "")

@@ -14,23 +14,36 @@ from psycopg import sql
 
 from sluice import queries, warehouse
 
-SQL_FILES = ("pipeline.sql", "schema.sql")
+SQL_FILES = ("pipeline.sql", "schema.sql", "quality.sql")
 
 
 def _known_statements() -> dict[str, str]:
-    """Statement text -> name, with {raw_table} filled in as warehouse fills it."""
+    """Statement text -> name, with {raw_table} filled in as warehouse fills it; and, for a statement composed of
+    fragments, its text up to the first one -> name (PREFIX marks those keys)."""
     known = {}
     for filename in SQL_FILES:
         for name, text in queries.load(filename).items():
             known[text] = name
             for table in warehouse.RAW_TABLES.values():
                 known[text.replace("{raw_table}", f'"{table}"')] = name
+            # a fragment opening with its placeholder (or nearly) would name every statement
+            if text.find("{") >= MIN_OPENING:
+                known[PREFIX + text[:text.index("{")]] = name
     return known
+
+
+PREFIX = "\0prefix:"
+MIN_OPENING = 16
 
 
 def _name(known: dict[str, str], query, conn) -> str:
     text = query.as_string(conn) if isinstance(query, sql.Composable) else str(query)
-    return known.get(text, " ".join(text.split())[:60])
+    if text in known:
+        return known[text]
+    # the longest opening of a composed statement that this one starts with
+    opening = max((key for key in known if key.startswith(PREFIX) and text.startswith(key[len(PREFIX):])),
+                  key=len, default=None)
+    return known[opening] if opening else " ".join(text.split())[:60]
 
 
 @contextlib.contextmanager

@@ -21,7 +21,9 @@ empty reads the API whole) — these four describe the seed sources —, `full_r
 and re-normalize everything), `accept_deletes` (`{"customers": 0.9}`: after a person checked a refused drop,
 this run may soft-delete up to that fraction of the source's live rows; recorded in `etl_runs`), `replay`
 (`["customers"]`, or true for all: rebuild those sources' rows from their raw tables with today's mapping and
-rules, fetching nothing; README, Replay from raw).
+rules, fetching nothing; README, Replay from raw), `release` (`{"source": "posts", "run_id": "..."}`: after a
+person looked at a batch the quality gate held back, the task `release` publishes exactly it instead of fetching
+that source, recorded as released by the triggering user).
 
 **Assets**: each source's rows are the asset `sluice.normalized_data.<source>`; each source's `upsert` emits an
 event when its rows changed (its counts and the run id in the event's extra), through the alias
@@ -104,6 +106,11 @@ LANE = {"map_index_template": "{{ %s }}" % edge.MAP_INDEX_KEY,
                                 description="After a person checked a refused drop: source → the fraction of its "
                                             "live rows this run may soft-delete, e.g. {\"customers\": 0.9}; "
                                             "recorded in the run."),
+        "release": Param({}, type="object", additionalProperties=False,
+                         properties={"source": {"type": "string"}, "run_id": {"type": "string"}},
+                         description="After a person looked at a batch the quality gate held back: {\"source\": "
+                                     "\"posts\", \"run_id\": \"<the run that held it>\"} publishes exactly it "
+                                     "instead of fetching that source, recorded as released by you."),
     },
 )
 def etl_pipeline():
@@ -142,13 +149,20 @@ def etl_pipeline():
         stored = store_raw(entry, ingest(entry))
         return checkpoint(entry, stored, upsert(entry, stored, normalize(entry, stored)))
 
+    # a held batch a person looked at (param release), published as a load is: it emits its source's event
+    @task(outlets=[AssetAlias(assets.ALIAS)])
+    def release(params=None, dag_run=None):
+        return edge.release(params, triggered_by=getattr(dag_run, "triggering_user_name", None))
+
     # all_done: the run is recorded whatever failed, once every lane has finished
     @task(trigger_rule="all_done", retries=1)
     def record_run(**context):
         return edge.record_run(context)
 
     catalog = init_schema()
-    source_lane.expand(entry=catalog) >> record_run()
+    recorded = record_run()
+    source_lane.expand(entry=catalog) >> recorded
+    catalog >> release() >> recorded
 
 
 etl_pipeline()

@@ -90,13 +90,17 @@ select greatest(reltuples, 0)::bigint from pg_class where oid = %(raw_table)s::r
 -- the stored ones finds the changed and the new (a rerun at 1M rows: 0.7 s, against 1.4 s for an update join plus
 -- an insert anti-join); changed ids are updated and new ones inserted from it, not by INSERT ... ON CONFLICT,
 -- which costs about twice as much per row: the source's advisory lock is what keeps another writer from
--- inserting the same id meanwhile.
+-- inserting the same id meanwhile. A stored payload that only a held batch fetched (the quality gate held it, or a
+-- later fetch superseded it) becomes this fetch's own even when unchanged: raw_candidates never publishes a held
+-- batch's payload, and this fetch's is published with it.
 with changes as materialized (
     select s.source_id, s.data, s.content_hash, r.id as raw_id
     from staged_records s
     left join {raw_table} r on r.source = s.source and r.source_id = s.source_id
     where s.run_id = %(run_id)s and s.source = %(source)s
-      and r.content_hash is distinct from s.content_hash
+      and (r.content_hash is distinct from s.content_hash
+           or r.run_id in (select h.run_id from quality_runs h
+                           where h.source = %(source)s and h.status in ('held', 'superseded')))
 ), updated as (
     update {raw_table} r
     set data = c.data::json, content_hash = c.content_hash, updated_at = now(), run_id = %(run_id)s
@@ -235,7 +239,9 @@ where s.run_id = %(run_id)s and s.source = %(source)s
 -- after a changed declaration: the source's stored raw records this run did not fetch whose row (or reject) came
 -- from another input, so an incremental source is re-normalized whole without refetching; on a replay (sluice.replay)
 -- every one, since a damaged row may keep its input's hash. <raw_table> is the source's; every one is the newest
--- payload stored, so the fetch order holds.
+-- payload stored, so the fetch order holds. A payload a held batch stored (the quality gate held it back, or a later
+-- fetch superseded it) was never published: only its release or a later fetch of the record publishes it, so its
+-- row keeps what it had until then, on a replay too.
 select r.source_id, r.data::jsonb as data, r.content_hash, md5(r.content_hash || %(input_key)s) as input_hash
 from {raw_table} r
 left join normalized_data n on n.source = r.source and n.source_id = r.source_id
@@ -243,6 +249,8 @@ where r.source = %(source)s
   and (%(replay)s or n.input_hash is distinct from md5(r.content_hash || %(input_key)s))
   and not exists (select from staged_records s
                   where s.run_id = %(run_id)s and s.source = %(source)s and s.source_id = r.source_id)
+  and not exists (select from quality_runs h
+                  where h.run_id = r.run_id and h.source = r.source and h.status in ('held', 'superseded'))
 
 -- name: no_attributes
 (select '{{}}'::jsonb as attributes)

@@ -21,6 +21,7 @@ PASSES = ("first load", "unchanged rerun", "1% changed")
 def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
     command = [sys.executable, "-m", "bench", "--rows", "1000", "--api-rows", "200", "--memory-check-rows", "500",
                "--small-rows", "200", "--no-dlt", "--no-wrk", "--no-checkpoint", "--no-whole-dag", "--no-attributes",
+               "--no-quality",
                "--results-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work")]
     env = {**os.environ, "BENCH_DATABASE_URL": server_url}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -59,8 +60,8 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     # folders are pruned by concurrent pytest runs, which would pull the data directory from under the server
     work_dir = REPO / ".sluice" / f"bench-smoke-{os.getpid()}"
     command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15", "--no-attributes",
-               "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2", "--results-dir", str(tmp_path / "results"),
-               "--work-dir", str(work_dir)]
+               "--no-quality", "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2",
+               "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
     env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -118,6 +119,33 @@ def test_bench_compares_the_whole_dag_with_and_without_declared_fields(tmp_path)
                          out, re.M), out
     assert re.search(r"^(PASS|MISS)  declared fields cost at most 15% more time: five fields \d+\.\d\d s vs none "
                      r"\d+\.\d\d s \(medians of 1 rounds\) = \d\.\d{3}× \[embedded\]$", out, re.M), out
+
+
+@pytest.mark.slow
+def test_bench_compares_the_whole_dag_with_and_without_the_quality_gate(tmp_path):
+    """--quality-only on 2,000 rows: one round of each variant, first load and rerun, and a ratio per pass."""
+    work_dir = REPO / ".sluice" / f"bench-quality-{os.getpid()}"
+    command = [sys.executable, "-m", "bench", "--quality-only", "--quality-rows", "2000", "--quality-rounds", "1",
+               "--no-dlt", "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
+    env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    assert "## Quality gate: the whole DAG over 2,000 CSV rows, default gate against none [embedded]" in out
+    for variant in ("gate off", "default gate"):
+        assert re.search(rf"^\| {variant} \| first load \| 1 \| \d+\.\d\d \| \d+\.\d\d \| 1,980 \| success \|$",
+                         out, re.M), out
+        assert re.search(rf"^\| {variant} \| unchanged rerun \| 1 \| \d+\.\d\d \| \d+\.\d\d \| 0 \| success \|$",
+                         out, re.M), out
+    for pass_name in ("first load", "unchanged rerun"):
+        assert re.search(rf"^(PASS|MISS)  the default gate costs at most 10% more time \({pass_name}\): \d+\.\d\d s "
+                         r"vs gate off \d+\.\d\d s \(medians of 1 rounds\) = \d\.\d{3}× \[embedded\]$", out, re.M), out
+    # the gate's own statements, named as quality.sql names them, in the default gate's DAG runs
+    assert re.search(r"^- first load: the gate's statements .*`batch_nulls` \d+\.\d{3} s", out, re.M), out
 
 
 @pytest.mark.skipif(not database.DEBIAN_PG15.exists(), reason="no Debian PostgreSQL 15 binaries")

@@ -11,7 +11,9 @@ from tests.airflow_env import load_dag
 LANE = ("ingest", "store_raw", "normalize", "upsert", "checkpoint")
 EDGES = {
     # the catalog's entries: each lane step takes its source's entry
-    "init_schema": set(LANE),
+    "init_schema": {*LANE, "release"},
+    # a held batch the run's param release names, published instead of fetching its source
+    "release": {"record_run"},
     "ingest": {"store_raw"},
     # the stored batch (its fetch order and last id) goes to every later step of the lane
     "store_raw": {"normalize", "upsert", "checkpoint"},
@@ -124,8 +126,9 @@ def test_the_trigger_form_takes_a_catalog_of_any_kind_with_every_field(dag):
     assert dag.params.dump()["sources"] == []
 
 
-def test_upsert_declares_the_alias_its_asset_events_go_through_and_no_other_task_has_outlets(dag):
+def test_upsert_and_release_declare_the_alias_their_asset_events_go_through_and_no_other_task_has_outlets(dag):
     from airflow.sdk import AssetAlias
 
-    assert dag.task_dict["upsert"].outlets == [AssetAlias("sluice.normalized_data")]
-    assert [task.task_id for task in dag.tasks if task.outlets] == ["upsert"]
+    for task_id in ("upsert", "release"):  # a released batch is published as a load is
+        assert dag.task_dict[task_id].outlets == [AssetAlias("sluice.normalized_data")]
+    assert sorted(task.task_id for task in dag.tasks if task.outlets) == ["release", "upsert"]

@@ -6,15 +6,18 @@ import psycopg
 import pytest
 import requests
 
-from sluice import pipeline, settings, sources
-from sluice.errors import QualityHeld, ReleaseRefused
+from sluice import pipeline, release, settings, sources
+from sluice.errors import DeleteRefused, InvalidSource, QualityHeld, ReleaseRefused
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
 from tests.test_pipeline import run_lane
+from tests.webapp_fixtures import make_app  # noqa: F401 (a fixture)
 
 CHECKS = [{"check": "row_count", "min": 50}, {"check": "null_rate", "field": "description", "max": 0.1,
                                                "severity": "warn"},
           {"check": "changed_rate", "max": 0.5}]
+POSTS_ROWS = ("select source_id, name, value, description from normalized_data where source = 'posts' "
+              "order by source_id::integer")
 
 
 def lane(url, server, tmp_path, source, run_id, config):
@@ -54,6 +57,10 @@ def test_a_held_batch_writes_nothing_and_a_later_batch_supersedes_it(database_ur
         assert later["null_rate:description"] == (pytest.approx(10 / 60), "fail")
         assert later["row_count"] == (60, "pass") and later["changed_rate"] == (0, "pass")
         assert later["anomaly:row_count"] == (60, "no_history")
+        # a rerun whose records normalize skips as unchanged measures them by their published rows: the same rate
+        posts[10]["body"] = None
+        lane(database_url, server, tmp_path, source, "run-again", config)
+        assert results(database_url, "run-again")["null_rate:description"] == (pytest.approx(11 / 60), "fail")
         status, by = conn.execute("select status, superseded_by from quality_runs where run_id = 'run-held'"
                                   ).fetchone()
         assert (status, by) == ("superseded", "run-later")
@@ -61,3 +68,90 @@ def test_a_held_batch_writes_nothing_and_a_later_batch_supersedes_it(database_ur
             pipeline.release(conn, "posts", "run-held", released_by="alice", settings=config)
         with pytest.raises(ReleaseRefused, match="it was published"):
             pipeline.release(conn, "posts", "run-later", released_by="alice", settings=config)
+
+
+def test_a_changed_declaration_does_not_publish_what_a_held_fetch_stored_in_raw(database_url, tmp_path):
+    """A held fetch's payloads are in the raw table (store_raw commits before the gate): a later run whose changed
+    declaration re-normalizes the stored records it did not fetch must leave those rows as they were published,
+    but re-normalize a payload a later fetch brought again (and so published), though it wrote no raw row."""
+    config = settings.load()
+    entry = {"name": "posts", "kind": "api", "endpoint": "posts", "checks": [{"check": "row_count", "min": 50}],
+             "anomalies": False}
+    (source,) = sources.catalog({"sources": [entry]})
+    (redeclared,) = sources.catalog({"sources": [{**entry, "fields": {"user": {"from": "userId",
+                                                                                "type": "integer"}}}]})
+    posts = sample_data.posts(100)
+    with SourceServer() as server, psycopg.connect(database_url) as conn:
+        pipeline.init_schema(conn, settings=config)
+        server.serve_json("posts", posts[:60], page_size=25)
+        lane(database_url, server, tmp_path, source, "run-published", config)
+        published = conn.execute(POSTS_ROWS).fetchall()
+        # 40 records changed and one new one: too few rows, held; their payloads reach the raw table all the same
+        server.serve_json("posts", [{**post, "title": f"held {post['id']}"} for post in posts[:40]]
+                          + [{**posts[99], "title": "held 100"}], page_size=25)
+        with pytest.raises(QualityHeld):
+            lane(database_url, server, tmp_path, source, "run-held", config)
+        # a later fetch brings record 1 exactly as the held one had it (its raw payload unchanged): it publishes it
+        server.serve_json("posts", [{**posts[0], "title": "held 1"}, *posts[40:99]], page_size=25)
+        lane(database_url, server, tmp_path, source, "run-fetched-again", config)
+        # the next fetch lacks the held records, and the declaration changed: stored records are normalized again
+        server.serve_json("posts", posts[40:99], page_size=25)
+        _, normalized, upserted, _ = lane(database_url, server, tmp_path, redeclared, "run-redeclared", config)
+        after = conn.execute(POSTS_ROWS).fetchall()
+        users = dict(conn.execute("select source_id, attributes->>'user' from normalized_data "
+                                  "where source = 'posts'").fetchall())
+    assert (normalized.renormalized, upserted.renormalized_updated) == (1, 1)  # record 1 alone
+    assert [row[1] for row in after if row[1].startswith("held")] == ["held 1"], "a held payload was published"
+    assert [row for row in after if 1 < int(row[0]) <= 60] == published[1:]
+    assert "100" not in users  # the record only the held fetch had is not published
+    # re-normalized rows carry the new field; the held records' rows keep what was published
+    assert users["41"] == str(posts[40]["userId"]) and users["1"] == str(posts[0]["userId"]) and users["2"] is None
+
+
+def test_the_delete_guard_s_judgement_is_recorded_with_the_quality_results(database_url, tmp_path,
+                                                                           make_app):  # noqa: F811
+    """A whole read's deletes are the check `deletes` (share of live rows, the guard's limit, verdict): passed when
+    the guard lets the read delete, failed and the batch `refused` when it does not (DeleteRefused, as ever, and
+    nothing of the batch published); a release of a refused batch is refused."""
+    config = settings.load()
+    (source,) = sources.catalog({"sources": [{"name": "posts", "kind": "api", "endpoint": "posts",
+                                              "delete_missing": True, "anomalies": False}]})
+    posts = sample_data.posts(60)
+    with SourceServer() as server, psycopg.connect(database_url) as conn:
+        pipeline.init_schema(conn, settings=config)
+        server.serve_json("posts", posts, page_size=25)
+        lane(database_url, server, tmp_path, source, "run-first", config)
+        server.serve_json("posts", posts[:59], page_size=25)
+        lane(database_url, server, tmp_path, source, "run-one-gone", config)
+        server.serve_json("posts", posts[:20], page_size=25)
+        with pytest.raises(DeleteRefused, match="posts: the read would delete 39 of 59 live rows"):
+            lane(database_url, server, tmp_path, source, "run-refused", config)
+        (live,) = conn.execute("select count(*) from normalized_data where source = 'posts' and deleted_at is null"
+                               ).fetchone()
+        with pytest.raises(ReleaseRefused, match="the delete guard refused it"):
+            pipeline.release(conn, "posts", "run-refused", released_by="alice", settings=config)
+    assert live == 59
+    assert "deletes" not in results(database_url, "run-first")  # nothing live before: the guard did not judge
+    assert results(database_url, "run-one-gone")["deletes"] == (pytest.approx(1 / 60), "pass")
+
+    client = make_app(database_url).test_client()
+    (batch,) = client.get("/runs/run-refused/quality").json["data"]
+    checks = {check["check"]: check for check in batch["checks"]}
+    assert batch["status"] == "refused" and batch["score"] < 100
+    assert (checks["deletes"]["measured"], checks["deletes"]["threshold"], checks["deletes"]["verdict"]) == (
+        pytest.approx(39 / 59), "<= 0.5 (SLUICE_MAX_DELETE_FRACTION)", "fail")
+    (shown,) = [item["quality"] for item in client.get("/sources").json["data"] if item["name"] == "posts"]
+    assert (shown["run_id"], shown["status"]) == ("run-refused", "refused")
+    assert [check["check"] for check in shown["failing"]] == ["deletes"]
+
+
+@pytest.mark.parametrize("value, found", [
+    ({}, None), (None, None), ({"source": "posts", "run_id": "manual__1"}, ("posts", "manual__1")),
+    ({"source": "posts"}, InvalidSource), ({"source": "posts", "run_id": " "}, InvalidSource),
+    ("posts:manual__1", InvalidSource), ({"source": "posts", "run_id": "r", "by": "me"}, InvalidSource)])
+def test_the_release_param_names_one_held_batch_or_fails_init_schema(value, found):
+    if found is InvalidSource:
+        with pytest.raises(InvalidSource, match=r'release must be an object like \{"source": "posts", "run_id"'):
+            release.asked(value)
+    else:
+        assert release.asked(value) == found

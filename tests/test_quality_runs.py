@@ -1,6 +1,7 @@
 """Whole runs of etl_pipeline (dag.test, real PostgreSQL, HTTP on 127.0.0.1) through the quality gate: a steady
 history with one-row changes raises nothing, a warn check records and loads, a batch of 30% of the usual rows is
-held back while the other source loads, the API says why, and a release publishes exactly the held batch."""
+held back while the other source loads, the API says why, and a release from the DAG's param publishes exactly the
+held batch."""
 
 import psycopg
 import pytest
@@ -85,15 +86,27 @@ def test_a_steady_source_then_30_percent_of_its_rows_is_held_and_released_delibe
     (event,) = [extra for name, _, _, extra in all_asset_events(held_run) if name.endswith(".items")]
     assert event["quality_score"] == batches["items"]["score"]
 
+    # released from the Airflow UI: the param release publishes the held batch instead of fetching posts again
+    state, released = pipeline_run.run({"sources": CATALOG, "release": {"source": "posts", "run_id": held_run}})
+    assert state == "success", released["error_message"]
+    assert set(released["source_counts"]) == {"items"}  # posts was not fetched
+    (event,) = [extra for name, _, _, extra in all_asset_events(released["run_id"]) if name.endswith(".posts")]
+    assert (event["run_id"], event["inserted"], event["updated"], event["deleted"]) == (held_run, 0, 30, 0)
     with psycopg.connect(database_url) as conn:
-        published = pipeline.release(conn, "posts", held_run, released_by="alice", settings=settings.load())
-        assert (published.inserted, published.updated, published.deleted) == (0, 30, 0)
         after = conn.execute(POSTS_ROWS).fetchall()
-        status, by = conn.execute("select status, released_by from quality_runs where run_id = %s and "
-                                  "source = 'posts'", (held_run,)).fetchone()
-        assert (status, by) == ("released", "alice")
-        with pytest.raises(ReleaseRefused, match="alice released it"):
+        status, by, at = conn.execute("select status, released_by, released_at from quality_runs where run_id = %s "
+                                      "and source = 'posts'", (held_run,)).fetchone()
+        # the triggering user Airflow records: dag.test() triggers as "dag_test"
+        assert (status, by) == ("released", "dag_test") and at is not None
+        (checkpoint_run,) = conn.execute("select last_success_run_id from etl_checkpoint where source = 'posts'"
+                                         ).fetchone()
+        assert checkpoint_run == held_run
+        # the command line's release is the same path: the batch is released once
+        with pytest.raises(ReleaseRefused, match="dag_test released it"):
             pipeline.release(conn, "posts", held_run, released_by="bob", settings=settings.load())
+    shown = {source["name"]: source["quality"] for source in client.get("/sources").json["data"]}
+    assert (shown["posts"]["run_id"], shown["posts"]["status"], shown["posts"]["released_by"]) == (
+        held_run, "released", "dag_test")
     # exactly the held batch: its 30 rows changed, every other row as it was
     assert {row for row in after if row not in before} == {
         (str(post["id"]), f"changed {post['id']}", float(post["userId"]), post["body"]) for post in shrunk}

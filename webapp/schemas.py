@@ -486,9 +486,10 @@ class SourceSkipSchema(SourceLoadSchema):
     reason = fields.String(metadata={"description": "why the run did not read it, e.g. not due until its every passed"})
 
 
-QUALITY_STATUSES = ("published", "held", "released", "superseded")
+QUALITY_STATUSES = ("published", "held", "released", "superseded", "refused")
 QUALITY_STATUS_TEXT = ("published; held (nothing of it reached /data); released (a person published the held "
-                       "batch); superseded (a later run's fetch replaced the held batch)")
+                       "batch); superseded (a later run's fetch replaced the held batch); refused (the delete guard "
+                       "refused the read: its check deletes; nothing of it reached /data)")
 
 
 class FailingCheckSchema(Body):

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # the steps of each source's lane, in order: one mapped task group per catalog entry runs them
 LANE_STEPS = ("ingest", "store_raw", "normalize", "upsert", "checkpoint")
+# the task that publishes a held batch when the run's param release names one
+RELEASE_TASK = "release"
 # task instance states after which nothing more happens to it
 FINISHED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
@@ -182,14 +184,19 @@ def sweep_staging(run_id: str, config: settings.Settings) -> None:
 @reports_failure
 def init_schema(params: dict) -> list[dict]:
     """Check the run's catalog of sources, then create or upgrade the warehouse. Returns the catalog's entries
-    (complete, no rows), which the lanes map over, one per source."""
-    from sluice import delete_guard, pipeline, replay, sources
+    (complete, no rows), which the lanes map over, one per source; a source whose held batch the run releases
+    (param release) is not fetched."""
+    from sluice import delete_guard, pipeline, release, replay, sources
 
     # an invalid catalog fails here, before any source is read; so does an accept_deletes or a replay naming no
-    # source of it
+    # source of it, or a malformed release
     found = sources.catalog(params)
     delete_guard.accepted(params.get(delete_guard.PARAM), [source.name for source in found])
     replay.selected(params, [source.name for source in found])
+    released = release.asked(params.get(release.PARAM))
+    if released is not None:
+        log.info("%s: not fetched, this run releases its held batch of run %s", *released)
+        found = [source for source in found if source.name != released[0]]
     log.info("catalog: %d sources: %s", len(found), ", ".join(f"{s.name} ({s.kind})" for s in found))
     with warehouse() as conn:
         pipeline.init_schema(conn, settings=settings.load())
@@ -323,6 +330,28 @@ def report_lineage(step: Callable) -> None:
     get_current_context()["task"].sluice_lineage = found
 
 
+@reports_failure
+def release(params: dict, *, triggered_by: str | None) -> dict:
+    """Publish exactly the held batch the run's release param names (sluice.pipeline.release: judged again, its
+    checkpoint advanced), recorded as released by the user who triggered the run (else "airflow"), and emit its
+    source's asset event as a load does. A run that releases nothing skips the task."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from sluice import assets, pipeline
+    from sluice import release as releases
+
+    asked = releases.asked(params.get(releases.PARAM))
+    if asked is None:
+        raise AirflowSkipException("this run releases no held batch (param release)")
+    source, held_run = asked
+    with warehouse() as conn:
+        upserted = pipeline.release(conn, source, held_run, released_by=triggered_by or "airflow",
+                                    settings=settings.load())
+        location = assets.Warehouse(host=conn.info.host, port=conn.info.port, database=conn.info.dbname)
+    emit(assets.events(upserted, location, run_id=held_run))
+    return upserted.to_xcom()
+
+
 def emit(events: list) -> None:
     """Add each event (sluice.assets.Event) to the running task's outlet alias; Airflow records them, and
     triggers the DAGs scheduled on their assets, when the task succeeds."""
@@ -362,7 +391,7 @@ def record_run(context) -> dict:
 
     ti, dag_run = context["ti"], context["dag_run"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id],
-                                task_ids=["init_schema", *LANE_STEPS])[ti.run_id]
+                                task_ids=["init_schema", RELEASE_TASK, *LANE_STEPS])[ti.run_id]
     unfinished = {key: state for key, state in states.items() if state not in FINISHED}
     if unfinished:
         raise RuntimeError("record_run ran before every task of the run finished ("
@@ -371,6 +400,8 @@ def record_run(context) -> dict:
     failures = []
     if states.get("init_schema") != "success":
         failures.append(instance_failure(ti, "init_schema", None, states.get("init_schema"), None))
+    if states.get(RELEASE_TASK) == "failed":  # its message names the source and the batch
+        failures.append(instance_failure(ti, RELEASE_TASK, None, "failed", None))
     catalog = ti.xcom_pull(task_ids="init_schema") or []
     # a lane whose ingest skipped (not due) skipped after it: neither failed nor loaded, and without results
     skipped = {entry["name"]: ti.xcom_pull(task_ids="ingest", key=SKIPPED_KEY, map_indexes=index) or "skipped"

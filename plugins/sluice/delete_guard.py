@@ -26,6 +26,29 @@ class DeleteLimit:
 
 
 DEFAULT_ORIGIN = "SLUICE_MAX_DELETE_FRACTION"
+# the quality gate records the guard's judgement of a whole read as a check of this name
+CHECK = "deletes"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The guard's judgement of one whole read: how many of the source's live rows it would delete, under which
+    limit. The quality gate records it as its check `deletes`."""
+
+    missing: int
+    live_rows: int
+    limit: DeleteLimit
+
+    @property
+    def share(self) -> float:
+        return self.missing / self.live_rows
+
+    @property
+    def refused(self) -> bool:
+        return self.missing > self.limit.allowed(self.live_rows)
+
+    def threshold(self) -> str:
+        return f"<= {self.limit.fraction:g} ({self.limit.origin})"
 
 
 def fraction(value: object, where: str) -> float:

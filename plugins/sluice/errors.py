@@ -57,8 +57,13 @@ class InvalidSource(ConfigError, ValueError):
 
 class DeleteRefused(ConfigError):
     """A read would soft-delete more of a source's live rows than its max_delete_fraction allows: raised inside
-    the source's upsert transaction, so nothing of that source's upsert commits. A person decides: a run
-    triggered with accept_deletes for the source takes the drop."""
+    the source's upsert transaction, so nothing of that source's upsert commits (but the quality gate's record of
+    it: measured, a sluice.delete_guard.Measured). A person decides: a run triggered with accept_deletes for the
+    source takes the drop."""
+
+    def __init__(self, message: str, measured=None):
+        super().__init__(message)
+        self.measured = measured
 
 
 class QualityHeld(ConfigError):
@@ -68,7 +73,8 @@ class QualityHeld(ConfigError):
 
 
 class ReleaseRefused(ConfigError):
-    """A release names a batch that is not held (published, already released, superseded, or unknown)."""
+    """A release names a batch that is not held (published, already released, superseded, refused by the delete
+    guard, or unknown)."""
 
 
 class StagedFileMissing(SluiceError):

@@ -199,7 +199,9 @@ def release(conn, source_name: str, run_id: str, *, released_by: str, settings: 
     status, entry, superseded_by, by, at = found
     if status != "held":
         why = {"superseded": f"run {superseded_by}'s fetch superseded it", "published": "it was published",
-               "released": f"{by} released it at {at}"}[status]
+               "released": f"{by} released it at {at}",
+               "refused": "the delete guard refused it (its check deletes); a run with accept_deletes takes the drop"
+               }[status]
         raise ReleaseRefused(f"{source_name}: the batch of run {run_id} is not held: {why}")
     source = sources.from_entry(entry)
     upserted = warehouse.upsert(

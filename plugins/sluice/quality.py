@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from sluice import anomalies, queries, timing
+from sluice import anomalies, delete_guard, queries, timing
 from sluice.checks import Check
 from sluice.results import Normalized, Stored
 from sluice.sources import Source
@@ -25,6 +25,8 @@ WEIGHTS = {"error": 3, "warn": 1}
 # the measures the anomaly detector compares with the source's history, besides each field's null rate
 COUNT_MEASURES = ("row_count",)
 SHARE_MEASURES = ("reject_rate", "changed_share", "deleted_share")
+# the mapped columns of normalized_stage and normalized_data that hold numbers (the others hold text)
+NUMBER_COLUMNS = ("value",)
 
 
 def q(name: str) -> str:
@@ -64,11 +66,19 @@ class Report:
         return [result for result in self.results if result.failed and result.holds and result.severity == "error"]
 
     @property
+    def refused(self) -> bool:
+        """The delete guard refused the batch: its own way of holding it (no release publishes it, a run with
+        accept_deletes takes the drop), recorded here so the results show it."""
+        return any(result.name == delete_guard.CHECK for result in self.blocking)
+
+    @property
     def held(self) -> bool:
-        return bool(self.blocking) and self.released_by is None
+        return bool(self.blocking) and self.released_by is None and not self.refused
 
     @property
     def status(self) -> str:
+        if self.refused:
+            return "refused"
         return "held" if self.held else "released" if self.released_by else "published"
 
     def table(self) -> str:
@@ -107,12 +117,27 @@ class Gate:
         return [check for check in self.source.checks if not check.row_level]
 
     def measure(self, conn, keys: dict) -> dict:
-        """The batch's own measures, in one pass over its staged records (before the upsert): the records, and
-        per field its null count, plus duplicates and the newest time where a check asks."""
+        """The batch's own measures (before the upsert): the records and per field its null count from what
+        normalize wrote (_nulls), plus duplicates and the newest time where a check asks, in one pass over its
+        staged records (_parsed)."""
+        nulls = self.source.anomalies.enabled or any(check.check == "null_rate" for check in self._batch_checks)
+        # the null counts' records, when measured, are the batch's: each null rate is a share of them
+        return {**self._parsed(conn, keys), **(self._nulls(conn, keys) if nulls else {})}
+
+    def _nulls(self, conn, keys: dict) -> dict:
+        """The batch's records and each field's null count, from normalize's rows (quality.sql batch_nulls)."""
+        fragments = [sql.SQL(q("null_number" if name in NUMBER_COLUMNS else "null_text")).format(
+                         column=sql.Identifier(name)) if name in self.source.mapping
+                     else sql.SQL(q("null_attribute")).format(name=sql.Literal(name)) for name in self.paths]
+        statement = sql.SQL(q("batch_nulls")).format(measures=sql.SQL("").join(
+            sql.SQL(", ") + fragment for fragment in fragments))
+        row = conn.execute(statement, keys).fetchone()
+        return {"records": row[0], **{f"nulls:{name}": value for name, value in zip(self.paths, row[1:])}}
+
+    def _parsed(self, conn, keys: dict) -> dict:
+        """Duplicates and the newest time where a check asks, in one pass over the staged payloads."""
         wanted = []  # (measure name, fragment, field index)
         names = list(self.paths)
-        if self.source.anomalies.enabled or any(check.check == "null_rate" for check in self._batch_checks):
-            wanted += [(f"nulls:{name}", "measure_nulls", index) for index, name in enumerate(names)]
         for check in self._batch_checks:
             if check.check == "unique":
                 wanted.append((f"duplicates:{check.field}", "measure_duplicates", names.index(check.field)))
@@ -131,8 +156,9 @@ class Gate:
         return {"records": row[0], **{name: value for (name, _, _), value in zip(wanted, row[1:])}}
 
     def judge(self, conn, keys: dict, batch: dict, *, stored: Stored, normalized: Normalized, updated: int,
-              deleted: int, live_before: int) -> Report:
-        """Every check and anomaly of the batch: batch (measure()'s), the lane's counts and the merge's."""
+              deleted: int, live_before: int, deletes: delete_guard.Measured | None = None) -> Report:
+        """Every check and anomaly of the batch: batch (measure()'s), the lane's counts and the merge's, and the
+        delete guard's judgement of a whole read (deletes; None: it did not judge), as the check `deletes`."""
         rows = stored.stored + stored.rejected
         rejected = stored.rejected + normalized.rejected
         records = batch.get("records", 0)
@@ -143,6 +169,11 @@ class Gate:
                     **{f"null_rate:{name[6:]}": (value / records if records else 0.0)
                        for name, value in batch.items() if name.startswith("nulls:")}}
         results = [self._checked(conn, keys, check, measures, batch) for check in self.source.checks]
+        if deletes is not None:
+            results.append(Result(delete_guard.CHECK, "check", "error", deletes.share, deletes.threshold(),
+                                  "fail" if deletes.refused else "pass",
+                                  f"{deletes.missing} of {deletes.live_rows} live rows missing from the read",
+                                  holds=True))
         if self.source.anomalies.enabled:
             results += self._anomalies(conn, keys, measures)
         passed = [result for result in results if result.verdict in ("pass", "fail")]

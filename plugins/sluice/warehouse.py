@@ -397,17 +397,27 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                 inserted, updated, current, again_inserted, again_updated = conn.execute(
                     query, {**keys, "raw_written_since": raw_written_since,
                             "renormalized": normalized.renormalized > 0}).fetchone()
-            deleted, undeleted, skipped = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
-                                                        deletes_missing=deletes_missing, whole_read=stored.whole_read,
-                                                        live_before=live_before, guard=delete_limit)
+            refused = None
+            try:
+                deleted, undeleted, skipped, guarded = _sync_deletes(
+                    conn, keys, fetch_seq=stored.fetch_seq, deletes_missing=deletes_missing,
+                    whole_read=stored.whole_read, live_before=live_before, guard=delete_limit)
+            except DeleteRefused as exc:
+                # the gate records the refusal with its results; a release refused so leaves its held batch as it was
+                if gate is None or gate.released_by is not None:
+                    raise
+                refused, guarded = exc, exc.measured
+                deleted, undeleted, skipped = 0, 0, ""
             if gate:
                 report = gate.judge(conn, keys, batch, stored=stored, normalized=normalized, updated=updated,
-                                    deleted=deleted, live_before=live_before)
-                if report.held:
+                                    deleted=deleted, live_before=live_before, deletes=guarded)
+                if report.held or refused:
                     raise psycopg.Rollback(publish)
         if report is not None:
             gate.record(conn, keys, report)
-        if report is not None and report.held:
+        if refused is not None:
+            held = refused
+        elif report is not None and report.held:
             held = QualityHeld(report.held_message(run_id))
         else:
             held = None
@@ -433,8 +443,9 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
 
 
 def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: bool, whole_read: bool,
-                  live_before: int, guard: DeleteLimit) -> tuple[int, int, str]:
-    """(deleted, undeleted, why deletes were skipped: empty when they were not) for the run's read of the source.
+                  live_before: int, guard: DeleteLimit) -> tuple[int, int, str, "delete_guard.Measured | None"]:
+    """(deleted, undeleted, why deletes were skipped: empty when they were not, the guard's judgement: None when it
+    did not judge) for the run's read of the source.
 
     Only the newest fetch stored for the source decides what is at the source: an older read would delete what
     a newer one added, or undelete what it deleted. The fetch order alone says which that is: an older batch
@@ -446,26 +457,27 @@ def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: b
     if not newest:
         why = "another run stored a newer fetch of the source since this run's; its run decides deletes"
         log.info("%s: no deletes or undeletes: %s", source, why)
-        return 0, 0, why
+        return 0, 0, why, None
     undeleted = conn.execute(q("undelete_returned"), keys).rowcount
     if not deletes_missing or not live_before:  # a source without live rows has nothing to delete
-        return 0, undeleted, ""
+        return 0, undeleted, "", None
     if not whole_read:
         why = ("the read ended short of the records the source counts (see ingest's log), so it cannot tell which "
                "rows are gone")
         log.warning("%s: no deletes: %s", source, why)
-        return 0, undeleted, why
+        return 0, undeleted, why, None
     if idless:
         why = (f"the read quarantined {progress.count(idless)} records without an id (rejected_records), so it "
                "cannot tell which rows are gone")
         log.warning("%s: no deletes: %s", source, why)
-        return 0, undeleted, why
+        return 0, undeleted, why, None
     # one pass finds the missing rows; they are deleted in it only when the guard allows, so a refusal writes nothing
     allowed = guard.allowed(live_before)
     missing, deleted = _count(conn, "soft_delete_missing", {**keys, "max_deletes": allowed})
-    if missing > allowed:
-        raise DeleteRefused(delete_guard.refusal(source, missing, live_before, guard))
-    return deleted, undeleted, ""
+    measured = delete_guard.Measured(missing, live_before, guard)
+    if measured.refused:
+        raise DeleteRefused(delete_guard.refusal(source, missing, live_before, guard), measured)
+    return deleted, undeleted, "", measured
 
 
 @contextlib.contextmanager
