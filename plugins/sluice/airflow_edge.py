@@ -388,6 +388,7 @@ def record_run(context) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from sluice import alerts, pipeline, results, runs
+    from sluice.alerts_notifier import AlertsNotifier
 
     ti, dag_run = context["ti"], context["dag_run"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id],
@@ -436,8 +437,8 @@ def record_run(context) -> dict:
         stale = pipeline.stale_sources(conn, [entry["name"] for entry in catalog], limit_hours=config.max_staleness_hours)
         warnings = pipeline.quality_warnings(conn, ti.run_id)
     remove_staged(ti.run_id, outcome, config)
-    notify(alerts.of_run(failures, stale, staleness_hours=config.max_staleness_hours) + alerts.of_quality(warnings),
-           dag_id=ti.dag_id, run_id=ti.run_id, timeout=config.alert_timeout)
+    AlertsNotifier(alerts.of_run(failures, stale, staleness_hours=config.max_staleness_hours)
+                   + alerts.of_quality(warnings), timeout=config.alert_timeout)(context)
     if outcome.status == "failed":
         raise AirflowFailException("run recorded as failed: " + " | ".join(outcome.error_lines()))
     return recorded.to_xcom()
