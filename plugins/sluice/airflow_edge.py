@@ -331,18 +331,18 @@ def report_lineage(step: Callable) -> None:
 
 
 @reports_failure
-def release(params: dict, *, triggered_by: str | None) -> dict:
+def release(params: dict, *, triggered_by: str | None) -> dict | None:
     """Publish exactly the held batch the run's release param names (sluice.pipeline.release: judged again, its
     checkpoint advanced), recorded as released by the user who triggered the run (else "airflow"), and emit its
-    source's asset event as a load does. A run that releases nothing skips the task."""
-    from airflow.sdk.exceptions import AirflowSkipException
-
+    source's asset event as a load does. A run that releases nothing succeeds doing nothing (not skipped: a good
+    run's tasks all succeed, which is what users and their checks look for)."""
     from sluice import assets, pipeline
     from sluice import release as releases
 
     asked = releases.asked(params.get(releases.PARAM))
     if asked is None:
-        raise AirflowSkipException("this run releases no held batch (param release)")
+        log.info("this run releases no held batch (param release): nothing to do")
+        return None
     source, held_run = asked
     with warehouse() as conn:
         upserted = pipeline.release(conn, source, held_run, released_by=triggered_by or "airflow",
