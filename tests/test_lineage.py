@@ -2,6 +2,8 @@
 sources, real PostgreSQL; and the naming of a source's dataset, which never carries a credential."""
 
 import json
+import logging
+import os
 
 import pytest
 
@@ -138,3 +140,42 @@ def test_a_run_emits_each_lanes_datasets_row_counts_schemas_and_a_masked_fail_fo
     host = server.removeprefix("http://")
     assert f"GET http://{host}/gone answered 404" in failed["run"]["facets"]["errorMessage"]["message"]
     assert not {key for key in events if key[1] == "api" and key[0] != "ingest" and key[2] != "START"}
+
+
+@pytest.fixture
+def lineage_settings(monkeypatch):
+    """The provider's settings read afresh (it caches them once a process), with no OpenLineage variable set; read
+    afresh again after the test, so a later run in this process sees its own."""
+    from airflow.providers.openlineage import conf
+
+    def forget():
+        for value in vars(conf).values():
+            if hasattr(value, "cache_clear"):
+                value.cache_clear()
+
+    for name in [name for name in os.environ if "OPENLINEAGE" in name]:
+        monkeypatch.delenv(name)
+    forget()
+    yield forget
+    monkeypatch.undo()
+    forget()
+
+
+def test_lineage_off_asks_a_step_for_nothing_and_a_lineage_error_never_fails_the_step(
+        lineage_settings, monkeypatch, caplog):
+    from sluice import airflow_edge
+
+    asked = []
+
+    def collect():  # as a step's datasets would fail: a URL with a password in the error's text
+        asked.append(True)
+        raise RuntimeError("GET http://user:s3cret@files.example.com/a.csv failed")
+
+    airflow_edge.report_lineage(collect)  # off: no transport configured
+    assert asked == []
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps({"type": "console"}))
+    lineage_settings()
+    with caplog.at_level(logging.WARNING, logger=airflow_edge.log.name):
+        airflow_edge.report_lineage(collect)  # returns: the step it describes goes on
+    assert asked == [True]
+    assert "not reported (RuntimeError)" in caplog.text and "s3cret" not in caplog.text
