@@ -208,6 +208,55 @@ def test_without_redis_each_worker_counts_in_memory_says_so_once_and_shares_agai
             f"rate limit storage redis://127.0.0.1:{port}/0 answers again: limits are shared again"]
 
 
+def commands(store: redis.Redis) -> dict[str, int]:
+    """Redis's count of each command it ran (INFO commandstats), INFO's own calls left out."""
+    return {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in store.info("commandstats").items()
+            if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+
+
+def test_with_redis_each_request_costs_one_script_call_that_guards_and_counts(make_app, database):
+    port = free_port()
+    with reader_role(database) as reader_url, redis_server(port) as store:
+        app = make_app(reader_url, AUTH="keys", ADMIN_DATABASE_URL=database, RATELIMIT_DEFAULT="5 per minute",
+                       RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0")
+        key = bearer(create_key(app, "gamma", "*"))
+        client = app.test_client()
+        assert get(client, "/stats", "192.0.2.1", **key).status_code == 200  # loads the script (NOSCRIPT first)
+        store.config_resetstat()
+        answers = [get(client, "/stats", "192.0.2.1", **key) for _ in range(5)]
+        assert [answer.status_code for answer in answers] == [200, 200, 200, 200, 429]
+        assert [answer.headers["RateLimit-Remaining"] for answer in answers] == ["3", "2", "1", "0", "0"]
+        # one round trip each: the guard's check, the count and the window's end in one script (Redis counts the
+        # commands a script runs too: one of each per request)
+        assert commands(store) == {"evalsha": 5, "get": 5, "incr": 5, "pttl": 5}, commands(store)
+        # a refused credential: authentication refused it before the budget's call, so one call too, the guard's unit
+        store.config_resetstat()
+        assert get(client, "/stats", "192.0.2.1", **bearer("sluice_" + "A" * 43)).status_code == 401
+        assert commands(store) == {"evalsha": 1, "incr": 1, "pttl": 1, "pexpire": 1}, commands(store)
+
+
+def test_with_redis_an_address_locked_out_through_another_process_gets_429s_whatever_it_sends(
+        make_app, database):
+    """Two apps on one Redis stand for two workers: the second never saw the refused credentials, yet refuses a
+    good key and a bad one alike (a 401 for the bad one would tell a guesser which was good)."""
+    port = free_port()
+    with reader_role(database) as reader_url, redis_server(port):
+        settings = {"AUTH": "keys", "ADMIN_DATABASE_URL": database, "RATELIMIT_BAD_CREDENTIALS": "2 per minute",
+                    "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}/0"}
+        first, second = make_app(reader_url, **settings), make_app(reader_url, **settings)
+        good, wrong = bearer(create_key(first, "delta", "*")), bearer("sluice_" + "B" * 43)
+        other = second.test_client()
+        assert get(other, "/stats", "198.51.100.7", **good).status_code == 200
+        assert [get(first.test_client(), "/stats", "198.51.100.7", **wrong).status_code for _ in range(3)] == [
+            401, 401, 429]
+        answers = [get(other, "/stats", "198.51.100.7", **credential) for credential in (good, wrong, good)]
+        assert [answer.status_code for answer in answers] == [429, 429, 429]
+        assert all(answer.get_json()["message"].startswith("too many refused credentials") for answer in answers)
+        assert all("WWW-Authenticate" not in answer.headers and 1 <= int(answer.headers["Retry-After"]) <= 60
+                   for answer in answers)
+        assert get(other, "/stats", "198.51.100.8", **good).status_code == 200  # another address is not affected
+
+
 def status_of(port: int, path: str) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # a fresh connection: any worker
     try:

@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from webapp_fixtures import (BASE_TIME, catalog, insert_records, make_app, newest_first,  # noqa: F401
-                             record)
+from webapp_fixtures import (BASE_TIME, catalog, insert_checkpoint, insert_records, make_app,  # noqa: F401
+                             newest_first, record)
 
 from webapp import create_app, db
 
@@ -320,3 +320,40 @@ def test_record_errors(client, url, status, field):
 def test_a_record_of_a_source_the_warehouse_does_not_know_is_a_404(client):
     response = client.get("/data/xml/item-1")
     assert response.status_code == 404 and response.json["message"] == "no xml record with source_id 'item-1'"
+
+
+def test_a_source_request_is_one_query_once_the_worker_knows_the_sources_and_a_new_source_shows_at_once(
+        make_database, monkeypatch):
+    url = make_database()
+    insert_records(url, catalog(4))
+    for source in ("api", "csv"):
+        insert_checkpoint(url, source, 2)
+    app = create_app({"AUTH": "none", "DATABASE_URL": url, "TESTING": True})
+    client = app.test_client()
+    names = []
+    real = db.fetch_all
+
+    def recording(name, *args, **kwargs):  # the real query runs: only its name is noted
+        names.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(db, "fetch_all", recording)
+    try:
+        assert client.get("/data?source=api").json["total"] == 2
+        assert names == ["known_sources", "source_fields", "data_answer"]  # the worker's first look
+        names.clear()
+        assert client.get("/data?source=csv&page=2&page_size=1").json["total"] == 2
+        assert names == ["data_answer"]  # one round trip: the sources and their fields come from the copy
+        # a source loaded a moment ago is not refused from a stale copy: an unknown name is read again
+        insert_records(url, [record(source="late", source_id="l1", name="Late", value=1.0, description="new",
+                                    updated_at=BASE_TIME)])
+        insert_checkpoint(url, "late", 1)
+        names.clear()
+        assert client.get("/data?source=late").json["total"] == 1
+        assert names == ["known_sources", "source_fields", "data_answer"]
+        refused = client.get("/data?source=nosuch")
+        assert refused.status_code == 400
+        assert refused.json["errors"] == {
+            "source": ["Unknown source 'nosuch'; the known sources are: api, csv, late."]}
+    finally:
+        db.warehouse(app).close()

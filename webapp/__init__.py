@@ -6,7 +6,8 @@ from werkzeug.routing import PathConverter
 
 from webapp import config as settings
 from webapp import (auth, db, errors, exact_json, hooks, metrics, proxies, rate_limits, routes_data, routes_export,
-                    routes_health, routes_meta, routes_metrics, routes_runs, routes_schema, routes_stats, tracing)
+                    routes_health, routes_meta, routes_metrics, routes_runs, routes_schema, routes_stats,
+                    source_catalog, tracing)
 from webapp.keys_cli import keys_cli
 
 
@@ -32,6 +33,7 @@ def create_app(config=None) -> Flask:
 
     metrics.init_app(app)  # first: its clock starts before, and its count runs after, every other hook
     db.init_app(app)
+    source_catalog.init_app(app)
     routes_export.init_app(app)
     errors.register(app)
     tracing.init_app(app)  # first of the request hooks: a request another hook refuses is traced too

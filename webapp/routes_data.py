@@ -7,7 +7,7 @@ from psycopg2 import sql
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import NotFound
 
-from webapp import attributes, audit, auth, db, scopes
+from webapp import attributes, audit, auth, db, scopes, source_catalog
 from webapp.errors import error_response
 from webapp.openapi import documented
 from webapp.responses import conditional_json
@@ -33,20 +33,15 @@ def _filters(args: dict) -> dict:
 
 
 def check_known(source: str | None) -> None:
-    """A 400 listing the known sources when source names none of them (read on each request: runs add sources).
-    Known: to this request's credential; a source it may not read is unknown, so its existence is not revealed."""
+    """A 400 listing the known sources when source names none of them (runs add sources: an unknown one is read
+    again, webapp.source_catalog). Known: to this request's credential; a source it may not read is unknown, so its
+    existence is not revealed."""
     if source is None:
         return
-    known = [row["source"] for row in db.fetch_all("known_sources", {"sources": scopes.current().source_list()})]
+    known = source_catalog.known_sources(source)
     if source not in known:
         raise ValidationError({"source": [
             f"Unknown source {source!r}; the known sources are: {', '.join(known) or 'none yet'}."]})
-
-
-def declared_fields(source: str) -> dict[str, str]:
-    """The fields a source declares, field -> type, in catalog order."""
-    params = {"source": source, "sources": scopes.current().source_list()}
-    return {row["field"]: row["type"] for row in db.fetch_all("source_fields", params)}
 
 
 def _split_query(args) -> tuple[MultiDict, dict[str, list[str]]]:
@@ -107,8 +102,8 @@ def list_records():
     args = load_query(data_query_schema, parameters)
     source = args.get("source")
     check_known(source)
-    declared = attributes.parse(declared_fields(source) if source else {}, source, args.get("field_names"),
-                                args.get("order"), field_filters)
+    fields = source_catalog.declared_fields(source) if source else {}
+    declared = attributes.parse(fields, source, args.get("field_names"), args.get("order"), field_filters)
     filters = _filters(args)
     after = _after(args.get("cursor"), declared, source)
     page_size = args["page_size"]
@@ -164,7 +159,7 @@ def get_record(source, source_id):
             raise NotFound(message)
         return error_response(404, f"{message}: run {rejection['run_id']} rejected it at {rejection['stage']}",
                               extra={"rejection": rejection_schema.dump(rejection)})
-    declared = attributes.Query(declared=declared_fields(key["source"]))
+    declared = attributes.Query(declared=source_catalog.declared_fields(key["source"]))
     audit.records([key["source"]], 1)
     return record_detail_schema.dump({**row, "attributes": attributes.project(row["attributes"], declared)})
 

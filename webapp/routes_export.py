@@ -14,7 +14,8 @@ from werkzeug.exceptions import NotFound, ServiceUnavailable
 from webapp import audit, auth, db, export, scopes
 from webapp.copy_stream import CopyStream
 from webapp.openapi import documented
-from webapp.routes_data import WATERMARK_HEADER, declared_fields
+from webapp.routes_data import WATERMARK_HEADER
+from webapp.source_catalog import declared_fields
 from webapp.schemas import export_query_schema, load_query, source_path_schema
 
 blueprint = Blueprint("export", __name__)
