@@ -276,7 +276,7 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
     echo(f"read API on {rows:,} rows")
     results.api = api_load.measure(db, endpoints, rows, options, children.log_dir / "gunicorn.log", echo=echo)
     if wrk:  # what authentication and row-level security cost: the same requests with and without each
-        results.api_access = api_load.compare_access(db, reader_db, endpoints[:1] + endpoints[3:4], options,
+        results.api_access = api_load.compare_access(db, reader_db, endpoints[:1] + endpoints[2:4], options,
                                                      children.log_dir / "gunicorn-access.log", echo=echo)
         # what metrics and tracing cost: /data's first page with both off, metrics on, both on
         results.api_observability = api_load.compare_observability(

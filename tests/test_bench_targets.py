@@ -56,3 +56,45 @@ def test_a_missing_pass_of_any_round_is_a_miss_for_every_target():
     result = server((20.0, 5.0, 6.0), (20.0, 5.0, 6.0))
     del result.runs["rerun2"]
     assert all(line.startswith("MISS") for line in verdicts(result))
+
+
+def api_results(first_rate: float, first_p99: float, search_p99: float, cursor_p50: float):
+    """A run's read-API figures: open (wrk and Postgres alone) and the access comparison, as deployed and open."""
+    from types import SimpleNamespace
+
+    from bench.api_load import AccessComparison, EndpointResult
+
+    def endpoint(label: str, path: str, rate: float, p50: float, p99: float) -> EndpointResult:
+        return EndpointResult(label, path, 1_000_000, requests_per_second=rate, p50_ms=p50, p99_ms=p99,
+                              serial_ms=2.0, postgres_ms=0.8)
+
+    open_ = [endpoint("/data first page", "/data?page_size=10", first_rate, 6.0, first_p99),
+             endpoint("/data cursor at page 10,000", "/data?cursor=x", first_rate, cursor_p50, first_p99),
+             endpoint("/data search", "/data?search=1", 900, 7.0, search_p99)]
+
+    def measured(rate: float, p50: float, p99: float) -> dict:
+        modes = {"no auth, no RLS": (1.1, 0.9), "API key, RLS": (1.0, 1.0)}
+        return {mode: {"requests_per_second": rate * scale, "p50_ms": p50 * slower, "p99_ms": p99 * slower,
+                       "failures": 0} for mode, (scale, slower) in modes.items()}
+
+    access = [AccessComparison("/data first page", "/data?page_size=10", measured(first_rate, 6.0, first_p99)),
+              AccessComparison("/data cursor at page 10,000", "/data?cursor=x", measured(first_rate, cursor_p50,
+                                                                                        first_p99)),
+              AccessComparison("/data search", "/data?search=1", measured(900, 7.0, search_p99))]
+    return SimpleNamespace(api=open_, api_small=[], api_access=access)
+
+
+def test_the_api_targets_are_issue_28s_each_with_its_same_run_baseline():
+    first, search, cursor, _sizes = (t.line() for t in targets._api_targets(api_results(1100, 20, 35, 6.6)))
+    assert first.startswith("PASS  /data first page ≥ 1,000 req/s with p99 < 25 ms: 1100 req/s, p99 20.0 ms")
+    assert "baseline: its queries alone 0.8 ms" in first
+    assert search.startswith("PASS  search p99 < 40 ms")
+    assert cursor.startswith("PASS  /data cursor at page 10,000 within 1.2× of page 1 (p50): 6.6 ms vs page 1 6.0")
+    deployed = [t.line() for t in targets._deployed_api(api_results(1100, 20, 35, 6.6))]
+    assert [line[:4] for line in deployed] == ["PASS"] * 3
+    assert "baseline open as the owner: 1210 req/s, p99 18.0 ms" in deployed[0]
+    assert deployed[2].startswith("PASS  as deployed (API key, RLS): /data cursor at page 10,000 within 1.2×")
+
+    missed = api_results(990, 20, 41, 7.3)
+    assert [t.line()[:4] for t in targets._api_targets(missed)][:3] == ["MISS"] * 3
+    assert [t.line()[:4] for t in targets._deployed_api(missed)] == ["MISS"] * 3

@@ -1,5 +1,6 @@
 """The connection pool against a real PostgreSQL that goes away, stalls and comes back."""
 
+import concurrent.futures
 import time
 
 import psycopg
@@ -126,3 +127,26 @@ def test_connections_go_back_to_the_pool(make_app, database_url):
         (count,) = conn.execute("select count(*) from pg_stat_activity where application_name = 'sluice-webapp'"
                                 " and datname = current_database()").fetchone()
     assert count <= 2
+
+
+def test_connections_opened_for_concurrent_requests_are_kept_not_opened_again(make_app, database_url):
+    """More requests at once than POOL_MIN: psycopg2's own pool closed each connection given back while POOL_MIN
+    were idle, so under load a share of requests paid a new backend each; the pool keeps them (up to POOL_MAX)."""
+    insert_records(database_url, catalog(3))
+    app = make_app(database_url, POOL_MIN=1, POOL_MAX=6)
+
+    def wave() -> set[int]:
+        def client_requests(_):
+            client = app.test_client()
+            return [client.get("/data?page_size=1").status_code for _ in range(40)]
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            assert all(status == 200 for statuses in pool.map(client_requests, range(6)) for status in statuses)
+        with psycopg.connect(database_url) as conn:
+            return {pid for (pid,) in conn.execute(
+                "select pid from pg_stat_activity where application_name = 'sluice-webapp'"
+                " and datname = current_database()").fetchall()}
+
+    first = wave()
+    assert 1 < len(first) <= 6  # requests overlapped, and what they opened is still open
+    assert first <= wave()  # the next wave found them: none was closed and opened again

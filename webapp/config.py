@@ -10,7 +10,7 @@ from sluice import scope_key
 
 # Each key is also read from the environment with the SLUICE_ prefix (SLUICE_POOL_MAX=30).
 DEFAULTS = {
-    "POOL_MIN": 5,  # connections kept open while idle
+    "POOL_MIN": 5,  # connections opened at first use; more as concurrent requests need them, all kept (db.py)
     "POOL_MAX": 20,  # connections at most; one more concurrent request gets a 503
     "STATEMENT_TIMEOUT_MS": 5000,
     "CONNECT_TIMEOUT_SECONDS": 2,  # libpq's minimum: a database that is down costs a request at most this

@@ -32,6 +32,20 @@ def _failure(kind: str, message: str) -> DatabaseUnavailable:
     return DatabaseUnavailable(message)
 
 
+class KeepingPool(ThreadedConnectionPool):
+    """psycopg2's pool, except that a connection given back is kept (up to maxconn) rather than closed whenever
+    minconn are idle already: with more requests at once than POOL_MIN, that pool opened a connection (a backend
+    started, authenticated, its settings applied) for a share of requests and closed it again after them. POOL_MIN
+    are opened at first use; more as concurrent requests need them, and those stay."""
+
+    def _putconn(self, conn, key=None, close=False):
+        minconn, self.minconn = self.minconn, self.maxconn  # putconn holds the pool's lock around this
+        try:
+            super()._putconn(conn, key, close)
+        finally:
+            self.minconn = minconn
+
+
 class Warehouse:
     """A ThreadedConnectionPool made on first use, so the app starts while the database is down."""
 
@@ -59,7 +73,7 @@ class Warehouse:
     def pool(self) -> ThreadedConnectionPool:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadedConnectionPool(
+                self._pool = KeepingPool(
                     self.min_connections, self.max_connections, self.dsn, **self._connect_options())
             return self._pool
 
