@@ -4,8 +4,9 @@ Each variant is the API as deployed (gunicorn with gunicorn.conf.py, an API key 
 under row-level security) with one thing changed: the rate limits' storage, a checkout of other code (`--checkout
 LABEL=PATH`, e.g. main's), gunicorn's workers × threads. Rounds interleave the variants, so a machine busy with
 other work slows them alike. Per request it reports wrk's req/s and p99 and the CPU the request cost: user + system
-time from /proc of the gunicorn processes and of the warehouse backends serving them (application_name
-sluice-webapp), divided by the requests wrk counted. On 2 cores, 1,000 req/s leaves 2 ms of CPU for everything.
+time from /proc of gunicorn's process tree and of the warehouse server's (every backend, those that exited between
+the readings too), divided by the requests wrk counted, and the connections the app opened meanwhile. On 2 cores,
+1,000 req/s leaves 2 ms of CPU per request for everything, wrk included.
 """
 
 import argparse
@@ -52,7 +53,7 @@ def postmaster(admin_url: str) -> tuple[int, int]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         (backend, sessions) = conn.execute("select pg_backend_pid(), (select sum(sessions) from pg_stat_database)"
                                            ).fetchone()
-    return int(_stat(backend)[1]), int(sessions)
+        return int(_stat(backend)[1]), int(sessions)  # read while the backend lives
 
 
 @contextlib.contextmanager
@@ -156,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{result['db_cpu_ms']:.2f} ms/request  {result['connects']} connects  failures {result['failures']}",
                       flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| variant | request | req/s (rounds) | p99 ms | CPU ms per request: app + warehouse (median) |")
-    print("|---|---|---|---|---|")
+    print("| variant | request | req/s (rounds) | p99 ms | CPU ms per request: app + warehouse (median) | connects |")
+    print("|---|---|---|---|---|---|")
     for (label, name), rounds in results.items():
         rates = " / ".join(f"{r['requests_per_second']:.0f}" for r in rounds)
         p99s = " / ".join(f"{r['p99_ms']:.1f}" for r in rounds)
         print(f"| {label} | {name} | {rates} | {p99s} | "
               f"{statistics.median(r['app_cpu_ms'] for r in rounds):.2f} + "
-              f"{statistics.median(r['db_cpu_ms'] for r in rounds):.2f} |")
+              f"{statistics.median(r['db_cpu_ms'] for r in rounds):.2f} | "
+              f"{' / '.join(str(r['connects']) for r in rounds)} |")
     return 0
 
 

@@ -112,7 +112,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--quality-rounds", type=int, default=2, help="rounds of that comparison; the ratios are of medians")
     add("--no-pg15", action="store_true",
         help="whole DAG on the embedded server only: no BENCH_DATABASE_URL server, no Debian PostgreSQL 15 cluster")
-    return parser.parse_args(argv)
+    add("--api-only", action="store_true",
+        help="the read API's measurements and targets (issue 28) only: the pipeline passes load --rows, then the "
+             "API (and the small table for /stats and /health); no dlt, whole-DAG, declared-fields, quality, "
+             "memory-check or export runs")
+    args = parser.parse_args(argv)
+    if args.api_only:
+        args.no_dlt = args.no_whole_dag = args.no_attributes = args.no_quality = args.no_pg15 = args.no_export = True
+        args.memory_check_rows = 0
+    return args
 
 
 _STARTED = time.monotonic()
