@@ -303,6 +303,7 @@ def run_api(args, results: BenchResults, server, children: Children, stamp: str,
         with psycopg.connect(small_db, autocommit=True) as conn:
             conn.execute("vacuum (analyze) normalized_data")
             (small_rows,) = conn.execute("select count(*) from normalized_data").fetchone()
+        api_load.reader_access(small_db)  # its scope key: every app signs its scope, the owner's too
         echo(f"read API on {small_rows:,} rows")
         results.api_small = api_load.measure(small_db, [("/stats", "/stats"), ("/health", "/health")], small_rows,
                                              options, children.log_dir / "gunicorn-small.log", echo=echo)
