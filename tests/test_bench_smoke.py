@@ -45,7 +45,7 @@ def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
     assert "SKIP  CSV store_raw→normalize→upsert faster than dlt pyarrow merge: not measured" in out
     assert re.search(r"^(PASS|MISS)  API source first load ≥ 50,000 records/s through ingest → upsert: 200 records "
                      r"in \d+\.\d\d s = [\d,]+ records/s \(ingest [\d.]+ s, store_raw", out, re.M), out
-    assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 12
+    assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 14
 
     results = list((tmp_path / "results").iterdir())
     assert sorted(path.suffix for path in results) == [".md", ".png"]
