@@ -196,7 +196,7 @@ def test_without_redis_each_worker_counts_in_memory_says_so_once_and_shares_agai
     assert ours(caplog) == [f"rate limit storage redis://127.0.0.1:{port}/0 does not answer: each worker counts in "
                         "its own memory until it does"]  # once, not once per request
     caplog.clear()
-    with redis_server(port) as store:  # back (empty): flask-limiter retries it after 1, 2, 4 ... s
+    with redis_server(port) as store:  # back (empty): the counters try it again after 1, 2, 4 ... s
         deadline = time.monotonic() + 10
         for probe in range(10, 255):  # a new address each time: none runs out of its budget while waiting
             assert get(client, "/", f"192.0.2.{probe}").status_code == 200
