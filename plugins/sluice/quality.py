@@ -116,23 +116,40 @@ class Gate:
     def _batch_checks(self) -> list[Check]:
         return [check for check in self.source.checks if not check.row_level]
 
-    def measure(self, conn, keys: dict) -> dict:
+    def measure(self, conn, keys: dict, *, normalized: Normalized, live_before: int, incoming: int) -> dict:
         """The batch's own measures (before the upsert): the records and per field its null count from what
         normalize wrote (_nulls), plus duplicates and the newest time where a check asks, in one pass over its
-        staged records (_parsed)."""
+        staged records (_parsed). normalized: normalize's counts; live_before and incoming: the source's live rows
+        and the run's normalized_stage rows, which tell whether the skipped records can be found by a scan."""
         nulls = self.source.anomalies.enabled or any(check.check == "null_rate" for check in self._batch_checks)
         # the null counts' records, when measured, are the batch's: each null rate is a share of them
-        return {**self._parsed(conn, keys), **(self._nulls(conn, keys) if nulls else {})}
+        return {**self._parsed(conn, keys),
+                **(self._nulls(conn, keys, normalized, live_before, incoming) if nulls else {})}
 
-    def _nulls(self, conn, keys: dict) -> dict:
+    def _nulls(self, conn, keys: dict, normalized: Normalized, live_before: int, incoming: int) -> dict:
         """The batch's records and each field's null count, from normalize's rows (quality.sql batch_nulls)."""
         fragments = [sql.SQL(q("null_number" if name in NUMBER_COLUMNS else "null_text")).format(
                          column=sql.Identifier(name)) if name in self.source.mapping
                      else sql.SQL(q("null_attribute")).format(name=sql.Literal(name)) for name in self.paths]
-        statement = sql.SQL(q("batch_nulls")).format(measures=sql.SQL("").join(
-            sql.SQL(", ") + fragment for fragment in fragments))
-        row = conn.execute(statement, keys).fetchone()
-        return {"records": row[0], **{f"nulls:{name}": value for name, value in zip(self.paths, row[1:])}}
+        measures = sql.SQL("").join(sql.SQL(", ") + fragment for fragment in fragments)
+        skipped = normalized.skipped_unchanged
+        # the scan finds at least the live rows that the stage and the rejects do not hold: more than normalize
+        # skipped (an incremental read, records missing from the read) and it cannot be the skipped records alone
+        scan = skipped and live_before - incoming - normalized.rejected - normalized.renormalized_rejected <= skipped
+
+        def counted(way: str | None) -> tuple:
+            skipped_rows = sql.SQL(q(way)) if way else sql.SQL("")
+            return conn.execute(sql.SQL(q("batch_nulls")).format(measures=measures, skipped=skipped_rows),
+                                keys).fetchone()
+
+        row = counted("skipped_by_scan") if scan else None
+        if row is not None and row[1] != skipped:
+            log.info("%s: the scan found %d rows for the %d records normalize skipped as unchanged; measuring them "
+                     "by their ids", keys["source"], row[1], skipped)
+            row = None
+        if row is None:
+            row = counted("skipped_by_ids" if skipped else None)
+        return {"records": row[0], **{f"nulls:{name}": value for name, value in zip(self.paths, row[2:])}}
 
     def _parsed(self, conn, keys: dict) -> dict:
         """Duplicates and the newest time where a check asks, in one pass over the staged payloads."""

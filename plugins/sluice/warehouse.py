@@ -384,7 +384,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                     "normalize")
         (raw_written_since,) = _count(conn, "raw_written_since", keys)
         (has_rows,) = _count(conn, "source_has_rows", keys)
-        batch = gate.measure(conn, keys) if gate else {}
+        batch = gate.measure(conn, keys, normalized=normalized, live_before=live_before,
+                             incoming=incoming) if gate else {}
         report = None
         with conn.transaction() as publish:  # a savepoint: a held batch rolls back what it would publish
             # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
