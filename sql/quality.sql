@@ -1,18 +1,26 @@
 -- Data quality (plugins/sluice/quality.py): the batch measures, the recorded results, holds and releases.
 
--- name: batch_nulls
+-- name: batch_rows
 -- The batch's records as normalize left them, before the upsert publishes anything, without parsing a payload
 -- again (a second parse of every payload cost the whole DAG a tenth more time): the rows normalize wrote to
 -- normalized_stage for the records this run fetched, and, for the fetched records it skipped as unchanged since they
 -- were last normalized, their rows in normalized_data (the same input, so the same values; <skipped>: one of the
 -- skipped_* fragments below, or none when normalize skipped nothing). Records normalize quarantined are not among
--- them (reject_rate counts them). The records, the skipped ones found, then per field its missing values
--- (<measures>: one null_text, null_number or null_attribute fragment each).
+-- them (reject_rate counts them).
+select ns.source_id, ns.name, ns.value, ns.description, ns.attributes, false as skipped
+from normalized_stage ns
+where ns.run_id = %(run_id)s and ns.source = %(source)s and not ns.from_raw
+{skipped}
+
+-- name: batch_nulls
+-- over batch_rows (<rows>): the records, the skipped ones found, then per field its missing values (<measures>: one
+-- null_text, null_number or null_attribute fragment each)
 select count(*) as records, count(*) filter (where b.skipped) as skipped{measures}
-from (select ns.source_id, ns.name, ns.value, ns.description, ns.attributes, false as skipped
-      from normalized_stage ns
-      where ns.run_id = %(run_id)s and ns.source = %(source)s and not ns.from_raw
-      {skipped}) b
+from ({rows}) b
+
+-- name: batch_values
+-- the values the row-level warn checks read, record by record (sluice.quality counts the records failing each)
+select b.source_id, b.name, b.value, b.description, b.attributes::text from ({rows}) b
 
 -- name: skipped_by_scan
 -- The skipped records of a read that brought (nearly) every record the source holds, the usual whole read: the
@@ -69,9 +77,9 @@ count(*) filter (where b.{column} is null)
 count(*) filter (where sluice_quality_missing(b.attributes -> {name}))
 
 -- name: batch_measures
--- ONE pass over the run's staged batch of the source (after store_raw's quarantine), for the checks that need
--- the records' own values (unique, freshness): the records, then per field the aggregates they need (<measures>:
--- one measure_* fragment each). Each record's payload is parsed once and each field looked up once (<lookups>).
+-- ONE pass over the run's staged batch of the source (after store_raw's quarantine), for the freshness checks, which
+-- need the records' own values: the records, then per field the newest time (<measures>: one measure_age fragment
+-- each). Each record's payload is parsed once and each field looked up once (<lookups>).
 select count(*) as records{measures}
 from (select {lookups}
       from (select s.data::jsonb as data from staged_records s
@@ -81,14 +89,40 @@ from (select {lookups}
 -- name: measure_lookup
 sluice_lookup(d.data, {path}) as {value}
 
--- name: measure_duplicates
--- values given more than once: the present values less the distinct ones
-count(*) filter (where not sluice_quality_missing(b.{value}))
-    - count(distinct case when not sluice_quality_missing(b.{value}) then b.{value} #>> '{{}}' end)
-
 -- name: measure_age
 -- seconds since the newest time of the field (null: none is a time sluice_cursor_time reads)
 extract(epoch from now() - max(sluice_cursor_time(b.{value} #>> '{{}}')))::double precision
+
+-- name: duplicates
+-- unique on a field within the source, after the merge and the deletes (in the savepoint a held batch rolls back):
+-- the source's live rows as they would be published, each value (<value>: a unique_* fragment; missing ones are no
+-- value) held by more than one of them and by at least one record of the batch (a staged record normalize did not
+-- quarantine), counted as its occurrences beyond the first. A value only records outside the batch repeat is an
+-- earlier run's; a record the batch replaces or deletes no longer holds its old value. One hash join of the live
+-- rows with the batch's ids and one aggregate: about what the semi-join of batch_rows costs (README "Data quality").
+select coalesce(sum(d.occurrences - 1), 0)::bigint
+from (select count(*) as occurrences
+      from (select {value} as v, n.source_id from normalized_data n
+            where n.source = %(source)s and n.deleted_at is null) l
+      left join (select s.source_id from staged_records s
+                 where s.run_id = %(run_id)s and s.source = %(source)s
+                   and not exists (select from rejected_records r
+                                   where r.run_id = s.run_id and r.source = s.source
+                                     and r.source_id = s.source_id and r.stage = 'normalize')) b
+             on b.source_id = l.source_id
+      where l.v is not null
+      group by l.v
+      having count(*) > 1 and count(b.source_id) > 0) d;
+
+-- name: unique_text
+-- a mapped text column's value as normalize left it (trimmed); blank is missing, as in null_text
+nullif(btrim(n.{column}), '')
+
+-- name: unique_number
+n.{column}
+
+-- name: unique_attribute
+case when not sluice_quality_missing(n.attributes -> {name}) then n.attributes -> {name} end
 
 -- name: check_rejects
 -- records this run's normalize quarantined for a row-level check: its reason names it (checks.validators)
