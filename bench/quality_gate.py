@@ -18,8 +18,8 @@ from sluice import settings
 VARIANTS = ("gate off", "default gate")
 PASSES = ("first load", "unchanged rerun")
 TARGET = 1.10  # at most 10% more time with the default checks
-GATE_STATEMENTS = ("batch_nulls", "batch_measures", "history", "check_rejects", "forget_results", "record_result",
-                   "record_quality_run", "supersede_holds")
+GATE_STATEMENTS = ("batch_nulls", "batch_values", "batch_measures", "duplicates", "history", "check_rejects",
+                   "forget_results", "record_result", "record_quality_run", "supersede_holds")
 
 
 def catalog(path: Path, variant: str, directory: Path) -> Path:

@@ -99,7 +99,7 @@ extract(epoch from now() - max(sluice_cursor_time(b.{value} #>> '{{}}')))::doubl
 -- value) held by more than one of them and by at least one record of the batch (a staged record normalize did not
 -- quarantine), counted as its occurrences beyond the first. A value only records outside the batch repeat is an
 -- earlier run's; a record the batch replaces or deletes no longer holds its old value. One hash join of the live
--- rows with the batch's ids and one aggregate: about what the semi-join of batch_rows costs (README "Data quality").
+-- rows with the batch's ids and one aggregate: 2.6-4.3 s at 1M rows here, only for a source declaring it.
 select coalesce(sum(d.occurrences - 1), 0)::bigint
 from (select count(*) as occurrences
       from (select {value} as v, n.source_id from normalized_data n

@@ -1,6 +1,7 @@
 """The quality gate through sluice.pipeline's steps (no Airflow), real PostgreSQL, a source on 127.0.0.1: an error
 check holds the batch and writes nothing of it, a later batch supersedes the held one (whose release is then
-refused), and batch measures come from the staged batch and the merge."""
+refused), batch measures come from the staged batch and the merge, a row-level warn check counts and loads, unique
+reads the whole source, and a field's type mix drifting is an anomaly."""
 
 import logging
 
