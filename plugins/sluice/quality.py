@@ -26,8 +26,6 @@ WEIGHTS = {"error": 3, "warn": 1}
 # the measures the anomaly detector compares with the source's history, besides each field's null rate
 COUNT_MEASURES = ("row_count",)
 SHARE_MEASURES = ("reject_rate", "changed_share", "deleted_share")
-# the mapped columns of normalized_stage and normalized_data that hold numbers (the others hold text)
-NUMBER_COLUMNS = ("value",)
 
 
 def q(name: str) -> str:
@@ -137,8 +135,7 @@ class Gate:
                nulls: bool) -> tuple[sql.Composable, dict]:
         """The batch's rows (quality.sql batch_rows, with the skipped records found the cheapest way that finds
         exactly them), and its records with each field's null count (batch_nulls) when nulls."""
-        fragments = [sql.SQL(q("null_number" if name in NUMBER_COLUMNS else "null_text")).format(
-                         column=sql.Identifier(name)) if name in self.source.mapping
+        fragments = [sql.SQL(q("null_column")).format(column=sql.Identifier(name)) if name in self.source.mapping
                      else sql.SQL(q("null_attribute")).format(name=sql.Literal(name))
                      for name in (self.paths if nulls else ())]
         measures = sql.SQL("").join(sql.SQL(", ") + fragment for fragment in fragments)
@@ -221,8 +218,7 @@ class Gate:
         """unique: after the merge and the deletes, the occurrences beyond the first of each value that a record of
         the batch holds and another live record of the source holds too (quality.sql duplicates)."""
         if name in self.source.mapping:
-            value = sql.SQL(q("unique_number" if name in NUMBER_COLUMNS else "unique_text")).format(
-                column=sql.Identifier(name))
+            value = sql.SQL(q("unique_column")).format(column=sql.Identifier(name))
         else:
             value = sql.SQL(q("unique_attribute")).format(name=sql.Literal(name))
         (count,) = conn.execute(sql.SQL(q("duplicates")).format(value=value), keys).fetchone()
