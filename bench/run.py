@@ -56,8 +56,8 @@ class BenchResults:
     wall_seconds: float = 0.0
     flushed: bool = True  # a CHECKPOINT before each timed step
     whole_dag: list = field(default_factory=list)  # whole_dag.ServerResult per server
-    attributes: list = field(default_factory=list)  # attributes.AttributesResult
-    quality: list = field(default_factory=list)  # quality_gate.QualityGateResult
+    attributes: list = field(default_factory=list)  # whole_dag.Comparison (bench.attributes)
+    quality: list = field(default_factory=list)  # whole_dag.Comparison (bench.quality_gate)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,7 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only the quality gate's comparison: the whole DAG over --quality-rows CSV rows with the default gate "
              "against anomalies: false, first load and unchanged rerun, on the embedded server")
     add("--quality-rows", type=int, default=1_000_000, help="CSV rows of that comparison (default 1,000,000)")
-    add("--quality-rounds", type=int, default=2, help="rounds of that comparison; the ratios are of medians")
+    add("--quality-rounds", type=int, default=3, help="rounds of that comparison (default 3, variants interleaved "
+        "pass by pass); the ratios are of medians")
     add("--no-pg15", action="store_true",
         help="whole DAG on the embedded server only: no BENCH_DATABASE_URL server, no Debian PostgreSQL 15 cluster")
     add("--api-only", action="store_true",

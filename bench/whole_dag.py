@@ -15,6 +15,7 @@ indexes, on a fresh database of the same server.
 
 import itertools
 import json
+from collections.abc import Callable
 import os
 import shutil
 import statistics
@@ -231,4 +232,96 @@ def run_server(server: database.Server, label: str, *, children: Children, work_
         result.notes.append(f"dlt on {label}: {failure}")
     finally:
         shutil.rmtree(pipelines_dir, ignore_errors=True)
+    return result
+
+
+@dataclass
+class Comparison:
+    """An A/B comparison of the whole DAG on one server: runs[(variant, pass)] holds each round's DagRun."""
+
+    label: str
+    rows: int
+    variants: tuple[str, ...]
+    passes: tuple[str, ...]
+    runs: dict[tuple[str, str], list] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for key in itertools.product(self.variants, self.passes):
+            self.runs.setdefault(key, [])
+
+    def median(self, variant: str, name: str) -> float | None:
+        spans = [run.span_seconds for run in self.runs[(variant, name)] if run.span_seconds is not None]
+        return statistics.median(spans) if spans else None
+
+    def ratio(self, name: str) -> float | None:
+        """The second variant's median span over the first's, for one pass."""
+        base, other = self.median(self.variants[0], name), self.median(self.variants[1], name)
+        return other / base if base and other else None
+
+    def task_medians(self, variant: str, name: str) -> dict[str, float]:
+        """Each task's median duration over the rounds (mapped instances summed per run)."""
+        runs = self.runs[(variant, name)]
+        tasks = sorted({task for run in runs for task in run.task_seconds})
+        return {task: statistics.median(run.task_seconds.get(task, 0.0) for run in runs) for task in tasks}
+
+    def task_differences(self, name: str) -> list[str]:
+        """A table of each task's median duration per variant and their difference, for one pass: where the
+        difference in span goes, read from Airflow's task instances rather than from one noisy span."""
+        base, other = (self.task_medians(variant, name) for variant in self.variants[:2])
+        tasks = [task for task in TASKS if task in base or task in other]
+        tasks += sorted((set(base) | set(other)) - set(tasks))
+        if not tasks:
+            return []
+        lines = [f"| {name}: task (median s) | {self.variants[0]} | {self.variants[1]} | difference |",
+                 "|---|---|---|---|"]
+        for task in tasks:
+            a, b = base.get(task, 0.0), other.get(task, 0.0)
+            lines.append(f"| {task} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+        return lines
+
+
+def compare(server: database.Server, label: str, topic: str, *, variants: tuple[str, ...], passes: tuple[str, ...],
+            catalog: Callable[[Path, str, Path], Path], csv_path: Path, rows: int, log_dir: Path, work_dir: Path,
+            stamp: str, rounds: int, echo=print) -> Comparison:
+    """The whole DAG over one CSV source in each variant of its catalog (catalog(csv_path, variant, directory)
+    writes it), `rounds` rounds on the embedded server, with `airflow dags test` as users run it (Airflow).
+
+    Each round gives every variant a fresh warehouse and runs the passes in order on it (a later pass sees what the
+    earlier ones loaded), interleaving the variants pass by pass and alternating which goes first each round, so a
+    machine warming up, slowing down or busy for a minute favours neither. The time compared is each run's span from
+    the first ingest's start to record_run's end (Airflow's fixed start-up is in neither)."""
+    result = Comparison(label, rows, variants, passes)
+    prefix = f"bench_{stamp}_{topic}_{label}"
+    echo(f"{topic} on {label}: airflow db migrate (metadata database on the same server)")
+    airflow = Airflow(work_dir / f"airflow-{topic}" / f"{stamp}-{label}", server.create_database(f"{prefix}_airflow"),
+                      log_dir / f"airflow-{topic}-{label}.log")
+    staging = work_dir / f"staging-{topic}" / label
+    try:
+        with served_files(csv_path.parent) as files:
+            for number in range(1, rounds + 1):
+                order = variants if number % 2 else tuple(reversed(variants))
+                envs = {}
+                for variant in order:
+                    slug = variant.replace(" ", "-")
+                    warehouse = server.create_database(f"{prefix}_{number}_{slug.replace('-', '_')}")
+                    envs[variant] = (warehouse, {
+                        **local_env.airflow_env(airflow.home, warehouse_url=warehouse, api_url=None, csv_url=files),
+                        "SLUICE_STAGING_URL": f"file://{staging}",
+                        "SLUICE_SOURCES_FILE": str(catalog(csv_path, variant, airflow.home))})
+                for name in passes:
+                    for variant in order:
+                        warehouse, env = envs[variant]
+                        run = airflow.dags_test(f"{topic}-{variant.replace(' ', '-')}-{name.replace(' ', '-')}-"
+                                                f"{number}", env, warehouse)
+                        result.runs[(variant, name)].append(run)
+                        echo(f"  dags test {variant:<12} {name:<15} round {number}: ingest→record_run "
+                             f"{run.span_seconds or 0:7.2f} s (wall {run.wall_seconds:.2f} s), {run.state}, "
+                             f"{run.written:,} rows written")
+                        if run.state != "success" or run.etl_run.get("status") != "success":
+                            result.notes.append(f"{label} {variant} {name} round {number}: dag run {run.state}: "
+                                                f"{run.etl_run.get('error_message')}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(airflow.home, ignore_errors=True)
     return result

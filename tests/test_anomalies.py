@@ -1,10 +1,12 @@
 """The anomaly detector on the series the issue names, in plain Python: a flat history does not flag a one-row
 change, a volatile one still flags a drop to zero, a 30% drop is flagged, a slow trend is not, and no verdict
-comes before five runs of history."""
+comes before five runs of history; a field's type mix is judged by its distance from the history's median mix."""
+
+import statistics
 
 import pytest
 
-from sluice import anomalies
+from sluice import anomalies, type_mix
 
 FLAT = [100] * 14
 VOLATILE = [100, 40, 160, 70, 130, 55, 150, 90, 120, 45, 170, 60, 140, 80]
@@ -34,3 +36,40 @@ def test_verdicts(history, value, count, floor, anomalous):
 def test_no_verdict_before_five_runs_of_history():
     assert anomalies.detect([100] * 4, 0, count=True, floor=2).anomalous is None
     assert anomalies.detect([100] * 5, 0, count=True, floor=2).anomalous is True
+
+
+NUMBERS = [{"number": 1.0}] * 14
+MIXED = [{"number": 0.5 + 0.05 * (run % 5), "string": 0.5 - 0.05 * (run % 5)} for run in range(14)]
+
+
+@pytest.mark.parametrize("history, mix, anomalous", [
+    (NUMBERS, {"number": 1.0}, False),
+    (NUMBERS, {"number": 0.99, "string": 0.01}, False),  # one value of 100 turned string: within two rows' worth
+    (NUMBERS, {"number": 0.7, "string": 0.3}, True),  # a third of a number field arriving as strings
+    (NUMBERS, {"number": 0.9, "object": 0.1}, True),  # a new JSON type
+    (MIXED, {"number": 0.6, "string": 0.4}, False),  # within a mixed field's usual swing
+    (MIXED, {"string": 1.0}, True),  # a mixed field turned all strings
+])
+def test_type_mix_verdicts(history, mix, anomalous):
+    verdict = anomalies.detect_mix(history, mix, floor=anomalies.share_floor(100))
+    assert verdict.anomalous is anomalous
+    assert verdict.value == pytest.approx(anomalies.distance(mix, {kind: statistics.median(past.get(kind, 0.0)
+                                                                                         for past in history)
+                                                                   for kind in {"number", "string", "object"}}))
+
+
+def test_no_type_mix_verdict_before_five_runs_of_history():
+    assert anomalies.detect_mix(NUMBERS[:4], {"string": 1.0}, floor=0.02).anomalous is None
+    assert anomalies.detect_mix(NUMBERS[:5], {"string": 1.0}, floor=0.02).anomalous is True
+
+
+def test_the_type_mix_tally_counts_json_types_of_present_values():
+    """true is a boolean, not a number; a dotted path reads a nested value; a null or absent value has no type."""
+    tally = type_mix.Tally({"value": "score", "user": "user.id", "tags": "tags"})
+    for record in ({"score": 1, "user": {"id": "7"}, "tags": []}, {"score": True, "user": {"id": 7}},
+                   {"score": 1.5, "user": None, "tags": {"a": 1}}, {"score": None}):
+        tally.add(record)
+    assert tally.counts == {"value": {"number": 2, "boolean": 1}, "user": {"string": 1, "number": 1},
+                            "tags": {"array": 1, "object": 1}}
+    assert type_mix.shares(tally.counts["value"]) == {"boolean": pytest.approx(1 / 3), "number": pytest.approx(2 / 3)}
+    assert type_mix.shares({}) == {}

@@ -144,7 +144,14 @@ def test_bench_compares_the_whole_dag_with_and_without_the_quality_gate(tmp_path
     for pass_name in ("first load", "unchanged rerun"):
         assert re.search(rf"^(PASS|MISS)  the default gate costs at most 10% more time \({pass_name}\): \d+\.\d\d s "
                          r"vs gate off \d+\.\d\d s \(medians of 1 rounds\) = \d\.\d{3}× \[embedded\]$", out, re.M), out
-    # the gate's own statements, named as quality.sql names them, in the default gate's DAG runs
+    # the per-task medians, the gate's own time (the upsert task's difference) and its statements, named as
+    # quality.sql names them, in the default gate's DAG runs
+    for pass_name in ("first load", "unchanged rerun"):
+        assert re.search(rf"^- {pass_name}: the gate's own time, the upsert task's median difference: [+-]\d+\.\d\d s, "
+                         r"-?\d+\.\d% of the gate-off span \d+\.\d\d s$", out, re.M), out
+        assert re.search(rf"^\| {pass_name}: task \(median s\) \| gate off \| default gate \| difference \|$\n"
+                         r"\|---\|---\|---\|---\|\n\| init_schema \| \d+\.\d\d \| \d+\.\d\d \| [+-]\d+\.\d\d \|$", out,
+                         re.M), out
     assert re.search(r"^- first load: the gate's statements .*`batch_nulls` \d+\.\d{3} s", out, re.M), out
 
 

@@ -22,7 +22,6 @@ POSTS = {"name": "posts", "kind": "api", "endpoint": "posts", "fields": {"status
     ({"check": "freshness", "field": "due", "max_age": "soon"}, "check freshness on 'due': max_age must be a duration"),
     ({"check": "accepted_values", "field": "status", "values": []}, "values must be a non-empty list"),
     ({"check": "unique", "field": "status", "severity": "fatal"}, "severity must be warn or error"),
-    ({"check": "not_null", "field": "name", "severity": "warn"}, "a row-level check quarantines each record"),
     ({"check": "unique", "field": "status", "max": 1}, "check unique on 'status': unknown option 'max'"),
 ])
 def test_an_invalid_check_fails_with_the_catalog_naming_source_and_check(check, message):
@@ -63,3 +62,16 @@ def test_row_level_checks_reject_with_the_check_as_reason_and_survive_the_xcom_r
     (unchecked,) = sources.catalog({"sources": [POSTS]})
     assert unchecked.normalization.input_key != normalization.input_key
     assert unchecked.normalization.fast_path
+
+
+def test_a_row_level_warn_check_is_no_rule_of_the_schema():
+    """warn: the record loads, so the check changes no row: the schema does not reject for it, the input key is the
+    unchecked source's (nothing is normalized again) and the SQL fast path stays on."""
+    checks = [{"check": "accepted_values", "field": "status", "values": ["open"], "severity": "warn"},
+              {"check": "not_null", "field": "status", "severity": "warn"}]
+    (source,) = sources.catalog({"sources": [{**POSTS, "checks": checks}]})
+    (unchecked,) = sources.catalog({"sources": [POSTS]})
+    assert [check.severity for check in source.checks] == ["warn", "warn"]
+    assert source.normalization.fast_path and source.normalization.input_key == unchecked.normalization.input_key
+    row, why = source.normalization.normalize({"id": 1, "title": "abc", "userId": 3, "status": "paid"})
+    assert why is None and row[-1]["status"] == "paid"

@@ -1,6 +1,9 @@
 """The quality gate through sluice.pipeline's steps (no Airflow), real PostgreSQL, a source on 127.0.0.1: an error
 check holds the batch and writes nothing of it, a later batch supersedes the held one (whose release is then
-refused), and batch measures come from the staged batch and the merge."""
+refused), batch measures come from the staged batch and the merge, a row-level warn check counts and loads, unique
+reads the whole source, and a field's type mix drifting is an anomaly."""
+
+import logging
 
 import psycopg
 import pytest
@@ -155,3 +158,104 @@ def test_the_release_param_names_one_held_batch_or_fails_init_schema(value, foun
             release.asked(value)
     else:
         assert release.asked(value) == found
+
+
+def test_a_row_level_warn_check_loads_the_record_and_counts_it_on_every_run(database_url, tmp_path):
+    """warn: every record loads (none quarantined), the check records how many records failed it, and the score
+    falls as the README defines it; an unchanged rerun, whose records normalize skips, counts the same from their
+    published rows. An error check beside it still quarantines."""
+    config = settings.load()
+    checks = [{"check": "range", "field": "value", "max": 3, "severity": "warn"},  # userId 4..6: posts 31..60
+              {"check": "not_null", "field": "description", "severity": "warn"},
+              {"check": "max_length", "field": "name", "max": 1000}]
+    (source,) = sources.catalog({"sources": [{"name": "posts", "kind": "api", "endpoint": "posts", "checks": checks,
+                                              "anomalies": False}]})
+    posts = sample_data.posts(60)
+    posts[0]["body"], posts[1]["body"] = None, "  "
+    with SourceServer() as server, psycopg.connect(database_url) as conn:
+        pipeline.init_schema(conn, settings=config)
+        server.serve_json("posts", posts, page_size=25)
+        _, first, _, _ = lane(database_url, server, tmp_path, source, "run-warned", config)
+        _, again, _, _ = lane(database_url, server, tmp_path, source, "run-warned-again", config)
+        (loaded,) = conn.execute("select count(*) from normalized_data where source = 'posts'").fetchone()
+        (rejected,) = conn.execute("select count(*) from rejected_records where source = 'posts'").fetchone()
+        scores = [conn.execute("select score from quality_runs where run_id = %s", (run,)).fetchone()[0]
+                  for run in ("run-warned", "run-warned-again")]
+    assert (loaded, rejected) == (60, 0)
+    assert first.valid == 60 and again.skipped_unchanged == 60
+    for run in ("run-warned", "run-warned-again"):
+        found = results(database_url, run)
+        assert found["range:value"] == (30, "fail") and found["not_null:description"] == (2, "fail")
+        assert found["max_length:name"] == (0, "pass")
+    # C: the error check's weight 3 of 3 + 1 + 1; R: 32 of 60 records failed a row-level check (30 + 2)
+    assert scores == [round(100 * 3 / 5 * 28 / 60)] * 2
+
+
+def test_unique_counts_a_value_another_live_record_of_the_source_holds(database_url, tmp_path):
+    """unique within the source: a value of the batch that a live record outside it holds is a duplicate; a value
+    a record of the batch gives up (it is replaced) or a deleted record held is not."""
+    config = settings.load()
+    entry = {"name": "posts", "kind": "api", "endpoint": "posts", "anomalies": False,
+             "checks": [{"check": "unique", "field": "name", "severity": "warn"}]}
+    (source,) = sources.catalog({"sources": [entry]})
+    (deleting,) = sources.catalog({"sources": [{**entry, "delete_missing": True}]})
+    posts = [{**post, "title": f"title {post['id']}"} for post in sample_data.posts(60)]
+    with SourceServer() as server, psycopg.connect(database_url) as conn:
+        pipeline.init_schema(conn, settings=config)
+        server.serve_json("posts", posts, page_size=25)
+        lane(database_url, server, tmp_path, source, "run-unique", config)
+        # a part of the source: post 1 takes the title of post 45, which this batch does not bring; posts 2 and 3
+        # swap theirs (each gives its own up); posts 5 and 6 share one within the batch
+        batch = [{**post} for post in posts[:30]]
+        batch[0]["title"] = "title 45"
+        batch[1]["title"], batch[2]["title"] = "title 3", "title 2"
+        batch[5]["title"] = "title 5"
+        server.serve_json("posts", batch, page_size=25)
+        lane(database_url, server, tmp_path, source, "run-part", config)
+        (published,) = conn.execute("select count(*) from normalized_data where source = 'posts' and name = 'title 45'"
+                                    ).fetchone()
+        # a whole read without post 45: it is deleted, so post 1 alone holds its old title
+        server.serve_json("posts", batch + posts[30:44] + posts[45:], page_size=25)
+        lane(database_url, server, tmp_path, deleting, "run-deleted", config)
+    assert results(database_url, "run-unique")["unique:name"] == (0, "pass")
+    assert results(database_url, "run-part")["unique:name"] == (2, "fail")  # title 45 and title 5, once more each
+    assert published == 2  # a warn check: the batch loaded
+    assert results(database_url, "run-deleted")["unique:name"] == (1, "fail")  # title 5 alone
+
+
+def test_the_type_mix_of_a_field_is_an_anomaly_when_it_moves_against_the_history(database_url, tmp_path, caplog):
+    """Type mix: per field the shares of its values' JSON types, measured as the API reader decodes each record; a
+    field whose mix moves (userId arriving as strings) is an anomaly once there are five runs of history. The
+    records normalize skips are measured by a scan of the source's rows when the read brought them all, by their
+    ids otherwise, with the same null rates; a deleted record brought back unchanged is among them."""
+    config = settings.load()
+    (source,) = sources.catalog({"sources": [{"name": "posts", "kind": "api", "endpoint": "posts",
+                                              "delete_missing": True}]})
+    posts = sample_data.posts(60)
+    posts[59]["body"] = None
+    with SourceServer() as server, psycopg.connect(database_url) as conn, \
+            caplog.at_level(logging.INFO, logger="sluice.quality"):
+        pipeline.init_schema(conn, settings=config)
+        for number in range(6):
+            # the fourth run lacks post 60 (deleted), the fifth brings it back unchanged (skipped, its row deleted)
+            server.serve_json("posts", posts[:59] if number == 3 else posts, page_size=25)
+            lane(database_url, server, tmp_path, source, f"run-steady-{number}", config)
+        steady = results(database_url, "run-steady-5")
+        returned = results(database_url, "run-steady-4")
+        assert "by their ids" not in caplog.text  # every rerun's skipped records found by the scan
+        # two posts missing and two new ones: the scan finds more rows than normalize skipped, the ids measure
+        drifted = [{**post, "userId": str(post["userId"])} if post["id"] % 2 else post for post in posts[:58]]
+        server.serve_json("posts", drifted + [{**posts[0], "id": 61}, {**posts[1], "id": 62, "body": None}],
+                          page_size=25)
+        lane(database_url, server, tmp_path, source, "run-drifted", config)
+        (mix,) = conn.execute("select measures -> 'type_mix:value' from quality_runs where run_id = 'run-drifted'"
+                              ).fetchone()
+    assert steady["anomaly:type_mix:value"] == (0, "pass") and steady["anomaly:type_mix:name"] == (0, "pass")
+    assert returned["anomaly:null_rate:description"] == (pytest.approx(1 / 60), "no_history")
+    drifted_results = results(database_url, "run-drifted")
+    assert mix == {"number": pytest.approx(31 / 60), "string": pytest.approx(29 / 60)}
+    assert drifted_results["anomaly:type_mix:value"] == (pytest.approx(29 / 60), "fail")
+    assert drifted_results["anomaly:type_mix:name"][1] == "pass"
+    # post 62's, measured by ids
+    assert drifted_results["anomaly:null_rate:description"] == (pytest.approx(1 / 60), "pass")
+    assert "the scan found 31 rows for the 29 records normalize skipped" in caplog.text

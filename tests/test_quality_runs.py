@@ -17,7 +17,10 @@ from tests.webapp_fixtures import make_app  # noqa: F401 (a fixture)
 CATALOG = [{"name": "posts", "kind": "api", "endpoint": "posts", "anomalies": {"severity": "error"},
             "checks": [{"check": "row_count", "min": 1}, {"check": "unique", "field": "source_id"}]},
            {"name": "items", "kind": "csv", "endpoint": "items.csv",
-            "checks": [{"check": "row_count", "max": 10, "severity": "warn"}]}]
+            "checks": [{"check": "row_count", "max": 10, "severity": "warn"},
+                       {"check": "range", "field": "value", "max": 0, "severity": "warn"}]}]
+# the items whose value a warn range check finds above 0: loaded all the same
+ABOVE_ZERO = sum(float(row[2]) > 0 for row in sample_data.csv_rows(20))
 POSTS_ROWS = "select source_id, name, value, description from normalized_data where source = 'posts' order by 1"
 
 
@@ -49,9 +52,14 @@ def test_a_steady_source_then_30_percent_of_its_rows_is_held_and_released_delibe
     steady = quality(database_url, run["run_id"], "posts")
     assert steady["anomaly:row_count"][1:] == (101, "pass")
     assert {verdict for _, _, verdict in steady.values()} == {"pass"}, steady
-    # a failed warn check is recorded, and the source loads all the same
-    assert quality(database_url, run["run_id"], "items")["row_count"] == ("warn", 20, "fail")
-    assert run["source_counts"]["items"]["fetched"] == 20
+    # the type mix of the API source's fields is measured (a CSV source's values are all text: it has none)
+    assert steady["anomaly:type_mix:value"][1:] == (0, "pass")
+    items = quality(database_url, run["run_id"], "items")
+    assert not [name for name in items if "type_mix" in name]
+    # a failed warn check is recorded, and the source loads all the same; a row-level one counts its records
+    assert items["row_count"] == ("warn", 20, "fail")
+    assert items["range:value"] == ("warn", ABOVE_ZERO, "fail") and 0 < ABOVE_ZERO < 20
+    assert run["source_counts"]["items"]["fetched"] == 20 and run["source_counts"]["items"]["rejected"] == 0
 
     with psycopg.connect(database_url) as conn:
         before = conn.execute(POSTS_ROWS).fetchall()
@@ -76,8 +84,8 @@ def test_a_steady_source_then_30_percent_of_its_rows_is_held_and_released_delibe
     shown = {source["name"]: source["quality"] for source in client.get("/sources").json["data"]}
     assert (shown["posts"]["run_id"], shown["posts"]["status"]) == (held_run, "held")
     assert "anomaly:row_count" in {check["check"] for check in shown["posts"]["failing"]}
-    assert (shown["items"]["status"], [check["check"] for check in shown["items"]["failing"]]) == (
-        "published", ["row_count"])
+    assert (shown["items"]["status"], sorted(check["check"] for check in shown["items"]["failing"])) == (
+        "published", ["range:value", "row_count"])
     batches = {batch["source"]: batch for batch in client.get(f"/runs/{held_run}/quality").json["data"]}
     checks = {check["check"]: check for check in batches["posts"]["checks"]}
     assert (checks["anomaly:row_count"]["measured"], checks["anomaly:row_count"]["verdict"]) == (30, "fail")

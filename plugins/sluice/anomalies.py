@@ -3,7 +3,9 @@
 The band around the history's median is the widest of: k robust standard deviations (1.4826 x the median
 absolute deviation), an absolute floor and a relative floor (a share of the median). The floors keep a perfectly
 steady history (MAD 0) from flagging a one-row difference; a drop to zero of a count that never was zero is
-flagged whatever the band, so a volatile history cannot hide it. Plain Python: a few numbers per measure.
+flagged whatever the band, so a volatile history cannot hide it. A field's type mix (type -> share) is judged by its
+total-variation distance from the history's median shares, against the history's own distances from them.
+Plain Python: a few numbers per measure.
 """
 
 import statistics
@@ -26,6 +28,7 @@ class Verdict:
     median: float | None = None
     low: float | None = None
     high: float | None = None
+    value: float | None = None  # what was judged, when not the value given (a type mix's distance)
 
     def detail(self) -> str:
         if self.anomalous is None:
@@ -50,3 +53,26 @@ def detect(history: list[float], value: float, *, floor: float, count: bool = Fa
 def share_floor(rows: int) -> float:
     """The least change of a share over a batch of `rows` that may count: two rows' worth, at least SHARE_FLOOR."""
     return max(SHARE_FLOOR, 2 / rows) if rows else 1.0
+
+
+def distance(mix: dict[str, float], reference: dict[str, float]) -> float:
+    """Total-variation distance of two type mixes (type -> share): the share of values whose type would have to
+    change for one to become the other, 0 to 1."""
+    return 0.5 * sum(abs(mix.get(kind, 0.0) - reference.get(kind, 0.0)) for kind in {*mix, *reference})
+
+
+def detect_mix(history: list[dict[str, float]], mix: dict[str, float], *, floor: float,
+               min_history: int = MIN_HISTORY_RUNS) -> Verdict:
+    """The verdict on a field's type mix against its history: its distance from the history's median shares (each
+    type's median) beyond the widest of the history's own typical distance from them plus k robust standard
+    deviations of those distances, and floor (share_floor()). median, low and high: of the distance."""
+    if len(history) < min_history:
+        return Verdict(None)
+    median_mix = {kind: statistics.median(past.get(kind, 0.0) for past in history)
+                  for kind in {kind for past in history for kind in past} | set(mix)}
+    past = [distance(entry, median_mix) for entry in history]
+    typical = statistics.median(past)
+    spread = MAD_TO_SIGMA * statistics.median(abs(item - typical) for item in past)
+    allowed = max(typical + SENSITIVITY * spread, floor)
+    moved = distance(mix, median_mix)
+    return Verdict(moved > allowed, typical, 0.0, allowed, moved)

@@ -15,7 +15,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from sluice import http_client, mapping, progress
+from sluice import http_client, mapping, progress, type_mix
 from sluice.errors import SourceError
 from sluice.json_stream import Item, JSONStream
 from sluice.redact import redact
@@ -163,13 +163,17 @@ def fetch(
     records_path: str = "",
     pagination: Pagination = Pagination(),
     name: str = SOURCE,
+    type_fields: dict | None = None,
 ) -> StageCounts:
     """Fetch every page starting at url and stage its records; raises SourceError on any incomplete read.
 
     Next URLs (links or body fields) stay on url's origin, or go to allowed_hosts (SLUICE_API_ALLOWED_HOSTS)
-    without the session's credentials; one anywhere else fails the source before any request is sent there."""
+    without the session's credentials; one anywhere else fails the source before any request is sent there.
+    type_fields: the fields (name -> path) whose JSON types the staged records are tallied by (sluice.type_mix), into
+    the counts' json_types; None: not tallied."""
     writer = StageWriter(out, run_id, name)
     counts = StageCounts(source=name, uri=uri)
+    tally = type_mix.Tally(type_fields) if type_fields else None
     pager = _Pager(pagination, url, params or {}, http_client.Origins.of(url, allowed_hosts))
     since = f" with {', '.join(f'{key}={value}' for key, value in params.items())}" if params else ""
     log.info("%s", redact(f"{name}: fetching {url}{since}"))
@@ -197,7 +201,7 @@ def fetch(
                 if first is None:
                     first = record
                 last = record
-                _stage_record(writer, counts, record, field_map["source_id"], tracker)
+                _stage_record(writer, counts, record, field_map["source_id"], tracker, tally)
         tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
         items = counts.records + counts.problems - before
         counted = {}
@@ -208,14 +212,18 @@ def fetch(
                                 _record_key(last, field_map["source_id"]))}
         request = pager.after(response.url, where, link=link, body_next=found.get("next"), items=items, **counted)
         counts.whole_read = pager.whole_read
+    if tally is not None:
+        counts.json_types = tally.counts
     tracker.finish(f"fetched {progress.count(counts.pages)} pages ({progress.size(counts.bytes)}), staged "
                    f"{progress.count(counts.records)} records, quarantined "
                    f"{progress.reasons(counts.problems, writer.first_problems)}")
     return counts
 
 
-def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field: str, tracker) -> None:
-    """Stage one record as its own text (the raw table keeps what the source said); a problem keeps that text too."""
+def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field: str, tracker,
+                  tally: "type_mix.Tally | None" = None) -> None:
+    """Stage one record as its own text (the raw table keeps what the source said); a problem keeps that text too.
+    tally: the batch's type mix, which counts each record staged."""
     record, text = item
     record_no = counts.records + counts.problems + 1
     if record_no % progress.CHECK_EVERY == 0:
@@ -227,7 +235,10 @@ def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field
         if problem:
             writer.problem(record_no, None, f"record {record_no}: {problem}", text)
         else:
+            staged = writer.records
             writer.record_text(record_no, source_id, text, where=f"record {record_no}")
+            if tally is not None and writer.records > staged:
+                tally.add(record)
     writer.tally(counts)
 
 
@@ -384,4 +395,5 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_pages=request.settings.max_pages, max_bytes=request.settings.max_bytes,
                  params=since, allowed_hosts=request.settings.api_allowed_hosts, records_path=source.records_path,
-                 pagination=source.pagination, name=source.name)
+                 pagination=source.pagination, name=source.name,
+                 type_fields=type_mix.paths(source) if source.anomalies.enabled else None)

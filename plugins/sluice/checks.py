@@ -1,9 +1,10 @@
 """Data quality checks a catalog entry declares (`checks:`), and the anomaly detection every source gets.
 
-Row-level checks (ROW_CHECKS) are rules of a field: sluice.rules adds them to the marshmallow schema that
+Row-level checks (ROW_CHECKS) are rules of a field: sluice.rules adds the `error` ones to the marshmallow schema that
 normalizes each record, so a record that fails one is quarantined into rejected_records with the check as its
-reason. Batch-level checks (BATCH_CHECKS) are verdicts on a whole batch, measured by sluice.quality before the
-upsert publishes anything. Everything here is checked with the catalog, before any source is read.
+reason; a `warn` one is counted by sluice.quality over the batch's normalized rows (the record loads). Batch-level
+checks (BATCH_CHECKS) are verdicts on a whole batch, measured by sluice.quality before the upsert publishes anything.
+Everything here is checked with the catalog, before any source is read.
 """
 
 import datetime
@@ -56,6 +57,11 @@ class Check:
     def row_level(self) -> bool:
         return self.check in ROW_CHECKS
 
+    @property
+    def quarantines(self) -> bool:
+        """A row-level error check: a rule of the normalization schema, whose failing records are quarantined."""
+        return self.row_level and self.severity == "error"
+
     def threshold(self) -> str:
         """The bound as results show it: '<= 0.05', '10..1000', 'in [a, b]', 'unique'."""
         if self.check == "accepted_values":
@@ -101,11 +107,6 @@ class Check:
         severity = value.get("severity", "error")
         if severity not in SEVERITIES:
             raise InvalidSource(f"{where}: severity must be warn or error, got {severity!r}")
-        if kind in ROW_CHECKS and severity == "warn":
-            # a row-level check quarantines the records that fail it; a share that only warns is a batch check
-            raise InvalidSource(f"{where}: a row-level check quarantines each record that fails it, so its severity "
-                                "is error; to be warned of a share of records instead, declare a batch check (a "
-                                "null_rate with max 0 for not_null)")
         found = cls(kind, severity=severity, **{name: value[name] for name in ("field", "regex", "max_age")
                                                  if name in value})
         kwargs = {}

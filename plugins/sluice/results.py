@@ -65,6 +65,9 @@ class Stored(StepResult):
     whole_read: bool = True  # the read had every record the source holds (Ingested.whole_read): it may delete
     # the newest value of the source's cursor field stored, as the source spelled it (None: no cursor, or no time)
     last_cursor: str | None = None
+    # per field, its present values' JSON types counted as the reader staged them (Ingested.json_types), for the
+    # quality gate's type mix; {} when not measured
+    json_types: dict = field(default_factory=dict)
 
     @property
     def written(self) -> int:

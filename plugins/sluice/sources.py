@@ -277,10 +277,12 @@ class Source:
 
     @functools.cached_property
     def normalization(self):
-        """The normalization rules of this source's mapping and declared fields (sluice.rules.Normalization)."""
+        """The normalization rules of this source's mapping and declared fields (sluice.rules.Normalization), with
+        its row-level error checks: a warn one changes no row (sluice.quality counts it), so it is neither a rule nor
+        part of the input key, and the SQL fast path stays on."""
         from sluice import rules
 
-        return rules.Normalization(self.mapping, self.fields, [check for check in self.checks if check.row_level])
+        return rules.Normalization(self.mapping, self.fields, [check for check in self.checks if check.quarantines])
 
     def reader(self) -> ModuleType:
         """The module that reads this source's kind (see the module docstring)."""

@@ -16,7 +16,7 @@ import pathlib
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from sluice.progress import REASONS_SHOWN
@@ -69,6 +69,9 @@ class StageCounts:
     # the read had every record the source holds, so the rows whose records it lacks are gone (delete_missing);
     # False when it ended short of the source's own count
     whole_read: bool = True
+    # per mapped or declared field, its present values' JSON types counted (sluice.type_mix; {}: not measured, as for
+    # a CSV source, whose values are all text)
+    json_types: dict = field(default_factory=dict)
 
 
 class StageWriter:

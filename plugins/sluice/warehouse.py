@@ -98,7 +98,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
               ids_ascending: bool = False, whole_read: bool = True,
-              contract: Source | None = None, cursor_field: str | None = None) -> Stored:
+              contract: Source | None = None, cursor_field: str | None = None,
+              json_types: dict | None = None) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -115,7 +116,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     against its declarations and recorded before the raw upsert (sluice.contracts), and a batch its frozen
     schema_contract refuses fails here, writing nothing (None: not checked, for a caller loading by hand).
     cursor_field: the source's time cursor field, whose newest value among the stored records the result carries
-    to the checkpoint.
+    to the checkpoint. json_types: the reader's type mix of the batch (StageCounts.json_types), carried to the gate.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -166,7 +167,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq, "wrote": inserted + updated > 0})
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
                         rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id,
-                        whole_read=whole_read, last_cursor=last_cursor)
+                        whole_read=whole_read, last_cursor=last_cursor, json_types=json_types or {})
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
@@ -384,7 +385,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                     "normalize")
         (raw_written_since,) = _count(conn, "raw_written_since", keys)
         (has_rows,) = _count(conn, "source_has_rows", keys)
-        batch = gate.measure(conn, keys) if gate else {}
+        batch = gate.measure(conn, keys, normalized=normalized, live_before=live_before,
+                             incoming=incoming) if gate else {}
         report = None
         with conn.transaction() as publish:  # a savepoint: a held batch rolls back what it would publish
             # new rows, not incoming ones, decide: a full refresh or a mapping change over an unchanged warehouse
