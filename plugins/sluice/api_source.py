@@ -163,13 +163,15 @@ def fetch(
     records_path: str = "",
     pagination: Pagination = Pagination(),
     name: str = SOURCE,
+    typer=None,
 ) -> StageCounts:
     """Fetch every page starting at url and stage its records; raises SourceError on any incomplete read.
 
     Next URLs (links or body fields) stay on url's origin, or go to allowed_hosts (SLUICE_API_ALLOWED_HOSTS)
-    without the session's credentials; one anywhere else fails the source before any request is sent there."""
+    without the session's credentials; one anywhere else fails the source before any request is sent there.
+    typer (rules.AttributeTyper): the source's declared fields, typed into each staged line."""
     writer = StageWriter(out, run_id, name)
-    counts = StageCounts(source=name, uri=uri)
+    counts = StageCounts(source=name, uri=uri, attributes_key=typer and typer.key)
     pager = _Pager(pagination, url, params or {}, http_client.Origins.of(url, allowed_hosts))
     since = f" with {', '.join(f'{key}={value}' for key, value in params.items())}" if params else ""
     log.info("%s", redact(f"{name}: fetching {url}{since}"))
@@ -197,7 +199,7 @@ def fetch(
                 if first is None:
                     first = record
                 last = record
-                _stage_record(writer, counts, record, field_map["source_id"], tracker)
+                _stage_record(writer, counts, record, field_map["source_id"], tracker, typer)
         tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
         items = counts.records + counts.problems - before
         counted = {}
@@ -214,7 +216,7 @@ def fetch(
     return counts
 
 
-def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field: str, tracker) -> None:
+def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field: str, tracker, typer) -> None:
     """Stage one record as its own text (the raw table keeps what the source said); a problem keeps that text too."""
     record, text = item
     record_no = counts.records + counts.problems + 1
@@ -227,7 +229,8 @@ def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field
         if problem:
             writer.problem(record_no, None, f"record {record_no}: {problem}", text)
         else:
-            writer.record_text(record_no, source_id, text, where=f"record {record_no}")
+            writer.record_text(record_no, source_id, text, where=f"record {record_no}",
+                               attributes=typer and typer.record(record))
     writer.tally(counts)
 
 
@@ -384,4 +387,4 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_pages=request.settings.max_pages, max_bytes=request.settings.max_bytes,
                  params=since, allowed_hosts=request.settings.api_allowed_hosts, records_path=source.records_path,
-                 pagination=source.pagination, name=source.name)
+                 pagination=source.pagination, name=source.name, typer=source.normalization.typer)

@@ -125,7 +125,7 @@ def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_i
             conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
             fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
             ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read, contract=source,
-            cursor_field=cursor_field)
+            cursor_field=cursor_field, attributes_key=ingested.attributes_key)
 
 
 def store_replay(conn, source: Source, *, run_id: str, settings: Settings) -> Stored:

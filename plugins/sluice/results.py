@@ -65,6 +65,8 @@ class Stored(StepResult):
     whole_read: bool = True  # the read had every record the source holds (Ingested.whole_read): it may delete
     # the newest value of the source's cursor field stored, as the source spelled it (None: no cursor, or no time)
     last_cursor: str | None = None
+    # the input key of the rules that typed the staged attributes (Ingested.attributes_key; None: none typed)
+    attributes_key: str | None = None
 
     @property
     def written(self) -> int:

@@ -98,7 +98,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
               fetch_seq: int | None = None, bulk_rows: int = BULK_ROWS,
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
               ids_ascending: bool = False, whole_read: bool = True,
-              contract: Source | None = None, cursor_field: str | None = None) -> Stored:
+              contract: Source | None = None, cursor_field: str | None = None,
+              attributes_key: str | None = None) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -115,7 +116,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     against its declarations and recorded before the raw upsert (sluice.contracts), and a batch its frozen
     schema_contract refuses fails here, writing nothing (None: not checked, for a caller loading by hand).
     cursor_field: the source's time cursor field, whose newest value among the stored records the result carries
-    to the checkpoint.
+    to the checkpoint. attributes_key: the input key of the rules that typed the staged attributes
+    (StageCounts.attributes_key), which normalize compares with its own before it loads them.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -166,7 +168,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq, "wrote": inserted + updated > 0})
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
                         rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id,
-                        whole_read=whole_read, last_cursor=last_cursor)
+                        whole_read=whole_read, last_cursor=last_cursor, attributes_key=attributes_key)
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
@@ -266,15 +268,16 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
         _check_work(source, run_id, "staged_records", staged_rows, stored and stored.stored, "store_raw")
         declared = declarations.declare(conn, source, normalization.fields, normalization.input_key, run_id=run_id)
         params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh, "replay": replay,
-                  "fast_path": normalization.fast_path, **normalization.fast_path_params}
+                  "fast_path": normalization.fast_path, "declares_fields": bool(normalization.fields),
+                  "staged_attributes": _staged_attributes(conn, keys, normalization, stored),
+                  **normalization.fast_path_params}
         conn.execute(q("create_slow_candidates"))
-        attributes = _fast_attributes(len(normalization.fields))
-        (fast,) = conn.execute(_normalize_fast(sql.SQL(q("staged_candidates")), attributes),
+        (fast,) = conn.execute(_normalize_fast(sql.SQL(q("staged_candidates"))),
                                {**params, "from_raw": False}).fetchone()
         renormalized_fast = 0
         if declared.renormalize or replay:
             candidates = sql.SQL(q("raw_candidates")).format(raw_table=sql.Identifier(raw_table(source, kind)))
-            (renormalized_fast,) = conn.execute(_normalize_fast(candidates, attributes),
+            (renormalized_fast,) = conn.execute(_normalize_fast(candidates),
                                                 {**params, "from_raw": True}).fetchone()
         conn.execute(q("analyze_normalized_stage"))
         validating = progress.Progress(log, source, "validating the records the fast path left",
@@ -313,28 +316,19 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
     return result
 
 
-def _fast_attributes(count: int) -> sql.Composable:
-    """normalize_fast's {attributes} for a source with `count` declared fields, numbered as
-    rules.Normalization.fast_path_params numbers them."""
-    if not count:
-        return sql.SQL(q("no_attributes")).format()
-
-    def each(fragment: str, joiner: str) -> sql.Composed:
-        return sql.SQL(joiner).join(
-            sql.SQL(q(fragment)).format(
-                path=sql.Placeholder(f"attribute_path_{i}"), type=sql.Placeholder(f"attribute_type_{i}"),
-                name=sql.Placeholder(f"attribute_name_{i}"), required=sql.Placeholder(f"attribute_required_{i}"),
-                value=sql.Identifier(f"v{i}"), kind=sql.Identifier(f"k{i}"), text=sql.Identifier(f"t{i}"))
-            for i in range(count))
-
-    return sql.SQL(q("fast_attributes")).format(
-        lookups=each("fast_attribute_lookup", ", "), readings=each("fast_attribute_reading", ", "),
-        typed=each("fast_attribute_typed", ", "), decided=each("fast_attribute_decided", " and "),
-        pairs=each("fast_attribute_pair", ", "))
+def _staged_attributes(conn, keys: dict, normalization: rules.Normalization, stored: Stored | None) -> bool:
+    """Whether the run's staged attributes are the declared fields as normalization types them: typed by ingest
+    with the same input key (the rules, the fields, their order). Otherwise (other rules at ingest, as when the
+    evolve contract loads a field first recorded by this run's store_raw) every record is the schema's."""
+    if normalization.typer is None:
+        return False
+    if stored is None and (recorded := _recorded_result(conn, keys, "store_raw")) is not None:
+        stored = Stored.from_xcom(recorded)
+    return stored is not None and stored.attributes_key == normalization.typer.key
 
 
-def _normalize_fast(candidates: sql.Composable, attributes: sql.Composable) -> sql.Composed:
-    return sql.SQL(q("normalize_fast")).format(candidates=candidates, attributes=attributes)
+def _normalize_fast(candidates: sql.Composable) -> sql.Composed:
+    return sql.SQL(q("normalize_fast")).format(candidates=candidates)
 
 
 def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
