@@ -171,10 +171,12 @@ language sql immutable parallel safe as $$
                 offset 0) f
           offset 0) t
     where sluice_fast_text_ok(t.source_id_kind, t.source_id, edge_space)
-      and sluice_fast_text_ok(t.name_kind, t.name, edge_space)
+      -- a name or value the mapping does not map is null, as the schema has it (a customers file has no value)
+      and (name_field is null or sluice_fast_text_ok(t.name_kind, t.name, edge_space))
       -- a plain decimal of at most 32 characters: PostgreSQL and Python both round it to the same double
-      and t.value_kind in ('string', 'number') and length(t.value) <= 32
-      and t.value ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$'
+      and (value_field is null
+           or (t.value_kind in ('string', 'number') and length(t.value) <= 32
+               and t.value ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$'))
       and (t.description_kind is null or t.description_kind = 'null'
            or (t.description_kind = 'string' and t.description = '')
            or sluice_fast_text_ok(t.description_kind, t.description, edge_space))

@@ -148,11 +148,12 @@ select set_config('enable_nestloop', 'off', true);
 select sluice_restore_indexes(%(table)s::regclass);
 
 -- name: analyze_staged
--- fresh statistics after a bulk load, so the joins that follow get hash plans, not nested loops
-analyze staged_records;
+-- fresh statistics after a bulk load, so the joins that follow get hash plans, not nested loops: of the columns
+-- the steps filter and join on only (the payloads' and attributes' statistics would cost their sampling, unused)
+analyze staged_records (run_id, source, source_id, problem, content_hash);
 
 -- name: analyze_normalized_stage
-analyze normalized_stage;
+analyze normalized_stage (run_id, source, source_id, raw_hash, from_raw);
 
 -- name: count_staged
 select count(*) from staged_records where run_id = %(run_id)s and source = %(source)s;

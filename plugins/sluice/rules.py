@@ -10,7 +10,6 @@ import functools
 import hashlib
 import json
 import math
-import operator
 import re
 import sys
 from collections.abc import Mapping
@@ -147,6 +146,8 @@ class Integer(_Typed):
                               "range": "{value} is out of the 64-bit integer range"}
 
     def _typed_text(self, value, text):
+        if len(text) < 19 and text.isascii() and text.isdigit():
+            return int(text)  # the common case: fewer than 19 ASCII digits are within 64 bits
         if not _INTEGER.fullmatch(text):
             raise self.make_error("invalid", value=_shown(value))
         if len(text.lstrip("+-").lstrip("0")) > 19:  # beyond 64 bits, and no 5,000-digit int() for it
@@ -473,6 +474,7 @@ class AttributeTyper:
 
     def __init__(self, normalization: "Normalization"):
         self.key = normalization.input_key
+        self._specs = normalization.fields
         # per field: its key in the object, its path, its reading (what field.deserialize does for a present value
         # of a field without validators: no checks here) and whether it is required
         self._fields = [(f"{json.dumps(name)}:", spec.path, field._deserialize, field.required)
@@ -512,11 +514,31 @@ class AttributeTyper:
 
     def row_reader(self, header: list[str]):
         """record() for rows of a CSV with this header, a list of strings each: a field whose path is no column is
-        missing (a dotted path cannot enter a string)."""
-        fields = self._fields
-        columns = [header.index(path) if path in header else None for _, path, _, _ in fields]
-        build, missing = self._object, mapping.MISSING
-        if None in columns:
-            return lambda row: build([missing if index is None else row[index] for index in columns], fields)
-        getter = operator.itemgetter(*columns, columns[0])  # a tuple however many columns
-        return lambda row: build(getter(row), fields)
+        missing (a dotted path cannot enter a string). Every value being a string, each field's reading gives one
+        type (or None), written by its type's writer (_CSV_WRITERS) without looking at it."""
+        plan = []
+        for (prefix, path, read, required), (name, spec) in zip(self._fields, self._specs.items()):
+            if path in header:
+                plan.append((prefix, header.index(path), read, _CSV_WRITERS[spec.type]))
+            elif required:
+                return lambda row: None  # a required field no row has: the schema rejects every record
+            else:
+                plan.append((prefix, None, None, None))
+
+        def attributes(row: list[str]) -> str | None:
+            parts = []
+            try:
+                for prefix, index, read, write in plan:
+                    typed = None if index is None else read(row[index], None, None)
+                    parts.append(prefix + ("null" if typed is None else write(typed)))
+            except ValidationError:
+                return None
+            return "{" + ",".join(parts) + "}"
+
+        return attributes
+
+
+# what the field of each type reads from a string, as JSON text (timestamps and dates are ASCII digits, '-', ':',
+# 'T', '.' and 'Z', which JSON need not escape)
+_CSV_WRITERS = {"text": encode_basestring, "integer": str, "numeric": str, "boolean": lambda value: "true" if value
+                else "false", "timestamp": '"{}"'.format, "date": '"{}"'.format, "json": encode_basestring}
