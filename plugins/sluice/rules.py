@@ -517,25 +517,28 @@ class AttributeTyper:
         missing (a dotted path cannot enter a string). Every value being a string, each field's reading gives one
         type (or None), written by its type's writer (_CSV_WRITERS) without looking at it."""
         plan = []
-        for (prefix, path, read, required), (name, spec) in zip(self._fields, self._specs.items()):
+        for (prefix, path, read, required), spec in zip(self._fields, self._specs.values()):
             if path in header:
-                plan.append((prefix, header.index(path), read, _CSV_WRITERS[spec.type]))
+                plan.append((header.index(path), read, _CSV_WRITERS[spec.type]))
             elif required:
                 return lambda row: None  # a required field no row has: the schema rejects every record
             else:
-                plan.append((prefix, None, None, None))
+                plan.append((0, _absent, str))
+        template = "{" + ",".join(f"{prefix}%s" for prefix, _, _, _ in self._fields) + "}"
 
         def attributes(row: list[str]) -> str | None:
-            parts = []
             try:
-                for prefix, index, read, write in plan:
-                    typed = None if index is None else read(row[index], None, None)
-                    parts.append(prefix + ("null" if typed is None else write(typed)))
+                return template % tuple([write(typed) if (typed := read(row[index], None, None)) is not None
+                                         else "null" for index, read, write in plan])
             except ValidationError:
                 return None
-            return "{" + ",".join(parts) + "}"
 
         return attributes
+
+
+def _absent(value, attr, data) -> None:
+    """The reading of a field whose path is no column of the CSV: missing."""
+    return None
 
 
 # what the field of each type reads from a string, as JSON text (timestamps and dates are ASCII digits, '-', ':',
