@@ -524,7 +524,7 @@ class AttributeTyper:
                 return lambda row: None  # a required field no row has: the schema rejects every record
             else:
                 plan.append((0, _absent, str))
-        template = "{" + ",".join(f"{prefix}%s" for prefix, _, _, _ in self._fields) + "}"
+        template = "{" + ",".join(f"{prefix.replace('%', '%%')}%s" for prefix, _, _, _ in self._fields) + "}"
 
         def attributes(row: list[str]) -> str | None:
             try:
