@@ -242,8 +242,9 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
               replay: bool = False) -> Normalized:
     """Validate the run's changed records; good ones to normalized_stage, bad ones quarantined with a reason.
 
-    The set-based fast path takes the records it can decide in SQL; every other record goes through the
-    marshmallow schema, which alone writes reject reasons. stored: what store_raw wrote (its count is checked).
+    The set-based fast path takes the records it can decide in SQL, with the declared fields ingest typed into the
+    staged attributes (rules.AttributeTyper; used only when typed with this normalization's input key); every other
+    record goes through the marshmallow schema, which alone writes reject reasons. stored: what store_raw wrote (its count is checked).
     The source's declaration is recorded first (sluice.declarations: its fields, its typed view): when its input
     key changed since the source was last normalized, the stored raw records the run did not fetch whose rows came
     from another input are normalized again too (from the raw table of its kind), marked from_raw.
