@@ -17,7 +17,7 @@ import psycopg2
 from psycopg2 import sql
 
 from bench.database import Server
-from sluice import queries, warehouse
+from sluice import queries, scope_key, warehouse
 from webapp import attributes, create_app, db
 
 SOURCES = ("customers", "orders", "events")
@@ -27,11 +27,14 @@ REQUESTS = ["plan=eq.plan7", "plan=eq.plan7&count=none", "plan=in.(plan7,plan8)"
             "email=eq.user3000@example.com", "seats=gte.990", "seats=gte.990&count=none",
             "signup=lt.2025-01-02", "order=seats.desc&count=none", "order=mrr.asc&plan=eq.plan7&count=none"]
 INDEX = "normalized_data_attributes_idx"
+# the read API signs its scopes with a key the warehouse keeps (migration 018): one per bench run
+SCOPE_KEY = scope_key.generate()
 
 
 def fill(url: str, rows: int) -> None:
     with psycopg.connect(url) as conn:
         warehouse.apply_schema(conn)
+        scope_key.install(conn, SCOPE_KEY)
     with psycopg2.connect(url) as conn, conn.cursor() as cursor:
         cursor.execute(
             "insert into normalized_data (source, source_id, created_at, updated_at, first_seen_run_id,"
@@ -81,7 +84,8 @@ def plan(url: str, request: str) -> str:
 
 
 def latencies(url: str, repeat: int) -> dict[str, float]:
-    app = create_app({"DATABASE_URL": url, "STATEMENT_TIMEOUT_MS": 60_000, "AUTH": "none"})  # the queries' cost
+    app = create_app({"DATABASE_URL": url, "STATEMENT_TIMEOUT_MS": 60_000, "AUTH": "none",  # the queries' cost
+                      "SCOPE_KEY": SCOPE_KEY})
     client = app.test_client()
     result = {}
     for request in REQUESTS:

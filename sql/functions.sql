@@ -171,134 +171,15 @@ language sql immutable parallel safe as $$
                 offset 0) f
           offset 0) t
     where sluice_fast_text_ok(t.source_id_kind, t.source_id, edge_space)
-      and sluice_fast_text_ok(t.name_kind, t.name, edge_space)
+      -- a name or value the mapping does not map is null, as the schema has it (a customers file has no value)
+      and (name_field is null or sluice_fast_text_ok(t.name_kind, t.name, edge_space))
       -- a plain decimal of at most 32 characters: PostgreSQL and Python both round it to the same double
-      and t.value_kind in ('string', 'number') and length(t.value) <= 32
-      and t.value ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$'
+      and (value_field is null
+           or (t.value_kind in ('string', 'number') and length(t.value) <= 32
+               and t.value ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$'))
       and (t.description_kind is null or t.description_kind = 'null'
            or (t.description_kind = 'string' and t.description = '')
            or sluice_fast_text_ok(t.description_kind, t.description, edge_space))
-$$;
-
--- The fast path of a declared field (rules.FIELD_CLASSES defines the rules): the value as attributes keep it,
--- jsonb null when it is missing (absent, null, ''), and SQL null when the fast path cannot decide: the record goes
--- to the schema, which types it or writes the reason. No input can make these raise: a cast is reached only by
--- text that is sure to fit it (no pg_input_is_valid, which PostgreSQL 15 lacks).
-create or replace function sluice_days_in_month(y integer, m integer) returns integer
-language sql immutable parallel safe as $$
-    select case when m = 2 then case when (y % 4 = 0 and y % 100 <> 0) or y % 400 = 0 then 29 else 28 end
-                when m in (4, 6, 9, 11) then 30 else 31 end
-$$;
-
--- YYYY-MM-DD naming a real day, years 0001-9999 as Python's date
-create or replace function sluice_fast_date_ok(t text) returns boolean language sql immutable parallel safe as $$
-    select case when length(t) = 10 and t ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
-                then substr(t, 1, 4) <> '0000' and substr(t, 6, 2) between '01' and '12' and substr(t, 9, 2) <> '00'
-                     and substr(t, 9, 2)::integer <= sluice_days_in_month(substr(t, 1, 4)::integer,
-                                                                          substr(t, 6, 2)::integer)
-                else false end
-$$;
-
--- a UTC time as attributes keep it: the fraction only when not zero
-create or replace function sluice_utc_text(ts timestamp) returns jsonb language sql stable parallel safe as $$
-    select to_jsonb(to_char(ts, 'YYYY-MM-DD"T"HH24:MI:SS')
-                    || case when date_part('microseconds', ts)::bigint % 1000000 <> 0 then to_char(ts, '.US') else '' end
-                    || 'Z')
-$$;
-
--- the rest of a time sluice_fast_timestamp (below) reads, whose date, hours and minutes it checked: body, the seconds and fraction as written
--- (':SS[.f]' or nothing); zone, the offset as written ('', 'Z' or '±HH:MM')
-create or replace function sluice_fast_time(t text, body text, zone text) returns jsonb
-language sql stable parallel safe as $$
-    select case when translate(body, '0123456789', '9999999999')
-                     in ('', ':99', ':99.9', ':99.99', ':99.999', ':99.9999', ':99.99999', ':99.999999')
-                     and (body = '' or substr(body, 2, 2) <= '59')
-                then case when zone in ('', 'Z', '+00:00', '-00:00')
-                               then to_jsonb(left(t, 10) || 'T' || substr(t, 12, 5) || ':'
-                                             || coalesce(nullif(substr(body, 2, 2), ''), '00')
-                                             || case when rtrim(substr(body, 5), '0') <> ''
-                                                     then '.' || rpad(substr(body, 5), 6, '0') else '' end
-                                             || 'Z')
-                          when translate(zone, '0123456789', '9999999999') in ('+99:99', '-99:99')
-                               and substr(zone, 2, 2) <= '14' and right(zone, 2) <= '59'
-                               then sluice_utc_text((left(t, 16) || body || zone)::timestamptz at time zone 'UTC')
-                     end
-           end
-$$;
-
--- An ISO 8601 date-time in the common forms, as YYYY-MM-DDTHH:MM:SS[.ffffff]Z in UTC (rules.Timestamp): at most
--- six fraction digits (no rounding), no leap second, offsets within ±14:59 (PostgreSQL reads up to ±15:59),
--- years 1001-9998 (so UTC is four digits too). Shapes are checked with translate() (digits to 9), not a regular
--- expression, which cost twice as much as everything else here; a time in UTC (Z, no offset, ±00:00) is written
--- out by string operations, any other offset goes through timestamptz. Stable, not immutable: text to timestamptz
--- is, even with the offset given (one without is read as UTC, so TimeZone never matters).
-create or replace function sluice_fast_timestamp(t text) returns jsonb language sql stable parallel safe as $$
-    -- already as attributes keep it (the common case): one shape test of the whole value, then byte-wise ("C")
-    -- range checks of its parts, a day past 28 only checked against its month
-    select case when length(t) = 20 and translate(t, '0123456789', '9999999999') = '9999-99-99T99:99:99Z'
-                     and left(t, 4) collate "C" between '1001' and '9998'
-                     and substr(t, 6, 2) collate "C" between '01' and '12'
-                     and substr(t, 9, 2) collate "C" <> '00'
-                     and (substr(t, 9, 2) collate "C" <= '28'
-                          or substr(t, 9, 2)::integer <= sluice_days_in_month(left(t, 4)::integer,
-                                                                              substr(t, 6, 2)::integer))
-                     and substr(t, 12, 2) collate "C" <= '23' and substr(t, 15, 2) collate "C" <= '59'
-                     and substr(t, 18, 2) collate "C" <= '59'
-                then to_jsonb(t)
-                when length(t) between 16 and 32
-                     and translate(left(t, 16), '0123456789', '9999999999') in ('9999-99-99T99:99', '9999-99-99 99:99')
-                then case when substr(t, 1, 4) between '1001' and '9998' and substr(t, 6, 2) between '01' and '12'
-                               and substr(t, 9, 2) <> '00'
-                               and substr(t, 9, 2)::integer <= sluice_days_in_month(substr(t, 1, 4)::integer,
-                                                                                    substr(t, 6, 2)::integer)
-                               and substr(t, 12, 2) <= '23' and substr(t, 15, 2) <= '59'
-                          then case
-                                    when right(t, 1) = 'Z'
-                                        then sluice_fast_time(t, substr(t, 17, length(t) - 17), 'Z')
-                                    when length(t) >= 22 and substr(t, length(t) - 5, 1) in ('+', '-')
-                                        then sluice_fast_time(t, substr(t, 17, length(t) - 22), right(t, 6))
-                                    else sluice_fast_time(t, substr(t, 17), '') end
-                     end
-           end
-$$;
-
--- v: the looked-up value (sluice_lookup), kind its jsonb_typeof, t its text (#>> '{}'); type: sources.FIELD_TYPES
-create or replace function sluice_fast_attribute(v jsonb, kind text, t text, type text, edge_space text)
-returns jsonb language sql stable parallel safe as $$
-    select case
-        when kind is null or kind = 'null' or (kind = 'string' and t = '') then 'null'::jsonb
-        when type = 'text' then case when sluice_fast_text_ok(kind, t, edge_space) then to_jsonb(t) end
-        -- at most 18 digits: within 64 bits whatever they are
-        -- digits with an optional sign first, checked by translate() (cheaper than a regular expression)
-        when type = 'integer' then case
-            when kind = 'number' then case when length(t) <= 18 and strpos(t, '.') = 0 then v end
-            when kind = 'string' then case when length(t) <= 18 and translate(substr(t, 2), '0123456789', '') = ''
-                                                and (left(t, 1) between '0' and '9'
-                                                     or (left(t, 1) in ('+', '-') and length(t) > 1))
-                                           then to_jsonb(t::bigint) end
-        end
-        -- a jsonb number is a numeric already; a string of one (digits, at most one point, a sign first) as
-        -- numeric reads it (every digit, its scale)
-        when type = 'numeric' then case
-            when kind = 'number' then v
-            -- one translate() (each costs about a microsecond): beside the digits at most a sign, then a point;
-            -- a digit somewhere (t is not only those); the sign, if any, first
-            when kind = 'string' then case when length(t) <= 40
-                                                and translate(t, '0123456789', '') in ('', '.', '+', '-', '+.', '-.')
-                                                and t not in ('.', '+', '-', '+.', '-.')
-                                                and strpos(t, '+') <= 1 and strpos(t, '-') <= 1
-                                           then to_jsonb(t::numeric) end
-        end
-        when type = 'boolean' then case
-            when kind = 'boolean' then v
-            when kind = 'string' and t in ('true', 'false', 'TRUE', 'FALSE', 'True', 'False')
-                then to_jsonb(lower(t) = 'true')
-        end
-        when type = 'timestamp' then case when kind = 'string' then sluice_fast_timestamp(t) end
-        when type = 'date' then case when kind = 'string' and sluice_fast_date_ok(t) then v end
-        -- as sent; a string with edge whitespace may be blank (missing), which the schema tells
-        when type = 'json' then case when kind <> 'string' or sluice_edge_ok(ascii(t), edge_space) then v end
-    end
 $$;
 
 -- The watermark of the read API's /data: a time at or before the updated_at of every change not yet committed.

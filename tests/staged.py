@@ -20,6 +20,8 @@ class StagedLine:
     content_hash: str | None = field(default=None, compare=False)
     # data as staged: the record's own JSON text
     text: str | None = field(default=None, compare=False, repr=False)
+    # the declared fields ingest typed (rules.AttributeTyper), as JSON text; None: none typed
+    attributes: str | None = field(default=None, compare=False, repr=False)
 
 
 def _unescape(match: re.Match) -> str:
@@ -37,15 +39,16 @@ def copy_field(text: str) -> str | None:
 
 
 def decode(staged: bytes) -> list[StagedLine]:
-    """Every staged line, checked to be UTF-8 with exactly eight tab-separated fields."""
+    """Every staged line, checked to be UTF-8 with exactly nine tab-separated fields."""
     lines = []
     for raw in staged.decode("utf-8").split("\n")[:-1]:
         assert "\r" not in raw, f"unescaped carriage return in staged line {raw!r}"
         fields = [copy_field(field) for field in raw.split("\t")]
-        assert len(fields) == 8, f"staged line has {len(fields)} fields, expected 8: {raw!r}"
-        run_id, source, record_no, source_id, data, problem, payload, content_hash = fields
+        assert len(fields) == 9, f"staged line has {len(fields)} fields, expected 9: {raw!r}"
+        run_id, source, record_no, source_id, data, problem, payload, content_hash, attributes = fields
         lines.append(StagedLine(run_id, source, int(record_no), source_id,
-                                None if data is None else json.loads(data), problem, payload, content_hash, data))
+                                None if data is None else json.loads(data), problem, payload, content_hash, data,
+                                attributes))
     assert staged.endswith(b"\n") or not staged
     return lines
 

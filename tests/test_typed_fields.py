@@ -2,8 +2,10 @@
 normalized_data.attributes and in each source's typed view (schema `sources`), rejects naming the field, a changed
 declaration re-normalizing rows the run did not fetch, and a view others depend on never dropped silently."""
 
+import csv
 import datetime
 import decimal
+import io
 import json
 import logging
 
@@ -181,3 +183,50 @@ def test_rows_renormalized_from_raw_are_not_part_of_the_read_for_deletes(pipelin
     assert pipeline.rows("select source_id from normalized_data where deleted_at is not null") == [("5",)]
     assert pipeline.rows("select source_id, seats from sources.customers order by 1") == [
         ("1", 1), ("2", 2), ("3", 3), ("4", 4)]
+
+
+VARIED_FIELDS = {"signup": "timestamp", "mrr": "numeric", "active": "boolean", "seats": "integer", "note": "text",
+                 "day": "date"}
+
+
+def varied_csv(rows: int) -> bytes:
+    """A CSV whose declared fields hold varied spellings (tests.test_fast_path.varied): offsets, fractions, exponents,
+    commas, booleans in any case, blanks and padding; one field a row, the others blank, so that each value decides
+    its record."""
+    from tests.test_fast_path import varied
+
+    columns = {name: varied(kind, rows, seed=index) for index, (name, kind) in enumerate(VARIED_FIELDS.items())}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["id", "name", *VARIED_FIELDS])
+    for n in range(rows):
+        writer.writerow([n + 1, f"item {n + 1}", *(columns[name][n] if index == n % len(VARIED_FIELDS) else ""
+                                  for index, name in enumerate(VARIED_FIELDS))])
+    return out.getvalue().encode()
+
+
+def test_ingest_typed_attributes_are_the_schemas_own_on_a_whole_run(pipeline):
+    """A run types the declared fields at ingest (rules.AttributeTyper) and loads them; a replay from raw sends every
+    record through the schema instead. Both write the same rows and the same rejects."""
+    pipeline.sources.serve_bytes("varied.csv", varied_csv(600))
+    source = {"name": "varied", "kind": "csv", "endpoint": "varied.csv", "mapping": {"source_id": "id", "name": "name"},
+              "fields": VARIED_FIELDS}
+    state, first = pipeline.run({"sources": [source]})
+    assert state == "success", first["error_message"]
+    rows = "select source_id, attributes::text, last_changed_run_id from normalized_data order by source_id"
+    rejects = "select source_id, reason from rejected_records where run_id = %s and stage = 'normalize' order by 1"
+    loaded, rejected = pipeline.rows(rows), pipeline.rows(rejects, (first["run_id"],))
+    counts = first["source_counts"]["varied"]
+    # varied values of every kind: both outcomes are there in numbers
+    assert counts["inserted"] >= 200 and counts["rejected"] >= 100 and counts["inserted"] + counts["rejected"] == 600
+    normalized = "select (result->>'fast_path')::int from etl_step_results where run_id = %s and step = 'normalize'"
+    assert pipeline.value(normalized, (first["run_id"],)) == counts["inserted"]  # every valid record typed by ingest
+
+    state, replayed = pipeline.run({"sources": [source], "replay": True})
+
+    assert state == "success", replayed["error_message"]
+    counts = replayed["source_counts"]["varied"]
+    assert (counts["renormalized_inserted"], counts["renormalized_updated"]) == (0, 0)
+    assert pipeline.rows(rows) == loaded  # not one row rewritten: the same attributes to the byte
+    assert pipeline.rows(rejects, (replayed["run_id"],)) == rejected
+    assert pipeline.value(normalized, (replayed["run_id"],)) == 0  # the schema judged every record

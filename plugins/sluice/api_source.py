@@ -164,15 +164,17 @@ def fetch(
     pagination: Pagination = Pagination(),
     name: str = SOURCE,
     type_fields: dict | None = None,
+    typer=None,
 ) -> StageCounts:
     """Fetch every page starting at url and stage its records; raises SourceError on any incomplete read.
 
     Next URLs (links or body fields) stay on url's origin, or go to allowed_hosts (SLUICE_API_ALLOWED_HOSTS)
     without the session's credentials; one anywhere else fails the source before any request is sent there.
     type_fields: the fields (name -> path) whose JSON types the staged records are tallied by (sluice.type_mix), into
-    the counts' json_types; None: not tallied."""
+    the counts' json_types; None: not tallied. typer (rules.AttributeTyper): the source's declared fields, typed
+    into each staged line."""
     writer = StageWriter(out, run_id, name)
-    counts = StageCounts(source=name, uri=uri)
+    counts = StageCounts(source=name, uri=uri, attributes_key=typer and typer.key)
     tally = type_mix.Tally(type_fields) if type_fields else None
     pager = _Pager(pagination, url, params or {}, http_client.Origins.of(url, allowed_hosts))
     since = f" with {', '.join(f'{key}={value}' for key, value in params.items())}" if params else ""
@@ -201,7 +203,7 @@ def fetch(
                 if first is None:
                     first = record
                 last = record
-                _stage_record(writer, counts, record, field_map["source_id"], tracker, tally)
+                _stage_record(writer, counts, record, field_map["source_id"], tracker, tally, typer)
         tracker.update(counts.records + counts.problems, f"{counts.pages} pages, {progress.size(counts.bytes)}")
         items = counts.records + counts.problems - before
         counted = {}
@@ -221,9 +223,9 @@ def fetch(
 
 
 def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field: str, tracker,
-                  tally: "type_mix.Tally | None" = None) -> None:
+                  tally: "type_mix.Tally | None" = None, typer=None) -> None:
     """Stage one record as its own text (the raw table keeps what the source said); a problem keeps that text too.
-    tally: the batch's type mix, which counts each record staged."""
+    tally: the batch's type mix, which counts each record staged; typer: types its declared fields into the line."""
     record, text = item
     record_no = counts.records + counts.problems + 1
     if record_no % progress.CHECK_EVERY == 0:
@@ -236,7 +238,8 @@ def _stage_record(writer: StageWriter, counts: StageCounts, item: Item, id_field
             writer.problem(record_no, None, f"record {record_no}: {problem}", text)
         else:
             staged = writer.records
-            writer.record_text(record_no, source_id, text, where=f"record {record_no}")
+            writer.record_text(record_no, source_id, text, where=f"record {record_no}",
+                               attributes=typer and typer.record(record))
             if tally is not None and writer.records > staged:
                 tally.add(record)
     writer.tally(counts)
@@ -395,5 +398,5 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_pages=request.settings.max_pages, max_bytes=request.settings.max_bytes,
                  params=since, allowed_hosts=request.settings.api_allowed_hosts, records_path=source.records_path,
-                 pagination=source.pagination, name=source.name,
+                 pagination=source.pagination, name=source.name, typer=source.normalization.typer,
                  type_fields=type_mix.paths(source) if source.anomalies.enabled else None)

@@ -341,8 +341,9 @@ def json_object(keys: list[str], row: list[str]) -> str:
 
 
 def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: str, where: str,
-               delimiter: str = ",", encoding: str = "utf-8", name: str = SOURCE) -> StageCounts:
-    """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted delimiters and newlines) and stage one line per data row."""
+               delimiter: str = ",", encoding: str = "utf-8", name: str = SOURCE, typer=None) -> StageCounts:
+    """Parse a downloaded CSV (BOM, CRLF/LF/CR, quoted delimiters and newlines) and stage one line per data row;
+    typer (rules.AttributeTyper): the source's declared fields, typed into each staged line."""
     # a UTF-8 file may start with a byte order mark, which is not part of the first column's name
     codec = codecs.lookup(encoding).name
     text_encoding = "utf-8-sig" if codec == "utf-8" else codec
@@ -356,6 +357,7 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
         id_index = header.index(field_map["source_id"])
         width = len(header)
         keys = json_keys(header)
+        typed = typer.row_reader(header) if typer is not None else None
         record_no = 0
         for line_no, row, rejected in _records(lines, width):
             if record_no % progress.CHECK_EVERY == 0:
@@ -381,11 +383,14 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
             elif "\x00" in raw:
                 writer.problem(record_no, source_id, f"line {line_no}: contains a NUL byte", raw)
             elif keys is not None:
-                writer.record_json(record_no, source_id, json_object(keys, row), line_no=line_no)
+                writer.record_json(record_no, source_id, json_object(keys, row), line_no=line_no,
+                                   attributes=typed and typed(row))
             else:
                 # columns without a name (Excel's blank padding) carry nothing a mapping can name
-                writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=f"line {line_no}")
+                writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=f"line {line_no}",
+                              attributes=typed and typed(row))
     writer.tally(counts)
+    counts.attributes_key = typer and typer.key
     blank = f", skipped {progress.count(counts.skipped_blank_lines)} blank lines" if counts.skipped_blank_lines else ""
     tracker.finish(f"staged {progress.count(counts.records)} records, quarantined "
                    f"{progress.reasons(counts.problems, writer.first_problems)}{blank}")
@@ -408,12 +413,13 @@ def fetch(
     delimiter: str = ",",
     encoding: str = "utf-8",
     name: str = SOURCE,
+    typer=None,
 ) -> StageCounts:
     path, _ = download(session, url, workdir, policy=policy, max_bytes=max_bytes, sleep=sleep,
                        allowed_hosts=allowed_hosts, name=name)
     try:
         return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{name}: {url}",
-                          delimiter=delimiter, encoding=encoding, name=name)
+                          delimiter=delimiter, encoding=encoding, name=name, typer=typer)
     finally:
         os.unlink(path)
 
@@ -428,4 +434,4 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),
                  allowed_hosts=request.settings.api_allowed_hosts, delimiter=source.delimiter,
-                 encoding=source.encoding, name=source.name)
+                 encoding=source.encoding, name=source.name, typer=source.normalization.typer)

@@ -8,6 +8,7 @@ from sluice.errors import MappingError
 
 COLUMNS = ("source_id", "name", "value", "description")
 _MISSING = object()
+MISSING = _MISSING  # what lookup gives for an absent field
 # A list index in a dotted path: a plain non-negative integer. Nine digits are plenty (a jsonb array holds
 # fewer than 2**28 items) and keep int() cheap on a hostile path.
 _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")

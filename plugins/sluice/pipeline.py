@@ -70,6 +70,8 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
         url = requests.Request("GET", url, params=bounds).prepare().url
     request = FetchRequest(session=session, url=url, run_id=run_id, uri=staged_uri, settings=settings, since=since,
                            workdir=staging.download_dir(run_id))
+    # the fields normalize will load, which the reader types into the staged lines (rules.AttributeTyper)
+    source = loaded_fields(conn, source)
     with open_file(staged_uri, "wb") as target:
         out = staging.Blocks(target)
         counts = source.reader().stage(source, request, out)
@@ -125,7 +127,7 @@ def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_i
             conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
             fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
             ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read, contract=source,
-            cursor_field=cursor_field, json_types=ingested.json_types)
+            cursor_field=cursor_field, json_types=ingested.json_types, attributes_key=ingested.attributes_key)
 
 
 def store_replay(conn, source: Source, *, run_id: str, settings: Settings) -> Stored:
@@ -155,15 +157,23 @@ def normalize(conn, source: Source, stored: Stored, *, run_id: str, settings: Se
     """Validate and map the source's stored records that changed with the source's rules; under the evolve
     schema contract, its undeclared fields recorded so far are loaded too, as json fields (sluice.contracts).
     replay: every record stored in the source's raw table instead (sluice.replay)."""
-    if source.schema_contract == "evolve":
-        evolved = contracts.evolved_fields(conn, source)
-        log.info("%s: schema_contract evolve loads %d undeclared fields as json%s", source.name, len(evolved),
-                 "".join(f"{', ' if index else ': '}{name} (from {spec.path!r})"
-                         for index, (name, spec) in enumerate(evolved.items())))
-        source = dataclasses.replace(source, fields={**source.fields, **evolved})
+    source = loaded_fields(conn, source, report=True)
     return warehouse.normalize(conn, source.name, source.normalization, run_id=run_id, full_refresh=full_refresh,
                                lock_timeout_seconds=settings.lock_timeout_seconds, stored=stored, kind=source.kind,
                                replay=replay)
+
+
+def loaded_fields(conn, source: Source, *, report: bool = False) -> Source:
+    """The source with the fields its records load: under the evolve schema contract, its undeclared fields
+    recorded so far too, as json fields (sluice.contracts); report: say which in the log."""
+    if source.schema_contract != "evolve":
+        return source
+    evolved = contracts.evolved_fields(conn, source)
+    if report:
+        log.info("%s: schema_contract evolve loads %d undeclared fields as json%s", source.name, len(evolved),
+                 "".join(f"{', ' if index else ': '}{name} (from {spec.path!r})"
+                         for index, (name, spec) in enumerate(evolved.items())))
+    return dataclasses.replace(source, fields={**source.fields, **evolved})
 
 
 def upsert(conn, source: Source, stored: Stored, normalized: Normalized, *, run_id: str, settings: Settings,

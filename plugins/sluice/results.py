@@ -68,6 +68,8 @@ class Stored(StepResult):
     # per field, its present values' JSON types counted as the reader staged them (Ingested.json_types), for the
     # quality gate's type mix; {} when not measured
     json_types: dict = field(default_factory=dict)
+    # the input key of the rules that typed the staged attributes (Ingested.attributes_key; None: none typed)
+    attributes_key: str | None = None
 
     @property
     def written(self) -> int:

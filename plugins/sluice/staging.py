@@ -1,7 +1,8 @@
 """The staged-records file: one line per source record in COPY text format, loaded by store_raw.
 
 Columns: run_id, source, record_no, source_id, data (JSON), problem, payload, content_hash (md5 of the
-JSON). data is the record's own text: an API record exactly as the source spelled it (record_text), a CSV
+JSON), attributes (the declared fields typed by ingest, rules.AttributeTyper: JSON, or null when the schema is to
+judge the record or the source declares none). data is the record's own text: an API record exactly as the source spelled it (record_text), a CSV
 row as Sluice encodes it. A record that cannot be stored (no id, wrong field count, bytes that are not UTF-8,
 a NUL, text PostgreSQL's jsonb refuses) has a problem and its raw text as payload instead of data, so
 store_raw can quarantine it with its reason.
@@ -23,7 +24,7 @@ from sluice.progress import REASONS_SHOWN
 
 log = logging.getLogger(__name__)
 
-COPY_COLUMNS = "run_id, source, record_no, source_id, data, problem, payload, content_hash"
+COPY_COLUMNS = "run_id, source, record_no, source_id, data, problem, payload, content_hash, attributes"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 # JSON escapes a NUL as \u0000, which jsonb refuses; an even run of backslashes before it is literal text.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -72,6 +73,8 @@ class StageCounts:
     # per mapped or declared field, its present values' JSON types counted (sluice.type_mix; {}: not measured, as for
     # a CSV source, whose values are all text)
     json_types: dict = field(default_factory=dict)
+    # the input key (rules.AttributeTyper.key) of the rules that typed the staged attributes; None: none typed
+    attributes_key: str | None = None
 
 
 class StageWriter:
@@ -98,7 +101,7 @@ class StageWriter:
         """Put what this writer staged into the reader's counts."""
         counts.records, counts.problems, counts.ids_ascending = self.records, self.problems, self.ids_ascending
 
-    def record(self, record_no: int, source_id: str, data: dict, *, where: str) -> None:
+    def record(self, record_no: int, source_id: str, data: dict, *, where: str, attributes: str | None = None) -> None:
         try:
             text = _JSON.encode(data)
         except ValueError:  # NaN or Infinity, which Python's json accepts and PostgreSQL's jsonb refuses
@@ -106,7 +109,7 @@ class StageWriter:
                 self.problem(record_no, source_id, f"{where}: contains NaN or Infinity, which JSON does not allow",
                              repr(data)[:10000])
             return
-        self._write(record_no, source_id, text, where)
+        self._write(record_no, source_id, text, where, attributes)
 
     def parse_float(self, spelling: str) -> float:
         """json's parse_float for the decoder that reads the records given to record_text: the float json.loads
@@ -122,7 +125,8 @@ class StageWriter:
         self._odd_number = True
         return float(name)
 
-    def record_text(self, record_no: int, source_id: str, text: str, *, where: str) -> None:
+    def record_text(self, record_no: int, source_id: str, text: str, *, where: str,
+                    attributes: str | None = None) -> None:
         """An API record's own JSON text as the source sent it (json_stream.Item.text), decoded with this writer's
         parse_float and parse_constant: staged verbatim, hashed as it is. No re-encoding: a record's key order,
         whitespace and number spellings reach the raw table as they came."""
@@ -136,12 +140,13 @@ class StageWriter:
             if not self._id_too_long(record_no, source_id, where):
                 self.problem(record_no, source_id, f"{where}: {problem}", text)
             return
-        self._write(record_no, source_id, text, where, spaced=True)
+        self._write(record_no, source_id, text, where, attributes, spaced=True)
 
-    def record_json(self, record_no: int, source_id: str, text: str, *, line_no: int) -> None:
+    def record_json(self, record_no: int, source_id: str, text: str, *, line_no: int,
+                    attributes: str | None = None) -> None:
         """A CSV record already encoded as JSON, exactly as record() would encode it (csv_source.stage_file);
         line_no: its line in the file, which a problem's reason names."""
-        self._write(record_no, source_id, text, line_no)
+        self._write(record_no, source_id, text, line_no, attributes)
 
     def _id_too_long(self, record_no: int, source_id: str, where: str | int) -> bool:
         if len(source_id) > _SHORT_ID and len(source_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
@@ -149,11 +154,13 @@ class StageWriter:
             return True
         return False
 
-    def _write(self, record_no: int, source_id: str, text: str, where: str | int, *, spaced: bool = False) -> None:
+    def _write(self, record_no: int, source_id: str, text: str, where: str | int, attributes: str | None = None, *,
+               spaced: bool = False) -> None:
         """The hot path of every record: a million records cost a second here, so the checks that rarely
         fail come first in their cheapest form, and `where` (a CSV line number, or the text naming a record)
         becomes text only for a problem. spaced: the text may hold tabs, newlines and carriage returns (the
-        whitespace of a source's JSON), which COPY's text format escapes."""
+        whitespace of a source's JSON), which COPY's text format escapes. attributes: JSON text without raw
+        control characters (rules.AttributeTyper writes them escaped), so only its backslashes need escaping."""
         if len(source_id) > _SHORT_ID and self._id_too_long(record_no, source_id, where):
             return
         # the plain search first: the regular expression (with its look-behind) costs 5 µs a record
@@ -179,13 +186,15 @@ class StageWriter:
         escaped = encoded.replace(b"\\", b"\\\\")
         if spaced and (b"\n" in escaped or b"\t" in escaped or b"\r" in escaped):
             escaped = escaped.replace(b"\n", b"\\n").replace(b"\t", b"\\t").replace(b"\r", b"\\r")
-        self._out.write(b"%s%d\t%s\t%s\t\\N\t\\N\t%s\n" % (
-            self._prefix_bytes, record_no, sid.encode("utf-8"), escaped, content_hash))
+        typed = b"\\N" if attributes is None else attributes.encode("utf-8").replace(b"\\", b"\\\\")
+        self._out.write(b"%s%d\t%s\t%s\t\\N\t\\N\t%s\t%s\n" % (
+            self._prefix_bytes, record_no, sid.encode("utf-8"), escaped, content_hash, typed))
         self.records += 1
 
     def problem(self, record_no: int, source_id: str | None, problem: str, payload: str) -> None:
         sid = NULL if source_id is None else copy_text(printable(source_id))
-        line = f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(printable(payload))}\t{NULL}\n"
+        line = (f"{self._prefix}{record_no}\t{sid}\t{NULL}\t{copy_text(problem)}\t{copy_text(printable(payload))}"
+                f"\t{NULL}\t{NULL}\n")
         self._out.write(line.encode("utf-8"))
         self.problems += 1
         if len(self.first_problems) < REASONS_SHOWN:

@@ -99,7 +99,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
               ids_ascending: bool = False, whole_read: bool = True,
               contract: Source | None = None, cursor_field: str | None = None,
-              json_types: dict | None = None) -> Stored:
+              json_types: dict | None = None, attributes_key: str | None = None) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -117,6 +117,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     schema_contract refuses fails here, writing nothing (None: not checked, for a caller loading by hand).
     cursor_field: the source's time cursor field, whose newest value among the stored records the result carries
     to the checkpoint. json_types: the reader's type mix of the batch (StageCounts.json_types), carried to the gate.
+    attributes_key: the input key of the rules that typed the staged attributes (StageCounts.attributes_key), which
+    normalize compares with its own before it loads them.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -167,7 +169,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         conn.execute(q("mark_raw_writer"), {**keys, "fetch_seq": fetch_seq, "wrote": inserted + updated > 0})
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
                         rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id,
-                        whole_read=whole_read, last_cursor=last_cursor, json_types=json_types or {})
+                        whole_read=whole_read, last_cursor=last_cursor, json_types=json_types or {},
+                        attributes_key=attributes_key)
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
@@ -241,8 +244,9 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
               replay: bool = False) -> Normalized:
     """Validate the run's changed records; good ones to normalized_stage, bad ones quarantined with a reason.
 
-    The set-based fast path takes the records it can decide in SQL; every other record goes through the
-    marshmallow schema, which alone writes reject reasons. stored: what store_raw wrote (its count is checked).
+    The set-based fast path takes the records it can decide in SQL, with the declared fields ingest typed into the
+    staged attributes (rules.AttributeTyper; used only when typed with this normalization's input key); every other
+    record goes through the marshmallow schema, which alone writes reject reasons. stored: what store_raw wrote (its count is checked).
     The source's declaration is recorded first (sluice.declarations: its fields, its typed view): when its input
     key changed since the source was last normalized, the stored raw records the run did not fetch whose rows came
     from another input are normalized again too (from the raw table of its kind), marked from_raw.
@@ -267,15 +271,16 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
         _check_work(source, run_id, "staged_records", staged_rows, stored and stored.stored, "store_raw")
         declared = declarations.declare(conn, source, normalization.fields, normalization.input_key, run_id=run_id)
         params = {**keys, "input_key": normalization.input_key, "full_refresh": full_refresh, "replay": replay,
-                  "fast_path": normalization.fast_path, **normalization.fast_path_params}
+                  "fast_path": normalization.fast_path, "declares_fields": bool(normalization.fields),
+                  "staged_attributes": _staged_attributes(conn, keys, normalization, stored),
+                  **normalization.fast_path_params}
         conn.execute(q("create_slow_candidates"))
-        attributes = _fast_attributes(len(normalization.fields))
-        (fast,) = conn.execute(_normalize_fast(sql.SQL(q("staged_candidates")), attributes),
+        (fast,) = conn.execute(_normalize_fast(sql.SQL(q("staged_candidates"))),
                                {**params, "from_raw": False}).fetchone()
         renormalized_fast = 0
         if declared.renormalize or replay:
             candidates = sql.SQL(q("raw_candidates")).format(raw_table=sql.Identifier(raw_table(source, kind)))
-            (renormalized_fast,) = conn.execute(_normalize_fast(candidates, attributes),
+            (renormalized_fast,) = conn.execute(_normalize_fast(candidates),
                                                 {**params, "from_raw": True}).fetchone()
         conn.execute(q("analyze_normalized_stage"))
         validating = progress.Progress(log, source, "validating the records the fast path left",
@@ -314,28 +319,19 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
     return result
 
 
-def _fast_attributes(count: int) -> sql.Composable:
-    """normalize_fast's {attributes} for a source with `count` declared fields, numbered as
-    rules.Normalization.fast_path_params numbers them."""
-    if not count:
-        return sql.SQL(q("no_attributes")).format()
-
-    def each(fragment: str, joiner: str) -> sql.Composed:
-        return sql.SQL(joiner).join(
-            sql.SQL(q(fragment)).format(
-                path=sql.Placeholder(f"attribute_path_{i}"), type=sql.Placeholder(f"attribute_type_{i}"),
-                name=sql.Placeholder(f"attribute_name_{i}"), required=sql.Placeholder(f"attribute_required_{i}"),
-                value=sql.Identifier(f"v{i}"), kind=sql.Identifier(f"k{i}"), text=sql.Identifier(f"t{i}"))
-            for i in range(count))
-
-    return sql.SQL(q("fast_attributes")).format(
-        lookups=each("fast_attribute_lookup", ", "), readings=each("fast_attribute_reading", ", "),
-        typed=each("fast_attribute_typed", ", "), decided=each("fast_attribute_decided", " and "),
-        pairs=each("fast_attribute_pair", ", "))
+def _staged_attributes(conn, keys: dict, normalization: rules.Normalization, stored: Stored | None) -> bool:
+    """Whether the run's staged attributes are the declared fields as normalization types them: typed by ingest
+    with the same input key (the rules, the fields, their order). Otherwise (other rules at ingest, as when the
+    evolve contract loads a field first recorded by this run's store_raw) every record is the schema's."""
+    if normalization.typer is None:
+        return False
+    if stored is None and (recorded := _recorded_result(conn, keys, "store_raw")) is not None:
+        stored = Stored.from_xcom(recorded)
+    return stored is not None and stored.attributes_key == normalization.typer.key
 
 
-def _normalize_fast(candidates: sql.Composable, attributes: sql.Composable) -> sql.Composed:
-    return sql.SQL(q("normalize_fast")).format(candidates=candidates, attributes=attributes)
+def _normalize_fast(candidates: sql.Composable) -> sql.Composed:
+    return sql.SQL(q("normalize_fast")).format(candidates=candidates)
 
 
 def _copy_rows(conn, name: str, rows: list[tuple]) -> None:
