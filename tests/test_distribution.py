@@ -225,7 +225,9 @@ def test_nothing_puts_sluice_on_a_path_by_hand():
     files += [path for folder in ("dags", "plugins", "webapp", "devtools", "bench", "tests")
               for path in (REPO / folder).rglob("*.py")
               if path != Path(__file__) and not {"work", ".venv", ".sluice"} & set(path.parts)]
-    offenders = [f"{path.relative_to(REPO)}:{number}" for path in files
+    # the levers' lab serves two checkouts side by side (main's code against this one's): a path by hand is its point
+    on_purpose = {Path("bench/api_levers.py")}
+    offenders = [f"{path.relative_to(REPO)}:{number}" for path in files if path.relative_to(REPO) not in on_purpose
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if re.search(r"PYTHONPATH[\"']?\s*[:=]|--pythonpath|^\s*pythonpath\s*=|sys\.path.*plugins", line)]
     assert offenders == []
