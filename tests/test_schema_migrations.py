@@ -93,6 +93,19 @@ def test_a_fresh_database_gets_every_migration_once_in_order(make_database):
         assert warehouse.apply_schema(conn) == migrations.Changes()
 
 
+def test_the_work_tables_are_never_autovacuumed(make_database):
+    """record_run empties them; an autovacuum of a staged batch made its lock wait 1 s for the cancellation."""
+    with psycopg.connect(make_database(bare=True)) as conn:
+        warehouse.apply_schema(conn)
+        options = dict(conn.execute(
+            "select c.relname, c.reloptions || coalesce(t.reloptions, '{}') from pg_class c"
+            " left join pg_class t on t.oid = c.reltoastrelid"
+            " where c.relname in ('staged_records', 'normalized_stage', 'normalized_data')"
+            "   and c.relnamespace = current_schema()::regnamespace").fetchall())
+    assert options["staged_records"] == options["normalized_stage"] == ["autovacuum_enabled=false"] * 2
+    assert options["normalized_data"] in (None, [])  # published data is vacuumed as usual
+
+
 def init_on(url: str) -> migrations.Changes:
     with psycopg.connect(url) as conn:
         return warehouse.apply_schema(conn, lock_timeout_seconds=30)
