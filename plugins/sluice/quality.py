@@ -189,6 +189,7 @@ class Gate:
                                     validate(found)
                                 except ValidationError:
                                     bad = True
+                                    break  # one failing validator fails the check
                         if bad:
                             failing[check.name] += 1
                             failed = True
@@ -286,8 +287,9 @@ class Gate:
         history = [row[0] for row in conn.execute(q("history"), {**keys, "runs": config.runs}).fetchall()]
         found = []
         rows = measures["row_count"]
-        names = [*COUNT_MEASURES, *SHARE_MEASURES, *(name for name in measures if name.startswith("null_rate:"))]
-        for name in [*names, *(name for name in measures if name.startswith("type_mix:"))]:
+        names = [*COUNT_MEASURES, *SHARE_MEASURES, *(name for name in measures if name.startswith("null_rate:")),
+                 *(name for name in measures if name.startswith("type_mix:"))]
+        for name in names:
             past = [entry[name] for entry in history if entry.get(name) is not None]
             count = name in COUNT_MEASURES
             if name.startswith("type_mix:"):

@@ -461,8 +461,6 @@ class Normalization:
         return self.normalize(read_json(text))
 
 
-
-
 class AttributeTyper:
     """A source's declared fields typed by ingest, one record at a time: the record's attributes as the JSON text
     normalize loads (the same object the schema's load gives, as dumps writes it), or None when the record is left
