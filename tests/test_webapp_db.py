@@ -157,21 +157,24 @@ def prepared_statements(app) -> list[tuple]:
     with app.app_context():
         cursor = db.get_db().cursor()
         cursor.execute("select generic_plans, custom_plans, statement like '%ilike%' from pg_prepared_statements"
-                       " order by 3")
+                       " order by 3, 1 desc")
         return cursor.fetchall()
 
 
 def test_data_statements_are_prepared_once_per_connection_and_planned_as_their_filters_need(make_app,
                                                                                            database_url):
-    """The first page is planned once (a generic plan) and then only executed; a search is planned with its
-    pattern every time, since a plan made without it reads the whole table."""
+    """The first page is planned once (a generic plan) and then only executed; a search and a poll since a moment
+    are planned with their values every time, since a plan made without them reads the whole table."""
     insert_records(database_url, catalog(30))
     app = make_app(database_url, POOL_MIN=1, POOL_MAX=1)
     client = app.test_client()
+    since = client.get("/data?page_size=5").json["data"][-1]["updated_at"]
     for _ in range(3):
         assert len(client.get("/data?page_size=5").json["data"]) == 5
         assert client.get("/data?search=item 2").json["total"] == 11  # Item 2, Item 20 to 29
-    assert prepared_statements(app) == [(3, 0, False), (0, 3, True)]
+        # a poll since a moment: how many rows follow it decides the plan, as for a search
+        assert len(client.get("/data", query_string={"updated_since": since}).json["data"]) >= 5
+    assert prepared_statements(app) == [(4, 0, False), (0, 3, False), (0, 3, True)]
 
 
 def test_a_connection_prepares_at_most_max_prepared_statements_and_still_answers_the_rest(make_app, database_url,
