@@ -326,7 +326,7 @@ def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str, str
                         statement = psycopg2.sql.SQL(statement).format(**parts).as_string(conn)
                     preparing = None
                     if plan is not None:
-                        statement, params, preparing = webapp_db._prepared(conn, statement, params, plan)
+                        statement, params, preparing = webapp_db.as_prepared(conn, statement, params, plan)
                     conn.autocommit = begin is not None  # between statements: each path below rolls back
                     if begin is not None:  # its prelude too, in the same round trip, as the app sends it
                         token = scope_token.make(scopes.EVERYTHING, conn.get_backend_pid(),

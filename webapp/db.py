@@ -182,7 +182,7 @@ def fetch_all(name: str, params: dict | None = None, parts: dict | None = None,
         statement, values, preparing = queries.query(sql_file, name), params or {}, None
         if plan is not None:
             text = sql.SQL(statement).format(**(parts or {})).as_string(conn)
-            statement, values, preparing = _prepared(conn, text, values, plan)
+            statement, values, preparing = as_prepared(conn, text, values, plan)
         statement, values = _scoped(conn, store, statement, values, begin)
         if parts is not None and plan is None:
             statement = sql.SQL(statement).format(**parts)
@@ -238,7 +238,7 @@ def fetch_all_after_watermark(name: str, params: dict, parts: dict, plan: str) -
     return fetch_all(name, params, parts, begin="data_begin", plan=plan)
 
 
-def _prepared(conn: WarehouseConnection, text: str, params: dict, plan: str) -> tuple[str, dict, str | None]:
+def as_prepared(conn: WarehouseConnection, text: str, params: dict, plan: str) -> tuple[str, dict, str | None]:
     """EXECUTE of text as a statement prepared on conn, preceded by its PREPARE the first time (so in the same round
     trip), its values (those of text's %(name)s placeholders, and data_begin's plan_cache_mode), and the name the
     PREPARE gives (None when none is sent). The name is text's hash: the same on every connection, never another
