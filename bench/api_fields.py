@@ -18,7 +18,7 @@ from psycopg2 import sql
 
 from bench.database import Server
 from sluice import queries, scope_key, warehouse
-from webapp import attributes, create_app, db
+from webapp import attributes, create_app, db, routes_data
 
 SOURCES = ("customers", "orders", "events")
 FIELDS = {"email": "text", "plan": "text", "seats": "integer", "mrr": "numeric", "active": "boolean",
@@ -73,7 +73,7 @@ def plan(url: str, request: str) -> str:
     query = attributes.parse(FIELDS, "customers", None, order, filters)
     params = {"source": "customers", "updated_since": None, "pattern": None, "include_deleted": False,
               "sources": None, "limit": 11, "offset": 0}
-    parts = {"attributes": attributes.where(query, params)}
+    parts = {"filters": routes_data.filters_clause(params), "attributes": attributes.where(query, params)}
     parts["after"], parts["order"] = attributes.keyset(query, None, params)
     statement = sql.SQL(queries.query("webapp.sql", "data_page")).format(**parts)
     with psycopg2.connect(url) as conn, conn.cursor() as cursor:

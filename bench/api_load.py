@@ -273,19 +273,20 @@ def parse_wrk(output: str) -> dict:
 
 # --- Postgres alone ----------------------------------------------------------------------------------
 
-def captured_queries(db: str, path: str) -> list[tuple[str, dict, dict | None, str, str | None]]:
-    """The (named query, parameters, {slot} fragments, SQL file, begin prelude) one request to path runs, taken
-    from the app."""
+def captured_queries(db: str, path: str) -> list[tuple[str, dict, dict | None, str, str | None, str | None]]:
+    """The (named query, parameters, {slot} fragments, SQL file, begin prelude, plan) one request to path runs,
+    taken from the app."""
     from webapp import create_app
     from webapp import db as webapp_db
 
     app = create_app({"DATABASE_URL": db, "POOL_MIN": 0, "POOL_MAX": 2, "AUTH": "none"})
-    seen: list[tuple[str, dict, dict | None, str, str | None]] = []
+    seen: list[tuple[str, dict, dict | None, str, str | None, str | None]] = []
     original = webapp_db.fetch_all
 
-    def recording(name, params=None, parts=None, sql_file=webapp_db.SQL_FILE, *, begin=None):  # as callers pass them
-        seen.append((name, dict(params or {}), parts, sql_file, begin))
-        return original(name, params, parts, sql_file, begin=begin)
+    def recording(name, params=None, parts=None, sql_file=webapp_db.SQL_FILE, *, begin=None,
+                  plan=None):  # as callers pass them
+        seen.append((name, dict(params or {}), parts, sql_file, begin, plan))
+        return original(name, params, parts, sql_file, begin=begin, plan=plan)
 
     webapp_db.fetch_all = recording
     try:
@@ -297,12 +298,14 @@ def captured_queries(db: str, path: str) -> list[tuple[str, dict, dict | None, s
     return seen
 
 
-def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str]], repeats: int) -> tuple[float, float]:
+def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str, str | None, str | None]],
+                   repeats: int) -> tuple[float, float]:
     """(run directly, EXPLAIN ANALYZE) milliseconds of the queries summed, each the median over repeats.
 
     Run directly: the client's clock around each query on one connection in the app's session setup, so
-    it is what the app waits for minus Flask, gunicorn and HTTP. EXPLAIN (ANALYZE, TIMING OFF): the
-    server's planning + execution; its row counting makes a count(*) look dearer than run directly.
+    it is what the app waits for minus Flask, gunicorn and HTTP; a query the app prepares (plan) is prepared as
+    the app does, on the first repeat. EXPLAIN (ANALYZE, TIMING OFF): the server's planning + execution (of the
+    prepared statement's EXECUTE); its row counting makes a count(*) look dearer than run directly.
     A statement that is itself an EXPLAIN (data_estimate) is timed directly in both.
     """
     from sluice import queries as named
@@ -311,16 +314,19 @@ def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str]], r
     from webapp import scope_token, scopes
 
     options = r"-c default_transaction_read_only=on -c default_transaction_isolation=repeatable\ read -c TimeZone=UTC"
-    conn = psycopg2.connect(db, options=options)
+    conn = psycopg2.connect(db, options=options, connection_factory=webapp_db.WarehouseConnection)
     direct, explained = [], []
     try:
         with conn.cursor() as cursor:
             for _ in range(repeats):
                 direct_ms = explain_ms = 0.0
-                for name, params, parts, sql_file, begin in queries:
+                for name, params, parts, sql_file, begin, plan in queries:
                     statement = named.query(sql_file, name)
                     if parts is not None:  # the query as the app composed it: its {slots} filled the same way
                         statement = psycopg2.sql.SQL(statement).format(**parts).as_string(conn)
+                    preparing = None
+                    if plan is not None:
+                        statement, params, preparing = webapp_db.as_prepared(conn, statement, params, plan)
                     conn.autocommit = begin is not None  # between statements: each path below rolls back
                     if begin is not None:  # its prelude too, in the same round trip, as the app sends it
                         token = scope_token.make(scopes.EVERYTHING, conn.get_backend_pid(),
@@ -332,6 +338,9 @@ def postgres_costs(db: str, queries: list[tuple[str, dict, dict | None, str]], r
                     cursor.fetchall()
                     elapsed = (time.perf_counter() - start) * 1000
                     conn.rollback()
+                    if preparing is not None:
+                        conn.prepared.add(preparing)
+                        statement = statement.split(";\n")[-1]  # EXPLAIN takes the EXECUTE alone
                     direct_ms += elapsed
                     if statement.lstrip().lower().startswith("explain"):
                         explain_ms += elapsed

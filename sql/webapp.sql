@@ -17,9 +17,11 @@ select sluice_enter_scope(%(scope_token)s);
 -- name: data_begin
 -- /data's round trip begins here (webapp.db.fetch_all_after_watermark, autocommit: one implicit transaction for
 -- the whole query string). Read committed, so the statement after this one takes its snapshot after the watermark
--- is read (sql/functions.sql); the request's scope as enter_scope sets it
+-- is read (sql/functions.sql); the request's scope as enter_scope sets it; and, for this transaction only, how
+-- the prepared statement that follows is planned (webapp.db.PLAN_CACHE_MODES)
 set transaction isolation level read committed;
-select sluice_enter_scope(%(scope_token)s), set_config('sluice.watermark', sluice_read_watermark()::text, true);
+select sluice_enter_scope(%(scope_token)s), set_config('sluice.watermark', sluice_read_watermark()::text, true),
+       set_config('plan_cache_mode', %(plan_cache_mode)s, true);
 
 -- name: data_answer
 -- /data in one statement, so in one snapshot: the page (slot page: data_page), its total (slot total: data_count,
@@ -35,21 +37,33 @@ order by p.ordinal;
 null::bigint
 
 -- name: data_page
+-- {filters}: the data_filter_* fragments of the filters the request has (routes_data.filters_clause), so a generic
+-- plan (a prepared statement's) has no `x is null or` branch it cannot fold
 select id, source, source_id, name, value, description, created_at, updated_at, deleted_at, attributes,
        -- the position in the page, which data_answer orders by (the same sort as the order by below, not another)
        row_number() over (order by {order}) as ordinal
 from normalized_data
-where (%(source)s::text is null or source = %(source)s)
-  and (%(sources)s::text[] is null or source = any(%(sources)s))
-  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
-  and (%(pattern)s::text is null
-       or name ilike %(pattern)s escape '\'
-       or description ilike %(pattern)s escape '\')
-  and (%(include_deleted)s or deleted_at is null)
+where {filters}
   and {attributes}
   and {after}
 order by {order}
 limit %(limit)s offset %(offset)s;
+
+-- name: data_filter_source
+source = %(source)s
+
+-- name: data_filter_sources
+-- the credential's sources (webapp.scopes); row-level security says the same, this lets the planner use the index
+source = any(%(sources)s::text[])
+
+-- name: data_filter_updated_since
+updated_at >= %(updated_since)s::timestamptz
+
+-- name: data_filter_search
+(name ilike %(pattern)s escape '\' or description ilike %(pattern)s escape '\')
+
+-- name: data_filter_live
+deleted_at is null
 
 -- name: data_no_attribute_filter
 true
@@ -95,13 +109,7 @@ updated_at desc, id desc
 -- name: data_count
 select count(*) as total
 from normalized_data
-where (%(source)s::text is null or source = %(source)s)
-  and (%(sources)s::text[] is null or source = any(%(sources)s))
-  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
-  and (%(pattern)s::text is null
-       or name ilike %(pattern)s escape '\'
-       or description ilike %(pattern)s escape '\')
-  and (%(include_deleted)s or deleted_at is null)
+where {filters}
   and {attributes};
 
 -- name: data_count_all
@@ -122,13 +130,7 @@ select (select coalesce(sum(row_count), 0)::bigint from etl_checkpoint
 explain (format json)
 select 1
 from normalized_data
-where (%(source)s::text is null or source = %(source)s)
-  and (%(sources)s::text[] is null or source = any(%(sources)s))
-  and (%(updated_since)s::timestamptz is null or updated_at >= %(updated_since)s)
-  and (%(pattern)s::text is null
-       or name ilike %(pattern)s escape '\'
-       or description ilike %(pattern)s escape '\')
-  and (%(include_deleted)s or deleted_at is null)
+where {filters}
   and {attributes};
 
 -- name: data_record

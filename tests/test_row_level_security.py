@@ -193,6 +193,30 @@ def test_routes_that_filter_nothing_by_scope_serve_only_the_scope_s_sources(make
             db.fetch_all("known_sources")
 
 
+class UnfilteredScope(Scope):
+    """A scope whose routes would filter nothing (no sources parameter): only its token, so the warehouse, limits it."""
+
+    def source_list(self):
+        return None
+
+
+def test_a_statement_prepared_under_one_scope_serves_another_only_its_rows(make_app, warehouse_urls):
+    """/data's statement is prepared once per connection and its plan kept (webapp.db): the scope is read when the
+    plan runs, never fixed in it. One connection, the same statement text for both scopes (no sources filter)."""
+    app = make_app(warehouse_urls[0], POOL_MIN=1, POOL_MAX=1)
+    scopes_in_turn = iter([EVERYTHING, UnfilteredScope("key:posts", frozenset({"posts"}), operations=False)] * 2)
+    app.before_request(lambda: setattr(g, "scope", next(scopes_in_turn)))
+    client = app.test_client()
+    for _ in range(2):
+        assert {row["source"] for row in client.get("/data").json["data"]} == BOTH
+        assert {row["source"] for row in client.get("/data").json["data"]} == {"posts"}
+    with app.app_context():
+        from webapp import db
+        cursor = db.get_db().cursor()
+        cursor.execute("select count(*), sum(generic_plans) from pg_prepared_statements")
+        assert cursor.fetchone() == (1, 4)  # one statement, one plan, four executions
+
+
 @pytest.mark.parametrize("predicate, index", [
     ("name ilike '%%needle%%'", "normalized_data_name_trgm"),
     ("attributes @> '{\"plan\": \"needle\"}' and attributes <> '{}'", "normalized_data_attributes_idx"),

@@ -150,3 +150,54 @@ def test_connections_opened_for_concurrent_requests_are_kept_not_opened_again(ma
     first = wave()
     assert 1 < len(first) <= 6  # requests overlapped, and what they opened is still open
     assert first <= wave()  # the next wave found them: none was closed and opened again
+
+
+def prepared_statements(app) -> list[tuple]:
+    """(generic plans, custom plans, is a search) of each statement the app's one pooled connection prepared."""
+    with app.app_context():
+        cursor = db.get_db().cursor()
+        cursor.execute("select generic_plans, custom_plans, statement like '%ilike%' from pg_prepared_statements"
+                       " order by 3, 1 desc")
+        return cursor.fetchall()
+
+
+def test_data_statements_are_prepared_once_per_connection_and_planned_as_their_filters_need(make_app,
+                                                                                           database_url):
+    """The first page is planned once (a generic plan) and then only executed; a search and a poll since a moment
+    are planned with their values every time, since a plan made without them reads the whole table."""
+    insert_records(database_url, catalog(30))
+    app = make_app(database_url, POOL_MIN=1, POOL_MAX=1)
+    client = app.test_client()
+    since = client.get("/data?page_size=5").json["data"][-1]["updated_at"]
+    for _ in range(3):
+        assert len(client.get("/data?page_size=5").json["data"]) == 5
+        assert client.get("/data?search=item 2").json["total"] == 11  # Item 2, Item 20 to 29
+        # a poll since a moment: how many rows follow it decides the plan, as for a search
+        assert len(client.get("/data", query_string={"updated_since": since}).json["data"]) >= 5
+    assert prepared_statements(app) == [(4, 0, False), (0, 3, False), (0, 3, True)]
+
+
+def test_a_connection_prepares_at_most_max_prepared_statements_and_still_answers_the_rest(make_app, database_url,
+                                                                                         monkeypatch):
+    insert_records(database_url, catalog(30))
+    monkeypatch.setattr(db, "MAX_PREPARED", 1)
+    app = make_app(database_url, POOL_MIN=1, POOL_MAX=1)
+    client = app.test_client()
+    for _ in range(2):
+        assert client.get("/data?page_size=5").json["total"] == 30
+        assert client.get("/data?search=item 2").json["total"] == 11
+    assert prepared_statements(app) == [(2, 0, False)]
+
+
+def test_a_schema_change_under_a_prepared_statement_costs_no_failed_request(make_app, database_url):
+    """A migration that changes a column's type invalidates what a session prepared before it ("cached plan must
+    not change result type"): the connection is replaced and the request answered."""
+    insert_records(database_url, catalog(3))
+    app = make_app(database_url, POOL_MIN=1, POOL_MAX=2)
+    client = app.test_client()
+    assert client.get("/data").status_code == 200
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("alter table normalized_data alter column source_id type varchar(2000)")
+    response = client.get("/data")
+    assert response.status_code == 200
+    assert response.json["total"] == 3

@@ -5,7 +5,7 @@ from psycopg2 import sql
 import pytest
 
 from sluice import queries
-from webapp.routes_data import like_pattern
+from webapp.routes_data import filters_clause, like_pattern
 
 NO_FILTER = {"source": None, "updated_since": None, "pattern": None, "include_deleted": False, "sources": None}
 
@@ -32,7 +32,8 @@ def test_filters_can_use_their_index(database_url, filters, index):
     # psycopg2 (as the app) sends values inline, so the planner sees the folded conditions
     with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
         cursor.execute("set local enable_seqscan = off")
-        count = sql.SQL(queries.query("webapp.sql", "data_count")).format(attributes=sql.SQL("true"))
+        count = sql.SQL(queries.query("webapp.sql", "data_count")).format(
+            filters=filters_clause(filters), attributes=sql.SQL("true"))
         cursor.execute(sql.SQL("explain ") + count, filters)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     conn.close()
