@@ -356,9 +356,50 @@ def test_ingest_types_fields_only_with_the_schemas_values(conn, kind):
         # a CSV row holds strings only, each found by its column
         if isinstance(value, str) or value is ...:
             reader = rules.Normalization(settings.DEFAULT_CSV_MAPPING, {"f": sources.Field(kind, "x", required)}
-                                         ).typer.row_reader(["id", "x"] if value is not ... else ["id"])
-            assert reader(["1", value] if value is not ... else ["1"]) == fast
+                                         ).typer.rows_reader(["id", "x"] if value is not ... else ["id"])
+            assert reader([["1", value] if value is not ... else ["1"]]) == [fast]
     assert checked > 600 and accepted >= 100, f"{kind}: the typer typed {accepted} of {checked}"
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("required", [False, True])
+def test_a_block_of_csv_rows_is_typed_as_each_row_alone(kind, required):
+    """A CSV's rows are typed a block at a time, a column at once (a column of canonical spellings is written as
+    it is): each row's attributes are those of the schema's reading of its own value, whatever its neighbours, in
+    blocks of canonical values only, of one hostile value among canonical ones, and of every value of the kind."""
+    from sluice import sources
+
+    normalization = rules.Normalization(settings.DEFAULT_CSV_MAPPING, {"f": sources.Field(kind, "x", required)})
+    reader = normalization.typer.rows_reader(["id", "x", "y"])
+    chance = random.Random(7)
+    # spellings a column of a typical export holds, most of them canonical
+    usual = {"integer": lambda n: str(chance.randint(-10**18, 10**18) // 10**chance.randint(0, 18)),
+             "numeric": lambda n: (f"{chance.randint(-10**6, 10**6)}."
+                                   f"{chance.randint(0, 999):0{chance.randint(1, 3)}d}"),
+             "boolean": lambda n: chance.choice(["true", "false"]),
+             "timestamp": lambda n: (f"{chance.randint(1, 9999):04d}-{chance.randint(1, 12):02d}-"
+                                     f"{chance.randint(1, 31):02d}T{chance.randint(0, 23):02d}:"
+                                     f"{chance.randint(0, 59):02d}:{chance.randint(0, 59):02d}Z"),
+             "date": lambda n: (f"{chance.randint(1, 9999):04d}-{chance.randint(1, 12):02d}-"
+                                f"{chance.randint(1, 31):02d}"),
+             }.get(kind, lambda n: f"value {n}")
+    spelled = list(map(usual, range(300)))
+    # two canonical values in one: the column joined by newlines must not read them as two rows
+    joined = [f"{a}{line_end}{b}" for a, b, line_end in zip(spelled, spelled[1:10], ["\n", "\r\n", "\r"] * 3)]
+    values = [value for value in [*HOSTILE[kind], *varied(kind, 2000, seed=41), *spelled, *joined]
+              if isinstance(value, str)]
+    expected, written = {}, {}
+    for value in values:
+        row, _ = normalization.normalize({"id": "1", "name": "n", "value": "1", "x": value})
+        # the schema's value as the type's writer writes it (the row-by-row reading's text)
+        typed = None if row is None else row[-1]["f"]
+        written[value] = "null" if typed is None else rules._CSV_WRITERS[kind](typed)
+        expected[value] = None if row is None else '{"f":%s}' % written[value]
+    canonical = [value for value in values if written[value] in (value, f'"{value}"')]
+    assert kind in ("text", "json") or len(canonical) > 20, canonical
+    blocks = [canonical, values, *([*canonical[:30], value, *canonical[30:60]] for value in values)]
+    for block in blocks:
+        assert reader([["1", value, "y"] for value in block]) == [expected[value] for value in block], block
 
 
 @pytest.mark.parametrize("kind, value, expected", [

@@ -38,6 +38,8 @@ GZIP_WBITS = 31  # zlib's window bits for the gzip format, header and trailer ch
 # line would cost a second a million lines
 BLOCK_CHARS = 1024 * 1024
 # what a header without the mapped columns usually means, and where to fix it
+# records whose declared fields are typed together, a column at a time (rules.AttributeTyper.rows_reader)
+TYPED_BLOCK = 1000
 HEADER_FIX = ("Map the source's columns by the names in its header (catalog field mapping, or csv_mapping), or set "
               "its delimiter and encoding if the header was split wrongly")
 
@@ -357,7 +359,28 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
         id_index = header.index(field_map["source_id"])
         width = len(header)
         keys = json_keys(header)
-        typed = typer.row_reader(header) if typer is not None else None
+        typed = typer.rows_reader(header) if typer is not None else None
+        # the records waiting for their attributes, typed a block at a time (rules.AttributeTyper.rows_reader)
+        pending: list[tuple[int, str, list[str], int]] = []
+
+        def stage_record(record_no: int, source_id: str, row: list[str], line_no: int, attributes: str | None) -> None:
+            if keys is not None:
+                writer.record_json(record_no, source_id, json_object(keys, row), line_no=line_no, attributes=attributes)
+            else:
+                # columns without a name (Excel's blank padding) carry nothing a mapping can name
+                writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=f"line {line_no}",
+                              attributes=attributes)
+
+        def stage_pending() -> None:
+            if pending:
+                for record, attributes in zip(pending, typed([row for _, _, row, _ in pending])):
+                    stage_record(*record, attributes)
+                pending.clear()
+
+        def problem(*args) -> None:
+            stage_pending()  # the staged lines keep the file's order
+            writer.problem(*args)
+
         record_no = 0
         for line_no, row, rejected in _records(lines, width):
             if record_no % progress.CHECK_EVERY == 0:
@@ -367,7 +390,7 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
             if rejected is not None:
                 # a line that does not parse is quarantined with its own text, not guessed at
                 record_no += 1
-                writer.problem(record_no, None, *rejected)
+                problem(record_no, None, *rejected)
                 continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 counts.skipped_blank_lines += 1
@@ -375,20 +398,20 @@ def stage_file(path: str, field_map: dict, out: BinaryIO, *, run_id: str, uri: s
             record_no += 1
             raw = delimiter.join(row)
             if len(row) != width:
-                writer.problem(record_no, None, f"line {line_no}: expected {width} fields, got {len(row)}", raw)
+                problem(record_no, None, f"line {line_no}: expected {width} fields, got {len(row)}", raw)
                 continue
             source_id = row[id_index].strip()
             if not source_id:
-                writer.problem(record_no, None, f"line {line_no}: blank {field_map['source_id']}", raw)
+                problem(record_no, None, f"line {line_no}: blank {field_map['source_id']}", raw)
             elif "\x00" in raw:
-                writer.problem(record_no, source_id, f"line {line_no}: contains a NUL byte", raw)
-            elif keys is not None:
-                writer.record_json(record_no, source_id, json_object(keys, row), line_no=line_no,
-                                   attributes=typed and typed(row))
+                problem(record_no, source_id, f"line {line_no}: contains a NUL byte", raw)
+            elif typed is None:
+                stage_record(record_no, source_id, row, line_no, None)
             else:
-                # columns without a name (Excel's blank padding) carry nothing a mapping can name
-                writer.record(record_no, source_id, {k: v for k, v in zip(header, row) if k}, where=f"line {line_no}",
-                              attributes=typed and typed(row))
+                pending.append((record_no, source_id, row, line_no))
+                if len(pending) == TYPED_BLOCK:
+                    stage_pending()
+        stage_pending()
     writer.tally(counts)
     counts.attributes_key = typer and typer.key
     blank = f", skipped {progress.count(counts.skipped_blank_lines)} blank lines" if counts.skipped_blank_lines else ""

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import re
 import sys
 from collections.abc import Mapping
@@ -245,14 +246,9 @@ class Timestamp(_Typed):
                               "range": "{value} is out of range in UTC"}
 
     def _typed_text(self, value, text):
-        if _COMMON_TIMESTAMP.fullmatch(text):
-            try:
-                moment = datetime.datetime.fromisoformat(text)
-                if text[-1] == "Z":
-                    return text  # already as kept: whole seconds in UTC
-                return f"{moment.astimezone(datetime.timezone.utc).isoformat()[:19]}Z"
-            except (ValueError, OverflowError):
-                pass  # the general reading below words the error
+        common = common_timestamp(text)
+        if common is not None:
+            return common
         match = _TIMESTAMP.fullmatch(text)
         if not match:
             raise self.make_error("invalid", value=_shown(value))
@@ -276,6 +272,20 @@ class Timestamp(_Typed):
         except OverflowError:
             raise self.make_error("range", value=_shown(value)) from None
         return format_timestamp(utc)
+
+
+def common_timestamp(text: str) -> str | None:
+    """A trimmed date-time of a common form (_COMMON_TIMESTAMP) as Timestamp keeps it; None: another form, or one
+    that only the general reading can judge."""
+    if _COMMON_TIMESTAMP.fullmatch(text):
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+            if text[-1] == "Z":
+                return text  # already as kept: whole seconds in UTC
+            return f"{moment.astimezone(datetime.timezone.utc).isoformat()[:19]}Z"
+        except (ValueError, OverflowError):
+            pass  # the general reading words the error
+    return None
 
 
 def format_timestamp(moment: datetime.datetime) -> str:
@@ -510,33 +520,101 @@ class AttributeTyper:
         """The attributes of a decoded record (its fields found by mapping.lookup), or None."""
         return self._object([mapping.lookup(record, path) for _, path, _, _ in self._fields], self._fields)
 
-    def row_reader(self, header: list[str]):
-        """record() for rows of a CSV with this header, a list of strings each: a field whose path is no column is
-        missing (a dotted path cannot enter a string). Every value being a string, each field's reading gives one
-        type (or None), written by its type's writer (_CSV_WRITERS) without looking at it."""
+    def rows_reader(self, header: list[str]):
+        """record() for a block of rows of a CSV with this header (lists of strings of the header's length): the
+        attributes of each row, typed a column at a time. A field whose path is no column is missing (a dotted path
+        cannot enter a string). A column whose every value is spelled as its type writes it (_CANONICAL: one
+        regular expression over the column joined) is written as it is; any other column is read value by value,
+        a canonical value as it is and the rest by the field's own reading, written by its type's writer
+        (_CSV_WRITERS)."""
         plan = []
         for (prefix, path, read, required), spec in zip(self._fields, self._specs.values()):
             if path in header:
-                plan.append((header.index(path), read, _CSV_WRITERS[spec.type]))
+                plan.append((header.index(path), _ColumnReader(spec.type, read)))
             elif required:
-                return lambda row: None  # a required field no row has: the schema rejects every record
+                return lambda rows: [None] * len(rows)  # a required field no row has: the schema rejects each
             else:
-                plan.append((0, _absent, str))
+                plan.append((None, None))
         template = "{" + ",".join(f"{prefix.replace('%', '%%')}%s" for prefix, _, _, _ in self._fields) + "}"
 
-        def attributes(row: list[str]) -> str | None:
-            try:
-                return template % tuple([write(typed) if (typed := read(row[index], None, None)) is not None
-                                         else "null" for index, read, write in plan])
-            except ValidationError:
-                return None
+        # the declared fields' columns only, in the plan's order
+        wanted = [index for index, _ in plan if index is not None]
+        pick = operator.itemgetter(*wanted) if wanted else None
+
+        def attributes(rows: list[list[str]]) -> list[str | None]:
+            columns = iter([tuple(map(pick, rows))]) if len(wanted) == 1 else zip(*map(pick, rows)) if wanted \
+                else iter(())
+            refused: set[int] = set()  # the rows left to the schema
+            texts = [["null"] * len(rows) if reader is None else reader(next(columns), refused)
+                     for _, reader in plan]
+            typed = list(map(template.__mod__, zip(*texts)))
+            for row in refused:
+                typed[row] = None
+            return typed
 
         return attributes
 
 
-def _absent(value, attr, data) -> None:
-    """The reading of a field whose path is no column of the CSV: missing."""
-    return None
+# A value of these types spelled so (untrimmed) is its own JSON text as its field reads and _CSV_WRITERS writes it:
+# an integer without sign, leading zero or more than 18 digits (int() gives it back), a decimal without exponent,
+# '+', leading zeros or more than 5 zeros after '0.' (str() of its Decimal gives it back), a boolean in lower case,
+# a date-time in UTC to the second with a day every month has (or 29-31 where the month has it; 29 February is read)
+# and a date of the same days. Anything else, valid or not, is read by the field.
+_DAY = (r"(?!0000)[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+        r"|(?:0[13578]|1[02])-31)")
+_CANONICAL = {
+    "integer": r"-?[1-9][0-9]{0,17}|0",
+    "numeric": r"-?(?:[1-9][0-9]{0,500}(?:\.[0-9]{1,400})?|0(?:\.0{0,5}[1-9][0-9]{0,400})?)",
+    "boolean": r"true|false",
+    "timestamp": _DAY + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z",
+    "date": _DAY,
+}
+
+
+class _ColumnReader:
+    """One declared field's JSON texts for a column of CSV strings (AttributeTyper.rows_reader): the rows whose
+    value its reading refuses (a blank one too, when the field is required) are added to `refused`."""
+
+    def __init__(self, field_type: str, read):
+        self._read, self._type = read, field_type
+        self._write = _CSV_WRITERS[field_type]
+        canonical = _CANONICAL.get(field_type)
+        # the column joined by newlines matches when each value is canonical and holds no newline of its own
+        self._whole = canonical and re.compile(f"(?:{canonical})(?:\n(?:{canonical}))*").fullmatch
+        self._one = canonical and re.compile(canonical).fullmatch
+        # what a canonical value becomes: dates and date-times are JSON strings (ASCII digits, '-', ':', 'T', 'Z')
+        self._quoted = field_type in ("timestamp", "date")
+
+    def __call__(self, values: tuple[str, ...], refused: set[int]) -> list[str]:
+        if self._whole is None:  # text and json: the string as the field keeps it (text trimmed), unless blank
+            stripped = list(map(str.strip, values))
+            texts = list(map(encode_basestring, stripped if self._type == "text" else values))
+            if "" in stripped:
+                for row in [row for row, value in enumerate(stripped) if not value]:
+                    texts[row] = self._slow(row, values[row], refused)
+            return texts
+        joined = "\n".join(values)
+        if self._whole(joined) and joined.count("\n") == len(values) - 1:  # no value held a newline of its own
+            return [f'"{value}"' for value in values] if self._quoted else list(values)
+        one = self._one
+        if self._type == "timestamp":
+            texts = []
+            for row, value in enumerate(values):
+                # another common form (an offset to convert) read without the field's machinery per value
+                kept = value if one(value) else common_timestamp(value)
+                texts.append(self._slow(row, value, refused) if kept is None else f'"{kept}"')
+            return texts
+        if self._quoted:
+            return [f'"{value}"' if one(value) else self._slow(row, value, refused) for row, value in enumerate(values)]
+        return [value if one(value) else self._slow(row, value, refused) for row, value in enumerate(values)]
+
+    def _slow(self, row: int, value: str, refused: set[int]) -> str:
+        try:
+            typed = self._read(value, None, None)
+        except ValidationError:
+            refused.add(row)
+            return "null"
+        return "null" if typed is None else self._write(typed)
 
 
 # what the field of each type reads from a string, as JSON text (timestamps and dates are ASCII digits, '-', ':',
