@@ -13,7 +13,10 @@ from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
 API_RECORDS, CSV_ROWS, BAD_EVERY = 100, 300, 50  # 6 bad CSV rows of 4 kinds
 # what a user compares between runs: every count of the source's etl_runs entry
 COUNTED = ("fetched", "inserted", "updated", "unchanged", "superseded", "rejected", "deleted", "undeleted",
-           "live_before", "live_after", "loaded")
+           "deletes_skipped", "live_before", "live_after", "loaded")
+# the quality gate's judgement of the batch: the same records, so the same measures and verdicts
+QUALITY = ("select check_name, severity, measured, verdict from quality_results where run_id = %s and source = 'csv' "
+           "order by 1")
 REJECTS = ("select source_id, stage, reason, payload::text from rejected_records where run_id = %s and source = 'csv' "
            "order by 1, 2, 3, 4")
 SKIPPED = ("select (result ->> 'unchanged')::boolean from etl_step_results where run_id = %s and source = 'csv' "
@@ -58,6 +61,8 @@ def test_an_unchanged_rerun_writes_nothing_and_reports_what_a_read_of_the_file_w
     assert (skipped["fetched"], skipped["rejected"], skipped["inserted"], skipped["updated"]) == (
         read["fetched"], read["rejected"], 0, 0)
     assert dag.rows(REJECTS, (skipped["run_id"],)) == dag.rows(REJECTS, (read["run_id"],))
+    assert dag.rows(QUALITY, (skipped["run_id"],)) == dag.rows(QUALITY, (read["run_id"],))
+    assert len(dag.rows(QUALITY, (skipped["run_id"],))) > 1
     assert len(dag.rows(REJECTS, (skipped["run_id"],))) == 6
     # no raw or normalized row version, no staged row: nothing was written
     assert dag.rows(ROW_VERSIONS) == versions

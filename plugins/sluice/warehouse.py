@@ -222,7 +222,8 @@ def store_unchanged(conn, source: str, *, run_id: str, fetch_seq: int, digest: s
         result = Stored(source=source, stored=counts["stored"], rejected=counts["rejected"], fetch_seq=fetch_seq,
                         last_id=counts["last_id"], whole_read=counts["whole_read"], last_cursor=counts["last_cursor"],
                         json_types=counts["json_types"], attributes_key=counts["attributes_key"],
-                        file={"digest": digest, "ingested": loaded["ingested"]}, unchanged=True,
+                        file={"digest": digest, "ingested": loaded["ingested"], "batch": loaded["batch"]},
+                        unchanged=True,
                         normalize_rejected=loaded["normalize_rejected"])
         _record_result(conn, keys, result)
     c = progress.count
@@ -439,13 +440,17 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
             return Upserted.from_xcom(recorded)
         stored = stored or _committed(conn, keys, Stored)
         normalized = normalized or _committed(conn, keys, Normalized)
-        if stored.unchanged:
-            # the rows are what the file's load left (store_unchanged checked): nothing to write or delete
-            (live,) = _count(conn, "live_rows", keys)
-            result = Upserted(source=source, processed=normalized.staged, live_before=live, live_after=live)
-            _record_result(conn, keys, result)
-            log.info("%s: unchanged file: nothing to upsert; %s live rows", source, progress.count(live))
-            return result
+        if stored.unchanged:  # a hand caller's (stored None): the unchanged path runs once it knows
+            unchanged = (stored, normalized)
+        else:
+            unchanged = None
+    if unchanged is not None:
+        return _upsert_unchanged(conn, keys, *unchanged, lock_timeout_seconds=lock_timeout_seconds,
+                                 deletes_missing=deletes_missing, delete_limit=delete_limit, gate=gate)
+    with source_transaction(conn, source, lock_timeout_seconds):
+        if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
+            log.info("%s: this run's rows were already upserted by an earlier try; nothing to do", source)
+            return Upserted.from_xcom(recorded)
         step = progress.Progress(log, source, "upserting")
         (live_before,) = _count(conn, "live_rows", keys)
         # normalize analyzed normalized_stage after writing it: the plans here see its size
@@ -500,7 +505,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                           renormalized_updated=again_updated, quality_score=report and report.score)
         if held is None:
             _record_result(conn, keys, result)
-            _note_loaded_file(conn, keys, stored, normalized, result)
+            _note_loaded_file(conn, keys, stored, normalized, result, batch=batch if gate else None,
+                              checks=bool(gate and gate.source.checks))
     if held is not None:
         raise held
     c = progress.count
@@ -514,19 +520,52 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
     return result
 
 
-def _note_loaded_file(conn, keys: dict, stored: Stored, normalized: Normalized, upserted: Upserted) -> None:
+def _upsert_unchanged(conn, keys: dict, stored: Stored, normalized: Normalized, *, lock_timeout_seconds: float,
+                      deletes_missing: bool, delete_limit: DeleteLimit, gate: "quality.Gate | None") -> Upserted:
+    """upsert of a batch store_unchanged skipped: the rows are what the file's load left, so nothing is written or
+    deleted, and the quality gate judges what a read of the file would bring it: that load's batch measures (the same
+    records, so the same values) with this run's counts (nothing changed, nothing deleted) against today's history,
+    and the delete guard's judgement of a read missing no row. A held batch raises QualityHeld, as upsert does."""
+    source = keys["source"]
+    with source_transaction(conn, source, lock_timeout_seconds):
+        if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
+            return Upserted.from_xcom(recorded)
+        (live,) = _count(conn, "live_rows", keys)
+        _, undeleted, skipped, guarded = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
+                                                       deletes_missing=deletes_missing, whole_read=stored.whole_read,
+                                                       live_before=live, guard=delete_limit, unchanged=True)
+        report = None
+        if gate is not None:
+            report = gate.judge(conn, keys, stored.file.get("batch") or {}, stored=stored, normalized=normalized,
+                                updated=0, deleted=0, live_before=live, deletes=guarded)
+            gate.record(conn, keys, report)  # committed with the transaction, held or not
+        result = Upserted(source=source, processed=normalized.staged, undeleted=undeleted, deletes_skipped=skipped,
+                          live_before=live, live_after=live, quality_score=report and report.score)
+        if report is None or not report.held:
+            _record_result(conn, keys, result)
+    if report is not None and report.held:
+        raise QualityHeld(report.held_message(keys["run_id"]))
+    log.info("%s: unchanged file: nothing to upsert; %s live rows", source, progress.count(live))
+    return result
+
+
+def _note_loaded_file(conn, keys: dict, stored: Stored, normalized: Normalized, upserted: Upserted, *,
+                      batch: dict | None, checks: bool) -> None:
     """After a published upsert: when its batch came from a file and stands for the source's state (every record of
     the file stored and upserted, none superseded, none normalized again from raw: the rows are what a read of the
     file leaves), record the file with what the run counted, so the next read of the same bytes costs a download
     and a hash (store_unchanged); the record holds only while this fetch is the newest stored. Otherwise forget
-    any file recorded."""
+    any file recorded. batch: the quality gate's measures of the batch (None: no gate judged it); a source with
+    declared checks (checks), whose checks read the batch's records, or measures that are not plain numbers (a
+    freshness age) are read each time."""
     whole = (stored.file is not None and stored.whole_read and not stored.superseded and not upserted.superseded
-             and not normalized.renormalized and not normalized.renormalized_rejected)
+             and not normalized.renormalized and not normalized.renormalized_rejected and batch is not None
+             and not checks and all(type(value) in (int, float) for value in batch.values()))
     if not whole:
         conn.execute(q("forget_loaded_file"), keys)
         return
     loaded = {"digest": stored.file["digest"], "fetch_seq": stored.fetch_seq, "run_id": keys["run_id"],
-              "live": upserted.live_after, "ingested": stored.file["ingested"],
+              "live": upserted.live_after, "ingested": stored.file["ingested"], "batch": batch,
               "stored": {"stored": stored.stored, "rejected": stored.rejected, "last_id": stored.last_id,
                          "whole_read": stored.whole_read, "last_cursor": stored.last_cursor,
                          "json_types": stored.json_types, "attributes_key": stored.attributes_key},
@@ -535,7 +574,8 @@ def _note_loaded_file(conn, keys: dict, stored: Stored, normalized: Normalized, 
 
 
 def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: bool, whole_read: bool,
-                  live_before: int, guard: DeleteLimit) -> tuple[int, int, str, "delete_guard.Measured | None"]:
+                  live_before: int, guard: DeleteLimit,
+                  unchanged: bool = False) -> tuple[int, int, str, "delete_guard.Measured | None"]:
     """(deleted, undeleted, why deletes were skipped: empty when they were not, the guard's judgement: None when it
     did not judge) for the run's read of the source.
 
@@ -550,7 +590,9 @@ def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: b
         why = "another run stored a newer fetch of the source since this run's; its run decides deletes"
         log.info("%s: no deletes or undeletes: %s", source, why)
         return 0, 0, why, None
-    undeleted = conn.execute(q("undelete_returned"), keys).rowcount
+    # unchanged: a batch store_unchanged skipped has no staged ids, and needs none: the file's load undeleted and
+    # deleted what its read decided, and nothing changed the rows since
+    undeleted = 0 if unchanged else conn.execute(q("undelete_returned"), keys).rowcount
     if not deletes_missing or not live_before:  # a source without live rows has nothing to delete
         return 0, undeleted, "", None
     if not whole_read:
@@ -565,7 +607,7 @@ def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: b
         return 0, undeleted, why, None
     # one pass finds the missing rows; they are deleted in it only when the guard allows, so a refusal writes nothing
     allowed = guard.allowed(live_before)
-    missing, deleted = _count(conn, "soft_delete_missing", {**keys, "max_deletes": allowed})
+    missing, deleted = (0, 0) if unchanged else _count(conn, "soft_delete_missing", {**keys, "max_deletes": allowed})
     measured = delete_guard.Measured(missing, live_before, guard)
     if measured.refused:
         raise DeleteRefused(delete_guard.refusal(source, missing, live_before, guard), measured)
