@@ -122,6 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              "API (and the small table for /stats and /health); no dlt, whole-DAG, declared-fields, quality, "
              "memory-check or export runs")
     args = parser.parse_args(argv)
+    if args.whole_dag_only:  # as its help says: the declared fields' and the quality gate's comparisons are other modes
+        args.no_attributes = args.no_quality = True
     if args.api_only:
         args.no_dlt = args.no_whole_dag = args.no_attributes = args.no_quality = args.no_pg15 = args.no_export = True
         args.memory_check_rows = 0
