@@ -639,6 +639,7 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool, index_build_memory:
     building = progress.Progress(log, f"bulk load into {table}", "rebuilding its indexes")
     (built,) = conn.execute(q("restore_indexes"), {"table": table}).fetchone()
     building.finish(f"rebuilt {built} indexes")
+    conn.execute(sql.SQL(q("analyze_loaded")).format(table=sql.Identifier(table)))
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float,
