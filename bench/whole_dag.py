@@ -38,7 +38,8 @@ API_RECORDS = 100  # the posts, as the issue measures
 API_PAGE_SIZE = 1000
 PASSES = ("first", "rerun", "changed")  # after the tiny runs
 PASS_NAMES = {"tiny": "tiny (fixed start-up)", "first": "first load", "rerun": "unchanged rerun",
-              "changed": "1% changed"}
+              "changed": "1% changed", "scale": "scale first load"}
+SCALE = "scale"  # the opt-in first load at --scale-rows, after the rounds (issue 28: 10M rows)
 TASKS = ("init_schema", "ingest", "store_raw", "normalize", "upsert", "checkpoint", "record_run")
 
 
@@ -67,6 +68,7 @@ class ServerResult:
     tiny_rows: int
     expected_changed: int
     runs: dict[str, DagRun] = field(default_factory=dict)
+    scale_rows: int = 0  # rows of the scale first load (runs[SCALE]); 0: not asked (--scale-rows)
     dlt: list = field(default_factory=list)  # baselines.Baseline: bare, then followed by the indexes
     notes: list[str] = field(default_factory=list)
 
@@ -176,8 +178,10 @@ def etl_run(warehouse: str, run_id: str) -> dict:
 
 def run_server(server: database.Server, label: str, *, children: Children, work_dir: Path, stamp: str,
                csv_input: inputs.CsvInput, tiny_input: inputs.CsvInput, bench_python: Path | None,
-               tiny_runs: int = 1, rounds: int = 1, echo=print) -> ServerResult:
-    """The tiny runs and `rounds` rounds of the three passes of the DAG, then the dlt baselines, on one server."""
+               tiny_runs: int = 1, rounds: int = 1, scale_input: inputs.CsvInput | None = None,
+               echo=print) -> ServerResult:
+    """The tiny runs and `rounds` rounds of the three passes of the DAG, then (scale_input) one first load of a
+    larger CSV on its own fresh warehouse, then the dlt baselines, on one server."""
     api_input = inputs.api_records(API_RECORDS)
     result = ServerResult(label, server.describe(), csv_input.rows, tiny_input.rows,
                           expected_changed=csv_input.changed + api_input.changed)
@@ -187,13 +191,18 @@ def run_server(server: database.Server, label: str, *, children: Children, work_
                       children.log_dir / f"airflow-{label}.log")
     tiny = [run_name("tiny", n) for n in range(1, tiny_runs + 1)]
     full = [run_name("wh", n) for n in range(1, rounds + 1)]
-    warehouses = {name: server.create_database(f"{prefix}_{name}") for name in [*tiny, *full]}
+    scale = [SCALE] if scale_input is not None else []
+    warehouses = {name: server.create_database(f"{prefix}_{name}") for name in [*tiny, *full, *scale]}
     staging = work_dir / "staging-dag" / label
     plan = {name: (tiny_input.path, "posts", name) for name in tiny}
     for number, warehouse in enumerate(full, start=1):
         plan |= {run_name("first", number): (csv_input.path, "posts", warehouse),
                  run_name("rerun", number): (csv_input.path, "posts", warehouse),
                  run_name("changed", number): (csv_input.changed_path, "posts-changed", warehouse)}
+    if scale_input is not None:
+        # served from the same folder (inputs.write_csvs puts every size in one)
+        plan[SCALE] = (scale_input.path, "posts", SCALE)
+        result.scale_rows = scale_input.rows
     passes = [name for name in plan if name not in tiny]
     try:
         with SourceServer() as api, served_files(csv_input.path.parent) as files:

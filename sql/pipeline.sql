@@ -121,11 +121,54 @@ select (select count(*) from inserted), (select count(*) from updated);
 -- raw_fetch_seq: the newest fetch the source holds (remove_superseded, delete_scope), whether or not the batch
 -- changed a payload. raw_run_id: the run of the last batch that wrote raw rows (raw_written_since); a batch that
 -- wrote none (unchanged, or superseded by a newer fetch) replaced no payload, so it leaves the writer as it was.
+-- loaded_file: a stored batch changes what the source's last complete load left, so its file no longer stands for
+-- the source's state (upsert records this batch's file once it is published, store_unchanged).
 insert into etl_checkpoint as c (source, raw_run_id, raw_fetch_seq)
 values (%(source)s, case when %(wrote)s then %(run_id)s end, %(fetch_seq)s)
 on conflict (source) do update
     set raw_run_id = case when %(wrote)s then excluded.raw_run_id else c.raw_run_id end,
-        raw_fetch_seq = greatest(c.raw_fetch_seq, excluded.raw_fetch_seq);
+        raw_fetch_seq = greatest(c.raw_fetch_seq, excluded.raw_fetch_seq),
+        loaded_file = null;
+
+-- name: unchanged_file
+-- The source's last complete load when it read a file of this digest (the same bytes under the same catalog entry)
+-- and nothing changed the source since: no other fetch stored (raw_fetch_seq is still the one that read the file,
+-- and older than this one: a newer fetch stored after this one was taken wins, so this batch takes the usual
+-- path), and its live rows are those that load left (a release, a hand edit). Whatever else changes the source
+-- (any store, a replay, a load whose upsert did not publish) cleared loaded_file. Null: take the usual path.
+select c.loaded_file
+from etl_checkpoint c
+where c.source = %(source)s and c.loaded_file ->> 'digest' = %(digest)s
+  and c.raw_fetch_seq = (c.loaded_file ->> 'fetch_seq')::bigint and c.raw_fetch_seq < %(fetch_seq)s
+  and c.row_count - (select count(*) from normalized_data n where n.source = c.source and n.deleted_at is not null)
+      = (c.loaded_file ->> 'live')::bigint;
+
+-- name: mark_unchanged_fetch
+-- store_unchanged: this fetch read the file the source holds, so it is the newest fetch stored (a fetch older than
+-- it that stores later is superseded by it, as if it had stored the records again), and the file's fetch moves
+-- with it; it wrote no raw row, so the writer stays (raw_written_since).
+update etl_checkpoint
+set raw_fetch_seq = %(fetch_seq)s, loaded_file = jsonb_set(loaded_file, '{fetch_seq}', to_jsonb(%(fetch_seq)s::bigint))
+where source = %(source)s;
+
+-- name: copy_loaded_rejects
+-- store_unchanged: the records the load of the same file rejected (while staging, as duplicates, by normalize) are
+-- this run's rejects too, as a read of the file would find them again
+insert into rejected_records (run_id, source, source_id, stage, reason, payload)
+select %(run_id)s, r.source, r.source_id, r.stage, r.reason, r.payload
+from rejected_records r
+where r.run_id = %(loaded_run_id)s and r.source = %(source)s and r.stage in ('store_raw', 'normalize')
+order by r.id;
+
+-- name: record_loaded_file
+-- upsert published a whole, newest batch read from a file: that file now stands for the source's state
+update etl_checkpoint set loaded_file = %(loaded_file)s
+where source = %(source)s and raw_fetch_seq = %(fetch_seq)s;
+
+-- name: forget_loaded_file
+-- a replay, or a published batch that does not stand for the source's state (partial, superseded in part, with
+-- records normalized again from raw): the next read of the same file takes the usual path
+update etl_checkpoint set loaded_file = null where source = %(source)s and loaded_file is not null;
 
 -- name: raw_written_since
 -- whether another run has written raw payloads of the source since this run stored its batch (mark_raw_writer),
@@ -146,6 +189,12 @@ select set_config('enable_nestloop', 'off', true);
 -- name: restore_indexes
 -- after it: build them again, each in one pass (in parallel when the server allows) instead of row by row
 select sluice_restore_indexes(%(table)s::regclass);
+
+-- name: analyze_loaded
+-- after a bulk load, in its transaction (ANALYZE counts the transaction's own new rows): the next run's plans see the
+-- table as it now is. Left to autovacuum, a run that came right after a first load (an unchanged rerun takes seconds
+-- now) planned nested loops over a table its statistics still called empty: a 1% change's upsert took 146 s, not 2.
+analyze {table};
 
 -- name: analyze_staged
 -- fresh statistics after a bulk load, so the joins that follow get hash plans, not nested loops: of the columns

@@ -55,13 +55,14 @@ def test_bench_reports_every_stage_of_every_pass(server_url, tmp_path):
 
 @pytest.mark.slow
 def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
-    """`airflow dags test` four times on the embedded server: every pass, every task, rows written, peak RSS."""
+    """`airflow dags test` on the embedded server: every pass, every task, rows written, peak RSS; and the opt-in
+    scale first load (--scale-rows, issue 28's 10M rows, here 3,000) judged against the rounds' first loads."""
     # the embedded server's data lives under .sluice/ as the other tests' servers do: pytest's temporary
     # folders are pruned by concurrent pytest runs, which would pull the data directory from under the server
     work_dir = REPO / ".sluice" / f"bench-smoke-{os.getpid()}"
     command = [sys.executable, "-m", "bench", "--whole-dag-only", "--rows", "2000", "--no-dlt", "--no-pg15", "--no-attributes",
                "--no-quality", "--whole-dag-tiny-runs", "1", "--whole-dag-rounds", "2",
-               "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
+               "--scale-rows", "3000", "--results-dir", str(tmp_path / "results"), "--work-dir", str(work_dir)]
     env = {key: value for key, value in os.environ.items() if key != "BENCH_DATABASE_URL"}
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -76,9 +77,11 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
     for task in ("init_schema", "ingest", "store_raw", "normalize", "upsert", "checkpoint", "record_run"):
         assert f" {task} |" in header
     rows = {line.split(" | ")[0][2:]: line for line in out.splitlines()
-            if line.startswith(("| tiny", "| first load", "| unchanged rerun", "| 1% changed"))}
+            if line.startswith(("| tiny", "| first load", "| unchanged rerun", "| 1% changed", "| scale"))}
     assert set(rows) == {"tiny (fixed start-up)", "first load", "unchanged rerun", "1% changed", "first load 2",
-                         "unchanged rerun 2", "1% changed 2"}
+                         "unchanged rerun 2", "1% changed 2", "scale first load"}
+    # its own warehouse: the scale CSV's 2,970 good rows (1% are bad) and the 100 posts
+    assert "| 3,070 + 0 |" in rows["scale first load"], rows["scale first load"]
     assert all(line.endswith("| success |") for line in rows.values()), rows
     # the counts come from each run's etl_runs row: 2,080 new rows, then none, then exactly the 21 changed;
     # the second round loads its own fresh warehouse
@@ -94,7 +97,10 @@ def test_bench_whole_dag_mode_reports_each_dag_run(tmp_path):
                      out, re.M), out
     assert "PASS  whole DAG peak RSS at 2,000 rows within 100 MB of 1,000 [embedded]" in out
     assert "SKIP  whole DAG first load ≤ 1× dlt pyarrow merge + Sluice's indexes (aim 0.67×) [embedded]" in out
-    assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 4
+    assert re.search(r"^(PASS|MISS|SKIP)  whole DAG first load at 3,000 rows ≤ 1.575× the 2,000-row first load "
+                     r"\[embedded\]", out, re.M), out
+    assert "PASS  whole DAG peak RSS flat 1,000 → 3,000 rows (within 100 MB) [embedded]" in out
+    assert out.count("\nPASS  ") + out.count("\nMISS  ") + out.count("\nSKIP  ") == 6
     assert [path.suffix for path in (tmp_path / "results").iterdir()] == [".md"]
 
 

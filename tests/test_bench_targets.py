@@ -1,6 +1,8 @@
 """The whole-DAG targets' verdicts (bench/targets.py) over several rounds: medians, each round's own first load."""
 
-from bench import baselines, targets
+import pytest
+
+from bench import baselines, targets, whole_dag
 from bench.whole_dag import DagRun, ServerResult
 
 CHANGED = 10_001
@@ -27,26 +29,61 @@ def server(*rounds: tuple[float, float, float], changed_updates: int = CHANGED) 
 
 
 def verdicts(result: ServerResult) -> list[str]:
-    return [target.line() for target in targets._whole_dag(result)]
+    """The four round targets' lines; the two scale targets follow them (scale_verdicts)."""
+    return [target.line() for target in targets._whole_dag(result)][:4]
+
+
+def scale_verdicts(result: ServerResult) -> list[str]:
+    lines = [target.line() for target in targets._whole_dag(result)]
+    assert len(lines) == 6
+    return lines[4:]
 
 
 def test_one_round_is_judged_as_it_ran():
-    first_load, rerun, changed, rss = verdicts(server((20.0, 5.0, 8.0)))
+    first_load, rerun, changed, rss = verdicts(server((20.0, 2.8, 5.0)))
     assert first_load.startswith("MISS") and "20.00 s vs 10.00 s = 2.00×" in first_load
-    assert rerun.startswith("PASS") and "= 0.25;" in rerun
-    assert changed.startswith("MISS") and "= 0.40;" in changed and "inserted 0, updated 10,001" in changed
+    assert rerun.startswith("PASS  whole DAG unchanged rerun ≤ 0.15× first load (issue 28)") and "= 0.14;" in rerun
+    assert (changed.startswith("MISS  whole DAG 1% changed ≤ 0.2× first load (issue 28)") and "= 0.25;" in changed
+            and "inserted 0, updated 10,001" in changed)
     assert rss.startswith("PASS") and "+10 MB" in rss
 
 
 def test_several_rounds_take_the_median_of_each_rounds_own_share():
     # the second round's slow rerun alone would miss; its share is of its own round's first load
-    _, rerun, changed, _ = verdicts(server((20.0, 5.8, 6.0), (24.0, 9.6, 8.0), (22.0, 6.2, 7.9)))
-    assert rerun.startswith("PASS") and "= 0.29 (median of 0.29, 0.40, 0.28)" in rerun
-    assert changed.startswith("PASS") and "= 0.33 (median of 0.30, 0.33, 0.36)" in changed
+    _, rerun, changed, _ = verdicts(server((20.0, 2.8, 3.8), (24.0, 9.6, 8.0), (22.0, 3.2, 4.2)))
+    assert rerun.startswith("PASS") and "= 0.15 (median of 0.14, 0.40, 0.15)" in rerun
+    assert changed.startswith("PASS") and "= 0.19 (median of 0.19, 0.33, 0.19)" in changed
+
+
+def test_the_scale_targets_skip_unless_asked():
+    load, rss = scale_verdicts(server((20.0, 2.8, 3.8)))
+    assert load == "SKIP  whole DAG first load at 10,000,000 rows ≤ 10.5× the 1,000,000-row first load " \
+                   "[embedded]: not asked (--scale-rows)"
+    assert rss.startswith("SKIP  whole DAG peak RSS flat 1,000 → 10,000,000 rows (within 100 MB)")
+
+
+@pytest.mark.parametrize("seconds, rss, verdict", [(209.0, 300.0, ("PASS", "PASS")), (211.0, 371.0, ("MISS", "MISS"))])
+def test_ten_times_the_rows_pass_within_ten_and_a_half_times_the_first_load_and_flat_memory(seconds, rss, verdict):
+    result = server((20.0, 2.8, 3.8), (20.0, 2.8, 3.8))
+    result.scale_rows = 10_000_000
+    result.runs[whole_dag.SCALE] = run("scale", seconds, inserted=9_900_000, rss=rss)
+    load, memory = scale_verdicts(result)
+    assert load.startswith(f"{verdict[0]}  whole DAG first load at 10,000,000 rows ≤ 10.5× the 1,000,000-row")
+    assert f"{seconds:.2f} s vs 20.00 s = {seconds / 20:.2f}× (linear: 10×)" in load
+    assert memory.startswith(f"{verdict[1]}  whole DAG peak RSS flat 1,000 → 10,000,000 rows (within 100 MB)")
+
+
+def test_a_failed_scale_run_misses_its_targets_not_the_rounds():
+    result = server((20.0, 2.8, 3.8))
+    result.scale_rows = 10_000_000
+    result.runs[whole_dag.SCALE] = run("scale", 100.0)
+    result.runs[whole_dag.SCALE].state = "failed"
+    assert [line[:4] for line in verdicts(result)] == ["MISS", "PASS", "PASS", "PASS"]
+    assert [line[:4] for line in scale_verdicts(result)] == ["MISS", "MISS"]
 
 
 def test_a_round_that_writes_the_wrong_rows_misses_whatever_the_times():
-    result = server((20.0, 5.0, 6.0), (20.0, 5.0, 6.0))
+    result = server((20.0, 2.0, 3.0), (20.0, 2.0, 3.0))
     result.runs["changed2"].etl_run["updated"] = CHANGED - 1
     _, _, changed, _ = verdicts(result)
     assert changed.startswith("MISS") and "inserted 0, updated 10,000; inserted 0, updated 10,001" in changed

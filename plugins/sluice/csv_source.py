@@ -4,10 +4,12 @@ then parse it as a stream, with the source's delimiter and encoding."""
 import codecs
 import contextlib
 import csv
+import hashlib
 import itertools
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 import zlib
@@ -45,10 +47,11 @@ HEADER_FIX = ("Map the source's columns by the names in its header (catalog fiel
 
 
 def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep: Callable,
-             allowed_hosts=(), name: str = SOURCE) -> tuple[str, int]:
+             allowed_hosts=(), name: str = SOURCE, digest=None) -> tuple[str, int]:
     """Stream url into a file under directory (the run's download folder, which the staging sweep covers);
     return (path, bytes). Nothing is parsed before the body is whole. Redirects stay on url's origin,
-    or go to allowed_hosts without the session's credentials."""
+    or go to allowed_hosts without the session's credentials. digest: a hashlib object fed the file's bytes
+    (decompressed) as they are written, so the file is hashed without a second read."""
     response = http_client.get(session, url, source=name, policy=policy, sleep=sleep,
                                origins=http_client.Origins.of(url, allowed_hosts))
     content_type = response.headers.get("Content-Type", "").lower()
@@ -68,6 +71,8 @@ def download(session, url: str, directory: str, *, policy, max_bytes: int, sleep
             chunks = gunzip(body, where=f"{name}: {response.url}", limit=max_bytes) if gzipped else body
             for chunk in chunks:
                 file.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
                 size += len(chunk)
                 tracker.update(size)
     except BaseException:
@@ -437,12 +442,26 @@ def fetch(
     encoding: str = "utf-8",
     name: str = SOURCE,
     typer=None,
+    file_key: str = "",
+    unchanged: Callable[[str], StageCounts | None] | None = None,
 ) -> StageCounts:
+    """Download and stage a CSV. file_key and unchanged: FetchRequest's; when unchanged knows the file's digest,
+    the downloaded file itself is staged (no record parsed) and the counts are its."""
+    digest = hashlib.sha256(file_key.encode())
     path, _ = download(session, url, workdir, policy=policy, max_bytes=max_bytes, sleep=sleep,
-                       allowed_hosts=allowed_hosts, name=name)
+                       allowed_hosts=allowed_hosts, name=name, digest=digest)
     try:
-        return stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{name}: {url}",
-                          delimiter=delimiter, encoding=encoding, name=name, typer=typer)
+        known = unchanged(digest.hexdigest()) if unchanged is not None else None
+        if known is not None:
+            with open(path, "rb") as file:
+                shutil.copyfileobj(file, out, staging.BLOCK_BYTES)
+            log.info("%s: the file is the one the source's last complete load read (%d records): not parsed",
+                     name, known.records + known.problems)
+            return known
+        counts = stage_file(path, field_map, out, run_id=run_id, uri=uri, where=f"{name}: {url}",
+                            delimiter=delimiter, encoding=encoding, name=name, typer=typer)
+        counts.digest = digest.hexdigest()
+        return counts
     finally:
         os.unlink(path)
 
@@ -457,4 +476,13 @@ def stage(source, request, out: BinaryIO) -> StageCounts:
     return fetch(request.session, request.url, source.mapping, out, run_id=request.run_id, uri=request.uri,
                  policy=request.policy, max_bytes=request.settings.max_bytes, workdir=str(request.workdir),
                  allowed_hosts=request.settings.api_allowed_hosts, delimiter=source.delimiter,
-                 encoding=source.encoding, name=source.name, typer=source.normalization.typer)
+                 encoding=source.encoding, name=source.name, typer=source.normalization.typer,
+                 file_key=request.file_key, unchanged=request.unchanged)
+
+
+def stage_again(source, path: str, out: BinaryIO, *, run_id: str, uri: str) -> StageCounts:
+    """Stage a downloaded file that ingest passed on unparsed (StageCounts.unchanged) after all: store_raw found
+    the source changed since the load it repeated. source: as ingest read it (pipeline.loaded_fields)."""
+    return stage_file(path, source.mapping, out, run_id=run_id, uri=uri, where=f"{source.name}: {source.endpoint}",
+                      delimiter=source.delimiter, encoding=source.encoding, name=source.name,
+                      typer=source.normalization.typer)

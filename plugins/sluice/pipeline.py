@@ -11,8 +11,12 @@ with open_local, an object store through the caller's own opener.
 """
 
 import dataclasses
+import json
 import logging
+import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -20,17 +24,22 @@ from typing import BinaryIO, ContextManager
 
 import requests
 
-from sluice import contracts, delete_guard, progress, quality, queries, runs, scope_key, staging, timing, warehouse
+from sluice import (contracts, delete_guard, progress, quality, queries, runs, scope_key, sources, staging, timing,
+                    warehouse)
 from sluice.errors import StagedFileMissing
 from sluice.migrations import Changes
 from sluice.results import Checkpointed, Ingested, Normalized, Recorded, Stored, Upserted
 from sluice.settings import Settings
 from sluice.sources import FetchRequest, Source
+from sluice.staging import StageCounts
 
 log = logging.getLogger(__name__)
 
 # (uri, mode) -> an open binary file: how the steps reach staged files
 Opener = Callable[[str, str], ContextManager[BinaryIO]]
+# what ingest counted in a file, kept with its load so that a run reading the same file reports the same
+FILE_COUNTS = ("records", "problems", "pages", "bytes", "skipped_blank_lines", "ids_ascending", "whole_read",
+               "json_types", "attributes_key")
 
 
 def open_local(uri: str, mode: str) -> ContextManager[BinaryIO]:
@@ -68,15 +77,36 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
         log.info("%s: reading %s", source.name, ", ".join(f"{key}={value}" for key, value in bounds.items()))
         # on the first request, as a since_param: next links carry their own query
         url = requests.Request("GET", url, params=bounds).prepare().url
-    request = FetchRequest(session=session, url=url, run_id=run_id, uri=staged_uri, settings=settings, since=since,
-                           workdir=staging.download_dir(run_id))
     # the fields normalize will load, which the reader types into the staged lines (rules.AttributeTyper)
     source = loaded_fields(conn, source)
+    request = FetchRequest(session=session, url=url, run_id=run_id, uri=staged_uri, settings=settings, since=since,
+                           workdir=staging.download_dir(run_id), file_key=file_key(source),
+                           unchanged=None if full_refresh else _unchanged_file(conn, source, fetch_seq, staged_uri))
     with open_file(staged_uri, "wb") as target:
         out = staging.Blocks(target)
         counts = source.reader().stage(source, request, out)
         out.flush()
     return Ingested.of(counts, fetch_seq, source.kind, staged_by=worker or socket.getfqdn())
+
+
+def file_key(source: Source) -> str:
+    """What a downloaded file's digest is seeded with (FetchRequest.file_key): the source's entry as this run reads
+    it (evolved fields included), its rules' input key (which names the rules' version) and the staged format, so
+    the same bytes read under another mapping, declaration or release of the rules are another file."""
+    return json.dumps({"entry": sources.to_entry(source), "input_key": source.normalization.input_key,
+                       "format": staging.COPY_COLUMNS}, sort_keys=True, default=str)
+
+
+def _unchanged_file(conn, source: Source, fetch_seq: int, staged_uri: str) -> Callable[[str], StageCounts | None]:
+    """FetchRequest.unchanged: the counts of the source's last complete load when it read a file of this digest and
+    nothing changed the source since (warehouse.unchanged_file). A hint: store_raw asks again under the source's
+    lock, and stages the file after all when the answer changed meanwhile."""
+    def unchanged(digest: str) -> StageCounts | None:
+        loaded = warehouse.unchanged_file(conn, source.name, digest=digest, fetch_seq=fetch_seq)
+        if loaded is None:
+            return None
+        return StageCounts(**loaded["ingested"], source=source.name, uri=staged_uri, digest=digest, unchanged=True)
+    return unchanged
 
 
 def time_bounds(conn, source: Source, interval: tuple[datetime, datetime] | None) -> dict[str, str]:
@@ -122,12 +152,55 @@ def store_raw(conn, ingested: Ingested, open_file: Opener = open_local, *, run_i
     if (done := warehouse.stored_already(conn, ingested.source, run_id=run_id,
                                          fetch_seq=ingested.fetch_seq)) is not None:
         return done
-    with open_staged(open_file, ingested, worker or socket.getfqdn()) as file:
-        return warehouse.store_raw(
-            conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
-            fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
-            ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read, contract=source,
-            cursor_field=cursor_field, json_types=ingested.json_types, attributes_key=ingested.attributes_key)
+    worker = worker or socket.getfqdn()
+    if ingested.unchanged:
+        if (done := warehouse.store_unchanged(conn, ingested.source, run_id=run_id, fetch_seq=ingested.fetch_seq,
+                                              digest=ingested.digest,
+                                              lock_timeout_seconds=settings.lock_timeout_seconds)) is not None:
+            return done
+        return _store_staged_again(conn, ingested, open_file, run_id=run_id, settings=settings, worker=worker,
+                                   source=source, cursor_field=cursor_field)
+    with open_staged(open_file, ingested, worker) as file:
+        return _store(conn, ingested, file, run_id=run_id, settings=settings, source=source, cursor_field=cursor_field)
+
+
+def _store(conn, ingested: Ingested, file: BinaryIO, *, run_id: str, settings: Settings, source: Source | None,
+           cursor_field: str | None) -> Stored:
+    digested = ingested.digest and {"digest": ingested.digest,
+                                    "ingested": {name: getattr(ingested, name) for name in FILE_COUNTS}}
+    return warehouse.store_raw(
+        conn, ingested.source, file, run_id=run_id, lock_timeout_seconds=settings.lock_timeout_seconds,
+        fetch_seq=ingested.fetch_seq, index_build_memory=settings.index_build_memory, kind=ingested.kind,
+        ids_ascending=ingested.ids_ascending, whole_read=ingested.whole_read, contract=source,
+        cursor_field=cursor_field, json_types=ingested.json_types, attributes_key=ingested.attributes_key,
+        file=digested or None)
+
+
+def _store_staged_again(conn, ingested: Ingested, open_file: Opener, *, run_id: str, settings: Settings, worker: str,
+                        source: Source | None, cursor_field: str | None) -> Stored:
+    """store_raw of a file ingest passed on unparsed (Ingested.unchanged) when the source changed since the load it
+    repeated: the file is staged here, as ingest would have, and stored as any batch of its fetch."""
+    if source is None:
+        raise ValueError(f"{ingested.source}: its staged file is the source file itself; staging it needs the "
+                         "source's catalog entry (store_raw's source)")
+    log.info("%s: the source changed since its last complete load read this file: staging the file now",
+             ingested.source)
+    read_as = loaded_fields(conn, source)
+    folder = staging.make_run_folder(staging.download_dir(run_id))
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        downloaded, lines = os.path.join(scratch, "source"), os.path.join(scratch, "staged.copy")
+        with open_staged(open_file, ingested, worker) as given, open(downloaded, "wb") as copy:
+            shutil.copyfileobj(given, copy, staging.BLOCK_BYTES)
+        with open(lines, "wb") as target:
+            out = staging.Blocks(target)
+            counts = read_as.reader().stage_again(read_as, downloaded, out, run_id=run_id, uri=ingested.uri)
+            out.flush()
+        counts.digest = ingested.digest
+        batch = dataclasses.replace(ingested, **{name: value for name, value in dataclasses.asdict(counts).items()
+                                                 if name not in ("source", "uri")})
+        with open(lines, "rb") as file:
+            return _store(conn, batch, file, run_id=run_id, settings=settings, source=source,
+                          cursor_field=cursor_field)
 
 
 def store_replay(conn, source: Source, *, run_id: str, settings: Settings) -> Stored:
@@ -196,7 +269,6 @@ def release(conn, source_name: str, run_id: str, *, released_by: str, settings: 
     are upserted as that run's upsert would have (checks judged and recorded again, with who released it and when),
     its checkpoint advances, and /sources shows the source loaded. Refused (ReleaseRefused) unless the batch is
     still held: published, released, superseded by a later run's fetch, or never held."""
-    from sluice import sources
     from sluice.errors import ReleaseRefused
 
     if not released_by.strip():

@@ -70,6 +70,14 @@ class Stored(StepResult):
     json_types: dict = field(default_factory=dict)
     # the input key of the rules that typed the staged attributes (Ingested.attributes_key; None: none typed)
     attributes_key: str | None = None
+    # the file the batch was read from: {"digest", "ingested": what ingest counted in it}, which upsert records
+    # with the load once published, for the next read of the same file (warehouse.unchanged_file); None: no file
+    file: dict | None = None
+    # the file equals the source's last complete load and nothing changed the source since (store_unchanged): no
+    # record was stored; normalize, upsert and checkpoint do no work and report that load's counts, normalize
+    # rejecting normalize_rejected records again (copied into this run's rejected_records with the others)
+    unchanged: bool = False
+    normalize_rejected: int = 0
 
     @property
     def written(self) -> int:

@@ -17,7 +17,7 @@ import functools
 import importlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
@@ -300,6 +300,13 @@ class FetchRequest:
     settings: Settings
     since: str | None  # the checkpoint to read from (source.since_param); None reads the source whole
     workdir: Path  # a local folder of the run for downloads; the staging sweep removes what a killed task left
+    # Unchanged files (a kind that downloads a file whole, as csv): file_key seeds the file's digest (the source's
+    # entry as the run reads it, so the same bytes under another mapping or declaration differ), and unchanged,
+    # given the digest, returns the counts of the source's last complete load when it read the same digest and
+    # nothing changed the source since (warehouse.unchanged_file); then the reader stages the file itself, not its
+    # records. None: every file is read (a full refresh, a caller without a warehouse).
+    file_key: str = ""
+    unchanged: Callable[[str], object] | None = None
 
     @property
     def policy(self):

@@ -75,6 +75,12 @@ class StageCounts:
     json_types: dict = field(default_factory=dict)
     # the input key (rules.AttributeTyper.key) of the rules that typed the staged attributes; None: none typed
     attributes_key: str | None = None
+    # sha256 of the source's entry (FetchRequest.file_key) and the file's bytes, taken while it downloaded; None: not
+    # a file read whole (an API)
+    digest: str | None = None
+    # the file equals the source's last complete load (FetchRequest.unchanged): the staged file holds the source file
+    # itself, not staged lines, and the counts are that load's (store_raw copies it, or stages the file after all)
+    unchanged: bool = False
 
 
 class StageWriter:

@@ -99,7 +99,7 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
               index_build_memory: str = settings.INDEX_BUILD_MEMORY, kind: str | None = None,
               ids_ascending: bool = False, whole_read: bool = True,
               contract: Source | None = None, cursor_field: str | None = None,
-              json_types: dict | None = None, attributes_key: str | None = None) -> Stored:
+              json_types: dict | None = None, attributes_key: str | None = None, file: dict | None = None) -> Stored:
     """Load a staged file, quarantine its problems and duplicates, and upsert the rest into the raw table of
     the source's kind (raw_table).
 
@@ -118,7 +118,8 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
     cursor_field: the source's time cursor field, whose newest value among the stored records the result carries
     to the checkpoint. json_types: the reader's type mix of the batch (StageCounts.json_types), carried to the gate.
     attributes_key: the input key of the rules that typed the staged attributes (StageCounts.attributes_key), which
-    normalize compares with its own before it loads them.
+    normalize compares with its own before it loads them. file: the downloaded file the batch was read from
+    (Stored.file), which upsert records with the load once published, for a later read of the same file.
     """
     keys = {"run_id": run_id, "source": source}
     with source_transaction(conn, source, lock_timeout_seconds):
@@ -170,13 +171,65 @@ def store_raw(conn, source: str, staged: BinaryIO, *, run_id: str, lock_timeout_
         result = Stored(source=source, stored=staged_rows, raw_inserted=inserted, raw_updated=updated,
                         rejected=problems + duplicates, superseded=superseded, fetch_seq=fetch_seq, last_id=last_id,
                         whole_read=whole_read, last_cursor=last_cursor, json_types=json_types or {},
-                        attributes_key=attributes_key)
+                        attributes_key=attributes_key, file=file)
         _record_result(conn, keys, result)
     c = progress.count
     step.finish(f"stored {c(staged_rows)} staged records in {table}: {c(inserted)} inserted, {c(updated)} "
                 f"updated, {c(staged_rows - inserted - updated)} unchanged; {c(superseded)} superseded by a later "
                 f"fetch; quarantined {c(problems + duplicates)} ({c(problems)} found while staging, "
                 f"{c(duplicates)} duplicate ids)")
+    return result
+
+
+def unchanged_file(conn, source: str, *, digest: str, fetch_seq: int) -> dict | None:
+    """The source's last complete load (etl_checkpoint.loaded_file) when it read a file of this digest and nothing
+    changed the source since, for a fetch taken at fetch_seq; None otherwise (see the query)."""
+    with conn.transaction():
+        found = conn.execute(q("unchanged_file"), {"source": source, "digest": digest,
+                                                   "fetch_seq": fetch_seq}).fetchone()
+    return found and found[0]
+
+
+def store_unchanged(conn, source: str, *, run_id: str, fetch_seq: int, digest: str,
+                    lock_timeout_seconds: float) -> Stored | None:
+    """store_raw of a batch whose file equals the source's last complete load (StageCounts.unchanged), asked again
+    under the source's lock: when nothing changed the source since (unchanged_file), no record is read or written.
+    The fetch becomes the newest the source holds (an older one that stores later is superseded by it, as if this
+    one had stored its records), that load's rejects are copied into this run's, and the result carries that load's
+    counts, marked unchanged, so normalize, upsert and checkpoint report them without work. None: the source changed
+    meanwhile, nothing was written, and the caller stages the file and stores it as any batch. A retry of a
+    source this run already stored from the same fetch returns what it stored then; a new fetch of the run is
+    stored (what the old one led to is redone), as store_raw does."""
+    keys = {"run_id": run_id, "source": source}
+    with source_transaction(conn, source, lock_timeout_seconds):
+        recorded = _recorded_result(conn, keys, "store_raw")
+        if _of_fetch(recorded, fetch_seq):
+            log.info("%s: this fetch was already stored by an earlier try of this run; nothing to do", source)
+            return Stored.from_xcom(recorded)
+        found = conn.execute(q("unchanged_file"), {**keys, "digest": digest, "fetch_seq": fetch_seq}).fetchone()
+        if found is None:
+            return None
+        (loaded,) = found
+        if recorded is not None:  # the run fetched again since it stored: its earlier batch's work goes
+            for step in ("store_raw", "normalize", "upsert"):
+                conn.execute(q("forget_step"), {**keys, "step": step})
+            conn.execute(q("delete_staged"), keys)
+        for stage in ("store_raw", "normalize"):
+            conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": stage})
+        conn.execute(q("copy_loaded_rejects"), {**keys, "loaded_run_id": loaded["run_id"]})
+        conn.execute(q("mark_unchanged_fetch"), {**keys, "fetch_seq": fetch_seq})
+        counts = loaded["stored"]
+        result = Stored(source=source, stored=counts["stored"], rejected=counts["rejected"], fetch_seq=fetch_seq,
+                        last_id=counts["last_id"], whole_read=counts["whole_read"], last_cursor=counts["last_cursor"],
+                        json_types=counts["json_types"], attributes_key=counts["attributes_key"],
+                        file={"digest": digest, "ingested": loaded["ingested"], "batch": loaded["batch"]},
+                        unchanged=True,
+                        normalize_rejected=loaded["normalize_rejected"])
+        _record_result(conn, keys, result)
+    c = progress.count
+    log.info("%s: unchanged since run %s loaded the same file: stored nothing, skipped %s records; %s rejects of "
+             "that load copied into this run's", source, loaded["run_id"], c(result.stored),
+             c(result.rejected + result.normalize_rejected))
     return result
 
 
@@ -189,6 +242,8 @@ def store_replay(conn, source: str, *, run_id: str, lock_timeout_seconds: float)
         position = conn.execute(queries.query("replay.sql", "replay_position"), keys).fetchone()
         fetch_seq, last_id = position or (None, None)
         conn.execute(q("register_work"), keys)
+        # normalized again from raw: the last file loaded no longer stands for what the rows hold
+        conn.execute(q("forget_loaded_file"), keys)
         result = Stored(source=source, fetch_seq=fetch_seq, last_id=last_id, whole_read=False)
         conn.execute(q("forget_step"), {**keys, "step": result.STEP})
         _record_result(conn, keys, result)
@@ -262,6 +317,18 @@ def normalize(conn, source: str, normalization: rules.Normalization, *, run_id: 
             log.info("%s: this run's stored records were already normalized by an earlier try; nothing to do",
                      source)
             return Normalized.from_xcom(recorded)
+        if stored is None and (committed := _recorded_result(conn, keys, "store_raw")) is not None:
+            stored = Stored.from_xcom(committed)  # a caller driving the steps by hand
+        if stored is not None and stored.unchanged:
+            # nothing was stored (store_unchanged): a read of the file would skip every record its load kept and
+            # reject again the ones it rejected, whose rejects store_raw copied
+            conn.execute(q("forget_step"), {**keys, "step": "upsert"})
+            result = Normalized(source=source, staged=stored.stored, rejected=stored.normalize_rejected,
+                                skipped_unchanged=stored.stored - stored.normalize_rejected)
+            _record_result(conn, keys, result)
+            log.info("%s: unchanged file: skipped %s records, %s rejected again (as its last load rejected them)",
+                     source, progress.count(result.skipped_unchanged), progress.count(result.rejected))
+            return result
         step = progress.Progress(log, source, "normalizing")
         conn.execute(q("delete_normalized_stage"), keys)
         conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": "normalize"})
@@ -373,6 +440,17 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
             return Upserted.from_xcom(recorded)
         stored = stored or _committed(conn, keys, Stored)
         normalized = normalized or _committed(conn, keys, Normalized)
+        if stored.unchanged:  # a hand caller's (stored None): the unchanged path runs once it knows
+            unchanged = (stored, normalized)
+        else:
+            unchanged = None
+    if unchanged is not None:
+        return _upsert_unchanged(conn, keys, *unchanged, lock_timeout_seconds=lock_timeout_seconds,
+                                 deletes_missing=deletes_missing, delete_limit=delete_limit, gate=gate)
+    with source_transaction(conn, source, lock_timeout_seconds):
+        if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
+            log.info("%s: this run's rows were already upserted by an earlier try; nothing to do", source)
+            return Upserted.from_xcom(recorded)
         step = progress.Progress(log, source, "upserting")
         (live_before,) = _count(conn, "live_rows", keys)
         # normalize analyzed normalized_stage after writing it: the plans here see its size
@@ -427,6 +505,8 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
                           renormalized_updated=again_updated, quality_score=report and report.score)
         if held is None:
             _record_result(conn, keys, result)
+            _note_loaded_file(conn, keys, stored, normalized, result, batch=batch if gate else None,
+                              checks=bool(gate and gate.source.checks))
     if held is not None:
         raise held
     c = progress.count
@@ -440,8 +520,62 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
     return result
 
 
+def _upsert_unchanged(conn, keys: dict, stored: Stored, normalized: Normalized, *, lock_timeout_seconds: float,
+                      deletes_missing: bool, delete_limit: DeleteLimit, gate: "quality.Gate | None") -> Upserted:
+    """upsert of a batch store_unchanged skipped: the rows are what the file's load left, so nothing is written or
+    deleted, and the quality gate judges what a read of the file would bring it: that load's batch measures (the same
+    records, so the same values) with this run's counts (nothing changed, nothing deleted) against today's history,
+    and the delete guard's judgement of a read missing no row. A held batch raises QualityHeld, as upsert does."""
+    source = keys["source"]
+    with source_transaction(conn, source, lock_timeout_seconds):
+        if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
+            return Upserted.from_xcom(recorded)
+        (live,) = _count(conn, "live_rows", keys)
+        _, undeleted, skipped, guarded = _sync_deletes(conn, keys, fetch_seq=stored.fetch_seq,
+                                                       deletes_missing=deletes_missing, whole_read=stored.whole_read,
+                                                       live_before=live, guard=delete_limit, unchanged=True)
+        report = None
+        if gate is not None:
+            report = gate.judge(conn, keys, stored.file.get("batch") or {}, stored=stored, normalized=normalized,
+                                updated=0, deleted=0, live_before=live, deletes=guarded)
+            gate.record(conn, keys, report)  # committed with the transaction, held or not
+        result = Upserted(source=source, processed=normalized.staged, undeleted=undeleted, deletes_skipped=skipped,
+                          live_before=live, live_after=live, quality_score=report and report.score)
+        if report is None or not report.held:
+            _record_result(conn, keys, result)
+    if report is not None and report.held:
+        raise QualityHeld(report.held_message(keys["run_id"]))
+    log.info("%s: unchanged file: nothing to upsert; %s live rows", source, progress.count(live))
+    return result
+
+
+def _note_loaded_file(conn, keys: dict, stored: Stored, normalized: Normalized, upserted: Upserted, *,
+                      batch: dict | None, checks: bool) -> None:
+    """After a published upsert: when its batch came from a file and stands for the source's state (every record of
+    the file stored and upserted, none superseded, none normalized again from raw: the rows are what a read of the
+    file leaves), record the file with what the run counted, so the next read of the same bytes costs a download
+    and a hash (store_unchanged); the record holds only while this fetch is the newest stored. Otherwise forget
+    any file recorded. batch: the quality gate's measures of the batch (None: no gate judged it); a source with
+    declared checks (checks), whose checks read the batch's records, or measures that are not plain numbers (a
+    freshness age) are read each time."""
+    whole = (stored.file is not None and stored.whole_read and not stored.superseded and not upserted.superseded
+             and not normalized.renormalized and not normalized.renormalized_rejected and batch is not None
+             and not checks and all(type(value) in (int, float) for value in batch.values()))
+    if not whole:
+        conn.execute(q("forget_loaded_file"), keys)
+        return
+    loaded = {"digest": stored.file["digest"], "fetch_seq": stored.fetch_seq, "run_id": keys["run_id"],
+              "live": upserted.live_after, "ingested": stored.file["ingested"], "batch": batch,
+              "stored": {"stored": stored.stored, "rejected": stored.rejected, "last_id": stored.last_id,
+                         "whole_read": stored.whole_read, "last_cursor": stored.last_cursor,
+                         "json_types": stored.json_types, "attributes_key": stored.attributes_key},
+              "normalize_rejected": normalized.rejected}
+    conn.execute(q("record_loaded_file"), {**keys, "loaded_file": Jsonb(loaded), "fetch_seq": stored.fetch_seq})
+
+
 def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: bool, whole_read: bool,
-                  live_before: int, guard: DeleteLimit) -> tuple[int, int, str, "delete_guard.Measured | None"]:
+                  live_before: int, guard: DeleteLimit,
+                  unchanged: bool = False) -> tuple[int, int, str, "delete_guard.Measured | None"]:
     """(deleted, undeleted, why deletes were skipped: empty when they were not, the guard's judgement: None when it
     did not judge) for the run's read of the source.
 
@@ -456,7 +590,9 @@ def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: b
         why = "another run stored a newer fetch of the source since this run's; its run decides deletes"
         log.info("%s: no deletes or undeletes: %s", source, why)
         return 0, 0, why, None
-    undeleted = conn.execute(q("undelete_returned"), keys).rowcount
+    # unchanged: a batch store_unchanged skipped has no staged ids, and needs none: the file's load undeleted and
+    # deleted what its read decided, and nothing changed the rows since
+    undeleted = 0 if unchanged else conn.execute(q("undelete_returned"), keys).rowcount
     if not deletes_missing or not live_before:  # a source without live rows has nothing to delete
         return 0, undeleted, "", None
     if not whole_read:
@@ -471,7 +607,7 @@ def _sync_deletes(conn, keys: dict, *, fetch_seq: int | None, deletes_missing: b
         return 0, undeleted, why, None
     # one pass finds the missing rows; they are deleted in it only when the guard allows, so a refusal writes nothing
     allowed = guard.allowed(live_before)
-    missing, deleted = _count(conn, "soft_delete_missing", {**keys, "max_deletes": allowed})
+    missing, deleted = (0, 0) if unchanged else _count(conn, "soft_delete_missing", {**keys, "max_deletes": allowed})
     measured = delete_guard.Measured(missing, live_before, guard)
     if measured.refused:
         raise DeleteRefused(delete_guard.refusal(source, missing, live_before, guard), measured)
@@ -503,6 +639,7 @@ def _load_into(conn, table: str, *, grows: bool, bulk: bool, index_build_memory:
     building = progress.Progress(log, f"bulk load into {table}", "rebuilding its indexes")
     (built,) = conn.execute(q("restore_indexes"), {"table": table}).fetchone()
     building.finish(f"rebuilt {built} indexes")
+    conn.execute(sql.SQL(q("analyze_loaded")).format(table=sql.Identifier(table)))
 
 
 def advance_checkpoint(conn, source: str, *, run_id: str, processed: int, lock_timeout_seconds: float,
