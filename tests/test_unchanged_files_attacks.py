@@ -298,8 +298,9 @@ def test_two_skipped_fetches_of_the_same_file_in_either_order_roll_nothing_back(
 
 @pytest.mark.xfail(strict=True, reason=(
     "LOST SKIP (no wrong data): an older fetch that stores after a newer skipped one is staged again and "
-    "superseded, and store_raw's mark_raw_writer (on conflict ... loaded_file = null) clears the file record although "
-    "it wrote nothing and raw_fetch_seq stayed the newer fetch's: the next run of the same file reads it in full"))
+    "superseded; it changes nothing the file record stands for, yet two places clear the record: store_raw's "
+    "mark_raw_writer (loaded_file = null unconditionally) and upsert's _note_loaded_file (forget_loaded_file for any "
+    "batch that is not whole, superseded included): the next run of the same file reads it in full"))
 def test_a_superseded_older_fetch_keeps_the_file_recorded(lanes):
     lanes.run("run-0", DELETABLE)
     older, newer = lanes.ingest("run-a"), lanes.ingest("run-b")
