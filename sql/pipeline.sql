@@ -128,7 +128,9 @@ values (%(source)s, case when %(wrote)s then %(run_id)s end, %(fetch_seq)s)
 on conflict (source) do update
     set raw_run_id = case when %(wrote)s then excluded.raw_run_id else c.raw_run_id end,
         raw_fetch_seq = greatest(c.raw_fetch_seq, excluded.raw_fetch_seq),
-        loaded_file = null;
+        -- a batch that wrote nothing and is older than the newest fetch stored (superseded) leaves it standing
+        loaded_file = case when %(wrote)s or excluded.raw_fetch_seq > c.raw_fetch_seq then null
+                           else c.loaded_file end;
 
 -- name: unchanged_file
 -- The source's last complete load when it read a file of this digest (the same bytes under the same catalog entry)
@@ -166,9 +168,14 @@ update etl_checkpoint set loaded_file = %(loaded_file)s
 where source = %(source)s and raw_fetch_seq = %(fetch_seq)s;
 
 -- name: forget_loaded_file
--- a replay, or a published batch that does not stand for the source's state (partial, superseded in part, with
--- records normalized again from raw): the next read of the same file takes the usual path
+-- a replay: the rows no longer stand for the last file loaded, so the next read of it takes the usual path
 update etl_checkpoint set loaded_file = null where source = %(source)s and loaded_file is not null;
+
+-- name: forget_loaded_file_unless_newer
+-- a published batch that does not stand for the source's state: unless a newer fetch was stored since (its own
+-- batch, which superseded this one, decides the record)
+update etl_checkpoint set loaded_file = null
+where source = %(source)s and loaded_file is not null and raw_fetch_seq <= %(fetch_seq)s;
 
 -- name: raw_written_since
 -- whether another run has written raw payloads of the source since this run stored its batch (mark_raw_writer),

@@ -1,11 +1,13 @@
 """Unchanged files (issue 28): a CSV whose bytes equal the source's last complete load costs a download and a hash,
 and reports what a read of it would, without giving up rejects, deletes or the fetch order of overlapping runs."""
 
+import shutil
+
 import psycopg
 import pytest
 import requests
 
-from sluice import pipeline, settings, sources
+from sluice import pipeline, queries, settings, sources
 from sluice_devtools import sample_data
 from sluice_devtools.source_server import SourceServer
 from tests.pipeline_harness import Pipeline, point_airflow_at, start_sources
@@ -182,3 +184,23 @@ def test_a_replay_forgets_the_file(lanes):
     lanes.replay("run-2")
 
     assert not lanes.ingest("run-3", ORIGINAL).unchanged
+
+
+def test_an_upgrade_of_sluice_reads_the_unchanged_file_again(lanes, monkeypatch, tmp_path):
+    """A release whose reader or rules parse, stage or quarantine differently must not be hidden behind a file that
+    did not change: the code's digest is part of the file's."""
+    first = lanes.ingest("run-0", ORIGINAL)
+    lanes.load("run-0", first)
+    assert lanes.ingest("run-1", ORIGINAL).unchanged
+
+    upgraded = tmp_path / "sql"
+    shutil.copytree(queries.SQL_DIR, upgraded)
+    with open(upgraded / "functions.sql", "a", encoding="utf-8") as sql:
+        sql.write("\n-- a later release\n")
+    monkeypatch.setattr(queries, "SQL_DIR", upgraded)
+    pipeline._code_version.cache_clear()
+    try:
+        again = lanes.ingest("run-2", ORIGINAL)
+    finally:
+        pipeline._code_version.cache_clear()
+    assert not again.unchanged and (again.records, again.problems) == (first.records, first.problems)

@@ -1,7 +1,6 @@
 """Hostile review of unchanged files (issue 28): orders of runs and inputs that could make the skip of a CSV equal
 to the source's last complete load give a wrong result. Each test drives sluice.pipeline's steps by hand, as
-tests/test_unchanged_files.py's lanes do, against real PostgreSQL and a loopback source. A test marked xfail(strict)
-shows a bug its reason names; the others guard behaviour that holds."""
+tests/test_unchanged_files.py's lanes do, against real PostgreSQL and a loopback source."""
 
 import dataclasses
 import gzip
@@ -109,11 +108,6 @@ def counts(stored, normalized, upserted) -> dict:
 # ---- retries: the run that loaded the file fetches again
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: warehouse.store_unchanged deletes the run's store_raw/normalize rejects, then copies the rejects of "
-    "loaded_file.run_id; when the retried run IS the run that loaded the file (an ingest retry / clear of the "
-    "loading run), it copies from the rows it just deleted: the run reports its rejects but rejected_records has "
-    "none, and every later skipped run copies none either (rejects lost)"))
 def test_an_ingest_retry_of_the_run_that_loaded_the_file_keeps_its_rejects(lanes):
     ingested, stored, normalized, upserted = lanes.run("run-0", ORIGINAL)
     rejects = lanes.rejects("run-0")
@@ -296,11 +290,6 @@ def test_two_skipped_fetches_of_the_same_file_in_either_order_roll_nothing_back(
     assert upserted_a.deleted == 0 and lanes.live() == live
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LOST SKIP (no wrong data): an older fetch that stores after a newer skipped one is staged again and "
-    "superseded; it changes nothing the file record stands for, yet two places clear the record: store_raw's "
-    "mark_raw_writer (loaded_file = null unconditionally) and upsert's _note_loaded_file (forget_loaded_file for any "
-    "batch that is not whole, superseded included): the next run of the same file reads it in full"))
 def test_a_superseded_older_fetch_keeps_the_file_recorded(lanes):
     lanes.run("run-0", DELETABLE)
     older, newer = lanes.ingest("run-a"), lanes.ingest("run-b")
@@ -419,10 +408,6 @@ def dag(monkeypatch, database_url, tmp_path):
 DAG_REJECTS = "select count(*) from rejected_records where run_id = %s and source = 'csv'"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (same cause as test_an_ingest_retry_of_the_run_that_loaded_the_file_keeps_its_rejects): clearing the ingest "
-    "of the run that loaded the CSV makes store_unchanged delete that run's rejects and copy them from itself: "
-    "etl_runs says 6 rejected, rejected_records holds none for the run, and the next skipped run copies none"))
 def test_clearing_the_ingest_of_the_loading_run_keeps_its_rejects(dag):
     state, first = dag.run()
     assert state == "success"

@@ -11,9 +11,12 @@ with open_local, an object store through the caller's own opener.
 """
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import os
+import pathlib
 import shutil
 import socket
 import tempfile
@@ -91,10 +94,21 @@ def ingest(conn, source: Source, session, url: str, staged_uri: str, open_file: 
 
 def file_key(source: Source) -> str:
     """What a downloaded file's digest is seeded with (FetchRequest.file_key): the source's entry as this run reads
-    it (evolved fields included), its rules' input key (which names the rules' version) and the staged format, so
-    the same bytes read under another mapping, declaration or release of the rules are another file."""
+    it (evolved fields included), its rules' input key (which names the rules' version), the staged format and the
+    code that reads, stages and judges records, so the same bytes read under another mapping, declaration or
+    release of Sluice (a reader that parses or quarantines differently) are another file."""
     return json.dumps({"entry": sources.to_entry(source), "input_key": source.normalization.input_key,
-                       "format": staging.COPY_COLUMNS}, sort_keys=True, default=str)
+                       "format": staging.COPY_COLUMNS, "code": _code_version()}, sort_keys=True, default=str)
+
+
+@functools.cache
+def _code_version() -> str:
+    """A digest of this package's Python and SQL files: any upgrade makes the next read of an unchanged file a read."""
+    digest = hashlib.sha256()
+    files = sorted(pathlib.Path(__file__).resolve().parent.glob("*.py")) + sorted(queries.SQL_DIR.glob("*.sql"))
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _unchanged_file(conn, source: Source, fetch_seq: int, staged_uri: str) -> Callable[[str], StageCounts | None]:

@@ -214,9 +214,12 @@ def store_unchanged(conn, source: str, *, run_id: str, fetch_seq: int, digest: s
             for step in ("store_raw", "normalize", "upsert"):
                 conn.execute(q("forget_step"), {**keys, "step": step})
             conn.execute(q("delete_staged"), keys)
-        for stage in ("store_raw", "normalize"):
-            conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": stage})
-        conn.execute(q("copy_loaded_rejects"), {**keys, "loaded_run_id": loaded["run_id"]})
+        # a retried or cleared run that loaded the file itself already holds its rejects: deleting them first
+        # would leave nothing to copy
+        if loaded["run_id"] != run_id:
+            for stage in ("store_raw", "normalize"):
+                conn.execute(q("delete_rejects_of_stage"), {**keys, "stage": stage})
+            conn.execute(q("copy_loaded_rejects"), {**keys, "loaded_run_id": loaded["run_id"]})
         conn.execute(q("mark_unchanged_fetch"), {**keys, "fetch_seq": fetch_seq})
         counts = loaded["stored"]
         result = Stored(source=source, stored=counts["stored"], rejected=counts["rejected"], fetch_seq=fetch_seq,
@@ -562,7 +565,8 @@ def _note_loaded_file(conn, keys: dict, stored: Stored, normalized: Normalized, 
              and not normalized.renormalized and not normalized.renormalized_rejected and batch is not None
              and not checks and all(type(value) in (int, float) for value in batch.values()))
     if not whole:
-        conn.execute(q("forget_loaded_file"), keys)
+        # a batch older than the newest fetch stored (superseded) changed nothing the recorded file stands for
+        conn.execute(q("forget_loaded_file_unless_newer"), {**keys, "fetch_seq": stored.fetch_seq})
         return
     loaded = {"digest": stored.file["digest"], "fetch_seq": stored.fetch_seq, "run_id": keys["run_id"],
               "live": upserted.live_after, "ingested": stored.file["ingested"], "batch": batch,
