@@ -254,35 +254,42 @@ create temporary table if not exists sluice_slow_candidates (
 
 -- name: normalize_fast
 -- Candidates (<candidates>: staged_candidates, or raw_candidates after a changed declaration) are records whose
--- input (payload hash + mapping + declared fields + rules) differs from what produced their current row;
--- materialized first so each is parsed once and unchanged records never are. The set-based fast path's rows go
--- straight to normalized_stage with their attributes, the records it cannot decide to sluice_slow_candidates for
--- the marshmallow schema. Declared fields are not typed here: ingest typed them (rules.AttributeTyper, the
--- schema's own fields, 5-7 µs a record against 10-18 µs for the SQL that did it before) into the staged
--- attributes, which a record of a source that declares fields needs to be fast; null ones (a value ingest left to
--- the schema, staged attributes of other rules, a record from the raw table) go to the schema.
+-- input (payload hash + mapping + declared fields + rules) differs from what produced their current row; unchanged
+-- records are never parsed. One pass decides each candidate (offset 0: its payload is parsed once, not once per
+-- use): the set-based fast path's rows go to normalized_stage with their attributes, the records it cannot decide
+-- (their payload kept only for them) to sluice_slow_candidates for the marshmallow schema. No anti-join of the
+-- candidates against the fast rows: a `not in` of the fast ids is hashed only while they fit in work_mem, and past
+-- it (10M records) rescans them for every candidate. Declared fields are not typed here: ingest typed them
+-- (rules.AttributeTyper, the schema's own fields) into the staged attributes, which a record of a source that
+-- declares fields needs to be fast; null ones (a value ingest left to the schema, staged attributes of other
+-- rules, a record from the raw table) go to the schema.
 -- Returns the fast path's count.
-with candidates as materialized (
-    {candidates}
+with decided as (
+    select c.source_id, c.input_hash, c.content_hash, f.source_id as fast_id, f.name, f.value, f.description,
+           case when f.source_id is not null and %(declares_fields)s then c.attributes end as attributes,
+           case when f.source_id is null then c.data end as data
+    from ({candidates} offset 0) c
+    left join lateral (
+        select * from sluice_fast_path(c.data, %(source_id_field)s, %(name_field)s, %(value_field)s,
+                                       %(description_field)s, %(edge_space)s)
+        -- off for a source with row-level checks (rules.Normalization.fast_path): they are the schema's rules
+        where %(fast_path)s and (not %(declares_fields)s or c.attributes is not null)
+    ) f on true
 ), fast as (
     insert into normalized_stage (run_id, source, source_id, name, value, description, attributes, input_hash,
                                   raw_hash, from_raw)
-    select %(run_id)s, %(source)s, f.source_id, f.name, f.value, f.description,
-           case when %(declares_fields)s then c.attributes::jsonb else '{{}}'::jsonb end, c.input_hash,
-           c.content_hash, %(from_raw)s
-    from candidates c
-    cross join lateral sluice_fast_path(c.data, %(source_id_field)s, %(name_field)s, %(value_field)s,
-                                        %(description_field)s, %(edge_space)s) f
-    -- off for a source with row-level checks (rules.Normalization.fast_path): they are the schema's rules
-    where %(fast_path)s and (not %(declares_fields)s or c.attributes is not null)
     -- the fast path accepts only ids without edge whitespace, so its id is the staged (stripped) id
+    select %(run_id)s, %(source)s, d.fast_id, d.name, d.value, d.description,
+           case when %(declares_fields)s then d.attributes::jsonb else '{{}}'::jsonb end, d.input_hash,
+           d.content_hash, %(from_raw)s
+    from decided d
+    where d.fast_id is not null
     returning source_id
 ), slow as (
     insert into sluice_slow_candidates (source_id, data, input_hash, raw_hash, from_raw)
-    select c.source_id, c.data, c.input_hash, c.content_hash, %(from_raw)s
-    from candidates c
-    -- a hashed subplan of the fast ids (tens of MB), never a hash of the candidates' payloads
-    where c.source_id not in (select f.source_id from fast f)
+    select d.source_id, d.data, d.input_hash, d.content_hash, %(from_raw)s
+    from decided d
+    where d.fast_id is null
     returning 1
 )
 select count(*) from fast;
