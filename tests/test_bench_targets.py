@@ -55,6 +55,21 @@ def test_several_rounds_take_the_median_of_each_rounds_own_share():
     assert changed.startswith("PASS") and "= 0.19 (median of 0.19, 0.33, 0.19)" in changed
 
 
+@pytest.mark.parametrize("rerun_span, verdict", [(2.1, "PASS"), (4.5, "MISS"), (None, "SKIP")])
+def test_a_rerun_inside_the_start_up_noise_is_judged_by_its_span(rerun_span, verdict):
+    # wall − start-up ≤ 0 in one round (the unchanged rerun of a 1M file took as long as Airflow's start-up): the
+    # ingest→record_run span, which holds none of it, decides
+    result = server((25.0, -0.6, 10.4), (25.6, 0.7, 12.8))
+    for name in ("first", "first2"):
+        result.runs[name].span_seconds = 27.6
+    for name in ("rerun", "rerun2"):
+        result.runs[name].span_seconds = rerun_span
+    _, rerun, _, _ = verdicts(result)
+    assert rerun.startswith(verdict)
+    if verdict != "SKIP":
+        assert "judged by this span" in rerun
+
+
 def test_the_scale_targets_skip_unless_asked():
     load, rss = scale_verdicts(server((20.0, 2.8, 3.8)))
     assert load == "SKIP  whole DAG first load at 10,000,000 rows ≤ 10.5× the 1,000,000-row first load " \
