@@ -114,8 +114,27 @@ def test_a_runs_task_logs_say_what_each_phase_did_with_the_counts_of_its_etl_run
     assert None not in logs.lines
 
 
-def test_a_second_run_logs_what_it_left_unchanged(pipeline, logs):
+def test_an_unchanged_file_logs_what_its_last_load_left(pipeline, logs):
+    _, first = pipeline.run()
+    logs.lines.clear()
+
+    state, run = pipeline.run()
+
+    assert state == "success"
+    csv = run["source_counts"]["csv"]
+    stored = logs.line("store_raw", rf"^csv: unchanged since run {re.escape(first['run_id'])} loaded the same file: "
+                                    rf"stored nothing, skipped {NUMBER} records; {NUMBER} rejects of that load copied")
+    assert number(stored[1]) == CSV_ROWS - 3 and number(stored[2]) == csv["rejected"] == 6
+    normalized = logs.line("normalize", rf"^csv: unchanged file: skipped {NUMBER} records, {NUMBER} rejected again")
+    assert number(normalized[1]) == csv["unchanged"] == CSV_ROWS - 6 and number(normalized[2]) == 3
+    logs.line("upsert", rf"^csv: unchanged file: nothing to upsert; {NUMBER} live rows")
+    logs.line("checkpoint", rf"^csv: checkpoint stays at id '{CSV_ROWS - 1}'; ")
+
+
+def test_a_second_read_logs_what_it_left_unchanged(pipeline, logs):
     pipeline.run()
+    # the file is read again, as one that changed elsewhere or a source with declared checks would be
+    pipeline.rows("update etl_checkpoint set loaded_file = null returning source")
     logs.lines.clear()
 
     state, run = pipeline.run()

@@ -437,18 +437,15 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
     the merge and the deletes, which a held batch rolls back; its results commit either way, then QualityHeld.
     """
     keys = {"run_id": run_id, "source": source}
-    with source_transaction(conn, source, lock_timeout_seconds):
-        if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
-            log.info("%s: this run's rows were already upserted by an earlier try; nothing to do", source)
-            return Upserted.from_xcom(recorded)
-        stored = stored or _committed(conn, keys, Stored)
-        normalized = normalized or _committed(conn, keys, Normalized)
-        if stored.unchanged:  # a hand caller's (stored None): the unchanged path runs once it knows
-            unchanged = (stored, normalized)
-        else:
-            unchanged = None
-    if unchanged is not None:
-        return _upsert_unchanged(conn, keys, *unchanged, lock_timeout_seconds=lock_timeout_seconds,
+    if stored is None or normalized is None:
+        # a caller driving the steps by hand: what the run's earlier steps committed, read without the source's
+        # lock (the DAG hands them on), so the merge's transaction below begins at once and waits for the lock
+        # inside, its now() stamping the rows from before the wait as it always did (the read API's watermark)
+        with conn.transaction():
+            stored = stored or _committed(conn, keys, Stored)
+            normalized = normalized or _committed(conn, keys, Normalized)
+    if stored.unchanged:
+        return _upsert_unchanged(conn, keys, stored, normalized, lock_timeout_seconds=lock_timeout_seconds,
                                  deletes_missing=deletes_missing, delete_limit=delete_limit, gate=gate)
     with source_transaction(conn, source, lock_timeout_seconds):
         if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
