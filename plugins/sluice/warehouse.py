@@ -437,20 +437,27 @@ def upsert(conn, source: str, *, run_id: str, lock_timeout_seconds: float, store
     the merge and the deletes, which a held batch rolls back; its results commit either way, then QualityHeld.
     """
     keys = {"run_id": run_id, "source": source}
-    if stored is None or normalized is None:
-        # a caller driving the steps by hand: what the run's earlier steps committed, read without the source's
-        # lock (the DAG hands them on), so the merge's transaction below begins at once and waits for the lock
-        # inside, its now() stamping the rows from before the wait as it always did (the read API's watermark)
+    if stored is None:
+        # a caller driving the steps by hand: whether store_raw skipped an unchanged file, read without the source's
+        # lock (the DAG hands the results on), so the merge's transaction below begins at once and waits for the
+        # lock inside, its now() stamping the rows from before the wait as it always did (the read API's watermark)
+        with conn.transaction():
+            committed = _recorded_result(conn, keys, Stored.STEP)
+        unchanged = committed is not None and Stored.from_xcom(committed).unchanged
+    else:
+        unchanged = stored.unchanged
+    if unchanged:
         with conn.transaction():
             stored = stored or _committed(conn, keys, Stored)
             normalized = normalized or _committed(conn, keys, Normalized)
-    if stored.unchanged:
         return _upsert_unchanged(conn, keys, stored, normalized, lock_timeout_seconds=lock_timeout_seconds,
                                  deletes_missing=deletes_missing, delete_limit=delete_limit, gate=gate)
     with source_transaction(conn, source, lock_timeout_seconds):
         if (recorded := _recorded_result(conn, keys, "upsert")) is not None:
             log.info("%s: this run's rows were already upserted by an earlier try; nothing to do", source)
             return Upserted.from_xcom(recorded)
+        stored = stored or _committed(conn, keys, Stored)
+        normalized = normalized or _committed(conn, keys, Normalized)
         step = progress.Progress(log, source, "upserting")
         (live_before,) = _count(conn, "live_rows", keys)
         # normalize analyzed normalized_stage after writing it: the plans here see its size
